@@ -1,0 +1,36 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from lever.spec import Workspace, load_workspace
+
+OverrideOpt = Annotated[
+    Optional[List[str]],
+    typer.Option("--set", "-s", help="Override a plan key, e.g. -s grpo.lr=5e-5 (TOML values; repeatable)"),
+]
+
+_state: dict[str, object] = {"workspace_flag": None, "workspace": None}
+
+
+def set_workspace_flag(flag: str | None) -> None:
+    _state["workspace_flag"] = flag
+    _state["workspace"] = None
+
+
+def workspace() -> Workspace:
+    """The workspace for this invocation (loaded once)."""
+    if _state["workspace"] is None:
+        _state["workspace"] = load_workspace(_state["workspace_flag"])  # type: ignore[arg-type]
+    return _state["workspace"]  # type: ignore[return-value]
+
+
+def plan_args(args: list[str], overrides: list[str] | None) -> tuple[list[str], list[str]]:
+    """Split positional arguments into plan references and `key.path=value` overrides."""
+    plans = [a for a in args if "=" not in a]
+    sets = [a for a in args if "=" in a] + list(overrides or [])
+    return plans, sets

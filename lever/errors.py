@@ -1,0 +1,29 @@
+"""The one error type users see: a short message, no traceback, exit code 2 for bad input."""
+
+from __future__ import annotations
+
+
+class LeverError(Exception):
+    """A problem with the user's input (plan, workspace, data file) or environment.
+
+    The CLI prints ``str(err)`` on one screen and exits with ``exit_code``
+    (2 = bad spec or data file, 1 = a run that failed).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        msg = self.args[0]
+        return f"{msg}\n  hint: {self.hint}" if self.hint else msg
+
+
+class RunFailed(LeverError):
+    """A run stopped by a guardrail (NaN loss, KL above the plan's limit)."""
+
+    exit_code = 1

@@ -1,0 +1,283 @@
+"""Plan loading: TOML files, `extends` chains, `key.path=value` overrides, hashing and diffs.
+
+Every failure is a `LeverError` that names the file, the key path and what is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from lever.errors import LeverError
+
+from .schema import Plan
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class LoadedPlan:
+    """A validated plan with where it came from."""
+
+    name: str
+    path: Path
+    plan: Plan
+    chain: list[Path] = field(default_factory=list)  # the file and the files it extends, child first
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.plan)
+
+    def recipe(self) -> dict[str, Any]:
+        """The resolved spec as plain JSON-able data (what the hash covers)."""
+        return recipe_dict(self.plan)
+
+
+# --------------------------------------------------------------------------- TOML
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; errors carry the file name, line and column."""
+    if not path.is_file():
+        raise LeverError(f"{path}: no such plan file")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise LeverError(f"{path}: the file is empty", hint="a plan needs at least description = \"...\" and the keys it sets")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise LeverError(f"{path}: invalid TOML: {err}") from None
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value (lists included) in `over` replaces the one in `base`."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_extends(path: Path, _stack: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+    """Read `path` and merge it over the file it `extends` (relative to it), recursively."""
+    path = path.resolve()
+    if path in _stack:
+        cycle = " -> ".join(p.name for p in (*_stack, path))
+        raise LeverError(f"{_stack[0]}: circular extends: {cycle}")
+    raw = read_toml(path)
+    parent = raw.get("extends")
+    if parent is None:
+        return raw, [path]
+    if not isinstance(parent, str):
+        raise LeverError(f"{path}: extends must be a file name string, got {parent!r}")
+    parent_path = (path.parent / parent).resolve()
+    if not parent_path.is_file():
+        raise LeverError(f"{path}: extends = {parent!r}: no such file {parent_path.name} next to it")
+    base, chain = resolve_extends(parent_path, (*_stack, path))
+    base.pop("description", None)  # a description belongs to its own file
+    return deep_merge(base, raw), [path, *chain]
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`grpo.kl.beta=0.01` -> (["grpo", "kl", "beta"], 0.01). Values are TOML; bare words are strings."""
+    if "=" not in text:
+        raise LeverError(f"override {text!r}: expected key.path=value, e.g. grpo.lr=5e-5")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise LeverError(f"override {text!r}: the key is empty")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # `data.candidates=balanced`
+    return key.split("."), parsed
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation like `Model`, `Optional[Model]` or `list[Model]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _submodel(arg)
+        if found:
+            return found
+    return None
+
+
+def check_key_path(keys: list[str], model: type[BaseModel] = Plan) -> None:
+    """Raise when `keys` does not name a field of the schema (list items addressed by index)."""
+    here: type[BaseModel] | None = model
+    for depth, key in enumerate(keys):
+        dotted = ".".join(keys[: depth + 1])
+        if here is None:
+            raise LeverError(f"override '{'.'.join(keys)}': '{keys[depth - 1]}' is a value, not a table")
+        if key.isdigit() and depth > 0:
+            continue  # phases.0.epochs: an index into a list of tables
+        if key not in here.model_fields:
+            options = _field_names(here)
+            raise LeverError(
+                f"override '{'.'.join(keys)}': unknown key '{dotted}'. {_suggest(key, options)}"
+                f"Valid keys here: {', '.join(options)}"
+            )
+        here = _submodel(here.model_fields[key].annotation)
+
+
+def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node: Any = data
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            idx = int(key)
+            if idx >= len(node):
+                raise LeverError(f"override '{'.'.join(keys)}': index {idx} is out of range (the list has {len(node)} items)")
+            node = node[idx]
+            continue
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = [] if keys[depth + 1].isdigit() else {}
+            node[key] = nxt
+        node = nxt
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _loc_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    here: type[BaseModel] | None = Plan
+    for key in loc:
+        if here is None:
+            return None
+        if isinstance(key, int):
+            continue
+        if key not in here.model_fields:
+            return None
+        here = _submodel(here.model_fields[key].annotation)
+    return here
+
+
+def format_validation_error(err: ValidationError, where: str) -> LeverError:
+    """One line per problem: `file: key.path: what is wrong (what is valid)`."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _loc_model(loc[:-1])
+            options = _field_names(parent) if parent else []
+            lines.append(f"{dotted}: unknown key. {_suggest(str(loc[-1]), options)}Valid keys here: {', '.join(options)}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
+        lines.append(f"{dotted}: {msg}{shown}")
+    if len(lines) == 1:
+        return LeverError(f"{where}: {lines[0]}")
+    return LeverError(f"{where}: {len(lines)} problems:\n  " + "\n  ".join(lines))
+
+
+def validate_plan(data: dict[str, Any], where: str) -> Plan:
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as err:
+        raise format_validation_error(err, where) from None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def find_plan_file(ref: str | Path, plans_dir: Path = Path("plans")) -> Path:
+    """A plan is a file path, or a name looked up as `<plans_dir>/<name>.toml`."""
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    candidate = plans_dir / f"{ref}.toml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
+    hint = f"{_suggest(str(ref), known)}known plans: {', '.join(known)}" if known else f"no plans found in {plans_dir}/"
+    raise LeverError(f"plan '{ref}': no file {candidate}", hint=hint)
+
+
+def load_plan(ref: str | Path, overrides: list[str] | tuple[str, ...] = (), plans_dir: Path = Path("plans")) -> LoadedPlan:
+    """Read, merge `extends`, apply overrides and validate a plan."""
+    path = find_plan_file(ref, plans_dir)
+    data, chain = resolve_extends(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        check_key_path(keys)
+        apply_override(data, keys, value)
+    where = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    plan = validate_plan(data, where)
+    return LoadedPlan(name=path.stem, path=path, plan=plan, chain=chain, overrides=list(overrides))
+
+
+def recipe_dict(plan: Plan) -> dict[str, Any]:
+    """What defines a run: everything but the description and the extends link."""
+    return plan.model_dump(mode="json", exclude={"description", "extends"})
+
+
+def spec_hash(plan: Plan | dict[str, Any], length: int = 12) -> str:
+    """A stable hash of the resolved recipe: sorted-key JSON, so key order and extends layout do not matter."""
+    data = recipe_dict(plan) if isinstance(plan, Plan) else plan
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested tables -> {"grpo.kl.beta": 0.1}; lists of tables are indexed (phases.0.epochs)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def diff_specs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Only the keys whose values differ: (dotted key, value in a, value in b); a missing key is None."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(set(fa) | set(fb))
+
+    def expanded(key: str, other: dict[str, Any]) -> bool:  # `phases = []` on one side, `phases.0.*` on the other
+        return any(k.startswith(key + ".") for k in other)
+
+    return [
+        (k, fa.get(k), fb.get(k))
+        for k in keys
+        if fa.get(k) != fb.get(k) and not (fa.get(k) == [] and expanded(k, fb)) and not (fb.get(k) == [] and expanded(k, fa))
+    ]

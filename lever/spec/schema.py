@@ -1,0 +1,331 @@
+"""The plan schema: one validated recipe per plan file.
+
+A plan holds the *recipe* (what to train, how, how to pick and evaluate the result).
+*Where* things live (candidate data files, features, images, models, runs) comes from
+the workspace (`lever.spec.workspace`), so one plan runs unchanged on the bundled
+benchmark and on a real OK-VQA setup.
+
+Every option is named for what it does. Two settings that the original scripts could
+set at once and silently contradict (`use_ppo_clip_only=true` with `kl_beta=0.01`) are
+here two independent knobs, `grpo.ppo_clip` and `grpo.kl.beta`, each meaning exactly
+what it says; combinations that cannot mean anything fail validation with a message.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+class Strict(BaseModel):
+    """Base for every spec section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TierRules(Strict):
+    """Quality tiers of a query group (the log's curriculum): gap = max reward - min reward."""
+
+    high_gap: float = Field(1.5, ge=0, description="High tier: reward gap at least this")
+    high_min_pos: int = Field(3, ge=0, description="High tier: at least this many positive sequences")
+    high_min_neg: int = Field(3, ge=0, description="High tier: at least this many negative sequences")
+    medium_gap: float = Field(1.0, ge=0, description="Medium tier: reward gap at least this")
+    medium_min_pos: int = Field(2, ge=0, description="Medium tier: at least this many positive sequences")
+    medium_min_neg: int = Field(2, ge=0, description="Medium tier: at least this many negative sequences")
+
+
+Tier = Literal["high", "medium", "low"]
+
+
+class DataFilter(Strict):
+    """Which queries and sequences of the candidate data a stage trains on."""
+
+    skip_failed: bool = Field(True, description="Drop candidates with eval_failed or vqa_eval_mode fallback/error")
+    require_positive: bool = Field(False, description="Keep only queries with at least one correct sequence")
+    tiers: list[Tier] = Field(["high", "medium", "low"], min_length=1, description="Keep only queries in these quality tiers")
+    positive_ratio: tuple[float, float] = Field((0.0, 1.0), description="Keep queries whose share of correct sequences lies in [lo, hi]")
+    min_group_size: int = Field(1, ge=1, description="Drop queries with fewer usable sequences than this")
+    top_k: int = Field(0, ge=0, description="Keep only the k best sequences of each group by reward (0 = all)")
+
+    @model_validator(mode="after")
+    def _band(self) -> "DataFilter":
+        lo, hi = self.positive_ratio
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise ValueError(f"positive_ratio must be [lo, hi] with 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
+        return self
+
+
+class DataSpec(DataFilter):
+    """Candidate data to train on, and the default filter every stage uses."""
+
+    candidates: str = Field("main", min_length=1, description="Candidate-data name from the workspace, or a path to a JSON file")
+    features: str = Field("main", min_length=1, description="Features name from the workspace, or a path to a [N_train, d] tensor file")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of query ids (sorted as integers) held out for validation")
+    tier_rules: TierRules = Field(default_factory=TierRules, description="Thresholds that define the quality tiers")
+
+
+# --------------------------------------------------------------------------- reward
+
+RewardMode = Literal["hard_plus_soft", "separated", "hard_plus_gtprob_plus_rel", "hard_only", "soft_only"]
+
+
+class RewardSpec(Strict):
+    """Reward of one candidate sequence from its VLM scores (DOMAIN.md section 4)."""
+
+    mode: RewardMode = Field("hard_plus_soft", description="How hard (vqa_correct) and soft scores combine into a reward")
+    hard_weight: float = Field(1.0, ge=0, description="h: weight of vqa_correct")
+    soft_weight: float = Field(1.0, ge=0, description="s: weight of vqa_acc_score (or vqa_gt_prob in hard_plus_gtprob_plus_rel)")
+    rel_weight: float = Field(0.1, ge=0, description="rel: weight of vqa_rel_score on negatives (hard_plus_gtprob_plus_rel only)")
+    clip: tuple[float, float] = Field((-5.0, 5.0), description="Final rewards are clipped to [lo, hi]")
+    normalize: Literal["none", "zscore"] = Field("none", description="Group normalisation of rewards before use")
+    normalize_std_floor: float = Field(0.1, gt=0, description="z-score normalisation divides by max(std, this)")
+
+    @model_validator(mode="after")
+    def _clip(self) -> "RewardSpec":
+        if self.clip[0] >= self.clip[1]:
+            raise ValueError(f"clip must be [lo, hi] with lo < hi, got {list(self.clip)}")
+        return self
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelSpec(Strict):
+    """The pointer selector (DOMAIN.md section 5)."""
+
+    hidden: int = Field(256, ge=1, le=8192, description="Hidden size after the input projection")
+    layers: int = Field(1, ge=1, le=16, description="Cross-attention layers (query attends over the pool)")
+    heads: int = Field(1, ge=1, le=64, description="Attention heads per layer")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the output projections")
+    score_temperature: float = Field(0.1, gt=0, description="Scores are cosine / this")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelSpec":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class OptimSpec(Strict):
+    """Optimiser settings shared by both stages (AdamW)."""
+
+    lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Learning-rate schedule over the stage's steps")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping)")
+    freeze_backbone: bool = Field(False, description="Freeze the input projection and cross-attention (about half the parameters)")
+
+
+class RCESpec(OptimSpec):
+    """RCE warm-up: reward-weighted cross-entropy, w = softmax(r / tau) over each group."""
+
+    epochs: int = Field(5, ge=0, description="RCE epochs (0 = no RCE stage)")
+    lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate")
+    schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all RCE steps")
+    temp_start: float = Field(2.0, gt=0, description="tau at the first RCE step")
+    temp_end: float = Field(0.5, gt=0, description="tau at the last RCE step (linear in between)")
+    rewards: Literal["raw", "normalized"] = Field("raw", description="Weight by raw rewards or group-normalised (z-score) rewards")
+    target: Literal["weighted", "top1"] = Field("weighted", description="weighted = RCE over the group; top1 = plain CE on the best sequence")
+
+
+class AdaptiveKL(Strict):
+    """Adaptive KL coefficient: beta x factor when KL > high, / factor when KL < low."""
+
+    enabled: bool = Field(False, description="Adapt beta after every epoch")
+    low: float = Field(0.01, ge=0, description="Shrink beta when the epoch's KL is below this")
+    high: float = Field(0.1, gt=0, description="Grow beta when the epoch's KL is above this")
+    factor: float = Field(1.5, gt=1, description="Multiplicative step")
+    beta_min: float = Field(0.001, gt=0, description="Lower bound of beta")
+    beta_max: float = Field(10.0, gt=0, description="Upper bound of beta")
+
+    @model_validator(mode="after")
+    def _band(self) -> "AdaptiveKL":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.beta_min > self.beta_max:
+            raise ValueError(f"beta_min ({self.beta_min}) must not exceed beta_max ({self.beta_max})")
+        return self
+
+
+class KLSpec(Strict):
+    """KL penalty to the frozen reference policy."""
+
+    beta: float = Field(0.0, ge=0, description="Coefficient of the KL term (0 = no penalty; KL is still logged)")
+    estimator: Literal["k1", "k3"] = Field("k3", description="k3 = ratio - 1 - log ratio; k1 = log ratio")
+    reference: Literal["grpo_start", "pre_rce"] = Field(
+        "grpo_start",
+        description="Frozen reference: the checkpoint GRPO starts from, or the model before RCE (the original's choice)",
+    )
+    adaptive: AdaptiveKL = Field(default_factory=AdaptiveKL, description="Adaptive beta")
+    max_kl: float = Field(50.0, gt=0, description="Guardrail: stop the run when an epoch's mean KL exceeds this")
+
+
+class AdvantageSpec(Strict):
+    """Per-group advantages from rewards."""
+
+    kind: Literal["rank", "zscore", "centered"] = Field("zscore", description="rank: 1 - 2 rank/(n-1); zscore: (r - mean)/max(std, floor); centered: r - mean")
+    rank_ties: Literal["average", "first"] = Field("average", description="rank only: tied rewards share their mean rank, or ties break by order")
+    std_floor: float = Field(0.1, gt=0, description="zscore only: divide by max(std, this)")
+    clip: float = Field(5.0, gt=0, description="Clip advantages to [-clip, clip]")
+
+
+class CurriculumStep(Strict):
+    """From epoch `from_epoch` on (1-based), GRPO uses the `top_k` best sequences of each group (0 = all)."""
+
+    from_epoch: int = Field(ge=1, description="First epoch this applies to")
+    top_k: int = Field(ge=0, description="Sequences per group, best by reward (0 = all)")
+
+
+class GRPOSpec(OptimSpec):
+    """GRPO over offline groups: PPO-style ratio to the policy GRPO starts from, plus an optional KL penalty."""
+
+    epochs: int = Field(0, ge=0, description="GRPO epochs (0 = no GRPO stage; with phases, each phase sets its own)")
+    lr: float = Field(5e-6, gt=0, le=1.0, description="Peak learning rate")
+    advantage: AdvantageSpec = Field(default_factory=AdvantageSpec, description="How advantages are computed")
+    ppo_clip: bool = Field(True, description="Clip the ratio to [1 - eps_low, 1 + eps_high] in the policy loss")
+    eps_low: float = Field(0.2, gt=0, lt=1, description="Lower clip epsilon")
+    eps_high: float = Field(0.2, gt=0, lt=1, description="Upper clip epsilon")
+    kl: KLSpec = Field(default_factory=KLSpec, description="KL penalty to the frozen reference")
+    top_k_schedule: list[CurriculumStep] = Field(
+        default_factory=list,
+        description="Beam curriculum: top-k sequences per group by epoch (empty = all sequences every epoch)",
+    )
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "GRPOSpec":
+        starts = [s.from_epoch for s in self.top_k_schedule]
+        if starts != sorted(set(starts)):
+            raise ValueError(f"top_k_schedule from_epoch values must be strictly increasing, got {starts}")
+        if self.kl.adaptive.enabled and self.kl.beta == 0:
+            raise ValueError("kl.adaptive.enabled needs kl.beta > 0: an adaptive beta that starts at 0 never moves")
+        return self
+
+
+class DataOverride(Strict):
+    """A phase's changes to the plan's data filter (unset keys keep the plan's values)."""
+
+    skip_failed: Optional[bool] = Field(None, description="See data.skip_failed")
+    require_positive: Optional[bool] = Field(None, description="See data.require_positive")
+    tiers: Optional[list[Tier]] = Field(None, min_length=1, description="See data.tiers")
+    positive_ratio: Optional[tuple[float, float]] = Field(None, description="See data.positive_ratio")
+    min_group_size: Optional[int] = Field(None, ge=1, description="See data.min_group_size")
+    top_k: Optional[int] = Field(None, ge=0, description="See data.top_k")
+
+
+class Phase(Strict):
+    """One curriculum phase: GRPO with the plan's settings on a filtered subset, from the previous phase's selected checkpoint."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="Short name, used in metrics and checkpoint files")
+    epochs: int = Field(ge=1, description="GRPO epochs in this phase")
+    data: DataOverride = Field(default_factory=DataOverride, description="Filter changes for this phase")
+    lr: Optional[float] = Field(None, gt=0, le=1.0, description="Learning rate for this phase (default: grpo.lr)")
+
+
+# --------------------------------------------------------------------------- start, select, eval
+
+
+class StartSpec(Strict):
+    """Where training starts."""
+
+    kind: Literal["scratch", "plan", "checkpoint"] = Field("scratch", description="scratch, another plan's selected checkpoint, or a checkpoint file")
+    plan: Optional[str] = Field(None, description="kind = plan: the plan name (e.g. 'baseline')")
+    stage: Optional[str] = Field(None, description="kind = plan: take that plan's selected checkpoint of this stage ('rce', 'grpo', a phase name); default: its final selection")
+    checkpoint: Optional[str] = Field(None, description="kind = checkpoint: a .safetensors file")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StartSpec":
+        if self.kind == "plan" and not self.plan:
+            raise ValueError("kind = 'plan' needs plan = '<name>'")
+        if self.kind == "checkpoint" and not self.checkpoint:
+            raise ValueError("kind = 'checkpoint' needs checkpoint = '<file.safetensors>'")
+        if self.kind != "plan" and (self.plan or self.stage):
+            raise ValueError(f"plan/stage are only valid with kind = 'plan' (kind is '{self.kind}')")
+        if self.kind != "checkpoint" and self.checkpoint:
+            raise ValueError(f"checkpoint is only valid with kind = 'checkpoint' (kind is '{self.kind}')")
+        return self
+
+
+class SelectSpec(Strict):
+    """Which epoch's checkpoint is a stage's result."""
+
+    metric: str = Field("val/loss", description="A metric name from metrics.jsonl")
+    mode: Literal["min", "max"] = Field("min", description="Lowest or highest value wins (ties: earliest epoch)")
+    epoch: Optional[int] = Field(None, ge=1, description="Pin the final stage's selection to this epoch (a hand pick, recorded as such)")
+
+
+class EvalSpec(Strict):
+    """ICL evaluation of the selected checkpoint (DOMAIN.md section 7)."""
+
+    shots: list[int] = Field([1, 2, 3, 4], min_length=1, description="Numbers of demonstrations to evaluate")
+    questions: int = Field(800, ge=1, description="First N eval questions by question_id")
+    splits: list[Literal["val", "train"]] = Field(["val"], min_length=1, description="Eval splits")
+    backend: Literal["auto", "sim", "hf"] = Field("auto", description="auto = the workspace's backend (sim on the bundled benchmark)")
+    pool: Literal["random", "similar"] = Field("similar", description="Per-question candidate pool: seeded random draw or nearest by feature similarity")
+    pool_size: int = Field(64, ge=1, description="K: candidates per question")
+    batch_size: int = Field(8, ge=1, description="VLM generation batch size")
+    max_new_tokens: int = Field(5, ge=1, description="Generation length")
+    num_beams: int = Field(3, ge=1, description="Beam search width")
+
+    @model_validator(mode="after")
+    def _shots(self) -> "EvalSpec":
+        bad = [s for s in self.shots if not 1 <= s <= 8]
+        if bad:
+            raise ValueError(f"shots must each be in 1..8, got {bad}")
+        if len(set(self.shots)) != len(self.shots):
+            raise ValueError(f"shots must not repeat, got {self.shots}")
+        if max(self.shots) > self.pool_size:
+            raise ValueError(f"shots up to {max(self.shots)} need pool_size >= {max(self.shots)}, got {self.pool_size}")
+        return self
+
+
+# --------------------------------------------------------------------------- plan
+
+
+class Plan(Strict):
+    """A training-and-evaluation recipe."""
+
+    description: str = Field("", description="One line: what this plan changes, and against which plan")
+    extends: Optional[str] = Field(None, description="A plan file this one modifies (resolved relative to this file)")
+    seeds: list[int] = Field([0], min_length=1, description="One run per seed")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    start: StartSpec = Field(default_factory=StartSpec, description="Where training starts")
+    data: DataSpec = Field(default_factory=DataSpec, description="Candidate data and its filter")
+    reward: RewardSpec = Field(default_factory=RewardSpec, description="Reward of a candidate sequence")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The pointer selector")
+    rce: RCESpec = Field(default_factory=RCESpec, description="RCE stage")
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO stage")
+    phases: list[Phase] = Field(default_factory=list, description="Curriculum: GRPO phases in order, each from the previous one's selection")
+    select: SelectSpec = Field(default_factory=SelectSpec, description="Checkpoint selection rule")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation")
+
+    @model_validator(mode="after")
+    def _stages(self) -> "Plan":
+        if self.phases and self.grpo.epochs:
+            raise ValueError(
+                f"grpo.epochs = {self.grpo.epochs} conflicts with phases: each phase sets its own epochs; set grpo.epochs = 0"
+            )
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
+        if {"rce", "grpo"} & set(names):
+            raise ValueError("phase names 'rce' and 'grpo' are reserved for the stages")
+        if self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
+            raise ValueError("nothing to train: rce.epochs, grpo.epochs are 0 and there are no phases")
+        return self
+
+    def stage_names(self) -> list[str]:
+        """Stages in execution order: 'rce', 'grpo', or the phase names."""
+        names = ["rce"] if self.rce.epochs else []
+        if self.phases:
+            names += [p.name for p in self.phases]
+        elif self.grpo.epochs:
+            names.append("grpo")
+        return names

@@ -1,0 +1,139 @@
+"""The workspace: where data, features, images, models and runs live on this machine.
+
+Found, in order: the `--workspace` flag, the `LEVER_WORKSPACE` environment variable,
+`lever.toml` in the current directory. With none, the workspace is the bundled
+benchmark: data is generated into the cache on first use and evaluated with the `sim`
+backend. Relative paths in a workspace file are relative to that file.
+
+Example `lever.toml` for a real OK-VQA setup::
+
+    runs = "runs"
+    cache = ".lever-cache"
+    backend = "hf"
+
+    [candidates]
+    main = "results/okvqa/generated_data/rl_data_k64_v3.json"
+    balanced = "results/okvqa/generated_data/rl_data_k64_v3_balanced.json"
+
+    [features]
+    main = "cache/query_embeddings.pt"
+
+    [okvqa]
+    train_questions = "okvqa/OpenEnded_mscoco_train2014_questions.json"
+    train_annotations = "okvqa/mscoco_train2014_annotations.json"
+    train_images = "coco/train2014"
+    val_questions = "okvqa/OpenEnded_mscoco_val2014_questions.json"
+    val_annotations = "okvqa/mscoco_val2014_annotations.json"
+    val_images = "coco/val2014"
+
+    [models]
+    vlm = "models/Qwen2.5-VL-3B-Instruct"
+    clip = "models/clip-vit-base-patch32"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lever.errors import LeverError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+WORKSPACE_ENV = "LEVER_WORKSPACE"
+WORKSPACE_FILE = "lever.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OKVQAPaths(_Strict):
+    """Official OK-VQA files and COCO image folders."""
+
+    train_questions: str = Field(description="OK-VQA train questions JSON")
+    train_annotations: str = Field(description="OK-VQA train annotations JSON")
+    train_images: str = Field(description="COCO train2014 image folder")
+    val_questions: str = Field(description="OK-VQA val questions JSON")
+    val_annotations: str = Field(description="OK-VQA val annotations JSON")
+    val_images: str = Field(description="COCO val2014 image folder")
+
+
+class ModelPaths(_Strict):
+    """Local model directories (no hub access is assumed)."""
+
+    vlm: Optional[str] = Field(None, description="Image-text-to-text model directory (Qwen2.5-VL)")
+    clip: Optional[str] = Field(None, description="CLIP model directory for features")
+
+
+class Workspace(_Strict):
+    """Where things live. No `candidates` table means the bundled benchmark."""
+
+    root: Path = Field(Path("."), description="Directory relative paths are resolved against")
+    source: str = Field("bundled benchmark (no workspace file)", description="Where this workspace came from")
+    runs: str = Field("runs", description="Run directories")
+    cache: str = Field(".lever-cache", description="Generated benchmark, parsed data and feature caches")
+    plans: str = Field("plans", description="Where plan names are looked up")
+    backend: Literal["sim", "hf"] = Field("sim", description="Evaluation backend for plans with eval.backend = 'auto'")
+    bench: dict[str, Any] = Field(default_factory=dict, description="Bundled benchmark generator settings (see docs/benchmark.md)")
+    candidates: dict[str, str] = Field(default_factory=dict, description="Candidate-data names -> JSON files")
+    features: dict[str, str] = Field(default_factory=dict, description="Feature names -> [N_train, d] tensor files")
+    okvqa: Optional[OKVQAPaths] = Field(None, description="OK-VQA files for evaluation")
+    models: ModelPaths = Field(default_factory=ModelPaths, description="Model directories")
+
+    @property
+    def is_bundled(self) -> bool:
+        return not self.candidates
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path(self.runs)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path(self.cache)
+
+    @property
+    def plans_dir(self) -> Path:
+        return self.path(self.plans)
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_workspace(flag: str | Path | None = None) -> Workspace:
+    """The flag, else $LEVER_WORKSPACE, else ./lever.toml, else the bundled benchmark."""
+    origin = "--workspace"
+    path: Path | None = Path(flag) if flag else None
+    if path is None and os.environ.get(WORKSPACE_ENV):
+        path, origin = Path(os.environ[WORKSPACE_ENV]), f"${WORKSPACE_ENV}"
+    if path is None and Path(WORKSPACE_FILE).is_file():
+        path, origin = Path(WORKSPACE_FILE), f"./{WORKSPACE_FILE}"
+    if path is None:
+        return Workspace()
+    if not path.is_file():
+        raise LeverError(f"workspace file {path} (from {origin}) does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise LeverError(f"{path}: invalid TOML: {err}") from None
+    for reserved in ("root", "source"):
+        if reserved in data:
+            raise LeverError(f"{path}: '{reserved}' is set by lever, not in the workspace file")
+    try:
+        return Workspace(root=path.resolve().parent, source=f"{path} (from {origin})", **data)
+    except ValidationError as err:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        valid = ", ".join(k for k in Workspace.model_fields if k not in ("root", "source"))
+        raise LeverError(f"{path}: " + "; ".join(lines), hint=f"workspace keys: {valid}") from None

@@ -1,0 +1,202 @@
+"""Plan schema, extends, overrides, hashing and diff, through the real CLI where a user would see them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lever.errors import LeverError
+from lever.spec import diff_specs, load_plan, spec_hash
+from lever.spec.load import deep_merge, parse_override
+from lever.spec.schema import Plan
+
+PLAN_NAMES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "plans").glob("*.toml"))
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- the shipped plans
+
+
+def test_every_log_plan_exists():
+    expected = {"baseline", "plan1", "plan2_kl012", "plan2_kl005", "plan3", "plan4", "plan5", "plan6",
+                "plan7", "plan7_1", "plan7_2", "plan5_8", "plan9", "plan10"}
+    assert expected <= set(PLAN_NAMES)
+
+
+def test_validate_all_plans(lever, plans_dir):
+    res = lever("validate", *sorted(plans_dir.glob("*.toml")))
+    assert res.code == 0, res.text
+    assert res.out.count("ok") == len(PLAN_NAMES)
+
+
+@pytest.mark.parametrize("name", PLAN_NAMES)
+def test_show_json_round_trips(lever, plans_dir, name):
+    res = lever("show", plans_dir / f"{name}.toml", "--json")
+    assert res.code == 0, res.text
+    shown = json.loads(res.out)
+    again = Plan.model_validate(shown["spec"])
+    assert spec_hash(again) == shown["hash"]
+    assert shown["workspace"]["source"].startswith("bundled benchmark")
+
+
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        ("plan5", "plan6", [("grpo.lr", 5e-6, 5e-5)]),
+        ("plan7", "plan7_1", [("grpo.kl.beta", 0.0, 0.01)]),
+        ("plan7", "plan7_2", [("grpo.kl.beta", 0.0, 0.05)]),
+        ("plan1", "plan3", [("grpo.freeze_backbone", True, False)]),
+        ("plan1", "plan4", [("reward.mode", "hard_plus_soft", "separated")]),
+    ],
+)
+def test_diff_shows_exactly_the_logs_change(plans_dir, a, b, expected):
+    pa, pb = load_plan(plans_dir / f"{a}.toml"), load_plan(plans_dir / f"{b}.toml")
+    assert diff_specs(pa.recipe(), pb.recipe()) == expected
+
+
+def test_diff_cli_table(lever):
+    res = lever("diff", "plan5", "plan6")
+    assert res.code == 0, res.text
+    assert "grpo.lr" in res.out and "5e-06" in res.out and "5e-05" in res.out
+    assert "grpo.kl.beta" not in res.out
+
+
+def test_plans_lists_descriptions(lever):
+    res = lever("plans")
+    assert res.code == 0
+    assert "plan7_1" in res.out and "beta 0.01" in res.out
+
+
+def test_schema_is_json_schema(lever):
+    res = lever("schema")
+    assert res.code == 0
+    schema = json.loads(res.out)
+    assert schema["additionalProperties"] is False
+    assert "grpo" in schema["properties"] and "description" in schema["properties"]
+
+
+# --------------------------------------------------------------------------- extends, overrides, hash
+
+
+def test_extends_deep_merges_relative_to_file(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    write(tmp_path, "base.toml", 'description = "base"\n[grpo]\nepochs = 3\nlr = 1e-5\n[grpo.kl]\nbeta = 0.2\n')
+    child = write(sub, "child.toml", 'description = "child"\nextends = "../base.toml"\n[grpo.kl]\nbeta = 0.05\n')
+    lp = load_plan(child)
+    assert lp.plan.grpo.epochs == 3 and lp.plan.grpo.lr == 1e-5  # inherited
+    assert lp.plan.grpo.kl.beta == 0.05  # overridden
+    assert lp.plan.description == "child"
+    assert [p.name for p in lp.chain] == ["child.toml", "base.toml"]
+
+
+def test_deep_merge_replaces_lists():
+    assert deep_merge({"a": {"x": [1, 2], "y": 1}}, {"a": {"x": [3]}}) == {"a": {"x": [3], "y": 1}}
+
+
+def test_overrides_are_toml_typed(plans_dir):
+    lp = load_plan(plans_dir / "plan5.toml", ["grpo.lr=1e-5", "eval.shots=[1,2]", "data.candidates=balanced",
+                                              "grpo.ppo_clip=false"])
+    assert lp.plan.grpo.lr == 1e-5
+    assert lp.plan.eval.shots == [1, 2]
+    assert lp.plan.data.candidates == "balanced"
+    assert lp.plan.grpo.ppo_clip is False
+
+
+def test_override_into_phase_list(plans_dir):
+    lp = load_plan(plans_dir / "plan9.toml", ["phases.0.epochs=2"])
+    assert lp.plan.phases[0].epochs == 2 and lp.plan.phases[1].epochs == 20
+
+
+def test_parse_override_bare_word():
+    assert parse_override("data.candidates=balanced") == (["data", "candidates"], "balanced")
+    assert parse_override("rce.epochs=3") == (["rce", "epochs"], 3)
+
+
+def test_hash_is_stable_and_ignores_layout(tmp_path):
+    a = write(tmp_path, "a.toml", 'description = "one"\n[grpo]\nepochs = 2\nlr = 1e-5\n')
+    b = write(tmp_path, "b.toml", 'description = "two"\n[grpo]\nlr = 1e-5\nepochs = 2\n')
+    assert load_plan(a).hash == load_plan(b).hash  # key order and description do not matter
+    c = write(tmp_path, "c.toml", 'description = "one"\n[grpo]\nepochs = 2\nlr = 2e-5\n')
+    assert load_plan(c).hash != load_plan(a).hash
+    assert len(load_plan(a).hash) == 12
+
+
+def test_hash_equal_through_extends(plans_dir, tmp_path):
+    flat = json.loads(json.dumps(load_plan(plans_dir / "plan6.toml").recipe()))
+    assert spec_hash(Plan.model_validate(flat)) == load_plan(plans_dir / "plan6.toml").hash
+
+
+# --------------------------------------------------------------------------- bad input, through the CLI
+
+
+BAD = [
+    ("unknown key", 'description = "x"\n[grpo]\nflux = 1\n', ["grpo.flux", "unknown key"]),
+    ("misspelt key", 'description = "x"\n[grpo.kl]\nbeat = 0.1\n', ["grpo.kl.beat", "did you mean 'beta'"]),
+    ("misspelt table", 'description = "x"\n[rewrad]\nmode = "separated"\n', ["rewrad", "did you mean 'reward'"]),
+    ("wrong type", 'description = "x"\n[rce]\nepochs = "five"\n', ["rce.epochs", "integer"]),
+    ("negative lr", 'description = "x"\n[grpo]\nlr = -1e-5\n', ["grpo.lr", "greater than 0"]),
+    ("epsilon outside (0,1)", 'description = "x"\n[grpo]\neps_high = 1.5\n', ["grpo.eps_high", "less than 1"]),
+    ("shots outside 1-8", 'description = "x"\n[eval]\nshots = [1, 9]\n', ["eval", "1..8", "[9]"]),
+    ("bad reward mode", 'description = "x"\n[reward]\nmode = "hard_plus"\n', ["reward.mode", "hard_plus_soft"]),
+    ("phases with grpo.epochs", 'description = "x"\n[grpo]\nepochs = 3\n[[phases]]\nname = "a"\nepochs = 2\n',
+     ["grpo.epochs = 3 conflicts with phases"]),
+    ("adaptive beta from 0", 'description = "x"\n[grpo]\nepochs = 1\n[grpo.kl]\nbeta = 0\n[grpo.kl.adaptive]\nenabled = true\n',
+     ["adaptive", "beta > 0"]),
+    ("start plan without name", 'description = "x"\n[start]\nkind = "plan"\n', ["start", "needs plan"]),
+    ("nothing to train", 'description = "x"\n[rce]\nepochs = 0\n', ["nothing to train"]),
+    ("invalid TOML", 'description = "x"\n[grpo\nlr = 1\n', ["invalid TOML", "line 2"]),
+    ("empty file", "   \n", ["empty"]),
+]
+
+
+@pytest.mark.parametrize("label,text,needles", BAD, ids=[b[0] for b in BAD])
+def test_bad_spec_exits_2_with_precise_message(lever, tmp_path, label, text, needles):
+    path = write(tmp_path, "bad.toml", text)
+    res = lever("validate", path)
+    assert res.code == 2, res.text
+    assert str(path) in res.err
+    for needle in needles:
+        assert needle in res.err, (needle, res.err)
+    assert "Traceback" not in res.text
+
+
+def test_missing_extends(lever, tmp_path):
+    path = write(tmp_path, "c.toml", 'description = "x"\nextends = "nope.toml"\n')
+    res = lever("validate", path)
+    assert res.code == 2 and "nope.toml" in res.err and "no such file" in res.err
+
+
+def test_circular_extends(lever, tmp_path):
+    write(tmp_path, "a.toml", 'extends = "b.toml"\n')
+    write(tmp_path, "b.toml", 'extends = "a.toml"\n')
+    res = lever("validate", tmp_path / "a.toml")
+    assert res.code == 2 and "circular extends" in res.err and "a.toml -> b.toml -> a.toml" in res.err
+
+
+def test_override_on_missing_key(lever):
+    res = lever("show", "plan5", "grpo.kl.bta=0.1")
+    assert res.code == 2
+    assert "unknown key 'grpo.kl.bta'" in res.err and "did you mean 'beta'" in res.err
+
+
+def test_override_with_bad_value(lever):
+    res = lever("show", "plan5", "-s", "grpo.eps_low=0")
+    assert res.code == 2 and "grpo.eps_low" in res.err and "greater than 0" in res.err
+
+
+def test_unknown_plan_name_suggests(lever):
+    res = lever("show", "plan77")
+    assert res.code == 2 and "plan77" in res.err and "did you mean" in res.err
+
+
+def test_library_error_type(tmp_path):
+    with pytest.raises(LeverError):
+        load_plan(write(tmp_path, "x.toml", 'description = "x"\n[model]\nhidden = 10\nheads = 3\n'))
