@@ -34,3 +34,12 @@ def plan_args(args: list[str], overrides: list[str] | None) -> tuple[list[str], 
     plans = [a for a in args if "=" not in a]
     sets = [a for a in args if "=" in a] + list(overrides or [])
     return plans, sets
+
+
+def runs_dir():
+    """Where runs live: $LEVER_RUNS when set, else the workspace's runs folder."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("LEVER_RUNS")
+    return Path(env) if env else workspace().runs_dir

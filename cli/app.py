@@ -12,7 +12,7 @@ from rich.text import Text
 from lever import __version__
 from lever.errors import LeverError
 
-from . import spec
+from . import report, run, spec
 from ._common import set_workspace_flag
 from ._console import err_console
 
@@ -42,6 +42,8 @@ def _root(
 
 
 spec.register(app)
+run.register(app)
+report.register(app)
 
 
 def main() -> None:

@@ -160,10 +160,6 @@ class KLSpec(Strict):
 
     beta: float = Field(0.0, ge=0, description="Coefficient of the KL term (0 = no penalty; KL is still logged)")
     estimator: Literal["k1", "k3"] = Field("k3", description="k3 = ratio - 1 - log ratio; k1 = log ratio")
-    reference: Literal["grpo_start", "pre_rce"] = Field(
-        "grpo_start",
-        description="Frozen reference: the checkpoint GRPO starts from, or the model before RCE (the original's choice)",
-    )
     adaptive: AdaptiveKL = Field(default_factory=AdaptiveKL, description="Adaptive beta")
     max_kl: float = Field(50.0, gt=0, description="Guardrail: stop the run when an epoch's mean KL exceeds this")
 
@@ -193,6 +189,10 @@ class GRPOSpec(OptimSpec):
     ppo_clip: bool = Field(True, description="Clip the ratio to [1 - eps_low, 1 + eps_high] in the policy loss")
     eps_low: float = Field(0.2, gt=0, lt=1, description="Lower clip epsilon")
     eps_high: float = Field(0.2, gt=0, lt=1, description="Upper clip epsilon")
+    reference: Literal["stage_start", "pre_rce"] = Field(
+        "stage_start",
+        description="Frozen policy for the ratio and the KL: the checkpoint this GRPO stage starts from, or the model before RCE (the original's choice)",
+    )
     kl: KLSpec = Field(default_factory=KLSpec, description="KL penalty to the frozen reference")
     top_k_schedule: list[CurriculumStep] = Field(
         default_factory=list,

@@ -1,0 +1,104 @@
+"""Throughput of the `hf` backend: batched generation vs one question at a time.
+
+Default: the tiny random Qwen2.5-VL of the tests, on CPU (target: batch 8 >= 3x one at a time).
+--real-size: a randomly initialised model of Qwen2.5-VL-3B's configuration (needs a GPU),
+with 640x480 images, reporting questions per second.
+
+    python benchmarks/bench_hf.py [--questions 32] [--shots 2] [--threads N] [--real-size]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tiny_models import random_image, tiny_qwen, write_okvqa_fixture  # noqa: E402
+
+from lever.eval.backend import Request  # noqa: E402
+from lever.eval.hf import HFBackend  # noqa: E402
+from lever.eval.okvqa import load_okvqa  # noqa: E402
+
+
+def real_size_qwen() -> tuple[object, object]:
+    """Random weights in Qwen2.5-VL-3B-Instruct's shapes (bf16 on CUDA); the tests' byte tokenizer."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    _, processor = tiny_qwen()
+    tok = processor.tokenizer
+    processor.image_processor = Qwen2VLImageProcessorPil()  # the real default pixel limits
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                     "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                                             "rope_theta": 1000000.0},
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    return model.eval(), processor
+
+
+def qps(backend: HFBackend, reqs: list[Request], repeats: int = 3) -> float:
+    """Questions per second over `reqs`: the best of `repeats` runs, after one warm-up batch."""
+    backend.answer(reqs[: backend.batch_size])
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = backend.answer(reqs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+        assert not any(r.failed for r in out), [r.error for r in out if r.failed][:1]
+    return len(reqs) / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--questions", type=int, default=32)
+    ap.add_argument("--shots", type=int, default=2)
+    ap.add_argument("--real-size", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        n_items = args.questions + args.shots
+        q, a, image_dir = write_okvqa_fixture(Path(tmp), n=n_items)
+        if args.real_size:
+            for i in range(n_items):  # COCO-sized images: 640x480
+                random_image(image_dir / f"COCO_val2014_{500 + i:012d}.jpg", seed=i, size=(480, 640))
+            model, processor, device = *real_size_qwen(), "cuda"
+        else:
+            model, processor, device = *tiny_qwen(), "cpu"
+        items = load_okvqa(q, a, image_dir, split="val")
+        reqs = [Request("val", items[i], items[i + 1: i + 1 + args.shots]) for i in range(args.questions)]
+
+        print(f"{'real-size (3B config)' if args.real_size else 'tiny'} Qwen2.5-VL on {device}, "
+              f"{args.questions} questions, {args.shots} shots, 5 new tokens, {torch.get_num_threads()} torch threads")
+        for beams in (3, 1):
+            single = qps(HFBackend.from_pretrained_objects(model, processor, device, 1, 5, beams), reqs)
+            batched = qps(HFBackend.from_pretrained_objects(model, processor, device, 8, 5, beams), reqs)
+            print(f"  num_beams={beams}: one at a time {single:7.2f} q/s | batch 8 {batched:7.2f} q/s | "
+                  f"speed-up {batched / single:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Report commands: compare, report, runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from lever.errors import LeverError
+from lever.report.export import export
+from lever.report.results import PlanRuns, RunData, load_plan, plan_name, scan_runs
+from lever.report.sparkline import plot_curves, spark_rows
+from lever.report.tables import (
+    TRAINING_HEADERS,
+    build_comparison,
+    fmt_num,
+    plain_grid,
+    render_plain,
+    render_rich,
+    training_rows,
+)
+from lever.runs.store import find_plan_runs
+
+from ._common import runs_dir as runs_root
+
+from ._console import console
+
+SPLITS = ("val", "train")
+
+
+def _load(plan: str, root: Path) -> PlanRuns:
+    return load_plan(plan, find_plan_runs(plan, root))
+
+
+def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A table: rich on a terminal, fixed-width plain text otherwise."""
+    if console.is_terminal:
+        t = Table(title=escape(title), title_justify="left")
+        for h in headers:
+            t.add_column(escape(h))
+        for r in rows:
+            t.add_row(*(escape(c) for c in r))
+        console.print(t)
+    else:
+        typer.echo(f"{title}\n{plain_grid(headers, rows)}")
+
+
+def compare(
+    plans: List[str] = typer.Argument(..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files"),
+    baseline: str = typer.Option("baseline", "--baseline", "-b", help="The reference plan of every delta"),
+    split: str = typer.Option("val", "--split", help="Which evaluation split: val or train"),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON"),
+    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables"),
+    as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and shot row"),
+    latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment of the shot table"),
+    resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per delta"),
+) -> None:
+    """Per-shot accuracy of plans against a baseline, with paired 95% intervals and p-values.
+
+    Also the training table (selected epoch, losses, flags) and the spec keys that differ from the baseline.
+
+    Plans not run or not evaluated show as missing, with the command to run.
+
+    Example: [bold]lever compare plan5 plan7 plan7_1 --baseline baseline --split val[/]
+    """
+    if split not in SPLITS:
+        raise LeverError(f"--split {split!r} is not a split", hint=f"use one of: {', '.join(SPLITS)}")
+    formats = [f for f, on in (("json", as_json), ("markdown", markdown), ("csv", as_csv), ("latex", latex)) if on]
+    if len(formats) > 1:
+        raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
+    if resamples < 1:
+        raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
+    root = runs_root()
+    base = _load(baseline, root)
+    others = [_load(p, root) for p in plans if plan_name(p) != base.name]
+    cmp = build_comparison(others, base, split=split, n_resamples=resamples)
+    if formats:
+        typer.echo(export(cmp, formats[0]), nl=False)
+    elif console.is_terminal:
+        render_rich(cmp, console)
+    else:
+        typer.echo(render_plain(cmp), nl=False)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _accuracy_rows(run: RunData) -> list[list[str]]:
+    rows = []
+    for split in run.splits():
+        for shots in run.shots(split):
+            qr = run.question_results(split, shots)
+            n = str(qr.n) if qr is not None else "—"
+            failed = str(qr.n_failed) if qr is not None else "—"
+            rows.append([f"seed-{run.seed}", split, str(shots), _pct(run.accuracy(split, shots)), n, failed])
+    return rows
+
+
+def report(
+    plan: str = typer.Argument(..., help="A plan name (plan5) or file (plans/plan5.toml)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for PNG curves (default: <run>/report)"),
+) -> None:
+    """Training curves of one plan: sparklines per metric here, PNG files if matplotlib is installed.
+
+    Also the selected checkpoint of each seed and its accuracies per split and shot count.
+
+    Example: [bold]lever report plan5 --out figures/plan5[/]
+    """
+    root = runs_root()
+    pr = _load(plan, root)
+    if not pr.runs:
+        raise LeverError(f"plan {pr.name!r} has no runs under {root}", hint=f"run it first: {pr.command}")
+    typer.echo(f"{pr.name}  hash {pr.spec_hash}  seeds {len(pr.runs)}")
+    for run in pr.runs:
+        rows = [[r.metric, r.stage, r.spark, fmt_num(r.first), fmt_num(r.last), fmt_num(r.lo), fmt_num(r.hi)]
+                for r in spark_rows(run.metrics or [])]
+        if rows:
+            _show(f"seed-{run.seed} ({run.state})", ["metric", "stage", "curve", "first", "last", "min", "max"], rows)
+        else:
+            typer.echo(f"seed-{run.seed} ({run.state}): no metrics.jsonl yet")
+    trows = [[t.plan, str(t.seed), t.state, f"{t.stage} {t.epoch}" if t.stage else "—", t.reason or "—",
+              fmt_num(t.val_loss), fmt_num(t.ppo_loss), fmt_num(t.kl), fmt_num(t.adv_std),
+              ", ".join(t.flags) or "—"] for t in training_rows(pr)]
+    _show("Training (selected checkpoint)", TRAINING_HEADERS, trows)
+    acc = [r for run in pr.runs for r in _accuracy_rows(run)]
+    if acc:
+        _show("Accuracy (%)", ["seed", "split", "shots", "accuracy", "questions", "failed"], acc)
+    else:
+        typer.echo(f"not evaluated: run `lever evaluate plans/{pr.name}.toml`")
+    series = {f"seed-{r.seed}": r.metrics for r in pr.runs if r.metrics}
+    if series:
+        out_dir = out or pr.runs[0].path.parent / "report"
+        written = plot_curves(series, out_dir, {f"seed-{r.seed}": r.selected or {} for r in pr.runs})
+        if written is None:
+            typer.echo("PNG curves skipped: matplotlib is not installed (pip install matplotlib)")
+        else:
+            typer.echo(f"wrote {len(written)} PNG curves to {out_dir}")
+
+
+def runs() -> None:
+    """List every run: plan, spec hash, seed, status, selected epoch and val accuracy per shot count.
+
+    Runs live under $LEVER_RUNS (default: ./runs).
+
+    Example: [bold]LEVER_RUNS=runs lever runs[/]
+    """
+    root = runs_root()
+    found = scan_runs(root)
+    if not found:
+        typer.echo(f"no runs under {root} (start one with `lever run plans/baseline.toml`)")
+        return
+    shots = sorted({s for r in found for s in r.shots("val")})
+    headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "flags"]
+    rows = []
+    for r in found:
+        sel = r.selected or {}
+        selected = f"{sel.get('stage')} {sel.get('epoch')}" if sel else "—"
+        accs = [_pct(r.accuracy("val", s)) for s in shots]
+        flags = ", ".join(str(f) for f in (r.status or {}).get("flags") or []) or "—"
+        rows.append([r.plan, r.spec_hash[:12], str(r.seed), r.state, selected, *accs, flags])
+    _show(f"Runs under {root}", headers, rows)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compare``, ``report`` and ``runs`` to a Typer app."""
+    app.command("compare")(compare)
+    app.command("report")(report)
+    app.command("runs")(runs)

@@ -1,0 +1,134 @@
+"""`lever run` and `lever evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lever.errors import LeverError
+from lever.spec import LoadedPlan, load_plan
+
+from ._common import OverrideOpt, plan_args, workspace
+from ._console import console, err_console
+from ._progress import RichReporter
+
+
+def _one_plan(args: list[str], overrides: list[str] | None) -> LoadedPlan:
+    refs, sets = plan_args(args, overrides)
+    if len(refs) != 1:
+        raise LeverError(f"expected one plan, got {len(refs)}: {' '.join(refs) or '(none)'}")
+    return load_plan(refs[0], sets, workspace().plans_dir)
+
+
+def _seeds(lp: LoadedPlan, seed: Optional[int]) -> list[int]:
+    return [seed] if seed is not None else list(lp.plan.seeds)
+
+
+def _evaluate(lp: LoadedPlan, seed: int, epoch: Optional[int]) -> dict:
+    from lever.eval.evaluate import evaluate_run
+    from lever.runs.run import run_dir_of
+    from lever.runs.sources import resolve_train_sources
+
+    ws = workspace()
+    run_dir = run_dir_of(ws, lp, seed)
+    feats = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, err_console.print).features
+    with Progress(TextColumn(f"evaluating {lp.name} seed {seed}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        out_dir, summary = evaluate_run(run_dir, lp.plan, ws, seed, epoch=epoch, features_path=feats, log=err_console.print,
+                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _print_summary(lp, seed, summary, out_dir)
+    return summary
+
+
+def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
+    ck = summary["checkpoint"]
+    console.print(f"[bold]{lp.name}[/] seed {seed}: {ck['stage']} epoch {ck['epoch']} ({ck['reason']})", highlight=False)
+    table = Table()
+    splits = summary["splits"]
+    table.add_column("shots")
+    for split in splits:
+        table.add_column(f"{split} acc %", justify="right")
+    shots = sorted({int(s) for sp in splits.values() for s in sp})
+    for s in shots:
+        table.add_row(str(s), *[f"{splits[sp][str(s)]['accuracy']:.2f}" if str(s) in splits[sp] else "" for sp in splits])
+    console.print(table)
+    failed = sum(c["failed"] for sp in splits.values() for c in sp.values())
+    if failed:
+        console.print(f"[yellow]{failed} question(s) failed and score 0; see {out_dir / 'results.jsonl'}[/]")
+    err_console.print(f"results: {out_dir}", highlight=False)
+
+
+def run(
+    plan: List[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
+    overrides: OverrideOpt = None,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run only this seed (default: every seed in the plan)"),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the selected checkpoint after training"),
+) -> None:
+    """Train a plan (RCE, GRPO, curriculum phases) into its run directory, then evaluate it and compare with the baseline.
+
+    Re-running a finished plan does nothing; a killed run resumes from its last finished epoch;
+    a changed spec gets a new run directory. Stages shared with other plans (same data, settings,
+    seed and start) are trained once and reused.
+
+    Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
+    """
+    from lever.runs.run import run_plan
+
+    lp = _one_plan(plan, overrides)
+    ws = workspace()
+    err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
+    reporter = RichReporter(err_console)
+    for s in _seeds(lp, seed):
+        outcome = run_plan(lp, ws, s, reporter)
+        sel = outcome.selected
+        err_console.print(f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
+                          highlight=False)
+        if evaluate:
+            _evaluate(lp, s, None)
+    if evaluate and lp.name != "baseline":
+        _baseline_table(lp)
+
+
+def _baseline_table(lp: LoadedPlan) -> None:
+    """The plan against the baseline, when the baseline has been run and evaluated."""
+    from lever.report.results import load_plan as load_plan_runs
+    from lever.report.tables import build_comparison, render_rich
+    from lever.runs.store import find_plan_runs
+
+    ws = workspace()
+    base_dirs = find_plan_runs("baseline", ws.runs_dir)
+    base = load_plan_runs("baseline", base_dirs)
+    if base.missing:
+        err_console.print("no evaluated baseline yet: [bold]lever run plans/baseline.toml[/] gives the comparison table")
+        return
+    mine = load_plan_runs(lp.name, find_plan_runs(lp.name, ws.runs_dir))
+    for split in lp.plan.eval.splits:
+        render_rich(build_comparison([mine], base, split=split, n_resamples=2000), console)
+
+
+def evaluate(
+    plan: List[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
+    overrides: OverrideOpt = None,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Evaluate only this seed"),
+    epoch: Optional[int] = typer.Option(None, "--epoch", min=1, help="Use this epoch of the final stage instead of the selected one"),
+) -> None:
+    """Evaluate a trained plan: the selected checkpoint picks demonstrations for every shot count, the VLM answers.
+
+    Per-question results go to the run's eval/ folder; a repeated evaluation with the same checkpoint,
+    backend and settings is served from there instantly.
+
+    Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
+    """
+    lp = _one_plan(plan, overrides)
+    for s in _seeds(lp, seed):
+        _evaluate(lp, s, epoch)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("evaluate")(evaluate)

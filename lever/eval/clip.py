@@ -1,0 +1,113 @@
+"""CLIP item features (DOMAIN.md section 2), computed once and cached on disk.
+
+emb(item) = normalise( (normalise(image_emb) + normalise(question_emb)) / 2 ),  d = projection dim
+(512 for ViT-B/32). An item without an image, or whose image file cannot be read
+(a warning says so), gets its normalised question embedding alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lever.errors import LeverError
+from lever.eval.backend import Item
+from lever.eval.hf import load_image, require_transformers
+
+ModelSpec = str | Path | tuple[Any, Any]  # a model folder, or an already-built (CLIPModel, CLIPProcessor)
+
+
+def load_clip(model: ModelSpec, device: str = "cpu") -> tuple[Any, Any]:
+    """(CLIPModel, CLIPProcessor) from a local folder, or the given pair, moved to `device` in eval mode."""
+    if isinstance(model, tuple):
+        clip, processor = model
+    else:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise LeverError(f"CLIP model directory {path} does not exist or has no config.json",
+                             hint="point it at a local CLIP checkpoint (e.g. clip-vit-base-patch32)")
+        transformers = require_transformers()
+        clip = transformers.CLIPModel.from_pretrained(path)
+        processor = transformers.CLIPProcessor.from_pretrained(path)
+    return clip.to(device).eval(), processor
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    # transformers < 5 returns the projected features; 5.x a model output whose pooler_output holds them.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _try_image(item: Item) -> Any | None:
+    if item.image is None:
+        return None
+    try:
+        return load_image(item.image)
+    except OSError as e:
+        warnings.warn(f"question {item.question_id}: image {item.image} unreadable ({e}); "
+                      "using its question embedding alone", stacklevel=3)
+        return None
+
+
+@torch.no_grad()
+def clip_features(items: list[Item], model: ModelSpec, batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+    """CLIP embedding of each item, [N, d], rows in the order of `items`.
+
+    emb = normalise(mean(normalise(img), normalise(txt))); question only when there is no image.
+    """
+    clip, processor = load_clip(model, device)
+    rows = []
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        tok = processor(text=[it.question for it in chunk], padding=True, truncation=True,
+                        return_tensors="pt").to(device)
+        txt = F.normalize(_pooled(clip.get_text_features(input_ids=tok["input_ids"],
+                                                         attention_mask=tok["attention_mask"])), dim=-1)  # [b, d]
+        emb = txt.clone()
+        images = [_try_image(it) for it in chunk]
+        has = [j for j, im in enumerate(images) if im is not None]
+        if has:
+            pix = processor(images=[images[j] for j in has], return_tensors="pt")["pixel_values"].to(device)
+            img = F.normalize(_pooled(clip.get_image_features(pixel_values=pix)), dim=-1)  # [b_img, d]
+            emb[has] = (img + txt[has]) / 2
+        rows.append(F.normalize(emb, dim=-1).float().cpu())
+    if not rows:
+        return torch.zeros(0, clip.config.projection_dim)
+    return torch.cat(rows)  # [N, d]
+
+
+def cache_key(items: list[Item], model_dir: str | Path) -> str:
+    """Hash of the model folder and, per item, (question_id, image_id, has image)."""
+    ids = [[it.question_id, it.image_id, it.image is not None] for it in items]
+    blob = json.dumps({"model": str(model_dir), "items": ids}, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_clip_features(items: list[Item], model_dir: str | Path, cache_path: str | Path,
+                         batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+    """clip_features, computed once: reused while the cache's key matches, else recomputed and rewritten.
+
+    The cache is a torch.save'd dict {"key", "model", "features"}, written to a temp
+    file then moved into place (os.replace), so a crash never leaves half a file.
+    """
+    cache_path = Path(cache_path)
+    key = cache_key(items, model_dir)
+    if cache_path.is_file():
+        try:
+            cached = torch.load(cache_path, map_location="cpu", weights_only=True)
+            if cached.get("key") == key:
+                return cached["features"]
+        except Exception as e:  # unreadable cache: recompute rather than fail
+            warnings.warn(f"feature cache {cache_path} unreadable ({e}); recomputing", stacklevel=2)
+    feats = clip_features(items, model_dir, batch_size=batch_size, device=device)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + f".tmp{os.getpid()}")
+    torch.save({"key": key, "model": str(model_dir), "features": feats}, tmp)
+    os.replace(tmp, cache_path)
+    return feats

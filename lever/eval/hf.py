@@ -1,0 +1,238 @@
+"""The `hf` backend: a transformers image-text-to-text model (Qwen2.5-VL by default).
+
+Prompt: one user message alternating images and `Question:... Short answer:...`
+texts (`build_prompt_parts`), rendered with the processor's chat template plus the
+generation prompt. Generation is batched with LEFT padding, so every row's prompt
+ends right where the new tokens start; only the new tokens are decoded.
+
+transformers is imported inside functions, so `import lever.eval.hf` works without it.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lever.errors import LeverError
+from lever.eval.backend import Request, Response, build_prompt_parts
+
+_DTYPES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+    "fp32": torch.float32, "float32": torch.float32,
+}
+_HF_HINT = "pip install -e '.[hf]'"
+
+
+def require_transformers() -> Any:
+    """Import transformers (and check pillow), or raise a LeverError saying how to install them."""
+    try:
+        import PIL  # noqa: F401
+        import transformers
+    except ImportError as e:
+        raise LeverError(f"the hf backend needs transformers and pillow ({e})", hint=_HF_HINT) from None
+    return transformers
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise LeverError(f"device {device!r} is not a valid torch device",
+                         hint="use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on CUDA, fp32 elsewhere (bf16 matmuls are slow or missing on many CPUs)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise LeverError(f"dtype {dtype!r} is not supported",
+                         hint=f"use 'auto' or one of {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def load_image(path: str) -> Any:
+    """Open an image file as an RGB PIL image (raises OSError when missing or unreadable)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+@dataclass
+class _Ready:
+    """A request ready to encode: its position, question id, prompt text and images."""
+
+    pos: int
+    question_id: int
+    text: str
+    images: list[Any]
+
+
+def prompt_images(request: Request) -> list[Any]:
+    """The request's images in prompt order (demos, then the query); OSError names the item."""
+    images = []
+    for role, item in [("demonstration", d) for d in request.demos] + [("query", request.query)]:
+        if item.image is None:
+            continue
+        try:
+            images.append(load_image(item.image))
+        except OSError as e:
+            raise OSError(f"image of {role} {item.question_id} ({item.image}) unreadable: {e}") from None
+    return images
+
+
+def _check_positive(**values: int) -> None:
+    for key, v in values.items():
+        if not isinstance(v, int) or v < 1:
+            raise LeverError(f"{key} = {v!r} is not valid", hint=f"{key} must be an integer >= 1")
+
+
+class HFBackend:
+    """Answers requests with a local transformers VLM; see the module docstring for the prompt.
+
+    Generation is deterministic (do_sample=False): beam search with `num_beams`
+    beams, or greedy when num_beams == 1; other settings come from the
+    checkpoint's generation config.
+    """
+
+    name = "hf"
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 8,
+                 max_new_tokens: int = 5, num_beams: int = 3, dtype: str = "auto"):
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            what = "does not exist" if not model_dir.exists() else "has no config.json"
+            raise LeverError(f"model directory {model_dir} {what}",
+                             hint="point it at a local transformers checkpoint (e.g. Qwen2.5-VL-3B-Instruct)")
+        _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        transformers = require_transformers()
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(model_dir)
+            ok = hasattr(processor, "image_processor") and getattr(processor, "chat_template", None)
+            problem = None if ok else "it has no image processor or no chat template"
+        except Exception as e:  # transformers raises many kinds here
+            problem = f"{type(e).__name__}: {e}"
+        if problem:
+            raise LeverError(
+                f"could not load an image-text processor from {model_dir} ({problem})",
+                hint="the folder needs the processor files (preprocessor config, tokenizer, chat template); "
+                     "Qwen2.5-VL's processor also needs torchvision",
+            )
+        model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dt)
+        self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams)
+        self.model_dir = str(model_dir)
+        self.dtype = str(dt).removeprefix("torch.")
+
+    @classmethod
+    def from_pretrained_objects(cls, model: Any, processor: Any, device: str = "auto", batch_size: int = 8,
+                                max_new_tokens: int = 5, num_beams: int = 3) -> HFBackend:
+        """Wrap an already-built (model, processor) pair; the model keeps its dtype."""
+        _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        self = cls.__new__(cls)
+        self._setup(model, processor, resolve_device(device), batch_size, max_new_tokens, num_beams)
+        self.model_dir = None
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        return self
+
+    def _setup(self, model: Any, processor: Any, device: torch.device, batch_size: int,
+               max_new_tokens: int, num_beams: int) -> None:
+        self.device = device
+        self.model = model.to(device).eval()
+        self.processor = processor
+        # Left padding: each row's prompt then ends at the last column, where generation starts.
+        processor.tokenizer.padding_side = "left"
+        self._tokenizer_lock = threading.Lock()
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What the answers depend on (for result caching); batch size is left out on purpose."""
+        return {"backend": self.name, "model": self.model_dir, "dtype": self.dtype,
+                "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+
+    def render(self, request: Request) -> str:
+        """The prompt text: the chat template over one user message, with the generation prompt."""
+        messages = [{"role": "user", "content": build_prompt_parts(request)}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, texts: list[str], images: list[Any]) -> Any:
+        """Tokenise a batch (left-padded) with its images in prompt order; tensors on the device."""
+        with self._tokenizer_lock:  # the fast tokenizer must not pad in one thread while decoding in another
+            batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return batch.to(self.device)
+
+    def generate(self, inputs: Any) -> list[str]:
+        """Generate for one encoded batch; returns the decoded new tokens of each row."""
+        pad_id = self.processor.tokenizer.pad_token_id
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                                      do_sample=False, pad_token_id=pad_id)  # [B, T_prompt + T_new]
+        new = out[:, inputs["input_ids"].shape[1]:]  # [B, T_new]
+        with self._tokenizer_lock:
+            return self.processor.batch_decode(new, skip_special_tokens=True)
+
+    def answer(self, requests: list[Request]) -> list[Response]:
+        """One Response per request, in order; a question that fails is marked failed, the rest go on.
+
+        Batch k+1 is prepared (images read, prompts rendered and encoded) in a helper
+        thread while batch k generates, so image decoding overlaps with the model.
+        """
+        responses: list[Response | None] = [None] * len(requests)
+        chunks = [range(s, min(s + self.batch_size, len(requests))) for s in range(0, len(requests), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._prepare, requests, chunks[0]) if chunks else None
+            for k in range(len(chunks)):
+                ready, failed, inputs = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._prepare, requests, chunks[k + 1])
+                for i, error in failed:
+                    responses[i] = Response("", failed=True, error=error)
+                self._answer_batch(ready, inputs, responses)
+        return [r if r is not None else Response("", failed=True, error="no answer") for r in responses]
+
+    def _prepare(self, requests: list[Request], positions: range) -> tuple[list[_Ready], list[tuple[int, str]], Any]:
+        """Render and load one batch: (ready items, (position, error) of failed ones, encoded inputs or None)."""
+        ready, failed = [], []
+        for i in positions:
+            req = requests[i]
+            try:
+                ready.append(_Ready(i, req.query.question_id, self.render(req), prompt_images(req)))
+            except (OSError, LeverError) as e:
+                failed.append((i, f"question {req.query.question_id}: {e}"))
+        try:
+            inputs = self.encode([r.text for r in ready], [im for r in ready for im in r.images]) if ready else None
+        except Exception:  # retried one question at a time in _answer_batch, to find the culprit
+            inputs = None
+        return ready, failed, inputs
+
+    def _answer_batch(self, ready: list[_Ready], inputs: Any, responses: list[Response | None]) -> None:
+        if not ready:
+            return
+        try:
+            if inputs is None:
+                inputs = self.encode([r.text for r in ready], [im for r in ready for im in r.images])
+            raws = self.generate(inputs)
+        except Exception as e:  # one bad question must not sink the whole evaluation
+            if len(ready) > 1:  # find the culprit: retry one at a time
+                for one in ready:
+                    self._answer_batch([one], None, responses)
+                return
+            r = ready[0]
+            responses[r.pos] = Response("", failed=True, error=f"question {r.question_id}: {type(e).__name__}: {e}")
+            return
+        for r, raw in zip(ready, raws):
+            responses[r.pos] = Response(raw)

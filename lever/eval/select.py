@@ -1,0 +1,64 @@
+"""Demonstration selection at inference: a pool of K train items per question, then greedy decoding.
+
+Each eval question gets its *own* pool (the original used one fixed pool for every
+question, which capped shots 3-4): the K train items nearest to it by feature
+cosine similarity, or a seeded random draw. A train-split question never sees itself.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lever.model import PointerSelector
+
+
+def similar_pools(queries: Tensor, train: Tensor, k: int, exclude: Tensor | None = None, chunk: int = 1024) -> Tensor:
+    """Top-k train rows by cosine similarity for each query: [M, k].
+
+    queries [M, d], train [N, d]; exclude [M] = a train row each query must not get (-1 = none).
+    """
+    tn = F.normalize(train.float(), dim=-1)
+    out = []
+    for s in range(0, queries.shape[0], chunk):
+        sim = F.normalize(queries[s : s + chunk].float(), dim=-1) @ tn.T  # [m, N]
+        if exclude is not None:
+            ex = exclude[s : s + chunk]
+            rows = torch.nonzero(ex >= 0).squeeze(-1)
+            sim[rows, ex[rows]] = float("-inf")
+        out.append(sim.topk(k, dim=-1).indices)
+    return torch.cat(out)
+
+
+def random_pools(question_ids: list[int], n_train: int, k: int, seed: int, exclude: Tensor | None = None) -> Tensor:
+    """A seeded random draw of k distinct train rows per question (seeded by question id): [M, k]."""
+    rows = []
+    for i, qid in enumerate(question_ids):
+        g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{qid}".encode()))
+        perm = torch.randperm(n_train, generator=g)
+        if exclude is not None and exclude[i] >= 0:
+            perm = perm[perm != exclude[i]]
+        rows.append(perm[:k])
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def select_demos(model: PointerSelector, queries: Tensor, train: Tensor, pools: Tensor, steps: int, batch_size: int = 512) -> Tensor:
+    """Greedy picks for every question: [M, steps] global train rows, in prompt order.
+
+    Greedy decoding is deterministic, so the first s picks of a `steps`-long decode are
+    exactly the s-shot selection: one decode serves every shot count.
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for s in range(0, queries.shape[0], batch_size):
+        q = queries[s : s + batch_size].to(dev)  # [B, d]
+        pool = pools[s : s + batch_size].to(dev)  # [B, K]
+        enc = model.encode(q, train[pool], None)
+        local = model.decode(enc, steps, greedy=True)  # [B, steps]
+        out.append(pool.gather(1, local).cpu())
+    return torch.cat(out)

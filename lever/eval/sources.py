@@ -1,0 +1,131 @@
+"""What an evaluation needs from the workspace: demonstration items, eval questions, features, a backend."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from lever.errors import LeverError
+from lever.spec import Workspace
+from lever.spec.schema import EvalSpec
+
+from .backend import Backend, Item, Request, Response
+
+
+@dataclass
+class EvalSplit:
+    name: str
+    items: list[Item]  # eval questions, sorted by question_id, cut to N
+    features: Tensor  # [M, d] rows aligned with items
+    self_rows: Tensor  # [M] the train row of each question (train split) or -1: never a demo of itself
+
+
+@dataclass
+class EvalWorld:
+    train_items: list[Item]  # demonstration candidates; position = global train row
+    train_features: Tensor  # [N, d]
+    splits: dict[str, EvalSplit]
+    backend: Backend
+    identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
+
+
+class SimBackend:
+    """The bundled benchmark's simulated VLM behind the common Backend interface."""
+
+    name = "sim"
+
+    def __init__(self, vlm: Any):
+        self.vlm = vlm
+
+    def answer(self, requests: list[Request]) -> list[Response]:
+        out: list[Response] = []
+        by_split: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_split.setdefault(r.split, []).append(i)
+        texts: dict[int, str] = {}
+        for split, idx in by_split.items():
+            answers = self.vlm.answer_batch(split, [requests[i].query.index for i in idx],
+                                            [[d.index for d in requests[i].demos] for i in idx])
+            texts.update(zip(idx, answers))
+        out = [Response(texts[i]) for i in range(len(requests))]
+        return out
+
+
+def _items(path: Path) -> list[Item]:
+    return [Item.from_record(r) for r in json.loads(Path(path).read_text(encoding="utf-8"))]
+
+
+def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor, Tensor]:
+    order = sorted(range(len(items)), key=lambda i: items[i].question_id)[:n]
+    return [items[i] for i in order], feats[order], torch.tensor(order)
+
+
+def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
+    """Items, features and backend for the plan's eval settings in this workspace."""
+    backend = ws.backend if spec.backend == "auto" else spec.backend
+    if ws.is_bundled:
+        if backend != "sim":
+            raise LeverError(f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'")
+        return _bench_world(ws, spec, log)
+    return _okvqa_world(ws, spec, backend, train_features_path, log)
+
+
+def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> EvalWorld:
+    from lever.bench import SimVLM
+    from lever.runs.sources import bench_paths, load_features
+
+    paths = bench_paths(ws, log)
+    train_items = _items(paths.items_train)
+    train_feats = load_features(Path(paths.features))
+    splits: dict[str, EvalSplit] = {}
+    if "val" in spec.splits:
+        items, feats, _ = _first(_items(paths.items_val), load_features(Path(paths.val_features)), spec.questions)
+        splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
+    if "train" in spec.splits:
+        items, feats, rows = _first(train_items, train_feats, spec.questions)
+        splits["train"] = EvalSplit("train", items, feats, rows)
+    return EvalWorld(train_items, train_feats, splits, SimBackend(SimVLM.load(paths)),
+                     {"backend": "sim", "world": Path(paths.root).name})
+
+
+def _okvqa_world(ws: Workspace, spec: EvalSpec, backend: str, train_features_path: Path | None,
+                 log: Callable[[str], None]) -> EvalWorld:
+    from lever.runs.sources import load_features
+
+    from .clip import cached_clip_features
+    from .okvqa import load_okvqa
+
+    if ws.okvqa is None:
+        raise LeverError(f"workspace {ws.source} has no [okvqa] table: evaluation needs the OK-VQA files")
+    o = ws.okvqa
+    train_items = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
+    if train_features_path is None:
+        raise LeverError("evaluation needs the train features file (data.features)")
+    train_feats = load_features(train_features_path)
+    if train_feats.shape[0] != len(train_items):
+        raise LeverError(f"features {train_features_path} have {train_feats.shape[0]} rows but OK-VQA train has {len(train_items)} questions",
+                         hint="row i of the features must be train question i (sorted by question_id)")
+    if not ws.models.clip:
+        raise LeverError(f"workspace {ws.source}: [models] clip is needed to embed eval questions")
+    splits: dict[str, EvalSplit] = {}
+    if "val" in spec.splits:
+        items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
+        feats = cached_clip_features(items, ws.path(ws.models.clip), ws.cache_dir / "clip" / f"val-{len(items)}.pt")
+        splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
+    if "train" in spec.splits:
+        n = min(spec.questions, len(train_items))
+        splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
+    if backend == "sim":
+        raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
+    if not ws.models.vlm:
+        raise LeverError(f"workspace {ws.source}: [models] vlm is needed for the hf backend")
+    from .hf import HFBackend
+
+    hf = HFBackend(ws.path(ws.models.vlm), batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams)
+    return EvalWorld(train_items, train_feats, splits, hf,
+                     {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)})

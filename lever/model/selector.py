@@ -1,0 +1,270 @@
+"""The pointer selector: picks an ordered sequence of demonstrations from a candidate pool.
+
+Shapes: B queries, K pool items, G sequences per query, L steps (shots), h hidden.
+
+    q0   = LN-stack(P x_q attends over P x_c)          # encoder ("backbone")
+    q    = normalise(W_q dropout(q0)),  c_k = normalise(W_c dropout(P x_k))
+    step t:  s_k = <q, c_k> / T,  s_k = -inf for chosen or padded k
+             pick k* (teacher-forced label, argmax or a sample)
+             g = sigmoid(W_g [q; c_k*] + b_g),  q <- normalise(g*q + (1-g)*c_k*)
+
+The same step function serves training (teacher forcing over [B, G] sequences) and
+decoding (G = 1), so the two can never disagree. The model knows nothing of files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class Encoded:
+    """One encoding of each query and its pool, reused by every sequence of the group."""
+
+    q: Tensor  # [B, h] unit-norm query state before any pick
+    cand: Tensor  # [B, K, h] unit-norm candidates
+    pool_mask: Tensor  # [B, K] bool, True = real candidate
+
+
+class CrossAttentionLayer(nn.Module):
+    """q <- LayerNorm(q + W_o attn + b_o): the query token reads the pool (multi-head).
+
+    Per head n (d = h / heads):
+        a_k = softmax_k( (W_q,n q + b_q,n) . (W_k,n c_k) / sqrt(d) ),  padded k -> -inf
+        attn_n = W_v,n (sum_k a_k c_k) + b_v,n
+    This is standard attention for a single query token, reassociated so the K
+    candidates are never projected: (W_k c_k) . x = c_k . (W_k^T x), and
+    sum_k a_k W_v c_k = W_v sum_k a_k c_k. Cost O(B K h) instead of O(B K h^2). A key
+    bias would add the same constant to every logit, which softmax ignores: none.
+    """
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads, self.d_head = heads, hidden // heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden, bias=False)
+        self.v = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, q: Tensor, c: Tensor, pad: Tensor) -> Tensor:
+        # q [B, h], c [B, K, h], pad [B, K] True = ignore
+        B, h = q.shape
+        n, d = self.heads, self.d_head
+        qh = self.q(q).view(B, n, d)  # [B, n, d]
+        q_in_c = torch.einsum("bnd,ndh->bnh", qh, self.k.weight.view(n, d, h))  # [B, n, h]
+        logits = torch.einsum("bnh,bkh->bnk", q_in_c, c) / d**0.5  # [B, n, K]
+        a = logits.masked_fill(pad.unsqueeze(1), float("-inf")).softmax(-1)  # [B, n, K]
+        mix = torch.einsum("bnk,bkh->bnh", a, c)  # [B, n, h]
+        v = torch.einsum("bnh,ndh->bnd", mix, self.v.weight.view(n, d, h)) + self.v.bias.view(n, d)
+        return self.norm(q + self.out(v.reshape(B, h)))
+
+
+def _near_identity(layer: nn.Linear, noise: float = 0.01) -> None:
+    """W = I + noise * N(0, 1), b = 0: starts as (almost) plain cosine retrieval."""
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(layer.out_features) + noise * torch.randn_like(layer.weight))
+        layer.bias.zero_()
+
+
+def _real_only(pointers: Tensor, seq_mask: Tensor) -> Tensor:
+    """Pointers of padded sequences -> 0, so garbage (e.g. -1 fill) never indexes anything."""
+    return torch.where(seq_mask.unsqueeze(-1), pointers, torch.zeros_like(pointers))
+
+
+class PointerSelector(nn.Module):
+    """Pointer network over a pool of K candidate demonstrations (DOMAIN.md section 5).
+
+    The input projection is shared by query and candidates: both are items of the
+    same CLIP space (mean of image and question embeddings), so one map keeps them
+    comparable and costs half the parameters of two maps. The separate query/candidate
+    projections after the encoder give each side its own freedom.
+
+    Backbone = input projection + cross-attention layers (the encoder). Frozen, it
+    leaves the output projections and the gate trainable: 40% of the parameters at
+    the default sizes (d_in 512, hidden 256, 1 layer).
+    """
+
+    def __init__(
+        self,
+        d_in: int = 512,
+        hidden: int = 256,
+        layers: int = 1,
+        heads: int = 1,
+        dropout: float = 0.1,
+        score_temperature: float = 0.1,
+    ):
+        super().__init__()
+        if hidden % heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        if score_temperature <= 0:
+            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
+        self.d_in, self.hidden, self.layers, self.heads = d_in, hidden, layers, heads
+        self.score_temperature = float(score_temperature)
+        self.dropout_p = float(dropout)
+
+        self.input_proj = nn.Linear(d_in, hidden, bias=False)
+        self.cross = nn.ModuleList(CrossAttentionLayer(hidden, heads) for _ in range(layers))
+        self.dropout = nn.Dropout(dropout)
+        self.query_proj = nn.Linear(hidden, hidden)
+        self.cand_proj = nn.Linear(hidden, hidden)
+        self.gate = nn.Linear(2 * hidden, hidden)
+        _near_identity(self.query_proj)
+        _near_identity(self.cand_proj)
+
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild the model before loading weights."""
+        return dict(
+            d_in=self.d_in,
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            dropout=self.dropout_p,
+            score_temperature=self.score_temperature,
+        )
+
+    # ---- backbone freezing -------------------------------------------------
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Encoder parameters: the shared input projection and every cross-attention layer."""
+        return [*self.input_proj.parameters(), *self.cross.parameters()]
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (requires_grad False) or unfreeze the backbone; the heads stay trainable."""
+        for p in self.backbone_parameters():
+            p.requires_grad_(not frozen)
+
+    def trainable_fraction(self) -> float:
+        """Share of parameters (by element count) with requires_grad True."""
+        total = sum(p.numel() for p in self.parameters())
+        live = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return live / total
+
+    # ---- encoding ----------------------------------------------------------
+
+    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
+        """Encode each query once against its pool.
+
+        query [B, d_in], pool [B, K, d_in], pool_mask [B, K] bool (True = real item;
+        None = all real). Each query needs at least one real candidate.
+        """
+        B, K, _ = pool.shape
+        if query.shape != (B, self.d_in) or pool.shape[-1] != self.d_in:
+            raise ValueError(f"expected query [B, {self.d_in}] and pool [B, K, {self.d_in}], "
+                             f"got {tuple(query.shape)} and {tuple(pool.shape)}")
+        if pool_mask is None:
+            pool_mask = torch.ones(B, K, dtype=torch.bool, device=pool.device)
+        if not bool(pool_mask.any(-1).all()):
+            raise ValueError("every query needs at least one real candidate (pool_mask row all False)")
+        dtype = self.input_proj.weight.dtype
+        q = self.input_proj(query.to(dtype))  # [B, h]
+        c = self.input_proj(pool.to(dtype))  # [B, K, h]
+        for layer in self.cross:
+            q = layer(q, c, ~pool_mask)  # [B, h]
+        q = F.normalize(self.query_proj(self.dropout(q)), dim=-1)  # [B, h]
+        c = F.normalize(self.cand_proj(self.dropout(c)), dim=-1)  # [B, K, h]
+        return Encoded(q=q, cand=c, pool_mask=pool_mask)
+
+    # ---- one decoding step, shared by training and inference ---------------
+
+    def _step_logp(self, q: Tensor, cand: Tensor, blocked: Tensor) -> Tensor:
+        """log_softmax_k( <q, c_k> / T ), blocked k at -inf. q [B, G, h] -> [B, G, K].
+
+        Computed in at least float32 so half/bfloat16 models give stable log-probs.
+        """
+        scores = torch.einsum("bgh,bkh->bgk", q, cand) / self.score_temperature  # [B, G, K]
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        return scores.masked_fill(blocked, float("-inf")).log_softmax(-1)
+
+    def _advance(self, q: Tensor, cand: Tensor, picked: Tensor) -> Tensor:
+        """g = sigmoid(W [q; c] + b), q <- normalise(g*q + (1-g)*c) for the picked c.
+
+        q [B, G, h], cand [B, K, h], picked [B, G] long -> [B, G, h].
+        """
+        rows = torch.arange(cand.shape[0], device=cand.device).unsqueeze(1)  # [B, 1]
+        chosen = cand[rows, picked]  # [B, G, h]
+        g = torch.sigmoid(self.gate(torch.cat([q, chosen], dim=-1)))  # [B, G, h]
+        return F.normalize(g * q + (1 - g) * chosen, dim=-1)
+
+    # ---- teacher forcing ---------------------------------------------------
+
+    def log_policy(self, enc: Encoded, pointers: Tensor, seq_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced per-step distributions: [B, G, L, K] log-probs.
+
+        Step t's distribution conditions on pointers[..., :t]. The query state is
+        expanded (a view) to [B, G, h]; candidates are never copied per sequence.
+        Padded sequences (seq_mask False) may hold garbage pointers: their labels are
+        replaced by 0 and they do not block picked items, so every row keeps a finite
+        entry and no NaN can reach the gradients.
+        """
+        B, G, L = pointers.shape
+        K = enc.cand.shape[1]
+        if L < 1:
+            raise ValueError("pointers need at least one step")
+        if seq_mask is None:
+            seq_mask = torch.ones(B, G, dtype=torch.bool, device=pointers.device)
+        pointers = _real_only(pointers, seq_mask)
+        q = enc.q.unsqueeze(1).expand(B, G, enc.q.shape[-1])  # [B, G, h], no copy
+        blocked = (~enc.pool_mask).unsqueeze(1).expand(B, G, K)  # [B, G, K]
+        steps = []
+        for t in range(L):
+            steps.append(self._step_logp(q, enc.cand, blocked))  # [B, G, K]
+            label = pointers[..., t]  # [B, G]
+            # Only real sequences block what they picked (out of place: autograd keeps `blocked`).
+            picked = F.one_hot(label, K).bool() & seq_mask.unsqueeze(-1)
+            blocked = blocked | picked
+            if t + 1 < L:
+                q = self._advance(q, enc.cand, label)
+        return torch.stack(steps, dim=2)  # [B, G, L, K]
+
+    def sequence_logprobs(self, enc: Encoded, pointers: Tensor, seq_mask: Tensor) -> Tensor:
+        """log p(seq) = sum_t log_softmax(scores_t)[pointers_t]; 0 where seq_mask is False.
+
+        pointers [B, G, L] long, seq_mask [B, G] bool -> [B, G].
+        """
+        logp = self.log_policy(enc, pointers, seq_mask)  # [B, G, L, K]
+        labels = _real_only(pointers, seq_mask).unsqueeze(-1)  # [B, G, L, 1]
+        per_step = logp.gather(-1, labels).squeeze(-1)  # [B, G, L]
+        total = per_step.sum(-1)  # [B, G]
+        # where (not multiply): a padded -inf must become 0, and its gradient 0, not NaN.
+        return torch.where(seq_mask, total, torch.zeros_like(total))
+
+    # ---- inference ---------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(
+        self,
+        enc: Encoded,
+        steps: int,
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """Pick `steps` distinct real candidates per query: [B, steps] long.
+
+        greedy: argmax of the step scores; else sample from softmax(scores / temperature)
+        with `generator`. Any number of steps up to the smallest real pool size.
+        """
+        B, K = enc.pool_mask.shape
+        n_real = int(enc.pool_mask.sum(-1).min())
+        if steps < 1 or steps > n_real:
+            raise ValueError(f"steps must be in 1..{n_real} (smallest real pool), got {steps}")
+        q = enc.q.unsqueeze(1)  # [B, 1, h]
+        blocked = (~enc.pool_mask).unsqueeze(1)  # [B, 1, K]
+        picks = []
+        for t in range(steps):
+            logp = self._step_logp(q, enc.cand, blocked)  # [B, 1, K]
+            if greedy:
+                label = logp.argmax(-1)  # [B, 1]
+            else:
+                probs = (logp / temperature).softmax(-1).squeeze(1)  # [B, K]
+                label = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
+            picks.append(label)
+            blocked = blocked | F.one_hot(label, K).bool()
+            if t + 1 < steps:
+                q = self._advance(q, enc.cand, label)
+        return torch.cat(picks, dim=1)  # [B, steps]

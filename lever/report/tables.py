@@ -1,0 +1,473 @@
+"""The comparison: shot table with paired significance, training table, spec differences.
+
+``build_comparison`` turns loaded runs into plain dataclasses; ``render_plain`` and
+``render_rich`` draw them. Exports (JSON, CSV, Markdown, LaTeX) live in ``export.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .results import PlanRuns, QuestionResults, selected_metrics
+from .significance import paired_test
+
+ADV_STD_FLOOR = 0.01  # below this at the selected epoch, GRPO had almost no signal
+NEAR_ZERO_FLAG = "near-zero advantages"
+AVG = "avg"
+
+
+@dataclass
+class Cell:
+    """One plan at one row (a shot count or the average over shots)."""
+
+    accuracy: float | None = None  # percent; mean over seeds
+    std: float | None = None  # over seeds (sample std); None with one seed
+    n_seeds: int = 0
+    n_questions: int = 0
+    delta: float | None = None  # points vs baseline (paired over common questions)
+    lo: float | None = None  # 95% paired bootstrap interval of delta
+    hi: float | None = None
+    p: float | None = None  # paired sign-flip permutation test
+    p_mcnemar: float | None = None
+    best: bool = False
+
+    @property
+    def within_noise(self) -> bool | None:
+        if self.lo is None or self.hi is None or np.isnan(self.lo):
+            return None
+        return self.lo <= 0.0 <= self.hi
+
+
+@dataclass
+class ShotRow:
+    label: str  # "1".."4" or "avg"
+    cells: dict[str, Cell]  # plan name -> cell
+
+
+@dataclass
+class PlanColumn:
+    name: str
+    baseline: bool = False
+    n_seeds: int = 0
+    spec_hash: str | None = None
+    missing: str | None = None  # why there is nothing to show
+    command: str | None = None  # what to run
+    improved: int = 0  # shot rows with delta > 0
+    improved_significant: int = 0  # ... whose 95% interval lies above 0
+    n_shots: int = 0
+
+
+@dataclass
+class TrainingRow:
+    plan: str
+    seed: int | None
+    state: str
+    stage: str | None
+    epoch: int | None
+    reason: str | None
+    val_loss: float | None
+    ppo_loss: float | None
+    kl: float | None
+    adv_std: float | None
+    flags: list[str] = field(default_factory=list)
+    message: str | None = None
+
+
+@dataclass
+class SpecDiff:
+    plan: str
+    key: str
+    baseline: Any
+    value: Any
+
+
+@dataclass
+class Comparison:
+    split: str
+    baseline: str
+    plans: list[PlanColumn]  # baseline first
+    rows: list[ShotRow]
+    training: list[TrainingRow]
+    spec_diffs: list[SpecDiff]
+    n_questions: int
+    footnote: str
+
+
+# ---------------------------------------------------------------- building
+
+
+def _seed_vector(qrs: list[QuestionResults]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-question accuracy averaged over seeds, on the questions every seed answered.
+
+    acc_i = mean_s acc_{s,i}  for i in the intersection of the seeds' question ids.
+    """
+    ids = qrs[0].question_ids
+    for qr in qrs[1:]:
+        ids = np.intersect1d(ids, qr.question_ids)
+    acc = np.mean([qr.accuracy[np.searchsorted(qr.question_ids, ids)] for qr in qrs], axis=0)  # [n]
+    return ids, acc
+
+
+def _avg_vector(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-question accuracy averaged over shot counts, on questions present at every shot count."""
+    return _seed_vector([QuestionResults(i, a, np.zeros_like(i, dtype=bool)) for i, a in vectors])
+
+
+class _PlanView:
+    """Per-row numbers of one plan on one split: seed accuracies and the per-question vector."""
+
+    def __init__(self, plan: PlanRuns, split: str, shots: list[int]):
+        self.runs = plan.evaluated_runs
+        self.split, self.shots = split, shots
+
+    def seed_accuracies(self, label: int | str) -> list[float]:
+        accs = []
+        for run in self.runs:
+            if label == AVG:
+                per_shot = [run.accuracy(self.split, s) for s in self.shots]
+                if per_shot and all(a is not None for a in per_shot):
+                    accs.append(float(np.mean(per_shot)))
+            else:
+                a = run.accuracy(self.split, int(label))
+                if a is not None:
+                    accs.append(a)
+        return accs
+
+    def vector(self, label: int | str) -> tuple[np.ndarray, np.ndarray] | None:
+        if label == AVG:
+            vs = [self.vector(s) for s in self.shots]
+            return _avg_vector(vs) if vs and all(v is not None for v in vs) else None  # type: ignore[arg-type]
+        qrs = [run.question_results(self.split, int(label)) for run in self.runs]
+        if not qrs or any(q is None or q.n == 0 for q in qrs):
+            return None  # why: mixing seeds with and without rows would bias the pairing
+        return _seed_vector(qrs)  # type: ignore[arg-type]
+
+
+def _cell(view: _PlanView, label: int | str) -> Cell:
+    accs = view.seed_accuracies(label)
+    if not accs:
+        return Cell()
+    vec = view.vector(label)
+    return Cell(
+        accuracy=float(np.mean(accs)),
+        std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+        n_seeds=len(accs),
+        n_questions=int(vec[0].shape[0]) if vec is not None else 0,
+    )
+
+
+def _fill_delta(cell: Cell, base: Cell, vb: tuple | None, vp: tuple | None, n_resamples: int, seed: int) -> None:
+    if cell.accuracy is None or base.accuracy is None:
+        return
+    if vb is None or vp is None:
+        cell.delta = cell.accuracy - base.accuracy  # summary only: no per-question pairing
+        return
+    ids_b, acc_b = vb
+    ids_p, acc_p = vp
+    common, ib, ip = np.intersect1d(ids_b, ids_p, return_indices=True)
+    if common.size == 0:
+        cell.delta = cell.accuracy - base.accuracy
+        return
+    t = paired_test(acc_b[ib], acc_p[ip], n_resamples=n_resamples, seed=seed)
+    cell.delta, cell.lo, cell.hi, cell.p, cell.p_mcnemar = t.delta, t.lo, t.hi, t.p, t.p_mcnemar
+
+
+def training_rows(plan: PlanRuns) -> list[TrainingRow]:
+    """One row per seed run: the selected epoch, its metrics, and the flags raised."""
+    rows = []
+    for run in plan.runs:
+        sel = run.selected or {}
+        m = selected_metrics(run) or {}
+        flags = [str(f) for f in ((run.status or {}).get("flags") or [])]
+        adv_std = _num(m.get("adv/std"))
+        if adv_std is not None and adv_std < ADV_STD_FLOOR and NEAR_ZERO_FLAG not in flags:
+            flags.append(NEAR_ZERO_FLAG)
+        rows.append(
+            TrainingRow(
+                plan=plan.name,
+                seed=run.seed,
+                state=run.state,
+                stage=sel.get("stage"),
+                epoch=sel.get("epoch"),
+                reason=sel.get("reason"),
+                val_loss=_num(m.get("val/loss", sel.get("value"))),
+                ppo_loss=_num(m.get("losses/ppo")),
+                kl=_num(m.get("kl/value")),
+                adv_std=adv_std,
+                flags=flags,
+                message=(run.status or {}).get("message"),
+            )
+        )
+    return rows
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def diff_specs(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between two resolved specs, as (dotted key, a value, b value).
+
+    Uses ``lever.spec.diff_specs`` when it exists; otherwise flattens both dicts here.
+    """
+    try:
+        from lever.spec import diff_specs as spec_diff  # lazy: the spec package owns the rule
+    except ImportError:
+        spec_diff = None
+    if spec_diff is not None:
+        return [tuple(x) for x in spec_diff(a, b)]  # type: ignore[misc]
+    fa, fb = _flatten(a), _flatten(b)
+    missing = object()
+    keys = sorted(set(fa) | set(fb))
+    return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k, missing) != fb.get(k, missing)]
+
+
+def build_comparison(
+    plans: list[PlanRuns], baseline: PlanRuns, split: str = "val", n_resamples: int = 10000, seed: int = 0
+) -> Comparison:
+    """The full comparison of ``plans`` against ``baseline`` on one split (baseline is column one)."""
+    everyone = [baseline]
+    for p in plans:
+        if all(p.name != q.name for q in everyone):  # why: a plan named twice is one column
+            everyone.append(p)
+    shots = sorted({s for p in everyone for r in p.evaluated_runs for s in r.shots(split)}) or [1, 2, 3, 4]
+    labels: list[int | str] = [*shots, AVG]
+    views = {p.name: _PlanView(p, split, shots) for p in everyone}
+
+    rows = []
+    for label in labels:
+        base_view = views[baseline.name]
+        base_cell = _cell(base_view, label)
+        base_vec = base_view.vector(label)
+        cells = {baseline.name: base_cell}
+        for p in everyone[1:]:
+            cell = _cell(views[p.name], label)
+            _fill_delta(cell, base_cell, base_vec, views[p.name].vector(label), n_resamples, seed)
+            cells[p.name] = cell
+        top = max((c.accuracy for c in cells.values() if c.accuracy is not None), default=None)
+        for c in cells.values():
+            c.best = top is not None and c.accuracy is not None and c.accuracy >= top - 1e-9
+        rows.append(ShotRow(str(label), cells))
+
+    columns = []
+    for p in everyone:
+        col = PlanColumn(
+            name=p.name,
+            baseline=p is baseline,
+            n_seeds=len(p.evaluated_runs),
+            spec_hash=p.spec_hash,
+            missing=p.missing,
+            command=p.command,
+            n_shots=len(shots),
+        )
+        if col.missing is None and all(r.cells[p.name].accuracy is None for r in rows):
+            col.missing, col.command = f"not evaluated on {split}", f"lever evaluate plans/{p.name}.toml"
+        for r in rows[:-1]:  # shot rows only, not the average
+            c = r.cells[p.name]
+            col.improved += int(c.delta is not None and c.delta > 0)
+            col.improved_significant += int(c.delta is not None and c.delta > 0 and c.lo is not None and c.lo > 0)
+        columns.append(col)
+
+    training = [t for p in everyone for t in training_rows(p)]
+    diffs = []
+    if baseline.spec is not None:
+        for p in everyone[1:]:
+            if p.spec is not None:
+                diffs += [SpecDiff(p.name, k, va, vb) for k, va, vb in diff_specs(baseline.spec, p.spec)]
+
+    n_q = max((c.n_questions for r in rows[:-1] for c in r.cells.values()), default=0)
+    return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, footnote(split, n_q))
+
+
+def footnote(split: str, n_questions: int) -> str:
+    """What the marks mean, with the size of one point in questions."""
+    size = f"{n_questions} questions: 1 point = {n_questions / 100:g} questions; " if n_questions else ""
+    return (
+        f"{split}, {size}Δ = plan - baseline in points, paired over the same questions; "
+        "~ = within noise (95% paired bootstrap CI includes 0); "
+        "p = two-sided paired sign-flip permutation test; * = best in row; ± = std over seeds."
+    )
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def arrow(delta: float | None) -> str:
+    if delta is None:
+        return ""
+    d = round(delta, 2)  # why: the arrow must agree with the two decimals shown
+    return "↑" if d > 0 else "↓" if d < 0 else "="
+
+
+def fmt_acc(c: Cell, mark_best: bool = True) -> str:
+    if c.accuracy is None:
+        return "—"
+    s = f"{c.accuracy:.2f}" + (f"±{c.std:.2f}" if c.std is not None else "")
+    return s + ("*" if mark_best and c.best else "")
+
+
+def fmt_delta(c: Cell) -> str:
+    if c.delta is None:
+        return "—"
+    noise = " ~" if c.within_noise else ""
+    a = arrow(c.delta)
+    return f"{a}{abs(c.delta):.2f}{noise}" if a == "=" else f"{a}{c.delta:+.2f}{noise}"
+
+
+def fmt_ci(c: Cell) -> str:
+    if c.lo is None or c.hi is None or np.isnan(c.lo):
+        return "—"
+    return f"[{c.lo:+.2f}, {c.hi:+.2f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or np.isnan(p):
+        return "—"
+    return f"{p:.4f}" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}g}"
+
+
+def fmt_value(v: Any) -> str:
+    return "—" if v is None else str(v)
+
+
+def plan_headers(col: PlanColumn) -> list[str]:
+    """Column headers of one plan: accuracy only for the baseline or a missing plan, else Δ, CI, p too."""
+    if col.baseline:
+        return [col.name if col.name == "baseline" else f"{col.name} (baseline)"]
+    return [col.name] if col.missing else [col.name, "Δ", "95% CI", "p"]
+
+
+def plan_cells(col: PlanColumn, c: Cell, rich: bool = False) -> list[str]:
+    """The text of one plan's cells in a shot row; with ``rich``, markup for colour and bold."""
+    if col.missing:
+        return [col.missing]
+    acc = fmt_acc(c)
+    if col.baseline:
+        return [f"[bold]{acc}[/]" if rich and c.best else acc]
+    out = [acc, fmt_delta(c), fmt_ci(c), fmt_p(c.p)]
+    if rich:
+        a = arrow(c.delta)
+        colour = {"↑": "green", "↓": "red"}.get(a, "default")
+        strong = "bold " if c.within_noise is False else ""
+        out = [f"[bold]{acc}[/]" if c.best else acc, f"[{strong}{colour}]{out[1]}[/]", f"[dim]{out[2]}[/]",
+               f"[dim]{out[3]}[/]"]
+    return out
+
+
+def improved_cells(col: PlanColumn) -> list[str]:
+    if col.baseline or col.missing:
+        return [""]
+    return ["", f"{col.improved}/{col.n_shots}", f"{col.improved_significant} sig.", ""]
+
+
+def shot_table(cmp: Comparison, rich: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Headers and text rows of the shot table (shared by plain text, Markdown and rich)."""
+    headers = ["shots"] + [h for col in cmp.plans for h in plan_headers(col)]
+    body = [[row.label] + [x for col in cmp.plans for x in plan_cells(col, row.cells[col.name], rich)]
+            for row in cmp.rows]
+    body.append(["improved"] + [x for col in cmp.plans for x in improved_cells(col)])
+    return headers, body
+
+
+TRAINING_HEADERS = ["plan", "seed", "state", "selected", "reason", "val loss", "PPO loss", "KL", "adv std", "flags"]
+
+
+def training_table(cmp: Comparison) -> list[list[str]]:
+    out = []
+    for t in cmp.training:
+        sel = f"{t.stage} {t.epoch}" if t.stage is not None else "—"
+        flags = ", ".join(t.flags) + (f" ({t.message})" if t.message else "")
+        out.append(
+            [t.plan, fmt_value(t.seed), t.state, sel, fmt_value(t.reason), fmt_num(t.val_loss), fmt_num(t.ppo_loss),
+             fmt_num(t.kl), fmt_num(t.adv_std), flags or "—"]
+        )
+    return out
+
+
+DIFF_HEADERS = ["plan", "key", "baseline", "plan value"]
+
+
+def diff_table(cmp: Comparison) -> list[list[str]]:
+    return [[d.plan, d.key, fmt_value(d.baseline), fmt_value(d.value)] for d in cmp.spec_diffs]
+
+
+def missing_lines(cmp: Comparison) -> list[str]:
+    return [f"{c.name}: {c.missing} — run `{c.command}`" for c in cmp.plans if c.missing]
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def plain_grid(headers: list[str], rows: list[list[str]]) -> str:
+    """A fixed-width text table: first column left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def render_plain(cmp: Comparison) -> str:
+    """The whole comparison as plain text (for pipes and files)."""
+    headers, body = shot_table(cmp)
+    parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote]
+    if cmp.training:
+        parts += ["", "Training (selected checkpoint)", plain_grid(TRAINING_HEADERS, training_table(cmp))]
+    if cmp.spec_diffs:
+        parts += ["", f"Spec differences vs {cmp.baseline}", plain_grid(DIFF_HEADERS, diff_table(cmp))]
+    if missing_lines(cmp):
+        parts += ["", "Missing", *missing_lines(cmp)]
+    return "\n".join(parts) + "\n"
+
+
+def render_rich(cmp: Comparison, console: Any) -> None:
+    """Draw the comparison on a rich console: coloured deltas with arrows, best values in bold."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    title = escape(f"Accuracy (%) on {cmp.split} vs {cmp.baseline}")
+    t = Table(title=title, caption=escape(cmp.footnote), caption_justify="left")
+    headers, body = shot_table(cmp, rich=True)
+    for i, h in enumerate(headers):
+        t.add_column(escape(h), justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
+    for i, line in enumerate(body):
+        # why: rules set the average and the improved count apart from the shot rows
+        t.add_row(*line, end_section=i >= len(body) - 3, style="italic" if i == len(body) - 1 else None)
+    console.print(t)
+    if cmp.training:
+        console.print(_rich_table("Training (selected checkpoint)", TRAINING_HEADERS, training_table(cmp)))
+    if cmp.spec_diffs:
+        console.print(_rich_table(f"Spec differences vs {cmp.baseline}", DIFF_HEADERS, diff_table(cmp)))
+    for line in missing_lines(cmp):
+        console.print(f"[yellow]missing[/] {escape(line)}", highlight=False)
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=escape(title))
+    for h in headers:
+        t.add_column(escape(h))
+    for r in rows:
+        t.add_row(*(escape(c) for c in r))
+    return t

@@ -1,0 +1,101 @@
+"""Where a plan's named data lives: the workspace's files, or the bundled benchmark generated on demand."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lever.errors import LeverError
+from lever.spec import Workspace
+
+# Candidate-data names the bundled benchmark provides. `k64` is the same ragged file as
+# `main` (the log's k64_v3 data); `balanced` drops its uniform-reward groups.
+BENCH_CANDIDATES = ("main", "k64", "balanced")
+
+
+@dataclass
+class TrainSources:
+    candidates: Path
+    features: Path
+
+
+def bench_paths(ws: Workspace, log: Callable[[str], None] = print):
+    """Generate (once) and return the bundled benchmark of this workspace's settings."""
+    from lever.bench import BenchConfig, ensure_bench
+
+    cfg = BenchConfig.parse(ws.bench, where=f"{ws.source}: [bench]") if ws.bench else BenchConfig()
+    return ensure_bench(ws.cache_dir, cfg, log=log)
+
+
+def _balanced(paths, log: Callable[[str], None]) -> Path:
+    """The benchmark's `balanced` file: its main file without uniform-reward groups (made once)."""
+    from lever.data.balance import BalanceOptions, balance_file
+
+    out = Path(paths.root) / "candidates_balanced.json"
+    if not out.is_file():
+        balance_file(Path(paths.candidates), out, BalanceOptions(drop_uniform=True), log=log)
+    return out
+
+
+def _lookup(kind: str, ref: str, table: dict[str, str], ws: Workspace) -> Path:
+    if ref in table:
+        return ws.path(table[ref])
+    path = ws.path(ref)
+    if path.suffix and path.exists():
+        return path
+    names = ", ".join(sorted(table)) or "(none)"
+    raise LeverError(f"data.{kind} = '{ref}': not a name in the workspace ({ws.source}) nor an existing file",
+                     hint=f"names defined: {names}")
+
+
+def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Callable[[str], None] = print) -> TrainSources:
+    """Map the plan's data.candidates / data.features to files."""
+    if not ws.is_bundled:
+        return TrainSources(_lookup("candidates", candidates, ws.candidates, ws), _lookup("features", features, ws.features, ws))
+    direct = Path(candidates)
+    if direct.suffix == ".json" and direct.is_file():
+        cand = direct
+        paths = bench_paths(ws, log)
+    else:
+        if candidates not in BENCH_CANDIDATES:
+            raise LeverError(f"data.candidates = '{candidates}': the bundled benchmark provides {', '.join(BENCH_CANDIDATES)}",
+                             hint="or give a path to a candidate-data JSON file, or configure a workspace (lever.toml)")
+        paths = bench_paths(ws, log)
+        cand = _balanced(paths, log) if candidates == "balanced" else Path(paths.candidates)
+    if features == "main":
+        feat = Path(paths.features)
+    elif Path(features).is_file():
+        feat = Path(features)
+    else:
+        raise LeverError(f"data.features = '{features}': the bundled benchmark provides 'main'")
+    return TrainSources(cand, feat)
+
+
+def load_features(path: Path) -> torch.Tensor:
+    """One float tensor [N_train, d] saved with torch.save (tensors only are unpickled)."""
+    if not path.is_file():
+        raise LeverError(f"features file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise LeverError(f"features file {path} could not be read: {err}") from None
+    if isinstance(obj, dict) and len(obj) == 1:
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, torch.Tensor) or obj.dim() != 2 or not obj.is_floating_point():
+        shape = tuple(obj.shape) if isinstance(obj, torch.Tensor) else type(obj).__name__
+        raise LeverError(f"features file {path}: expected one float tensor [N_train, d], got {shape}")
+    if not torch.isfinite(obj).all():
+        raise LeverError(f"features file {path}: contains NaN or infinite values")
+    return obj.float()
+
+
+def file_digest(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,282 @@
+"""Loss math for RCE and GRPO (DOMAIN.md section 6), as pure functions.
+
+Every tensor is a padded batch [B, G]: B queries, G = the largest group; `mask`
+[B, G] bool is True for a real sequence. Groups are ragged, so every reduction goes
+through the mask, and a batch gives the same numbers as its groups one by one.
+Reductions over a batch are "mean over queries of a per-query quantity": every
+query weighs the same whatever its group size; queries with no real sequence are
+left out. Nothing here knows about the model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lever.errors import LeverError
+
+# ---- masked helpers ---------------------------------------------------------
+
+
+def masked_fill0(x: Tensor, mask: Tensor) -> Tensor:
+    """x where mask, else 0 (a `where`, so inf/NaN in padding cannot leak, even into grads)."""
+    return torch.where(mask, x, torch.zeros_like(x))
+
+
+def group_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """mean_b = sum_{i real} x_bi / n_b per group: [B, G] -> [B] (0 for an empty group)."""
+    n = mask.sum(-1).clamp_min(1)
+    return masked_fill0(x, mask).sum(-1) / n
+
+
+def query_mean(per_query: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the queries that have at least one real sequence: [B] -> scalar (0 if none)."""
+    has = mask.any(-1)
+    n = has.sum().clamp_min(1)
+    return masked_fill0(per_query, has).sum() / n
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over queries of the mean over each group's real sequences: [B, G] -> scalar.
+
+    loss = (1 / |Q|) sum_{q in Q} (1 / n_q) sum_{i real} x_qi,  Q = non-empty groups.
+    """
+    return query_mean(group_mean(x, mask), mask)
+
+
+def masked_softmax(x: Tensor, mask: Tensor) -> Tensor:
+    """w_i = exp(x_i) / sum_{j real} exp(x_j) over each group's real entries; 0 elsewhere."""
+    w = x.masked_fill(~mask, float("-inf")).softmax(-1)
+    return masked_fill0(w, mask)  # an empty group is all NaN: make it 0
+
+
+# ---- schedules ---------------------------------------------------------------
+
+
+def linear_schedule(step: int, total: int, start: float, end: float) -> float:
+    """v(step) = start + (end - start) * step / (total - 1), step clamped to [0, total - 1].
+
+    Step 0 gives `start`, the last step (total - 1) gives `end`; total <= 1 gives start.
+    """
+    if total <= 1:
+        return float(start)
+    s = min(max(step, 0), total - 1)
+    return float(start + (end - start) * s / (total - 1))
+
+
+def top_k_for_epoch(schedule: list[tuple[int, int]], epoch: int) -> int | None:
+    """Beam curriculum: how many top sequences per group GRPO uses at `epoch` (1-based).
+
+    schedule = [(from_epoch, k), ...]; the entry with the largest from_epoch <= epoch
+    applies; k = 0 means all (None). No entry applies, or none given -> None (all).
+    Example: [(1, 3), (2, 5)] is the original's "top-3 in epoch 1, top-5 later".
+    """
+    best: tuple[int, int] | None = None
+    for start, k in schedule:
+        if start < 1 or k < 0:
+            raise LeverError(
+                f"beam curriculum entry ({start}, {k}) is invalid",
+                hint="entries are (from_epoch, k) with from_epoch >= 1 and k >= 0 (0 = all)",
+            )
+        if start <= epoch and (best is None or start >= best[0]):
+            best = (start, k)
+    if best is None or best[1] == 0:
+        return None
+    return best[1]
+
+
+# ---- ranks and advantages ----------------------------------------------------
+
+
+def group_ranks(rewards: Tensor, mask: Tensor, ties: Literal["average", "first"] = "average") -> Tensor:
+    """Rank of each real sequence in its group, 0 = highest reward: [B, G] float.
+
+    rank_i = #{j real: r_j > r_i} + tie term, where the tie term is
+      average: (#{j real: r_j = r_i} - 1) / 2   (tied sequences share their mean rank)
+      first:   #{j real: r_j = r_i, j < i}      (lower index ranks first)
+    Padded entries get 0.
+    """
+    r_i = rewards.unsqueeze(-1)  # [B, G, 1]
+    r_j = rewards.unsqueeze(-2)  # [B, 1, G]
+    real_j = mask.unsqueeze(-2)  # [B, 1, G]
+    above = ((r_j > r_i) & real_j).sum(-1)  # [B, G]
+    equal = (r_j == r_i) & real_j  # [B, G, G], includes i itself
+    if ties == "average":
+        tie = (equal.sum(-1) - 1).to(rewards.dtype) / 2
+    elif ties == "first":
+        G = rewards.shape[-1]
+        before = torch.ones(G, G, dtype=torch.bool, device=rewards.device).tril(-1)  # [i, j]: j < i
+        tie = (equal & before).sum(-1).to(rewards.dtype)
+    else:
+        raise LeverError(f"unknown tie rule {ties!r}", hint="use 'average' or 'first'")
+    return masked_fill0(above.to(rewards.dtype) + tie, mask)
+
+
+def group_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    kind: Literal["rank", "zscore", "centered"] = "rank",
+    std_floor: float = 0.1,
+    ties: Literal["average", "first"] = "average",
+    clip: float | None = 5.0,
+) -> Tensor:
+    """Per-group advantages A [B, G]; padded entries are 0.
+
+    rank:     A = 1 - 2 * rank / (n - 1)   (best +1, worst -1; n = 1 -> 0; ties per `ties`)
+    zscore:   A = (r - mean) / max(std, std_floor), std the sample std (divisor n - 1;
+              a group of one has std 0, so the floor applies and A = 0)
+    centered: A = r - mean
+    then A = clamp(A, -clip, clip) unless clip is None.
+    """
+    n = mask.sum(-1, keepdim=True).to(rewards.dtype)  # [B, 1] real sequences per group
+    if kind == "rank":
+        rank = group_ranks(rewards, mask, ties)
+        adv = torch.where(n > 1, 1 - 2 * rank / (n - 1).clamp_min(1), torch.zeros_like(rank))
+    elif kind in ("zscore", "centered"):
+        mean = group_mean(rewards, mask).unsqueeze(-1)  # [B, 1]
+        adv = rewards - mean
+        if kind == "zscore":
+            var = masked_fill0(adv**2, mask).sum(-1, keepdim=True) / (n - 1).clamp_min(1)
+            adv = adv / var.sqrt().clamp_min(std_floor)
+    else:
+        raise LeverError(f"unknown advantage kind {kind!r}", hint="use 'rank', 'zscore' or 'centered'")
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    return masked_fill0(adv, mask)
+
+
+def advantage_stats(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> dict[str, float]:
+    """Logging figures over all real sequences: mean, std (population), max, and
+    zero_group_frac = share of non-empty groups whose advantages are all |A| <= eps
+    (groups that teach nothing, e.g. all rewards equal)."""
+    vals = adv[mask]
+    if vals.numel() == 0:
+        return {"adv_mean": 0.0, "adv_std": 0.0, "adv_max": 0.0, "zero_group_frac": 0.0}
+    has = mask.any(-1)
+    flat = ((adv.abs() <= eps) | ~mask).all(-1) & has
+    return {
+        "adv_mean": float(vals.mean()),
+        "adv_std": float(vals.std(unbiased=False)),
+        "adv_max": float(vals.max()),
+        "zero_group_frac": float(flat.sum()) / max(int(has.sum()), 1),
+    }
+
+
+def top_k_mask(rewards: Tensor, mask: Tensor, k: int | None) -> Tensor:
+    """Keep the k real sequences with the highest reward per group (ties: lower index
+    first): mask & (rank_first < k). k None keeps all real sequences. [B, G] bool."""
+    if k is None:
+        return mask.clone()
+    if k < 1:
+        raise LeverError(f"top-k must be >= 1 or None (all), got {k}")
+    return mask & (group_ranks(rewards, mask, "first") < k)
+
+
+# ---- RCE -----------------------------------------------------------------------
+
+
+def rce_loss(logp: Tensor, rewards: Tensor, mask: Tensor, tau: float) -> Tensor:
+    """Reward-weighted cross-entropy.
+
+    w_i = softmax(r / tau) over the group's real sequences, CE_i = -logp_i (the summed
+    per-step cross-entropy of sequence i); loss = mean over queries of sum_i w_i * CE_i.
+    The weights carry no gradient (rewards are data).
+    """
+    w = masked_softmax(rewards.detach() / tau, mask)  # [B, G]
+    per_query = (w * masked_fill0(-logp, mask)).sum(-1)  # [B]
+    return query_mean(per_query, mask)
+
+
+def top1_ce_loss(logp: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
+    """Plain CE on each group's best sequence: mean over queries of -logp_{argmax r}
+    (ties: the first index)."""
+    best = rewards.masked_fill(~mask, float("-inf")).argmax(-1, keepdim=True)  # [B, 1]
+    one = torch.zeros_like(mask).scatter(-1, best, True) & mask  # [B, G]
+    per_query = masked_fill0(-logp, one).sum(-1)  # [B]
+    return query_mean(per_query, mask)
+
+
+# ---- GRPO ----------------------------------------------------------------------
+
+
+def ppo_loss(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    clip: bool = True,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped policy-gradient loss.
+
+    ratio_i = exp(logp_new_i - logp_old_i)
+    l_i = -min(ratio_i * A_i, clamp(ratio_i, 1 - eps_low, 1 + eps_high) * A_i)
+          (clip False: l_i = -ratio_i * A_i)
+    loss = mean over queries of the mean of l_i over the group's real sequences.
+    stats: clip_frac = share of real sequences whose clipped term was the one taken
+    (ratio outside the range on the side that matters for the sign of A);
+    ratio_mean = mean ratio over real sequences.
+    """
+    log_ratio = masked_fill0(logp_new - logp_old.detach(), mask)  # padding -> ratio 1
+    ratio = log_ratio.exp()  # [B, G]
+    surr = ratio * adv
+    if clip:
+        surr_clip = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+        obj = torch.minimum(surr, surr_clip)
+        clipped = (surr_clip < surr) & mask
+    else:
+        obj = surr
+        clipped = torch.zeros_like(mask)
+    loss = masked_mean(-obj, mask)
+    n = max(int(mask.sum()), 1)
+    stats = {
+        "clip_frac": float(clipped.sum()) / n,
+        "ratio_mean": float(masked_fill0(ratio.detach(), mask).sum()) / n,
+    }
+    return loss, stats
+
+
+def kl_to_reference(
+    logp_new: Tensor,
+    logp_ref: Tensor,
+    mask: Tensor,
+    estimator: Literal["k1", "k3"] = "k3",
+) -> Tensor:
+    """KL penalty against the frozen reference, averaged like `ppo_loss`.
+
+    With ratio = exp(logp_new - logp_ref) (DOMAIN.md's definition, as the original):
+      k1 = log ratio
+      k3 = ratio - 1 - log ratio   (>= 0, 0 only when new = ref)
+    Note: Schulman's k3 puts the inverse ratio p_ref / p_new there; the domain's form is
+    kept so KL figures match the log's.
+    """
+    log_ratio = masked_fill0(logp_new - logp_ref.detach(), mask)
+    if estimator == "k1":
+        per_seq = log_ratio
+    elif estimator == "k3":
+        per_seq = log_ratio.exp() - 1 - log_ratio
+    else:
+        raise LeverError(f"unknown KL estimator {estimator!r}", hint="use 'k1' or 'k3'")
+    return masked_mean(per_seq, mask)
+
+
+def adapt_beta(
+    beta: float,
+    kl: float,
+    low: float = 0.01,
+    high: float = 0.1,
+    factor: float = 1.5,
+    beta_min: float = 0.001,
+    beta_max: float = 10.0,
+) -> float:
+    """Adaptive KL weight: beta * factor if kl > high, beta / factor if kl < low,
+    else unchanged; then clamped to [beta_min, beta_max]."""
+    kl = float(kl)
+    if kl > high:
+        beta = beta * factor
+    elif kl < low:
+        beta = beta / factor
+    return float(min(max(beta, beta_min), beta_max))

@@ -1,0 +1,298 @@
+"""One training stage (RCE, GRPO, or a curriculum phase): setup, the epoch loop, checkpoints, selection.
+
+A stage lives in its own directory:
+
+    metrics.jsonl              one row per finished epoch
+    ckpt/epoch-NNN.safetensors weights after epoch N (+ .json with the epoch's metrics)
+    resume.pt                  optimiser, counters and beta after the last finished epoch
+    selected.json              the stage's result, written last (its presence = stage done)
+
+Killed at any moment, the stage resumes from `resume.pt`: epochs are seeded by
+(seed, stage, epoch), so the resumed run's metrics equal an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from lever.errors import RunFailed
+from lever.io import read_json, read_jsonl, write_json, write_jsonl
+from lever.model import PointerSelector
+from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
+
+from . import losses as L
+from .checkpoint import State, load_resume, save_resume, save_weights
+from .groups import Batch, Groups
+
+
+class Reporter(Protocol):
+    """What the loop tells the outside world (the CLI draws progress bars from it)."""
+
+    def info(self, message: str) -> None: ...
+    def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self) -> None: ...
+    def epoch_end(self, stage: str, row: dict[str, Any]) -> None: ...
+
+
+class SilentReporter:
+    def info(self, message: str) -> None: ...
+    def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self) -> None: ...
+    def epoch_end(self, stage: str, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Stage:
+    """A compiled stage: what to run, on which groups, with which optimiser settings."""
+
+    name: str  # "rce", "grpo" or a phase name
+    kind: Literal["rce", "grpo"]
+    epochs: int
+    opt: RCESpec | GRPOSpec
+    lr: float
+    std_floor: float = 0.1  # rce.rewards = "normalized": z-score floor (reward.normalize_std_floor)
+
+
+@dataclass
+class StageResult:
+    name: str
+    dir: Path
+    selected_epoch: int
+    selected_value: float
+    reason: str
+    checkpoint: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    reused: bool = False
+
+
+def lr_at(step: int, total: int, opt: OptimSpec, peak: float) -> float:
+    """Learning rate at optimiser step `step` (0-based) of `total`: linear warm-up, then
+    constant, cosine (peak -> 0) or linear (peak -> 0) decay over the remaining steps."""
+    if opt.warmup_steps and step < opt.warmup_steps:
+        return peak * (step + 1) / opt.warmup_steps
+    if opt.schedule == "constant":
+        return peak
+    span = max(total - opt.warmup_steps, 1)
+    progress = min(max(step - opt.warmup_steps, 0) / span, 1.0)
+    if opt.schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * (1 - progress)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A stable 31-bit seed from the run seed and a path of names (stage, epoch)."""
+    return zlib.crc32(":".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
+
+
+def pick(rows: list[dict[str, Any]], select: SelectSpec, pin: int | None) -> tuple[dict[str, Any], str]:
+    """The selected epoch's row and why. Ties go to the earliest epoch."""
+    if pin is not None:
+        if pin > len(rows):
+            raise RunFailed(f"select.epoch = {pin} but the stage has only {len(rows)} epochs")
+        return rows[pin - 1], f"epoch {pin} pinned by select.epoch"
+    values = [r.get(select.metric) for r in rows]
+    if any(v is None for v in values):
+        raise RunFailed(f"select.metric '{select.metric}' is not logged by this stage; logged: {', '.join(sorted(rows[0]))}")
+    if select.mode == "min":
+        best = min(range(len(rows)), key=lambda i: (values[i], i))
+    else:
+        best = max(range(len(rows)), key=lambda i: (values[i], -i))
+    word = "lowest" if select.mode == "min" else "highest"
+    return rows[best], f"{word} {select.metric} ({values[best]:.5f}) of {len(rows)} epochs"
+
+
+@torch.no_grad()
+def validation_loss(model: PointerSelector, val: Groups, batch_size: int = 256) -> float:
+    """The log's validation loss: RCE at tau = 1 on raw rewards over held-out queries."""
+    if val.num_queries == 0:
+        return float("nan")
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for b in val.batches(torch.arange(val.num_queries), batch_size):
+        logp = model.sequence_logprobs(model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
+        total += float(L.rce_loss(logp, b.raw, b.mask, 1.0)) * b.mask.shape[0]
+        n += b.mask.shape[0]
+    model.train(was)
+    return total / n
+
+
+@torch.no_grad()
+def all_logprobs(model: PointerSelector, groups: Groups, batch_size: int = 256) -> Tensor:
+    """Log-probability of every sequence of `groups` under `model` (eval mode): [S]."""
+    was = model.training
+    model.eval()
+    out = torch.zeros(groups.data.num_sequences, device=groups.features.device)
+    for b in groups.batches(torch.arange(groups.num_queries), batch_size):
+        logp = model.sequence_logprobs(model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
+        out[b.seq[b.mask]] = logp[b.mask]
+    model.train(was)
+    return out
+
+
+def _check_finite(value: Tensor, what: str, stage: str, epoch: int, step: int) -> None:
+    if not torch.isfinite(value).all():
+        raise RunFailed(f"{stage} epoch {epoch} step {step}: {what} is {float(value)}; stopped, the last good checkpoint is kept")
+
+
+class StageRunner:
+    """Runs one stage's epochs into its directory, resuming where a killed run stopped."""
+
+    def __init__(self, stage: Stage, stage_dir: Path, model: PointerSelector, train: Groups, val: Groups,
+                 seed: int, select: SelectSpec, reporter: Reporter, pin_epoch: int | None = None,
+                 reference: State | None = None):
+        self.s, self.dir, self.model, self.train, self.val = stage, stage_dir, model, train, val
+        self.seed, self.select, self.rep, self.pin = seed, select, reporter, pin_epoch
+        self.reference = reference  # GRPO: weights of the frozen policy (ratio and KL)
+        opt = stage.opt
+        model.set_backbone_frozen(opt.freeze_backbone)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optim = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=opt.weight_decay)
+        self.steps_per_epoch = math.ceil(train.num_queries / opt.batch_size)
+        self.total_steps = self.steps_per_epoch * stage.epochs
+        self.step = 0
+        self.beta = stage.opt.kl.beta if isinstance(stage.opt, GRPOSpec) else 0.0
+        self.logp_ref: Tensor | None = None
+
+    # ------------------------------------------------------------------ setup / resume
+
+    def _resume(self) -> tuple[int, list[dict[str, Any]]]:
+        state = load_resume(self.dir / "resume.pt")
+        if state is None:
+            return 1, []
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.step, self.beta = int(state["step"]), float(state["beta"])
+        done = int(state["epoch"])
+        rows = [r for r in read_jsonl(self.dir / "metrics.jsonl") if r["epoch"] <= done]
+        self.rep.info(f"{self.s.name}: resuming after epoch {done} of {self.s.epochs}")
+        return done + 1, rows
+
+    def _reference_logprobs(self) -> Tensor:
+        """logp under the frozen reference, computed once per stage (not per step)."""
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        if self.reference is not None:
+            self.model.load_state_dict(self.reference)
+        logp = all_logprobs(self.model, self.train)
+        self.model.load_state_dict(current)
+        return logp
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> StageResult:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        first, rows = self._resume()
+        if self.s.kind == "grpo":
+            self.logp_ref = self._reference_logprobs()
+        for epoch in range(first, self.s.epochs + 1):
+            row = self._epoch(epoch)
+            if self.s.kind == "grpo" and row["kl/value"] > self.s.opt.kl.max_kl:
+                raise RunFailed(
+                    f"{self.s.name} epoch {epoch}: KL {row['kl/value']:.3g} exceeds grpo.kl.max_kl = {self.s.opt.kl.max_kl}; "
+                    "stopped, the last good checkpoint is kept"
+                )
+            rows.append(row)
+            # Order matters for resume: weights, then metrics, then the resume marker.
+            save_weights(self.dir / "ckpt" / f"epoch-{epoch:03d}.safetensors", {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                         {"stage": self.s.name, "epoch": epoch, "metrics": row})
+            write_jsonl(self.dir / "metrics.jsonl", rows)
+            save_resume(self.dir / "resume.pt", {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                                                 "step": self.step, "beta": self.beta, "epoch": epoch})
+            self.rep.epoch_end(self.s.name, row)
+        return self._finish(rows)
+
+    def _finish(self, rows: list[dict[str, Any]]) -> StageResult:
+        best, reason = pick(rows, self.select, self.pin)
+        ckpt = self.dir / "ckpt" / f"epoch-{best['epoch']:03d}.safetensors"
+        write_json(self.dir / "selected.json", {"stage": self.s.name, "epoch": best["epoch"], "metric": self.select.metric,
+                                                "mode": self.select.mode, "value": best.get(self.select.metric),
+                                                "reason": reason, "checkpoint": f"ckpt/{ckpt.name}"})
+        (self.dir / "resume.pt").unlink(missing_ok=True)  # optimiser state is no longer needed
+        return StageResult(self.s.name, self.dir, best["epoch"], best.get(self.select.metric, float("nan")), reason, ckpt, rows)
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        torch.manual_seed(derive_seed(self.seed, self.s.name, epoch, "dropout"))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.s.name, epoch, "order"))
+        order = torch.randperm(self.train.num_queries, generator=gen)
+        # GRPO runs without dropout, so the ratio to the reference is exactly 1 before the first update.
+        self.model.train(self.s.kind == "rce")
+        self.rep.epoch_start(self.s.name, epoch, self.s.epochs, self.steps_per_epoch)
+        acc: dict[str, float] = {}
+        advs: list[tuple[Tensor, Tensor]] = []
+        norms: list[float] = []
+        for i, batch in enumerate(self.train.batches(order, self.s.opt.batch_size), start=1):
+            lr = lr_at(self.step, self.total_steps, self.s.opt, self.s.lr)
+            for g in self.optim.param_groups:
+                g["lr"] = lr
+            if self.s.kind == "rce":
+                loss, logs = self._rce_loss(batch)
+            else:
+                loss, logs, adv_mask = self._grpo_loss(batch, epoch)
+                advs.append(adv_mask)
+            _check_finite(loss, "the loss", self.s.name, epoch, i)
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = self.s.opt.grad_clip
+            norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
+            _check_finite(norm, "the gradient norm", self.s.name, epoch, i)
+            self.optim.step()
+            self.step += 1
+            norms.append(float(norm))
+            for k, v in logs.items():
+                acc[k] = acc.get(k, 0.0) + v
+            self.rep.step()
+        n = max(len(norms), 1)
+        row: dict[str, Any] = {"stage": self.s.name, "epoch": epoch}
+        row.update({k: v / n for k, v in acc.items()})
+        if advs:
+            adv = torch.cat([a for a, _ in advs])
+            mask = torch.cat([m for _, m in advs])
+            st = L.advantage_stats(adv, mask)
+            row.update({"adv/mean": st["adv_mean"], "adv/std": st["adv_std"], "adv/max": st["adv_max"],
+                        "adv/zero_frac": st["zero_group_frac"]})
+            row["kl/beta"] = self.beta
+            if self.s.opt.kl.adaptive.enabled:
+                a = self.s.opt.kl.adaptive
+                self.beta = L.adapt_beta(self.beta, row["kl/value"], a.low, a.high, a.factor, a.beta_min, a.beta_max)
+        row["val/loss"] = validation_loss(self.model, self.val)
+        row["optim/lr"] = lr_at(self.step - 1, self.total_steps, self.s.opt, self.s.lr)
+        row["optim/grad_norm"] = sum(norms) / n
+        row["time/epoch_s"] = time.perf_counter() - t0
+        return row
+
+    def _rce_loss(self, b: Batch) -> tuple[Tensor, dict[str, float]]:
+        opt: RCESpec = self.s.opt  # type: ignore[assignment]
+        logp = self.model.sequence_logprobs(self.model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
+        if opt.target == "top1":
+            loss, tau = L.top1_ce_loss(logp, b.rewards, b.mask), 0.0
+        else:
+            tau = L.linear_schedule(self.step, self.total_steps, opt.temp_start, opt.temp_end)
+            rewards = b.rewards
+            if opt.rewards == "normalized":
+                rewards = L.group_advantages(b.rewards, b.mask, "zscore", self.s.std_floor, clip=None)
+            loss = L.rce_loss(logp, rewards, b.mask, tau)
+        return loss, {"losses/rce": loss.item(), "rce/tau": tau, "train/loss": loss.item()}
+
+    def _grpo_loss(self, b: Batch, epoch: int) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        schedule = [(c.from_epoch, c.top_k) for c in opt.top_k_schedule]
+        mask = L.top_k_mask(b.rewards, b.mask, L.top_k_for_epoch(schedule, epoch))
+        a = opt.advantage
+        adv = L.group_advantages(b.rewards, mask, a.kind, a.std_floor, a.rank_ties, a.clip)
+        logp = self.model.sequence_logprobs(self.model.encode(b.query, b.pool, b.pool_mask), b.pointers, mask)
+        logp_ref = self.logp_ref[b.seq] * mask  # [B, G]
+        ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
+        kl = L.kl_to_reference(logp, logp_ref, mask, opt.kl.estimator)
+        loss = ppo + self.beta * kl
+        logs = {"losses/ppo": ppo.item(), "losses/kl": self.beta * kl.item(), "kl/value": kl.item(),
+                "policy/clip_frac": st["clip_frac"], "policy/ratio_mean": st["ratio_mean"], "train/loss": loss.item()}
+        return loss, logs, (adv.detach().cpu(), mask.cpu())

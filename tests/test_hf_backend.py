@@ -1,0 +1,203 @@
+"""The `hf` backend on a tiny random Qwen2.5-VL built in code (CPU, no download).
+
+What the random model says is never asserted; the prompt, padding, batching and
+failure handling are.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from tiny_models import GEN_PROMPT, tiny_qwen, write_okvqa_fixture  # noqa: E402
+
+from lever.errors import LeverError  # noqa: E402
+from lever.eval.backend import Request  # noqa: E402
+from lever.eval.hf import HFBackend, prompt_images, require_transformers, resolve_dtype  # noqa: E402
+from lever.eval.okvqa import load_okvqa  # noqa: E402
+
+IMAGE_TOKENS = 4  # the tiny processor turns every image into 4 tokens
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return tiny_qwen(seed=0)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    root = tmp_path_factory.mktemp("okvqa")
+    return load_okvqa(*write_okvqa_fixture(root, n=6), split="val")
+
+
+def backend(qwen, **kw) -> HFBackend:
+    model, processor = qwen
+    return HFBackend.from_pretrained_objects(model, processor, device="cpu", **kw)
+
+
+def requests(items, n: int = 6) -> list[Request]:
+    """Query i with 0, 1 or 2 demos, so the prompts have different lengths."""
+    return [Request("val", items[i], [items[(i + 1 + j) % len(items)] for j in range(i % 3)]) for i in range(n)]
+
+
+def test_prompt_layout(qwen, items):
+    req = Request("val", items[0], [items[3], items[1]])
+    text = backend(qwen).render(req)
+    demo3 = f"Question:{items[3].question} Short answer:ans3"
+    demo1 = f"Question:{items[1].question} Short answer:ans1"
+    query = f"Question:{items[0].question} Short answer:"
+    assert text.index(demo3) < text.index(demo1) < text.rindex(query)  # demos in the order given
+    assert text.endswith(query + GEN_PROMPT)  # the query closes the user turn; assistant turn opened
+    assert text.count("<|im_start|>user") == 1  # one user message
+    # Each item is preceded by its image: vision block, then its text.
+    assert text.count("<|vision_start|><|image_pad|><|vision_end|>Question:") == 3
+
+
+def test_left_padding_and_image_tokens(qwen, items):
+    be = backend(qwen)
+    short, long = Request("val", items[0]), Request("val", items[1], [items[2], items[3]])
+    images = prompt_images(short) + prompt_images(long)
+    batch = be.encode([be.render(short), be.render(long)], images)
+    mask, ids = batch["attention_mask"], batch["input_ids"]  # [2, T]
+    pad = qwen[1].tokenizer.pad_token_id
+    n_short = int(mask[0].sum())
+    assert n_short < mask.shape[1] and bool(mask[1].all())
+    assert mask[0, : mask.shape[1] - n_short].eq(0).all() and mask[0, -n_short:].eq(1).all()  # pads on the LEFT
+    assert ids[0, : mask.shape[1] - n_short].eq(pad).all()
+    image_id = qwen[1].image_token_id
+    assert ids[0].eq(image_id).sum() == 1 * IMAGE_TOKENS and ids[1].eq(image_id).sum() == 3 * IMAGE_TOKENS
+    assert batch["pixel_values"].shape[0] == 4 * 4 * 4  # 4 images x 16 patches of 14x14
+
+
+def test_batched_equals_one_at_a_time(qwen, items):
+    reqs = requests(items)
+    batched = backend(qwen, batch_size=3, num_beams=1).answer(reqs)
+    single = backend(qwen, batch_size=1, num_beams=1).answer(reqs)
+    assert len(batched) == len(reqs) and not any(r.failed for r in batched)
+    assert [r.raw for r in batched] == [r.raw for r in single]
+
+
+def test_only_new_tokens_are_decoded(qwen, items, monkeypatch):
+    be = backend(qwen, batch_size=3, max_new_tokens=4, num_beams=1)
+    seen = {}
+    generate, decode = be.model.generate, be.processor.batch_decode
+
+    def spy_generate(**kw):
+        seen["prompt_len"] = kw["input_ids"].shape[1]
+        seen["out"] = generate(**kw)
+        return seen["out"]
+
+    def spy_decode(ids, **kw):
+        seen["decoded"] = ids
+        return decode(ids, **kw)
+
+    monkeypatch.setattr(be.model, "generate", spy_generate)
+    monkeypatch.setattr(be.processor, "batch_decode", spy_decode)
+    be.answer(requests(items, 3))
+    assert torch.equal(seen["decoded"], seen["out"][:, seen["prompt_len"]:])
+    assert seen["decoded"].shape[0] == 3 and seen["decoded"].shape[1] <= 4
+
+
+def test_beam_search_defaults(qwen, items):
+    be = backend(qwen)
+    assert (be.batch_size, be.max_new_tokens, be.num_beams) == (8, 5, 3)  # the original's settings
+    out = be.answer(requests(items, 3))
+    assert len(out) == 3 and all(isinstance(r.raw, str) and not r.failed for r in out)
+
+
+def test_missing_image_fails_only_that_question(qwen, tmp_path):
+    its = load_okvqa(*write_okvqa_fixture(tmp_path, n=4, skip_images=(2,)), split="val")
+    reqs = [Request("val", its[0]), Request("val", its[2]), Request("val", its[1], [its[2]]), Request("val", its[3])]
+    be = backend(qwen, batch_size=4, num_beams=1)
+    out = be.answer(reqs)
+    assert [r.failed for r in out] == [False, True, True, False]
+    assert "query 1014" in out[1].error and "COCO_val2014_000000000502.jpg" in out[1].error
+    assert "demonstration 1014" in out[2].error
+    alone = be.answer([reqs[0], reqs[3]])  # the survivors answer as if the others were never there
+    assert [out[0].raw, out[3].raw] == [r.raw for r in alone]
+
+
+def test_generation_error_fails_only_that_question(qwen, items, monkeypatch):
+    be = backend(qwen, batch_size=3, num_beams=1)
+    bad = items[1].question
+    encode, generate, texts_of = be.encode, be.generate, {}
+
+    def spy_encode(texts, images):
+        inputs = encode(texts, images)
+        texts_of[id(inputs)] = texts
+        return inputs
+
+    def flaky(inputs):  # fails for any batch holding the bad question
+        if any(bad in t for t in texts_of[id(inputs)]):
+            raise RuntimeError("boom")
+        return generate(inputs)
+
+    monkeypatch.setattr(be, "encode", spy_encode)
+    monkeypatch.setattr(be, "generate", flaky)
+    out = be.answer([Request("val", items[i]) for i in range(5)])  # batches [0, 1, 2] and [3, 4]
+    assert [r.failed for r in out] == [False, True, False, False, False]
+    assert "RuntimeError: boom" in out[1].error and "question 1007" in out[1].error
+
+
+def test_encoding_error_fails_only_that_question(qwen, items, monkeypatch):
+    be = backend(qwen, batch_size=3, num_beams=1)
+    bad = items[2].question
+    encode = be.encode
+
+    def flaky(texts, images):
+        if any(bad in t for t in texts):
+            raise ValueError("cannot encode")
+        return encode(texts, images)
+
+    monkeypatch.setattr(be, "encode", flaky)
+    out = be.answer([Request("val", items[i]) for i in range(4)])
+    assert [r.failed for r in out] == [False, False, True, False]
+    assert "ValueError: cannot encode" in out[2].error
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(LeverError, match="does not exist"):
+        HFBackend(tmp_path / "nope")
+    with pytest.raises(LeverError, match="no config.json"):
+        HFBackend(tmp_path)
+
+
+def test_bad_settings_are_clear_errors(qwen):
+    with pytest.raises(LeverError, match="batch_size"):
+        backend(qwen, batch_size=0)
+    with pytest.raises(LeverError, match="dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_loads_from_a_model_dir(qwen, items, tmp_path, monkeypatch):
+    import transformers
+
+    model, processor = qwen
+    model.save_pretrained(tmp_path)
+    # Qwen2.5-VL's own processor needs torchvision; hand the tiny image-only one to the loader.
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
+    be = HFBackend(tmp_path, device="auto", num_beams=1)
+    assert be.device.type in ("cpu", "cuda") and be.settings["model"] == str(tmp_path)
+    assert be.dtype == ("bfloat16" if be.device.type == "cuda" else "float32")
+    assert not be.answer([Request("val", items[0])])[0].failed
+
+
+def test_dir_without_image_processor_is_a_clear_error(qwen, tmp_path):
+    model, processor = qwen
+    model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)  # a tokenizer but no image processor
+    with pytest.raises(LeverError, match="image-text processor"):
+        HFBackend(tmp_path, device="cpu")
+
+
+def test_missing_transformers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(LeverError) as err:
+        require_transformers()
+    assert "pip install -e '.[hf]'" in str(err.value)

@@ -1,0 +1,430 @@
+"""Compare and report: loading run dirs, the shot table, training and spec tables, exports, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from lever.report.export import CSV_COLUMNS, to_csv, to_json, to_latex, to_markdown
+from lever.report.results import load_plan, load_run, scan_runs
+from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
+from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
+
+N = 10  # questions per (split, shots); 1 point = 0.1 question here
+
+# Per-question accuracies, question ids 1..10. Worked by hand:
+#   baseline: s1 50, s2 0, s3 50, s4 20 -> avg 30
+#   plan5:    s1 60 (+10, one question), s2 100 (+100, all), s3 46 (-4, one question at 0.6), s4 20 (=) -> avg 56.5
+BASE = {
+    1: [1, 0, 1, 0, 1, 0, 1, 0, 1, 0],
+    2: [0] * 10,
+    3: [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+    4: [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+}
+PLAN5 = {
+    1: [1, 1, 1, 0, 1, 0, 1, 0, 1, 0],
+    2: [1] * 10,
+    3: [0.6, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+    4: BASE[4],
+}
+# plan7_1, two seeds differing at 1 shot only: seed 0 = 70, seed 1 = 50 -> mean 60, std sqrt(2 * 10^2 / 1) = 14.142
+PLAN7_SEED = {0: {**BASE, 1: [1] * 7 + [0] * 3}, 1: {**BASE, 1: [1] * 5 + [0] * 5}}
+
+BASE_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 0, "lr": 5e-6}, "reward": {"mode": "hard_plus_soft"}}
+PLAN5_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 50, "lr": 5e-6}, "reward": {"mode": "hard_plus_soft"}}
+PLAN7_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 0, "lr": 5e-6}, "reward": {"mode": "separated"}}
+
+
+def write_run(root: Path, plan: str, seed: int, *, spec: dict, accs: dict[int, list[float]] | None,
+              metrics: list[dict] | None = None, selected: dict | None = None, flags: list[str] | None = None,
+              spec_hash: str = "abc123def456", state: str = "done") -> Path:
+    """Write one seed run dir in the run-directory format; ``accs=None`` leaves it unevaluated."""
+    d = root / plan / spec_hash / f"seed-{seed}"
+    d.mkdir(parents=True)
+    (d / "spec.json").write_text(json.dumps(spec))
+    (d / "status.json").write_text(json.dumps({"state": state, "flags": flags or [], "message": None}))
+    metrics = metrics or [
+        {"stage": "rce", "epoch": 1, "val/loss": 2.0, "losses/rce": 2.1, "rce/tau": 2.0},
+        {"stage": "rce", "epoch": 2, "val/loss": 1.5, "losses/rce": 1.6, "rce/tau": 0.5},
+    ]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    selected = selected or {"stage": "rce", "epoch": 2, "metric": "val/loss", "mode": "min", "value": 1.5,
+                            "reason": "lowest val/loss", "checkpoint": "checkpoints/rce-2"}
+    (d / "selected.json").write_text(json.dumps(selected))
+    if accs is not None:
+        ev = d / "eval" / "sim-k64"
+        ev.mkdir(parents=True)
+        rows, splits = [], {"val": {}}
+        for shots, vals in accs.items():
+            for qid, acc in enumerate(vals, start=1):
+                rows.append({"split": "val", "shots": shots, "question_id": qid, "demo_ids": [qid] * shots,
+                             "raw_output": "x", "answer": "x", "accuracy": acc, "failed": False})
+            splits["val"][str(shots)] = {"accuracy": 100 * float(np.mean(vals)), "n": len(vals), "failed": 0}
+        (ev / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (ev / "summary.json").write_text(json.dumps({"checkpoint": selected, "backend": "sim", "splits": splits}))
+    return d
+
+
+PLAN5_METRICS = [
+    {"stage": "rce", "epoch": 1, "val/loss": 2.0},
+    {"stage": "grpo", "epoch": 1, "val/loss": 1.4, "losses/ppo": -0.01, "kl/value": 0.02, "adv/std": 0.3},
+    {"stage": "grpo", "epoch": 2, "val/loss": 1.2, "losses/ppo": -0.03, "kl/value": 0.05, "adv/std": 0.006},
+    {"stage": "grpo", "epoch": 3, "val/loss": 1.3, "losses/ppo": -0.02, "kl/value": 0.08, "adv/std": 0.004},
+]
+PLAN5_SELECTED = {"stage": "grpo", "epoch": 2, "metric": "val/loss", "mode": "min", "value": 1.2,
+                  "reason": "lowest val/loss", "checkpoint": "checkpoints/grpo-2"}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """baseline (1 seed), plan5 (1 seed, GRPO), plan7_1 (2 seeds), plan6 trained only; plan9 never run."""
+    root = tmp_path / "runs"
+    write_run(root, "baseline", 0, spec=BASE_SPEC, accs=BASE)
+    write_run(root, "plan5", 0, spec=PLAN5_SPEC, accs=PLAN5, metrics=PLAN5_METRICS, selected=PLAN5_SELECTED,
+              flags=["guardrail: kl above 0.5 at grpo epoch 3"])
+    for seed, accs in PLAN7_SEED.items():
+        write_run(root, "plan7_1", seed, spec=PLAN7_SPEC, accs=accs)
+    write_run(root, "plan6", 0, spec=PLAN5_SPEC, accs=None, state="trained")
+    return root
+
+
+def plan_runs(root: Path, name: str):
+    dirs = sorted((root / name).glob("*/seed-*")) if (root / name).exists() else []
+    return load_plan(name, dirs)
+
+
+def comparison(root: Path, names=("plan5", "plan7_1", "plan6", "plan9")):
+    return build_comparison([plan_runs(root, n) for n in names], plan_runs(root, "baseline"), n_resamples=2000)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_load_run_reads_every_file(runs: Path):
+    run = load_run(runs / "plan5" / "abc123def456" / "seed-0")
+    assert (run.plan, run.spec_hash, run.seed, run.state) == ("plan5", "abc123def456", 0, "done")
+    assert run.eval_key == "sim-k64"
+    qr = run.question_results("val", 3)
+    assert qr.question_ids.tolist() == list(range(1, 11))
+    assert qr.accuracy[0] == 0.6 and qr.n_failed == 0
+    assert run.accuracy("val", 3) == pytest.approx(46.0)
+    assert len(run.metrics) == 4 and run.selected["epoch"] == 2
+
+
+def test_missing_files_are_none_not_errors(tmp_path: Path):
+    d = tmp_path / "p" / "h" / "seed-3"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text('{"stage": "rce", "epoch": 1, "val/loss": 1.0}\n{"stage": "rce", "ep')  # torn
+    run = load_run(d)
+    assert run.seed == 3 and run.spec is None and run.status is None and run.selected is None
+    assert run.results is None and run.summary is None and not run.evaluated
+    assert run.metrics == [{"stage": "rce", "epoch": 1, "val/loss": 1.0}]
+    assert run.accuracy("val", 1) is None
+    missing = load_plan("plans/plan9.toml", [])
+    assert (missing.name, missing.missing, missing.command) == ("plan9", "not run", "lever run plans/plan9.toml")
+
+
+def test_latest_summary_wins(runs: Path):
+    d = runs / "baseline" / "abc123def456" / "seed-0"
+    newer = d / "eval" / "hf-k64"
+    newer.mkdir()
+    (newer / "summary.json").write_text(json.dumps({"splits": {"val": {"1": {"accuracy": 12.5, "n": 8}}}}))
+    os.utime(newer / "summary.json", (2e9, 2e9))
+    run = load_run(d)
+    assert run.eval_key == "hf-k64" and run.results is None
+    assert run.accuracy("val", 1) == 12.5  # from summary.json when there are no per-question rows
+
+
+def test_scan_runs_lists_every_seed(runs: Path):
+    found = [(r.plan, r.seed) for r in scan_runs(runs)]
+    assert found == [("baseline", 0), ("plan5", 0), ("plan6", 0), ("plan7_1", 0), ("plan7_1", 1)]
+
+
+# ---------------------------------------------------------------- shot table
+
+
+def test_shot_table_values_deltas_and_average(runs: Path):
+    cmp = comparison(runs)
+    assert [r.label for r in cmp.rows] == ["1", "2", "3", "4", "avg"]
+    assert [c.name for c in cmp.plans] == ["baseline", "plan5", "plan7_1", "plan6", "plan9"]
+    acc = {(r.label, n): c.accuracy for r in cmp.rows for n, c in r.cells.items()}
+    assert [acc[(s, "baseline")] for s in "1234"] == pytest.approx([50, 0, 50, 20])
+    assert [acc[(s, "plan5")] for s in "1234"] == pytest.approx([60, 100, 46, 20])
+    assert acc[("avg", "baseline")] == pytest.approx(30.0)  # (50 + 0 + 50 + 20) / 4
+    assert acc[("avg", "plan5")] == pytest.approx(56.5)  # (60 + 100 + 46 + 20) / 4
+
+    cells = {r.label: r.cells["plan5"] for r in cmp.rows}
+    assert [cells[s].delta for s in "1234"] == pytest.approx([10, 100, -4, 0])
+    # avg: per-question mean over shots of (plan5 - baseline): q1 (0+1-0.4+0)/4 = 0.15, q2 (1+1)/4 = 0.5,
+    # q3..q10 1/4 each -> (0.15 + 0.5 + 8 * 0.25) / 10 = 0.265 -> +26.5 points
+    assert cells["avg"].delta == pytest.approx(26.5)
+    # shot 1: one question of 10 gained: d has a single non-zero, both sign flips reach it -> p = 1
+    assert cells["1"].p == 1.0 and cells["1"].within_noise
+    # shot 2: all 10 gained: CI [100, 100], p = 2 / 2^10
+    assert (cells["2"].lo, cells["2"].hi) == (100.0, 100.0) and cells["2"].p == pytest.approx(2 / 1024)
+    assert cells["2"].within_noise is False
+    assert cells["4"].p == 1.0 and (cells["4"].lo, cells["4"].hi) == (0.0, 0.0)
+
+
+def test_best_marks_and_improved_counts(runs: Path):
+    cmp = comparison(runs)
+    best = {r.label: sorted(n for n, c in r.cells.items() if c.best) for r in cmp.rows}
+    # shot 1: plan5 60 and plan7_1 mean 60 tie; shot 3: baseline and plan7_1 50; shot 4: everyone evaluated 20
+    assert best == {"1": ["plan5", "plan7_1"], "2": ["plan5"], "3": ["baseline", "plan7_1"],
+                    "4": ["baseline", "plan5", "plan7_1"], "avg": ["plan5"]}
+    cols = {c.name: c for c in cmp.plans}
+    assert (cols["plan5"].improved, cols["plan5"].improved_significant, cols["plan5"].n_shots) == (2, 1, 4)
+    assert (cols["plan7_1"].improved, cols["plan7_1"].improved_significant) == (1, 0)
+    assert cmp.n_questions == N and "10 questions: 1 point = 0.1 questions" in cmp.footnote
+
+
+def test_multi_seed_mean_std_and_pairing(runs: Path):
+    cell = comparison(runs).rows[0].cells["plan7_1"]
+    assert cell.n_seeds == 2
+    assert cell.accuracy == pytest.approx(60.0)
+    assert cell.std == pytest.approx(14.1421356)  # sample std of (70, 50)
+    # seed-mean per question: [1,1,1,1,1,.5,.5,0,0,0]; minus baseline [1,0,1,0,1,0,1,0,1,0]
+    # d = [0,1,0,1,0,.5,-.5,0,-1,0], sum 1 -> +10 points. Non-zero d: three of size 1, two of size 0.5.
+    # Sign flips: X = sum of three +-1 in {+-3 (1 way each), +-1 (3 ways each)}, Y = two +-0.5 in {-1, 0, 0, 1}.
+    # |X+Y| >= 1: X=+-3 -> all 4 Y (8); X=+-1 -> Y=0 twice or Y same sign once (3 each, 18) -> 26/32
+    assert cell.delta == pytest.approx(10.0)
+    assert cell.p == pytest.approx(26 / 32)
+
+
+def test_missing_plans_show_the_command(runs: Path):
+    cols = {c.name: c for c in comparison(runs).plans}
+    assert (cols["plan9"].missing, cols["plan9"].command) == ("not run", "lever run plans/plan9.toml")
+    assert (cols["plan6"].missing, cols["plan6"].command) == ("not evaluated", "lever evaluate plans/plan6.toml")
+    text = render_plain(comparison(runs))
+    row1 = next(line for line in text.splitlines() if line.startswith("1 "))
+    assert row1.endswith("not evaluated  not run")  # one column each for plan6 and plan9
+    assert "plan9: not run — run `lever run plans/plan9.toml`" in text
+    assert "plan6: not evaluated — run `lever evaluate plans/plan6.toml`" in text
+
+
+def test_missing_split_is_reported_not_raised(runs: Path):
+    cmp = build_comparison([plan_runs(runs, "plan5")], plan_runs(runs, "baseline"), split="train", n_resamples=100)
+    assert all(c.missing == "not evaluated on train" for c in cmp.plans)
+    assert all(c.accuracy is None for r in cmp.rows for c in r.cells.values())
+
+
+def test_training_table_and_flags(runs: Path):
+    rows = {(t.plan, t.seed): t for t in comparison(runs).training}
+    t = rows[("plan5", 0)]
+    assert (t.stage, t.epoch, t.reason) == ("grpo", 2, "lowest val/loss")
+    assert (t.val_loss, t.ppo_loss, t.kl, t.adv_std) == (1.2, -0.03, 0.05, 0.006)
+    assert t.flags == ["guardrail: kl above 0.5 at grpo epoch 3", NEAR_ZERO_FLAG]  # adv std 0.006 < 0.01
+    base = rows[("baseline", 0)]
+    assert (base.stage, base.epoch, base.val_loss, base.ppo_loss, base.flags) == ("rce", 2, 1.5, None, [])
+    assert rows[("plan6", 0)].state == "trained" and ("plan7_1", 1) in rows
+
+
+def test_spec_diff_only_keys_that_differ(runs: Path):
+    diffs = [(d.plan, d.key, d.baseline, d.value) for d in comparison(runs).spec_diffs]
+    assert ("plan5", "grpo.epochs", 0, 50) in diffs
+    assert ("plan7_1", "reward.mode", "hard_plus_soft", "separated") in diffs
+    assert all(k not in ("rce.epochs", "grpo.lr") for _, k, _, _ in diffs)
+
+
+def test_plain_render_has_marks_and_footnote(runs: Path):
+    text = render_plain(comparison(runs))
+    lines = text.splitlines()
+    row2 = next(line for line in lines if line.startswith("2 "))
+    assert "100.00*" in row2 and "↑+100.00" in row2 and "[+100.00, +100.00]" in row2
+    row1 = next(line for line in lines if line.startswith("1 "))
+    assert "↑+10.00 ~" in row1 and "60.00±14.14*" in row1
+    assert "↓-4.00 ~" in next(line for line in lines if line.startswith("3 "))
+    improved = next(line for line in lines if line.startswith("improved"))
+    assert re.search(r"^improved\s+2/4\s+1 sig\.\s+1/4\s+0 sig\.$", improved)  # plan5, then plan7_1
+    assert "~ = within noise (95% paired bootstrap CI includes 0)" in text
+    assert "Spec differences vs baseline" in text and "near-zero advantages" in text
+
+
+# ---------------------------------------------------------------- exports
+
+
+def test_json_export_loads(runs: Path):
+    data = json.loads(to_json(comparison(runs)))
+    assert data["baseline"] == "baseline" and data["split"] == "val"
+    cell = data["rows"][1]["cells"]["plan5"]
+    assert cell["delta"] == 100.0 and cell["within_noise"] is False
+    assert data["rows"][0]["cells"]["plan9"]["accuracy"] is None
+
+
+def test_csv_export_columns(runs: Path):
+    rows = list(csv.DictReader(io.StringIO(to_csv(comparison(runs)))))
+    assert list(rows[0].keys()) == CSV_COLUMNS
+    assert len(rows) == 5 * 5  # 5 shot rows x 5 plans
+    r = next(r for r in rows if r["plan"] == "plan5" and r["shots"] == "avg")
+    assert float(r["accuracy"]) == pytest.approx(56.5) and float(r["delta"]) == pytest.approx(26.5)
+    assert next(r for r in rows if r["plan"] == "plan9")["missing"] == "not run"
+
+
+def test_markdown_tables_are_well_formed(runs: Path):
+    md = to_markdown(comparison(runs))
+    blocks = [b for b in md.split("\n\n") if b.startswith("|")]
+    assert len(blocks) == 3  # shots, training, spec differences
+    for block in blocks:
+        lines = block.splitlines()
+        n = lines[0].count(" | ") + 1
+        assert re.fullmatch(r"\|(-{3}:?\|)+", lines[1]) and lines[1].count("|") == n + 1
+        for line in lines:
+            assert line.startswith("|") and line.endswith("|")
+            assert len(re.split(r"(?<!\\)\|", line)) - 2 == n
+
+
+def test_latex_is_a_balanced_tabular(runs: Path):
+    tex = to_latex(comparison(runs))
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    spec = re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1)
+    assert spec == "l" + "r" + "rr" + "rr"  # shots, baseline, (acc, delta) per evaluated plan
+    assert "% missing: plan6 (not evaluated)" in tex and "% missing: plan9 (not run)" in tex
+    body = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert len(body) == 1 + 5 + 1  # header, shot rows + avg, improved
+    for line in body:
+        assert line.count("&") == len(spec) - 1
+    assert "plan7\\_1" in tex and "plan7_1" not in tex
+    assert r"\textbf{100.00}" in tex and "$+10.00^{\\sim}$" in tex
+    body_lines = [line for line in tex.splitlines() if not line.startswith("%")]
+    assert all("%" not in line.replace(r"\%", "") for line in body_lines)  # only comment lines hold a bare %
+
+
+# ---------------------------------------------------------------- sparklines
+
+
+def test_sparkline_by_hand():
+    # (v - 0) / (7 - 0) * 7 -> bars 0..7
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == BARS
+    assert sparkline([1.0, None, 1.0]) == f"{BARS[3]} {BARS[3]}"  # constant -> mid bar, gap for None
+    assert sparkline([0, 0, 7, 7], width=2) == BARS[0] + BARS[7]  # bucket means 0 and 7
+    assert sparkline([]) == ""
+
+
+def test_spark_rows_per_metric_and_stage():
+    rows = {(r.metric, r.stage): r for r in spark_rows(PLAN5_METRICS)}
+    assert set(rows) == {("val/loss", "rce"), ("val/loss", "grpo"), ("losses/ppo", "grpo"), ("kl/value", "grpo"),
+                         ("adv/std", "grpo")}
+    r = rows[("val/loss", "grpo")]
+    assert (r.first, r.last, r.lo, r.hi) == (1.4, 1.3, 1.2, 1.4)
+    assert len(r.spark) == 3
+
+
+def test_plot_curves_without_matplotlib(monkeypatch, tmp_path: Path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    assert plot_curves({"seed-0": PLAN5_METRICS}, tmp_path / "png") is None
+
+
+def test_plot_curves_writes_pngs(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    written = plot_curves({"seed-0": PLAN5_METRICS}, tmp_path / "png", {"seed-0": PLAN5_SELECTED})
+    assert sorted(p.name for p in written) == ["adv_std.png", "kl_value.png", "losses_ppo.png", "val_loss.png"]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli(runs: Path, monkeypatch):
+    from lever_cli.report import register
+
+    app = typer.Typer()
+    register(app)
+    monkeypatch.setenv("LEVER_RUNS", str(runs))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_cli_compare_plain(cli):
+    res = cli("compare", "plan5", "plans/plan7_1.toml", "plan9")
+    assert res.exit_code == 0, res.output
+    assert "Accuracy (%) on val vs baseline" in res.output
+    assert "plan9: not run — run `lever run plans/plan9.toml`" in res.output
+    assert "\x1b[" not in res.output  # plain text when stdout is not a terminal
+
+
+def test_cli_compare_exports(cli):
+    data = json.loads(cli("compare", "plan5", "--json").output)
+    assert [p["name"] for p in data["plans"]] == ["baseline", "plan5"]
+    header = cli("compare", "plan5", "--csv").output.splitlines()[0]
+    assert header.split(",") == CSV_COLUMNS
+    assert cli("compare", "plan5", "--markdown").output.startswith("### Accuracy")
+    assert r"\begin{tabular}" in cli("compare", "plan5", "--latex").output
+
+
+def test_cli_compare_bad_input(cli):
+    from lever.errors import LeverError
+
+    res = cli("compare", "plan5", "--split", "test")
+    assert isinstance(res.exception, LeverError) and "use one of: val, train" in str(res.exception)
+    res = cli("compare", "plan5", "--json", "--csv")
+    assert isinstance(res.exception, LeverError) and "choose one output format" in str(res.exception)
+
+
+def test_cli_compare_other_baseline(cli):
+    data = json.loads(cli("compare", "plan5", "--baseline", "plan7_1", "--json").output)
+    assert data["baseline"] == "plan7_1"
+    assert data["rows"][0]["cells"]["plan5"]["delta"] == pytest.approx(0.0)  # 60 vs seed mean 60
+
+
+def test_cli_report(cli, tmp_path: Path):
+    res = cli("report", "plan5", "--out", str(tmp_path / "png"))
+    assert res.exit_code == 0, res.output
+    assert "val/loss" in res.output and "grpo 2" in res.output and "near-zero advantages" in res.output
+    assert any(b in res.output for b in BARS)
+    assert "PNG curves skipped" in res.output or "PNG curves to" in res.output
+    res = cli("report", "plan6")
+    assert "not evaluated: run `lever evaluate plans/plan6.toml`" in res.output
+    res = cli("report", "plan9")
+    assert res.exit_code != 0 and "lever run plans/plan9.toml" in str(res.exception)
+
+
+def test_cli_runs(cli):
+    res = cli("runs")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "val@1" in lines[1] and "val@4" in lines[1]
+    plan5 = next(line for line in lines if line.startswith("plan5"))
+    assert "abc123def456" in plan5 and "grpo 2" in plan5 and "60" in plan5
+    assert len([line for line in lines if line.startswith("plan7_1")]) == 2
+
+
+def test_cli_runs_empty(cli, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("LEVER_RUNS", str(tmp_path / "nothing"))
+    assert "no runs under" in cli("runs").output
+
+
+def test_rich_render_colours_deltas(runs: Path):
+    from rich.console import Console
+
+    from lever.report.tables import render_rich
+
+    buf = io.StringIO()
+    render_rich(comparison(runs), Console(file=buf, force_terminal=True, width=250, color_system="standard"))
+    out = buf.getvalue()
+    assert "↑+100.00" in out and "↓-4.00 ~" in out
+    assert "\x1b[1;32m↑+100.00" in out  # significant gain: bold green
+    assert "\x1b[31m↓-4.00 ~" in out  # loss within noise: red, not bold
+    assert "plan9: not run" in out
+
+
+def test_store_finds_newest_hash(runs: Path):
+    from lever.runs.store import find_plan_runs
+
+    old = runs / "plan5" / "abc123def456"
+    new = write_run(runs, "plan5", 4, spec=PLAN5_SPEC, accs=None, spec_hash="fff000fff000").parent
+    os.utime(old, (1e9, 1e9))
+    os.utime(new, (2e9, 2e9))
+    assert find_plan_runs("plans/plan5.toml", runs) == [new / "seed-4"]
+    assert find_plan_runs("plan9", runs) == []

@@ -1,0 +1,175 @@
+"""`lever run` end to end on a small bundled benchmark, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lever.io import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = ROOT / "plans"
+SMALL_BENCH = "[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n"
+FAST = ["rce.epochs=2", "rce.batch_size=16", "eval.questions=40", "eval.shots=[1,2]"]
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """A workspace on a small benchmark; the cache is shared by the tests of this module."""
+    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
+    path = tmp_path / "lever.toml"
+    path.write_text(f'runs = "runs"\ncache = "{cache}"\n{SMALL_BENCH}', encoding="utf-8")
+    monkeypatch.setenv("LEVER_WORKSPACE", str(path))
+    monkeypatch.chdir(ROOT)
+    return tmp_path
+
+
+def run_cli(lever, *args):
+    """The `lever` fixture clears LEVER_WORKSPACE; pass the workspace explicitly."""
+    return lever("--workspace", os.environ["LEVER_WORKSPACE"], *args)
+
+
+def seed_dirs(ws: Path, plan: str) -> list[Path]:
+    return sorted((ws / "runs" / plan).glob("*/seed-*"))
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+# Values from a reference run of `baseline` with FAST overrides on the small benchmark
+# (seed 0, CPU). A change to the model, the losses, the loop or the benchmark moves them.
+STORED_VAL_LOSS = None
+
+
+def test_small_plan_trains_and_is_reproducible(lever, ws, tmp_path):
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "baseline")
+    rows = metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["stage"] == "rce" for r in rows)
+    for key in ("val/loss", "losses/rce", "rce/tau", "optim/lr", "optim/grad_norm"):
+        assert all(key in r for r in rows), key
+    assert rows[1]["val/loss"] < rows[0]["val/loss"]  # it learns
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "trained"
+    sel = json.loads((run_dir / "selected.json").read_text())
+    assert sel["metric"] == "val/loss" and sel["epoch"] in (1, 2) and sel["checkpoint"].endswith(".safetensors")
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["seed"] == 0 and prov["torch"] and prov["candidates"] and prov["features"]
+    # Same spec again: nothing to do, nothing rewritten.
+    before = (run_dir / "metrics.jsonl").stat().st_mtime_ns
+    again = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
+    assert again.code == 0 and "already trained" in again.text
+    assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before
+    # Determinism: the same spec in a fresh runs folder gives identical metrics.
+    other = tmp_path / "other.toml"
+    other.write_text(Path(os.environ["LEVER_WORKSPACE"]).read_text().replace('runs = "runs"', 'runs = "runs2"'))
+    res2 = lever("--workspace", other, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
+    assert res2.code == 0, res2.text
+    (run2,) = sorted((tmp_path / "runs2" / "baseline").glob("*/seed-*"))
+    assert metrics(run2) == rows
+
+
+def test_changed_spec_makes_a_new_run(lever, ws):
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
+    (first,) = seed_dirs(ws, "baseline")
+    snapshot = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "rce.lr=5e-4", "--no-eval")
+    assert res.code == 0, res.text
+    dirs = seed_dirs(ws, "baseline")
+    assert len(dirs) == 2
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == snapshot  # the older run is untouched
+
+
+def test_rce_stage_is_reused_between_plans(lever, ws):
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
+    res = run_cli(lever, "run", PLANS / "plan1.toml", *FAST, "grpo.epochs=1", "--no-eval")
+    assert res.code == 0, res.text
+    assert "rce: reusing" in res.text
+    (base,) = seed_dirs(ws, "baseline")
+    (p1,) = seed_dirs(ws, "plan1")
+    base_stages = json.loads((base / "stages.json").read_text())
+    p1_stages = json.loads((p1 / "stages.json").read_text())
+    assert p1_stages[0]["dir"] == base_stages[0]["dir"]
+    assert [s["stage"] for s in p1_stages] == ["rce", "grpo"]
+    grpo = [r for r in read_jsonl(p1 / "metrics.jsonl") if r["stage"] == "grpo"]
+    for key in ("losses/ppo", "kl/value", "kl/beta", "adv/mean", "adv/std", "adv/max", "adv/zero_frac", "policy/clip_frac"):
+        assert key in grpo[0], key
+
+
+def test_absurd_learning_rate_trips_the_guardrail(lever, ws):
+    res = run_cli(lever, "run", PLANS / "plan7.toml", *FAST, "grpo.epochs=3", "grpo.lr=1.0", "grpo.kl.max_kl=0.5",
+                  "grpo.grad_clip=0", "grpo.top_k_schedule=[]", "--no-eval")
+    assert res.code == 1, res.text
+    assert "grpo epoch 1" in res.err and ("KL" in res.err or "nan" in res.err)
+    (run_dir,) = seed_dirs(ws, "plan7")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "grpo epoch 1" in status["message"]
+
+
+def _stage_metrics(ws: Path, name: str) -> list[Path]:
+    return sorted((ws / "runs" / "_stages").glob(f"{name}-*/metrics.jsonl"))
+
+
+def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path):
+    overrides = [*FAST, "rce.epochs=4", "--no-eval"]
+    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml"), *overrides]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill hard once at least one epoch is on disk
+        files = _stage_metrics(ws, "rce")
+        if files and len(read_jsonl(files[0])) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *overrides)
+    assert res.code == 0, res.text
+    resumed = metrics(run_dir)
+    other = tmp_path / "clean.toml"
+    other.write_text(Path(os.environ["LEVER_WORKSPACE"]).read_text().replace('runs = "runs"', 'runs = "clean"'))
+    assert lever("--workspace", other, "run", PLANS / "baseline.toml", *overrides).code == 0
+    (clean,) = sorted((tmp_path / "clean" / "baseline").glob("*/seed-*"))
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    assert resumed == metrics(clean)
+
+
+def test_second_process_on_the_same_run_refuses(lever, ws):
+    from lever.io import file_lock
+    from lever.spec import load_plan
+    from lever.spec.workspace import load_workspace
+    from lever.runs.run import run_dir_of
+
+    lp = load_plan(PLANS / "baseline.toml", FAST)
+    run_dir = run_dir_of(load_workspace(os.environ["LEVER_WORKSPACE"]), lp, 0)
+    with file_lock(run_dir / ".lock", wait=False, what="test"):
+        # flock is per open file description: a second open in this process conflicts like another process would.
+        res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
+    assert res.code == 1 and "is being run by" in res.err
+
+
+@pytest.mark.parametrize("plan", sorted(p.stem for p in PLANS.glob("*.toml")))
+def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
+    from lever.spec import load_plan
+
+    lp = load_plan(PLANS / f"{plan}.toml")
+    cut = ["rce.epochs=1", "eval.questions=20", "eval.shots=[1,2]", "eval.splits=[\"val\"]"]
+    if lp.plan.grpo.epochs:
+        cut.append("grpo.epochs=2")
+    cut += [f"phases.{i}.epochs=1" for i in range(len(lp.plan.phases))]
+    res = run_cli(lever, "run", PLANS / f"{plan}.toml", *cut)
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, plan)
+    summary = next((run_dir / "eval").glob("*/summary.json"))
+    acc = json.loads(summary.read_text())["splits"]["val"]
+    assert set(acc) == {"1", "2"} and all(0 <= c["accuracy"] <= 100 and c["n"] == 20 for c in acc.values())
