@@ -4,7 +4,7 @@ Default: the tiny random Qwen2.5-VL of the tests, on CPU (target: batch 8 >= 3x 
 --real-size: a randomly initialised model of Qwen2.5-VL-3B's configuration (needs a GPU),
 with 640x480 images, reporting questions per second.
 
-    python benchmarks/bench_hf.py [--questions 32] [--shots 2] [--threads N] [--real-size]
+    python benchmarks/bench_hf.py [--questions 32] [--shots 0 1 2 4] [--threads N] [--real-size]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def qps(backend: HFBackend, reqs: list[Request], repeats: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=32)
-    ap.add_argument("--shots", type=int, default=2)
+    ap.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4])
     ap.add_argument("--real-size", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
@@ -80,7 +80,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        n_items = args.questions + args.shots
+        n_items = args.questions + max(args.shots)
         q, a, image_dir = write_okvqa_fixture(Path(tmp), n=n_items)
         if args.real_size:
             for i in range(n_items):  # COCO-sized images: 640x480
@@ -89,15 +89,16 @@ def main() -> None:
         else:
             model, processor, device = *tiny_qwen(), "cpu"
         items = load_okvqa(q, a, image_dir, split="val")
-        reqs = [Request("val", items[i], items[i + 1: i + 1 + args.shots]) for i in range(args.questions)]
 
         print(f"{'real-size (3B config)' if args.real_size else 'tiny'} Qwen2.5-VL on {device}, "
-              f"{args.questions} questions, {args.shots} shots, 5 new tokens, {torch.get_num_threads()} torch threads")
-        for beams in (3, 1):
-            single = qps(HFBackend.from_pretrained_objects(model, processor, device, 1, 5, beams), reqs)
-            batched = qps(HFBackend.from_pretrained_objects(model, processor, device, 8, 5, beams), reqs)
-            print(f"  num_beams={beams}: one at a time {single:7.2f} q/s | batch 8 {batched:7.2f} q/s | "
-                  f"speed-up {batched / single:.1f}x")
+              f"{args.questions} questions, 5 new tokens, {torch.get_num_threads()} torch threads")
+        for shots in args.shots:
+            reqs = [Request("val", items[i], items[i + 1: i + 1 + shots]) for i in range(args.questions)]
+            for beams in (3, 1):
+                single = qps(HFBackend.from_pretrained_objects(model, processor, device, 1, 5, beams), reqs)
+                batched = qps(HFBackend.from_pretrained_objects(model, processor, device, 8, 5, beams), reqs)
+                print(f"  shots={shots} num_beams={beams}: one at a time {single:7.2f} q/s | "
+                      f"batch 8 {batched:7.2f} q/s | speed-up {batched / single:.1f}x")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def main() -> None:
         start = time.perf_counter()
         bonus = fit_item_bonus(data, train_x)
         acc = choice_accuracy(vlm, train_x, val_x, item_bonus=bonus)
-        print(f"VQA accuracy on {cfg.n_val} val questions (simulated, not OK-VQA; {time.perf_counter() - start:.1f} s):")
+        took = time.perf_counter() - start
+        print(f"VQA accuracy on {cfg.n_val} val questions (simulated, not OK-VQA; {took:.1f} s):")
         print("  shots          " + "".join(f"{k:>8}" for k in (1, 2, 3, 4)))
         for name, row in acc.items():
             print(f"  {name:<14} " + "".join(f"{a:8.2f}" for a in row))

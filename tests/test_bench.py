@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -292,3 +294,13 @@ def test_losing_the_rename_race_keeps_the_winner(tmp_path: Path, monkeypatch: py
 def test_missing_world_file_is_a_lever_error(tmp_path: Path) -> None:
     with pytest.raises(LeverError, match="cannot read the simulated VLM's world file"):
         SimVLM.load(BenchPaths.at(tmp_path))
+
+
+def test_old_leftovers_of_killed_generations_are_removed(tmp_path: Path) -> None:
+    old = tmp_path / ".bench-0123456789ab.tmp-dead"
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / ".bench-0123456789ab.tmp-live"  # another process may be writing it
+    fresh.mkdir()
+    paths = ensure_bench(tmp_path, BenchConfig(**SMALL), log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, paths.root.name])

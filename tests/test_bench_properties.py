@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,14 +21,15 @@ def default(tmp_path_factory: pytest.TempPathFactory) -> BenchPaths:
 
 @pytest.fixture(scope="module")
 def accuracy(default: BenchPaths) -> dict[str, list[float]]:
+    """Accuracy at 2 shots of every reference choice (the expensive oracle only here)."""
     train_x = torch.load(default.features, weights_only=True)
     val_x = torch.load(default.val_features, weights_only=True)
     bonus = fit_item_bonus(json.loads(default.candidates.read_text()), train_x)
-    return choice_accuracy(SimVLM.load(default), train_x, val_x, item_bonus=bonus)
+    return choice_accuracy(SimVLM.load(default), train_x, val_x, shots=(2,), item_bonus=bonus)
 
 
 def test_choosing_demonstrations_matters(accuracy: dict[str, list[float]]) -> None:
-    rnd, sim, oracle = (accuracy[k][1] for k in ("random", "similarity", "oracle"))  # 2 shots
+    rnd, sim, oracle = (accuracy[k][0] for k in ("random", "similarity", "oracle"))  # 2 shots
     assert oracle >= rnd + 15
     assert rnd < sim < oracle
     assert 35 <= rnd and sim <= 65  # base accuracies in the range of the log
@@ -37,12 +37,14 @@ def test_choosing_demonstrations_matters(accuracy: dict[str, list[float]]) -> No
 
 def test_a_selector_can_beat_similarity(accuracy: dict[str, list[float]]) -> None:
     # A linear probe fitted on the candidate data re-ranks the pool better than cosine alone.
-    assert accuracy["rerank"][1] > accuracy["similarity"][1] + 1
-    assert accuracy["rerank"][1] < accuracy["oracle"][1]
+    assert accuracy["rerank"][0] > accuracy["similarity"][0] + 1
+    assert accuracy["rerank"][0] < accuracy["oracle"][0]
 
 
-def test_more_shots_are_not_always_better(accuracy: dict[str, list[float]]) -> None:
-    sim = accuracy["similarity"]
+def test_more_shots_are_not_always_better(default: BenchPaths) -> None:
+    train_x = torch.load(default.features, weights_only=True)
+    val_x = torch.load(default.val_features, weights_only=True)
+    sim = choice_accuracy(SimVLM.load(default), train_x, val_x, n_oracle=0)["similarity"]  # shots 1..4
     assert max(sim) - min(sim) >= 1  # accuracy changes with the shot count
     assert any(b < a for a, b in zip(sim, sim[1:]))  # and drops somewhere
 
@@ -70,11 +72,11 @@ def test_features_carry_relevance_but_not_all_of_it(default: BenchPaths) -> None
 def test_another_seed_has_the_same_statistics() -> None:
     stats = []
     for seed in (0, 1):
-        cfg = BenchConfig(seed=seed, n_train=1500, n_queries=300, n_val=300)
+        cfg = BenchConfig(seed=seed, n_train=1200, n_queries=300, n_val=300)
         world = make_world(cfg)
         vlm = SimVLM(world.vlm_state())
         s = candidate_stats(make_candidates(cfg, world, vlm))
-        acc = choice_accuracy(vlm, world.train.features, world.val.features, shots=(2,), n_oracle=32)
+        acc = choice_accuracy(vlm, world.train.features, world.val.features, shots=(2,), n_oracle=0)
         stats.append((s["all_negative"], s["all_positive"], acc["random"][0], acc["similarity"][0]))
     (n0, p0, r0, s0), (n1, p1, r1, s1) = stats
     assert abs(n0 - n1) < 0.08 and abs(p0 - p1) < 0.06  # 300 queries: sd of a 17% share is about 2 points

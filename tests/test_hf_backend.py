@@ -79,6 +79,9 @@ def test_batched_equals_one_at_a_time(qwen, items):
     single = backend(qwen, batch_size=1, num_beams=1).answer(reqs)
     assert len(batched) == len(reqs) and not any(r.failed for r in batched)
     assert [r.raw for r in batched] == [r.raw for r in single]
+    prefetching = backend(qwen, batch_size=3, num_beams=1)
+    prefetching.prefetch = True  # the CUDA default: next batch prepared in a helper thread
+    assert [r.raw for r in prefetching.answer(reqs)] == [r.raw for r in batched]
 
 
 def test_only_new_tokens_are_decoded(qwen, items, monkeypatch):
@@ -143,8 +146,10 @@ def test_generation_error_fails_only_that_question(qwen, items, monkeypatch):
     assert "RuntimeError: boom" in out[1].error and "question 1007" in out[1].error
 
 
-def test_encoding_error_fails_only_that_question(qwen, items, monkeypatch):
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_encoding_error_fails_only_that_question(qwen, items, monkeypatch, prefetch):
     be = backend(qwen, batch_size=3, num_beams=1)
+    be.prefetch = prefetch
     bad = items[2].question
     encode = be.encode
 

@@ -15,10 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+QUESTIONS = [
+    "What sport can you use this for?", "What is the man holding?", "Which country is this in?",
+    "What season is it?", "What is this animal called?", "What brand is shown?",
+    "How many wheels does it have?", "What is the food on the plate?",
+]
+
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
-# Qwen2.5-VL-Instruct's chat template (video branch and vision ids kept, as in the original).
+# Qwen2.5-VL-Instruct's released chat template (its video branch and vision ids kept).
 QWEN_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -131,13 +137,6 @@ def tiny_clip(seed: int = 0, projection_dim: int = 16) -> tuple[Any, Any]:
     )
     torch.manual_seed(seed)
     return CLIPModel(config).eval(), CLIPProcessor(image_processor=images, tokenizer=tok)
-
-
-QUESTIONS = [
-    "What sport can you use this for?", "What is the man holding?", "Which country is this in?",
-    "What season is it?", "What is this animal called?", "What brand is shown?",
-    "How many wheels does it have?", "What is the food on the plate?",
-]
 
 
 def random_image(path: Path, seed: int, size: tuple[int, int] = (48, 64)) -> None:

@@ -74,6 +74,7 @@ def ensure_bench(cache_root: Path, cfg: BenchConfig | None = None, log: Callable
     except OSError as err:
         raise LeverError(f"cannot create the benchmark cache in {cache_root}: {err.strerror}",
                          hint="choose a writable cache directory") from None
+    _remove_stale(cache_root)
     start = time.perf_counter()
     try:
         write_bench(cfg, tmp)
@@ -160,6 +161,17 @@ def _move_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     raise LeverError(f"cannot move the generated benchmark into {target}",
                      hint="check the cache directory's permissions, or delete it and retry")
+
+
+def _remove_stale(cache_root: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temporary directories left by generations killed outright (older than any live one could be)."""
+    now = time.time()
+    for leftover in cache_root.glob(".bench-*.tmp-*"):
+        try:
+            if now - leftover.stat().st_mtime > max_age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _json_list(items: list[dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ and uniform random ones, deduplicated by index set, each scored by the simulated
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,25 +20,38 @@ from .world import World
 Seq = tuple[int, ...]
 
 
+class Proposal(NamedTuple):
+    """A candidate sequence before scoring: local pointers and where it came from."""
+
+    pointer: Seq
+    method: str  # "beam" | "retrieval" | "sample" | "random"
+    beam_rank: int | None = None
+    beam_score: float | None = None
+    temperature: float | None = None
+
+
 def make_candidates(cfg: BenchConfig, world: World, vlm: SimVLM) -> dict[str, Any]:
-    """The whole candidate-data object: {"_meta": ..., "<query_id>": {"query", "candidate_pool_ids", "pointer_candidates"}}."""
+    """The whole candidate-data object.
+
+    {"_meta": {...}, "<query_id>": {"query": {...}, "candidate_pool_ids": [...], "pointer_candidates": [...]}, ...}
+    """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1)  # its own stream, independent of the world's draws
     x = world.train.features  # [N, dim]
     queries = torch.randperm(cfg.n_train, generator=g)[:cfg.n_queries].sort().values  # [Q]
     pools, cos = make_pools(x[queries], x, cfg.pool_size, cfg.pool_near, g, exclude=queries)  # [Q, K] each
     logits = cos / cfg.policy_scale
 
-    sources = _sources(cfg, logits, g)  # list per query of (pointer, gen_method, beam_rank, beam_score, temperature)
+    sources = _sources(cfg, logits, g)  # per query, proposals in source order
     fills = _random_sequences(len(queries), 2 * cfg.group_min + 8, cfg.pool_size, cfg.shots, g).tolist()
     groups = [_dedupe(cfg, src, fill) for src, fill in zip(sources, fills)]
 
     # Score every candidate with the simulated VLM in one batch.
-    pool_list = pools.tolist()
+    pool_list, query_list = pools.tolist(), queries.tolist()
     flat_q, flat_demos = [], []
     for qi, group in enumerate(groups):
-        for cand in group:
-            flat_q.append(int(queries[qi]))
-            flat_demos.append([pool_list[qi][p] for p in cand[0]])
+        for prop in group:
+            flat_q.append(query_list[qi])
+            flat_demos.append([pool_list[qi][p] for p in prop.pointer])
     scores = vlm.score_batch("train", flat_q, flat_demos)
     edge = torch.rand(len(flat_q), 2, generator=g).tolist()
 
@@ -46,11 +59,10 @@ def make_candidates(cfg: BenchConfig, world: World, vlm: SimVLM) -> dict[str, An
     items = world.train.items
     j = 0
     for qi, group in enumerate(groups):
-        item = items[int(queries[qi])]
+        item = items[query_list[qi]]
         cands = []
-        for pointer, method, rank, bscore, temp in group:
-            cands.append(_record(pointer, flat_demos[j], method, rank, bscore, temp, scores[j], edge[j],
-                                 cfg.edge_case_share, item["answers"]))
+        for prop in group:
+            cands.append(_record(prop, flat_demos[j], scores[j], edge[j], cfg.edge_case_share, item["answers"]))
             j += 1
         out[str(item["index"])] = {
             "query": {"query_id": item["index"], "question_id": item["question_id"], "image_id": item["image_id"],
@@ -121,61 +133,62 @@ def _random_sequences(n_q: int, n: int, k: int, steps: int, g: torch.Generator) 
     return torch.rand(n_q, n, k, generator=g).topk(steps, dim=2).indices
 
 
-def _sources(cfg: BenchConfig, logits: torch.Tensor, g: torch.Generator) -> list[list[tuple]]:
+def _sources(cfg: BenchConfig, logits: torch.Tensor, g: torch.Generator) -> list[list[Proposal]]:
     """Per query, all proposed sequences in source order: beam, retrieval, samples per temperature, random."""
     n_q, k = logits.shape
-    props: list[list[tuple]] = [[] for _ in range(n_q)]
+    props: list[list[Proposal]] = [[] for _ in range(n_q)]
     if cfg.beam_width:
         seqs, score = beam_search(logits, cfg.beam_width, cfg.shots)
         for qi, (ss, sc) in enumerate(zip(seqs.tolist(), score.tolist())):
-            props[qi] += [(tuple(s), "beam", r, round(c, 4), None) for r, (s, c) in enumerate(zip(ss, sc))]
+            props[qi] += [Proposal(tuple(s), "beam", r, round(c, 4)) for r, (s, c) in enumerate(zip(ss, sc))]
     ranking = logits.argsort(dim=1, descending=True).tolist()  # [Q, K] most similar first
     for qi in range(n_q):
         blocks = min(cfg.retrieval, k // cfg.shots)
-        props[qi] += [(tuple(ranking[qi][b * cfg.shots:(b + 1) * cfg.shots]), "retrieval", None, None, None)
+        props[qi] += [Proposal(tuple(ranking[qi][b * cfg.shots:(b + 1) * cfg.shots]), "retrieval")
                       for b in range(blocks)]
     for tau in cfg.temperatures:
         counts = torch.randint(cfg.samples_min, cfg.samples_max + 1, (n_q,), generator=g).tolist()
         seqs = sample_sequences(logits, cfg.samples_max, cfg.shots, tau, g).tolist()
         for qi in range(n_q):
-            props[qi] += [(tuple(s), "sample", None, None, tau) for s in seqs[qi][:counts[qi]]]
+            props[qi] += [Proposal(tuple(s), "sample", temperature=tau) for s in seqs[qi][:counts[qi]]]
     counts = torch.randint(cfg.random_min, cfg.random_max + 1, (n_q,), generator=g).tolist()
     seqs = _random_sequences(n_q, cfg.random_max, k, cfg.shots, g).tolist()
     for qi in range(n_q):
-        props[qi] += [(tuple(s), "random", None, None, None) for s in seqs[qi][:counts[qi]]]
+        props[qi] += [Proposal(tuple(s), "random") for s in seqs[qi][:counts[qi]]]
     return props
 
 
-def _dedupe(cfg: BenchConfig, proposals: list[tuple], fill: list[list[int]]) -> list[tuple]:
+def _dedupe(cfg: BenchConfig, proposals: list[Proposal], fill: list[list[int]]) -> list[Proposal]:
     """Keep the first sequence of each index set; top up with random ones to group_min; cut at group_max."""
     seen: set[Seq] = set()
     group = []
 
-    def add(cand: tuple) -> None:
-        key = tuple(sorted(cand[0]))
+    def add(prop: Proposal) -> None:
+        key = tuple(sorted(prop.pointer))
         if key not in seen:
             seen.add(key)
-            group.append(cand)
+            group.append(prop)
 
     for cand in proposals:
         add(cand)
     for s in fill:
         if len(group) >= cfg.group_min:
             break
-        add((tuple(s), "random", None, None, None))
+        add(Proposal(tuple(s), "random"))
     if len(group) < cfg.group_min:  # tiny pools: enumerate the remaining sets in order
         for s in combinations(range(cfg.pool_size), cfg.shots):
             if len(group) >= cfg.group_min:
                 break
-            add((s, "random", None, None, None))
+            add(Proposal(s, "random"))
     return group[:cfg.group_max]
 
 
-def _record(pointer: Seq, demos: list[int], method: str, rank: int | None, bscore: float | None, temp: float | None,
-            score: dict[str, Any], edge: list[float], edge_share: float, answers: list[str]) -> dict[str, Any]:
+def _record(prop: Proposal, demos: list[int], score: dict[str, Any], edge: list[float], edge_share: float,
+            answers: list[str]) -> dict[str, Any]:
     """One pointer candidate with the DOMAIN.md field names, in a fixed key order."""
-    rec = {"pointer": list(pointer), "pointer_global": demos, "gen_method": method, "beam_rank": rank,
-           "beam_score": bscore, "temperature": temp, **score, "vqa_eval_mode": "vqaEval", "eval_failed": False}
+    rec = {"pointer": list(prop.pointer), "pointer_global": demos, "gen_method": prop.method,
+           "beam_rank": prop.beam_rank, "beam_score": prop.beam_score, "temperature": prop.temperature,
+           **score, "vqa_eval_mode": "vqaEval", "eval_failed": False}
     if edge[0] < edge_share:
         # Realistic failures: the scorer crashed ("error"), or fell back to exact match with the top answer.
         if edge[1] < 0.5:
@@ -191,7 +204,7 @@ def _meta(cfg: BenchConfig) -> dict[str, Any]:
     return {
         "created_by": "lever bundled benchmark (simulated world and VLM; not OK-VQA)",
         "generator_version": GENERATOR_VERSION,
-        "pool": f"{cfg.pool_near} nearest by feature cosine + {cfg.pool_size - cfg.pool_near} random train items, shuffled",
+        "pool": f"{cfg.pool_near} nearest by feature cosine + {cfg.pool_size - cfg.pool_near} random train items",
         "sources": ["beam", "retrieval", "sample", "random"],
         "settings": cfg.model_dump(),
     }

@@ -23,7 +23,8 @@ from .vlm import SimVLM
 def choice_accuracy(vlm: SimVLM, train_x: torch.Tensor, val_x: torch.Tensor, shots: Sequence[int] = (1, 2, 3, 4),
                     pool_size: int = 64, pool_near: int = 32, n_oracle: int = 64, seed: int = 0,
                     split: str = "val", item_bonus: torch.Tensor | None = None) -> dict[str, list[float]]:
-    """VQA accuracy in percent per policy and shot count: {"random": [...], "similarity": [...], "oracle": [...]}.
+    """VQA accuracy in percent per policy and shot count: {"random": [...], "similarity": [...], "oracle": [...]}
+    ("oracle" only when n_oracle > 0, "rerank" only when `item_bonus` is given). `val_x` holds the questions' features, rows 0..Q-1 of `split`.
 
     acc(policy, k) = 100 * mean over questions of vqa_acc_score(question, policy's k demonstrations)
     """
@@ -33,7 +34,7 @@ def choice_accuracy(vlm: SimVLM, train_x: torch.Tensor, val_x: torch.Tensor, sho
     exclude = q if split == "train" else None
     pool, cos = make_pools(val_x, train_x, pool_size, pool_near, g, exclude=exclude)  # [Q, K] each
     by_sim = pool.gather(1, cos.argsort(dim=1, descending=True))  # [Q, K] most similar first
-    out: dict[str, list[float]] = {"random": [], "similarity": [], "oracle": []}
+    out: dict[str, list[float]] = {"random": [], "similarity": [], **({"oracle": []} if n_oracle else {})}
     if item_bonus is not None:
         out["rerank"] = []
         by_bonus = pool.gather(1, (cos + item_bonus[pool]).argsort(dim=1, descending=True))
@@ -41,10 +42,11 @@ def choice_accuracy(vlm: SimVLM, train_x: torch.Tensor, val_x: torch.Tensor, sho
         rand = pool.gather(1, torch.rand(n_q, pool_size, generator=g).topk(k, dim=1).indices)  # [Q, k]
         out["random"].append(_mean_acc(vlm, split, q, rand))
         out["similarity"].append(_mean_acc(vlm, split, q, by_sim[:, :k]))
-        picks = torch.rand(n_q, n_oracle, pool_size, generator=g).topk(k, dim=2).indices  # [Q, n, k]
-        seqs = pool[:, None, :].expand(-1, n_oracle, -1).gather(2, picks).reshape(-1, k)  # [Q*n, k]
-        acc = vlm.decide(split, q.repeat_interleave(n_oracle).tolist(), seqs.tolist())["acc"]
-        out["oracle"].append(round(100 * acc.view(n_q, n_oracle).max(dim=1).values.mean().item(), 2))
+        if n_oracle:
+            picks = torch.rand(n_q, n_oracle, pool_size, generator=g).topk(k, dim=2).indices  # [Q, n, k]
+            seqs = pool[:, None, :].expand(-1, n_oracle, -1).gather(2, picks).reshape(-1, k)  # [Q*n, k]
+            acc = vlm.decide(split, q.repeat_interleave(n_oracle), seqs)["acc"]
+            out["oracle"].append(round(100 * acc.view(n_q, n_oracle).max(dim=1).values.mean().item(), 2))
         if item_bonus is not None:
             out["rerank"].append(_mean_acc(vlm, split, q, by_bonus[:, :k]))
     return out
@@ -55,24 +57,34 @@ def fit_item_bonus(candidates: dict[str, Any], train_x: torch.Tensor, ridge: flo
 
     Per query group, centre the outcome y = vqa_acc_score and the summed demo features f; then
     w = (F^T F + ridge I)^-1 F^T y (ridge regression) and bonus_i = x_i . w, scaled to the spread
-    of cosines in a pool so that it is comparable with the similarity it is added to.
+    of cosines between items so that it is comparable with the similarity it is added to.
     """
-    feats, ys = [], []
-    for key, entry in candidates.items():
-        if key == "_meta":
-            continue
-        cands = [c for c in entry["pointer_candidates"] if not c["eval_failed"]]
-        y = torch.tensor([c["vqa_acc_score"] for c in cands])  # [G]
-        f = torch.stack([train_x[c["pointer_global"]].sum(0) for c in cands])  # [G, dim]
-        feats.append(f - f.mean(0))
-        ys.append(y - y.mean())
-    f, y = torch.cat(feats), torch.cat(ys)  # [sum G, dim], [sum G]
+    group, demos, score = [], [], []
+    for gid, entry in enumerate(v for k, v in candidates.items() if k != "_meta"):
+        for c in entry["pointer_candidates"]:
+            if not c["eval_failed"]:
+                group.append(gid)
+                demos.append(c["pointer_global"])
+                score.append(c["vqa_acc_score"])
+    gid = torch.tensor(group)  # [C]
+    f = train_x[torch.tensor(demos)].sum(1)  # [C, dim]
+    y = torch.tensor(score)  # [C]
+    f = f - _group_mean(f, gid)
+    y = y - _group_mean(y[:, None], gid)[:, 0]
     w = torch.linalg.solve(f.T @ f + ridge * torch.eye(f.shape[1]), f.T @ y)  # [dim]
     bonus = train_x @ w  # [N]
     cos_spread = (train_x[:256] @ train_x.T).std()  # typical spread of cosines between items
     return (bonus - bonus.mean()) / bonus.std() * cos_spread
 
 
+def _group_mean(v: torch.Tensor, gid: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean of v [C, d] over the rows of its group gid [C]."""
+    n = int(gid.max()) + 1
+    total = torch.zeros(n, v.shape[1]).index_add_(0, gid, v)  # [G, d]
+    count = torch.zeros(n).index_add_(0, gid, torch.ones(len(gid)))  # [G]
+    return (total / count[:, None])[gid]
+
+
 def _mean_acc(vlm: SimVLM, split: str, q: torch.Tensor, demos: torch.Tensor) -> float:
-    acc = vlm.decide(split, q.tolist(), demos.tolist())["acc"]
+    acc = vlm.decide(split, q, demos)["acc"]
     return round(100 * acc.mean().item(), 2)

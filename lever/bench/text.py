@@ -7,6 +7,7 @@ so the simple exact-match VQA accuracy below agrees with the official normalisin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 # answer type -> (answer vocabulary, question templates)
 ANSWER_TYPES: dict[str, tuple[list[str], list[str]]] = {
@@ -94,6 +95,7 @@ def _dice(a: str, b: str) -> float:
     return 2 * len(ba & bb) / (len(ba) + len(bb))
 
 
-def _bigrams(s: str) -> set[str]:
+@lru_cache(maxsize=4096)  # few distinct strings: the vocabulary
+def _bigrams(s: str) -> frozenset[str]:
     s = f" {s} "
-    return {s[i:i + 2] for i in range(len(s) - 1)}
+    return frozenset(s[i:i + 2] for i in range(len(s) - 1))

@@ -34,7 +34,9 @@ class SimVLM:
     def __init__(self, state: dict[str, Any]):
         self.params = state["params"]
         self.vocab: list[str] = list(state["vocab"])
-        self.splits = {name: state[name] for name in SPLITS}
+        # float64 once here: sums over demonstrations then give the same bits in a batch and alone.
+        self.splits = {name: {k: v.double() if v.is_floating_point() else v for k, v in state[name].items()}
+                       for name in SPLITS}
         self._train = self.splits["train"]
 
     @classmethod
@@ -58,7 +60,7 @@ class SimVLM:
     # -- public answers ------------------------------------------------------------------------
 
     def answer(self, split: str, query_index: int, demo_indices: Sequence[int]) -> str:
-        """Generated answer text for one question with demonstrations `demo_indices` (train indices, in prompt order)."""
+        """Generated answer text for one question; `demo_indices` are train indices in prompt order."""
         return self.answer_batch(split, [query_index], [demo_indices])[0]
 
     def answer_batch(self, split: str, query_indices: Sequence[int], demo_lists: Sequence[Sequence[int]]) -> list[str]:
@@ -67,30 +69,36 @@ class SimVLM:
         return [self.vocab[i] for i in option.tolist()]
 
     def score(self, split: str, query_index: int, demo_indices: Sequence[int]) -> dict[str, Any]:
-        """The real scorer's fields for one question: vqa_pred_answer, vqa_correct, vqa_acc_score, vqa_gt_prob, vqa_rel_score."""
+        """The real scorer's fields for one question.
+
+        vqa_pred_answer, vqa_correct, vqa_acc_score, vqa_gt_prob, vqa_rel_score (DOMAIN.md section 3).
+        """
         return self.score_batch(split, [query_index], [demo_indices])[0]
 
-    def score_batch(self, split: str, query_indices: Sequence[int], demo_lists: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+    def score_batch(self, split: str, query_indices: Sequence[int],
+                    demo_lists: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
         """`score` for many questions."""
         d = self.decide(split, query_indices, demo_lists)
-        return [
-            {"vqa_pred_answer": self.vocab[o], "vqa_correct": int(a > 0), "vqa_acc_score": round(a, 4),
-             "vqa_gt_prob": round(p, 4), "vqa_rel_score": round(r, 4)}
-            for o, a, p, r in zip(d["option"].tolist(), d["acc"].tolist(), d["gt_prob"].tolist(), d["rel"].tolist())
-        ]
+        cols = zip(d["option"].tolist(), d["acc"].tolist(), d["gt_prob"].tolist(), d["rel"].tolist())
+        return [{"vqa_pred_answer": self.vocab[o], "vqa_correct": int(a > 0), "vqa_acc_score": round(a, 4),
+                 "vqa_gt_prob": round(p, 4), "vqa_rel_score": round(r, 4)} for o, a, p, r in cols]
 
     # -- the model -----------------------------------------------------------------------------
 
-    def decide(self, split: str, query_indices: Sequence[int], demo_lists: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Vectorised core: per question the chosen option, its accuracy and text score, gt_prob, p(correct).
+    def decide(self, split: str, query_indices: Sequence[int] | torch.Tensor,
+               demo_lists: Sequence[Sequence[int]] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Vectorised core: per question the chosen option (vocab id), its accuracy and text score, gt_prob, p(correct).
 
-        Questions are grouped by shot count so each group is one batch of tensor ops.
+        demo_lists: ragged lists (grouped by shot count, one batch of tensor ops per group) or a [B, k] tensor.
         """
         s = self._split(split)
-        q = torch.as_tensor(list(query_indices), dtype=torch.long)  # [B]
+        q = torch.as_tensor(query_indices, dtype=torch.long)  # [B]
         if len(demo_lists) != len(q):
             raise ValueError("query_indices and demo_lists differ in length")
         self._check_range(q, len(s["difficulty"]), f"{split} question index")
+        if isinstance(demo_lists, torch.Tensor):  # fast path: one shot count, already a [B, k] tensor
+            self._check_range(demo_lists, len(self._train["difficulty"]), "demonstration (train) index")
+            return self._decide(s, SPLITS.index(split), q, demo_lists.long())
         lengths = [len(d) for d in demo_lists]
         out = {k: torch.zeros(len(q), dtype=torch.float64) for k in ("acc", "rel", "gt_prob", "p")}
         out["option"] = torch.zeros(len(q), dtype=torch.long)
@@ -107,32 +115,33 @@ class SimVLM:
         """logit of p(correct) for questions q [B] with demonstrations [B, k] (formula in the module docstring)."""
         s, tr, pr = self._split(split), self._train, self.params
         k = demos.shape[1]
-        hq = s["h"][q].double()  # [B, d]
-        hd = tr["h"][demos].double()  # [B, k, d]
-        base = pr["base_logit"] - s["difficulty"][q].double()  # [B]
+        hq = s["h"][q]  # [B, d]
+        hd = tr["h"][demos]  # [B, k, d]
+        base = pr["base_logit"] - s["difficulty"][q]  # [B]
         if k == 0:  # zero-shot: no demonstrations, no context cost
             return base
         base = base + pr["shot_bias"][min(k, len(pr["shot_bias"])) - 1]
         rel = ((hd * hq[:, None]).sum(-1)  # [B, k]
                + pr["type_bonus"] * (tr["type"][demos] == s["type"][q][:, None]).double()
                + pr["answer_bonus"] * (tr["answer"][demos] == s["answer"][q][:, None]).double())
-        value = pr["relevance_weight"] * rel + pr["quality_weight"] * tr["quality"][demos].double()  # [B, k]
+        value = pr["relevance_weight"] * rel + pr["quality_weight"] * tr["quality"][demos]  # [B, k]
         pos = pr["position_decay"] ** torch.arange(k - 1, -1, -1, dtype=torch.float64)  # [k], last demo weighs 1
-        cos = (hd[:, :, None] * hd[:, None]).sum(-1)  # [B, k, k]
+        cos = torch.einsum("bsd,btd->bst", hd, hd)  # [B, k, k]
         thr = pr["redundancy_threshold"]
         idx = torch.arange(k)
         pairs = idx[:, None] < idx[None, :]  # [k, k] each pair s < t once
         excess = ((cos - thr).clamp(min=0) / (1 - thr) * pairs).sum((1, 2))  # [B]
         demo_term = (value * pos).sum(-1) - pr["redundancy_weight"] * excess  # [B]
-        return base + s["sensitivity"][q].double() * demo_term
+        return base + s["sensitivity"][q] * demo_term
 
-    def _decide(self, s: dict[str, torch.Tensor], split_id: int, q: torch.Tensor, demos: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _decide(self, s: dict[str, torch.Tensor], split_id: int, q: torch.Tensor,
+                demos: torch.Tensor) -> dict[str, torch.Tensor]:
         p = torch.sigmoid(self.logit(SPLITS[split_id], q, demos) / self.params["noise_scale"])  # [B] float64
         u = hash_uniform(self.params["salt"], split_id, q, demos)  # [B] float64 in [0, 1)
         correct = u < p
         # Right: pick among the correct options by u / p (small u = confident = the majority answer).
         u_right = (u / p).clamp(max=1 - 1e-9)
-        pick_right = torch.searchsorted(s["correct_cdf"][q].double(), u_right[:, None], right=True)[:, 0]
+        pick_right = torch.searchsorted(s["correct_cdf"][q], u_right[:, None], right=True)[:, 0]
         pick_right = torch.minimum(pick_right, s["n_correct"][q] - 1)
         # Wrong: a uniform pick among the wrong options by (u - p) / (1 - p).
         n_wrong = s["n_options"][q] - s["n_correct"][q]

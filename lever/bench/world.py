@@ -11,14 +11,14 @@ Generative model (docs/benchmark.md has the full story):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .config import GENERATOR_VERSION, BenchConfig
-from .text import ANSWER_TYPES, near_miss, text_similarity, vqa_accuracy, vocabulary
+from .text import ANSWER_TYPES, near_miss, text_similarity, vocabulary, vqa_accuracy
 
 N_WRONG = 3  # wrong answer options per question
 N_DISTINCT_PROBS = [0.2, 0.35, 0.3, 0.15]  # how many distinct human answers a question has (1..4)
@@ -100,7 +100,8 @@ def make_world(cfg: BenchConfig) -> World:
         annot_perm = torch.rand(n, 10, generator=g).argsort(-1).tolist()
         items, rows = [], []
         for i in range(n):
-            item, row = _question(i, ids_[i], types[int(atype[i])], fav[i], u[i], word_perm[i], cut_perm[i], annot_perm[i])
+            item, row = _question(i, ids_[i], types[int(atype[i])], fav[i], u[i],
+                                  word_perm[i], cut_perm[i], annot_perm[i])
             items.append(item)
             rows.append(row)
         latent = {"h": h.float(), "type": atype, "quality": quality.float(), "difficulty": difficulty.float(),
@@ -139,7 +140,7 @@ def _question(index: int, ids: tuple[int, int], atype: str, fav: list[int], u: l
     words = ANSWER_TYPES[atype][0]
     # Majority answer: usually one of the topic's favourites, so same-topic items share answers.
     major = fav[int(u[0] * len(fav))] if u[1] < FAVOURITE_PROB else int(u[2] * len(words))
-    n_distinct = 1 + sum(u[3] > c for c in _cumsum(N_DISTINCT_PROBS)[:-1])
+    n_distinct = 1 + sum(u[3] > c for c in accumulate(N_DISTINCT_PROBS[:-1]))
     cuts = sorted(c + 1 for c in cut_perm[:n_distinct - 1])  # distinct cut points among 1..9
     edges = [0, *cuts, 10]
     counts = sorted((b - a for a, b in zip(edges, edges[1:])), reverse=True)  # annotators per answer, largest first
@@ -171,30 +172,9 @@ def _option_tensors(rows: list[Options], word_id: dict[str, int]) -> dict[str, t
     for i, (opts, pmf, answers) in enumerate(rows):
         nc = len(pmf)
         options[i, :len(opts)] = torch.tensor([word_id[o] for o in opts])
-        acc[i, :len(opts)] = torch.tensor([_acc(o, answers) for o in opts])
-        rel[i, :len(opts)] = torch.tensor([_rel(o, answers) for o in opts])
-        running = 0.0
-        for j, p in enumerate(pmf[:-1]):
-            running += p
-            cdf[i, j] = running
+        acc[i, :len(opts)] = torch.tensor([vqa_accuracy(o, answers) for o in opts])
+        rel[i, :len(opts)] = torch.tensor([text_similarity(o, answers) for o in opts])
+        cdf[i, :nc - 1] = torch.tensor(list(accumulate(pmf[:-1])))
         n_correct[i], n_options[i] = nc, len(opts)
     return {"options": options, "option_acc": acc, "option_rel": rel, "correct_cdf": cdf,
             "n_correct": n_correct, "n_options": n_options, "answer": options[:, 0].clone()}
-
-
-@lru_cache(maxsize=None)
-def _acc(pred: str, answers: tuple[str, ...]) -> float:
-    return vqa_accuracy(pred, answers)
-
-
-@lru_cache(maxsize=None)
-def _rel(pred: str, answers: tuple[str, ...]) -> float:
-    return text_similarity(pred, answers)
-
-
-def _cumsum(xs: list[float]) -> list[float]:
-    out, s = [], 0.0
-    for x in xs:
-        s += x
-        out.append(s)
-    return out

@@ -19,6 +19,7 @@ from lever.train.losses import group_advantages, top_k_mask
 from .candidates import CandidateData
 from .filters import TIERS, apply_filter, positive_ratio, quality_tiers, reward_gap, split_train_val, stage_filter
 from .rewards import compute_rewards, raw_rewards
+from .segments import one_thread
 
 FLAT = 0.01  # a group whose advantages are all below this in size teaches (almost) nothing
 ZERO = 1e-8
@@ -40,6 +41,7 @@ def _quantiles(x: Tensor) -> dict[str, float]:
     return {f"p{round(p * 100)}": round(float(v), 6) for p, v in zip(QUANTILES, q)}
 
 
+@one_thread()
 def data_stats(data: CandidateData, reward: RewardSpec | None = None, rules: TierRules | None = None) -> dict[str, Any]:
     """Counts and distributions of the data as read (failed evaluations included, and counted)."""
     reward = reward or RewardSpec()
@@ -117,7 +119,8 @@ def advantage_prediction(
         flat += int((spread < FLAT).sum())
         spread_sum += float(spread.sum())
     if Q == 0:
-        return {"groups": 0, "zero_share": 0.0, "flat_share": 0.0, "adv_std": 0.0, "adv_max": 0.0, "mean_spread": 0.0}
+        return {"groups": 0, "top_k": top_k, "zero_share": 0.0, "flat_share": 0.0, "adv_std": 0.0, "adv_max": 0.0,
+                "mean_spread": 0.0}
     mean = s1 / n
     return {
         "groups": Q,
@@ -130,43 +133,46 @@ def advantage_prediction(
     }
 
 
-def _grpo_stages(plan: Plan) -> list[tuple[str, Any]]:
-    """(stage name, DataOverride or None) of the GRPO stages; a plan without one gets 'grpo' (as if)."""
-    if plan.phases:
-        return [(p.name, p.data) for p in plan.phases]
-    return [("grpo", None)]
-
-
+@one_thread()
 def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
-    """What the plan's split, filter, reward and advantage settings make of this data, per GRPO stage."""
-    train_idx, val_idx = split_train_val(data, plan.data.val_fraction)
-    train = data.subset(train_idx)
-    adv = plan.grpo.advantage
-    ks = sorted({s.top_k or None for s in plan.grpo.top_k_schedule}, key=lambda k: (k is None, k or 0)) or [None]
-    stages = []
-    for name, override in _grpo_stages(plan):
-        flt = stage_filter(plan.data, override)
-        raw = raw_rewards(train, plan.reward.model_copy(update={"normalize": "none"}))
-        kept, _, report = apply_filter(train, raw, flt, plan.data.tier_rules)
-        rewards = compute_rewards(kept, plan.reward)  # normalised over the kept groups, as training does
-        rows = [advantage_prediction(kept, rewards, adv, k) for k in ks]
-        stages.append({"stage": name, "filter": report, "reward": _summary(rewards), "advantages": rows})
-    warnings = []
-    for st in stages:
-        for row in st["advantages"]:
+    """What the plan makes of this data before any training, step by step as a run does:
+    the plan's filter on raw rewards, the train/val split of what is left, each GRPO
+    stage's own filter (phases), the plan's rewards over the kept groups, then advantages
+    per beam-curriculum top-k. A plan without GRPO gets the 'grpo' row as if it had one."""
+    rules = plan.data.tier_rules
+    base, _, base_report = apply_filter(data, raw_rewards(data, plan.reward), plan.data, rules)
+    out: dict[str, Any] = {
+        "plan_reward": plan.reward.model_dump(mode="json"),
+        "advantage": plan.grpo.advantage.model_dump(mode="json"),
+        "has_grpo": bool(plan.grpo.epochs or plan.phases),
+        "filter": base_report,
+        "split": {"train": 0, "val": 0, "val_fraction": plan.data.val_fraction},
+        "stages": [],
+        "warnings": [],
+    }
+    if base.num_queries == 0:
+        out["warnings"].append("the plan's data filter leaves no query")
+        return out
+    tr, va = split_train_val(base, plan.data.val_fraction)
+    out["split"].update(train=len(tr), val=len(va))
+    train_base = base.subset(tr)
+    ks = sorted({c.top_k or None for c in plan.grpo.top_k_schedule}, key=lambda k: (k is None, k or 0)) or [None]
+    phases = [(ph.name, stage_filter(plan.data, ph.data)) for ph in plan.phases] or [("grpo", None)]
+    for name, flt in phases:
+        train, report = train_base, None
+        if flt is not None:
+            train, _, report = apply_filter(train_base, raw_rewards(train_base, plan.reward), flt, rules)
+        rewards = compute_rewards(train, plan.reward)  # what the stage trains on (normalised if the plan says so)
+        rows = [advantage_prediction(train, rewards, plan.grpo.advantage, k) for k in ks]
+        out["stages"].append({"stage": name, "filter": report, "queries": train.num_queries,
+                              "sequences": train.num_sequences, "reward": _summary(rewards), "advantages": rows})
+        for row in rows:
             k = "all sequences" if row["top_k"] is None else f"top-{row['top_k']}"
             if row["groups"] == 0:
-                warnings.append(f"stage {st['stage']}: the filter leaves no training group")
+                out["warnings"].append(f"stage {name}: its data filter leaves no training group")
             elif row["flat_share"] > 0.5 or row["adv_std"] < FLAT:
-                warnings.append(
-                    f"stage {st['stage']} ({k}): {row['flat_share']:.0%} of groups have every |advantage| < {FLAT} "
+                out["warnings"].append(
+                    f"stage {name} ({k}): {row['flat_share']:.0%} of groups have every |advantage| < {FLAT} "
                     f"(advantage std {row['adv_std']:.3g}): GRPO will get almost no signal from them"
                 )
-    return {
-        "plan_reward": plan.reward.model_dump(mode="json"),
-        "advantage": adv.model_dump(mode="json"),
-        "has_grpo": bool(plan.grpo.epochs or plan.phases),
-        "split": {"train": len(train_idx), "val": len(val_idx), "val_fraction": plan.data.val_fraction},
-        "stages": stages,
-        "warnings": warnings,
-    }
+    return out

@@ -3,7 +3,8 @@
 Prompt: one user message alternating images and `Question:... Short answer:...`
 texts (`build_prompt_parts`), rendered with the processor's chat template plus the
 generation prompt. Generation is batched with LEFT padding, so every row's prompt
-ends right where the new tokens start; only the new tokens are decoded.
+ends right where the new tokens start; only the new tokens are decoded. Images are
+read one batch at a time (on CUDA, the next batch in a helper thread while this one generates).
 
 transformers is imported inside functions, so `import lever.eval.hf` works without it.
 """
@@ -11,6 +12,7 @@ transformers is imported inside functions, so `import lever.eval.hf` works witho
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,9 @@ class _Ready:
     question_id: int
     text: str
     images: list[Any]
+
+
+_Prepared = tuple[list[_Ready], list[tuple[int, str]], Any]  # (ready, (position, error) of failed, inputs)
 
 
 def prompt_images(request: Request) -> list[Any]:
@@ -154,6 +159,7 @@ class HFBackend:
         # Left padding: each row's prompt then ends at the last column, where generation starts.
         processor.tokenizer.padding_side = "left"
         self._tokenizer_lock = threading.Lock()
+        self.prefetch = device.type == "cuda"
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
@@ -186,25 +192,33 @@ class HFBackend:
             return self.processor.batch_decode(new, skip_special_tokens=True)
 
     def answer(self, requests: list[Request]) -> list[Response]:
-        """One Response per request, in order; a question that fails is marked failed, the rest go on.
-
-        Batch k+1 is prepared (images read, prompts rendered and encoded) in a helper
-        thread while batch k generates, so image decoding overlaps with the model.
-        """
+        """One Response per request, in order; a question that fails is marked failed, the rest go on."""
         responses: list[Response | None] = [None] * len(requests)
-        chunks = [range(s, min(s + self.batch_size, len(requests))) for s in range(0, len(requests), self.batch_size)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._prepare, requests, chunks[0]) if chunks else None
-            for k in range(len(chunks)):
-                ready, failed, inputs = pending.result()
-                if k + 1 < len(chunks):
-                    pending = pool.submit(self._prepare, requests, chunks[k + 1])
-                for i, error in failed:
-                    responses[i] = Response("", failed=True, error=error)
-                self._answer_batch(ready, inputs, responses)
+        for ready, failed, inputs in self._prepared_batches(requests):
+            for i, error in failed:
+                responses[i] = Response("", failed=True, error=error)
+            self._answer_batch(ready, inputs, responses)
         return [r if r is not None else Response("", failed=True, error="no answer") for r in responses]
 
-    def _prepare(self, requests: list[Request], positions: range) -> tuple[list[_Ready], list[tuple[int, str]], Any]:
+    def _prepared_batches(self, requests: list[Request]) -> Iterator[_Prepared]:
+        """Batches of `batch_size` requests, prepared (images read, prompts encoded) one at a time.
+
+        With `prefetch` (default on CUDA) batch k+1 is prepared in a helper thread while
+        batch k generates; on CPU that thread would only compete with torch's own threads.
+        """
+        n, bs = len(requests), self.batch_size
+        chunks = [range(s, min(s + bs, n)) for s in range(0, n, bs)]
+        if not self.prefetch:
+            yield from (self._prepare(requests, c) for c in chunks)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(self._prepare, requests, c) for c in chunks[:1]]
+            for k in range(len(chunks)):
+                if k + 1 < len(chunks):
+                    pending.append(pool.submit(self._prepare, requests, chunks[k + 1]))
+                yield pending.pop(0).result()
+
+    def _prepare(self, requests: list[Request], positions: range) -> _Prepared:
         """Render and load one batch: (ready items, (position, error) of failed ones, encoded inputs or None)."""
         ready, failed = [], []
         for i in positions:

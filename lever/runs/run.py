@@ -124,7 +124,8 @@ def provenance(lp: LoadedPlan, seed: int, device: torch.device, sources: dict[st
 
     return {"lever": __version__, "git_commit": commit, "python": platform.python_version(),
             "torch": torch.__version__, "pydantic": pydantic.__version__, "numpy": numpy.__version__,
-            "platform": platform.platform(), "device": str(device), "seed": seed, "plan_file": str(lp.path),
+            "platform": platform.platform(), "device": str(device), "seed": seed, "plan": lp.name,
+            "description": lp.plan.description, "plan_file": str(lp.path),
             "overrides": lp.overrides, "spec_hash": lp.hash, **sources}
 
 
@@ -138,7 +139,7 @@ def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None
         if status.get("state") in ("trained", "done"):
             rep.info(f"{lp.name} (seed {seed}) already trained in {run_dir}; nothing to do")
             return RunOutcome(run_dir, "already", read_json(run_dir / "selected.json", {}))
-        write_json(run_dir / "spec.json", {"name": lp.name, "hash": lp.hash, "description": plan.description, "spec": lp.recipe()})
+        write_json(run_dir / "spec.json", lp.recipe())
         write_json(run_dir / "status.json", {"state": "running", "flags": [], "message": None})
         try:
             return _train(lp, ws, seed, run_dir, rep)

@@ -254,11 +254,10 @@ class StageRunner:
         row: dict[str, Any] = {"stage": self.s.name, "epoch": epoch}
         row.update({k: v / n for k, v in acc.items()})
         if advs:
-            adv = torch.cat([a for a, _ in advs])
-            mask = torch.cat([m for _, m in advs])
-            st = L.advantage_stats(adv, mask)
-            row.update({"adv/mean": st["adv_mean"], "adv/std": st["adv_std"], "adv/max": st["adv_max"],
-                        "adv/zero_frac": st["zero_group_frac"]})
+            vals = torch.cat([v for v, _ in advs])  # every real sequence's advantage this epoch
+            flat = torch.cat([z for _, z in advs])  # per group: all advantages zero
+            row.update({"adv/mean": vals.mean().item(), "adv/std": vals.std(unbiased=False).item(),
+                        "adv/max": vals.max().item(), "adv/zero_frac": flat.float().mean().item()})
             row["kl/beta"] = self.beta
             if self.s.opt.kl.adaptive.enabled:
                 a = self.s.opt.kl.adaptive
@@ -285,7 +284,10 @@ class StageRunner:
     def _grpo_loss(self, b: Batch, epoch: int) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
         opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
         schedule = [(c.from_epoch, c.top_k) for c in opt.top_k_schedule]
-        mask = L.top_k_mask(b.rewards, b.mask, L.top_k_for_epoch(schedule, epoch))
+        k = L.top_k_for_epoch(schedule, epoch)
+        if k is not None:
+            b = b.keep(L.top_k_mask(b.rewards, b.mask, k))
+        mask = b.mask
         a = opt.advantage
         adv = L.group_advantages(b.rewards, mask, a.kind, a.std_floor, a.rank_ties, a.clip)
         logp = self.model.sequence_logprobs(self.model.encode(b.query, b.pool, b.pool_mask), b.pointers, mask)
@@ -295,4 +297,6 @@ class StageRunner:
         loss = ppo + self.beta * kl
         logs = {"losses/ppo": ppo.item(), "losses/kl": self.beta * kl.item(), "kl/value": kl.item(),
                 "policy/clip_frac": st["clip_frac"], "policy/ratio_mean": st["ratio_mean"], "train/loss": loss.item()}
-        return loss, logs, (adv.detach().cpu(), mask.cpu())
+        has = mask.any(-1)
+        flat = ((adv.abs() <= 1e-8) | ~mask).all(-1)[has]
+        return loss, logs, (adv.detach()[mask].cpu(), flat.cpu())

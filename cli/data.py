@@ -1,0 +1,253 @@
+"""Data commands: `lever data stats`, `lever data balance`. Parse, call lever.data, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from lever.data.balance import BalanceOptions, balance_file
+from lever.data.reader import load_candidates
+from lever.data.stats import data_stats, plan_prediction
+from lever.errors import LeverError
+from lever.spec import load_plan
+from lever.spec.schema import RewardSpec
+
+from ._common import workspace
+from ._console import console, err_console
+
+data_app = typer.Typer(
+    help="Inspect and balance candidate data (the compatibility JSON format of DOMAIN.md section 3).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def _log(msg: str) -> None:
+    err_console.print(msg, highlight=False, soft_wrap=True)
+
+
+def _cache_dir(use: bool) -> Optional[Path]:
+    return workspace().cache_dir / "candidates" if use else None
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _table(title: str, *columns: str) -> Table:
+    return Table(*columns, title=title, title_justify="left")
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@data_app.command("stats")
+def stats(
+    file: Path = typer.Argument(..., help="Candidate-data JSON file"),
+    plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Also predict what this plan's reward and advantage settings make of the data"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use (and fill) the parsed-data cache in the workspace cache folder"),
+) -> None:
+    """Queries, sequences, group sizes, outcomes, tiers and reward gaps of a candidate-data file.
+
+    With --plan, also the plan's filtered training groups and their advantages, computed
+    exactly as GRPO will, with a warning when most groups carry almost no signal.
+
+    Example: [bold]lever data stats rl_data_k64_v3.json --plan plan5[/]
+    """
+    lp = load_plan(plan, (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
+    data = load_candidates(file, cache_dir=_cache_dir(cache), log=_log)
+    reward = lp.plan.reward if lp else RewardSpec()
+    rules = lp.plan.data.tier_rules if lp else None
+    out = data_stats(data, reward.model_copy(update={"normalize": "none"}), rules)
+    if lp:
+        out["plan"] = {"name": lp.name, "path": str(lp.path), **plan_prediction(data, lp.plan)}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    _render_stats(out)
+
+
+def _render_stats(s: dict[str, Any]) -> None:
+    read = s["read"]
+    t = _table(f"{s['file']}", "", "")
+    t.add_row("queries", str(s["queries"]))
+    t.add_row("sequences", str(s["sequences"]))
+    t.add_row("shots per sequence", str(s["shots"]))
+    t.add_row("pool size", f"{s['pool_size']['min']}..{s['pool_size']['max']}")
+    t.add_row("read: candidates in file", str(read.get("candidates", "?")))
+    t.add_row("read: duplicates dropped", str(read.get("duplicates_dropped", 0)))
+    t.add_row("read: failed evaluations (kept, flagged)", str(s["failed"]["sequences"]))
+    t.add_row("queries whose every evaluation failed", str(s["failed"]["queries_all_failed"]))
+    for field in ("missing_gt_prob", "missing_rel_score"):
+        if read.get(field):
+            t.add_row(f"read: {field.replace('_', ' ')}", str(read[field]))
+    console.print(t)
+
+    g = s["group_size"]
+    t = _table(f"group sizes (min {g['min']}, mean {g['mean']:.1f}, median {g['median']:g}, max {g['max']})", "size", "queries", "")
+    for label, n in _bins(g["histogram"]):
+        t.add_row(label, str(n), _bar(n, s["queries"]))
+    console.print(t)
+
+    o = s["outcomes"]
+    t = _table(f"outcomes (mean positive ratio {s['positive_ratio']['mean']:.3f})", "positive ratio", "queries", "")
+    for b in s["positive_ratio"]["bins"]:
+        t.add_row(b["range"], str(b["queries"]), _bar(b["queries"], s["queries"]))
+    t.add_row("mixed", str(o["mixed"]), _bar(o["mixed"], s["queries"]))
+    console.print(t)
+
+    r, gap = s["reward"], s["reward_gap"]
+    t = _table(f"rewards ({r['mode']}) and reward gap per group (max - min)", "", "min", "p10", "p25", "median", "p75", "p90", "max")
+    t.add_row("gap", *(_fmt(gap[k]) for k in ("p0", "p10", "p25", "p50", "p75", "p90", "p100")))
+    console.print(t)
+    console.print(
+        f"reward: mean {r['mean']:.4g}, std {r['std']:.4g}, min {r['min']:.4g}, max {r['max']:.4g}; "
+        f"groups with one reward value (no signal): {gap['uniform_groups']}",
+        highlight=False,
+    )
+    rules = s["tier_rules"]
+    t = _table(
+        f"quality tiers (high: gap >= {rules['high_gap']:g}, >= {rules['high_min_pos']} pos, >= {rules['high_min_neg']} neg; "
+        f"medium: gap >= {rules['medium_gap']:g}, >= {rules['medium_min_pos']} pos, >= {rules['medium_min_neg']} neg)",
+        "tier", "queries", "",
+    )  # fmt: skip
+    for name, n in s["tiers"].items():
+        t.add_row(name, str(n), _bar(n, s["queries"]))
+    console.print(t)
+    t = _table("sources (gen_method)", "source", "sequences")
+    for name, n in s["sources"].items():
+        t.add_row(name, str(n))
+    console.print(t)
+    if "plan" in s:
+        _render_plan(s["plan"])
+
+
+def _render_plan(p: dict[str, Any]) -> None:
+    adv = p["advantage"]
+    rw = p["plan_reward"]
+    console.print(
+        f"\n[bold]plan {p['name']}[/]: reward {rw['mode']} (h {rw['hard_weight']:g}, s {rw['soft_weight']:g}, "
+        f"rel {rw['rel_weight']:g}, clip {rw['clip']}, normalize {rw['normalize']}); advantage {adv['kind']} "
+        f"(std floor {adv['std_floor']:g}, clip {adv['clip']:g}); split {p['split']['train']} train / {p['split']['val']} val",
+        highlight=False,
+    )
+    if not p["has_grpo"]:
+        console.print("[dim]the plan has no GRPO stage: advantages below are what GRPO would see[/]")
+    f = p["filter"]
+    t = _table("plan data filter (then the train/val split)", "step", "queries dropped", "sequences dropped")
+    t.add_row("(start)", str(f["queries_in"]), str(f["sequences_in"]))
+    for row in f["steps"]:
+        t.add_row(row["step"], str(row["queries"]), str(row["sequences"]))
+    t.add_row("[bold]kept[/]", str(f["queries_out"]), str(f["sequences_out"]))
+    console.print(t)
+    for st in p["stages"]:
+        if st["filter"]:
+            t = _table(f"stage {st['stage']}: its own filter on the training split", "step", "queries dropped", "sequences dropped")
+            for row in st["filter"]["steps"]:
+                t.add_row(row["step"], str(row["queries"]), str(row["sequences"]))
+            console.print(t)
+        t = _table(
+            f"stage {st['stage']}: {st['queries']} training groups, {st['sequences']} sequences; "
+            f"reward mean {st['reward']['mean']:.4g}, std {st['reward']['std']:.4g}",
+            "sequences", "groups", "all zero", "max |A| < 0.01", "adv std", "adv max", "mean max |A|",
+        )  # fmt: skip
+        for a in st["advantages"]:
+            t.add_row(
+                "all" if a["top_k"] is None else f"top-{a['top_k']}", str(a["groups"]), f"{a['zero_share']:.1%}",
+                f"{a['flat_share']:.1%}", f"{a['adv_std']:.4g}", f"{a['adv_max']:.4g}", f"{a['mean_spread']:.4g}",
+            )  # fmt: skip
+        console.print(t)
+    for w in p["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+
+
+def _bins(hist: dict[str, int], most: int = 12) -> list[tuple[str, int]]:
+    """Exact sizes when there are few, else about `most` equal-width bins."""
+    items = sorted((int(k), v) for k, v in hist.items())
+    if len(items) <= most:
+        return [(str(k), v) for k, v in items]
+    lo, hi = items[0][0], items[-1][0]
+    width = -(-(hi - lo + 1) // most)
+    out: dict[int, int] = {}
+    for k, v in items:
+        b = lo + (k - lo) // width * width
+        out[b] = out.get(b, 0) + v
+    return [(f"{b}-{min(b + width - 1, hi)}", v) for b, v in sorted(out.items())]
+
+
+def _bar(n: int, total: int, width: int = 30) -> str:
+    return "█" * round(width * n / total) if total else ""
+
+
+# --------------------------------------------------------------------------- balance
+
+
+def _band(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise LeverError(f"--positive-ratio {text!r}: expected lo,hi", hint="e.g. --positive-ratio 0.1,0.9") from None
+    return lo, hi
+
+
+@data_app.command("balance")
+def balance(
+    src: Path = typer.Argument(..., metavar="IN", help="Candidate-data JSON file to read (never modified)"),
+    out: Path = typer.Argument(..., metavar="OUT", help="File to write (refused if it exists, unless --force)"),
+    drop_uniform: bool = typer.Option(True, "--drop-uniform/--keep-uniform", help="Drop groups whose rewards are all equal"),
+    drop_failed: bool = typer.Option(True, "--drop-failed/--keep-failed", help="Drop failed evaluations"),
+    positive_ratio: str = typer.Option("0,1", "--positive-ratio", help="Keep groups whose share of correct sequences is in lo,hi"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Drop groups smaller than N, sub-sample larger ones to N (stratified by outcome)"),
+    pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Restrict candidate pools to K items (used items first), remapping pointers"),
+    tiers: Optional[str] = typer.Option(None, "--tiers", help="Keep only these quality tiers, e.g. high,medium"),
+    reward_mode: str = typer.Option("hard_plus_soft", "--reward-mode", help="Reward used for uniformity and tiers"),
+    hard_weight: float = typer.Option(1.0, "--hard-weight", help="h of the reward"),
+    soft_weight: float = typer.Option(1.0, "--soft-weight", help="s of the reward"),
+    rel_weight: float = typer.Option(0.1, "--rel-weight", help="rel of the reward (hard_plus_gtprob_plus_rel)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sub-sampling"),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use (and fill) the parsed-data cache"),
+    as_json: bool = typer.Option(False, "--json", help="Print the before/after report as one JSON object"),
+) -> None:
+    """Write a balanced copy of a candidate-data file: same format, fewer uninformative groups.
+
+    Steps, in order: drop failed evaluations, restrict pools, fix group sizes, keep tiers,
+    keep a positive-ratio band, drop uniform-reward groups. OUT gets a _meta.balance record
+    and is written atomically.
+
+    Example: [bold]lever data balance rl_data_k64_v3.json rl_data_k64_v3_balanced.json --positive-ratio 0.1,0.9 --group-size 16[/]
+    """
+    try:
+        reward = RewardSpec(mode=reward_mode, hard_weight=hard_weight, soft_weight=soft_weight, rel_weight=rel_weight)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise LeverError(f"reward options: {problems}") from None
+    opts = BalanceOptions(
+        drop_failed=drop_failed, drop_uniform=drop_uniform, positive_ratio=_band(positive_ratio),
+        group_size=group_size, pool_size=pool_size,
+        tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()) if tiers is not None else None,
+        reward=reward, seed=seed,
+    )  # fmt: skip
+    result = balance_file(src, out, opts, force=force, cache_dir=_cache_dir(cache), log=_log)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    t = _table("steps", "step", "queries dropped", "sequences dropped", "")
+    for row in result["steps"]:
+        extra = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row.items() if k not in ("step", "queries", "sequences"))
+        t.add_row(row["step"], str(row["queries"]), str(row["sequences"]), extra)
+    console.print(t)
+    before, after = result["before"], result["after"]
+    t = _table("before / after", "", "before", "after")
+    for key in before:
+        t.add_row(key.replace("_", " "), _fmt(before[key]), _fmt(after.get(key, "")))
+    console.print(t)
+    console.print(f"wrote {result['out']}", highlight=False)

@@ -1,0 +1,344 @@
+"""Balance a candidate-data file: drop uninformative groups, fix group and pool sizes, keep tiers.
+
+`balance_data` decides what to keep, in this order:
+
+1. drop_failed     drop failed evaluations;
+2. pool_size K     restrict each pool to K items: items used by the remaining sequences
+                   come first (if they are more than K, the K used earliest in the file's
+                   order are kept and sequences using the others are dropped), then unused
+                   items fill up to K, both in the pool's original order; pointers are
+                   remapped. A pool smaller than K stays as it is (nothing is invented);
+3. group_size N    drop groups smaller than N; sub-sample larger ones to N, stratified by
+                   outcome: the positive share is kept (rounded, and at least one of each
+                   outcome when the group has both), picks are seeded;
+4. tiers           keep queries in the listed quality tiers;
+5. positive_ratio  keep queries whose share of correct sequences lies in [lo, hi];
+6. drop_uniform    drop groups whose rewards are all equal (no advantage signal).
+
+Steps 4-6 judge the groups as they will be written. `write_balanced` writes the
+compatibility format from the input file's own bytes: every kept candidate is copied
+as it was read (re-encoded only when its pointer is remapped), plus a `_meta.balance`
+record, to a temp file that replaces OUT only when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import torch
+from torch import Tensor
+
+from lever.errors import LeverError
+from lever.spec.schema import RewardSpec, TierRules
+
+from .candidates import CandidateData
+from .filters import TIERS, positive_ratio, quality_tiers, reward_gap
+from .reader import RawFile, file_sha256, load_candidates
+from .rewards import raw_rewards
+from .segments import one_thread, segment_ids
+
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_ANY = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass
+class BalanceOptions:
+    """What `lever data balance` does (defaults: drop failed and uniform groups, nothing else)."""
+
+    drop_failed: bool = True
+    drop_uniform: bool = True
+    positive_ratio: tuple[float, float] = (0.0, 1.0)
+    group_size: int | None = None
+    pool_size: int | None = None
+    tiers: tuple[str, ...] | None = None
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    tier_rules: TierRules = field(default_factory=TierRules)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.positive_ratio
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise LeverError(f"positive ratio band [{lo}, {hi}] is invalid", hint="use lo,hi with 0 <= lo <= hi <= 1, e.g. 0.1,0.9")
+        if self.group_size is not None and self.group_size < 1:
+            raise LeverError(f"group size must be >= 1, got {self.group_size}")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise LeverError(f"pool size must be >= 1, got {self.pool_size}")
+        bad = [t for t in self.tiers or () if t not in TIERS]
+        if bad or (self.tiers is not None and not self.tiers):
+            raise LeverError(f"unknown tiers {bad or '(none)'}", hint=f"choose from {', '.join(TIERS)}")
+
+    def record(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reward"] = self.reward.model_dump(mode="json")
+        out["tier_rules"] = self.tier_rules.model_dump(mode="json")
+        out["positive_ratio"] = list(self.positive_ratio)
+        out["tiers"] = list(self.tiers) if self.tiers else None
+        return out
+
+
+# --------------------------------------------------------------------------- deciding
+
+
+def _first_use(data: CandidateData) -> Tensor:
+    """Order of first use of each pool item, in file order: [Q, P] long, P = first unused / padding."""
+    Q, P = data.pools.shape
+    L = data.shots
+    seg = data.seq_query()  # [S]
+    BIG = data.num_sequences * L + 1
+    pos = ((torch.arange(data.num_sequences) - data.offsets[seg]).unsqueeze(1) * L + torch.arange(L)).flatten()  # [S*L]
+    flat = (seg.unsqueeze(1) * P + data.pointers).flatten()  # [S*L] index into [Q*P]
+    first = torch.full((Q * P,), BIG, dtype=torch.long).scatter_reduce_(0, flat, pos, reduce="amin").view(Q, P)
+    rank = torch.empty_like(first)
+    rank.scatter_(1, first.argsort(dim=1, stable=True), torch.arange(P).expand(Q, P).contiguous())
+    return torch.where(first < BIG, rank, P)
+
+
+def restrict_pools(data: CandidateData, K: int) -> tuple[CandidateData, dict[str, int]]:
+    """Pools cut to K items (see the module docstring), pointers remapped; sequences that
+    use an item outside the K used earliest are dropped first. Returns (data, counts)."""
+    Q, P = data.pools.shape
+    seg = data.seq_query()
+    rank = _first_use(data)  # [Q, P]
+    fits = (rank[seg.unsqueeze(1), data.pointers] < K).all(1)  # [S]
+    counts = {
+        "sequences_dropped": int((~fits).sum()),
+        "pools_smaller_than_k": int((data.pool_sizes < K).sum()),
+        "pools_cut": int((data.pool_sizes > K).sum()),
+    }
+    data = data.select_sequences(fits)  # now every query uses at most K items
+    Q, seg = data.num_queries, data.seq_query()
+    used = _first_use(data) < P  # [Q, P]
+    real = torch.arange(P).unsqueeze(0) < data.pool_sizes.unsqueeze(1)  # [Q, P]
+    group = torch.where(used, 0, torch.where(real, 1, 2))  # 0 used, 1 fill, 2 padding
+    order = (group * P + torch.arange(P)).argsort(dim=1)  # [Q, P] new position -> old item, pool order inside
+    new_size = torch.clamp(real.sum(1), max=K)  # [Q]
+    new_pos = torch.empty_like(order)
+    new_pos.scatter_(1, order, torch.arange(P).expand(Q, P).contiguous())  # old item -> new position
+    width = min(K, P)
+    pools = torch.where(torch.arange(width) < new_size.unsqueeze(1), data.pools.gather(1, order[:, :width]), -1)
+    pointers = new_pos[seg.unsqueeze(1), data.pointers]  # [S, L], all < K: used items come first
+    return replace(data, pools=pools, pool_sizes=new_size, pointers=pointers), counts
+
+
+def stratified_keep(data: CandidateData, N: int, seed: int) -> Tensor:
+    """keep [S]: groups of more than N sequences sub-sampled to N, keeping the positive share.
+
+    Per group: n sequences, p positive; k = round(N p / n) positives are kept, clamped to
+    [1, N - 1] when the group has both outcomes (N >= 2), to at most p, and to at least
+    N - (n - p); the k positives and N - k negatives are drawn uniformly (seeded).
+    Groups of at most N are kept whole (the caller drops the smaller ones).
+    """
+    seg = data.seq_query()
+    n = data.group_sizes()
+    p = data.positives()
+    k = torch.round(N * p.double() / n.double()).long()
+    both = (p > 0) & (p < n) & (N >= 2)
+    k = torch.where(both, k.clamp(1, N - 1), k)
+    k = torch.minimum(k, p)
+    k = torch.maximum(k, N - (n - p))
+    outcome = data.correct.long()  # [S]
+    quota = torch.stack([N - k, k], 1)  # [Q, 2]: negatives, positives
+    quota = torch.where((n <= N).unsqueeze(1), n.unsqueeze(1), quota)  # keep small groups whole
+    cls = seg * 2 + outcome  # [S] (query, outcome) class
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(data.num_sequences, generator=g)
+    order = u.argsort()
+    order = order[cls[order].argsort(stable=True)]  # by class, random inside
+    counts = torch.bincount(cls, minlength=2 * data.num_queries)
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order)) - starts[cls[order]]
+    return rank < quota.flatten()[cls]
+
+
+def balance_data(data: CandidateData, opts: BalanceOptions) -> tuple[CandidateData, list[dict[str, Any]]]:
+    """Apply the steps (module docstring); returns (kept data, [{step, queries, sequences dropped, ...}])."""
+    steps: list[dict[str, Any]] = []
+
+    def step(name: str, keep: Tensor | None = None, new: CandidateData | None = None, **extra: int) -> None:
+        nonlocal data
+        q, s = data.num_queries, data.num_sequences
+        data = new if new is not None else data.select_sequences(keep)
+        steps.append({"step": name, "queries": q - data.num_queries, "sequences": s - data.num_sequences, **extra})
+
+    def per_query(mask: Tensor) -> Tensor:
+        return mask[segment_ids(data.offsets)]
+
+    if opts.drop_failed:
+        step("drop failed evaluations", ~data.failed)
+    if opts.pool_size is not None:
+        new, counts = restrict_pools(data, opts.pool_size)
+        step(f"pool size {opts.pool_size}", new=new, **counts)
+    if opts.group_size is not None:
+        N = opts.group_size
+        step(f"group size >= {N}", per_query(data.group_sizes() >= N))
+        step(f"sub-sample to {N}", stratified_keep(data, N, opts.seed))
+    if opts.tiers is not None and set(opts.tiers) != set(TIERS):
+        tier = quality_tiers(data, raw_rewards(data, opts.reward), opts.tier_rules)
+        wanted = torch.tensor([TIERS.index(t) for t in opts.tiers])
+        step(f"tiers {','.join(opts.tiers)}", per_query(torch.isin(tier, wanted)))
+    lo, hi = opts.positive_ratio
+    if (lo, hi) != (0.0, 1.0):
+        ratio = positive_ratio(data)
+        step(f"positive ratio [{lo:g}, {hi:g}]", per_query((ratio >= lo - 1e-9) & (ratio <= hi + 1e-9)))
+    if opts.drop_uniform:
+        gap = reward_gap(data, raw_rewards(data, opts.reward))
+        step("drop uniform-reward groups", per_query(gap > 1e-8))
+    return data, steps
+
+
+def brief(data: CandidateData, opts: BalanceOptions) -> dict[str, Any]:
+    """The before/after figures shown by `lever data balance`."""
+    if data.num_queries == 0:
+        return {"queries": 0, "sequences": 0}
+    sizes = data.group_sizes()
+    pos = data.positives()
+    r = raw_rewards(data, opts.reward)
+    gap = reward_gap(data, r)
+    tier = quality_tiers(data, r, opts.tier_rules)
+    return {
+        "queries": data.num_queries,
+        "sequences": data.num_sequences,
+        "group_size_min": int(sizes.min()),
+        "group_size_mean": round(float(sizes.double().mean()), 2),
+        "group_size_max": int(sizes.max()),
+        "pool_size_min": int(data.pool_sizes.min()),
+        "pool_size_max": int(data.pool_sizes.max()),
+        "failed": int(data.failed.sum()),
+        "positive_ratio_mean": round(float(positive_ratio(data).mean()), 4),
+        "all_negative": int((pos == 0).sum()),
+        "all_positive": int((pos == sizes).sum()),
+        "mixed": int(((pos > 0) & (pos < sizes)).sum()),
+        "uniform_reward": int((gap <= 1e-8).sum()),
+        **{f"tier_{name}": int((tier == i).sum()) for i, name in enumerate(TIERS)},
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: dict[str, Any], force: bool = False) -> None:
+    """Write `data` (a selection of the queries and candidates read from `src`) to `out` in
+    the compatibility format, atomically: a temp file in out's folder, then os.replace."""
+    src, out = Path(src), Path(out)
+    check_output(src, out, force)
+    if file_sha256(src) != data.meta.get("sha256"):
+        raise LeverError(f"{src}: the file changed while it was being balanced", hint="run the command again")
+    if data.cand_index is None:
+        raise ValueError("write_balanced needs data read from a file (cand_index)")
+    position = {qid: i for i, qid in enumerate(data.query_ids.tolist())}
+    offsets = data.offsets.tolist()
+    cand_index = data.cand_index.tolist()
+    remap = bool(balance_record.get("pool_changed"))
+    pointers = data.pointers.tolist() if remap else None
+    pools = data.pools.tolist() if remap else None
+    sizes = data.pool_sizes.tolist()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f, RawFile(src) as raw:
+            meta = _ANY.decode(raw.members["_meta"]) if "_meta" in raw.members else {}
+            meta = meta if isinstance(meta, dict) else {"original": meta}
+            if "balance" in meta:
+                balance_record = {**balance_record, "previous": meta["balance"]}
+            meta["balance"] = balance_record
+            f.write(b'{"_meta": ' + raw.unmark(json.dumps(meta).encode()))
+            for key, value in raw.members.items():
+                if key == "_meta":
+                    continue
+                if key.startswith("_"):
+                    f.write(b",\n" + json.dumps(key).encode() + b": " + raw.unmark(bytes(value)))
+                    continue
+                q = position.get(int(key))
+                if q is None:
+                    continue
+                rows = range(offsets[q], offsets[q + 1])
+                record = _record_bytes(
+                    value, [cand_index[r] for r in rows],
+                    [pointers[r] for r in rows] if remap else None,
+                    pools[q][: sizes[q]] if remap else None,
+                )  # fmt: skip
+                f.write(b",\n" + json.dumps(key).encode() + b": " + raw.unmark(record))
+            f.write(b"\n}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _record_bytes(value: msgspec.Raw, keep: list[int], pointers: list[list[int]] | None, pool: list[int] | None) -> bytes:
+    """One query record with only the candidates `keep` (file positions), copied byte for byte;
+    with a new pool, candidate_pool_ids is replaced and each kept candidate's pointer remapped."""
+    members = _MEMBERS.decode(value)  # key order as in the file
+    cands = _RAW_LIST.decode(members["pointer_candidates"])
+    if pointers is None:
+        kept = [bytes(cands[i]) for i in keep]
+    else:
+        kept = []
+        for i, ptr in zip(keep, pointers):
+            cand = _ANY.decode(cands[i])
+            cand["pointer"] = ptr  # pointer_global names the same global items: unchanged
+            kept.append(_encode(cand))
+    parts = []
+    for name, raw in members.items():
+        if name == "pointer_candidates":
+            body = b"[" + b", ".join(kept) + b"]"
+        elif name == "candidate_pool_ids" and pool is not None:
+            body = _encode(pool)
+        else:
+            body = bytes(raw)
+        parts.append(json.dumps(name).encode() + b": " + body)
+    return b"{" + b", ".join(parts) + b"}"
+
+
+def check_output(src: Path, out: Path, force: bool) -> None:
+    """OUT must not be IN, and must not exist unless force."""
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise LeverError(f"{out}: OUT is the input file; balance never modifies its input", hint="choose another OUT path")
+    if out.exists() and not force:
+        raise LeverError(f"{out}: already exists", hint="pass --force to overwrite it, or choose another OUT path")
+    if out.exists() and out.is_dir():
+        raise LeverError(f"{out}: is a directory", hint="OUT is the path of the JSON file to write")
+
+
+@one_thread()
+def balance_file(
+    src: Path, out: Path, opts: BalanceOptions, force: bool = False, cache_dir: Path | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Read IN, decide, write OUT; returns {"before", "after", "steps", "out"} for display."""
+    src, out = Path(src), Path(out)
+    check_output(src, out, force)  # fail before the (long) read
+    data = load_candidates(src, cache_dir=cache_dir, log=log)
+    kept, steps = balance_data(data, opts)
+    if kept.num_queries == 0:
+        raise LeverError(
+            f"{src}: balancing leaves no query, nothing to write",
+            hint="loosen the options (see the steps with `lever data stats`)",
+        )
+    before, after = brief(data, opts), brief(kept, opts)
+    record = {
+        "tool": "lever data balance",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": src.name,
+        "source_sha256": data.meta.get("sha256"),
+        "options": opts.record(),
+        "steps": steps,
+        "before": before,
+        "after": after,
+        "pool_changed": opts.pool_size is not None,
+    }
+    write_balanced(src, kept, out, record, force=force)
+    return {"before": before, "after": after, "steps": steps, "out": str(out)}
