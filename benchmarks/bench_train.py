@@ -73,7 +73,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = ensure_bench(Path(tmp), BenchConfig(), log=lambda m: None)
+        paths = ensure_bench(Path(tmp), BenchConfig(group_min=args.group_size), log=lambda m: None)
         t0 = time.perf_counter()
         data = load_candidates(Path(paths.candidates), cache_dir=None, log=lambda m: None)
         read_s = time.perf_counter() - t0

@@ -208,7 +208,7 @@ def balance(
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Drop groups smaller than N, sub-sample larger ones to N (stratified by outcome)"),
     pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Restrict candidate pools to K items (used items first), remapping pointers"),
     tiers: Optional[str] = typer.Option(None, "--tiers", help="Keep only these quality tiers, e.g. high,medium"),
-    reward_mode: str = typer.Option("hard_plus_soft", "--reward-mode", help="Reward used for uniformity and tiers"),
+    reward_mode: str = typer.Option("hard_plus_soft", "--reward-mode", help="Reward used for uniformity and tiers: hard_plus_soft, separated, hard_plus_gtprob_plus_rel, hard_only, soft_only"),
     hard_weight: float = typer.Option(1.0, "--hard-weight", help="h of the reward"),
     soft_weight: float = typer.Option(1.0, "--soft-weight", help="s of the reward"),
     rel_weight: float = typer.Option(0.1, "--rel-weight", help="rel of the reward (hard_plus_gtprob_plus_rel)"),

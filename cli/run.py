@@ -82,6 +82,10 @@ def run(
     lp = _one_plan(plan, overrides)
     ws = workspace()
     err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
+    if evaluate:
+        from lever.eval.sources import preflight
+
+        preflight(ws, lp.plan.eval)  # a missing model or data file fails now, not after training
     reporter = RichReporter(err_console)
     for s in _seeds(lp, seed):
         outcome = run_plan(lp, ws, s, reporter)

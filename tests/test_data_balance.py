@@ -203,15 +203,15 @@ def test_output_is_atomic(tmp_path, monkeypatch):
     src, _ = source(tmp_path)
     out = tmp_path / "sub" / "out.json"
     calls = {"n": 0}
-    real = balance_mod._record_bytes
+    real = balance_mod.RawFile.unmark  # called once per record written
 
-    def failing(*args: Any) -> bytes:
+    def failing(self: Any, data: bytes) -> bytes:
         calls["n"] += 1
         if calls["n"] > 3:
             raise KeyboardInterrupt  # an interrupted run, mid-write
-        return real(*args)
+        return real(self, data)
 
-    monkeypatch.setattr(balance_mod, "_record_bytes", failing)
+    monkeypatch.setattr(balance_mod.RawFile, "unmark", failing)
     with pytest.raises(KeyboardInterrupt):
         balance_file(src, out, BalanceOptions(), log=QUIET)
     assert calls["n"] == 4
@@ -249,3 +249,12 @@ def test_nonfinite_literals_in_unused_fields_survive(tmp_path):
     text = out.read_text()
     assert '"beam_score": NaN' in text and "u0000" not in text
     load_candidates(out, log=QUIET)
+
+
+def test_refuses_to_write_from_a_file_changed_since_it_was_read(tmp_path):
+    src, _ = source(tmp_path)
+    data = load_candidates(src, log=QUIET)
+    src.write_text(src.read_text() + "\n")  # changed after the read
+    with pytest.raises(LeverError, match="changed since it was read"):
+        balance_mod.write_balanced(src, data, tmp_path / "o.json", {"pool_changed": False})
+    assert not (tmp_path / "o.json").exists()

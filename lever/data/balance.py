@@ -40,13 +40,13 @@ from lever.spec.schema import RewardSpec, TierRules
 
 from .candidates import CandidateData
 from .filters import TIERS, positive_ratio, quality_tiers, reward_gap
-from .reader import RawFile, file_sha256, load_candidates
+from .rawjson import RawFile, decode_json
+from .reader import load_candidates
 from .rewards import raw_rewards
 from .segments import one_thread, segment_ids
 
 _MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
-_ANY = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder().encode
 
 
@@ -110,7 +110,6 @@ def restrict_pools(data: CandidateData, K: int) -> tuple[CandidateData, dict[str
     rank = _first_use(data)  # [Q, P]
     fits = (rank[seg.unsqueeze(1), data.pointers] < K).all(1)  # [S]
     counts = {
-        "sequences_dropped": int((~fits).sum()),
         "pools_smaller_than_k": int((data.pool_sizes < K).sum()),
         "pools_cut": int((data.pool_sizes > K).sum()),
     }
@@ -231,13 +230,15 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
     the compatibility format, atomically: a temp file in out's folder, then os.replace."""
     src, out = Path(src), Path(out)
     check_output(src, out, force)
-    if file_sha256(src) != data.meta.get("sha256"):
-        raise LeverError(f"{src}: the file changed while it was being balanced", hint="run the command again")
-    if data.cand_index is None:
-        raise ValueError("write_balanced needs data read from a file (cand_index)")
+    st = src.stat()
+    if (st.st_size, st.st_mtime_ns) != (data.meta.get("size"), data.meta.get("mtime_ns")):
+        raise LeverError(f"{src}: the file changed since it was read", hint="run the command again")
+    if data.cand_index is None or data.cand_count is None:
+        raise ValueError("write_balanced needs data read from a file (cand_index, cand_count)")
     position = {qid: i for i, qid in enumerate(data.query_ids.tolist())}
     offsets = data.offsets.tolist()
     cand_index = data.cand_index.tolist()
+    cand_count = data.cand_count.tolist()
     remap = bool(balance_record.get("pool_changed"))
     pointers = data.pointers.tolist() if remap else None
     pools = data.pools.tolist() if remap else None
@@ -246,7 +247,7 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f, RawFile(src) as raw:
-            meta = _ANY.decode(raw.members["_meta"]) if "_meta" in raw.members else {}
+            meta = decode_json(raw.members["_meta"]) if "_meta" in raw.members else {}
             meta = meta if isinstance(meta, dict) else {"original": meta}
             if "balance" in meta:
                 balance_record = {**balance_record, "previous": meta["balance"]}
@@ -262,6 +263,9 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
                 if q is None:
                     continue
                 rows = range(offsets[q], offsets[q + 1])
+                if not remap and len(rows) == cand_count[q]:  # every candidate kept: the record as it is
+                    f.write(b",\n" + json.dumps(key).encode() + b": " + raw.unmark(bytes(value)))
+                    continue
                 record = _record_bytes(
                     value, [cand_index[r] for r in rows],
                     [pointers[r] for r in rows] if remap else None,
@@ -288,7 +292,7 @@ def _record_bytes(value: msgspec.Raw, keep: list[int], pointers: list[list[int]]
     else:
         kept = []
         for i, ptr in zip(keep, pointers):
-            cand = _ANY.decode(cands[i])
+            cand = decode_json(cands[i])
             cand["pointer"] = ptr  # pointer_global names the same global items: unchanged
             kept.append(_encode(cand))
     parts = []

@@ -18,7 +18,7 @@ from .segments import offsets_from_sizes, segment_ids, segment_sum
 # Per-sequence fields (first dimension S), gathered together by subset/select.
 SEQ_FIELDS = ("pointers", "correct", "acc", "gt_prob", "rel", "failed", "source", "cand_index")
 # Per-query fields (first dimension Q).
-QUERY_FIELDS = ("query_ids", "pools", "pool_sizes")
+QUERY_FIELDS = ("query_ids", "pools", "pool_sizes", "cand_count")
 
 
 @dataclass
@@ -38,9 +38,10 @@ class CandidateData:
     source: Tensor  # [S] long code into source_names (gen_method)
     source_names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # file _meta, read counts, path, sha256
-    # Position of each sequence in its query's pointer_candidates list in the file, so
-    # `balance` can copy candidates as they were read. None for data built in memory.
-    cand_index: Tensor | None = None  # [S] long
+    # Where the sequences sit in the file, so `balance` can copy candidates as they were
+    # read. None for data built in memory.
+    cand_index: Tensor | None = None  # [S] long: position in its query's pointer_candidates list
+    cand_count: Tensor | None = None  # [Q] long: length of that list in the file (duplicates included)
 
     # ---- sizes -------------------------------------------------------------
 

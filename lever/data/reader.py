@@ -1,11 +1,10 @@
 """Read and validate a candidate-data JSON file (DOMAIN.md section 3) into `CandidateData`.
 
-Why it is fast on a 1 GB file: the file is memory-mapped and split into one raw
-record per query by msgspec (a C JSON decoder that also checks the syntax of the
-whole file); then queries are decoded in chunks into typed structs (unknown fields
-skipped, types checked in C), and every chunk's candidates become flat numpy arrays
-checked all at once. The stdlib `json` decoder is 4-5x slower and builds millions
-of dicts. Parsed files are cached as a torch file keyed by the file's SHA-256.
+Why it is fast on a 1 GB file: msgspec splits the memory-mapped file into raw query
+records and decodes them, a chunk of queries at a time, into typed structs
+(`rawjson`); every chunk's candidates become flat numpy arrays checked all at once.
+The stdlib `json` decoder is 4-5x slower and builds millions of dicts. Parsed files
+are cached, keyed by the file's SHA-256 (`cache`).
 
 Read-time rules:
 - structural problems (bad JSON, missing fields, bad pointers, NaN, inconsistent
@@ -22,82 +21,31 @@ Read-time rules:
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
-import mmap
-import os
-import re
-import tempfile
 import time
 from array import array
 from contextlib import contextmanager
-from itertools import chain
-from itertools import repeat
+from itertools import chain, repeat
 from operator import attrgetter, is_not
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence
 
-import msgspec
 import numpy as np
 import torch
 
 from lever.errors import LeverError
 
+from .cache import cache_path, file_sha256, read_cache, write_cache
 from .candidates import CandidateData
+from .rawjson import CAND_HINT, RECORD_HINT, RawFile, Record, decode_json, decode_record
 from .segments import one_thread
 
-CACHE_VERSION = 1
 CHUNK = 256  # queries decoded into Python objects at a time (small: stays in the CPU caches)
 FAILED_MODES = frozenset({"fallback", "error"})
-RECORD_HINT = 'a query record is {"query": {...}, "candidate_pool_ids": [...], "pointer_candidates": [{...}, ...]}'
-CAND_HINT = "a candidate needs pointer, vqa_correct and vqa_acc_score (see DOMAIN.md section 3)"
 
 Log = Callable[[str], Any]
 
-
-class _Cand(msgspec.Struct, gc=False):
-    """The candidate fields lever uses; any other field is skipped."""
-
-    pointer: list[int]
-    vqa_correct: Union[bool, int, float, None] = None
-    vqa_acc_score: Union[int, float, None] = None
-    vqa_gt_prob: Union[int, float, None] = None
-    vqa_rel_score: Union[int, float, None] = None
-    eval_failed: Union[bool, int, None] = None
-    vqa_eval_mode: Optional[str] = None
-    gen_method: Optional[str] = None
-    pointer_global: Optional[list[int]] = None
-
-
-class _QueryInfo(msgspec.Struct, gc=False):
-    query_id: Any = None  # the rest of the query object (question, answers) is skipped
-
-
-class _Record(msgspec.Struct, gc=False):
-    candidate_pool_ids: list[int]
-    pointer_candidates: list[_Cand]
-    query: Optional[_QueryInfo] = None
-
-
 _FIELDS = attrgetter("pointer", "vqa_correct", "vqa_acc_score", "vqa_gt_prob", "vqa_rel_score", "eval_failed",
                      "vqa_eval_mode", "gen_method", "pointer_global")  # fmt: skip
-_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_RECORD = msgspec.json.Decoder(_Record)
-_ANY = msgspec.json.Decoder()
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def file_sha256(path: Path, block: int = 8 << 20) -> str:
-    """SHA-256 of the file's bytes (the cache key), read in blocks."""
-    h = hashlib.sha256()
-    buf = bytearray(block)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 @one_thread()
@@ -107,223 +55,25 @@ def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: 
     if not path.is_file():
         raise LeverError(f"{path}: no such candidate-data file")
     t0 = time.perf_counter()
+    st = path.stat()
     digest = file_sha256(path)
-    cache = Path(cache_dir) / f"candidates-{digest[:32]}-v{CACHE_VERSION}.pt" if cache_dir else None
+    cache = cache_path(cache_dir, digest) if cache_dir else None
     if cache is not None and cache.is_file():
-        data = _read_cache(cache, digest, log)
+        data = read_cache(cache, digest, log)
         if data is not None:
-            data.meta["path"] = str(path)
+            data.meta.update(path=str(path), mtime_ns=st.st_mtime_ns)
             log(f"{path}: {data.describe()} (from cache, {time.perf_counter() - t0:.1f} s)")
             return data
     data = parse_candidates(path)
-    data.meta.update(path=str(path), sha256=digest, size=path.stat().st_size)
+    data.meta.update(path=str(path), sha256=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
     read = data.meta["read"]
     log(
         f"{path}: {data.describe()}, read in {time.perf_counter() - t0:.1f} s "
         f"({read['duplicates_dropped']} duplicate sequences dropped, {read['failed']} failed evaluations flagged)"
     )
     if cache is not None:
-        _write_cache(cache, data, log)
+        write_cache(cache, data, log)
     return data
-
-
-# --------------------------------------------------------------------------- cache
-
-_TENSORS = ("query_ids", "pools", "pool_sizes", "offsets", "pointers", "correct", "acc", "gt_prob", "rel",
-            "failed", "source", "cand_index")  # fmt: skip
-
-
-def _write_cache(cache: Path, data: CandidateData, log: Log) -> None:
-    """torch.save to a temp file in the cache folder, then os.replace: never a half-written cache."""
-    payload = {
-        "version": CACHE_VERSION,
-        "sha256": data.meta["sha256"],
-        "meta_json": json.dumps(data.meta),
-        "source_names": list(data.source_names),
-        "tensors": {name: getattr(data, name) for name in _TENSORS},
-    }
-    tmp = None
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.name, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            torch.save(payload, f)
-        os.replace(tmp, cache)
-    except OSError as err:
-        log(f"warning: could not write the data cache {cache}: {err}")
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _read_cache(cache: Path, digest: str, log: Log) -> CandidateData | None:
-    try:
-        payload = torch.load(cache, weights_only=True)
-        if payload.get("version") != CACHE_VERSION or payload.get("sha256") != digest:
-            return None
-        return CandidateData(
-            **payload["tensors"], source_names=list(payload["source_names"]), meta=json.loads(payload["meta_json"])
-        )
-    except Exception as err:  # a damaged cache is re-parsed, never trusted
-        log(f"warning: ignoring unreadable data cache {cache}: {err}")
-        return None
-
-
-# --------------------------------------------------------------------------- raw records
-
-
-class RawFile:
-    """The file memory-mapped and split into raw members (key -> undecoded JSON bytes), in file order.
-
-    Use as a context manager; `members` is only valid inside it.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> RawFile:
-        size = self.path.stat().st_size
-        if size == 0:
-            raise LeverError(f"{self.path}: the file is empty", hint='expected a JSON object {"<query_id>": {...}, ...}')
-        self._f = open(self.path, "rb")
-        self.mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.buf: Any = self.mm  # what the members point into
-        self.marked = False  # True when NaN / Infinity literals were turned into marker strings
-        try:
-            self.members: dict[str, msgspec.Raw] = self._split()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _split(self) -> dict[str, msgspec.Raw]:
-        try:
-            try:
-                return _TOP.decode(self.buf)
-            except msgspec.DecodeError as err:
-                at = _byte_of(str(err))
-                if at is None or not NONFINITE_AT.match(self.mm, at):
-                    raise
-            # Python's json writes NaN / Infinity (not JSON): read them as marker strings, so
-            # unused fields may hold them and used fields fail with their query and field
-            self.buf, self.marked = mark_nonfinite(self.mm[:]), True
-            return _TOP.decode(self.buf)
-        except msgspec.ValidationError as err:
-            raise LeverError(
-                f"{self.path}: the top level must be a JSON object ({_plain(str(err))})",
-                hint='a candidate-data file is one object {"_meta": {...}, "<query_id>": {...}, ...}',
-            ) from None
-        except msgspec.DecodeError as err:
-            raise LeverError(self._syntax_message(str(err))) from None
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.members = {}  # raw members point into the map: drop them first
-        self.buf = None
-        try:
-            self.mm.close()
-        except BufferError:  # a raw member is still referenced (by a traceback): unmapped when collected
-            pass
-        self._f.close()
-
-    def _syntax_message(self, err: str) -> str:
-        """'JSON is malformed: ... (byte N)' -> file, line, column."""
-        at = _byte_of(err)
-        what = _plain(re.sub(r"\s*\(byte \d+\)", "", err).removeprefix("JSON is malformed: "))
-        if at is None:
-            if "truncated" in what:
-                what = "the file ends before the JSON is complete (a truncated copy?)"
-            return f"{self.path}: invalid JSON: {what}"
-        buf = self.buf
-        at = min(at, len(buf))
-        line = buf[:at].count(b"\n") + 1  # error path only: the copy is fine
-        start = buf.rfind(b"\n", 0, at) + 1
-        prefix = bytes(buf[start:at])
-        col = len(prefix.decode("utf-8", "replace")) + 1 - prefix.count(MARK) * (len(MARK) + 1)
-        if at >= len(buf):
-            what = "the file ends before the JSON is complete"
-        return f"{self.path}: invalid JSON at line {line}, column {col}: {what}"
-
-    def unmark(self, data: bytes) -> bytes:
-        """Bytes of a member as they are in the file (marker strings back to NaN / Infinity)."""
-        return UNMARK.sub(rb"\1", data) if self.marked else data
-
-    def queries(self) -> Iterator[tuple[str, msgspec.Raw]]:
-        """(key, raw record) of every query member; keys starting with '_' are not queries."""
-        return ((k, v) for k, v in self.members.items() if not k.startswith("_"))
-
-
-def _plain(msg: str) -> str:
-    return msg.replace("`", "")
-
-
-def _lc(msg: str) -> str:
-    return msg[:1].lower() + msg[1:]
-
-
-def _byte_of(err: str) -> int | None:
-    m = re.search(r"\(byte (\d+)\)", err)
-    return int(m.group(1)) if m else None
-
-
-# NaN / Infinity after ':', ',' or '[' (where a value starts). A string that itself holds
-# such text (": NaN,") is not told apart; it then fails as invalid JSON.
-NONFINITE_AT = re.compile(rb"-?(NaN|Infinity)")
-_NONFINITE = re.compile(rb"([:,\[]\s*)(-?Infinity|NaN)(?=\s*[,\]}])")
-MARK = b'"\\u0000'  # a non-finite literal X is read as the string "\u0000X"
-UNMARK = re.compile(rb'"\\u0000(-?Infinity|NaN)"')
-
-
-def mark_nonfinite(data: bytes) -> bytes:
-    """NaN / Infinity / -Infinity literals -> the strings "\u0000NaN", ... (reversible by UNMARK)."""
-    return _NONFINITE.sub(rb'\1"\\u0000\2"', data)
-
-
-def decode_record(path: Path, key: str, raw: msgspec.Raw) -> _Record:
-    """One query record as a typed struct; type problems name the query, candidate and field."""
-    try:
-        return _RECORD.decode(raw)
-    except msgspec.ValidationError as err:
-        raise _validation_error(path, key, str(err), raw) from None
-
-
-def _value_at(raw: msgspec.Raw, where: str) -> Any:
-    """The value at a msgspec path like '.pointer_candidates[3].pointer[1]' (None if not found)."""
-    value: Any = _ANY.decode(raw)
-    for name, index in re.findall(r"\.(\w+)|\[(\d+)\]", where):
-        try:
-            value = value[name] if name else value[int(index)]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return value
-
-
-def _validation_error(path: Path, key: str, err: str, raw: msgspec.Raw) -> LeverError:
-    """msgspec's 'Expected `int`, got `str` - at `$.pointer_candidates[3].pointer[1]`' -> our words."""
-    msg, _, where = err.partition(" - at ")
-    where = where.strip("`").removeprefix("$")
-    msg = _plain(msg)
-    value = _value_at(raw, where) if "got str" in msg else None
-    if isinstance(value, str) and value.startswith("\x00"):  # a NaN / Infinity literal (see mark_nonfinite)
-        msg = f"is {value[1:]}, scores and indices must be finite numbers"
-    elif "out of range" in msg:
-        msg = "is a number out of range (Infinity?): scores must be finite numbers"
-    m = re.match(r"\.pointer_candidates\[(\d+)\](?:\.(\w+)(.*))?$", where)
-    if m:
-        cand, field, rest = m.groups()
-        if field is None:
-            missing = re.match(r"Object missing required field (\w+)", msg)
-            if missing:
-                return LeverError(f"{path}: query {key}, candidate {cand}: missing field '{missing.group(1)}'", hint=CAND_HINT)
-            return LeverError(f"{path}: query {key}, candidate {cand}: {_lc(msg)}", hint=CAND_HINT)
-        item = f" item {rest.strip('[]')}" if rest else ""
-        return LeverError(f"{path}: query {key}, candidate {cand}: field '{field}'{item}: {_lc(msg)}")
-    missing = re.match(r"Object missing required field (\w+)", msg)
-    if missing and not where:
-        return LeverError(f"{path}: query {key}: missing field '{missing.group(1)}'", hint=RECORD_HINT)
-    field = where.lstrip(".") or "(the record)"
-    return LeverError(f"{path}: query {key}: field '{field}': {_lc(msg)}", hint=RECORD_HINT)
 
 
 # --------------------------------------------------------------------------- parser
@@ -361,10 +111,10 @@ class _Parser:
 
     def run(self) -> CandidateData:
         with RawFile(self.path) as raw:
-            file_meta = _ANY.decode(raw.members["_meta"]) if "_meta" in raw.members else None
+            file_meta = decode_json(raw.members["_meta"]) if "_meta" in raw.members else None
             ignored = [k for k in raw.members if k.startswith("_") and k != "_meta"]
             keys: list[str] = []
-            recs: list[_Record] = []
+            recs: list[Record] = []
             for key, value in raw.queries():
                 keys.append(key)
                 recs.append(decode_record(self.path, key, value))
@@ -402,7 +152,7 @@ class _Parser:
             pointers=t(cat["pointers"]), correct=t(cat["correct"]), acc=t(cat["acc"]),
             gt_prob=t(cat["gt_prob"]), rel=t(cat["rel"]), failed=t(cat["failed"]), source=t(cat["source"]),
             source_names=["unknown" if s is None else s for s in self.source_codes],
-            meta=meta, cand_index=t(cat["cand_index"]),
+            meta=meta, cand_index=t(cat["cand_index"]), cand_count=t(cat["cand_count"]),
         )  # fmt: skip
         if np.any(np.diff(qids) < 0):
             data = data.subset(torch.from_numpy(order))  # queries sorted by id as integers
@@ -412,7 +162,7 @@ class _Parser:
 class _Chunk:
     """A chunk of queries as flat numpy arrays, checked all at once."""
 
-    def __init__(self, parser: _Parser, keys: list[str], recs: list[_Record]):
+    def __init__(self, parser: _Parser, keys: list[str], recs: list[Record]):
         self.p, self.path, self.keys, self.recs = parser, parser.path, keys, recs
         self.qids = [_query_id(k, self.path) for k in keys]
         self.cands = list(chain.from_iterable(r.pointer_candidates for r in recs))
@@ -450,6 +200,7 @@ class _Chunk:
             "pool_flat": pool_flat,
             "pool_sizes": pool_sizes,
             "group_sizes": np.bincount(self.seq_q[keep], minlength=len(self.qids)),
+            "cand_count": self.ncand,
             "pointers": cols["pointers"][keep],
             "correct": cols["correct"][keep].astype(f32),
             "acc": cols["acc"][keep].astype(f32),

@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from lever.errors import LeverError
 from lever.io import read_json, write_json, write_jsonl
 from lever.model import PointerSelector
@@ -69,6 +67,7 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
         log(f"evaluation cached in {out_dir}")
         return out_dir, summary
 
+    backend = world.make_backend()
     m = plan.model
     model = PointerSelector(world.train_features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature)
     model.load_state_dict(state)
@@ -89,7 +88,7 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
             for s in range(0, len(split.items), spec.batch_size * 16):
                 chunk = range(s, min(s + spec.batch_size * 16, len(split.items)))
                 reqs = [Request(split.name, split.items[i], [world.train_items[j] for j in picks[i, :shots].tolist()]) for i in chunk]
-                for i, req, resp in zip(chunk, reqs, world.backend.answer(reqs)):
+                for i, req, resp in zip(chunk, reqs, backend.answer(reqs)):
                     answer = "" if resp.failed else postprocess(resp.raw)
                     rows.append({"split": split.name, "shots": shots, "question_id": req.query.question_id,
                                  "demo_ids": [d.question_id for d in req.demos], "raw_output": resp.raw, "answer": answer,
@@ -118,5 +117,3 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, floa
             cell["accuracy"] = round(100.0 * cell["accuracy"] / max(cell["n"], 1), 2)
     return out
 
-
-__all__ = ["evaluate_run", "checkpoint_for", "torch"]

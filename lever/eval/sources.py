@@ -30,7 +30,7 @@ class EvalWorld:
     train_items: list[Item]  # demonstration candidates; position = global train row
     train_features: Tensor  # [N, d]
     splits: dict[str, EvalSplit]
-    backend: Backend
+    make_backend: Callable[[], Backend]  # built only when answers are needed (not for a cached evaluation)
     identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
 
 
@@ -65,6 +65,28 @@ def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor
     return [items[i] for i in order], feats[order], torch.tensor(order)
 
 
+def preflight(ws: Workspace, spec: EvalSpec) -> None:
+    """Cheap checks that an evaluation can start (files and model folders exist), run before training."""
+    backend = ws.backend if spec.backend == "auto" else spec.backend
+    if ws.is_bundled:
+        if backend != "sim":
+            raise LeverError(f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'")
+        return
+    if backend == "sim":
+        raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
+    if ws.okvqa is None:
+        raise LeverError(f"workspace {ws.source} has no [okvqa] table: evaluation needs the OK-VQA files")
+    for key, value in ws.okvqa.model_dump().items():
+        needed = key.startswith("train") or "val" in spec.splits  # train files hold the demonstrations
+        if needed and not ws.path(value).exists():
+            raise LeverError(f"workspace {ws.source}: okvqa.{key} = {value!r} does not exist")
+    for key in ("vlm", "clip"):
+        value = getattr(ws.models, key)
+        if not value or not (ws.path(value) / "config.json").is_file():
+            raise LeverError(f"workspace {ws.source}: models.{key} = {value!r} is not a model directory with a config.json",
+                             hint="point it at a local transformers checkpoint")
+
+
 def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
     """Items, features and backend for the plan's eval settings in this workspace."""
     backend = ws.backend if spec.backend == "auto" else spec.backend
@@ -89,7 +111,7 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
     if "train" in spec.splits:
         items, feats, rows = _first(train_items, train_feats, spec.questions)
         splits["train"] = EvalSplit("train", items, feats, rows)
-    return EvalWorld(train_items, train_feats, splits, SimBackend(SimVLM.load(paths)),
+    return EvalWorld(train_items, train_feats, splits, lambda: SimBackend(SimVLM.load(paths)),
                      {"backend": "sim", "world": Path(paths.root).name})
 
 
@@ -100,8 +122,7 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, backend: str, train_features_pat
     from .clip import cached_clip_features
     from .okvqa import load_okvqa
 
-    if ws.okvqa is None:
-        raise LeverError(f"workspace {ws.source} has no [okvqa] table: evaluation needs the OK-VQA files")
+    preflight(ws, spec)
     o = ws.okvqa
     train_items = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
     if train_features_path is None:
@@ -110,8 +131,6 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, backend: str, train_features_pat
     if train_feats.shape[0] != len(train_items):
         raise LeverError(f"features {train_features_path} have {train_feats.shape[0]} rows but OK-VQA train has {len(train_items)} questions",
                          hint="row i of the features must be train question i (sorted by question_id)")
-    if not ws.models.clip:
-        raise LeverError(f"workspace {ws.source}: [models] clip is needed to embed eval questions")
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
         items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
@@ -120,12 +139,15 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, backend: str, train_features_pat
     if "train" in spec.splits:
         n = min(spec.questions, len(train_items))
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
-    if backend == "sim":
-        raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
+    return EvalWorld(train_items, train_feats, splits, lambda: make_hf_backend(ws, spec),
+                     {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)})
+
+
+def make_hf_backend(ws: Workspace, spec: EvalSpec) -> Backend:
+    """The transformers backend for the workspace's VLM directory and the plan's generation settings."""
     if not ws.models.vlm:
         raise LeverError(f"workspace {ws.source}: [models] vlm is needed for the hf backend")
     from .hf import HFBackend
 
-    hf = HFBackend(ws.path(ws.models.vlm), batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams)
-    return EvalWorld(train_items, train_feats, splits, hf,
-                     {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)})
+    return HFBackend(ws.path(ws.models.vlm), batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
+                     num_beams=spec.num_beams)

@@ -155,7 +155,7 @@ class StageRunner:
         opt = stage.opt
         model.set_backbone_frozen(opt.freeze_backbone)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optim = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=opt.weight_decay)
+        self.optim = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=opt.weight_decay, foreach=True)
         self.steps_per_epoch = math.ceil(train.num_queries / opt.batch_size)
         self.total_steps = self.steps_per_epoch * stage.epochs
         self.step = 0

@@ -1,0 +1,77 @@
+"""The parsed-data cache: a torch file of CandidateData's tensors, keyed by the file's SHA-256.
+
+Written to a temp file in the cache folder then renamed (never half-written), read
+with torch.load(weights_only=True) (tensors and plain values only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .candidates import CandidateData
+
+CACHE_VERSION = 2
+Log = Callable[[str], Any]
+
+
+def cache_path(cache_dir: Path | str, digest: str) -> Path:
+    return Path(cache_dir) / f"candidates-{digest[:32]}-v{CACHE_VERSION}.pt"
+
+
+def file_sha256(path: Path, block: int = 8 << 20) -> str:
+    """SHA-256 of the file's bytes (the cache key), read in blocks."""
+    h = hashlib.sha256()
+    buf = bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+_TENSORS = ("query_ids", "pools", "pool_sizes", "offsets", "pointers", "correct", "acc", "gt_prob", "rel",
+            "failed", "source", "cand_index", "cand_count")  # fmt: skip
+
+
+def write_cache(cache: Path, data: CandidateData, log: Log) -> None:
+    """torch.save to a temp file in the cache folder, then os.replace: never a half-written cache."""
+    payload = {
+        "version": CACHE_VERSION,
+        "sha256": data.meta["sha256"],
+        "meta_json": json.dumps(data.meta),
+        "source_names": list(data.source_names),
+        "tensors": {name: getattr(data, name) for name in _TENSORS},
+    }
+    tmp = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.name, suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            torch.save(payload, f)
+        os.replace(tmp, cache)
+    except OSError as err:
+        log(f"warning: could not write the data cache {cache}: {err}")
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_cache(cache: Path, digest: str, log: Log) -> CandidateData | None:
+    try:
+        payload = torch.load(cache, weights_only=True)
+        if payload.get("version") != CACHE_VERSION or payload.get("sha256") != digest:
+            return None
+        return CandidateData(
+            **payload["tensors"], source_names=list(payload["source_names"]), meta=json.loads(payload["meta_json"])
+        )
+    except Exception as err:  # a damaged cache is re-parsed, never trusted
+        log(f"warning: ignoring unreadable data cache {cache}: {err}")
+        return None
+
+

@@ -1,0 +1,132 @@
+"""The real path end to end through `lever run`: OK-VQA files on disk, CLIP features, a transformers VLM.
+
+Tiny random models stand in for CLIP and Qwen2.5-VL (built from configs, no download);
+the model loaders are the only thing replaced. What a random model answers is not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+from lever.eval.clip import clip_features  # noqa: E402
+from lever.eval.okvqa import load_okvqa  # noqa: E402
+
+from tiny_models import tiny_clip, tiny_qwen, write_okvqa_fixture  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_VAL, POOL = 30, 6, 8
+
+
+def candidates(train_ids: list[int]) -> dict:
+    """A small candidate-data file: every train item is a query with an 8-item pool and 5 scored 2-shot sequences."""
+    g = torch.Generator().manual_seed(0)
+    out: dict = {"_meta": {"created_at": "test"}}
+    for q in range(len(train_ids)):
+        others = [i for i in torch.randperm(len(train_ids), generator=g).tolist() if i != q][:POOL]
+        cands, seen = [], set()
+        while len(cands) < 5:
+            ptr = torch.randperm(POOL, generator=g)[:2].tolist()
+            if frozenset(ptr) in seen:
+                continue
+            seen.add(frozenset(ptr))
+            acc = [0.0, 0.3, 0.6, 1.0][int(torch.randint(4, (1,), generator=g))]
+            cands.append({"pointer": ptr, "pointer_global": [others[p] for p in ptr], "gen_method": "random",
+                          "vqa_pred_answer": "x", "vqa_correct": int(acc > 0), "vqa_acc_score": acc,
+                          "vqa_gt_prob": 0.5, "vqa_rel_score": 0.5, "vqa_eval_mode": "vqaEval", "eval_failed": False})
+        out[str(q)] = {"query": {"query_id": q, "question_id": train_ids[q]}, "candidate_pool_ids": others,
+                       "pointer_candidates": cands}
+    return out
+
+
+@pytest.fixture
+def real_workspace(tmp_path, monkeypatch):
+    tq, ta, ti = write_okvqa_fixture(tmp_path / "okvqa_train", n=N_TRAIN, split="train2014")
+    vq, va, vi = write_okvqa_fixture(tmp_path / "okvqa_val", n=N_VAL, split="val2014", skip_images=(3,))
+    clip_pair = tiny_clip()
+    train_items = load_okvqa(tq, ta, ti, "train", None)
+    torch.save(clip_features(train_items, clip_pair), tmp_path / "query_embeddings.pt")
+    (tmp_path / "rl_data.json").write_text(json.dumps(candidates([it.question_id for it in train_items])))
+    for name in ("vlm", "clip"):  # model folders as a user would have them; the loaders are replaced below
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    ws = tmp_path / "lever.toml"
+    ws.write_text(f"""runs = "runs"
+cache = "cache"
+backend = "hf"
+[candidates]
+main = "rl_data.json"
+[features]
+main = "query_embeddings.pt"
+[okvqa]
+train_questions = "{tq}"
+train_annotations = "{ta}"
+train_images = "{ti}"
+val_questions = "{vq}"
+val_annotations = "{va}"
+val_images = "{vi}"
+[models]
+vlm = "vlm"
+clip = "clip"
+""")
+    import lever.eval.clip as clip_mod
+    import lever.eval.sources as sources
+    from lever.eval.hf import HFBackend
+
+    built = []
+    monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
+
+    def backend(ws_, spec):
+        built.append(spec)
+        model, processor = tiny_qwen()
+        return HFBackend.from_pretrained_objects(model, processor, device="cpu", batch_size=spec.batch_size,
+                                                 max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams)
+
+    monkeypatch.setattr(sources, "make_hf_backend", backend)
+    return ws, built
+
+
+def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
+    ws, built = real_workspace
+    args = ["--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16",
+            f"eval.questions={N_VAL}", "eval.shots=[1,2]", f"eval.pool_size={POOL}", "eval.batch_size=4",
+            "eval.num_beams=1", "eval.max_new_tokens=3"]
+    res = lever(*args)
+    assert res.code == 0, res.text
+    (run_dir,) = sorted((ws.parent / "runs" / "baseline").glob("*/seed-0"))
+    (eval_dir,) = sorted((run_dir / "eval").iterdir())
+    rows = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == N_VAL * 2
+    val_items = sorted(1000 + 7 * i for i in range(N_VAL))
+    train_qids = {1000 + 7 * i for i in range(N_TRAIN)}
+    for r in rows:
+        assert r["split"] == "val" and r["question_id"] in val_items
+        assert len(r["demo_ids"]) == r["shots"] and set(r["demo_ids"]) <= train_qids
+        assert isinstance(r["raw_output"], str) and 0.0 <= r["accuracy"] <= 1.0
+    one = {r["question_id"]: r["demo_ids"] for r in rows if r["shots"] == 1}
+    two = {r["question_id"]: r["demo_ids"] for r in rows if r["shots"] == 2}
+    assert all(two[q][:1] == one[q] for q in one)  # greedy: the 1-shot pick is the 2-shot prefix
+    failed = [r for r in rows if r["failed"]]
+    assert {r["question_id"] for r in failed} == {1000 + 7 * 3} and "image" in failed[0]["error"].lower()
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["backend"] == "hf" and summary["splits"]["val"]["1"] == {
+        "accuracy": summary["splits"]["val"]["1"]["accuracy"], "n": N_VAL, "failed": 1}
+    assert (ws.parent / "cache" / "clip").is_dir()  # val features computed once and cached
+    # A second evaluation with the same checkpoint and settings is served from the run, without a model.
+    again = lever("--workspace", ws, "evaluate", *args[3:])
+    assert again.code == 0 and "evaluation cached" in again.text
+    assert len(built) == 1
+
+
+def test_missing_model_directory_fails_before_any_work(lever, real_workspace):
+    ws, _ = real_workspace
+    ws.write_text(ws.read_text().replace('vlm = "vlm"', 'vlm = "nowhere"'))
+    res = lever("--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16",
+                f"eval.questions={N_VAL}", f"eval.pool_size={POOL}")
+    assert res.code == 2 and "nowhere" in res.err and "config.json" in res.err
