@@ -13,6 +13,7 @@ from lever import __version__
 from lever.errors import LeverError
 
 from . import report, run, spec
+from .data import data_app
 from ._common import set_workspace_flag
 from ._console import err_console
 
@@ -44,6 +45,7 @@ def _root(
 spec.register(app)
 run.register(app)
 report.register(app)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

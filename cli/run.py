@@ -29,6 +29,7 @@ def _seeds(lp: LoadedPlan, seed: Optional[int]) -> list[int]:
 
 
 def _evaluate(lp: LoadedPlan, seed: int, epoch: Optional[int]) -> dict:
+    from lever.eval.distributed import ranks
     from lever.eval.evaluate import evaluate_run
     from lever.runs.run import run_dir_of
     from lever.runs.sources import resolve_train_sources
@@ -36,12 +37,15 @@ def _evaluate(lp: LoadedPlan, seed: int, epoch: Optional[int]) -> dict:
     ws = workspace()
     run_dir = run_dir_of(ws, lp, seed)
     feats = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, err_console.print).features
+    main = ranks().is_main  # under torchrun only rank 0 speaks
     with Progress(TextColumn(f"evaluating {lp.name} seed {seed}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+                  console=err_console, transient=True, disable=not main) as bar:
         task = bar.add_task("eval", total=None)
-        out_dir, summary = evaluate_run(run_dir, lp.plan, ws, seed, epoch=epoch, features_path=feats, log=err_console.print,
+        out_dir, summary = evaluate_run(run_dir, lp.plan, ws, seed, epoch=epoch, features_path=feats,
+                                        log=err_console.print if main else lambda m: None,
                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
-    _print_summary(lp, seed, summary, out_dir)
+    if main:
+        _print_summary(lp, seed, summary, out_dir)
     return summary
 
 
@@ -125,6 +129,9 @@ def evaluate(
 
     Per-question results go to the run's eval/ folder; a repeated evaluation with the same checkpoint,
     backend and settings is served from there instantly.
+
+    Under torchrun, ranks share the questions and rank 0 writes the results:
+    [bold]torchrun --nproc_per_node 4 -m lever_cli evaluate plan5[/]
 
     Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
     """

@@ -203,17 +203,17 @@ def test_output_is_atomic(tmp_path, monkeypatch):
     src, _ = source(tmp_path)
     out = tmp_path / "sub" / "out.json"
     calls = {"n": 0}
-    real = balance_mod.RawFile.unmark  # called once per record written
+    real = balance_mod._record_bytes  # builds each sub-sampled record
 
-    def failing(self: Any, data: bytes) -> bytes:
+    def failing(*args: Any) -> bytes:
         calls["n"] += 1
         if calls["n"] > 3:
             raise KeyboardInterrupt  # an interrupted run, mid-write
-        return real(self, data)
+        return real(*args)
 
-    monkeypatch.setattr(balance_mod.RawFile, "unmark", failing)
+    monkeypatch.setattr(balance_mod, "_record_bytes", failing)
     with pytest.raises(KeyboardInterrupt):
-        balance_file(src, out, BalanceOptions(), log=QUIET)
+        balance_file(src, out, BalanceOptions(group_size=4), log=QUIET)
     assert calls["n"] == 4
     assert not out.exists() and list(out.parent.iterdir()) == []  # no OUT, no temp file left
 

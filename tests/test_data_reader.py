@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lever.data.candidates import CandidateData
+from lever.errors import LeverError
 from lever.data.reader import load_candidates
 from lever.data.synthetic import synthetic_records, write_records
 
@@ -206,3 +207,44 @@ def test_padded_gathers_ragged_groups():
     assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
     ptr, _ = d.padded(torch.tensor([2]), d.pointers)  # [B, G, L]
     assert ptr.shape == (1, 1, 2) and ptr[0, 0].tolist() == d.pointers[5].tolist()
+
+
+# ---- two processes -----------------------------------------------------------------
+
+
+@pytest.fixture
+def forked(monkeypatch):
+    """Make small files take the two-process path."""
+    import lever.data.reader as reader
+
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(reader, "CHUNK", 4)
+    return reader
+
+
+def test_two_processes_read_the_same(tmp_path, forked):
+    recs = synthetic_records(queries=41, group=6, pool=10, shots=2, seed=4)
+    first = next(k for k in recs if not k.startswith("_"))
+    recs[first]["pointer_candidates"][0]["gen_method"] = "only_in_the_first_half"
+    last = [k for k in recs if not k.startswith("_")][-1]
+    recs[last]["pointer_candidates"][0]["gen_method"] = "only_in_the_second_half"
+    recs[last]["pointer_candidates"].append(dict(recs[last]["pointer_candidates"][1]))  # a duplicate there
+    path = write(tmp_path, recs)
+    one = forked.parse_candidates(path, workers=1)
+    two = forked.parse_candidates(path, workers=2)
+    for name in ("query_ids", "pools", "offsets", "pointers", "correct", "acc", "failed", "cand_index", "cand_count"):
+        assert torch.equal(getattr(one, name), getattr(two, name)), name
+    names = lambda d: [d.source_names[i] for i in d.source.tolist()]  # noqa: E731
+    assert names(one) == names(two) and "only_in_the_second_half" in names(two)
+    assert one.meta["read"] == two.meta["read"] and two.meta["read"]["duplicates_dropped"] == 1
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_two_processes_report_errors_in_either_half(tmp_path, forked, where):
+    recs = synthetic_records(queries=41, group=6, pool=10, shots=2, seed=4)
+    keys = [k for k in recs if not k.startswith("_")]
+    key = keys[0] if where == "first" else keys[-1]
+    recs[key]["pointer_candidates"][2]["pointer"] = [1, 1]
+    path = write(tmp_path, recs)
+    with pytest.raises(LeverError, match=rf"query {key}, candidate 2: field 'pointer' is \[1, 1\]: an index repeats"):
+        forked.parse_candidates(path, workers=2)

@@ -82,7 +82,7 @@ clip = "clip"
     built = []
     monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
 
-    def backend(ws_, spec):
+    def backend(ws_, spec, device="cpu"):
         built.append(spec)
         model, processor = tiny_qwen()
         return HFBackend.from_pretrained_objects(model, processor, device="cpu", batch_size=spec.batch_size,
@@ -130,3 +130,4 @@ def test_missing_model_directory_fails_before_any_work(lever, real_workspace):
     res = lever("--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16",
                 f"eval.questions={N_VAL}", f"eval.pool_size={POOL}")
     assert res.code == 2 and "nowhere" in res.err and "config.json" in res.err
+    assert not (ws.parent / "runs").exists()  # refused before training started

@@ -4,9 +4,10 @@ Import from the submodules (`lever.data.reader`, ...) or from here.
 """
 
 from .balance import BalanceOptions, balance_data, balance_file, write_balanced
+from .cache import file_sha256
 from .candidates import CandidateData
 from .filters import TIERS, apply_filter, quality_tiers, reward_gap, split_train_val, stage_filter
-from .reader import file_sha256, load_candidates, parse_candidates
+from .reader import load_candidates, parse_candidates
 from .rewards import compute_rewards, group_zscore, raw_rewards
 from .stats import advantage_prediction, data_stats, plan_prediction
 

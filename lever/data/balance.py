@@ -246,7 +246,7 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f, RawFile(src) as raw:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f, RawFile(src) as raw:
             meta = decode_json(raw.members["_meta"]) if "_meta" in raw.members else {}
             meta = meta if isinstance(meta, dict) else {"original": meta}
             if "balance" in meta:
@@ -263,15 +263,16 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
                 if q is None:
                     continue
                 rows = range(offsets[q], offsets[q + 1])
+                f.write(b",\n" + json.dumps(key).encode() + b": ")
                 if not remap and len(rows) == cand_count[q]:  # every candidate kept: the record as it is
-                    f.write(b",\n" + json.dumps(key).encode() + b": " + raw.unmark(bytes(value)))
+                    f.write(raw.unmark(bytes(value)) if raw.marked else value)  # (a raw record is a buffer)
                     continue
                 record = _record_bytes(
                     value, [cand_index[r] for r in rows],
                     [pointers[r] for r in rows] if remap else None,
                     pools[q][: sizes[q]] if remap else None,
                 )  # fmt: skip
-                f.write(b",\n" + json.dumps(key).encode() + b": " + raw.unmark(record))
+                f.write(raw.unmark(record))
             f.write(b"\n}\n")
             f.flush()
             os.fsync(f.fileno())

@@ -21,7 +21,10 @@ Read-time rules:
 from __future__ import annotations
 
 import gc
+import multiprocessing as mp
+import threading
 import time
+import traceback
 from array import array
 from contextlib import contextmanager
 from itertools import chain, repeat
@@ -40,6 +43,7 @@ from .rawjson import CAND_HINT, RECORD_HINT, RawFile, Record, decode_json, decod
 from .segments import one_thread
 
 CHUNK = 256  # queries decoded into Python objects at a time (small: stays in the CPU caches)
+PARALLEL_MIN_BYTES = 64 << 20  # files at least this big are parsed by two processes
 FAILED_MODES = frozenset({"fallback", "error"})
 
 Log = Callable[[str], Any]
@@ -49,8 +53,13 @@ _FIELDS = attrgetter("pointer", "vqa_correct", "vqa_acc_score", "vqa_gt_prob", "
 
 
 @one_thread()
-def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: Log = print) -> CandidateData:
-    """Read, validate and (with cache_dir) cache a candidate-data JSON file."""
+def load_candidates(
+    path: Path | str, cache_dir: Path | str | None = None, log: Log = print, workers: int = 2
+) -> CandidateData:
+    """Read, validate and (with cache_dir) cache a candidate-data JSON file.
+
+    workers = 2 parses a large file (>= 64 MB) in two processes (fork); 1 = this process only.
+    """
     path = Path(path)
     if not path.is_file():
         raise LeverError(f"{path}: no such candidate-data file")
@@ -64,7 +73,7 @@ def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: 
             data.meta.update(path=str(path), mtime_ns=st.st_mtime_ns)
             log(f"{path}: {data.describe()} (from cache, {time.perf_counter() - t0:.1f} s)")
             return data
-    data = parse_candidates(path)
+    data = parse_candidates(path, workers)
     data.meta.update(path=str(path), sha256=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
     read = data.meta["read"]
     log(
@@ -79,10 +88,10 @@ def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: 
 # --------------------------------------------------------------------------- parser
 
 
-def parse_candidates(path: Path) -> CandidateData:
+def parse_candidates(path: Path, workers: int = 2) -> CandidateData:
     """Parse and validate the whole file (no cache)."""
     with no_gc(), one_thread():
-        return _Parser(Path(path)).run()
+        return _Parser(Path(path)).run(workers)
 
 
 @contextmanager
@@ -109,24 +118,72 @@ class _Parser:
         self.parts: list[dict[str, np.ndarray]] = []
         self.counts = dict(candidates=0, duplicates_dropped=0, failed=0, missing_gt_prob=0, missing_rel_score=0)
 
-    def run(self) -> CandidateData:
+    def run(self, workers: int = 2) -> CandidateData:
         with RawFile(self.path) as raw:
             file_meta = decode_json(raw.members["_meta"]) if "_meta" in raw.members else None
             ignored = [k for k in raw.members if k.startswith("_") and k != "_meta"]
-            keys: list[str] = []
-            recs: list[Record] = []
-            for key, value in raw.queries():
-                keys.append(key)
-                recs.append(decode_record(self.path, key, value))
-                if len(keys) == CHUNK:
-                    self.parts.append(_Chunk(self, keys, recs).build())
-                    keys, recs = [], []
-            if keys:
-                self.parts.append(_Chunk(self, keys, recs).build())
-        if not self.parts:
-            raise LeverError(f"{self.path}: no queries in the file", hint=RECORD_HINT)
+            items = list(raw.queries())
+            if not items:
+                raise LeverError(f"{self.path}: no queries in the file", hint=RECORD_HINT)
+            first = decode_record(self.path, *items[0]).pointer_candidates
+            if first:  # the file's first sequence sets the number of shots for all
+                self.L, self.first_seq = len(first[0].pointer), (items[0][0], 0)
+            parallel = workers > 1 and len(items) >= 4 * CHUNK and len(raw.buf) >= PARALLEL_MIN_BYTES
+            # fork copies only this thread: with others running (a progress display) stay in one process
+            if parallel and "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
+                self._parse_forked(items)
+            else:
+                self._parse(items)
+            del items, first  # they point into the file's map
         meta = {"file_meta": file_meta, "read": dict(self.counts), "ignored_keys": ignored}
         return self._finish(meta)
+
+    def _parse(self, items: list[tuple[str, Any]]) -> None:
+        """Decode and check `items` (key, raw record) chunk by chunk into self.parts."""
+        for start in range(0, len(items), CHUNK):
+            keys = [k for k, _ in items[start : start + CHUNK]]
+            recs = [decode_record(self.path, k, v) for k, v in items[start : start + CHUNK]]
+            self.parts.append(_Chunk(self, keys, recs).build())
+
+    def _parse_forked(self, items: list[tuple[str, Any]]) -> None:
+        """Use both cores: a forked child parses the second half (sharing the map), this
+        process the first; the child sends back its arrays, counts and source names."""
+        half = len(items) // 2 // CHUNK * CHUNK
+        ctx = mp.get_context("fork")
+        recv, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=self._child, args=(items[half:], send), daemon=True)
+        child.start()
+        try:
+            self._parse(items[:half])  # an error here is the first in file order
+            kind, *payload = recv.recv()
+        except BaseException:
+            child.kill()
+            child.join()
+            raise
+        child.join()
+        if kind == "error":
+            raise LeverError(payload[0], hint=payload[1])
+        if kind == "crash":
+            raise RuntimeError(f"parsing {self.path} in a child process failed:\n{payload[0]}")
+        parts, counts, names = payload
+        codes = np.array([self.source_codes.setdefault(n, len(self.source_codes)) for n in names], dtype=np.int64)
+        for part in parts:  # the child's source codes -> this process's
+            part["source"] = codes[part["source"]]
+        self.parts += parts
+        for k, v in counts.items():
+            self.counts[k] += v
+
+    def _child(self, items: list[tuple[str, Any]], send: Any) -> None:
+        """In the forked child: parse, then send ("ok", parts, counts, source names) or the error."""
+        try:
+            self.parts, self.source_codes = [], {}
+            self.counts = {k: 0 for k in self.counts}
+            self._parse(items)
+            send.send(("ok", self.parts, self.counts, list(self.source_codes)))
+        except LeverError as err:
+            send.send(("error", err.args[0], err.hint))
+        except BaseException:
+            send.send(("crash", traceback.format_exc()))
 
     def _finish(self, meta: dict[str, Any]) -> CandidateData:
         cat = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}

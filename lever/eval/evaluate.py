@@ -22,6 +22,7 @@ from lever.spec import Plan, Workspace
 from lever.train.checkpoint import checkpoint_info, load_weights, state_digest
 
 from .backend import Request
+from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
 from .select import random_pools, select_demos, similar_pools
 from .sources import EvalWorld, eval_world
@@ -67,7 +68,8 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
         log(f"evaluation cached in {out_dir}")
         return out_dir, summary
 
-    backend = world.make_backend()
+    r = ranks()
+    backend = world.make_backend(r.device())
     m = plan.model
     model = PointerSelector(world.train_features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature)
     model.load_state_dict(state)
@@ -76,8 +78,7 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
         raise LeverError(f"eval.pool_size = {spec.pool_size} but there are only {len(world.train_items)} train items")
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    total = sum(len(s.items) for s in world.splits.values()) * len(spec.shots)
-    done = 0
+    todo: list[Request] = []  # every request, in a fixed order: position p goes to rank p % world
     for split in world.splits.values():
         if spec.pool == "similar":
             pools = similar_pools(split.features, world.train_features, spec.pool_size, split.self_rows)
@@ -85,23 +86,30 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
             pools = random_pools([it.question_id for it in split.items], len(world.train_items), spec.pool_size, seed, split.self_rows)
         picks = select_demos(model, split.features, world.train_features, pools, max(spec.shots))  # [M, max shots]
         for shots in spec.shots:
-            for s in range(0, len(split.items), spec.batch_size * 16):
-                chunk = range(s, min(s + spec.batch_size * 16, len(split.items)))
-                reqs = [Request(split.name, split.items[i], [world.train_items[j] for j in picks[i, :shots].tolist()]) for i in chunk]
-                for i, req, resp in zip(chunk, reqs, backend.answer(reqs)):
-                    answer = "" if resp.failed else postprocess(resp.raw)
-                    rows.append({"split": split.name, "shots": shots, "question_id": req.query.question_id,
-                                 "demo_ids": [d.question_id for d in req.demos], "raw_output": resp.raw, "answer": answer,
-                                 "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
-                                 "failed": resp.failed, **({"error": resp.error} if resp.failed else {})})
-                done += len(reqs)
-                if progress:
-                    progress(done, total)
+            for i, item in enumerate(split.items):
+                todo.append(Request(split.name, item, [world.train_items[j] for j in picks[i, :shots].tolist()]))
+    mine = [(p, req) for p, req in enumerate(todo) if r.mine(p)]
+    step = spec.batch_size * 16
+    for s in range(0, len(mine), step):
+        chunk = mine[s : s + step]
+        for (pos, req), resp in zip(chunk, backend.answer([req for _, req in chunk])):
+            answer = "" if resp.failed else postprocess(resp.raw)
+            rows.append({"_pos": pos, "split": req.split, "shots": len(req.demos), "question_id": req.query.question_id,
+                         "demo_ids": [d.question_id for d in req.demos], "raw_output": resp.raw, "answer": answer,
+                         "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
+                         "failed": resp.failed, **({"error": resp.error} if resp.failed else {})})
+        if progress:
+            progress(min(s + step, len(mine)), len(mine))
+    rows = gather_rows(r, rows)
+    if not r.is_main:
+        barrier(r)
+        return out_dir, read_json(out_dir / "summary.json")
     summary = {"checkpoint": ckpt, "backend": world.identity["backend"], "eval": spec.model_dump(mode="json"),
                "seconds": round(time.perf_counter() - t0, 2), "splits": _summarise(rows),
                "note": "accuracy in percent over all questions; failed questions score 0"}
     write_jsonl(out_dir / "results.jsonl", rows)
     write_json(out_dir / "summary.json", summary)  # written last: its presence marks a complete evaluation
+    barrier(r)
     return out_dir, summary
 
 

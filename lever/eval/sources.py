@@ -30,7 +30,7 @@ class EvalWorld:
     train_items: list[Item]  # demonstration candidates; position = global train row
     train_features: Tensor  # [N, d]
     splits: dict[str, EvalSplit]
-    make_backend: Callable[[], Backend]  # built only when answers are needed (not for a cached evaluation)
+    make_backend: Callable[[str], Backend]  # (device) -> backend  # built only when answers are needed (not for a cached evaluation)
     identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
 
 
@@ -111,7 +111,7 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
     if "train" in spec.splits:
         items, feats, rows = _first(train_items, train_feats, spec.questions)
         splits["train"] = EvalSplit("train", items, feats, rows)
-    return EvalWorld(train_items, train_feats, splits, lambda: SimBackend(SimVLM.load(paths)),
+    return EvalWorld(train_items, train_feats, splits, lambda device: SimBackend(SimVLM.load(paths)),
                      {"backend": "sim", "world": Path(paths.root).name})
 
 
@@ -139,15 +139,15 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, backend: str, train_features_pat
     if "train" in spec.splits:
         n = min(spec.questions, len(train_items))
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
-    return EvalWorld(train_items, train_feats, splits, lambda: make_hf_backend(ws, spec),
+    return EvalWorld(train_items, train_feats, splits, lambda device: make_hf_backend(ws, spec, device),
                      {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)})
 
 
-def make_hf_backend(ws: Workspace, spec: EvalSpec) -> Backend:
+def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Backend:
     """The transformers backend for the workspace's VLM directory and the plan's generation settings."""
     if not ws.models.vlm:
         raise LeverError(f"workspace {ws.source}: [models] vlm is needed for the hf backend")
     from .hf import HFBackend
 
-    return HFBackend(ws.path(ws.models.vlm), batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
+    return HFBackend(ws.path(ws.models.vlm), device=device, batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
                      num_beams=spec.num_beams)

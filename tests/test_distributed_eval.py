@@ -1,0 +1,33 @@
+"""`torchrun` evaluation: two CPU processes (gloo) share the questions and give the single-process results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_torchrun_evaluation_equals_single_process(lever, tmp_path):
+    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
+    ws = tmp_path / "lever.toml"
+    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
+    plan = [str(ROOT / "plans" / "baseline.toml"), "rce.epochs=1", "eval.questions=30", "eval.shots=[1,3]"]
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lever_cli", "--workspace", str(ws), "evaluate", *plan]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (eval_dir,) = sorted((tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*"))
+    two = (eval_dir / "results.jsonl").read_text()
+    shutil.rmtree(eval_dir)
+    assert lever("--workspace", ws, "evaluate", *plan).code == 0
+    one = (eval_dir / "results.jsonl").read_text()
+    assert two == one
+    rows = [json.loads(line) for line in one.splitlines()]
+    assert len(rows) == 60 and [r["shots"] for r in rows] == [1] * 30 + [3] * 30
