@@ -171,6 +171,28 @@ def test_invalid_json_names_line_and_column(tmp_path):
     assert f"{path}: invalid JSON at line {n + 2}, column {col}" in out
 
 
+def test_invalid_json_position_with_nan_literals_before_it(tmp_path):
+    recs = base()
+    for rec in (recs["106"], recs["103"]):  # written first: NaN literals before the error
+        rec["pointer_candidates"][0]["beam_score"] = float("nan")
+    lines = json.dumps(recs, indent=2).splitlines()
+    n = max(i for i, line in enumerate(lines) if '"vqa_correct"' in line)  # in the last query
+    lines[n] = lines[n].replace(",", "", 1)
+    code, out = run_cli("stats", write(tmp_path, "\n".join(lines)), "--no-cache")
+    col = len(lines[n + 1]) - len(lines[n + 1].lstrip()) + 1
+    assert code == 2 and f"invalid JSON at line {n + 2}, column {col}" in out
+
+
+def test_invalid_json_column_counts_nan_literals_on_the_same_line(tmp_path):
+    recs = base()
+    recs["106"]["pointer_candidates"][0]["beam_score"] = float("nan")  # query 106 is written first
+    text = json.dumps(recs)  # one line
+    cut = text.rindex(', "vqa_correct"')
+    text = text[:cut] + text[cut + 1 :]  # drop the comma: the error is at the next key
+    code, out = run_cli("stats", write(tmp_path, text), "--no-cache")
+    assert code == 2 and f"invalid JSON at line 1, column {cut + 2}" in out
+
+
 def test_truncated_file(tmp_path):
     text = json.dumps(base())
     code, out = run_cli("stats", write(tmp_path, text[: len(text) // 2]), "--no-cache")

@@ -89,7 +89,11 @@ class BalanceOptions:
 
 
 def _first_use(data: CandidateData) -> Tensor:
-    """Order of first use of each pool item, in file order: [Q, P] long, P = first unused / padding."""
+    """Rank of each pool item by first use: [Q, P] long (P for unused items and padding).
+
+    first_q(i) = min over the sequences r (row in the group) and steps t that pick item i
+    of r * L + t; rank_q(i) = position of i when query q's items are sorted by first_q.
+    """
     Q, P = data.pools.shape
     L = data.shots
     seg = data.seq_query()  # [S]
@@ -236,13 +240,9 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
     if data.cand_index is None or data.cand_count is None:
         raise ValueError("write_balanced needs data read from a file (cand_index, cand_count)")
     position = {qid: i for i, qid in enumerate(data.query_ids.tolist())}
-    offsets = data.offsets.tolist()
-    cand_index = data.cand_index.tolist()
-    cand_count = data.cand_count.tolist()
+    offsets, cand_count, sizes = data.offsets.tolist(), data.cand_count.tolist(), data.pool_sizes.tolist()
+    cand_index, pointers, pools = data.cand_index.numpy(), data.pointers.numpy(), data.pools.numpy()  # sliced per query
     remap = bool(balance_record.get("pool_changed"))
-    pointers = data.pointers.tolist() if remap else None
-    pools = data.pools.tolist() if remap else None
-    sizes = data.pool_sizes.tolist()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
@@ -253,7 +253,9 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
                 balance_record = {**balance_record, "previous": meta["balance"]}
             meta["balance"] = balance_record
             f.write(b'{"_meta": ' + raw.unmark(json.dumps(meta).encode()))
-            for key, value in raw.members.items():
+            for n, (key, value) in enumerate(raw.members.items()):
+                if n % 8192 == 8191:
+                    raw.release()  # records already copied need not stay resident
                 if key == "_meta":
                     continue
                 if key.startswith("_"):
@@ -262,15 +264,15 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
                 q = position.get(int(key))
                 if q is None:
                     continue
-                rows = range(offsets[q], offsets[q + 1])
+                a, b = offsets[q], offsets[q + 1]
                 f.write(b",\n" + json.dumps(key).encode() + b": ")
-                if not remap and len(rows) == cand_count[q]:  # every candidate kept: the record as it is
+                if not remap and b - a == cand_count[q]:  # every candidate kept: the record as it is
                     f.write(raw.unmark(bytes(value)) if raw.marked else value)  # (a raw record is a buffer)
                     continue
                 record = _record_bytes(
-                    value, [cand_index[r] for r in rows],
-                    [pointers[r] for r in rows] if remap else None,
-                    pools[q][: sizes[q]] if remap else None,
+                    value, cand_index[a:b].tolist(),
+                    pointers[a:b].tolist() if remap else None,
+                    pools[q, : sizes[q]].tolist() if remap else None,
                 )  # fmt: skip
                 f.write(raw.unmark(record))
             f.write(b"\n}\n")
@@ -334,11 +336,13 @@ def balance_file(
             hint="loosen the options (see the steps with `lever data stats`)",
         )
     before, after = brief(data, opts), brief(kept, opts)
+    sha256 = data.meta.get("sha256")
+    del data  # only the kept part is needed from here on
     record = {
         "tool": "lever data balance",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": src.name,
-        "source_sha256": data.meta.get("sha256"),
+        "source_sha256": sha256,
         "options": opts.record(),
         "steps": steps,
         "before": before,

@@ -131,30 +131,32 @@ class _Parser:
             parallel = workers > 1 and len(items) >= 4 * CHUNK and len(raw.buf) >= PARALLEL_MIN_BYTES
             # fork copies only this thread: with others running (a progress display) stay in one process
             if parallel and "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
-                self._parse_forked(items)
+                self._parse_forked(items, raw)
             else:
-                self._parse(items)
+                self._parse(items, raw)
             del items, first  # they point into the file's map
         meta = {"file_meta": file_meta, "read": dict(self.counts), "ignored_keys": ignored}
         return self._finish(meta)
 
-    def _parse(self, items: list[tuple[str, Any]]) -> None:
+    def _parse(self, items: list[tuple[str, Any]], raw: RawFile) -> None:
         """Decode and check `items` (key, raw record) chunk by chunk into self.parts."""
         for start in range(0, len(items), CHUNK):
+            if start % (32 * CHUNK) == 0:
+                raw.release()  # records already parsed need not stay resident
             keys = [k for k, _ in items[start : start + CHUNK]]
             recs = [decode_record(self.path, k, v) for k, v in items[start : start + CHUNK]]
             self.parts.append(_Chunk(self, keys, recs).build())
 
-    def _parse_forked(self, items: list[tuple[str, Any]]) -> None:
+    def _parse_forked(self, items: list[tuple[str, Any]], raw: RawFile) -> None:
         """Use both cores: a forked child parses the second half (sharing the map), this
         process the first; the child sends back its arrays, counts and source names."""
         half = len(items) // 2 // CHUNK * CHUNK
         ctx = mp.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=self._child, args=(items[half:], send), daemon=True)
+        child = ctx.Process(target=self._child, args=(items[half:], raw, send), daemon=True)
         child.start()
         try:
-            self._parse(items[:half])  # an error here is the first in file order
+            self._parse(items[:half], raw)  # an error here is the first in file order
             kind, *payload = recv.recv()
         except BaseException:
             child.kill()
@@ -173,12 +175,12 @@ class _Parser:
         for k, v in counts.items():
             self.counts[k] += v
 
-    def _child(self, items: list[tuple[str, Any]], send: Any) -> None:
+    def _child(self, items: list[tuple[str, Any]], raw: RawFile, send: Any) -> None:
         """In the forked child: parse, then send ("ok", parts, counts, source names) or the error."""
         try:
             self.parts, self.source_codes = [], {}
             self.counts = {k: 0 for k in self.counts}
-            self._parse(items)
+            self._parse(items, raw)
             send.send(("ok", self.parts, self.counts, list(self.source_codes)))
         except LeverError as err:
             send.send(("error", err.args[0], err.hint))
