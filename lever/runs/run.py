@@ -132,7 +132,6 @@ def provenance(lp: LoadedPlan, seed: int, device: torch.device, sources: dict[st
 def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None = None) -> RunOutcome:
     """Train every stage of `lp` for one seed into its run directory (resuming, reusing, never overwriting)."""
     rep = reporter or SilentReporter()
-    plan = lp.plan
     run_dir = run_dir_of(ws, lp, seed)
     with file_lock(run_dir / ".lock", wait=False, what=f"run {run_dir}"):
         status = read_json(run_dir / "status.json", {})

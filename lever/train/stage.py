@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lever.errors import RunFailed
-from lever.io import read_json, read_jsonl, write_json, write_jsonl
+from lever.io import read_jsonl, write_json, write_jsonl
 from lever.model import PointerSelector
 from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
 
