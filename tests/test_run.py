@@ -175,3 +175,19 @@ def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
     summary = next((run_dir / "eval").glob("*/summary.json"))
     acc = json.loads(summary.read_text())["splits"]["val"]
     assert set(acc) == {"1", "2"} and all(0 <= c["accuracy"] <= 100 and c["n"] == 20 for c in acc.values())
+
+
+def test_adaptive_beta_and_beam_curriculum_show_in_metrics(lever, ws):
+    res = run_cli(lever, "run", PLANS / "plan5.toml", *FAST, "grpo.epochs=3", "grpo.kl.adaptive.enabled=true",
+                  "grpo.kl.adaptive.low=1e-9", "grpo.kl.adaptive.high=1e-8", "--no-eval")
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "plan5")
+    grpo = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "grpo"]
+    # KL > high after every epoch: beta grows x1.5 per epoch from 0.1 (logged before the update).
+    assert [r["kl/beta"] for r in grpo] == pytest.approx([0.1, 0.15, 0.225])
+    assert all(r["kl/value"] > 0 for r in grpo)
+    # plan5's beam curriculum: top-3 sequences in epoch 1, top-5 after; rank-free z-scores of a group of
+    # 3 tied rewards are 0, so the share of all-zero groups can only fall when more sequences join.
+    assert grpo[0]["adv/zero_frac"] >= grpo[1]["adv/zero_frac"]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert any("all-zero advantages" in f for f in status["flags"])

@@ -225,7 +225,7 @@ def _stage_result(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]
 
 
 def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[str]:
-    """Warnings a reader of the results should see: near-zero advantages at the selected GRPO epoch."""
+    """Warnings a reader of the results should see: GRPO epochs (the selected ones) that carried little signal."""
     flags = []
     for e in entries:
         if e["kind"] != "grpo":
@@ -233,6 +233,8 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
         row = next((r for r in rows if r["stage"] == e["stage"] and r["epoch"] == e["epoch"]), None)
         if row and row.get("adv/std", 1.0) < 0.01:
             flags.append(f"near-zero advantages in {e['stage']} (adv/std {row['adv/std']:.4f})")
+        if row and row.get("adv/zero_frac", 0.0) > 0.5:
+            flags.append(f"{row['adv/zero_frac']:.0%} of {e['stage']} groups had all-zero advantages")
     return flags
 
 
