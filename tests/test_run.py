@@ -154,7 +154,7 @@ def test_second_process_on_the_same_run_refuses(lever, ws):
 
     lp = load_plan(PLANS / "baseline.toml", FAST)
     run_dir = run_dir_of(load_workspace(os.environ["LEVER_WORKSPACE"]), lp, 0)
-    with file_lock(run_dir / ".lock", wait=False, what="test"):
+    with file_lock(run_dir.parent / f".{run_dir.name}.lock", wait=False, what="test"):
         # flock is per open file description: a second open in this process conflicts like another process would.
         res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
     assert res.code == 1 and "is being run by" in res.err
@@ -191,3 +191,31 @@ def test_adaptive_beta_and_beam_curriculum_show_in_metrics(lever, ws):
     assert grpo[0]["adv/zero_frac"] >= grpo[1]["adv/zero_frac"]
     status = json.loads((run_dir / "status.json").read_text())
     assert any("all-zero advantages" in f for f in status["flags"])
+
+
+def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path):
+    from lever.train.checkpoint import load_weights
+
+    grpo_only = ["rce.epochs=0", "grpo.epochs=1", "grpo.top_k_schedule=[]", "eval.questions=20", "--no-eval"]
+    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=plan", "start.plan=baseline", *grpo_only)
+    assert res.code == 2 and "has no finished run" in res.err and "lever run" in res.err
+    assert seed_dirs(ws, "plan5") == []  # a run that could not start leaves no run directory
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
+    # The baseline's default rce settings differ from FAST, so name the run through the same overrides.
+    (base,) = seed_dirs(ws, "baseline")
+    selected = json.loads((base / "selected.json").read_text())
+    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={selected['checkpoint']}",
+                  *grpo_only)
+    assert res.code == 0, res.text
+    (p5,) = seed_dirs(ws, "plan5")
+    first = json.loads((p5 / "stages.json").read_text())[0]
+    assert first["stage"] == "grpo"
+    # GRPO's first epoch starts from the baseline's weights: its reference log-probs are the baseline's,
+    # so the ratio starts at exactly 1 and KL at 0 before the first update.
+    rows = read_jsonl(p5 / "metrics.jsonl")
+    assert rows[0]["kl/value"] < 1e-3
+    assert set(load_weights(Path(selected["checkpoint"]))) == set(load_weights(Path(first["dir"]) / first["checkpoint"]))
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={bad}", *grpo_only)
+    assert res.code == 2 and ".safetensors" in res.err

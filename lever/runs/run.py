@@ -92,7 +92,9 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
     if st.kind == "checkpoint":
         state = load_weights(ws.path(st.checkpoint))
     else:
-        other = load_plan(st.plan, (), ws.plans_dir)
+        # A plan names its start plan like `extends`: next to itself first, then in the workspace's plans folder.
+        here = lp.path.parent
+        other = load_plan(st.plan, (), here if (here / f"{st.plan}.toml").is_file() else ws.plans_dir)
         other_dir = run_dir_of(ws, other, seed)
         stages = read_json(other_dir / "stages.json")
         if not stages or read_json(other_dir / "status.json", {}).get("state") not in ("trained", "done"):
@@ -133,13 +135,12 @@ def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None
     """Train every stage of `lp` for one seed into its run directory (resuming, reusing, never overwriting)."""
     rep = reporter or SilentReporter()
     run_dir = run_dir_of(ws, lp, seed)
-    with file_lock(run_dir / ".lock", wait=False, what=f"run {run_dir}"):
+    # The lock sits beside the run directory, which is only created once the inputs have resolved.
+    with file_lock(run_dir.parent / f".{run_dir.name}.lock", wait=False, what=f"run {run_dir}"):
         status = read_json(run_dir / "status.json", {})
         if status.get("state") in ("trained", "done"):
             rep.info(f"{lp.name} (seed {seed}) already trained in {run_dir}; nothing to do")
             return RunOutcome(run_dir, "already", read_json(run_dir / "selected.json", {}))
-        write_json(run_dir / "spec.json", lp.recipe())
-        write_json(run_dir / "status.json", {"state": "running", "flags": [], "message": None})
         try:
             return _train(lp, ws, seed, run_dir, rep)
         except RunFailed as err:
@@ -155,8 +156,6 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     features = load_features(src.features)
     _check_rows(data, features, src.features)
     data_key = {"candidates": data.meta.get("sha256") or file_digest(src.candidates), "features": file_digest(src.features)}
-    write_json(run_dir / "provenance.json", provenance(lp, seed, device, {"candidates_file": str(src.candidates),
-                                                                          "features_file": str(src.features), **data_key}))
 
     # The plan's filter defines the validation queries once; phases only narrow the training side.
     # Filters rank and tier groups by raw (un-normalised) rewards.
@@ -177,6 +176,11 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     init, prev_key = start_state(lp, ws, seed, model)
     if init is not None:
         model.load_state_dict(init)
+    # Inputs resolved: from here on the run directory exists and records what happens.
+    write_json(run_dir / "spec.json", lp.recipe())
+    write_json(run_dir / "status.json", {"state": "running", "flags": [], "message": None})
+    write_json(run_dir / "provenance.json", provenance(lp, seed, device, {"candidates_file": str(src.candidates),
+                                                                          "features_file": str(src.features), **data_key}))
     pre_rce = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     stages = compile_stages(plan)
