@@ -48,9 +48,18 @@ def _table(title: str, *columns: str) -> Table:
 # --------------------------------------------------------------------------- stats
 
 
+def _candidates_file(ref: str) -> Path:
+    """A path as given, else a candidate-data name looked up in the workspace (generating the benchmark if needed)."""
+    if Path(ref).exists() or Path(ref).suffix == ".json":
+        return Path(ref)
+    from lever.runs.sources import resolve_train_sources
+
+    return resolve_train_sources(workspace(), ref, "main", _log).candidates
+
+
 @data_app.command("stats")
 def stats(
-    file: Path = typer.Argument(..., help="Candidate-data JSON file"),
+    file: str = typer.Argument(..., help="Candidate-data JSON file, or a candidate-data name of the workspace (e.g. main)"),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Also predict what this plan's reward and advantage settings make of the data"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Use (and fill) the parsed-data cache in the workspace cache folder"),
@@ -60,10 +69,11 @@ def stats(
     With --plan, also the plan's filtered training groups and their advantages, computed
     exactly as GRPO will, with a warning when most groups carry almost no signal.
 
-    Example: [bold]lever data stats rl_data_k64_v3.json --plan plan5[/]
+    Example: [bold]lever data stats rl_data_k64_v3.json --plan plan5[/]   or, on the bundled benchmark,
+    [bold]lever data stats main --plan plan1[/]
     """
     lp = load_plan(plan, (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
-    data = load_candidates(file, cache_dir=_cache_dir(cache), log=_log)
+    data = load_candidates(_candidates_file(file), cache_dir=_cache_dir(cache), log=_log)
     reward = lp.plan.reward if lp else RewardSpec()
     rules = lp.plan.data.tier_rules if lp else None
     out = data_stats(data, reward.model_copy(update={"normalize": "none"}), rules)
