@@ -143,8 +143,10 @@ def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None
             return RunOutcome(run_dir, "already", read_json(run_dir / "selected.json", {}))
         try:
             return _train(lp, ws, seed, run_dir, rep)
-        except RunFailed as err:
-            write_json(run_dir / "status.json", {"state": "failed", "flags": ["guardrail"], "message": str(err)})
+        except LeverError as err:
+            if (run_dir / "status.json").is_file():  # the run had started: say how it ended
+                flag = "guardrail" if isinstance(err, RunFailed) else "error"
+                write_json(run_dir / "status.json", {"state": "failed", "flags": [flag], "message": str(err)})
             raise
 
 
