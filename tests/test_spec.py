@@ -200,3 +200,26 @@ def test_unknown_plan_name_suggests(lever):
 def test_library_error_type(tmp_path):
     with pytest.raises(LeverError):
         load_plan(write(tmp_path, "x.toml", 'description = "x"\n[model]\nhidden = 10\nheads = 3\n'))
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+def test_workspace_file_is_shown_and_resolves_relative_paths(lever, tmp_path):
+    ws = write(tmp_path, "lever.toml", 'runs = "out/runs"\nbackend = "hf"\n[candidates]\nmain = "data/rl.json"\n')
+    res = lever("--workspace", ws, "show", "plan5", "--json")
+    assert res.code == 0, res.text
+    shown = json.loads(res.out)["workspace"]
+    assert shown["candidates"] == {"main": "data/rl.json"} and shown["backend"] == "hf"
+    from lever.spec import load_workspace
+
+    loaded = load_workspace(ws)
+    assert loaded.runs_dir == tmp_path / "out" / "runs" and not loaded.is_bundled
+
+
+def test_workspace_from_environment_and_bad_key(lever, tmp_path, monkeypatch):
+    ws = write(tmp_path, "w.toml", 'runz = "x"\n')
+    res = lever("--workspace", ws, "show", "plan5")
+    assert res.code == 2 and "runz" in res.err and "did you mean 'runs'" in res.err
+    res = lever("--workspace", tmp_path / "missing.toml", "show", "plan5")
+    assert res.code == 2 and "missing.toml" in res.err and "does not exist" in res.err

@@ -33,6 +33,7 @@ Example `lever.toml` for a real OK-VQA setup::
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -134,6 +135,12 @@ def load_workspace(flag: str | Path | None = None) -> Workspace:
     try:
         return Workspace(root=path.resolve().parent, source=f"{path} (from {origin})", **data)
     except ValidationError as err:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
-        valid = ", ".join(k for k in Workspace.model_fields if k not in ("root", "source"))
+        keys = [k for k in Workspace.model_fields if k not in ("root", "source")]
+        lines = []
+        for e in err.errors():
+            where = ".".join(map(str, e["loc"]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), keys, n=1) if e["type"] == "extra_forbidden" else []
+            lines.append(f"{where}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+                         + (f" (did you mean '{close[0]}'?)" if close else ""))
+        valid = ", ".join(keys)
         raise LeverError(f"{path}: " + "; ".join(lines), hint=f"workspace keys: {valid}") from None
