@@ -207,7 +207,7 @@ def test_library_error_type(tmp_path):
 
 def test_workspace_file_is_shown_and_resolves_relative_paths(lever, tmp_path):
     ws = write(tmp_path, "lever.toml", 'runs = "out/runs"\nbackend = "hf"\n[candidates]\nmain = "data/rl.json"\n')
-    res = lever("--workspace", ws, "show", "plan5", "--json")
+    res = lever("--workspace", ws, "show", Path(__file__).resolve().parents[1] / "plans" / "plan5.toml", "--json")
     assert res.code == 0, res.text
     shown = json.loads(res.out)["workspace"]
     assert shown["candidates"] == {"main": "data/rl.json"} and shown["backend"] == "hf"
