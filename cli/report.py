@@ -31,8 +31,21 @@ from ._console import console
 SPLITS = ("val", "train")
 
 
+def _current_hash(plan: str) -> str | None:
+    """The spec hash of the plan file as it is now (None when the plan has no file here)."""
+    from lever.spec import load_plan as load_spec
+
+    from ._common import workspace
+
+    try:
+        return load_spec(plan, (), workspace().plans_dir).hash
+    except LeverError:
+        return None
+
+
 def _load(plan: str, root: Path) -> PlanRuns:
-    return load_plan(plan, find_plan_runs(plan, root))
+    """A plan's runs: those of its current spec, else its most recent ones."""
+    return load_plan(plan, find_plan_runs(plan, root, _current_hash(plan)))
 
 
 def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:

@@ -109,12 +109,15 @@ def _baseline_table(lp: LoadedPlan) -> None:
     from lever.runs.store import find_plan_runs
 
     ws = workspace()
-    base_dirs = find_plan_runs("baseline", ws.runs_dir)
-    base = load_plan_runs("baseline", base_dirs)
+    try:
+        base_hash = load_plan("baseline", (), ws.plans_dir).hash
+    except LeverError:
+        base_hash = None
+    base = load_plan_runs("baseline", find_plan_runs("baseline", ws.runs_dir, base_hash))
     if base.missing:
         err_console.print("no evaluated baseline yet: [bold]lever run plans/baseline.toml[/] gives the comparison table")
         return
-    mine = load_plan_runs(lp.name, find_plan_runs(lp.name, ws.runs_dir))
+    mine = load_plan_runs(lp.name, find_plan_runs(lp.name, ws.runs_dir, lp.hash))
     for split in lp.plan.eval.splits:
         render_rich(build_comparison([mine], base, split=split, n_resamples=2000), console)
 

@@ -219,3 +219,15 @@ def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path)
     bad.write_bytes(b"not a checkpoint")
     res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={bad}", *grpo_only)
     assert res.code == 2 and ".safetensors" in res.err
+
+
+def test_several_seeds_compare_with_mean_and_std(lever, ws):
+    seeds = ["seeds=[0,1]", *FAST, "eval.shots=[2]", "eval.questions=30"]
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *seeds).code == 0
+    res = run_cli(lever, "run", PLANS / "plan10.toml", *seeds)
+    assert res.code == 0, res.text
+    assert len(seed_dirs(ws, "plan10")) == 2
+    # The table compares against the plan's runs (the newest spec hash, here the overridden one).
+    out = run_cli(lever, "compare", "plan10", "--markdown")
+    assert out.code == 0, out.text
+    assert "±" in out.out and "plan10" in out.out

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def find_plan_runs(plan: str, runs_root: Path) -> list[Path]:
-    """The seed run dirs of a plan's newest spec hash ([] when it was never run).
+def find_plan_runs(plan: str, runs_root: Path, spec_hash: str | None = None) -> list[Path]:
+    """The seed run dirs of a plan: those of `spec_hash` when it has runs (the plan file as it
+    is now), else those of the most recently written hash; [] when the plan was never run.
 
     ``plan`` is a name (``plan5``) or a plan file (``plans/plan5.toml`` -> ``plan5``).
     """
@@ -15,7 +16,9 @@ def find_plan_runs(plan: str, runs_root: Path) -> list[Path]:
     plan_dir = Path(runs_root) / name
     if not plan_dir.is_dir():
         return []
-    hashes = [h for h in plan_dir.iterdir() if h.is_dir()]
+    if spec_hash and (plan_dir / spec_hash).is_dir():
+        return sorted(d for d in (plan_dir / spec_hash).glob("seed-*") if d.is_dir())
+    hashes = [h for h in plan_dir.iterdir() if h.is_dir() and any(h.glob("seed-*"))]
     if not hashes:
         return []
     newest = max(hashes, key=lambda h: h.stat().st_mtime)
