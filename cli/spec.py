@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from lever.errors import LeverError
+from lever.io import write_text
 from lever.spec import diff_specs, flatten, load_plan
 from lever.spec.schema import Plan
 
@@ -91,14 +92,19 @@ def diff(
     console.print(table)
 
 
-def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout")) -> None:
+def schema(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file"),
+) -> None:
     """Print the plan JSON Schema, for editors that check TOML files (e.g. Taplo, Even Better TOML).
 
     Example: [bold]lever schema -o plan.schema.json[/]
     """
     text = json.dumps(Plan.model_json_schema(), indent=2)
     if out:
-        out.write_text(text + "\n", encoding="utf-8")
+        if out.exists() and not force:
+            raise LeverError(f"{out} exists; not overwriting it", hint="add --force to replace it")
+        write_text(out, text + "\n")
         console.print(f"wrote {out}")
     else:
         print(text)

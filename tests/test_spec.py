@@ -223,3 +223,12 @@ def test_workspace_from_environment_and_bad_key(lever, tmp_path, monkeypatch):
     assert res.code == 2 and "runz" in res.err and "did you mean 'runs'" in res.err
     res = lever("--workspace", tmp_path / "missing.toml", "show", "plan5")
     assert res.code == 2 and "missing.toml" in res.err and "does not exist" in res.err
+
+
+def test_schema_to_file_never_overwrites_silently(lever, tmp_path):
+    out = tmp_path / "plan.schema.json"
+    assert lever("schema", "-o", out).code == 0 and json.loads(out.read_text())["title"] == "Plan"
+    out.write_text("mine")
+    res = lever("schema", "-o", out)
+    assert res.code == 2 and "--force" in res.err and out.read_text() == "mine"
+    assert lever("schema", "-o", out, "--force").code == 0 and out.read_text() != "mine"
