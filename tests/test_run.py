@@ -121,28 +121,33 @@ def _stage_metrics(ws: Path, name: str) -> list[Path]:
     return sorted((ws / "runs" / "_stages").glob(f"{name}-*/metrics.jsonl"))
 
 
-def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path):
-    overrides = [*FAST, "rce.epochs=4", "--no-eval"]
-    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml"), *overrides]
+@pytest.mark.parametrize("plan,stage,overrides", [
+    ("baseline", "rce", ["rce.epochs=4"]),
+    ("plan5", "grpo", ["rce.epochs=1", "grpo.epochs=4", "grpo.lr=1e-4"]),
+])
+def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path, plan, stage, overrides):
+    overrides = [*FAST, *overrides, "--no-eval"]
+    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / f"{plan}.toml"), *overrides]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline:  # kill hard once at least one epoch is on disk
-        files = _stage_metrics(ws, "rce")
+    while time.time() < deadline:  # kill hard once at least two epochs of the stage are on disk
+        files = _stage_metrics(ws, stage)
         if files and len(read_jsonl(files[0])) >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (run_dir,) = seed_dirs(ws, "baseline")
+    (run_dir,) = seed_dirs(ws, plan)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
-    res = run_cli(lever, "run", PLANS / "baseline.toml", *overrides)
+    res = run_cli(lever, "run", PLANS / f"{plan}.toml", *overrides)
     assert res.code == 0, res.text
+    assert f"{stage}: resuming after epoch" in res.text
     resumed = metrics(run_dir)
     other = tmp_path / "clean.toml"
     other.write_text(Path(os.environ["LEVER_WORKSPACE"]).read_text().replace('runs = "runs"', 'runs = "clean"'))
-    assert lever("--workspace", other, "run", PLANS / "baseline.toml", *overrides).code == 0
-    (clean,) = sorted((tmp_path / "clean" / "baseline").glob("*/seed-*"))
-    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    assert lever("--workspace", other, "run", PLANS / f"{plan}.toml", *overrides).code == 0
+    (clean,) = sorted((tmp_path / "clean" / plan).glob("*/seed-*"))
+    assert [r["epoch"] for r in resumed if r["stage"] == stage] == [1, 2, 3, 4]
     assert resumed == metrics(clean)
 
 

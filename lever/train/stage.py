@@ -189,9 +189,9 @@ class StageRunner:
 
     def run(self) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
-        first, rows = self._resume()
-        if self.s.kind == "grpo":
+        if self.s.kind == "grpo":  # from the stage's start weights, so before a resume replaces them
             self.logp_ref = self._reference_logprobs()
+        first, rows = self._resume()
         for epoch in range(first, self.s.epochs + 1):
             row = self._epoch(epoch)
             if self.s.kind == "grpo" and row["kl/value"] > self.s.opt.kl.max_kl:
