@@ -5,6 +5,9 @@ the eval settings, so a second evaluation with the same inputs is instant:
 
     results.jsonl   one row per (split, shots, question): demo ids, raw output, answer, accuracy
     summary.json    accuracy (percent) per split and shot count, failures, the checkpoint used
+
+While it runs, answers are appended to `partial-<rank>.jsonl` after every chunk, so an
+evaluation killed after an hour of VLM generation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -88,18 +91,26 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
         for shots in spec.shots:
             for i, item in enumerate(split.items):
                 todo.append(Request(split.name, item, [world.train_items[j] for j in picks[i, :shots].tolist()]))
-    mine = [(p, req) for p, req in enumerate(todo) if r.mine(p)]
+    # Answers already given by an interrupted evaluation (any rank, any world size) are kept.
+    done = read_partials(out_dir)
+    rows = [row for pos, row in done.items() if r.mine(pos)]
+    mine = [(p, req) for p, req in enumerate(todo) if r.mine(p) and p not in done]
+    if done and r.is_main:
+        log(f"evaluation: resuming, {len(done)} of {len(todo)} answers already in {out_dir}")
     step = spec.batch_size * 16
-    for s in range(0, len(mine), step):
-        chunk = mine[s : s + step]
-        for (pos, req), resp in zip(chunk, backend.answer([req for _, req in chunk])):
-            answer = "" if resp.failed else postprocess(resp.raw)
-            rows.append({"_pos": pos, "split": req.split, "shots": len(req.demos), "question_id": req.query.question_id,
-                         "demo_ids": [d.question_id for d in req.demos], "raw_output": resp.raw, "answer": answer,
-                         "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
-                         "failed": resp.failed, **({"error": resp.error} if resp.failed else {})})
-        if progress:
-            progress(min(s + step, len(mine)), len(mine))
+    with open_partial(out_dir / f"partial-{r.rank}.jsonl") as partial:
+        for s in range(0, len(mine), step):
+            chunk = mine[s : s + step]
+            for (pos, req), resp in zip(chunk, backend.answer([req for _, req in chunk])):
+                answer = "" if resp.failed else postprocess(resp.raw)
+                rows.append({"_pos": pos, "split": req.split, "shots": len(req.demos), "question_id": req.query.question_id,
+                             "demo_ids": [d.question_id for d in req.demos], "raw_output": resp.raw, "answer": answer,
+                             "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
+                             "failed": resp.failed, **({"error": resp.error} if resp.failed else {})})
+                partial.write(json.dumps(rows[-1]) + "\n")
+            partial.flush()  # a kill loses at most the chunk being answered
+            if progress:
+                progress(min(s + step, len(mine)), len(mine))
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)
@@ -109,8 +120,33 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
                "note": "accuracy in percent over all questions; failed questions score 0"}
     write_jsonl(out_dir / "results.jsonl", rows)
     write_json(out_dir / "summary.json", summary)  # written last: its presence marks a complete evaluation
+    for part in out_dir.glob("partial-*.jsonl"):
+        part.unlink()
     barrier(r)
     return out_dir, summary
+
+
+def read_partials(out_dir: Path) -> dict[int, dict[str, Any]]:
+    """Rows of an interrupted evaluation by position; a line cut short by a kill is ignored."""
+    done: dict[int, dict[str, Any]] = {}
+    for part in sorted(out_dir.glob("partial-*.jsonl")):
+        for line in part.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row["_pos"]] = row
+    return done
+
+
+def open_partial(path: Path):
+    """Open a partial-results file for appending, first cutting a last line that a kill left unfinished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    return open(path, "a", encoding="utf-8")
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

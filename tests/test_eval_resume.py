@@ -1,0 +1,53 @@
+"""An evaluation interrupted part-way resumes from its partial answers and ends with the same results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
+    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
+    ws = tmp_path / "lever.toml"
+    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1,2]", "eval.batch_size=1"]
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+
+    import lever.eval.sources as sources
+
+    real = sources.SimBackend.answer
+    calls = {"n": 0}
+
+    def dies_on_third_chunk(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(self, requests)
+
+    monkeypatch.setattr(sources.SimBackend, "answer", dies_on_third_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        lever("--workspace", ws, "evaluate", *plan)
+    (eval_dir,) = sorted((tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*"))
+    assert not (eval_dir / "summary.json").exists()
+    partial = (eval_dir / "partial-0.jsonl").read_text()
+    assert len(partial.splitlines()) == 32  # two chunks of 16 answers were kept
+    # A kill in the middle of a line: that line is dropped, the rest is kept.
+    (eval_dir / "partial-0.jsonl").write_text(partial + '{"_pos": 32, "spl')
+
+    monkeypatch.setattr(sources.SimBackend, "answer", real)
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 0, res.text
+    assert "resuming, 32 of 80 answers" in res.text
+    resumed = (eval_dir / "results.jsonl").read_text()
+    assert not list(eval_dir.glob("partial-*"))
+    shutil.rmtree(eval_dir)
+    assert lever("--workspace", ws, "evaluate", *plan).code == 0
+    assert (eval_dir / "results.jsonl").read_text() == resumed
+    rows = [json.loads(line) for line in resumed.splitlines()]
+    assert len(rows) == 80 and all("_pos" not in r for r in rows)
