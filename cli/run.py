@@ -17,11 +17,12 @@ from ._console import console, err_console
 from ._progress import RichReporter
 
 
-def _one_plan(args: list[str], overrides: list[str] | None) -> LoadedPlan:
+def _plans(args: list[str], overrides: list[str] | None) -> list[LoadedPlan]:
+    """Every plan named (all validated before any work), with the overrides applied to each."""
     refs, sets = plan_args(args, overrides)
-    if len(refs) != 1:
-        raise LeverError(f"expected one plan, got {len(refs)}: {' '.join(refs) or '(none)'}")
-    return load_plan(refs[0], sets, workspace().plans_dir)
+    if not refs:
+        raise LeverError("no plan given", hint="lever run plans/plan5.toml")
+    return [load_plan(ref, sets, workspace().plans_dir) for ref in refs]
 
 
 def _seeds(lp: LoadedPlan, seed: Optional[int]) -> list[int]:
@@ -68,7 +69,7 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
 
 
 def run(
-    plan: List[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
+    plan: List[str] = typer.Argument(..., help="Plan files or names (several run in order), then optional key.path=value overrides"),
     overrides: OverrideOpt = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Run only this seed (default: every seed in the plan)"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the selected checkpoint after training"),
@@ -80,30 +81,34 @@ def run(
     seed and start) are trained once and reused.
 
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
+    Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
     from lever.runs.run import run_plan
 
-    lp = _one_plan(plan, overrides)
+    plans = _plans(plan, overrides)
     ws = workspace()
-    err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
     if evaluate:
         from lever.eval.sources import preflight
 
-        preflight(ws, lp.plan.eval)  # a missing model or data file fails now, not after training
+        for lp in plans:
+            preflight(ws, lp.plan.eval)  # a missing model or data file fails now, not after training
     reporter = RichReporter(err_console)
-    for s in _seeds(lp, seed):
-        outcome = run_plan(lp, ws, s, reporter)
-        sel = outcome.selected
-        err_console.print(f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
-                          highlight=False)
-        if evaluate:
-            _evaluate(lp, s, None)
-    if evaluate and lp.name != "baseline":
-        _baseline_table(lp)
+    for lp in plans:
+        err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
+        for s in _seeds(lp, seed):
+            outcome = run_plan(lp, ws, s, reporter)
+            sel = outcome.selected
+            err_console.print(f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
+                              highlight=False)
+            if evaluate:
+                _evaluate(lp, s, None)
+    others = [lp for lp in plans if lp.name != "baseline"]
+    if evaluate and others:
+        _baseline_table(others)
 
 
-def _baseline_table(lp: LoadedPlan) -> None:
-    """The plan against the baseline, when the baseline has been run and evaluated."""
+def _baseline_table(plans: list[LoadedPlan]) -> None:
+    """The plans against the baseline, when the baseline has been run and evaluated."""
     from lever.report.results import load_plan as load_plan_runs
     from lever.report.tables import build_comparison, render_rich
     from lever.runs.store import find_plan_runs
@@ -117,9 +122,9 @@ def _baseline_table(lp: LoadedPlan) -> None:
     if base.missing:
         err_console.print("no evaluated baseline yet: [bold]lever run plans/baseline.toml[/] gives the comparison table")
         return
-    mine = load_plan_runs(lp.name, find_plan_runs(lp.name, ws.runs_dir, lp.hash))
-    for split in lp.plan.eval.splits:
-        render_rich(build_comparison([mine], base, split=split, n_resamples=2000), console)
+    mine = [load_plan_runs(lp.name, find_plan_runs(lp.name, ws.runs_dir, lp.hash)) for lp in plans]
+    for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):
+        render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
 
 
 def evaluate(
@@ -138,9 +143,9 @@ def evaluate(
 
     Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
     """
-    lp = _one_plan(plan, overrides)
-    for s in _seeds(lp, seed):
-        _evaluate(lp, s, epoch)
+    for lp in _plans(plan, overrides):
+        for s in _seeds(lp, seed):
+            _evaluate(lp, s, epoch)
 
 
 def register(app: typer.Typer) -> None:
