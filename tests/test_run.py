@@ -228,10 +228,10 @@ def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path)
 
 def test_several_seeds_compare_with_mean_and_std(lever, ws):
     seeds = ["seeds=[0,1]", *FAST, "eval.shots=[2]", "eval.questions=30"]
-    assert run_cli(lever, "run", PLANS / "baseline.toml", *seeds).code == 0
-    res = run_cli(lever, "run", PLANS / "plan10.toml", *seeds)
+    res = run_cli(lever, "run", PLANS / "baseline.toml", PLANS / "plan10.toml", *seeds)  # two plans, one command
     assert res.code == 0, res.text
-    assert len(seed_dirs(ws, "plan10")) == 2
+    assert len(seed_dirs(ws, "baseline")) == 2 and len(seed_dirs(ws, "plan10")) == 2
+    assert "vs baseline" in res.out and "plan10" in res.out  # the closing table
     # The table compares against the plan's runs (the newest spec hash, here the overridden one).
     out = run_cli(lever, "compare", "plan10", "--markdown")
     assert out.code == 0, out.text
