@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -36,10 +37,6 @@ def plan_args(args: list[str], overrides: list[str] | None) -> tuple[list[str], 
     return plans, sets
 
 
-def runs_dir():
-    """Where runs live: $LEVER_RUNS when set, else the workspace's runs folder."""
-    import os
-    from pathlib import Path
-
-    env = os.environ.get("LEVER_RUNS")
-    return Path(env) if env else workspace().runs_dir
+def runs_dir() -> Path:
+    """Where runs live (the workspace's runs folder, or $LEVER_RUNS)."""
+    return workspace().runs_dir

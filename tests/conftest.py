@@ -28,6 +28,7 @@ def lever(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.delenv("LEVER_WORKSPACE", raising=False)
+    monkeypatch.delenv("LEVER_RUNS", raising=False)
 
     def run(*args: str) -> CliResult:
         from lever_cli.app import main

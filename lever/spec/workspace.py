@@ -1,7 +1,7 @@
 """The workspace: where data, features, images, models and runs live on this machine.
 
 Found, in order: the `--workspace` flag, the `LEVER_WORKSPACE` environment variable,
-`lever.toml` in the current directory. With none, the workspace is the bundled
+`lever.toml` in the current directory. `LEVER_RUNS`, when set, overrides where runs go. With none, the workspace is the bundled
 benchmark: data is generated into the cache on first use and evaluated with the `sim`
 backend. Relative paths in a workspace file are relative to that file.
 
@@ -50,6 +50,7 @@ else:  # pragma: no cover
 
 WORKSPACE_ENV = "LEVER_WORKSPACE"
 WORKSPACE_FILE = "lever.toml"
+RUNS_ENV = "LEVER_RUNS"
 
 
 class _Strict(BaseModel):
@@ -99,7 +100,8 @@ class Workspace(_Strict):
 
     @property
     def runs_dir(self) -> Path:
-        return self.path(self.runs)
+        """The runs folder; $LEVER_RUNS, when set, overrides the workspace's `runs`."""
+        return Path(os.environ[RUNS_ENV]) if os.environ.get(RUNS_ENV) else self.path(self.runs)
 
     @property
     def cache_dir(self) -> Path:
