@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 import lever.data.balance as balance_mod
 from lever.data.balance import BalanceOptions, balance_file
@@ -19,20 +17,9 @@ from lever.data.rewards import raw_rewards
 from lever.data.synthetic import synthetic_records, write_records
 from lever.errors import LeverError
 from lever.spec.schema import RewardSpec, TierRules
-from lever_cli.data import data_app
+from data_cli import run_cli
 
 QUIET = lambda msg: None  # noqa: E731
-
-
-def run_cli(*args: Any) -> tuple[int, str]:
-    app = typer.Typer()
-    app.add_typer(data_app, name="data")
-    res = CliRunner().invoke(app, ["data", *map(str, args)], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    if isinstance(res.exception, LeverError):
-        return res.exception.exit_code, res.output + str(res.exception)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.output
 
 
 @pytest.fixture(autouse=True)

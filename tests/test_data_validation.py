@@ -9,24 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from lever.errors import LeverError
 from lever.data.synthetic import synthetic_records
-from lever_cli.data import data_app
-
-
-def run_cli(*args: Any) -> tuple[int, str]:
-    """Invoke `lever data ...` on a local app; a LeverError becomes (its exit code, its text), as in main()."""
-    app = typer.Typer()
-    app.add_typer(data_app, name="data")
-    res = CliRunner().invoke(app, ["data", *map(str, args)], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    if isinstance(res.exception, LeverError):
-        return res.exception.exit_code, res.output + str(res.exception)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.output
+from data_cli import run_cli
 
 
 def base() -> dict[str, Any]:
