@@ -10,9 +10,6 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from lever.data.balance import BalanceOptions, balance_file
-from lever.data.reader import load_candidates
-from lever.data.stats import data_stats, plan_prediction
 from lever.errors import LeverError
 from lever.spec import load_plan
 from lever.spec.schema import RewardSpec
@@ -73,6 +70,9 @@ def stats(
     [bold]lever data stats main --plan plan1[/]
     """
     lp = load_plan(plan, (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
+    from lever.data.reader import load_candidates
+    from lever.data.stats import data_stats, plan_prediction
+
     data = load_candidates(_candidates_file(file), cache_dir=_cache_dir(cache), log=_log)
     reward = lp.plan.reward if lp else RewardSpec()
     rules = lp.plan.data.tier_rules if lp else None
@@ -235,6 +235,8 @@ def balance(
 
     Example: [bold]lever data balance rl_data_k64_v3.json rl_data_k64_v3_balanced.json --positive-ratio 0.1,0.9 --group-size 16[/]
     """
+    from lever.data.balance import BalanceOptions, balance_file
+
     try:
         reward = RewardSpec(mode=reward_mode, hard_weight=hard_weight, soft_weight=soft_weight, rel_weight=rel_weight)
     except ValidationError as err:
