@@ -27,7 +27,7 @@ def make() -> CandidateData:
     sizes = [len(acc) for acc, _ in GROUPS.values()]
     failed = torch.zeros(len(accs), dtype=torch.bool)
     start = 0
-    for (acc, bad), n in zip(GROUPS.values(), sizes):
+    for (_acc, bad), n in zip(GROUPS.values(), sizes):
         for i in bad:
             failed[start + i] = True
         start += n

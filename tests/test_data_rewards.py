@@ -23,7 +23,7 @@ GT = [0.4, 0.1, 0.8, 0.0]
 REL = [0.9, 0.5, 1.0, 0.25]
 
 
-def data(offsets: list[int] = [0, 2, 4], hard=HARD, acc=ACC, gt=GT, rel=REL) -> CandidateData:
+def data(offsets: tuple[int, ...] = (0, 2, 4), hard=HARD, acc=ACC, gt=GT, rel=REL) -> CandidateData:
     S = len(hard)
     Q = len(offsets) - 1
     return CandidateData(
