@@ -14,7 +14,7 @@ from lever.errors import LeverError
 from lever.spec import load_plan
 from lever.spec.schema import RewardSpec
 
-from ._common import workspace
+from ._common import OverrideOpt, workspace
 from ._console import console, err_console
 
 data_app = typer.Typer(
@@ -58,6 +58,7 @@ def _candidates_file(ref: str) -> Path:
 def stats(
     file: str = typer.Argument(..., help="Candidate-data JSON file, or a candidate-data name of the workspace (e.g. main)"),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Also predict what this plan's reward and advantage settings make of the data"),
+    overrides: OverrideOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Use (and fill) the parsed-data cache in the workspace cache folder"),
 ) -> None:
@@ -67,9 +68,11 @@ def stats(
     exactly as GRPO will, with a warning when most groups carry almost no signal.
 
     Example: [bold]lever data stats rl_data_k64_v3.json --plan plan5[/]   or, on the bundled benchmark,
-    [bold]lever data stats main --plan plan1[/]
+    [bold]lever data stats main --plan plan5 -s grpo.advantage.kind=rank[/] (what rank advantages would give)
     """
-    lp = load_plan(plan, (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
+    if overrides and not plan:
+        raise LeverError("--set overrides need --plan", hint="lever data stats main --plan plan5 -s grpo.advantage.kind=rank")
+    lp = load_plan(plan, overrides or (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
     from lever.data.reader import load_candidates
     from lever.data.stats import data_stats, plan_prediction
 

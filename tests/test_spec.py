@@ -232,3 +232,15 @@ def test_schema_to_file_never_overwrites_silently(lever, tmp_path):
     res = lever("schema", "-o", out)
     assert res.code == 2 and "--force" in res.err and out.read_text() == "mine"
     assert lever("schema", "-o", out, "--force").code == 0 and out.read_text() != "mine"
+
+
+def test_data_stats_takes_plan_overrides(lever, tmp_path):
+    from lever.data.synthetic import synthetic_records, write_records
+
+    data = write_records(tmp_path / "rl.json", synthetic_records(queries=20, group=6, pool=10))
+    plan = Path(__file__).resolve().parents[1] / "plans" / "plan5.toml"
+    res = lever("data", "stats", data, "--plan", plan, "-s", "grpo.advantage.kind=rank", "--json")
+    assert res.code == 0, res.text
+    assert json.loads(res.out)["plan"]["advantage"]["kind"] == "rank"
+    res = lever("data", "stats", data, "-s", "grpo.lr=1")
+    assert res.code == 2 and "--plan" in res.err
