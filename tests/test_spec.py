@@ -244,3 +244,25 @@ def test_data_stats_takes_plan_overrides(lever, tmp_path):
     assert json.loads(res.out)["plan"]["advantage"]["kind"] == "rank"
     res = lever("data", "stats", data, "-s", "grpo.lr=1")
     assert res.code == 2 and "--plan" in res.err
+
+
+def test_every_schema_field_has_a_description():
+    from pydantic import BaseModel
+
+    from lever.spec.load import _submodel
+
+    missing, seen = [], set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(prefix + name)
+            sub = _submodel(field.annotation)
+            if sub is not None:
+                walk(sub, f"{prefix}{name}.")
+
+    walk(Plan, "")
+    assert missing == []
