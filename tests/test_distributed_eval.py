@@ -25,7 +25,7 @@ def test_torchrun_evaluation_equals_single_process(lever, tmp_path):
     if proc.returncode != 0 and "Rendezvous" in proc.stderr:  # torchrun's own port rendezvous, not lever: try once more
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (eval_dir,) = sorted((tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*"))
+    (eval_dir,) = sorted(p for p in (tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*") if p.is_dir())
     two = (eval_dir / "results.jsonl").read_text()
     shutil.rmtree(eval_dir)
     assert lever("--workspace", ws, "evaluate", *plan).code == 0

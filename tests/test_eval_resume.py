@@ -33,7 +33,7 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
     monkeypatch.setattr(sources.SimBackend, "answer", dies_on_third_chunk)
     with pytest.raises(RuntimeError, match="killed"):
         lever("--workspace", ws, "evaluate", *plan)
-    (eval_dir,) = sorted((tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*"))
+    (eval_dir,) = sorted(p for p in (tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*") if p.is_dir())
     assert not (eval_dir / "summary.json").exists()
     partial = (eval_dir / "partial-0.jsonl").read_text()
     assert len(partial.splitlines()) == 32  # two chunks of 16 answers were kept

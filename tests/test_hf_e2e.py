@@ -100,7 +100,7 @@ def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
     res = lever(*args)
     assert res.code == 0, res.text
     (run_dir,) = sorted((ws.parent / "runs" / "baseline").glob("*/seed-0"))
-    (eval_dir,) = sorted((run_dir / "eval").iterdir())
+    (eval_dir,) = sorted(p.parent for p in (run_dir / "eval").glob("*/summary.json"))
     rows = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
     assert len(rows) == N_VAL * 2
     val_items = sorted(1000 + 7 * i for i in range(N_VAL))

@@ -236,3 +236,19 @@ def test_several_seeds_compare_with_mean_and_std(lever, ws):
     out = run_cli(lever, "compare", "plan10", "--markdown")
     assert out.code == 0, out.text
     assert "±" in out.out and "plan10" in out.out
+
+
+def test_tables_use_the_selected_checkpoint_after_evaluating_another_epoch(lever, ws):
+    from lever.report.results import latest_eval_dir
+
+    args = [PLANS / "baseline.toml", *FAST]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    (selected_eval,) = list((run_dir / "eval").glob("*/summary.json"))
+    other = 1 if json.loads((run_dir / "selected.json").read_text())["epoch"] == 2 else 2
+    res = run_cli(lever, "evaluate", *args, "--epoch", str(other))
+    assert res.code == 0 and f"epoch {other} chosen with --epoch" in res.text
+    assert len(list((run_dir / "eval").glob("*/summary.json"))) == 2
+    assert latest_eval_dir(run_dir) == selected_eval.parent  # the newer --epoch evaluation does not replace it
+    bad = run_cli(lever, "evaluate", *args, "--epoch", "9")
+    assert bad.code == 2 and "its epochs are 1-2" in bad.err

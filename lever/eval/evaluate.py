@@ -44,8 +44,9 @@ def checkpoint_for(run_dir: Path, epoch: int | None) -> dict[str, Any]:
         return selected
     path = Path(selected["dir"]) / "ckpt" / f"epoch-{epoch:03d}.safetensors"
     if not path.is_file():
-        have = sorted(p.stem for p in (Path(selected["dir"]) / "ckpt").glob("epoch-*.safetensors"))
-        raise LeverError(f"--epoch {epoch}: stage '{selected['stage']}' has no such checkpoint", hint=f"available: {', '.join(have)}")
+        have = sorted(int(p.stem.split("-")[1]) for p in (Path(selected["dir"]) / "ckpt").glob("epoch-*.safetensors"))
+        raise LeverError(f"--epoch {epoch}: stage '{selected['stage']}' has no such checkpoint",
+                         hint=f"its epochs are {have[0]}-{have[-1]}" if have else "it has no checkpoints")
     info = checkpoint_info(path) or {}
     return {**selected, "epoch": epoch, "checkpoint": str(path), "value": info.get("metrics", {}).get(selected["metric"]),
             "reason": f"epoch {epoch} chosen with --epoch"}
@@ -69,6 +70,7 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
     summary = read_json(out_dir / "summary.json")
     if summary is not None:
         log(f"evaluation cached in {out_dir}")
+        _mark_selected(out_dir, epoch)
         return out_dir, summary
 
     r = ranks()
@@ -122,8 +124,15 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
     write_json(out_dir / "summary.json", summary)  # written last: its presence marks a complete evaluation
     for part in out_dir.glob("partial-*.jsonl"):
         part.unlink()
+    _mark_selected(out_dir, epoch)
     barrier(r)
     return out_dir, summary
+
+
+def _mark_selected(out_dir: Path, epoch: int | None) -> None:
+    """Record which evaluation is the selected checkpoint's (the one tables compare); --epoch runs are extras."""
+    if epoch is None:
+        write_json(out_dir.parent / "selected.json", {"key": out_dir.name})
 
 
 def read_partials(out_dir: Path) -> dict[int, dict[str, Any]]:

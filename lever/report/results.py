@@ -144,10 +144,17 @@ def read_jsonl(path: Path) -> list[dict] | None:
 
 
 def latest_eval_dir(run_dir: Path) -> Path | None:
-    """The ``eval/<key>/`` dir whose summary.json (else results.jsonl) was modified last."""
+    """The evaluation of the run's selected checkpoint (named by ``eval/selected.json``), else the
+    ``eval/<key>/`` dir whose summary.json (else results.jsonl) was modified last.
+
+    Why: `lever evaluate --epoch N` adds evaluations of other epochs; tables compare selections.
+    """
     eval_root = run_dir / "eval"
     if not eval_root.is_dir():
         return None
+    pointer = read_json(eval_root / "selected.json")
+    if isinstance(pointer, dict) and (eval_root / str(pointer.get("key")) / "summary.json").is_file():
+        return eval_root / str(pointer["key"])
     best: tuple[float, Path] | None = None
     for name in ("summary.json", "results.jsonl"):
         for f in eval_root.glob(f"*/{name}"):
