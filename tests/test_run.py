@@ -252,3 +252,9 @@ def test_tables_use_the_selected_checkpoint_after_evaluating_another_epoch(lever
     assert latest_eval_dir(run_dir) == selected_eval.parent  # the newer --epoch evaluation does not replace it
     bad = run_cli(lever, "evaluate", *args, "--epoch", "9")
     assert bad.code == 2 and "its epochs are 1-2" in bad.err
+
+
+def test_unknown_selection_metric_fails_before_training(lever, ws):
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "select.metric=losses/ppo", "--no-eval")
+    assert res.code == 2 and "select.metric = 'losses/ppo'" in res.err and "val/loss" in res.err
+    assert seed_dirs(ws, "baseline") == []

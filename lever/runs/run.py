@@ -34,7 +34,7 @@ from lever.spec import LoadedPlan, Workspace, load_plan
 from lever.spec.schema import DataFilter, Plan
 from lever.train.checkpoint import State, load_weights, state_digest
 from lever.train.groups import Groups
-from lever.train.stage import Reporter, SilentReporter, Stage, StageRunner, derive_seed
+from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, Stage, StageRunner, derive_seed
 
 from .sources import file_digest, load_features, resolve_train_sources
 
@@ -150,8 +150,18 @@ def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None
             raise
 
 
+def check_select_metric(lp: LoadedPlan) -> None:
+    """Fail before any work when select.metric is not logged by every stage of the plan."""
+    kinds = {stage.kind for stage, _ in compile_stages(lp.plan)}
+    logged = set.intersection(*(set(STAGE_METRICS[k]) for k in kinds))
+    if lp.plan.select.metric not in logged:
+        raise LeverError(f"{lp.path}: select.metric = '{lp.plan.select.metric}' is not logged by every stage of this plan",
+                         hint=f"choose one of: {', '.join(sorted(logged))}")
+
+
 def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporter) -> RunOutcome:
     plan = lp.plan
+    check_select_metric(lp)
     device = resolve_device(plan.device)
     src = resolve_train_sources(ws, plan.data.candidates, plan.data.features, rep.info)
     data = load_candidates(src.candidates, cache_dir=ws.cache_dir / "candidates", log=rep.info)

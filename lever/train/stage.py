@@ -29,7 +29,7 @@ from lever.model import PointerSelector
 from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
 
 from . import losses as L
-from .checkpoint import State, load_resume, save_resume, save_weights
+from .checkpoint import State, load_resume, save_resume, save_weights, state_of
 from .groups import Batch, Groups
 
 
@@ -71,6 +71,15 @@ class StageResult:
     checkpoint: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     reused: bool = False
+
+
+# Metrics every epoch row carries, by stage kind (`select.metric` must be one every stage logs).
+COMMON_METRICS = ("val/loss", "train/loss", "optim/lr", "optim/grad_norm", "time/epoch_s")
+STAGE_METRICS = {
+    "rce": COMMON_METRICS + ("losses/rce", "rce/tau"),
+    "grpo": COMMON_METRICS + ("losses/ppo", "losses/kl", "kl/value", "kl/beta", "adv/mean", "adv/std", "adv/max",
+                              "adv/zero_frac", "policy/clip_frac", "policy/ratio_mean"),
+}
 
 
 def lr_at(step: int, total: int, opt: OptimSpec, peak: float) -> float:
@@ -201,7 +210,7 @@ class StageRunner:
                 )
             rows.append(row)
             # Order matters for resume: weights, then metrics, then the resume marker.
-            save_weights(self.dir / "ckpt" / f"epoch-{epoch:03d}.safetensors", {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            save_weights(self.dir / "ckpt" / f"epoch-{epoch:03d}.safetensors", state_of(self.model),
                          {"stage": self.s.name, "epoch": epoch, "metrics": row})
             write_jsonl(self.dir / "metrics.jsonl", rows)
             save_resume(self.dir / "resume.pt", {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
