@@ -258,3 +258,12 @@ def test_unknown_selection_metric_fails_before_training(lever, ws):
     res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "select.metric=losses/ppo", "--no-eval")
     assert res.code == 2 and "select.metric = 'losses/ppo'" in res.err and "val/loss" in res.err
     assert seed_dirs(ws, "baseline") == []
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(lever, ws):
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
+    (base,) = seed_dirs(ws, "baseline")
+    ckpt = json.loads((base / "selected.json").read_text())["checkpoint"]
+    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={ckpt}",
+                  "model.hidden=128", "rce.epochs=0", "grpo.epochs=1", "--no-eval")
+    assert res.code == 2 and "does not fit the plan's model" in res.err and "Traceback" not in res.text

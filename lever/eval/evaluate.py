@@ -22,7 +22,7 @@ from lever.errors import LeverError
 from lever.io import read_json, write_json, write_jsonl
 from lever.model import PointerSelector
 from lever.spec import Plan, Workspace
-from lever.train.checkpoint import checkpoint_info, load_weights, state_digest
+from lever.train.checkpoint import checkpoint_info, load_into, load_weights, state_digest
 
 from .backend import Request
 from .distributed import barrier, gather_rows, ranks
@@ -77,7 +77,7 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
     backend = world.make_backend(r.device())
     m = plan.model
     model = PointerSelector(world.train_features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature)
-    model.load_state_dict(state)
+    load_into(model, state, ckpt["checkpoint"])
     spec = plan.eval
     if spec.pool_size > len(world.train_items):
         raise LeverError(f"eval.pool_size = {spec.pool_size} but there are only {len(world.train_items)} train items")

@@ -32,7 +32,7 @@ from lever.io import file_lock, read_json, read_jsonl, write_json, write_jsonl
 from lever.model import PointerSelector
 from lever.spec import LoadedPlan, Workspace, load_plan
 from lever.spec.schema import DataFilter, Plan
-from lever.train.checkpoint import State, load_weights, state_digest
+from lever.train.checkpoint import State, load_into, load_weights, state_digest
 from lever.train.groups import Groups
 from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, Stage, StageRunner, derive_seed
 
@@ -85,7 +85,7 @@ def _key(*parts: Any) -> str:
 
 
 def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector) -> tuple[State | None, str]:
-    """Initial weights (None = the fresh seeded init) and a key naming them."""
+    """Load the plan's start weights into `model` (none for a fresh seeded init); returns them and a key naming them."""
     st = lp.plan.start
     if st.kind == "scratch":
         return None, f"scratch:{seed}"
@@ -106,9 +106,7 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
             raise LeverError(f"start.stage = '{name}': plan '{st.plan}' has stages {', '.join(names)}")
         entry = stages[names.index(name)]
         state = load_weights(Path(entry["dir"]) / entry["checkpoint"])
-    missing = set(model.state_dict()) ^ set(state)
-    if missing:
-        raise LeverError(f"start checkpoint does not fit the plan's model (keys differ: {', '.join(sorted(missing)[:5])})")
+    load_into(model, state, f"start ({st.kind})")  # fails here, clearly, before any run directory exists
     return state, f"weights:{state_digest(state)}"
 
 
@@ -185,9 +183,7 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     torch.manual_seed(derive_seed(seed, "init"))
     m = plan.model
     model = PointerSelector(features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature).to(device)
-    init, prev_key = start_state(lp, ws, seed, model)
-    if init is not None:
-        model.load_state_dict(init)
+    _, prev_key = start_state(lp, ws, seed, model)  # loads the start weights into the model
     # Inputs resolved: from here on the run directory exists and records what happens.
     write_json(run_dir / "spec.json", lp.recipe())
     write_json(run_dir / "status.json", {"state": "running", "flags": [], "message": None})

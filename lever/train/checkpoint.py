@@ -62,3 +62,14 @@ def load_resume(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_into(model: torch.nn.Module, state: State, where: str) -> None:
+    """Load weights, turning a key or shape mismatch into a message that names the checkpoint."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        raise LeverError(f"checkpoint {where} does not fit the plan's model: {detail}",
+                         hint="the model settings (model.hidden, layers, heads, feature size) must match the ones it was trained with") from None
