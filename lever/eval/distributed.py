@@ -8,6 +8,7 @@ writes the results. Without torchrun (WORLD_SIZE unset or 1) nothing here does a
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,16 @@ def ranks() -> Ranks:
         return Ranks()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Leave the group before the interpreter tears down: a group still alive at exit can abort the
+        # process ("terminate called without an active exception") after its work is done.
+        atexit.register(_leave)
     return Ranks(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _leave() -> None:
+    """Local clean-up only (no collective): after an error on one rank the others may never arrive."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def gather_rows(r: Ranks, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
