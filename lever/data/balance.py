@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +34,7 @@ import torch
 from torch import Tensor
 
 from lever.errors import LeverError
+from lever.io import atomic_write
 from lever.spec.schema import RewardSpec, TierRules
 
 from .candidates import CandidateData
@@ -231,7 +230,7 @@ def brief(data: CandidateData, opts: BalanceOptions) -> dict[str, Any]:
 
 def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: dict[str, Any], force: bool = False) -> None:
     """Write `data` (a selection of the queries and candidates read from `src`) to `out` in
-    the compatibility format, atomically: a temp file in out's folder, then os.replace."""
+    the compatibility format, atomically (lever.io.atomic_write)."""
     src, out = Path(src), Path(out)
     check_output(src, out, force)
     st = src.stat()
@@ -243,15 +242,12 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
     offsets, cand_count, sizes = data.offsets.tolist(), data.cand_count.tolist(), data.pool_sizes.tolist()
     cand_index, pointers, pools = data.cand_index.numpy(), data.pointers.numpy(), data.pools.numpy()  # sliced per query
     remap = bool(balance_record.get("pool_changed"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f, RawFile(src) as raw:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb", buffering=1 << 20) as f, RawFile(src) as raw:
             meta = decode_json(raw.members["_meta"]) if "_meta" in raw.members else {}
             meta = meta if isinstance(meta, dict) else {"original": meta}
-            if "balance" in meta:
-                balance_record = {**balance_record, "previous": meta["balance"]}
-            meta["balance"] = balance_record
+            meta["balance"] = {**balance_record, "previous": meta["balance"]} if "balance" in meta else balance_record
             f.write(b'{"_meta": ' + raw.unmark(json.dumps(meta).encode()))
             for n, (key, value) in enumerate(raw.members.items()):
                 if n % 8192 == 8191:
@@ -276,13 +272,8 @@ def write_balanced(src: Path, data: CandidateData, out: Path, balance_record: di
                 )  # fmt: skip
                 f.write(raw.unmark(record))
             f.write(b"\n}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(out, write)  # temp file beside OUT, fsync, rename: an interrupted run leaves no OUT
 
 
 def _record_bytes(value: msgspec.Raw, keep: list[int], pointers: list[list[int]] | None, pool: list[int] | None) -> bytes:

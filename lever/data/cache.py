@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from lever.io import atomic_write
 
 from .candidates import CandidateData
 
@@ -41,7 +41,7 @@ _TENSORS = ("query_ids", "pools", "pool_sizes", "offsets", "pointers", "correct"
 
 
 def write_cache(cache: Path, data: CandidateData, log: Log) -> None:
-    """torch.save to a temp file in the cache folder, then os.replace: never a half-written cache."""
+    """torch.save, atomically (lever.io.atomic_write): never a half-written cache."""
     payload = {
         "version": CACHE_VERSION,
         "sha256": data.meta["sha256"],
@@ -49,17 +49,10 @@ def write_cache(cache: Path, data: CandidateData, log: Log) -> None:
         "source_names": list(data.source_names),
         "tensors": {name: getattr(data, name) for name in _TENSORS},
     }
-    tmp = None
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.name, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            torch.save(payload, f)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: torch.save(payload, tmp))
     except OSError as err:
         log(f"warning: could not write the data cache {cache}: {err}")
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_cache(cache: Path, digest: str, log: Log) -> CandidateData | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lever.errors import LeverError
+from lever.io import atomic_write
 from lever.eval.backend import Item
 from lever.eval.hf import load_image, require_transformers
 
@@ -94,7 +94,7 @@ def cached_clip_features(items: list[Item], model_dir: str | Path, cache_path: s
     """clip_features, computed once: reused while the cache's key matches, else recomputed and rewritten.
 
     The cache is a torch.save'd dict {"key", "model", "features"}, written to a temp
-    file then moved into place (os.replace), so a crash never leaves half a file.
+    file then moved into place (lever.io.atomic_write), so a crash never leaves half a file.
     """
     cache_path = Path(cache_path)
     key = cache_key(items, model_dir)
@@ -106,8 +106,5 @@ def cached_clip_features(items: list[Item], model_dir: str | Path, cache_path: s
         except Exception as e:  # unreadable cache: recompute rather than fail
             warnings.warn(f"feature cache {cache_path} unreadable ({e}); recomputing", stacklevel=2)
     feats = clip_features(items, model_dir, batch_size=batch_size, device=device)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(cache_path.name + f".tmp{os.getpid()}")
-    torch.save({"key": key, "model": str(model_dir), "features": feats}, tmp)
-    os.replace(tmp, cache_path)
+    atomic_write(cache_path, lambda tmp: torch.save({"key": key, "model": str(model_dir), "features": feats}, tmp))
     return feats

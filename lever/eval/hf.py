@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lever.device import resolve_device
 from lever.errors import LeverError
 from lever.eval.backend import Request, Response, build_prompt_parts
 
@@ -39,17 +40,6 @@ def require_transformers() -> Any:
     except ImportError as e:
         raise LeverError(f"the hf backend needs transformers and pillow ({e})", hint=_HF_HINT) from None
     return transformers
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise LeverError(f"device {device!r} is not a valid torch device",
-                         hint="use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

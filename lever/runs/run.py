@@ -23,10 +23,12 @@ from typing import Any
 import torch
 
 from lever import __version__
+from lever.data.cache import file_sha256
 from lever.data.candidates import CandidateData
 from lever.data.filters import apply_filter, split_train_val, stage_filter
 from lever.data.reader import load_candidates
 from lever.data.rewards import compute_rewards, raw_rewards
+from lever.device import resolve_device
 from lever.errors import LeverError, RunFailed
 from lever.io import file_lock, read_json, read_jsonl, write_json, write_jsonl
 from lever.model import PointerSelector
@@ -36,7 +38,7 @@ from lever.train.checkpoint import State, load_into, load_weights, state_digest
 from lever.train.groups import Groups
 from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, Stage, StageRunner, derive_seed
 
-from .sources import file_digest, load_features, resolve_train_sources
+from .sources import load_features, resolve_train_sources
 
 
 @dataclass
@@ -48,14 +50,6 @@ class RunOutcome:
 
 def run_dir_of(ws: Workspace, lp: LoadedPlan, seed: int) -> Path:
     return ws.runs_dir / lp.name / lp.hash / f"seed-{seed}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LeverError(f"device = '{name}' but CUDA is not available here", hint="use device = 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- compile
@@ -165,7 +159,7 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     data = load_candidates(src.candidates, cache_dir=ws.cache_dir / "candidates", log=rep.info)
     features = load_features(src.features)
     _check_rows(data, features, src.features)
-    data_key = {"candidates": data.meta.get("sha256") or file_digest(src.candidates), "features": file_digest(src.features)}
+    data_key = {"candidates": data.meta["sha256"][:16], "features": file_sha256(src.features)[:16]}
 
     # The plan's filter defines the validation queries once; phases only narrow the training side.
     # Filters rank and tier groups by raw (un-normalised) rewards.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -91,11 +90,3 @@ def load_features(path: Path) -> torch.Tensor:
     if not torch.isfinite(obj).all():
         raise LeverError(f"features file {path}: contains NaN or infinite values")
     return obj.float()
-
-
-def file_digest(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()[:16]
