@@ -48,9 +48,19 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The object lines of a JSONL file ([] when absent). A line a kill cut short is skipped:
+    files written by appending (partial evaluation answers) can end in one."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lever.errors import LeverError
-from lever.io import read_json, write_json, write_jsonl
+from lever.io import read_json, read_jsonl, write_json, write_jsonl
 from lever.model import PointerSelector
 from lever.spec import Plan, Workspace
 from lever.train.checkpoint import checkpoint_info, load_into, load_weights, state_digest
@@ -137,15 +137,7 @@ def _mark_selected(out_dir: Path, epoch: int | None) -> None:
 
 def read_partials(out_dir: Path) -> dict[int, dict[str, Any]]:
     """Rows of an interrupted evaluation by position; a line cut short by a kill is ignored."""
-    done: dict[int, dict[str, Any]] = {}
-    for part in sorted(out_dir.glob("partial-*.jsonl")):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[row["_pos"]] = row
-    return done
+    return {row["_pos"]: row for part in sorted(out_dir.glob("partial-*.jsonl")) for row in read_jsonl(part)}
 
 
 def open_partial(path: Path):

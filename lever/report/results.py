@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lever import io
+
 
 @dataclass
 class QuestionResults:
@@ -125,22 +127,7 @@ def read_json(path: Path) -> Any | None:
 
 def read_jsonl(path: Path) -> list[dict] | None:
     """The object lines of a JSONL file (a torn last line is skipped), or None when absent."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return None
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # why: a run killed mid-write can leave half a line
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return io.read_jsonl(path) if path.is_file() else None
 
 
 def latest_eval_dir(run_dir: Path) -> Path | None:

@@ -195,7 +195,7 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
             raise LeverError(f"{lp.path}: stage '{stage.name}' has no training queries after its data filter")
         pin = plan.select.epoch if last else None
         key = _key(prev_key, stage.kind, stage.epochs, stage.lr, stage.opt.model_dump(mode="json"),
-                   (flt or plan.data).model_dump(mode="json"), plan.data.model_dump(mode="json"), plan.reward.model_dump(mode="json"),
+                   flt.model_dump(mode="json") if flt else None, plan.data.model_dump(mode="json"), plan.reward.model_dump(mode="json"),
                    m.model_dump(mode="json"), data_key, seed, plan.select.metric, plan.select.mode, pin,
                    plan.grpo.reference if stage.kind == "grpo" else None)
         stage_dir = ws.runs_dir / "_stages" / f"{stage.name}-{key}"
