@@ -43,9 +43,9 @@ def _current_hash(plan: str) -> str | None:
         return None
 
 
-def _load(plan: str, root: Path) -> PlanRuns:
-    """A plan's runs: those of its current spec, else its most recent ones."""
-    return load_plan(plan, find_plan_runs(plan, root, _current_hash(plan)))
+def plan_runs(plan: str, root: Path, spec_hash: str | None = None) -> PlanRuns:
+    """A plan's runs: those of `spec_hash` (default: the plan file's current spec), else its most recent ones."""
+    return load_plan(plan, find_plan_runs(plan, root, spec_hash or _current_hash(plan)))
 
 
 def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -87,8 +87,8 @@ def compare(
     if resamples < 1:
         raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
     root = runs_root()
-    base = _load(baseline, root)
-    others = [_load(p, root) for p in plans if plan_name(p) != base.name]
+    base = plan_runs(baseline, root)
+    others = [plan_runs(p, root) for p in plans if plan_name(p) != base.name]
     cmp = build_comparison(others, base, split=split, n_resamples=resamples)
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)
@@ -124,7 +124,7 @@ def report(
     Example: [bold]lever report plan5 --out figures/plan5[/]
     """
     root = runs_root()
-    pr = _load(plan, root)
+    pr = plan_runs(plan, root)
     if not pr.runs:
         raise LeverError(f"plan {pr.name!r} has no runs under {root}", hint=f"run it first: {pr.command}")
     typer.echo(f"{pr.name}  hash {pr.spec_hash}  seeds {len(pr.runs)}")

@@ -109,20 +109,16 @@ def run(
 
 def _baseline_table(plans: list[LoadedPlan]) -> None:
     """The plans against the baseline, when the baseline has been run and evaluated."""
-    from lever.report.results import load_plan as load_plan_runs
     from lever.report.tables import build_comparison, render_rich
-    from lever.runs.store import find_plan_runs
 
-    ws = workspace()
-    try:
-        base_hash = load_plan("baseline", (), ws.plans_dir).hash
-    except LeverError:
-        base_hash = None
-    base = load_plan_runs("baseline", find_plan_runs("baseline", ws.runs_dir, base_hash))
+    from .report import plan_runs
+
+    root = workspace().runs_dir
+    base = plan_runs("baseline", root)
     if base.missing:
         err_console.print("no evaluated baseline yet: [bold]lever run plans/baseline.toml[/] gives the comparison table")
         return
-    mine = [load_plan_runs(lp.name, find_plan_runs(lp.name, ws.runs_dir, lp.hash)) for lp in plans]
+    mine = [plan_runs(lp.name, root, lp.hash) for lp in plans]
     for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):
         render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
 
