@@ -89,12 +89,10 @@ def preflight(ws: Workspace, spec: EvalSpec) -> None:
 
 def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
     """Items, features and backend for the plan's eval settings in this workspace."""
-    backend = ws.backend if spec.backend == "auto" else spec.backend
+    preflight(ws, spec)
     if ws.is_bundled:
-        if backend != "sim":
-            raise LeverError(f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'")
         return _bench_world(ws, spec, log)
-    return _okvqa_world(ws, spec, backend, train_features_path, log)
+    return _okvqa_world(ws, spec, train_features_path, log)
 
 
 def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> EvalWorld:
@@ -115,14 +113,13 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
                      {"backend": "sim", "world": Path(paths.root).name})
 
 
-def _okvqa_world(ws: Workspace, spec: EvalSpec, backend: str, train_features_path: Path | None,
+def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None,
                  log: Callable[[str], None]) -> EvalWorld:
     from lever.runs.sources import load_features
 
     from .clip import cached_clip_features
     from .okvqa import load_okvqa
 
-    preflight(ws, spec)
     o = ws.okvqa
     train_items = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
     if train_features_path is None:
