@@ -33,19 +33,41 @@ def real_size_qwen() -> tuple[object, object]:
     _, processor = tiny_qwen()
     tok = processor.tokenizer
     processor.image_processor = Qwen2VLImageProcessorPil()  # the real default pixel limits
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                     "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")
+    }
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
-                         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
-                                                             "rope_theta": 1000000.0},
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            tokens_per_second=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
     with torch.device("cuda"):
@@ -90,15 +112,19 @@ def main() -> None:
             model, processor, device = *tiny_qwen(), "cpu"
         items = load_okvqa(q, a, image_dir, split="val")
 
-        print(f"{'real-size (3B config)' if args.real_size else 'tiny'} Qwen2.5-VL on {device}, "
-              f"{args.questions} questions, 5 new tokens, {torch.get_num_threads()} torch threads")
+        print(
+            f"{'real-size (3B config)' if args.real_size else 'tiny'} Qwen2.5-VL on {device}, "
+            f"{args.questions} questions, 5 new tokens, {torch.get_num_threads()} torch threads"
+        )
         for shots in args.shots:
-            reqs = [Request("val", items[i], items[i + 1: i + 1 + shots]) for i in range(args.questions)]
+            reqs = [Request("val", items[i], items[i + 1 : i + 1 + shots]) for i in range(args.questions)]
             for beams in (3, 1):
                 single = qps(HFBackend.from_pretrained_objects(model, processor, device, 1, 5, beams), reqs)
                 batched = qps(HFBackend.from_pretrained_objects(model, processor, device, 8, 5, beams), reqs)
-                print(f"  shots={shots} num_beams={beams}: one at a time {single:7.2f} q/s | "
-                      f"batch 8 {batched:7.2f} q/s | speed-up {batched / single:.1f}x")
+                print(
+                    f"  shots={shots} num_beams={beams}: one at a time {single:7.2f} q/s | "
+                    f"batch 8 {batched:7.2f} q/s | speed-up {batched / single:.1f}x"
+                )
 
 
 if __name__ == "__main__":

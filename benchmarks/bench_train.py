@@ -84,16 +84,22 @@ def main() -> None:
     train_d, val_d = data.subset(tr), data.subset(va)
     train = Groups(train_d, compute_rewards(train_d, spec), compute_rewards(train_d, spec), feats)
     val = Groups(val_d, compute_rewards(val_d, spec), compute_rewards(val_d, spec), feats)
-    print(f"data: {data.num_queries} queries ({train.num_queries} train / {val.num_queries} val), "
-          f"{args.group_size} sequences x {data.shots} shots, pools {data.pools.shape[1]}, read in {read_s:.2f} s, device {dev}")
+    print(
+        f"data: {data.num_queries} queries ({train.num_queries} train / {val.num_queries} val), "
+        f"{args.group_size} sequences x {data.shots} shots, pools {data.pools.shape[1]}, read in {read_s:.2f} s, device {dev}"
+    )
 
     def stage_time(kind: str) -> float:
         best = float("inf")
         for _ in range(args.epochs):
             model = PointerSelector().to(dev)
-            opt = RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
+            opt = (
+                RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
+            )
             with tempfile.TemporaryDirectory() as d:
-                runner = StageRunner(Stage(kind, kind, 1, opt, opt.lr), Path(d), model, train, val, 0, SelectSpec(), SilentReporter())
+                runner = StageRunner(
+                    Stage(kind, kind, 1, opt, opt.lr), Path(d), model, train, val, 0, SelectSpec(), SilentReporter()
+                )
                 if kind == "grpo":
                     runner.logp_ref = runner._reference_logprobs()
                 if dev.type == "cuda":
@@ -109,7 +115,7 @@ def main() -> None:
     model = PointerSelector().to(dev)
     ref = reference_epoch(model, train, args.reference_queries, 1e-4) * train.num_queries / args.reference_queries
     print(f"{'':34}{'seconds/epoch':>14}")
-    print(f"{'lever RCE epoch (batch %d)' % args.batch_size:34}{rce:>14.3f}")
+    print(f"{f'lever RCE epoch (batch {args.batch_size})':34}{rce:>14.3f}")
     print(f"{'lever GRPO epoch (all sequences)':34}{grpo:>14.3f}")
     print(f"{'reference RCE epoch (1 query/step)':34}{ref:>14.3f}   ({args.reference_queries} queries timed, scaled)")
     print(f"speed-up RCE: {ref / rce:.1f}x   (epochs include the validation loss)")

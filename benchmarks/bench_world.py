@@ -46,11 +46,15 @@ def main() -> None:
 
         data = json.loads(paths.candidates.read_text())
         stats = json.loads(paths.manifest.read_text())["stats"]
-        print(f"candidate data: {stats['queries']} queries, {stats['candidates']} candidates "
-              f"({stats['failed']} eval_failed), groups {stats['group_min']}..{stats['group_max']} "
-              f"(mean {stats['group_mean']})")
-        print(f"  all-negative {100 * stats['all_negative']:.1f}%  all-positive {100 * stats['all_positive']:.1f}%  "
-              f"mixed {100 * stats['mixed']:.1f}%")
+        print(
+            f"candidate data: {stats['queries']} queries, {stats['candidates']} candidates "
+            f"({stats['failed']} eval_failed), groups {stats['group_min']}..{stats['group_max']} "
+            f"(mean {stats['group_mean']})"
+        )
+        print(
+            f"  all-negative {100 * stats['all_negative']:.1f}%  all-positive {100 * stats['all_positive']:.1f}%  "
+            f"mixed {100 * stats['mixed']:.1f}%"
+        )
         sizes = Counter(5 * (len(e["pointer_candidates"]) // 5) for k, e in data.items() if k != "_meta")
         print("  group sizes: " + "  ".join(f"{b}-{b + 4}: {sizes[b]}" for b in sorted(sizes)))
         methods = Counter(c["gen_method"] for k, e in data.items() if k != "_meta" for c in e["pointer_candidates"])
@@ -80,8 +84,10 @@ def main() -> None:
         for q in queries[:200]:
             vlm.answer("val", q, demos[2][q])
         single_ms = 1000 * (time.perf_counter() - start) / 200
-        print(f"simulated VLM: {cfg.n_val} questions x 4 shot counts in {batch_ms:.0f} ms (answer_batch); "
-              f"{single_ms:.2f} ms per single answer()")
+        print(
+            f"simulated VLM: {cfg.n_val} questions x 4 shot counts in {batch_ms:.0f} ms (answer_batch); "
+            f"{single_ms:.2f} ms per single answer()"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

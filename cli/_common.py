@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated
 
 import typer
-from typing_extensions import Annotated
 
 from lever.spec import Workspace, load_workspace
 
 OverrideOpt = Annotated[
-    Optional[List[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a plan key, e.g. -s grpo.lr=5e-5 (TOML values; repeatable)"),
 ]
 

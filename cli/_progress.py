@@ -9,9 +9,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 # Metrics shown in the one-line epoch summary, in order, with their short labels.
 SUMMARY = [
-    ("val/loss", "val"), ("losses/rce", "rce"), ("rce/tau", "tau"), ("losses/ppo", "ppo"), ("kl/value", "kl"),
-    ("kl/beta", "beta"), ("adv/std", "adv_std"), ("adv/max", "adv_max"), ("adv/zero_frac", "zero_adv"),
-    ("policy/clip_frac", "clip"), ("optim/grad_norm", "gnorm"), ("optim/lr", "lr"), ("time/epoch_s", "s"),
+    ("val/loss", "val"),
+    ("losses/rce", "rce"),
+    ("rce/tau", "tau"),
+    ("losses/ppo", "ppo"),
+    ("kl/value", "kl"),
+    ("kl/beta", "beta"),
+    ("adv/std", "adv_std"),
+    ("adv/max", "adv_max"),
+    ("adv/zero_frac", "zero_adv"),
+    ("policy/clip_frac", "clip"),
+    ("optim/grad_norm", "gnorm"),
+    ("optim/lr", "lr"),
+    ("time/epoch_s", "s"),
 ]
 
 
@@ -34,8 +44,14 @@ class RichReporter:
 
     def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None:
         self._close()
-        self.progress = Progress(TextColumn(f"{stage} epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=self.console, transient=True)
+        self.progress = Progress(
+            TextColumn(f"{stage} epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
         self.progress.start()
         self.task = self.progress.add_task("steps", total=steps)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import click
 import typer
@@ -13,9 +12,9 @@ from lever import __version__
 from lever.errors import LeverError
 
 from . import report, run, spec
-from .data import data_app
 from ._common import set_workspace_flag
 from ._console import err_console
+from .data import data_app
 
 app = typer.Typer(
     name="lever",
@@ -36,7 +35,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    workspace: Optional[str] = typer.Option(None, "--workspace", "-w", help="Workspace file (default: $LEVER_WORKSPACE, then ./lever.toml, else the bundled benchmark)"),
+    workspace: str | None = typer.Option(
+        None,
+        "--workspace",
+        "-w",
+        help="Workspace file (default: $LEVER_WORKSPACE, then ./lever.toml, else the bundled benchmark)",
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version"),
 ) -> None:
     set_workspace_flag(workspace)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -28,7 +28,7 @@ def _log(msg: str) -> None:
     err_console.print(msg, highlight=False, soft_wrap=True)
 
 
-def _cache_dir(use: bool) -> Optional[Path]:
+def _cache_dir(use: bool) -> Path | None:
     return workspace().cache_dir / "candidates" if use else None
 
 
@@ -57,10 +57,14 @@ def _candidates_file(ref: str) -> Path:
 @data_app.command("stats")
 def stats(
     file: str = typer.Argument(..., help="Candidate-data JSON file, or a candidate-data name of the workspace (e.g. main)"),
-    plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Also predict what this plan's reward and advantage settings make of the data"),
+    plan: str | None = typer.Option(
+        None, "--plan", "-p", help="Also predict what this plan's reward and advantage settings make of the data"
+    ),
     overrides: OverrideOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables"),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use (and fill) the parsed-data cache in the workspace cache folder"),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Use (and fill) the parsed-data cache in the workspace cache folder"
+    ),
 ) -> None:
     """Queries, sequences, group sizes, outcomes, tiers and reward gaps of a candidate-data file.
 
@@ -105,7 +109,9 @@ def _render_stats(s: dict[str, Any]) -> None:
     console.print(t)
 
     g = s["group_size"]
-    t = _table(f"group sizes (min {g['min']}, mean {g['mean']:.1f}, median {g['median']:g}, max {g['max']})", "size", "queries", "")
+    t = _table(
+        f"group sizes (min {g['min']}, mean {g['mean']:.1f}, median {g['median']:g}, max {g['max']})", "size", "queries", ""
+    )
     for label, n in _bins(g["histogram"]):
         t.add_row(label, str(n), _bar(n, s["queries"]))
     console.print(t)
@@ -118,7 +124,9 @@ def _render_stats(s: dict[str, Any]) -> None:
     console.print(t)
 
     r, gap = s["reward"], s["reward_gap"]
-    t = _table(f"rewards ({r['mode']}) and reward gap per group (max - min)", "", "min", "p10", "p25", "median", "p75", "p90", "max")
+    t = _table(
+        f"rewards ({r['mode']}) and reward gap per group (max - min)", "", "min", "p10", "p25", "median", "p75", "p90", "max"
+    )
     t.add_row("gap", *(_fmt(gap[k]) for k in ("p0", "p10", "p25", "p50", "p75", "p90", "p100")))
     console.print(t)
     console.print(
@@ -163,7 +171,9 @@ def _render_plan(p: dict[str, Any]) -> None:
     console.print(t)
     for st in p["stages"]:
         if st["filter"]:
-            t = _table(f"stage {st['stage']}: its own filter on the training split", "step", "queries dropped", "sequences dropped")
+            t = _table(
+                f"stage {st['stage']}: its own filter on the training split", "step", "queries dropped", "sequences dropped"
+            )
             for row in st["filter"]["steps"]:
                 t.add_row(row["step"], str(row["queries"]), str(row["sequences"]))
             console.print(t)
@@ -217,11 +227,21 @@ def balance(
     out: Path = typer.Argument(..., metavar="OUT", help="File to write (refused if it exists, unless --force)"),
     drop_uniform: bool = typer.Option(True, "--drop-uniform/--keep-uniform", help="Drop groups whose rewards are all equal"),
     drop_failed: bool = typer.Option(True, "--drop-failed/--keep-failed", help="Drop failed evaluations"),
-    positive_ratio: str = typer.Option("0,1", "--positive-ratio", help="Keep groups whose share of correct sequences is in lo,hi"),
-    group_size: Optional[int] = typer.Option(None, "--group-size", help="Drop groups smaller than N, sub-sample larger ones to N (stratified by outcome)"),
-    pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Restrict candidate pools to K items (used items first), remapping pointers"),
-    tiers: Optional[str] = typer.Option(None, "--tiers", help="Keep only these quality tiers, e.g. high,medium"),
-    reward_mode: str = typer.Option("hard_plus_soft", "--reward-mode", help="Reward used for uniformity and tiers: hard_plus_soft, separated, hard_plus_gtprob_plus_rel, hard_only, soft_only"),
+    positive_ratio: str = typer.Option(
+        "0,1", "--positive-ratio", help="Keep groups whose share of correct sequences is in lo,hi"
+    ),
+    group_size: int | None = typer.Option(
+        None, "--group-size", help="Drop groups smaller than N, sub-sample larger ones to N (stratified by outcome)"
+    ),
+    pool_size: int | None = typer.Option(
+        None, "--pool-size", help="Restrict candidate pools to K items (used items first), remapping pointers"
+    ),
+    tiers: str | None = typer.Option(None, "--tiers", help="Keep only these quality tiers, e.g. high,medium"),
+    reward_mode: str = typer.Option(
+        "hard_plus_soft",
+        "--reward-mode",
+        help="Reward used for uniformity and tiers: hard_plus_soft, separated, hard_plus_gtprob_plus_rel, hard_only, soft_only",
+    ),
     hard_weight: float = typer.Option(1.0, "--hard-weight", help="h of the reward"),
     soft_weight: float = typer.Option(1.0, "--soft-weight", help="s of the reward"),
     rel_weight: float = typer.Option(0.1, "--rel-weight", help="rel of the reward (hard_plus_gtprob_plus_rel)"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.markup import escape
@@ -25,7 +24,6 @@ from lever.report.tables import (
 from lever.runs.store import find_plan_runs
 
 from ._common import runs_dir as runs_root
-
 from ._console import console
 
 SPLITS = ("val", "train")
@@ -62,7 +60,7 @@ def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
 
 
 def compare(
-    plans: List[str] = typer.Argument(..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files"),
+    plans: list[str] = typer.Argument(..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files"),
     baseline: str = typer.Option("baseline", "--baseline", "-b", help="The reference plan of every delta"),
     split: str = typer.Option("val", "--split", help="Which evaluation split: val or train"),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON"),
@@ -115,7 +113,7 @@ def _accuracy_rows(run: RunData) -> list[list[str]]:
 
 def report(
     plan: str = typer.Argument(..., help="A plan name (plan5) or file (plans/plan5.toml)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for PNG curves (default: <run>/report)"),
+    out: Path | None = typer.Option(None, "--out", help="Folder for PNG curves (default: <run>/report)"),
 ) -> None:
     """Training curves of one plan: sparklines per metric here, PNG files if matplotlib is installed.
 
@@ -129,15 +127,29 @@ def report(
         raise LeverError(f"plan {pr.name!r} has no runs under {root}", hint=f"run it first: {pr.command}")
     typer.echo(f"{pr.name}  hash {pr.spec_hash}  seeds {len(pr.runs)}")
     for run in pr.runs:
-        rows = [[r.metric, r.stage, r.spark, fmt_num(r.first), fmt_num(r.last), fmt_num(r.lo), fmt_num(r.hi)]
-                for r in spark_rows(run.metrics or [])]
+        rows = [
+            [r.metric, r.stage, r.spark, fmt_num(r.first), fmt_num(r.last), fmt_num(r.lo), fmt_num(r.hi)]
+            for r in spark_rows(run.metrics or [])
+        ]
         if rows:
             _show(f"seed-{run.seed} ({run.state})", ["metric", "stage", "curve", "first", "last", "min", "max"], rows)
         else:
             typer.echo(f"seed-{run.seed} ({run.state}): no metrics.jsonl yet")
-    trows = [[t.plan, str(t.seed), t.state, f"{t.stage} {t.epoch}" if t.stage else "—", t.reason or "—",
-              fmt_num(t.val_loss), fmt_num(t.ppo_loss), fmt_num(t.kl), fmt_num(t.adv_std),
-              ", ".join(t.flags) or "—"] for t in training_rows(pr)]
+    trows = [
+        [
+            t.plan,
+            str(t.seed),
+            t.state,
+            f"{t.stage} {t.epoch}" if t.stage else "—",
+            t.reason or "—",
+            fmt_num(t.val_loss),
+            fmt_num(t.ppo_loss),
+            fmt_num(t.kl),
+            fmt_num(t.adv_std),
+            ", ".join(t.flags) or "—",
+        ]
+        for t in training_rows(pr)
+    ]
     _show("Training (selected checkpoint)", TRAINING_HEADERS, trows)
     acc = [r for run in pr.runs for r in _accuracy_rows(run)]
     if acc:

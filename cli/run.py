@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,11 +24,11 @@ def _plans(args: list[str], overrides: list[str] | None) -> list[LoadedPlan]:
     return [load_plan(ref, sets, workspace().plans_dir) for ref in refs]
 
 
-def _seeds(lp: LoadedPlan, seed: Optional[int]) -> list[int]:
+def _seeds(lp: LoadedPlan, seed: int | None) -> list[int]:
     return [seed] if seed is not None else list(lp.plan.seeds)
 
 
-def _evaluate(lp: LoadedPlan, seed: int, epoch: Optional[int]) -> dict:
+def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
     from lever.eval.distributed import ranks
     from lever.eval.evaluate import evaluate_run
     from lever.runs.run import run_dir_of
@@ -39,12 +38,26 @@ def _evaluate(lp: LoadedPlan, seed: int, epoch: Optional[int]) -> dict:
     run_dir = run_dir_of(ws, lp, seed)
     feats = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, err_console.print).features
     main = ranks().is_main  # under torchrun only rank 0 speaks
-    with Progress(TextColumn(f"evaluating {lp.name} seed {seed}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=not main) as bar:
+    with Progress(
+        TextColumn(f"evaluating {lp.name} seed {seed}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not main,
+    ) as bar:
         task = bar.add_task("eval", total=None)
-        out_dir, summary = evaluate_run(run_dir, lp.plan, ws, seed, epoch=epoch, features_path=feats,
-                                        log=err_console.print if main else lambda m: None,
-                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+        out_dir, summary = evaluate_run(
+            run_dir,
+            lp.plan,
+            ws,
+            seed,
+            epoch=epoch,
+            features_path=feats,
+            log=err_console.print if main else lambda m: None,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     if main:
         _print_summary(lp, seed, summary, out_dir)
     return summary
@@ -69,9 +82,11 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
 
 
 def run(
-    plan: List[str] = typer.Argument(..., help="Plan files or names (several run in order), then optional key.path=value overrides"),
+    plan: list[str] = typer.Argument(
+        ..., help="Plan files or names (several run in order), then optional key.path=value overrides"
+    ),
     overrides: OverrideOpt = None,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Run only this seed (default: every seed in the plan)"),
+    seed: int | None = typer.Option(None, "--seed", help="Run only this seed (default: every seed in the plan)"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the selected checkpoint after training"),
 ) -> None:
     """Train a plan (RCE, GRPO, curriculum phases) into its run directory, then evaluate it and compare with the baseline.
@@ -98,8 +113,10 @@ def run(
         for s in _seeds(lp, seed):
             outcome = run_plan(lp, ws, s, reporter)
             sel = outcome.selected
-            err_console.print(f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
-                              highlight=False)
+            err_console.print(
+                f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
+                highlight=False,
+            )
             if evaluate:
                 _evaluate(lp, s, None)
     others = [lp for lp in plans if lp.name != "baseline"]
@@ -124,10 +141,12 @@ def _baseline_table(plans: list[LoadedPlan]) -> None:
 
 
 def evaluate(
-    plan: List[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
+    plan: list[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
     overrides: OverrideOpt = None,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Evaluate only this seed"),
-    epoch: Optional[int] = typer.Option(None, "--epoch", min=1, help="Use this epoch of the final stage instead of the selected one"),
+    seed: int | None = typer.Option(None, "--seed", help="Evaluate only this seed"),
+    epoch: int | None = typer.Option(
+        None, "--epoch", min=1, help="Use this epoch of the final stage instead of the selected one"
+    ),
 ) -> None:
     """Evaluate a trained plan: the selected checkpoint picks demonstrations for every shot count, the VLM answers.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -14,12 +13,12 @@ from lever.io import write_text
 from lever.spec import diff_specs, flatten, load_plan
 from lever.spec.schema import Plan
 
-from ._console import console
 from ._common import OverrideOpt, plan_args, workspace
+from ._console import console
 
 
 def validate(
-    plans: List[str] = typer.Argument(..., help="Plan files or names; trailing key.path=value pairs override every plan"),
+    plans: list[str] = typer.Argument(..., help="Plan files or names; trailing key.path=value pairs override every plan"),
     overrides: OverrideOpt = None,
 ) -> None:
     """Check plan files against the schema; exit 2 on the first bad one.
@@ -36,7 +35,7 @@ def validate(
 
 
 def show(
-    plan: List[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
+    plan: list[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
     overrides: OverrideOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the resolved spec (and the workspace) as JSON"),
 ) -> None:
@@ -50,8 +49,15 @@ def show(
     ws = workspace()
     lp = load_plan(refs[0], sets, ws.plans_dir)
     if as_json:
-        out = {"name": lp.name, "path": str(lp.path), "hash": lp.hash, "description": lp.plan.description,
-               "extends": [str(p.name) for p in lp.chain[1:]], "spec": lp.recipe(), "workspace": ws.summary()}
+        out = {
+            "name": lp.name,
+            "path": str(lp.path),
+            "hash": lp.hash,
+            "description": lp.plan.description,
+            "extends": [str(p.name) for p in lp.chain[1:]],
+            "spec": lp.recipe(),
+            "workspace": ws.summary(),
+        }
         console.print_json(json.dumps(out, default=str))
         return
     console.print(f"[bold]{lp.name}[/]  [dim]{lp.path}  hash {lp.hash}[/]", highlight=False)
@@ -93,7 +99,7 @@ def diff(
 
 
 def schema(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout"),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file"),
 ) -> None:
     """Print the plan JSON Schema, for editors that check TOML files (e.g. Taplo, Even Better TOML).

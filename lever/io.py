@@ -7,8 +7,9 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from lever.errors import LeverError
 
@@ -79,7 +80,9 @@ def file_lock(path: Path, *, wait: bool, what: str, on_wait: Callable[[str], Non
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             if not wait:
-                raise LeverError(f"{what} is being run by {holder}; wait for it to finish", hint=f"lock file: {path}", exit_code=1) from None
+                raise LeverError(
+                    f"{what} is being run by {holder}; wait for it to finish", hint=f"lock file: {path}", exit_code=1
+                ) from None
             if on_wait:
                 on_wait(f"waiting for {holder}, which holds {what}")
             fcntl.flock(fh, fcntl.LOCK_EX)

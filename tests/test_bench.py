@@ -29,18 +29,21 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> BenchPaths:
 # -- settings -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad, field", [
-    (dict(n_train=-5), "n_train"),
-    (dict(n_train=50, n_queries=10, pool_size=64), "pool_size"),  # pool larger than the train set
-    (dict(shots=65), "shots"),  # shots above the pool size
-    (dict(n_queries=700, n_train=600), "n_queries"),
-    (dict(n_val=0), "n_val"),
-    (dict(group_min=50, group_max=40), "group_max"),
-    (dict(samples_min=5, samples_max=3), "samples_max"),
-    (dict(temperatures=[1.0, 0.0]), "temperatures"),
-    (dict(harmful_share=1.5), "harmful_share"),
-    (dict(pool_size=3, pool_near=1, shots=2, n_train=10, n_queries=5), "group_min"),  # only 3 distinct pairs exist
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(n_train=-5), "n_train"),
+        (dict(n_train=50, n_queries=10, pool_size=64), "pool_size"),  # pool larger than the train set
+        (dict(shots=65), "shots"),  # shots above the pool size
+        (dict(n_queries=700, n_train=600), "n_queries"),
+        (dict(n_val=0), "n_val"),
+        (dict(group_min=50, group_max=40), "group_max"),
+        (dict(samples_min=5, samples_max=3), "samples_max"),
+        (dict(temperatures=[1.0, 0.0]), "temperatures"),
+        (dict(harmful_share=1.5), "harmful_share"),
+        (dict(pool_size=3, pool_near=1, shots=2, n_train=10, n_queries=5), "group_min"),  # only 3 distinct pairs exist
+    ],
+)
 def test_bad_settings_name_the_field(bad: dict, field: str) -> None:
     with pytest.raises(LeverError) as err:
         BenchConfig(**bad)
@@ -108,15 +111,32 @@ def _tiny_state() -> dict:
     """Two train items and one val item in a 2-d latent space, every knob chosen for easy hand arithmetic."""
     h = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     split = {
-        "h": h, "type": torch.tensor([0, 1]), "answer": torch.tensor([0, 1]), "quality": torch.tensor([1.0, -2.0]),
-        "difficulty": torch.tensor([0.5, 0.0]), "sensitivity": torch.tensor([2.0, 1.0]),
-        "options": torch.tensor([[0, 1], [1, 0]]), "option_acc": torch.tensor([[1.0, 0.0], [1.0, 0.0]]),
-        "option_rel": torch.tensor([[1.0, 0.2], [1.0, 0.2]]), "correct_cdf": torch.ones(2, 2),
-        "n_correct": torch.tensor([1, 1]), "n_options": torch.tensor([2, 2]),
+        "h": h,
+        "type": torch.tensor([0, 1]),
+        "answer": torch.tensor([0, 1]),
+        "quality": torch.tensor([1.0, -2.0]),
+        "difficulty": torch.tensor([0.5, 0.0]),
+        "sensitivity": torch.tensor([2.0, 1.0]),
+        "options": torch.tensor([[0, 1], [1, 0]]),
+        "option_acc": torch.tensor([[1.0, 0.0], [1.0, 0.0]]),
+        "option_rel": torch.tensor([[1.0, 0.2], [1.0, 0.2]]),
+        "correct_cdf": torch.ones(2, 2),
+        "n_correct": torch.tensor([1, 1]),
+        "n_options": torch.tensor([2, 2]),
     }
-    params = dict(noise_scale=1.0, base_logit=0.25, relevance_weight=1.0, type_bonus=0.5, answer_bonus=1.0,
-                  quality_weight=0.5, redundancy_weight=2.0, redundancy_threshold=0.5, position_decay=0.5,
-                  shot_bias=[0.0, -0.5], salt=3)
+    params = dict(
+        noise_scale=1.0,
+        base_logit=0.25,
+        relevance_weight=1.0,
+        type_bonus=0.5,
+        answer_bonus=1.0,
+        quality_weight=0.5,
+        redundancy_weight=2.0,
+        redundancy_threshold=0.5,
+        position_decay=0.5,
+        shot_bias=[0.0, -0.5],
+        salt=3,
+    )
     return {"version": 1, "params": params, "vocab": ["yes", "no"], "train": split, "val": split}
 
 
@@ -195,8 +215,21 @@ def test_candidate_data_follows_the_compatibility_format(small: BenchPaths) -> N
     assert data["_meta"]["settings"]["seed"] == 0
     keys = [k for k in data if k != "_meta"]
     assert len(keys) == 80 and keys == sorted(keys, key=int)
-    fields = ["pointer", "pointer_global", "gen_method", "beam_rank", "beam_score", "temperature", "vqa_pred_answer",
-              "vqa_correct", "vqa_acc_score", "vqa_gt_prob", "vqa_rel_score", "vqa_eval_mode", "eval_failed"]
+    fields = [
+        "pointer",
+        "pointer_global",
+        "gen_method",
+        "beam_rank",
+        "beam_score",
+        "temperature",
+        "vqa_pred_answer",
+        "vqa_correct",
+        "vqa_acc_score",
+        "vqa_gt_prob",
+        "vqa_rel_score",
+        "vqa_eval_mode",
+        "eval_failed",
+    ]
     methods, modes = set(), set()
     for key in keys:
         entry = data[key]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from data_cli import run_cli
 
 import lever.data.balance as balance_mod
 from lever.data.balance import BalanceOptions, balance_file
@@ -17,7 +18,6 @@ from lever.data.rewards import raw_rewards
 from lever.data.synthetic import synthetic_records, write_records
 from lever.errors import LeverError
 from lever.spec.schema import RewardSpec, TierRules
-from data_cli import run_cli
 
 QUIET = lambda msg: None  # noqa: E731
 

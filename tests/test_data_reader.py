@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lever.data.candidates import CandidateData
-from lever.errors import LeverError
 from lever.data.reader import load_candidates
 from lever.data.synthetic import synthetic_records, write_records
+from lever.errors import LeverError
 
 QUIET = lambda msg: None  # noqa: E731
 

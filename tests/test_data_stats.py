@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import typer
+from lever_cli.data import data_app
 from typer.testing import CliRunner
 
 from lever.data.reader import load_candidates
 from lever.data.stats import data_stats
 from lever.data.synthetic import write_records
 from lever.errors import LeverError
-from lever_cli.data import data_app
 
 
 def invoke(*args: Any):
@@ -71,7 +71,14 @@ def test_data_stats_figures(tmp_path):
     assert s["failed"] == {"sequences": 1, "queries_all_failed": 0}
     assert s["outcomes"] == {"all_negative": 1, "all_positive": 1, "mixed": 2}
     bins = {b["range"]: b["queries"] for b in s["positive_ratio"]["bins"]}
-    assert bins == {"0 (all negative)": 1, "(0, 0.25]": 0, "(0.25, 0.5]": 1, "(0.5, 0.75]": 1, "(0.75, 1)": 0, "1 (all positive)": 1}
+    assert bins == {
+        "0 (all negative)": 1,
+        "(0, 0.25]": 0,
+        "(0.25, 0.5]": 1,
+        "(0.5, 0.75]": 1,
+        "(0.75, 1)": 0,
+        "1 (all positive)": 1,
+    }
     assert s["tiers"] == {"high": 1, "medium": 0, "low": 3}  # q1 has only 1 positive / 1 negative
     gap = s["reward_gap"]
     assert gap["uniform_groups"] == 2 and gap["p0"] == 0 and gap["p100"] == 2

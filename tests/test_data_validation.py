@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from data_cli import run_cli
 
 from lever.data.synthetic import synthetic_records
-from data_cli import run_cli
 
 
 def base() -> dict[str, Any]:

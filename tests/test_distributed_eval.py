@@ -19,8 +19,20 @@ def test_torchrun_evaluation_equals_single_process(lever, tmp_path):
     plan = [str(ROOT / "plans" / "baseline.toml"), "rce.epochs=1", "eval.questions=30", "eval.shots=[1,3]"]
     assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # gloo over loopback only
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lever_cli", "--workspace", str(ws), "evaluate", *plan]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lever_cli",
+        "--workspace",
+        str(ws),
+        "evaluate",
+        *plan,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         # Two processes on a 2-core CI box: a second, complete attempt (no partial answers kept) guards

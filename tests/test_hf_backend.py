@@ -101,7 +101,7 @@ def test_only_new_tokens_are_decoded(qwen, items, monkeypatch):
     monkeypatch.setattr(be.model, "generate", spy_generate)
     monkeypatch.setattr(be.processor, "batch_decode", spy_decode)
     be.answer(requests(items, 3))
-    assert torch.equal(seen["decoded"], seen["out"][:, seen["prompt_len"]:])
+    assert torch.equal(seen["decoded"], seen["out"][:, seen["prompt_len"] :])
     assert seen["decoded"].shape[0] == 3 and seen["decoded"].shape[1] <= 4
 
 

@@ -14,11 +14,10 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
+from tiny_models import tiny_clip, tiny_qwen, write_okvqa_fixture  # noqa: E402
 
 from lever.eval.clip import clip_features  # noqa: E402
 from lever.eval.okvqa import load_okvqa  # noqa: E402
-
-from tiny_models import tiny_clip, tiny_qwen, write_okvqa_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, POOL = 30, 6, 8
@@ -37,11 +36,25 @@ def candidates(train_ids: list[int]) -> dict:
                 continue
             seen.add(frozenset(ptr))
             acc = [0.0, 0.3, 0.6, 1.0][int(torch.randint(4, (1,), generator=g))]
-            cands.append({"pointer": ptr, "pointer_global": [others[p] for p in ptr], "gen_method": "random",
-                          "vqa_pred_answer": "x", "vqa_correct": int(acc > 0), "vqa_acc_score": acc,
-                          "vqa_gt_prob": 0.5, "vqa_rel_score": 0.5, "vqa_eval_mode": "vqaEval", "eval_failed": False})
-        out[str(q)] = {"query": {"query_id": q, "question_id": train_ids[q]}, "candidate_pool_ids": others,
-                       "pointer_candidates": cands}
+            cands.append(
+                {
+                    "pointer": ptr,
+                    "pointer_global": [others[p] for p in ptr],
+                    "gen_method": "random",
+                    "vqa_pred_answer": "x",
+                    "vqa_correct": int(acc > 0),
+                    "vqa_acc_score": acc,
+                    "vqa_gt_prob": 0.5,
+                    "vqa_rel_score": 0.5,
+                    "vqa_eval_mode": "vqaEval",
+                    "eval_failed": False,
+                }
+            )
+        out[str(q)] = {
+            "query": {"query_id": q, "question_id": train_ids[q]},
+            "candidate_pool_ids": others,
+            "pointer_candidates": cands,
+        }
     return out
 
 
@@ -85,8 +98,14 @@ clip = "clip"
     def backend(ws_, spec, device="cpu"):
         built.append(spec)
         model, processor = tiny_qwen()
-        return HFBackend.from_pretrained_objects(model, processor, device="cpu", batch_size=spec.batch_size,
-                                                 max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams)
+        return HFBackend.from_pretrained_objects(
+            model,
+            processor,
+            device="cpu",
+            batch_size=spec.batch_size,
+            max_new_tokens=spec.max_new_tokens,
+            num_beams=spec.num_beams,
+        )
 
     monkeypatch.setattr(sources, "make_hf_backend", backend)
     return ws, built
@@ -94,9 +113,20 @@ clip = "clip"
 
 def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
     ws, built = real_workspace
-    args = ["--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16",
-            f"eval.questions={N_VAL}", "eval.shots=[1,2]", f"eval.pool_size={POOL}", "eval.batch_size=4",
-            "eval.num_beams=1", "eval.max_new_tokens=3"]
+    args = [
+        "--workspace",
+        ws,
+        "run",
+        ROOT / "plans" / "baseline.toml",
+        "rce.epochs=1",
+        "model.hidden=16",
+        f"eval.questions={N_VAL}",
+        "eval.shots=[1,2]",
+        f"eval.pool_size={POOL}",
+        "eval.batch_size=4",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=3",
+    ]
     res = lever(*args)
     assert res.code == 0, res.text
     (run_dir,) = sorted((ws.parent / "runs" / "baseline").glob("*/seed-0"))
@@ -116,7 +146,10 @@ def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
     assert {r["question_id"] for r in failed} == {1000 + 7 * 3} and "image" in failed[0]["error"].lower()
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["backend"] == "hf" and summary["splits"]["val"]["1"] == {
-        "accuracy": summary["splits"]["val"]["1"]["accuracy"], "n": N_VAL, "failed": 1}
+        "accuracy": summary["splits"]["val"]["1"]["accuracy"],
+        "n": N_VAL,
+        "failed": 1,
+    }
     assert (ws.parent / "cache" / "clip").is_dir()  # val features computed once and cached
     # A second evaluation with the same checkpoint and settings is served from the run, without a model.
     again = lever("--workspace", ws, "evaluate", *args[3:])
@@ -127,7 +160,15 @@ def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
 def test_missing_model_directory_fails_before_any_work(lever, real_workspace):
     ws, _ = real_workspace
     ws.write_text(ws.read_text().replace('vlm = "vlm"', 'vlm = "nowhere"'))
-    res = lever("--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16",
-                f"eval.questions={N_VAL}", f"eval.pool_size={POOL}")
+    res = lever(
+        "--workspace",
+        ws,
+        "run",
+        ROOT / "plans" / "baseline.toml",
+        "rce.epochs=1",
+        "model.hidden=16",
+        f"eval.questions={N_VAL}",
+        f"eval.pool_size={POOL}",
+    )
     assert res.code == 2 and "nowhere" in res.err and "config.json" in res.err
     assert not (ws.parent / "runs").exists()  # refused before training started

@@ -23,7 +23,9 @@ def test_baseline_between_random_and_oracle(lever, tmp_path):
     cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
     ws = tmp_path / "lever.toml"
     ws.write_text(f'runs = "runs"\ncache = "{cache}"\n', encoding="utf-8")
-    res = lever("--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=3", f"eval.questions={N}", "eval.shots=[2]")
+    res = lever(
+        "--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=3", f"eval.questions={N}", "eval.shots=[2]"
+    )
     assert res.code == 0, res.text
     summary = json.loads(next((tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*/summary.json")).read_text())
     trained = summary["splits"]["val"]["2"]["accuracy"]

@@ -25,6 +25,7 @@ def files(tmp_path) -> tuple[Path, Path, Path]:
 
 # --- OK-VQA reader ---
 
+
 def test_sorted_by_question_id_with_positions(files):
     items = load_okvqa(*files, split="val")
     assert [it.question_id for it in items] == [1000, 1007, 1014, 1021, 1028]  # the file lists them reversed
@@ -95,6 +96,7 @@ def test_malformed_entries(files):
 
 # --- CLIP features ---
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     pytest.importorskip("transformers")
@@ -160,4 +162,3 @@ def test_clip_missing_model_dir(tmp_path, files):
     items = load_okvqa(*files, split="val")
     with pytest.raises(LeverError, match="CLIP model directory"):
         clip_mod.cached_clip_features(items, tmp_path / "nope", tmp_path / "c.pt")
-

@@ -44,9 +44,19 @@ PLAN5_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 50, "lr": 5e-6}, "reward"
 PLAN7_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 0, "lr": 5e-6}, "reward": {"mode": "separated"}}
 
 
-def write_run(root: Path, plan: str, seed: int, *, spec: dict, accs: dict[int, list[float]] | None,
-              metrics: list[dict] | None = None, selected: dict | None = None, flags: list[str] | None = None,
-              spec_hash: str = "abc123def456", state: str = "done") -> Path:
+def write_run(
+    root: Path,
+    plan: str,
+    seed: int,
+    *,
+    spec: dict,
+    accs: dict[int, list[float]] | None,
+    metrics: list[dict] | None = None,
+    selected: dict | None = None,
+    flags: list[str] | None = None,
+    spec_hash: str = "abc123def456",
+    state: str = "done",
+) -> Path:
     """Write one seed run dir in the run-directory format; ``accs=None`` leaves it unevaluated."""
     d = root / plan / spec_hash / f"seed-{seed}"
     d.mkdir(parents=True)
@@ -57,8 +67,15 @@ def write_run(root: Path, plan: str, seed: int, *, spec: dict, accs: dict[int, l
         {"stage": "rce", "epoch": 2, "val/loss": 1.5, "losses/rce": 1.6, "rce/tau": 0.5},
     ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    selected = selected or {"stage": "rce", "epoch": 2, "metric": "val/loss", "mode": "min", "value": 1.5,
-                            "reason": "lowest val/loss", "checkpoint": "checkpoints/rce-2"}
+    selected = selected or {
+        "stage": "rce",
+        "epoch": 2,
+        "metric": "val/loss",
+        "mode": "min",
+        "value": 1.5,
+        "reason": "lowest val/loss",
+        "checkpoint": "checkpoints/rce-2",
+    }
     (d / "selected.json").write_text(json.dumps(selected))
     if accs is not None:
         ev = d / "eval" / "sim-k64"
@@ -66,8 +83,18 @@ def write_run(root: Path, plan: str, seed: int, *, spec: dict, accs: dict[int, l
         rows, splits = [], {"val": {}}
         for shots, vals in accs.items():
             for qid, acc in enumerate(vals, start=1):
-                rows.append({"split": "val", "shots": shots, "question_id": qid, "demo_ids": [qid] * shots,
-                             "raw_output": "x", "answer": "x", "accuracy": acc, "failed": False})
+                rows.append(
+                    {
+                        "split": "val",
+                        "shots": shots,
+                        "question_id": qid,
+                        "demo_ids": [qid] * shots,
+                        "raw_output": "x",
+                        "answer": "x",
+                        "accuracy": acc,
+                        "failed": False,
+                    }
+                )
             splits["val"][str(shots)] = {"accuracy": 100 * float(np.mean(vals)), "n": len(vals), "failed": 0}
         (ev / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (ev / "summary.json").write_text(json.dumps({"checkpoint": selected, "backend": "sim", "splits": splits}))
@@ -80,8 +107,15 @@ PLAN5_METRICS = [
     {"stage": "grpo", "epoch": 2, "val/loss": 1.2, "losses/ppo": -0.03, "kl/value": 0.05, "adv/std": 0.006},
     {"stage": "grpo", "epoch": 3, "val/loss": 1.3, "losses/ppo": -0.02, "kl/value": 0.08, "adv/std": 0.004},
 ]
-PLAN5_SELECTED = {"stage": "grpo", "epoch": 2, "metric": "val/loss", "mode": "min", "value": 1.2,
-                  "reason": "lowest val/loss", "checkpoint": "checkpoints/grpo-2"}
+PLAN5_SELECTED = {
+    "stage": "grpo",
+    "epoch": 2,
+    "metric": "val/loss",
+    "mode": "min",
+    "value": 1.2,
+    "reason": "lowest val/loss",
+    "checkpoint": "checkpoints/grpo-2",
+}
 
 
 @pytest.fixture
@@ -89,8 +123,16 @@ def runs(tmp_path: Path) -> Path:
     """baseline (1 seed), plan5 (1 seed, GRPO), plan7_1 (2 seeds), plan6 trained only; plan9 never run."""
     root = tmp_path / "runs"
     write_run(root, "baseline", 0, spec=BASE_SPEC, accs=BASE)
-    write_run(root, "plan5", 0, spec=PLAN5_SPEC, accs=PLAN5, metrics=PLAN5_METRICS, selected=PLAN5_SELECTED,
-              flags=["guardrail: kl above 0.5 at grpo epoch 3"])
+    write_run(
+        root,
+        "plan5",
+        0,
+        spec=PLAN5_SPEC,
+        accs=PLAN5,
+        metrics=PLAN5_METRICS,
+        selected=PLAN5_SELECTED,
+        flags=["guardrail: kl above 0.5 at grpo epoch 3"],
+    )
     for seed, accs in PLAN7_SEED.items():
         write_run(root, "plan7_1", seed, spec=PLAN7_SPEC, accs=accs)
     write_run(root, "plan6", 0, spec=PLAN5_SPEC, accs=None, state="trained")
@@ -179,8 +221,13 @@ def test_best_marks_and_improved_counts(runs: Path):
     cmp = comparison(runs)
     best = {r.label: sorted(n for n, c in r.cells.items() if c.best) for r in cmp.rows}
     # shot 1: plan5 60 and plan7_1 mean 60 tie; shot 3: baseline and plan7_1 50; shot 4: everyone evaluated 20
-    assert best == {"1": ["plan5", "plan7_1"], "2": ["plan5"], "3": ["baseline", "plan7_1"],
-                    "4": ["baseline", "plan5", "plan7_1"], "avg": ["plan5"]}
+    assert best == {
+        "1": ["plan5", "plan7_1"],
+        "2": ["plan5"],
+        "3": ["baseline", "plan7_1"],
+        "4": ["baseline", "plan5", "plan7_1"],
+        "avg": ["plan5"],
+    }
     cols = {c.name: c for c in cmp.plans}
     assert (cols["plan5"].improved, cols["plan5"].improved_significant, cols["plan5"].n_shots) == (2, 1, 4)
     assert (cols["plan7_1"].improved, cols["plan7_1"].improved_significant) == (1, 0)
@@ -312,8 +359,13 @@ def test_sparkline_by_hand():
 
 def test_spark_rows_per_metric_and_stage():
     rows = {(r.metric, r.stage): r for r in spark_rows(PLAN5_METRICS)}
-    assert set(rows) == {("val/loss", "rce"), ("val/loss", "grpo"), ("losses/ppo", "grpo"), ("kl/value", "grpo"),
-                         ("adv/std", "grpo")}
+    assert set(rows) == {
+        ("val/loss", "rce"),
+        ("val/loss", "grpo"),
+        ("losses/ppo", "grpo"),
+        ("kl/value", "grpo"),
+        ("adv/std", "grpo"),
+    }
     r = rows[("val/loss", "grpo")]
     assert (r.first, r.last, r.lo, r.hi) == (1.4, 1.3, 1.2, 1.4)
     assert len(r.spark) == 3

@@ -108,8 +108,18 @@ def test_rce_stage_is_reused_between_plans(lever, ws):
 
 
 def test_absurd_learning_rate_trips_the_guardrail(lever, ws):
-    res = run_cli(lever, "run", PLANS / "plan7.toml", *FAST, "grpo.epochs=3", "grpo.lr=1.0", "grpo.kl.max_kl=0.5",
-                  "grpo.grad_clip=0", "grpo.top_k_schedule=[]", "--no-eval")
+    res = run_cli(
+        lever,
+        "run",
+        PLANS / "plan7.toml",
+        *FAST,
+        "grpo.epochs=3",
+        "grpo.lr=1.0",
+        "grpo.kl.max_kl=0.5",
+        "grpo.grad_clip=0",
+        "grpo.top_k_schedule=[]",
+        "--no-eval",
+    )
     assert res.code == 1, res.text
     assert "grpo epoch 1" in res.err and ("KL" in res.err or "nan" in res.err)
     (run_dir,) = seed_dirs(ws, "plan7")
@@ -121,13 +131,25 @@ def _stage_metrics(ws: Path, name: str) -> list[Path]:
     return sorted((ws / "runs" / "_stages").glob(f"{name}-*/metrics.jsonl"))
 
 
-@pytest.mark.parametrize("plan,stage,overrides", [
-    ("baseline", "rce", ["rce.epochs=4"]),
-    ("plan5", "grpo", ["rce.epochs=1", "grpo.epochs=4", "grpo.lr=1e-4"]),
-])
+@pytest.mark.parametrize(
+    "plan,stage,overrides",
+    [
+        ("baseline", "rce", ["rce.epochs=4"]),
+        ("plan5", "grpo", ["rce.epochs=1", "grpo.epochs=4", "grpo.lr=1e-4"]),
+    ],
+)
 def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path, plan, stage, overrides):
     overrides = [*FAST, *overrides, "--no-eval"]
-    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / f"{plan}.toml"), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lever_cli",
+        "--workspace",
+        os.environ["LEVER_WORKSPACE"],
+        "run",
+        str(PLANS / f"{plan}.toml"),
+        *overrides,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill hard once at least two epochs of the stage are on disk
@@ -153,9 +175,9 @@ def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path, plan, 
 
 def test_second_process_on_the_same_run_refuses(lever, ws):
     from lever.io import file_lock
+    from lever.runs.run import run_dir_of
     from lever.spec import load_plan
     from lever.spec.workspace import load_workspace
-    from lever.runs.run import run_dir_of
 
     lp = load_plan(PLANS / "baseline.toml", FAST)
     run_dir = run_dir_of(load_workspace(os.environ["LEVER_WORKSPACE"]), lp, 0)
@@ -170,7 +192,7 @@ def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
     from lever.spec import load_plan
 
     lp = load_plan(PLANS / f"{plan}.toml")
-    cut = ["rce.epochs=1", "eval.questions=20", "eval.shots=[1,2]", "eval.splits=[\"val\"]"]
+    cut = ["rce.epochs=1", "eval.questions=20", "eval.shots=[1,2]", 'eval.splits=["val"]']
     if lp.plan.grpo.epochs:
         cut.append("grpo.epochs=2")
     cut += [f"phases.{i}.epochs=1" for i in range(len(lp.plan.phases))]
@@ -183,8 +205,17 @@ def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
 
 
 def test_adaptive_beta_and_beam_curriculum_show_in_metrics(lever, ws):
-    res = run_cli(lever, "run", PLANS / "plan5.toml", *FAST, "grpo.epochs=3", "grpo.kl.adaptive.enabled=true",
-                  "grpo.kl.adaptive.low=1e-9", "grpo.kl.adaptive.high=1e-8", "--no-eval")
+    res = run_cli(
+        lever,
+        "run",
+        PLANS / "plan5.toml",
+        *FAST,
+        "grpo.epochs=3",
+        "grpo.kl.adaptive.enabled=true",
+        "grpo.kl.adaptive.low=1e-9",
+        "grpo.kl.adaptive.high=1e-8",
+        "--no-eval",
+    )
     assert res.code == 0, res.text
     (run_dir,) = seed_dirs(ws, "plan5")
     grpo = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "grpo"]
@@ -209,8 +240,9 @@ def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path)
     # The baseline's default rce settings differ from FAST, so name the run through the same overrides.
     (base,) = seed_dirs(ws, "baseline")
     selected = json.loads((base / "selected.json").read_text())
-    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={selected['checkpoint']}",
-                  *grpo_only)
+    res = run_cli(
+        lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={selected['checkpoint']}", *grpo_only
+    )
     assert res.code == 0, res.text
     (p5,) = seed_dirs(ws, "plan5")
     first = json.loads((p5 / "stages.json").read_text())[0]
@@ -264,6 +296,15 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_error(lever, ws):
     assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
     (base,) = seed_dirs(ws, "baseline")
     ckpt = json.loads((base / "selected.json").read_text())["checkpoint"]
-    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={ckpt}",
-                  "model.hidden=128", "rce.epochs=0", "grpo.epochs=1", "--no-eval")
+    res = run_cli(
+        lever,
+        "run",
+        PLANS / "plan5.toml",
+        "start.kind=checkpoint",
+        f"start.checkpoint={ckpt}",
+        "model.hidden=128",
+        "rce.epochs=0",
+        "grpo.epochs=1",
+        "--no-eval",
+    )
     assert res.code == 2 and "does not fit the plan's model" in res.err and "Traceback" not in res.text

@@ -25,8 +25,22 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_every_log_plan_exists():
-    expected = {"baseline", "plan1", "plan2_kl012", "plan2_kl005", "plan3", "plan4", "plan5", "plan6",
-                "plan7", "plan7_1", "plan7_2", "plan5_8", "plan9", "plan10"}
+    expected = {
+        "baseline",
+        "plan1",
+        "plan2_kl012",
+        "plan2_kl005",
+        "plan3",
+        "plan4",
+        "plan5",
+        "plan6",
+        "plan7",
+        "plan7_1",
+        "plan7_2",
+        "plan5_8",
+        "plan9",
+        "plan10",
+    }
     assert expected <= set(PLAN_NAMES)
 
 
@@ -102,8 +116,9 @@ def test_deep_merge_replaces_lists():
 
 
 def test_overrides_are_toml_typed(plans_dir):
-    lp = load_plan(plans_dir / "plan5.toml", ["grpo.lr=1e-5", "eval.shots=[1,2]", "data.candidates=balanced",
-                                              "grpo.ppo_clip=false"])
+    lp = load_plan(
+        plans_dir / "plan5.toml", ["grpo.lr=1e-5", "eval.shots=[1,2]", "data.candidates=balanced", "grpo.ppo_clip=false"]
+    )
     assert lp.plan.grpo.lr == 1e-5
     assert lp.plan.eval.shots == [1, 2]
     assert lp.plan.data.candidates == "balanced"
@@ -146,10 +161,16 @@ BAD = [
     ("epsilon outside (0,1)", 'description = "x"\n[grpo]\neps_high = 1.5\n', ["grpo.eps_high", "less than 1"]),
     ("shots outside 1-8", 'description = "x"\n[eval]\nshots = [1, 9]\n', ["eval", "1..8", "[9]"]),
     ("bad reward mode", 'description = "x"\n[reward]\nmode = "hard_plus"\n', ["reward.mode", "hard_plus_soft"]),
-    ("phases with grpo.epochs", 'description = "x"\n[grpo]\nepochs = 3\n[[phases]]\nname = "a"\nepochs = 2\n',
-     ["grpo.epochs = 3 conflicts with phases"]),
-    ("adaptive beta from 0", 'description = "x"\n[grpo]\nepochs = 1\n[grpo.kl]\nbeta = 0\n[grpo.kl.adaptive]\nenabled = true\n',
-     ["adaptive", "beta > 0"]),
+    (
+        "phases with grpo.epochs",
+        'description = "x"\n[grpo]\nepochs = 3\n[[phases]]\nname = "a"\nepochs = 2\n',
+        ["grpo.epochs = 3 conflicts with phases"],
+    ),
+    (
+        "adaptive beta from 0",
+        'description = "x"\n[grpo]\nepochs = 1\n[grpo.kl]\nbeta = 0\n[grpo.kl.adaptive]\nenabled = true\n',
+        ["adaptive", "beta > 0"],
+    ),
     ("start plan without name", 'description = "x"\n[start]\nkind = "plan"\n', ["start", "needs plan"]),
     ("nothing to train", 'description = "x"\n[rce]\nepochs = 0\n', ["nothing to train"]),
     ("invalid TOML", 'description = "x"\n[grpo\nlr = 1\n', ["invalid TOML", "line 2"]),

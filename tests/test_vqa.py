@@ -19,18 +19,22 @@ def answers(k: int, word: str = "cat") -> list[str]:
 
 # --- accuracy: min(1, matches among the other 9 / 3), averaged over the 10 annotators ---
 
-@pytest.mark.parametrize("k, expected", [
-    (0, 0.0),  # nobody matches
-    # 1 match: that annotator sees 0 others -> 0; the 9 others see 1 -> 1/3 each. (0 + 9/3) / 10 = 0.3
-    (1, 0.3),
-    # 2 matches: those 2 see 1 -> 1/3; the 8 others see 2 -> 2/3. (2/3 + 16/3) / 10 = 6/10 = 0.6
-    (2, 0.6),
-    # 3 matches: those 3 see 2 -> 2/3; the 7 others see 3 -> 1. (3 * 2/3 + 7) / 10 = 9/10 = 0.9
-    (3, 0.9),
-    # 4 matches: those 4 see 3 -> 1; the 6 others see 4 -> min(1, 4/3) = 1. 10/10 = 1.0
-    (4, 1.0),
-    (10, 1.0),  # everyone sees 9 -> 1
-])
+
+@pytest.mark.parametrize(
+    "k, expected",
+    [
+        (0, 0.0),  # nobody matches
+        # 1 match: that annotator sees 0 others -> 0; the 9 others see 1 -> 1/3 each. (0 + 9/3) / 10 = 0.3
+        (1, 0.3),
+        # 2 matches: those 2 see 1 -> 1/3; the 8 others see 2 -> 2/3. (2/3 + 16/3) / 10 = 6/10 = 0.6
+        (2, 0.6),
+        # 3 matches: those 3 see 2 -> 2/3; the 7 others see 3 -> 1. (3 * 2/3 + 7) / 10 = 9/10 = 0.9
+        (3, 0.9),
+        # 4 matches: those 4 see 3 -> 1; the 6 others see 4 -> min(1, 4/3) = 1. 10/10 = 1.0
+        (4, 1.0),
+        (10, 1.0),  # everyone sees 9 -> 1
+    ],
+)
 def test_accuracy_counts(k, expected):
     assert vqa_accuracy("cat", answers(k)) == pytest.approx(expected)
 
@@ -43,23 +47,27 @@ def test_accuracy_is_a_fraction_of_one_and_needs_answers():
 
 # --- normalisation of the prediction ---
 
-@pytest.mark.parametrize("raw, norm", [
-    ("Two", "2"),               # number words to digits, after lower-casing
-    ("none", "0"),
-    ("  Ten\t", "10"),          # tabs/newlines become spaces, then strip
-    ("the dog", "dog"),         # articles dropped
-    ("A Dog.", "dog"),          # article + final period
-    ("an apple", "apple"),
-    ("dont", "don't"),          # contraction table
-    ("isnt", "isn't"),
-    ("1,000", "1000"),          # a comma between digits: every mark in the text is deleted
-    ("yes,no", "yes no"),       # a comma touching no space becomes a space
-    ("hot-dog", "hot dog"),
-    ("hot - dog", "hot dog"),   # a mark touching a space is deleted; split() drops the double space
-    ("2.5", "2.5"),             # a period followed by a digit stays (decimal)
-    ("u.s.a.", "usa"),          # every other period goes
-    ("what?!", "what"),         # "?" and "!" become spaces at the end, then split() drops them
-])
+
+@pytest.mark.parametrize(
+    "raw, norm",
+    [
+        ("Two", "2"),  # number words to digits, after lower-casing
+        ("none", "0"),
+        ("  Ten\t", "10"),  # tabs/newlines become spaces, then strip
+        ("the dog", "dog"),  # articles dropped
+        ("A Dog.", "dog"),  # article + final period
+        ("an apple", "apple"),
+        ("dont", "don't"),  # contraction table
+        ("isnt", "isn't"),
+        ("1,000", "1000"),  # a comma between digits: every mark in the text is deleted
+        ("yes,no", "yes no"),  # a comma touching no space becomes a space
+        ("hot-dog", "hot dog"),
+        ("hot - dog", "hot dog"),  # a mark touching a space is deleted; split() drops the double space
+        ("2.5", "2.5"),  # a period followed by a digit stays (decimal)
+        ("u.s.a.", "usa"),  # every other period goes
+        ("what?!", "what"),  # "?" and "!" become spaces at the end, then split() drops them
+    ],
+)
 def test_normalize_answer(raw, norm):
     assert normalize_answer(raw) == norm
 
@@ -77,6 +85,7 @@ def test_prediction_is_normalised_before_matching():
 
 
 # --- the quirk: human answers are punctuation-processed only when not all identical ---
+
 
 def test_identical_human_answers_are_not_processed():
     # All 10 say "hot-dog": they stay "hot-dog", while the prediction becomes "hot dog" -> 0.
@@ -97,26 +106,30 @@ def test_human_answers_get_no_digit_step():
 
 # --- post-processing of the generated text ---
 
-@pytest.mark.parametrize("raw, out", [
-    ("paris Question: what", "paris"),
-    (" blue Answer:red", "blue"),
-    ("dog Short answer: cat", "dog"),
-    ("red, white and blue", "red"),         # cut at the first ", "
-    ("1,000 people", "1,000 people"),       # a comma without a space does not cut
-    ("  \n tennis  ", "tennis"),
-    ("a question", "a question"),           # the cut words are case-sensitive
-    ("Question: nothing first", ""),
-    ("", ""),
-])
+
+@pytest.mark.parametrize(
+    "raw, out",
+    [
+        ("paris Question: what", "paris"),
+        (" blue Answer:red", "blue"),
+        ("dog Short answer: cat", "dog"),
+        ("red, white and blue", "red"),  # cut at the first ", "
+        ("1,000 people", "1,000 people"),  # a comma without a space does not cut
+        ("  \n tennis  ", "tennis"),
+        ("a question", "a question"),  # the cut words are case-sensitive
+        ("Question: nothing first", ""),
+        ("", ""),
+    ],
+)
 def test_postprocess(raw, out):
     assert postprocess(raw) == out
 
 
 # --- backend helpers ---
 
+
 def item(i: int, image: str | None = "img.jpg", ans: list[str] | None = None) -> Item:
-    return Item(index=i, question_id=100 + i, image_id=200 + i, question=f"q{i}?",
-                answers=ans or [f"a{i}"] * 10, image=image)
+    return Item(index=i, question_id=100 + i, image_id=200 + i, question=f"q{i}?", answers=ans or [f"a{i}"] * 10, image=image)
 
 
 def test_demo_answer_most_frequent_first_seen_on_ties():
@@ -127,8 +140,7 @@ def test_demo_answer_most_frequent_first_seen_on_ties():
 
 
 def test_prompt_parts_alternate_images_and_texts():
-    req = Request("val", query=item(9, image="q.jpg"),
-                  demos=[item(1, image="d1.jpg"), item(2, image=None, ans=["two"] * 10)])
+    req = Request("val", query=item(9, image="q.jpg"), demos=[item(1, image="d1.jpg"), item(2, image=None, ans=["two"] * 10)])
     assert build_prompt_parts(req) == [
         {"type": "image", "image": "d1.jpg"},
         {"type": "text", "text": "Question:q1? Short answer:a1"},
@@ -140,7 +152,9 @@ def test_prompt_parts_alternate_images_and_texts():
 
 def test_zero_shot_prompt_is_the_query_alone():
     assert build_prompt_parts(Request("val", item(3))) == [
-        {"type": "image", "image": "img.jpg"}, {"type": "text", "text": "Question:q3? Short answer:"}]
+        {"type": "image", "image": "img.jpg"},
+        {"type": "text", "text": "Question:q3? Short answer:"},
+    ]
 
 
 def test_item_from_record():

@@ -16,13 +16,25 @@ import numpy as np
 import torch
 
 QUESTIONS = [
-    "What sport can you use this for?", "What is the man holding?", "Which country is this in?",
-    "What season is it?", "What is this animal called?", "What brand is shown?",
-    "How many wheels does it have?", "What is the food on the plate?",
+    "What sport can you use this for?",
+    "What is the man holding?",
+    "Which country is this in?",
+    "What season is it?",
+    "What is this animal called?",
+    "What brand is shown?",
+    "How many wheels does it have?",
+    "What is the food on the plate?",
 ]
 
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-                 "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 # Qwen2.5-VL-Instruct's released chat template (its video branch and vision ids kept).
 QWEN_CHAT_TEMPLATE = (
@@ -47,8 +59,17 @@ QWEN_CHAT_TEMPLATE = (
 GEN_PROMPT = "<|im_end|>\n<|im_start|>assistant\n"  # what a rendered prompt ends with
 
 
-def byte_tokenizer(specials: list[str], *, eos: str, pad: str, bos: str | None = None, wrap: bool = False,
-                   corpus: list[str] = (), vocab_size: int = 512, model_max_length: int = 512) -> Any:
+def byte_tokenizer(
+    specials: list[str],
+    *,
+    eos: str,
+    pad: str,
+    bos: str | None = None,
+    wrap: bool = False,
+    corpus: list[str] = (),
+    vocab_size: int = 512,
+    model_max_length: int = 512,
+) -> Any:
     """Byte-level BPE tokenizer: the special tokens (ids 0..), the 256 byte symbols, and merges
     learnt in code from `corpus` (none when it is empty), so prompts get realistic token counts.
 
@@ -61,15 +82,16 @@ def byte_tokenizer(specials: list[str], *, eos: str, pad: str, bos: str | None =
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=ByteLevel.alphabet(),
-                                  special_tokens=specials, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=ByteLevel.alphabet(), special_tokens=specials, show_progress=False
+    )
     tok.train_from_iterator(list(corpus) or [""], trainer=trainer)  # deterministic for a given corpus
     if wrap:
         ids = {s: tok.token_to_id(s) for s in (bos, eos)}
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A {eos}", special_tokens=list(ids.items()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, bos_token=bos,
-                                   model_max_length=model_max_length)
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=list(ids.items()))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token=pad, bos_token=bos, model_max_length=model_max_length
+    )
 
 
 @cache
@@ -104,16 +126,36 @@ def tiny_qwen(seed: int = 0, layers: int = 2, init: float = 0.5) -> tuple[Any, A
     processor = image_only_qwen_processor_class()(image_processor=images, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, initializer_range=init,
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=1024,
+            initializer_range=init,
             # head_dim 16 -> 8 rotary frequencies, split over (time, height, width)
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            bos_token_id=sid["<|endoftext|>"], eos_token_id=sid["<|im_end|>"], pad_token_id=sid["<|endoftext|>"]),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[0]),
-        image_token_id=sid["<|image_pad|>"], video_token_id=sid["<|video_pad|>"],
-        vision_start_token_id=sid["<|vision_start|>"], vision_end_token_id=sid["<|vision_end|>"],
+            bos_token_id=sid["<|endoftext|>"],
+            eos_token_id=sid["<|im_end|>"],
+            pad_token_id=sid["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=32,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[0],
+        ),
+        image_token_id=sid["<|image_pad|>"],
+        video_token_id=sid["<|video_pad|>"],
+        vision_start_token_id=sid["<|vision_start|>"],
+        vision_end_token_id=sid["<|vision_end|>"],
     )
     torch.manual_seed(seed)
     return Qwen2_5_VLForConditionalGeneration(config).eval(), processor
@@ -123,16 +165,32 @@ def tiny_clip(seed: int = 0, projection_dim: int = 16) -> tuple[Any, Any]:
     """(model, processor): a random CLIP (hidden 32, 1 layer per tower, 32x32 images, patch 8)."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
-    tok = byte_tokenizer(["<|endoftext|>", "<|startoftext|>"], eos="<|endoftext|>", pad="<|endoftext|>",
-                         bos="<|startoftext|>", wrap=True, corpus=QUESTIONS, model_max_length=77)
+    tok = byte_tokenizer(
+        ["<|endoftext|>", "<|startoftext|>"],
+        eos="<|endoftext|>",
+        pad="<|endoftext|>",
+        bos="<|startoftext|>",
+        wrap=True,
+        corpus=QUESTIONS,
+        model_max_length=77,
+    )
     eos, bos = tok.convert_tokens_to_ids(["<|endoftext|>", "<|startoftext|>"])
     images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77,
-                         eos_token_id=eos, bos_token_id=bos, pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            eos_token_id=eos,
+            bos_token_id=bos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+        ),
         projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
@@ -147,8 +205,9 @@ def random_image(path: Path, seed: int, size: tuple[int, int] = (48, 64)) -> Non
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
 
 
-def write_okvqa_fixture(root: Path, n: int = 6, split: str = "val2014",
-                        skip_images: tuple[int, ...] = ()) -> tuple[Path, Path, Path]:
+def write_okvqa_fixture(
+    root: Path, n: int = 6, split: str = "val2014", skip_images: tuple[int, ...] = ()
+) -> tuple[Path, Path, Path]:
     """Official-format OK-VQA files for n questions, written in shuffled order, plus COCO-named images.
 
     Question i has question_id 1000 + 7*i, image_id 500 + i and 10 answers (5 distinct,
@@ -165,10 +224,19 @@ def write_okvqa_fixture(root: Path, n: int = 6, split: str = "val2014",
         qid, image_id = 1000 + 7 * i, 500 + i
         questions.append({"image_id": image_id, "question": QUESTIONS[i % len(QUESTIONS)], "question_id": qid})
         words = [f"ans{i}", f"alt{i}", "other", "thing", "stuff"]
-        answers = [{"answer": w, "answer_id": k + 1, "raw_answer": w, "answer_confidence": "yes"}
-                   for k, w in enumerate(words * 2)]
-        annotations.append({"question_id": qid, "image_id": image_id, "answers": answers,
-                            "question_type": "other", "answer_type": "other", "confidence": 3})
+        answers = [
+            {"answer": w, "answer_id": k + 1, "raw_answer": w, "answer_confidence": "yes"} for k, w in enumerate(words * 2)
+        ]
+        annotations.append(
+            {
+                "question_id": qid,
+                "image_id": image_id,
+                "answers": answers,
+                "question_type": "other",
+                "answer_type": "other",
+                "confidence": 3,
+            }
+        )
         if i not in skip_images:
             random_image(image_dir / f"COCO_{split}_{image_id:012d}.jpg", seed=i)
     qpath, apath = root / f"OpenEnded_mscoco_{split}_questions.json", root / f"mscoco_{split}_annotations.json"

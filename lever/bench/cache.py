@@ -72,8 +72,9 @@ def ensure_bench(cache_root: Path, cfg: BenchConfig | None = None, log: Callable
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".bench-{cfg.key()}.tmp-", dir=cache_root))
     except OSError as err:
-        raise LeverError(f"cannot create the benchmark cache in {cache_root}: {err.strerror}",
-                         hint="choose a writable cache directory") from None
+        raise LeverError(
+            f"cannot create the benchmark cache in {cache_root}: {err.strerror}", hint="choose a writable cache directory"
+        ) from None
     _remove_stale(cache_root)
     start = time.perf_counter()
     try:
@@ -82,8 +83,10 @@ def ensure_bench(cache_root: Path, cfg: BenchConfig | None = None, log: Callable
         shutil.rmtree(tmp, ignore_errors=True)  # also on Ctrl-C: leave nothing half-made
         raise
     _move_into_place(tmp, target)
-    log(f"generating the bundled benchmark (seed {cfg.seed}, {cfg.n_queries} queries) into {target} "
-        f"... done in {time.perf_counter() - start:.1f} s")
+    log(
+        f"generating the bundled benchmark (seed {cfg.seed}, {cfg.n_queries} queries) into {target} "
+        f"... done in {time.perf_counter() - start:.1f} s"
+    )
     return paths
 
 
@@ -92,7 +95,8 @@ def is_complete(root: Path) -> bool:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
         return manifest["generator_version"] == GENERATOR_VERSION and all(
-            (root / name).stat().st_size == meta["bytes"] for name, meta in manifest["files"].items())
+            (root / name).stat().st_size == meta["bytes"] for name, meta in manifest["files"].items()
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -113,8 +117,13 @@ def write_bench(cfg: BenchConfig, root: Path) -> dict[str, Any]:
     for name in FILES.values():
         data = (root / name).read_bytes()
         files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {"generator_version": GENERATOR_VERSION, "key": cfg.key(), "settings": cfg.model_dump(),
-                "files": files, "stats": candidate_stats(candidates)}
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "key": cfg.key(),
+        "settings": cfg.model_dump(),
+        "files": files,
+        "stats": candidate_stats(candidates),
+    }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -134,11 +143,17 @@ def candidate_stats(data: dict[str, Any]) -> dict[str, Any]:
         neg += sum(ok) == 0
         pos += sum(ok) == len(ok)
     n = max(len(sizes), 1)
-    return {"queries": len(sizes), "candidates": n_cands, "failed": n_failed,
-            "all_negative": round(neg / n, 4), "all_positive": round(pos / n, 4),
-            "mixed": round(1 - (neg + pos) / n, 4),
-            "group_min": min(sizes, default=0), "group_max": max(sizes, default=0),
-            "group_mean": round(sum(sizes) / n, 2)}
+    return {
+        "queries": len(sizes),
+        "candidates": n_cands,
+        "failed": n_failed,
+        "all_negative": round(neg / n, 4),
+        "all_positive": round(pos / n, 4),
+        "mixed": round(1 - (neg + pos) / n, 4),
+        "group_min": min(sizes, default=0),
+        "group_max": max(sizes, default=0),
+        "group_mean": round(sum(sizes) / n, 2),
+    }
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:
@@ -159,8 +174,10 @@ def _move_into_place(tmp: Path, target: Path) -> None:
             except OSError:
                 pass
     shutil.rmtree(tmp, ignore_errors=True)
-    raise LeverError(f"cannot move the generated benchmark into {target}",
-                     hint="check the cache directory's permissions, or delete it and retry")
+    raise LeverError(
+        f"cannot move the generated benchmark into {target}",
+        hint="check the cache directory's permissions, or delete it and retry",
+    )
 
 
 def _remove_stale(cache_root: Path, max_age_s: float = 3600.0) -> None:

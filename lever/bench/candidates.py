@@ -37,7 +37,7 @@ def make_candidates(cfg: BenchConfig, world: World, vlm: SimVLM) -> dict[str, An
     """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1)  # its own stream, independent of the world's draws
     x = world.train.features  # [N, dim]
-    queries = torch.randperm(cfg.n_train, generator=g)[:cfg.n_queries].sort().values  # [Q]
+    queries = torch.randperm(cfg.n_train, generator=g)[: cfg.n_queries].sort().values  # [Q]
     pools, cos = make_pools(x[queries], x, cfg.pool_size, cfg.pool_near, g, exclude=queries)  # [Q, K] each
     logits = cos / cfg.policy_scale
 
@@ -65,17 +65,23 @@ def make_candidates(cfg: BenchConfig, world: World, vlm: SimVLM) -> dict[str, An
             cands.append(_record(prop, flat_demos[j], scores[j], edge[j], cfg.edge_case_share, item["answers"]))
             j += 1
         out[str(item["index"])] = {
-            "query": {"query_id": item["index"], "question_id": item["question_id"], "image_id": item["image_id"],
-                      "question": item["question"], "gt_answers_raw": item["answers"],
-                      "gt_answers_norm": item["answers"]},  # answers are already in normal form
+            "query": {
+                "query_id": item["index"],
+                "question_id": item["question_id"],
+                "image_id": item["image_id"],
+                "question": item["question"],
+                "gt_answers_raw": item["answers"],
+                "gt_answers_norm": item["answers"],
+            },  # answers are already in normal form
             "candidate_pool_ids": pool_list[qi],
             "pointer_candidates": cands,
         }
     return out
 
 
-def make_pools(query_x: torch.Tensor, x: torch.Tensor, size: int, near: int, g: torch.Generator,
-               exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def make_pools(
+    query_x: torch.Tensor, x: torch.Tensor, size: int, near: int, g: torch.Generator, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pools [Q, size] of train indices (the `near` most similar items plus random ones, shuffled) and their cosines.
 
     query_x: [Q, dim] and x: [N, dim] L2-normalised features; exclude: [Q] a train index per query kept out
@@ -144,17 +150,16 @@ def _sources(cfg: BenchConfig, logits: torch.Tensor, g: torch.Generator) -> list
     ranking = logits.argsort(dim=1, descending=True).tolist()  # [Q, K] most similar first
     for qi in range(n_q):
         blocks = min(cfg.retrieval, k // cfg.shots)
-        props[qi] += [Proposal(tuple(ranking[qi][b * cfg.shots:(b + 1) * cfg.shots]), "retrieval")
-                      for b in range(blocks)]
+        props[qi] += [Proposal(tuple(ranking[qi][b * cfg.shots : (b + 1) * cfg.shots]), "retrieval") for b in range(blocks)]
     for tau in cfg.temperatures:
         counts = torch.randint(cfg.samples_min, cfg.samples_max + 1, (n_q,), generator=g).tolist()
         seqs = sample_sequences(logits, cfg.samples_max, cfg.shots, tau, g).tolist()
         for qi in range(n_q):
-            props[qi] += [Proposal(tuple(s), "sample", temperature=tau) for s in seqs[qi][:counts[qi]]]
+            props[qi] += [Proposal(tuple(s), "sample", temperature=tau) for s in seqs[qi][: counts[qi]]]
     counts = torch.randint(cfg.random_min, cfg.random_max + 1, (n_q,), generator=g).tolist()
     seqs = _random_sequences(n_q, cfg.random_max, k, cfg.shots, g).tolist()
     for qi in range(n_q):
-        props[qi] += [Proposal(tuple(s), "random") for s in seqs[qi][:counts[qi]]]
+        props[qi] += [Proposal(tuple(s), "random") for s in seqs[qi][: counts[qi]]]
     return props
 
 
@@ -180,20 +185,36 @@ def _dedupe(cfg: BenchConfig, proposals: list[Proposal], fill: list[list[int]]) 
             if len(group) >= cfg.group_min:
                 break
             add(Proposal(s, "random"))
-    return group[:cfg.group_max]
+    return group[: cfg.group_max]
 
 
-def _record(prop: Proposal, demos: list[int], score: dict[str, Any], edge: list[float], edge_share: float,
-            answers: list[str]) -> dict[str, Any]:
+def _record(
+    prop: Proposal, demos: list[int], score: dict[str, Any], edge: list[float], edge_share: float, answers: list[str]
+) -> dict[str, Any]:
     """One pointer candidate with the DOMAIN.md field names, in a fixed key order."""
-    rec = {"pointer": list(prop.pointer), "pointer_global": demos, "gen_method": prop.method,
-           "beam_rank": prop.beam_rank, "beam_score": prop.beam_score, "temperature": prop.temperature,
-           **score, "vqa_eval_mode": "vqaEval", "eval_failed": False}
+    rec = {
+        "pointer": list(prop.pointer),
+        "pointer_global": demos,
+        "gen_method": prop.method,
+        "beam_rank": prop.beam_rank,
+        "beam_score": prop.beam_score,
+        "temperature": prop.temperature,
+        **score,
+        "vqa_eval_mode": "vqaEval",
+        "eval_failed": False,
+    }
     if edge[0] < edge_share:
         # Realistic failures: the scorer crashed ("error"), or fell back to exact match with the top answer.
         if edge[1] < 0.5:
-            rec.update(vqa_pred_answer="", vqa_correct=0, vqa_acc_score=0.0, vqa_gt_prob=0.0, vqa_rel_score=0.0,
-                       vqa_eval_mode="error", eval_failed=True)
+            rec.update(
+                vqa_pred_answer="",
+                vqa_correct=0,
+                vqa_acc_score=0.0,
+                vqa_gt_prob=0.0,
+                vqa_rel_score=0.0,
+                vqa_eval_mode="error",
+                eval_failed=True,
+            )
         else:
             hit = int(rec["vqa_pred_answer"] == max(answers, key=answers.count))
             rec.update(vqa_correct=hit, vqa_acc_score=float(hit), vqa_eval_mode="fallback", eval_failed=True)

@@ -31,59 +31,61 @@ class BenchConfig(BaseModel, extra="forbid"):
 
     # -- candidate data -----------------------------------------------------------------------
     pool_size: int = Field(64, description="Candidate pool size K per training query.")
-    pool_near: int = Field(32,
-        description="Pool items taken as nearest neighbours by feature cosine; the rest are random train items.")
+    pool_near: int = Field(
+        32, description="Pool items taken as nearest neighbours by feature cosine; the rest are random train items."
+    )
     shots: int = Field(2, description="Sequence length (demonstrations per candidate sequence).")
     group_min: int = Field(10, description="Fewest candidate sequences per query (random ones are added below it).")
     group_max: int = Field(40, description="Most candidate sequences per query (later sources are cut above it).")
-    policy_scale: float = Field(0.1,
-        description="The sampling policy is softmax(cosine / policy_scale), like the pointer network.")
+    policy_scale: float = Field(
+        0.1, description="The sampling policy is softmax(cosine / policy_scale), like the pointer network."
+    )
     beam_width: int = Field(5, description="Sequences from beam search over the similarity policy.")
-    retrieval: int = Field(2,
-        description="Sequences of consecutive blocks of the similarity ranking (ranks 0..s-1, s..2s-1, ...).")
+    retrieval: int = Field(
+        2, description="Sequences of consecutive blocks of the similarity ranking (ranks 0..s-1, s..2s-1, ...)."
+    )
     temperatures: list[float] = Field([1.0, 1.3], description="Sampling temperatures of the similarity policy.")
     samples_min: int = Field(2, description="Fewest samples per temperature and query (drawn uniformly in [min, max]).")
     samples_max: int = Field(16, description="Most samples per temperature and query.")
     random_min: int = Field(1, description="Fewest uniformly random sequences per query.")
     random_max: int = Field(10, description="Most uniformly random sequences per query.")
-    edge_case_share: float = Field(0.01,
-        description="Share of candidates marked eval_failed (vqa_eval_mode 'error' or 'fallback').")
+    edge_case_share: float = Field(
+        0.01, description="Share of candidates marked eval_failed (vqa_eval_mode 'error' or 'fallback')."
+    )
 
     # -- latent world -------------------------------------------------------------------------
     n_topics: int = Field(40, description="Latent topics (scene clusters).")
     latent_dim: int = Field(32, description="Dimension of the latent item vector h.")
     topic_spread: float = Field(0.6, description="Within-topic noise of h (larger = looser clusters).")
-    type_topic_coupling: float = Field(0.6,
-        description="Probability that an item's answer type is its topic's dominant type.")
-    feat_common: float = Field(0.6,
-        description="Weight of the direction shared by all features (CLIP features share one too).")
-    feat_noise: float = Field(0.6,
-        description="Weight of the per-item feature noise (hides part of h from the features).")
+    type_topic_coupling: float = Field(0.6, description="Probability that an item's answer type is its topic's dominant type.")
+    feat_common: float = Field(0.6, description="Weight of the direction shared by all features (CLIP features share one too).")
+    feat_noise: float = Field(0.6, description="Weight of the per-item feature noise (hides part of h from the features).")
     type_visibility: float = Field(0.3, description="Weight of the answer-type direction in the features.")
-    quality_visibility: float = Field(0.02,
-        description="Weight of the demonstration-quality direction in the features (weak on purpose).")
+    quality_visibility: float = Field(
+        0.02, description="Weight of the demonstration-quality direction in the features (weak on purpose)."
+    )
     harmful_share: float = Field(0.08, description="Share of train items that are harmful demonstrations.")
     harmful_quality: float = Field(-4.0, description="Quality of a harmful demonstration (others are N(0, 1)).")
 
     # -- simulated VLM ------------------------------------------------------------------------
-    noise_scale: float = Field(0.6,
-        description="Scale of the prompt-sensitivity noise: correct iff u < sigmoid(logit / noise_scale).")
+    noise_scale: float = Field(
+        0.6, description="Scale of the prompt-sensitivity noise: correct iff u < sigmoid(logit / noise_scale)."
+    )
     base_logit: float = Field(-0.4, description="Logit of p(correct) for an average question before demonstrations.")
     difficulty_sd: float = Field(1.1, description="Standard deviation of question difficulty (logit units).")
-    unknown_share: float = Field(0.18,
-        description="Share of questions the VLM lacks the knowledge for (difficulty raised by unknown_penalty).")
+    unknown_share: float = Field(
+        0.18, description="Share of questions the VLM lacks the knowledge for (difficulty raised by unknown_penalty)."
+    )
     unknown_penalty: float = Field(6.0, description="Extra difficulty of an unknown question (logit units).")
-    sensitivity_sd: float = Field(0.5,
-        description="Log-normal spread of how much a question reacts to its demonstrations.")
-    relevance_weight: float = Field(0.8,
-        description="Weight of latent relevance cos(h_q, h_j) in a demonstration's value.")
+    sensitivity_sd: float = Field(0.5, description="Log-normal spread of how much a question reacts to its demonstrations.")
+    relevance_weight: float = Field(0.8, description="Weight of latent relevance cos(h_q, h_j) in a demonstration's value.")
     type_bonus: float = Field(0.3, description="Relevance bonus when a demonstration has the question's answer type.")
-    answer_bonus: float = Field(0.6,
-        description="Relevance bonus when a demonstration's answer is the question's majority answer.")
+    answer_bonus: float = Field(
+        0.6, description="Relevance bonus when a demonstration's answer is the question's majority answer."
+    )
     quality_weight: float = Field(0.3, description="Weight of demonstration quality in its value.")
     redundancy_weight: float = Field(0.4, description="Penalty per pair of near-duplicate demonstrations.")
-    redundancy_threshold: float = Field(0.6,
-        description="Latent cosine above which two demonstrations start to be redundant.")
+    redundancy_threshold: float = Field(0.6, description="Latent cosine above which two demonstrations start to be redundant.")
     position_decay: float = Field(0.7, description="Weight of the demonstration t places before the query is decay**t.")
     shot_bias: list[float] = Field(
         [0.0, 0.0, -0.1, -0.2],
@@ -129,8 +131,11 @@ class BenchConfig(BaseModel, extra="forbid"):
         _between(self, "group_max", self.group_min, 10**6, "at least group_min")
         n_sets = comb(self.pool_size, self.shots)
         if self.group_min > n_sets:
-            _fail("group_min", self.group_min,
-                  f"at most {n_sets}, the distinct {self.shots}-item sets of a {self.pool_size}-item pool")
+            _fail(
+                "group_min",
+                self.group_min,
+                f"at most {n_sets}, the distinct {self.shots}-item sets of a {self.pool_size}-item pool",
+            )
         for name in ("beam_width", "retrieval", "samples_min", "random_min"):
             _at_least(self, name, 0)
         _between(self, "samples_max", self.samples_min, 10**6, "at least samples_min")
@@ -142,8 +147,17 @@ class BenchConfig(BaseModel, extra="forbid"):
         for name in ("policy_scale", "position_decay", "noise_scale"):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a number > 0")
-        for name in ("topic_spread", "feat_common", "feat_noise", "type_visibility", "quality_visibility",
-                     "difficulty_sd", "sensitivity_sd", "redundancy_weight", "unknown_penalty"):
+        for name in (
+            "topic_spread",
+            "feat_common",
+            "feat_noise",
+            "type_visibility",
+            "quality_visibility",
+            "difficulty_sd",
+            "sensitivity_sd",
+            "redundancy_weight",
+            "unknown_penalty",
+        ):
             _at_least(self, name, 0.0)
         _between(self, "redundancy_threshold", -1.0, 0.999)
         if not self.shot_bias:
@@ -156,8 +170,10 @@ class BenchConfig(BaseModel, extra="forbid"):
 
 
 def _fail(name: str, value: Any, valid: str) -> None:
-    raise LeverError(f"{name} = {value!r} is out of range: must be {valid}",
-                     hint=f"fix '{name}' in the benchmark settings or remove it to use the default")
+    raise LeverError(
+        f"{name} = {value!r} is out of range: must be {valid}",
+        hint=f"fix '{name}' in the benchmark settings or remove it to use the default",
+    )
 
 
 def _at_least(cfg: BenchConfig, name: str, low: float) -> None:
@@ -181,5 +197,7 @@ def _as_lever_error(err: ValidationError, where: str | None = None) -> LeverErro
     if first["type"] == "extra_forbidden":
         known = ", ".join(BenchConfig.model_fields)
         return LeverError(f"{key}: unknown benchmark setting", hint=f"known settings: {known}")
-    return LeverError(f"{key} = {first.get('input')!r} is invalid: {first['msg']}",
-                      hint="see docs/benchmark.md for the benchmark settings and their ranges")
+    return LeverError(
+        f"{key} = {first.get('input')!r} is invalid: {first['msg']}",
+        hint="see docs/benchmark.md for the benchmark settings and their ranges",
+    )

@@ -20,9 +20,18 @@ from .candidates import make_pools
 from .vlm import SimVLM
 
 
-def choice_accuracy(vlm: SimVLM, train_x: torch.Tensor, val_x: torch.Tensor, shots: Sequence[int] = (1, 2, 3, 4),
-                    pool_size: int = 64, pool_near: int = 32, n_oracle: int = 64, seed: int = 0,
-                    split: str = "val", item_bonus: torch.Tensor | None = None) -> dict[str, list[float]]:
+def choice_accuracy(
+    vlm: SimVLM,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    shots: Sequence[int] = (1, 2, 3, 4),
+    pool_size: int = 64,
+    pool_near: int = 32,
+    n_oracle: int = 64,
+    seed: int = 0,
+    split: str = "val",
+    item_bonus: torch.Tensor | None = None,
+) -> dict[str, list[float]]:
     """VQA accuracy in percent per policy and shot count: {"random": [...], "similarity": [...], "oracle": [...]}
     ("oracle" only when n_oracle > 0, "rerank" only when `item_bonus` is given). `val_x` holds the questions' features, rows 0..Q-1 of `split`.
 

@@ -12,8 +12,20 @@ from functools import lru_cache
 # answer type -> (answer vocabulary, question templates)
 ANSWER_TYPES: dict[str, tuple[list[str], list[str]]] = {
     "sport": (
-        ["tennis", "baseball", "soccer", "surfing", "skiing", "skateboarding", "frisbee", "snowboarding",
-         "racing", "golf", "kite flying", "swimming"],
+        [
+            "tennis",
+            "baseball",
+            "soccer",
+            "surfing",
+            "skiing",
+            "skateboarding",
+            "frisbee",
+            "snowboarding",
+            "racing",
+            "golf",
+            "kite flying",
+            "swimming",
+        ],
         ["What sport is being played?", "What sport can you use this for?", "Which sport is this player known for?"],
     ),
     "animal": (
@@ -21,8 +33,7 @@ ANSWER_TYPES: dict[str, tuple[list[str], list[str]]] = {
         ["What animal is shown?", "What kind of animal lives here?", "Which animal is this?"],
     ),
     "food": (
-        ["pizza", "sandwich", "cake", "banana", "donut", "broccoli", "hot dog", "salad", "pasta", "apple",
-         "orange", "bread"],
+        ["pizza", "sandwich", "cake", "banana", "donut", "broccoli", "hot dog", "salad", "pasta", "apple", "orange", "bread"],
         ["What food is on the plate?", "What is this dish called?", "What food is sold here?"],
     ),
     "color": (
@@ -30,13 +41,24 @@ ANSWER_TYPES: dict[str, tuple[list[str], list[str]]] = {
         ["What color is the vehicle?", "What color is this usually?", "What color are the walls?"],
     ),
     "place": (
-        ["kitchen", "bathroom", "beach", "park", "airport", "street", "office", "farm", "zoo", "restaurant",
-         "train station", "living room"],
+        [
+            "kitchen",
+            "bathroom",
+            "beach",
+            "park",
+            "airport",
+            "street",
+            "office",
+            "farm",
+            "zoo",
+            "restaurant",
+            "train station",
+            "living room",
+        ],
         ["Where was this picture taken?", "What room is this?", "What kind of place is this?"],
     ),
     "vehicle": (
-        ["bus", "train", "truck", "motorcycle", "bicycle", "airplane", "boat", "car", "tractor", "scooter",
-         "van", "jet"],
+        ["bus", "train", "truck", "motorcycle", "bicycle", "airplane", "boat", "car", "tractor", "scooter", "van", "jet"],
         ["What vehicle is this?", "What kind of transport is shown?", "What could you ride here?"],
     ),
     "number": (
@@ -44,8 +66,7 @@ ANSWER_TYPES: dict[str, tuple[list[str], list[str]]] = {
         ["How many people can ride this?", "What year was this invented?", "How many wheels does this have?"],
     ),
     "material": (
-        ["wood", "metal", "plastic", "glass", "stone", "leather", "cotton", "paper", "steel", "brick",
-         "ceramic", "rubber"],
+        ["wood", "metal", "plastic", "glass", "stone", "leather", "cotton", "paper", "steel", "brick", "ceramic", "rubber"],
         ["What is this made of?", "What material is the table?", "What are these walls made of?"],
     ),
 }
@@ -98,4 +119,4 @@ def _dice(a: str, b: str) -> float:
 @lru_cache(maxsize=4096)  # few distinct strings: the vocabulary
 def _bigrams(s: str) -> frozenset[str]:
     s = f" {s} "
-    return frozenset(s[i:i + 2] for i in range(len(s) - 1))
+    return frozenset(s[i : i + 2] for i in range(len(s) - 1))

@@ -35,8 +35,7 @@ class SimVLM:
         self.params = state["params"]
         self.vocab: list[str] = list(state["vocab"])
         # float64 once here: sums over demonstrations then give the same bits in a batch and alone.
-        self.splits = {name: {k: v.double() if v.is_floating_point() else v for k, v in state[name].items()}
-                       for name in SPLITS}
+        self.splits = {name: {k: v.double() if v.is_floating_point() else v for k, v in state[name].items()} for name in SPLITS}
         self._train = self.splits["train"]
 
     @classmethod
@@ -45,12 +44,16 @@ class SimVLM:
         try:
             state = torch.load(paths.world, weights_only=True)
         except (OSError, RuntimeError) as err:
-            raise LeverError(f"cannot read the simulated VLM's world file {paths.world}: {err}",
-                             hint="delete the benchmark cache directory so that it is generated again") from None
+            raise LeverError(
+                f"cannot read the simulated VLM's world file {paths.world}: {err}",
+                hint="delete the benchmark cache directory so that it is generated again",
+            ) from None
         if state.get("version") != GENERATOR_VERSION:
-            raise LeverError(f"{paths.world} was written by benchmark generator version {state.get('version')}, "
-                             f"this lever reads version {GENERATOR_VERSION}",
-                             hint="delete the benchmark cache directory so that it is generated again")
+            raise LeverError(
+                f"{paths.world} was written by benchmark generator version {state.get('version')}, "
+                f"this lever reads version {GENERATOR_VERSION}",
+                hint="delete the benchmark cache directory so that it is generated again",
+            )
         return cls(state)
 
     def size(self, split: str) -> int:
@@ -75,18 +78,26 @@ class SimVLM:
         """
         return self.score_batch(split, [query_index], [demo_indices])[0]
 
-    def score_batch(self, split: str, query_indices: Sequence[int],
-                    demo_lists: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+    def score_batch(self, split: str, query_indices: Sequence[int], demo_lists: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
         """`score` for many questions."""
         d = self.decide(split, query_indices, demo_lists)
         cols = zip(d["option"].tolist(), d["acc"].tolist(), d["gt_prob"].tolist(), d["rel"].tolist())
-        return [{"vqa_pred_answer": self.vocab[o], "vqa_correct": int(a > 0), "vqa_acc_score": round(a, 4),
-                 "vqa_gt_prob": round(p, 4), "vqa_rel_score": round(r, 4)} for o, a, p, r in cols]
+        return [
+            {
+                "vqa_pred_answer": self.vocab[o],
+                "vqa_correct": int(a > 0),
+                "vqa_acc_score": round(a, 4),
+                "vqa_gt_prob": round(p, 4),
+                "vqa_rel_score": round(r, 4),
+            }
+            for o, a, p, r in cols
+        ]
 
     # -- the model -----------------------------------------------------------------------------
 
-    def decide(self, split: str, query_indices: Sequence[int] | torch.Tensor,
-               demo_lists: Sequence[Sequence[int]] | torch.Tensor) -> dict[str, torch.Tensor]:
+    def decide(
+        self, split: str, query_indices: Sequence[int] | torch.Tensor, demo_lists: Sequence[Sequence[int]] | torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Vectorised core: per question the chosen option (vocab id), its accuracy and text score, gt_prob, p(correct).
 
         demo_lists: ragged lists (grouped by shot count, one batch of tensor ops per group) or a [B, k] tensor.
@@ -121,9 +132,11 @@ class SimVLM:
         if k == 0:  # zero-shot: no demonstrations, no context cost
             return base
         base = base + pr["shot_bias"][min(k, len(pr["shot_bias"])) - 1]
-        rel = ((hd * hq[:, None]).sum(-1)  # [B, k]
-               + pr["type_bonus"] * (tr["type"][demos] == s["type"][q][:, None]).double()
-               + pr["answer_bonus"] * (tr["answer"][demos] == s["answer"][q][:, None]).double())
+        rel = (
+            (hd * hq[:, None]).sum(-1)  # [B, k]
+            + pr["type_bonus"] * (tr["type"][demos] == s["type"][q][:, None]).double()
+            + pr["answer_bonus"] * (tr["answer"][demos] == s["answer"][q][:, None]).double()
+        )
         value = pr["relevance_weight"] * rel + pr["quality_weight"] * tr["quality"][demos]  # [B, k]
         pos = pr["position_decay"] ** torch.arange(k - 1, -1, -1, dtype=torch.float64)  # [k], last demo weighs 1
         cos = torch.einsum("bsd,btd->bst", hd, hd)  # [B, k, k]
@@ -134,8 +147,7 @@ class SimVLM:
         demo_term = (value * pos).sum(-1) - pr["redundancy_weight"] * excess  # [B]
         return base + s["sensitivity"][q] * demo_term
 
-    def _decide(self, s: dict[str, torch.Tensor], split_id: int, q: torch.Tensor,
-                demos: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _decide(self, s: dict[str, torch.Tensor], split_id: int, q: torch.Tensor, demos: torch.Tensor) -> dict[str, torch.Tensor]:
         p = torch.sigmoid(self.logit(SPLITS[split_id], q, demos) / self.params["noise_scale"])  # [B] float64
         u = hash_uniform(self.params["salt"], split_id, q, demos)  # [B] float64 in [0, 1)
         correct = u < p
@@ -151,8 +163,13 @@ class SimVLM:
         # gt_prob: the model's belief in the human answers, higher when the realised margin is.
         margin = torch.logit(u.clamp(1e-7, 1 - 1e-7))
         gt_prob = torch.sigmoid(torch.logit(p.clamp(1e-12, 1 - 1e-12)) - 0.5 * margin)
-        return {"option": s["options"][q, option], "acc": s["option_acc"][q, option],
-                "rel": s["option_rel"][q, option], "gt_prob": gt_prob, "p": p}
+        return {
+            "option": s["options"][q, option],
+            "acc": s["option_acc"][q, option],
+            "rel": s["option_rel"][q, option],
+            "gt_prob": gt_prob,
+            "p": p,
+        }
 
     def _split(self, split: str) -> dict[str, torch.Tensor]:
         if split not in self.splits:
@@ -163,8 +180,10 @@ class SimVLM:
     def _check_range(idx: torch.Tensor, n: int, what: str) -> None:
         if idx.numel() and (idx.min() < 0 or idx.max() >= n):
             bad = idx[(idx < 0) | (idx >= n)][0].item()
-            raise LeverError(f"{what} {bad} is out of range: the bundled benchmark has {n} (0..{n - 1})",
-                             hint="the data may come from another benchmark setting; regenerate or fix the indices")
+            raise LeverError(
+                f"{what} {bad} is out of range: the bundled benchmark has {n} (0..{n - 1})",
+                hint="the data may come from another benchmark setting; regenerate or fix the indices",
+            )
 
 
 def hash_uniform(salt: int, split_id: int, q: torch.Tensor, demos: torch.Tensor) -> torch.Tensor:

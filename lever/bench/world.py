@@ -52,8 +52,13 @@ class World:
 
     def vlm_state(self) -> dict[str, Any]:
         """What the simulated VLM needs, as plain tensors/lists (loads with torch.load(weights_only=True))."""
-        return {"version": GENERATOR_VERSION, "params": self.params, "vocab": self.vocab,
-                "train": self.train.latent, "val": self.val.latent}
+        return {
+            "version": GENERATOR_VERSION,
+            "params": self.params,
+            "vocab": self.vocab,
+            "train": self.train.latent,
+            "val": self.val.latent,
+        }
 
 
 def make_world(cfg: BenchConfig) -> World:
@@ -89,8 +94,13 @@ def make_world(cfg: BenchConfig) -> World:
         difficulty += cfg.unknown_penalty * (torch.rand(n, generator=g) < cfg.unknown_share).float()
         sensitivity = torch.exp(cfg.sensitivity_sd * torch.randn(n, generator=g))
         noise = torch.randn(n, cfg.dim, generator=g) / cfg.dim**0.5
-        x = (cfg.feat_common * mu + h @ proj + cfg.type_visibility * type_dirs[atype]
-             + cfg.quality_visibility * quality[:, None] * w + cfg.feat_noise * noise)
+        x = (
+            cfg.feat_common * mu
+            + h @ proj
+            + cfg.type_visibility * type_dirs[atype]
+            + cfg.quality_visibility * quality[:, None] * w
+            + cfg.feat_noise * noise
+        )
         features = F.normalize(x, dim=-1).float()  # [n, dim]
 
         fav = favourites[topic, atype].tolist()  # [n, TOPIC_FAVOURITES]
@@ -100,20 +110,37 @@ def make_world(cfg: BenchConfig) -> World:
         annot_perm = torch.rand(n, 10, generator=g).argsort(-1).tolist()
         items, rows = [], []
         for i in range(n):
-            item, row = _question(i, ids_[i], types[int(atype[i])], fav[i], u[i],
-                                  word_perm[i], cut_perm[i], annot_perm[i])
+            item, row = _question(i, ids_[i], types[int(atype[i])], fav[i], u[i], word_perm[i], cut_perm[i], annot_perm[i])
             items.append(item)
             rows.append(row)
-        latent = {"h": h.float(), "type": atype, "quality": quality.float(), "difficulty": difficulty.float(),
-                  "sensitivity": sensitivity.float(), **_option_tensors(rows, word_id)}
+        latent = {
+            "h": h.float(),
+            "type": atype,
+            "quality": quality.float(),
+            "difficulty": difficulty.float(),
+            "sensitivity": sensitivity.float(),
+            **_option_tensors(rows, word_id),
+        }
         return Split(items=items, features=features, latent=latent)
 
     train = split(cfg.n_train, train_ids)
     val = split(cfg.n_val, val_ids)
     salt = int(torch.randint(2**31 - 1, (1,), generator=g))
-    params = {k: getattr(cfg, k) for k in (
-        "noise_scale", "base_logit", "relevance_weight", "type_bonus", "answer_bonus", "quality_weight",
-        "redundancy_weight", "redundancy_threshold", "position_decay", "shot_bias")}
+    params = {
+        k: getattr(cfg, k)
+        for k in (
+            "noise_scale",
+            "base_logit",
+            "relevance_weight",
+            "type_bonus",
+            "answer_bonus",
+            "quality_weight",
+            "redundancy_weight",
+            "redundancy_threshold",
+            "position_decay",
+            "shot_bias",
+        )
+    }
     params["salt"] = salt
     return World(train=train, val=val, vocab=vocab, params=params)
 
@@ -134,28 +161,41 @@ def _ids(n_train: int, n_val: int, g: torch.Generator) -> tuple[list[tuple[int, 
     return pairs(train, digit[:n_train]), pairs(val, digit[n_train:])
 
 
-def _question(index: int, ids: tuple[int, int], atype: str, fav: list[int], u: list[float],
-              word_perm: list[int], cut_perm: list[int], annot_perm: list[int]) -> tuple[dict[str, Any], Options]:
+def _question(
+    index: int,
+    ids: tuple[int, int],
+    atype: str,
+    fav: list[int],
+    u: list[float],
+    word_perm: list[int],
+    cut_perm: list[int],
+    annot_perm: list[int],
+) -> tuple[dict[str, Any], Options]:
     """Item record and answer options of one question, from pre-drawn uniforms and permutations."""
     words = ANSWER_TYPES[atype][0]
     # Majority answer: usually one of the topic's favourites, so same-topic items share answers.
     major = fav[int(u[0] * len(fav))] if u[1] < FAVOURITE_PROB else int(u[2] * len(words))
     n_distinct = 1 + sum(u[3] > c for c in accumulate(N_DISTINCT_PROBS[:-1]))
-    cuts = sorted(c + 1 for c in cut_perm[:n_distinct - 1])  # distinct cut points among 1..9
+    cuts = sorted(c + 1 for c in cut_perm[: n_distinct - 1])  # distinct cut points among 1..9
     edges = [0, *cuts, 10]
     counts = sorted((b - a for a, b in zip(edges, edges[1:])), reverse=True)  # annotators per answer, largest first
     others = [j for j in word_perm if j != major]
-    chosen = [words[major]] + [words[j] for j in others[:n_distinct - 1]]
+    chosen = [words[major]] + [words[j] for j in others[: n_distinct - 1]]
     ordered = [w for w, c in zip(chosen, counts) for _ in range(c)]
     answers = [ordered[j] for j in annot_perm]  # annotators in random order
 
-    wrong = [near_miss(words[major])] + [words[j] for j in others[n_distinct - 1:]]
+    wrong = [near_miss(words[major])] + [words[j] for j in others[n_distinct - 1 :]]
     wrong = [w for w in dict.fromkeys(wrong) if w not in chosen][:N_WRONG]
     pmf = [c / 10 for c in counts]  # when right, the model gives an answer as often as annotators did
 
     template = ANSWER_TYPES[atype][1]
-    item = {"index": index, "question_id": ids[1], "image_id": ids[0],
-            "question": template[int(u[4] * len(template))], "answers": answers}
+    item = {
+        "index": index,
+        "question_id": ids[1],
+        "image_id": ids[0],
+        "question": template[int(u[4] * len(template))],
+        "answers": answers,
+    }
     return item, Options(chosen + wrong, pmf, tuple(answers))
 
 
@@ -171,10 +211,17 @@ def _option_tensors(rows: list[Options], word_id: dict[str, int]) -> dict[str, t
     n_options = torch.zeros(n, dtype=torch.long)
     for i, (opts, pmf, answers) in enumerate(rows):
         nc = len(pmf)
-        options[i, :len(opts)] = torch.tensor([word_id[o] for o in opts])
-        acc[i, :len(opts)] = torch.tensor([vqa_accuracy(o, answers) for o in opts])
-        rel[i, :len(opts)] = torch.tensor([text_similarity(o, answers) for o in opts])
-        cdf[i, :nc - 1] = torch.tensor(list(accumulate(pmf[:-1])))
+        options[i, : len(opts)] = torch.tensor([word_id[o] for o in opts])
+        acc[i, : len(opts)] = torch.tensor([vqa_accuracy(o, answers) for o in opts])
+        rel[i, : len(opts)] = torch.tensor([text_similarity(o, answers) for o in opts])
+        cdf[i, : nc - 1] = torch.tensor(list(accumulate(pmf[:-1])))
         n_correct[i], n_options[i] = nc, len(opts)
-    return {"options": options, "option_acc": acc, "option_rel": rel, "correct_cdf": cdf,
-            "n_correct": n_correct, "n_options": n_options, "answer": options[:, 0].clone()}
+    return {
+        "options": options,
+        "option_acc": acc,
+        "option_rel": rel,
+        "correct_cdf": cdf,
+        "n_correct": n_correct,
+        "n_options": n_options,
+        "answer": options[:, 0].clone(),
+    }

@@ -12,7 +12,24 @@ from .rewards import compute_rewards, group_zscore, raw_rewards
 from .stats import advantage_prediction, data_stats, plan_prediction
 
 __all__ = [
-    "TIERS", "BalanceOptions", "CandidateData", "advantage_prediction", "apply_filter", "balance_data", "balance_file",
-    "compute_rewards", "data_stats", "file_sha256", "group_zscore", "load_candidates", "parse_candidates",
-    "plan_prediction", "quality_tiers", "raw_rewards", "reward_gap", "split_train_val", "stage_filter", "write_balanced",
+    "TIERS",
+    "BalanceOptions",
+    "CandidateData",
+    "advantage_prediction",
+    "apply_filter",
+    "balance_data",
+    "balance_file",
+    "compute_rewards",
+    "data_stats",
+    "file_sha256",
+    "group_zscore",
+    "load_candidates",
+    "parse_candidates",
+    "plan_prediction",
+    "quality_tiers",
+    "raw_rewards",
+    "reward_gap",
+    "split_train_val",
+    "stage_filter",
+    "write_balanced",
 ]

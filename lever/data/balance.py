@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import torch
@@ -66,7 +67,9 @@ class BalanceOptions:
     def __post_init__(self) -> None:
         lo, hi = self.positive_ratio
         if not 0.0 <= lo <= hi <= 1.0:
-            raise LeverError(f"positive ratio band [{lo}, {hi}] is invalid", hint="use lo,hi with 0 <= lo <= hi <= 1, e.g. 0.1,0.9")
+            raise LeverError(
+                f"positive ratio band [{lo}, {hi}] is invalid", hint="use lo,hi with 0 <= lo <= hi <= 1, e.g. 0.1,0.9"
+            )
         if self.group_size is not None and self.group_size < 1:
             raise LeverError(f"group size must be >= 1, got {self.group_size}")
         if self.pool_size is not None and self.pool_size < 1:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -66,5 +67,3 @@ def read_cache(cache: Path, digest: str, log: Log) -> CandidateData | None:
     except Exception as err:  # a damaged cache is re-parsed, never trusted
         log(f"warning: ignoring unreadable data cache {cache}: {err}")
         return None
-
-

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import mmap
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import msgspec
 
@@ -29,14 +30,14 @@ class Cand(msgspec.Struct, gc=False):
     """The candidate fields lever uses; any other field is skipped."""
 
     pointer: list[int]
-    vqa_correct: Union[bool, int, float, None] = None
-    vqa_acc_score: Union[int, float, None] = None
-    vqa_gt_prob: Union[int, float, None] = None
-    vqa_rel_score: Union[int, float, None] = None
-    eval_failed: Union[bool, int, None] = None
-    vqa_eval_mode: Optional[str] = None
-    gen_method: Optional[str] = None
-    pointer_global: Optional[list[int]] = None
+    vqa_correct: bool | int | float | None = None
+    vqa_acc_score: int | float | None = None
+    vqa_gt_prob: int | float | None = None
+    vqa_rel_score: int | float | None = None
+    eval_failed: bool | int | None = None
+    vqa_eval_mode: str | None = None
+    gen_method: str | None = None
+    pointer_global: list[int] | None = None
 
 
 class QueryInfo(msgspec.Struct, gc=False):
@@ -46,7 +47,7 @@ class QueryInfo(msgspec.Struct, gc=False):
 class Record(msgspec.Struct, gc=False):
     candidate_pool_ids: list[int]
     pointer_candidates: list[Cand]
-    query: Optional[QueryInfo] = None
+    query: QueryInfo | None = None
 
 
 _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -215,5 +216,3 @@ def _validation_error(path: Path, key: str, err: str, raw: msgspec.Raw) -> Lever
         return LeverError(f"{path}: query {key}: missing field '{missing.group(1)}'", hint=RECORD_HINT)
     field = where.lstrip(".") or "(the record)"
     return LeverError(f"{path}: query {key}: field '{field}': {_lc(msg)}", hint=RECORD_HINT)
-
-

@@ -26,11 +26,12 @@ import threading
 import time
 import traceback
 from array import array
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain, repeat
 from operator import attrgetter, is_not
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,9 +54,7 @@ _FIELDS = attrgetter("pointer", "vqa_correct", "vqa_acc_score", "vqa_gt_prob", "
 
 
 @one_thread()
-def load_candidates(
-    path: Path | str, cache_dir: Path | str | None = None, log: Log = print, workers: int = 2
-) -> CandidateData:
+def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: Log = print, workers: int = 2) -> CandidateData:
     """Read, validate and (with cache_dir) cache a candidate-data JSON file.
 
     workers = 2 parses a large file (>= 64 MB) in two processes (fork); 1 = this process only.
@@ -365,7 +364,12 @@ class _Chunk:
         srt = np.sort(ptr, axis=1)
         rep = (srt[:, 1:] == srt[:, :-1]).any(1)
         self.fail(rep, "pointer", lambda k: f"is {ptr[k].tolist()}: an index repeats; a sequence picks distinct items")
-        for field, key in (("vqa_correct", "correct"), ("vqa_acc_score", "acc"), ("vqa_gt_prob", "gt_prob"), ("vqa_rel_score", "rel")):
+        for field, key in (
+            ("vqa_correct", "correct"),
+            ("vqa_acc_score", "acc"),
+            ("vqa_gt_prob", "gt_prob"),
+            ("vqa_rel_score", "rel"),
+        ):
             x = cols[key]  # NaN in gt_prob / rel means "not in the file"; NaN literals are rejected as JSON
             self.fail(np.isinf(x), field, lambda k, x=x: f"is {x[k]}: scores must be finite numbers")
         corr, acc = cols["correct"], cols["acc"]

@@ -6,8 +6,8 @@ function here maps such a flat tensor to one value per group [Q] (or back to [S]
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor

@@ -68,14 +68,18 @@ def data_stats(data: CandidateData, reward: RewardSpec | None = None, rules: Tie
         "shots": data.shots,
         "pool_size": {"min": int(data.pool_sizes.min()), "max": int(data.pool_sizes.max())},
         "group_size": {
-            "min": int(sizes.min()), "mean": float(sizes.double().mean()), "median": float(sizes.double().median()),
-            "max": int(sizes.max()), "histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
+            "min": int(sizes.min()),
+            "mean": float(sizes.double().mean()),
+            "median": float(sizes.double().median()),
+            "max": int(sizes.max()),
+            "histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
         },  # fmt: skip
         "sources": {name: int(n) for name, n in zip(data.source_names, src)},
         "read": meta.get("read", {}),
         "failed": {"sequences": int(data.failed.sum()), "queries_all_failed": int((failed_per_q == sizes).sum())},
         "outcomes": {
-            "all_negative": int((pos == 0).sum()), "all_positive": int((pos == sizes).sum()),
+            "all_negative": int((pos == 0).sum()),
+            "all_positive": int((pos == sizes).sum()),
             "mixed": int(((pos > 0) & (pos < sizes)).sum()),
         },  # fmt: skip
         "positive_ratio": {"mean": float(ratio.mean()), "bins": ratio_bins},
@@ -119,8 +123,15 @@ def advantage_prediction(
         flat += int((spread < FLAT).sum())
         spread_sum += float(spread.sum())
     if Q == 0:
-        return {"groups": 0, "top_k": top_k, "zero_share": 0.0, "flat_share": 0.0, "adv_std": 0.0, "adv_max": 0.0,
-                "mean_spread": 0.0}
+        return {
+            "groups": 0,
+            "top_k": top_k,
+            "zero_share": 0.0,
+            "flat_share": 0.0,
+            "adv_std": 0.0,
+            "adv_max": 0.0,
+            "mean_spread": 0.0,
+        }
     mean = s1 / n
     return {
         "groups": Q,
@@ -164,8 +175,16 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
             train, _, report = apply_filter(train_base, raw_rewards(train_base, plan.reward), flt, rules)
         rewards = compute_rewards(train, plan.reward)  # what the stage trains on (normalised if the plan says so)
         rows = [advantage_prediction(train, rewards, plan.grpo.advantage, k) for k in ks]
-        out["stages"].append({"stage": name, "filter": report, "queries": train.num_queries,
-                              "sequences": train.num_sequences, "reward": _summary(rewards), "advantages": rows})
+        out["stages"].append(
+            {
+                "stage": name,
+                "filter": report,
+                "queries": train.num_queries,
+                "sequences": train.num_sequences,
+                "reward": _summary(rewards),
+                "advantages": rows,
+            }
+        )
         for row in rows:
             k = "all sequences" if row["top_k"] is None else f"top-{row['top_k']}"
             if row["groups"] == 0:

@@ -80,7 +80,7 @@ def write_synthetic_file(
     """
     rng = np.random.default_rng(seed)
     with open(path, "w", encoding="utf-8") as f:
-        f.write('{"_meta": {"created_at": "synthetic", "generator": "lever.data.synthetic", "k": %d},\n' % pool)
+        f.write('{"_meta": {"created_at": "synthetic", "generator": "lever.data.synthetic", "k": ' + str(pool) + "},\n")
         for start in range(0, queries, 1000):
             n = min(1000, queries - start)
             pools = np.argsort(rng.random((n, 20 * pool)), axis=1)[:, :pool]  # [n, K] distinct ids
@@ -108,8 +108,7 @@ def write_synthetic_file(
                     )
                 query = f'{{"query_id": {qid}, "question_id": {qid * 10}, "question": "question {qid}?"}}'
                 lines.append(
-                    f'"{qid}": {{"query": {query}, "candidate_pool_ids": {pl}, '
-                    f'"pointer_candidates": [{", ".join(cands)}]}}'
+                    f'"{qid}": {{"query": {query}, "candidate_pool_ids": {pl}, "pointer_candidates": [{", ".join(cands)}]}}'
                 )
             f.write(",\n".join(lines))
             f.write(",\n" if start + n < queries else "\n")

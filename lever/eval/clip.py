@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from lever.errors import LeverError
-from lever.io import atomic_write
 from lever.eval.backend import Item
 from lever.eval.hf import load_image, require_transformers
+from lever.io import atomic_write
 
 ModelSpec = str | Path | tuple[Any, Any]  # a model folder, or an already-built (CLIPModel, CLIPProcessor)
 
@@ -31,8 +31,10 @@ def load_clip(model: ModelSpec, device: str = "cpu") -> tuple[Any, Any]:
     else:
         path = Path(model)
         if not (path / "config.json").is_file():
-            raise LeverError(f"CLIP model directory {path} does not exist or has no config.json",
-                             hint="point it at a local CLIP checkpoint (e.g. clip-vit-base-patch32)")
+            raise LeverError(
+                f"CLIP model directory {path} does not exist or has no config.json",
+                hint="point it at a local CLIP checkpoint (e.g. clip-vit-base-patch32)",
+            )
         transformers = require_transformers()
         clip = transformers.CLIPModel.from_pretrained(path)
         processor = transformers.CLIPProcessor.from_pretrained(path)
@@ -50,8 +52,9 @@ def _try_image(item: Item) -> Any | None:
     try:
         return load_image(item.image)
     except OSError as e:
-        warnings.warn(f"question {item.question_id}: image {item.image} unreadable ({e}); "
-                      "using its question embedding alone", stacklevel=3)
+        warnings.warn(
+            f"question {item.question_id}: image {item.image} unreadable ({e}); using its question embedding alone", stacklevel=3
+        )
         return None
 
 
@@ -64,11 +67,11 @@ def clip_features(items: list[Item], model: ModelSpec, batch_size: int = 64, dev
     clip, processor = load_clip(model, device)
     rows = []
     for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
-        tok = processor(text=[it.question for it in chunk], padding=True, truncation=True,
-                        return_tensors="pt").to(device)
-        txt = F.normalize(_pooled(clip.get_text_features(input_ids=tok["input_ids"],
-                                                         attention_mask=tok["attention_mask"])), dim=-1)  # [b, d]
+        chunk = items[s : s + batch_size]
+        tok = processor(text=[it.question for it in chunk], padding=True, truncation=True, return_tensors="pt").to(device)
+        txt = F.normalize(
+            _pooled(clip.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])), dim=-1
+        )  # [b, d]
         emb = txt.clone()
         images = [_try_image(it) for it in chunk]
         has = [j for j, im in enumerate(images) if im is not None]
@@ -89,8 +92,9 @@ def cache_key(items: list[Item], model_dir: str | Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cached_clip_features(items: list[Item], model_dir: str | Path, cache_path: str | Path,
-                         batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+def cached_clip_features(
+    items: list[Item], model_dir: str | Path, cache_path: str | Path, batch_size: int = 64, device: str = "cpu"
+) -> torch.Tensor:
     """clip_features, computed once: reused while the cache's key matches, else recomputed and rewritten.
 
     The cache is a torch.save'd dict {"key", "model", "features"}, written to a temp

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lever.errors import LeverError
 from lever.io import read_json, read_jsonl, write_json, write_jsonl
@@ -38,29 +39,46 @@ def checkpoint_for(run_dir: Path, epoch: int | None) -> dict[str, Any]:
     """The run's selected checkpoint, or epoch `epoch` of its final stage (recorded as a hand pick)."""
     selected = read_json(run_dir / "selected.json")
     if selected is None:
-        raise LeverError(f"{run_dir} has no selected checkpoint: the run has not finished training",
-                         hint="run `lever run` on the plan first")
+        raise LeverError(
+            f"{run_dir} has no selected checkpoint: the run has not finished training", hint="run `lever run` on the plan first"
+        )
     if epoch is None:
         return selected
     path = Path(selected["dir"]) / "ckpt" / f"epoch-{epoch:03d}.safetensors"
     if not path.is_file():
         have = sorted(int(p.stem.split("-")[1]) for p in (Path(selected["dir"]) / "ckpt").glob("epoch-*.safetensors"))
-        raise LeverError(f"--epoch {epoch}: stage '{selected['stage']}' has no such checkpoint",
-                         hint=f"its epochs are {have[0]}-{have[-1]}" if have else "it has no checkpoints")
+        raise LeverError(
+            f"--epoch {epoch}: stage '{selected['stage']}' has no such checkpoint",
+            hint=f"its epochs are {have[0]}-{have[-1]}" if have else "it has no checkpoints",
+        )
     info = checkpoint_info(path) or {}
-    return {**selected, "epoch": epoch, "checkpoint": str(path), "value": info.get("metrics", {}).get(selected["metric"]),
-            "reason": f"epoch {epoch} chosen with --epoch"}
+    return {
+        **selected,
+        "epoch": epoch,
+        "checkpoint": str(path),
+        "value": info.get("metrics", {}).get(selected["metric"]),
+        "reason": f"epoch {epoch} chosen with --epoch",
+    }
 
 
 def eval_key(ckpt_digest: str, world: EvalWorld, plan: Plan, seed: int) -> str:
-    blob = json.dumps({"ckpt": ckpt_digest, "world": world.identity, "eval": plan.eval.model_dump(mode="json"), "seed": seed},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"ckpt": ckpt_digest, "world": world.identity, "eval": plan.eval.model_dump(mode="json"), "seed": seed}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: int | None = None,
-                 features_path: Path | None = None, log: Callable[[str], None] = print,
-                 progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
+def evaluate_run(
+    run_dir: Path,
+    plan: Plan,
+    ws: Workspace,
+    seed: int,
+    *,
+    epoch: int | None = None,
+    features_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: Progress | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Evaluate the run's selected (or `epoch`) checkpoint; returns the eval dir and its summary."""
     ckpt = checkpoint_for(run_dir, epoch)
     state = load_weights(Path(ckpt["checkpoint"]))
@@ -88,7 +106,9 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
         if spec.pool == "similar":
             pools = similar_pools(split.features, world.train_features, spec.pool_size, split.self_rows)
         else:
-            pools = random_pools([it.question_id for it in split.items], len(world.train_items), spec.pool_size, seed, split.self_rows)
+            pools = random_pools(
+                [it.question_id for it in split.items], len(world.train_items), spec.pool_size, seed, split.self_rows
+            )
         picks = select_demos(model, split.features, world.train_features, pools, max(spec.shots))  # [M, max shots]
         for shots in spec.shots:
             for i, item in enumerate(split.items):
@@ -105,10 +125,20 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
             chunk = mine[s : s + step]
             for (pos, req), resp in zip(chunk, backend.answer([req for _, req in chunk])):
                 answer = "" if resp.failed else postprocess(resp.raw)
-                rows.append({"_pos": pos, "split": req.split, "shots": len(req.demos), "question_id": req.query.question_id,
-                             "demo_ids": [d.question_id for d in req.demos], "raw_output": resp.raw, "answer": answer,
-                             "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
-                             "failed": resp.failed, **({"error": resp.error} if resp.failed else {})})
+                rows.append(
+                    {
+                        "_pos": pos,
+                        "split": req.split,
+                        "shots": len(req.demos),
+                        "question_id": req.query.question_id,
+                        "demo_ids": [d.question_id for d in req.demos],
+                        "raw_output": resp.raw,
+                        "answer": answer,
+                        "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
+                        "failed": resp.failed,
+                        **({"error": resp.error} if resp.failed else {}),
+                    }
+                )
                 partial.write(json.dumps(rows[-1]) + "\n")
             partial.flush()  # a kill loses at most the chunk being answered
             if progress:
@@ -117,9 +147,14 @@ def evaluate_run(run_dir: Path, plan: Plan, ws: Workspace, seed: int, *, epoch: 
     if not r.is_main:
         barrier(r)
         return out_dir, read_json(out_dir / "summary.json")
-    summary = {"checkpoint": ckpt, "backend": world.identity["backend"], "eval": spec.model_dump(mode="json"),
-               "seconds": round(time.perf_counter() - t0, 2), "splits": _summarise(rows),
-               "note": "accuracy in percent over all questions; failed questions score 0"}
+    summary = {
+        "checkpoint": ckpt,
+        "backend": world.identity["backend"],
+        "eval": spec.model_dump(mode="json"),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "splits": _summarise(rows),
+        "note": "accuracy in percent over all questions; failed questions score 0",
+    }
     write_jsonl(out_dir / "results.jsonl", rows)
     write_json(out_dir / "summary.json", summary)  # written last: its presence marks a complete evaluation
     for part in out_dir.glob("partial-*.jsonl"):
@@ -161,4 +196,3 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, floa
         for cell in split.values():
             cell["accuracy"] = round(100.0 * cell["accuracy"] / max(cell["n"], 1), 2)
     return out
-

@@ -25,9 +25,12 @@ from lever.errors import LeverError
 from lever.eval.backend import Request, Response, build_prompt_parts
 
 _DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
 }
 _HF_HINT = "pip install -e '.[hf]'"
 
@@ -47,8 +50,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
-        raise LeverError(f"dtype {dtype!r} is not supported",
-                         hint=f"use 'auto' or one of {', '.join(sorted(_DTYPES))}")
+        raise LeverError(f"dtype {dtype!r} is not supported", hint=f"use 'auto' or one of {', '.join(sorted(_DTYPES))}")
     return _DTYPES[dtype]
 
 
@@ -102,13 +104,22 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 8,
-                 max_new_tokens: int = 5, num_beams: int = 3, dtype: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        batch_size: int = 8,
+        max_new_tokens: int = 5,
+        num_beams: int = 3,
+        dtype: str = "auto",
+    ):
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             what = "does not exist" if not model_dir.exists() else "has no config.json"
-            raise LeverError(f"model directory {model_dir} {what}",
-                             hint="point it at a local transformers checkpoint (e.g. Qwen2.5-VL-3B-Instruct)")
+            raise LeverError(
+                f"model directory {model_dir} {what}",
+                hint="point it at a local transformers checkpoint (e.g. Qwen2.5-VL-3B-Instruct)",
+            )
         _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
         transformers = require_transformers()
         dev = resolve_device(device)
@@ -123,7 +134,7 @@ class HFBackend:
             raise LeverError(
                 f"could not load an image-text processor from {model_dir} ({problem})",
                 hint="the folder needs the processor files (preprocessor config, tokenizer, chat template); "
-                     "Qwen2.5-VL's processor also needs torchvision",
+                "Qwen2.5-VL's processor also needs torchvision",
             )
         model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dt)
         self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams)
@@ -131,8 +142,9 @@ class HFBackend:
         self.dtype = str(dt).removeprefix("torch.")
 
     @classmethod
-    def from_pretrained_objects(cls, model: Any, processor: Any, device: str = "auto", batch_size: int = 8,
-                                max_new_tokens: int = 5, num_beams: int = 3) -> HFBackend:
+    def from_pretrained_objects(
+        cls, model: Any, processor: Any, device: str = "auto", batch_size: int = 8, max_new_tokens: int = 5, num_beams: int = 3
+    ) -> HFBackend:
         """Wrap an already-built (model, processor) pair; the model keeps its dtype."""
         _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
         self = cls.__new__(cls)
@@ -141,8 +153,9 @@ class HFBackend:
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         return self
 
-    def _setup(self, model: Any, processor: Any, device: torch.device, batch_size: int,
-               max_new_tokens: int, num_beams: int) -> None:
+    def _setup(
+        self, model: Any, processor: Any, device: torch.device, batch_size: int, max_new_tokens: int, num_beams: int
+    ) -> None:
         self.device = device
         self.model = model.to(device).eval()
         self.processor = processor
@@ -157,8 +170,13 @@ class HFBackend:
     @property
     def settings(self) -> dict[str, Any]:
         """What the answers depend on (for result caching); batch size is left out on purpose."""
-        return {"backend": self.name, "model": self.model_dir, "dtype": self.dtype,
-                "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+        return {
+            "backend": self.name,
+            "model": self.model_dir,
+            "dtype": self.dtype,
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+        }
 
     def render(self, request: Request) -> str:
         """The prompt text: the chat template over one user message, with the generation prompt."""
@@ -175,9 +193,10 @@ class HFBackend:
         """Generate for one encoded batch; returns the decoded new tokens of each row."""
         pad_id = self.processor.tokenizer.pad_token_id
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
-                                      do_sample=False, pad_token_id=pad_id)  # [B, T_prompt + T_new]
-        new = out[:, inputs["input_ids"].shape[1]:]  # [B, T_new]
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False, pad_token_id=pad_id
+            )  # [B, T_prompt + T_new]
+        new = out[:, inputs["input_ids"].shape[1] :]  # [B, T_new]
         with self._tokenizer_lock:
             return self.processor.batch_decode(new, skip_special_tokens=True)
 

@@ -23,16 +23,20 @@ _SPLITS = {"train": "train2014", "val": "val2014", "train2014": "train2014", "va
 def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
     """Read an OK-VQA JSON file and return its list under `key`."""
     if not path.is_file():
-        raise LeverError(f"OK-VQA file {path} does not exist",
-                         hint="download the official OK-VQA questions/annotations JSON files")
+        raise LeverError(
+            f"OK-VQA file {path} does not exist", hint="download the official OK-VQA questions/annotations JSON files"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise LeverError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
-                         hint="re-download the file; it may be truncated") from None
+        raise LeverError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+            hint="re-download the file; it may be truncated",
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise LeverError(f"{path} has no list under the key {key!r}",
-                         hint=f"expected the official OK-VQA shape {{\"{key}\": [...]}}")
+        raise LeverError(
+            f"{path} has no list under the key {key!r}", hint=f'expected the official OK-VQA shape {{"{key}": [...]}}'
+        )
     return data[key]
 
 
@@ -49,8 +53,9 @@ def _image_path(image_dir: Path, image_id: int, split: str) -> str:
     return str(image_dir / name)  # missing: the backend marks this question failed
 
 
-def load_okvqa(questions_path: str | Path, annotations_path: str | Path, image_dir: str | Path | None,
-               split: str, limit: int | None = None) -> list[Item]:
+def load_okvqa(
+    questions_path: str | Path, annotations_path: str | Path, image_dir: str | Path | None, split: str, limit: int | None = None
+) -> list[Item]:
     """Load OK-VQA questions with their 10 human answers, sorted by question_id, first `limit`.
 
     `split` is "train"/"val" (or "train2014"/"val2014") and picks the COCO file names.
@@ -62,8 +67,7 @@ def load_okvqa(questions_path: str | Path, annotations_path: str | Path, image_d
         raise LeverError(f"limit = {limit} is not valid", hint="limit must be >= 1, or unset for all questions")
     questions_path, annotations_path = Path(questions_path), Path(annotations_path)
     if image_dir is not None and not Path(image_dir).is_dir():
-        raise LeverError(f"image folder {image_dir} does not exist",
-                         hint=f"point it at the COCO {_SPLITS[split]} image folder")
+        raise LeverError(f"image folder {image_dir} does not exist", hint=f"point it at the COCO {_SPLITS[split]} image folder")
     questions = _read_json(questions_path, "questions")
     annotations = _read_json(annotations_path, "annotations")
     answers: dict[int, list[str]] = {}
@@ -71,24 +75,29 @@ def load_okvqa(questions_path: str | Path, annotations_path: str | Path, image_d
         try:
             answers[int(a["question_id"])] = [str(x["answer"]) for x in a["answers"]]
         except (KeyError, TypeError, ValueError) as e:
-            raise LeverError(f"{annotations_path}: annotation #{i} is malformed ({type(e).__name__}: {e})",
-                             hint="each annotation needs question_id and answers: [{\"answer\": ...}, ...]") from None
+            raise LeverError(
+                f"{annotations_path}: annotation #{i} is malformed ({type(e).__name__}: {e})",
+                hint='each annotation needs question_id and answers: [{"answer": ...}, ...]',
+            ) from None
     parsed = []
     for i, q in enumerate(questions):
         try:
             parsed.append((int(q["question_id"]), int(q["image_id"]), str(q["question"])))
         except (KeyError, TypeError, ValueError) as e:
-            raise LeverError(f"{questions_path}: question #{i} is malformed ({type(e).__name__}: {e})",
-                             hint="each question needs question_id, image_id and question") from None
+            raise LeverError(
+                f"{questions_path}: question #{i} is malformed ({type(e).__name__}: {e})",
+                hint="each question needs question_id, image_id and question",
+            ) from None
     parsed.sort()  # by question_id, as the evaluation protocol says
     if limit is not None:
         parsed = parsed[:limit]
     items = []
     for index, (qid, image_id, question) in enumerate(parsed):
         if not answers.get(qid):
-            raise LeverError(f"question {qid} in {questions_path} has no annotation (or no answers) in {annotations_path}",
-                             hint="use the annotations file of the same split as the questions file")
+            raise LeverError(
+                f"question {qid} in {questions_path} has no annotation (or no answers) in {annotations_path}",
+                hint="use the annotations file of the same split as the questions file",
+            )
         image = None if image_dir is None else _image_path(Path(image_dir), image_id, split)
-        items.append(Item(index=index, question_id=qid, image_id=image_id, question=question,
-                          answers=answers[qid], image=image))
+        items.append(Item(index=index, question_id=qid, image_id=image_id, question=question, answers=answers[qid], image=image))
     return items

@@ -46,7 +46,9 @@ def random_pools(question_ids: list[int], n_train: int, k: int, seed: int, exclu
 
 
 @torch.no_grad()
-def select_demos(model: PointerSelector, queries: Tensor, train: Tensor, pools: Tensor, steps: int, batch_size: int = 512) -> Tensor:
+def select_demos(
+    model: PointerSelector, queries: Tensor, train: Tensor, pools: Tensor, steps: int, batch_size: int = 512
+) -> Tensor:
     """Greedy picks for every question: [M, steps] global train rows, in prompt order.
 
     Greedy decoding is deterministic, so the first s picks of a `steps`-long decode are

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +31,9 @@ class EvalWorld:
     train_items: list[Item]  # demonstration candidates; position = global train row
     train_features: Tensor  # [N, d]
     splits: dict[str, EvalSplit]
-    make_backend: Callable[[str], Backend]  # (device) -> backend  # built only when answers are needed (not for a cached evaluation)
+    make_backend: Callable[
+        [str], Backend
+    ]  # (device) -> backend  # built only when answers are needed (not for a cached evaluation)
     identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
 
 
@@ -49,8 +52,9 @@ class SimBackend:
             by_split.setdefault(r.split, []).append(i)
         texts: dict[int, str] = {}
         for split, idx in by_split.items():
-            answers = self.vlm.answer_batch(split, [requests[i].query.index for i in idx],
-                                            [[d.index for d in requests[i].demos] for i in idx])
+            answers = self.vlm.answer_batch(
+                split, [requests[i].query.index for i in idx], [[d.index for d in requests[i].demos] for i in idx]
+            )
             texts.update(zip(idx, answers))
         out = [Response(texts[i]) for i in range(len(requests))]
         return out
@@ -70,7 +74,9 @@ def preflight(ws: Workspace, spec: EvalSpec) -> None:
     backend = ws.backend if spec.backend == "auto" else spec.backend
     if ws.is_bundled:
         if backend != "sim":
-            raise LeverError(f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'")
+            raise LeverError(
+                f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'"
+            )
         return
     if backend == "sim":
         raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
@@ -83,8 +89,10 @@ def preflight(ws: Workspace, spec: EvalSpec) -> None:
     for key in ("vlm", "clip"):
         value = getattr(ws.models, key)
         if not value or not (ws.path(value) / "config.json").is_file():
-            raise LeverError(f"workspace {ws.source}: models.{key} = {value!r} is not a model directory with a config.json",
-                             hint="point it at a local transformers checkpoint")
+            raise LeverError(
+                f"workspace {ws.source}: models.{key} = {value!r} is not a model directory with a config.json",
+                hint="point it at a local transformers checkpoint",
+            )
 
 
 def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
@@ -109,12 +117,16 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
     if "train" in spec.splits:
         items, feats, rows = _first(train_items, train_feats, spec.questions)
         splits["train"] = EvalSplit("train", items, feats, rows)
-    return EvalWorld(train_items, train_feats, splits, lambda device: SimBackend(SimVLM.load(paths)),
-                     {"backend": "sim", "world": Path(paths.root).name})
+    return EvalWorld(
+        train_items,
+        train_feats,
+        splits,
+        lambda device: SimBackend(SimVLM.load(paths)),
+        {"backend": "sim", "world": Path(paths.root).name},
+    )
 
 
-def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None,
-                 log: Callable[[str], None]) -> EvalWorld:
+def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None]) -> EvalWorld:
     from lever.runs.sources import load_features
 
     from .clip import cached_clip_features
@@ -126,8 +138,10 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
         raise LeverError("evaluation needs the train features file (data.features)")
     train_feats = load_features(train_features_path)
     if train_feats.shape[0] != len(train_items):
-        raise LeverError(f"features {train_features_path} have {train_feats.shape[0]} rows but OK-VQA train has {len(train_items)} questions",
-                         hint="row i of the features must be train question i (sorted by question_id)")
+        raise LeverError(
+            f"features {train_features_path} have {train_feats.shape[0]} rows but OK-VQA train has {len(train_items)} questions",
+            hint="row i of the features must be train question i (sorted by question_id)",
+        )
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
         items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
@@ -136,8 +150,13 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
     if "train" in spec.splits:
         n = min(spec.questions, len(train_items))
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
-    return EvalWorld(train_items, train_feats, splits, lambda device: make_hf_backend(ws, spec, device),
-                     {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)})
+    return EvalWorld(
+        train_items,
+        train_feats,
+        splits,
+        lambda device: make_hf_backend(ws, spec, device),
+        {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)},
+    )
 
 
 def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Backend:
@@ -146,5 +165,10 @@ def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Back
         raise LeverError(f"workspace {ws.source}: [models] vlm is needed for the hf backend")
     from .hf import HFBackend
 
-    return HFBackend(ws.path(ws.models.vlm), device=device, batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
-                     num_beams=spec.num_beams)
+    return HFBackend(
+        ws.path(ws.models.vlm),
+        device=device,
+        batch_size=spec.batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        num_beams=spec.num_beams,
+    )

@@ -154,8 +154,9 @@ class PointerSelector(nn.Module):
         """
         B, K, _ = pool.shape
         if query.shape != (B, self.d_in) or pool.shape[-1] != self.d_in:
-            raise ValueError(f"expected query [B, {self.d_in}] and pool [B, K, {self.d_in}], "
-                             f"got {tuple(query.shape)} and {tuple(pool.shape)}")
+            raise ValueError(
+                f"expected query [B, {self.d_in}] and pool [B, K, {self.d_in}], got {tuple(query.shape)} and {tuple(pool.shape)}"
+            )
         if pool_mask is None:
             pool_mask = torch.ones(B, K, dtype=torch.bool, device=pool.device)
         if not bool(pool_mask.any(-1).all()):

@@ -22,8 +22,23 @@ from .tables import (
 FORMATS = ("json", "markdown", "csv", "latex")
 
 CSV_COLUMNS = [
-    "split", "baseline", "plan", "is_baseline", "shots", "accuracy", "std", "n_seeds", "n_questions",
-    "delta", "ci_lo", "ci_hi", "p_permutation", "p_mcnemar", "within_noise", "best", "missing",
+    "split",
+    "baseline",
+    "plan",
+    "is_baseline",
+    "shots",
+    "accuracy",
+    "std",
+    "n_seeds",
+    "n_questions",
+    "delta",
+    "ci_lo",
+    "ci_hi",
+    "p_permutation",
+    "p_mcnemar",
+    "within_noise",
+    "best",
+    "missing",
 ]
 
 
@@ -59,13 +74,29 @@ def to_csv(cmp: Comparison) -> str:
     for row in cmp.rows:
         for col in cmp.plans:
             c = row.cells[col.name]
-            w.writerow(_clean({
-                "split": cmp.split, "baseline": cmp.baseline, "plan": col.name, "is_baseline": col.baseline,
-                "shots": row.label, "accuracy": c.accuracy, "std": c.std, "n_seeds": c.n_seeds,
-                "n_questions": c.n_questions, "delta": c.delta, "ci_lo": c.lo, "ci_hi": c.hi,
-                "p_permutation": c.p, "p_mcnemar": c.p_mcnemar, "within_noise": c.within_noise,
-                "best": c.best, "missing": col.missing or "",
-            }))
+            w.writerow(
+                _clean(
+                    {
+                        "split": cmp.split,
+                        "baseline": cmp.baseline,
+                        "plan": col.name,
+                        "is_baseline": col.baseline,
+                        "shots": row.label,
+                        "accuracy": c.accuracy,
+                        "std": c.std,
+                        "n_seeds": c.n_seeds,
+                        "n_questions": c.n_questions,
+                        "delta": c.delta,
+                        "ci_lo": c.lo,
+                        "ci_hi": c.hi,
+                        "p_permutation": c.p,
+                        "p_mcnemar": c.p_mcnemar,
+                        "within_noise": c.within_noise,
+                        "best": c.best,
+                        "missing": col.missing or "",
+                    }
+                )
+            )
     return buf.getvalue()
 
 
@@ -95,8 +126,16 @@ def to_markdown(cmp: Comparison) -> str:
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 
 
@@ -122,7 +161,10 @@ def to_latex(cmp: Comparison) -> str:
         f"% accuracy (%) on {latex_escape(cmp.split)}, {size}delta vs {latex_escape(cmp.baseline)} in points; "
         "bold = best in row; ^{\\sim} = within noise (95\\% paired bootstrap CI includes 0)",
         *(f"% missing: {latex_escape(c.name)} ({c.missing})" for c in cmp.plans if c not in cols),
-        f"\\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
     ]
     for i, row in enumerate(cmp.rows):
         if row.label == "avg" and i > 0:

@@ -180,7 +180,7 @@ def _seed_of(run_dir: Path) -> int | None:
     name = run_dir.name
     if name.startswith("seed-"):
         try:
-            return int(name[len("seed-"):])
+            return int(name[len("seed-") :])
         except ValueError:
             return None
     return None

@@ -83,9 +83,7 @@ def spark_rows(metrics: list[dict], width: int = 40) -> list[SparkRow]:
     return rows
 
 
-def plot_curves(
-    series: dict[str, list[dict]], out_dir: Path, selected: dict[str, dict] | None = None
-) -> list[Path] | None:
+def plot_curves(series: dict[str, list[dict]], out_dir: Path, selected: dict[str, dict] | None = None) -> list[Path] | None:
     """One PNG per metric, a line per run (label -> metrics rows); None when matplotlib is absent.
 
     The x axis counts epochs across stages in file order; dotted lines mark stage changes

@@ -366,8 +366,7 @@ def plan_cells(col: PlanColumn, c: Cell, rich: bool = False) -> list[str]:
         a = arrow(c.delta)
         colour = {"↑": "green", "↓": "red"}.get(a, "default")
         strong = "bold " if c.within_noise is False else ""
-        out = [f"[bold]{acc}[/]" if c.best else acc, f"[{strong}{colour}]{out[1]}[/]", f"[dim]{out[2]}[/]",
-               f"[dim]{out[3]}[/]"]
+        out = [f"[bold]{acc}[/]" if c.best else acc, f"[{strong}{colour}]{out[1]}[/]", f"[dim]{out[2]}[/]", f"[dim]{out[3]}[/]"]
     return out
 
 
@@ -380,8 +379,7 @@ def improved_cells(col: PlanColumn) -> list[str]:
 def shot_table(cmp: Comparison, rich: bool = False) -> tuple[list[str], list[list[str]]]:
     """Headers and text rows of the shot table (shared by plain text, Markdown and rich)."""
     headers = ["shots"] + [h for col in cmp.plans for h in plan_headers(col)]
-    body = [[row.label] + [x for col in cmp.plans for x in plan_cells(col, row.cells[col.name], rich)]
-            for row in cmp.rows]
+    body = [[row.label] + [x for col in cmp.plans for x in plan_cells(col, row.cells[col.name], rich)] for row in cmp.rows]
     body.append(["improved"] + [x for col in cmp.plans for x in improved_cells(col)])
     return headers, body
 
@@ -395,8 +393,18 @@ def training_table(cmp: Comparison) -> list[list[str]]:
         sel = f"{t.stage} {t.epoch}" if t.stage is not None else "—"
         flags = ", ".join(t.flags) + (f" ({t.message})" if t.message else "")
         out.append(
-            [t.plan, fmt_value(t.seed), t.state, sel, fmt_value(t.reason), fmt_num(t.val_loss), fmt_num(t.ppo_loss),
-             fmt_num(t.kl), fmt_num(t.adv_std), flags or "—"]
+            [
+                t.plan,
+                fmt_value(t.seed),
+                t.state,
+                sel,
+                fmt_value(t.reason),
+                fmt_num(t.val_loss),
+                fmt_num(t.ppo_loss),
+                fmt_num(t.kl),
+                fmt_num(t.adv_std),
+                flags or "—",
+            ]
         )
     return out
 

@@ -92,8 +92,10 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
         other_dir = run_dir_of(ws, other, seed)
         stages = read_json(other_dir / "stages.json")
         if not stages or read_json(other_dir / "status.json", {}).get("state") not in ("trained", "done"):
-            raise LeverError(f"start.plan = '{st.plan}': that plan has no finished run for seed {seed}",
-                             hint=f"run it first: lever run {other.path}")
+            raise LeverError(
+                f"start.plan = '{st.plan}': that plan has no finished run for seed {seed}",
+                hint=f"run it first: lever run {other.path}",
+            )
         names = [s["stage"] for s in stages]
         name = st.stage or names[-1]
         if name not in names:
@@ -109,18 +111,34 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
 
 def provenance(lp: LoadedPlan, seed: int, device: torch.device, sources: dict[str, Any]) -> dict[str, Any]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     import numpy
     import pydantic
 
-    return {"lever": __version__, "git_commit": commit, "python": platform.python_version(),
-            "torch": torch.__version__, "pydantic": pydantic.__version__, "numpy": numpy.__version__,
-            "platform": platform.platform(), "device": str(device), "seed": seed, "plan": lp.name,
-            "description": lp.plan.description, "plan_file": str(lp.path),
-            "overrides": lp.overrides, "spec_hash": lp.hash, **sources}
+    return {
+        "lever": __version__,
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pydantic": pydantic.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "seed": seed,
+        "plan": lp.name,
+        "description": lp.plan.description,
+        "plan_file": str(lp.path),
+        "overrides": lp.overrides,
+        "spec_hash": lp.hash,
+        **sources,
+    }
 
 
 def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None = None) -> RunOutcome:
@@ -147,8 +165,10 @@ def check_select_metric(lp: LoadedPlan) -> None:
     kinds = {stage.kind for stage, _ in compile_stages(lp.plan)}
     logged = set.intersection(*(set(STAGE_METRICS[k]) for k in kinds))
     if lp.plan.select.metric not in logged:
-        raise LeverError(f"{lp.path}: select.metric = '{lp.plan.select.metric}' is not logged by every stage of this plan",
-                         hint=f"choose one of: {', '.join(sorted(logged))}")
+        raise LeverError(
+            f"{lp.path}: select.metric = '{lp.plan.select.metric}' is not logged by every stage of this plan",
+            hint=f"choose one of: {', '.join(sorted(logged))}",
+        )
 
 
 def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporter) -> RunOutcome:
@@ -181,8 +201,10 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     # Inputs resolved: from here on the run directory exists and records what happens.
     write_json(run_dir / "spec.json", lp.recipe())
     write_json(run_dir / "status.json", {"state": "running", "flags": [], "message": None})
-    write_json(run_dir / "provenance.json", provenance(lp, seed, device, {"candidates_file": str(src.candidates),
-                                                                          "features_file": str(src.features), **data_key}))
+    write_json(
+        run_dir / "provenance.json",
+        provenance(lp, seed, device, {"candidates_file": str(src.candidates), "features_file": str(src.features), **data_key}),
+    )
     pre_rce = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     stages = compile_stages(plan)
@@ -190,16 +212,35 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     all_rows: list[dict[str, Any]] = []
     for i, (stage, flt) in enumerate(stages):
         last = i == len(stages) - 1
-        train_d = train_base if flt is None else apply_filter(train_base, raw_rewards(train_base, plan.reward), flt, plan.data.tier_rules)[0]
+        train_d = (
+            train_base
+            if flt is None
+            else apply_filter(train_base, raw_rewards(train_base, plan.reward), flt, plan.data.tier_rules)[0]
+        )
         if train_d.num_queries == 0:
             raise LeverError(f"{lp.path}: stage '{stage.name}' has no training queries after its data filter")
         pin = plan.select.epoch if last else None
-        key = _key(prev_key, stage.kind, stage.epochs, stage.lr, stage.opt.model_dump(mode="json"),
-                   flt.model_dump(mode="json") if flt else None, plan.data.model_dump(mode="json"), plan.reward.model_dump(mode="json"),
-                   m.model_dump(mode="json"), data_key, seed, plan.select.metric, plan.select.mode, pin,
-                   plan.grpo.reference if stage.kind == "grpo" else None)
+        key = _key(
+            prev_key,
+            stage.kind,
+            stage.epochs,
+            stage.lr,
+            stage.opt.model_dump(mode="json"),
+            flt.model_dump(mode="json") if flt else None,
+            plan.data.model_dump(mode="json"),
+            plan.reward.model_dump(mode="json"),
+            m.model_dump(mode="json"),
+            data_key,
+            seed,
+            plan.select.metric,
+            plan.select.mode,
+            pin,
+            plan.grpo.reference if stage.kind == "grpo" else None,
+        )
         stage_dir = ws.runs_dir / "_stages" / f"{stage.name}-{key}"
-        with file_lock(ws.runs_dir / "_stages" / f".{stage.name}-{key}.lock", wait=True, what=f"stage {stage.name}-{key}", on_wait=rep.info):
+        with file_lock(
+            ws.runs_dir / "_stages" / f".{stage.name}-{key}.lock", wait=True, what=f"stage {stage.name}-{key}", on_wait=rep.info
+        ):
             result = _stage_result(stage_dir)
             if result is None:
                 ref = pre_rce if (stage.kind == "grpo" and plan.grpo.reference == "pre_rce") else None
@@ -247,5 +288,7 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
 def _check_rows(data: CandidateData, features: torch.Tensor, path: Path) -> None:
     need = int(max(int(data.query_ids.max()), int(data.pools.max()))) + 1
     if features.shape[0] < need:
-        raise LeverError(f"features file {path} has {features.shape[0]} rows, but the candidate data refers to train index {need - 1}",
-                         hint="the features must hold one row per train item (row i = train item i)")
+        raise LeverError(
+            f"features file {path} has {features.shape[0]} rows, but the candidate data refers to train index {need - 1}",
+            hint="the features must hold one row per train item (row i = train item i)",
+        )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -47,8 +47,9 @@ def _lookup(kind: str, ref: str, table: dict[str, str], ws: Workspace) -> Path:
     if path.suffix and path.exists():
         return path
     names = ", ".join(sorted(table)) or "(none)"
-    raise LeverError(f"data.{kind} = '{ref}': not a name in the workspace ({ws.source}) nor an existing file",
-                     hint=f"names defined: {names}")
+    raise LeverError(
+        f"data.{kind} = '{ref}': not a name in the workspace ({ws.source}) nor an existing file", hint=f"names defined: {names}"
+    )
 
 
 def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Callable[[str], None] = print) -> TrainSources:
@@ -61,8 +62,10 @@ def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Ca
         paths = bench_paths(ws, log)
     else:
         if candidates not in BENCH_CANDIDATES:
-            raise LeverError(f"data.candidates = '{candidates}': the bundled benchmark provides {', '.join(BENCH_CANDIDATES)}",
-                             hint="or give a path to a candidate-data JSON file, or configure a workspace (lever.toml)")
+            raise LeverError(
+                f"data.candidates = '{candidates}': the bundled benchmark provides {', '.join(BENCH_CANDIDATES)}",
+                hint="or give a path to a candidate-data JSON file, or configure a workspace (lever.toml)",
+            )
         paths = bench_paths(ws, log)
         cand = _balanced(paths, log) if candidates == "balanced" else Path(paths.candidates)
     if features == "main":

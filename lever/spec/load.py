@@ -54,7 +54,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise LeverError(f"{path}: no such plan file")
     text = path.read_text(encoding="utf-8")
     if not text.strip():
-        raise LeverError(f"{path}: the file is empty", hint="a plan needs at least description = \"...\" and the keys it sets")
+        raise LeverError(f"{path}: the file is empty", hint='a plan needs at least description = "..." and the keys it sets')
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -13,9 +13,10 @@ what it says; combinations that cannot mean anything fail validation with a mess
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 
 class Strict(BaseModel):
     """Base for every spec section: unknown keys are errors, values are checked on assignment."""
@@ -46,12 +47,14 @@ class DataFilter(Strict):
     skip_failed: bool = Field(True, description="Drop candidates with eval_failed or vqa_eval_mode fallback/error")
     require_positive: bool = Field(False, description="Keep only queries with at least one correct sequence")
     tiers: list[Tier] = Field(["high", "medium", "low"], min_length=1, description="Keep only queries in these quality tiers")
-    positive_ratio: tuple[float, float] = Field((0.0, 1.0), description="Keep queries whose share of correct sequences lies in [lo, hi]")
+    positive_ratio: tuple[float, float] = Field(
+        (0.0, 1.0), description="Keep queries whose share of correct sequences lies in [lo, hi]"
+    )
     min_group_size: int = Field(1, ge=1, description="Drop queries with fewer usable sequences than this")
     top_k: int = Field(0, ge=0, description="Keep only the k best sequences of each group by reward (0 = all)")
 
     @model_validator(mode="after")
-    def _band(self) -> "DataFilter":
+    def _band(self) -> DataFilter:
         lo, hi = self.positive_ratio
         if not (0.0 <= lo <= hi <= 1.0):
             raise ValueError(f"positive_ratio must be [lo, hi] with 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
@@ -62,8 +65,12 @@ class DataSpec(DataFilter):
     """Candidate data to train on, and the default filter every stage uses."""
 
     candidates: str = Field("main", min_length=1, description="Candidate-data name from the workspace, or a path to a JSON file")
-    features: str = Field("main", min_length=1, description="Features name from the workspace, or a path to a [N_train, d] tensor file")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of query ids (sorted as integers) held out for validation")
+    features: str = Field(
+        "main", min_length=1, description="Features name from the workspace, or a path to a [N_train, d] tensor file"
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Last share of query ids (sorted as integers) held out for validation"
+    )
     tier_rules: TierRules = Field(default_factory=TierRules, description="Thresholds that define the quality tiers")
 
 
@@ -84,7 +91,7 @@ class RewardSpec(Strict):
     normalize_std_floor: float = Field(0.1, gt=0, description="z-score normalisation divides by max(std, this)")
 
     @model_validator(mode="after")
-    def _clip(self) -> "RewardSpec":
+    def _clip(self) -> RewardSpec:
         if self.clip[0] >= self.clip[1]:
             raise ValueError(f"clip must be [lo, hi] with lo < hi, got {list(self.clip)}")
         return self
@@ -103,7 +110,7 @@ class ModelSpec(Strict):
     score_temperature: float = Field(0.1, gt=0, description="Scores are cosine / this")
 
     @model_validator(mode="after")
-    def _heads(self) -> "ModelSpec":
+    def _heads(self) -> ModelSpec:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         return self
@@ -116,12 +123,16 @@ class OptimSpec(Strict):
     """Optimiser settings shared by both stages (AdamW)."""
 
     lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate")
-    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Learning-rate schedule over the stage's steps")
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="Learning-rate schedule over the stage's steps"
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping)")
-    freeze_backbone: bool = Field(False, description="Freeze the input projection and cross-attention (about half the parameters)")
+    freeze_backbone: bool = Field(
+        False, description="Freeze the input projection and cross-attention (about half the parameters)"
+    )
 
 
 class RCESpec(OptimSpec):
@@ -132,8 +143,12 @@ class RCESpec(OptimSpec):
     schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all RCE steps")
     temp_start: float = Field(2.0, gt=0, description="tau at the first RCE step")
     temp_end: float = Field(0.5, gt=0, description="tau at the last RCE step (linear in between)")
-    rewards: Literal["raw", "normalized"] = Field("raw", description="Weight by raw rewards or group-normalised (z-score) rewards")
-    target: Literal["weighted", "top1"] = Field("weighted", description="weighted = RCE over the group; top1 = plain CE on the best sequence")
+    rewards: Literal["raw", "normalized"] = Field(
+        "raw", description="Weight by raw rewards or group-normalised (z-score) rewards"
+    )
+    target: Literal["weighted", "top1"] = Field(
+        "weighted", description="weighted = RCE over the group; top1 = plain CE on the best sequence"
+    )
 
 
 class AdaptiveKL(Strict):
@@ -147,7 +162,7 @@ class AdaptiveKL(Strict):
     beta_max: float = Field(10.0, gt=0, description="Upper bound of beta")
 
     @model_validator(mode="after")
-    def _band(self) -> "AdaptiveKL":
+    def _band(self) -> AdaptiveKL:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.beta_min > self.beta_max:
@@ -167,8 +182,12 @@ class KLSpec(Strict):
 class AdvantageSpec(Strict):
     """Per-group advantages from rewards."""
 
-    kind: Literal["rank", "zscore", "centered"] = Field("zscore", description="rank: 1 - 2 rank/(n-1); zscore: (r - mean)/max(std, floor); centered: r - mean")
-    rank_ties: Literal["average", "first"] = Field("average", description="rank only: tied rewards share their mean rank, or ties break by order")
+    kind: Literal["rank", "zscore", "centered"] = Field(
+        "zscore", description="rank: 1 - 2 rank/(n-1); zscore: (r - mean)/max(std, floor); centered: r - mean"
+    )
+    rank_ties: Literal["average", "first"] = Field(
+        "average", description="rank only: tied rewards share their mean rank, or ties break by order"
+    )
     std_floor: float = Field(0.1, gt=0, description="zscore only: divide by max(std, this)")
     clip: float = Field(5.0, gt=0, description="Clip advantages to [-clip, clip]")
 
@@ -200,7 +219,7 @@ class GRPOSpec(OptimSpec):
     )
 
     @model_validator(mode="after")
-    def _schedule(self) -> "GRPOSpec":
+    def _schedule(self) -> GRPOSpec:
         starts = [s.from_epoch for s in self.top_k_schedule]
         if starts != sorted(set(starts)):
             raise ValueError(f"top_k_schedule from_epoch values must be strictly increasing, got {starts}")
@@ -212,12 +231,12 @@ class GRPOSpec(OptimSpec):
 class DataOverride(Strict):
     """A phase's changes to the plan's data filter (unset keys keep the plan's values)."""
 
-    skip_failed: Optional[bool] = Field(None, description="See data.skip_failed")
-    require_positive: Optional[bool] = Field(None, description="See data.require_positive")
-    tiers: Optional[list[Tier]] = Field(None, min_length=1, description="See data.tiers")
-    positive_ratio: Optional[tuple[float, float]] = Field(None, description="See data.positive_ratio")
-    min_group_size: Optional[int] = Field(None, ge=1, description="See data.min_group_size")
-    top_k: Optional[int] = Field(None, ge=0, description="See data.top_k")
+    skip_failed: bool | None = Field(None, description="See data.skip_failed")
+    require_positive: bool | None = Field(None, description="See data.require_positive")
+    tiers: list[Tier] | None = Field(None, min_length=1, description="See data.tiers")
+    positive_ratio: tuple[float, float] | None = Field(None, description="See data.positive_ratio")
+    min_group_size: int | None = Field(None, ge=1, description="See data.min_group_size")
+    top_k: int | None = Field(None, ge=0, description="See data.top_k")
 
 
 class Phase(Strict):
@@ -226,7 +245,7 @@ class Phase(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="Short name, used in metrics and checkpoint files")
     epochs: int = Field(ge=1, description="GRPO epochs in this phase")
     data: DataOverride = Field(default_factory=DataOverride, description="Filter changes for this phase")
-    lr: Optional[float] = Field(None, gt=0, le=1.0, description="Learning rate for this phase (default: grpo.lr)")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate for this phase (default: grpo.lr)")
 
 
 # --------------------------------------------------------------------------- start, select, eval
@@ -235,13 +254,18 @@ class Phase(Strict):
 class StartSpec(Strict):
     """Where training starts."""
 
-    kind: Literal["scratch", "plan", "checkpoint"] = Field("scratch", description="scratch, another plan's selected checkpoint, or a checkpoint file")
-    plan: Optional[str] = Field(None, description="kind = plan: the plan name (e.g. 'baseline')")
-    stage: Optional[str] = Field(None, description="kind = plan: take that plan's selected checkpoint of this stage ('rce', 'grpo', a phase name); default: its final selection")
-    checkpoint: Optional[str] = Field(None, description="kind = checkpoint: a .safetensors file")
+    kind: Literal["scratch", "plan", "checkpoint"] = Field(
+        "scratch", description="scratch, another plan's selected checkpoint, or a checkpoint file"
+    )
+    plan: str | None = Field(None, description="kind = plan: the plan name (e.g. 'baseline')")
+    stage: str | None = Field(
+        None,
+        description="kind = plan: take that plan's selected checkpoint of this stage ('rce', 'grpo', a phase name); default: its final selection",
+    )
+    checkpoint: str | None = Field(None, description="kind = checkpoint: a .safetensors file")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StartSpec":
+    def _consistent(self) -> StartSpec:
         if self.kind == "plan" and not self.plan:
             raise ValueError("kind = 'plan' needs plan = '<name>'")
         if self.kind == "checkpoint" and not self.checkpoint:
@@ -258,7 +282,9 @@ class SelectSpec(Strict):
 
     metric: str = Field("val/loss", description="A metric name from metrics.jsonl")
     mode: Literal["min", "max"] = Field("min", description="Lowest or highest value wins (ties: earliest epoch)")
-    epoch: Optional[int] = Field(None, ge=1, description="Pin the final stage's selection to this epoch (a hand pick, recorded as such)")
+    epoch: int | None = Field(
+        None, ge=1, description="Pin the final stage's selection to this epoch (a hand pick, recorded as such)"
+    )
 
 
 class EvalSpec(Strict):
@@ -267,15 +293,19 @@ class EvalSpec(Strict):
     shots: list[int] = Field([1, 2, 3, 4], min_length=1, description="Numbers of demonstrations to evaluate")
     questions: int = Field(800, ge=1, description="First N eval questions by question_id")
     splits: list[Literal["val", "train"]] = Field(["val"], min_length=1, description="Eval splits")
-    backend: Literal["auto", "sim", "hf"] = Field("auto", description="auto = the workspace's backend (sim on the bundled benchmark)")
-    pool: Literal["random", "similar"] = Field("similar", description="Per-question candidate pool: seeded random draw or nearest by feature similarity")
+    backend: Literal["auto", "sim", "hf"] = Field(
+        "auto", description="auto = the workspace's backend (sim on the bundled benchmark)"
+    )
+    pool: Literal["random", "similar"] = Field(
+        "similar", description="Per-question candidate pool: seeded random draw or nearest by feature similarity"
+    )
     pool_size: int = Field(64, ge=1, description="K: candidates per question")
     batch_size: int = Field(8, ge=1, description="VLM generation batch size")
     max_new_tokens: int = Field(5, ge=1, description="Generation length")
     num_beams: int = Field(3, ge=1, description="Beam search width")
 
     @model_validator(mode="after")
-    def _shots(self) -> "EvalSpec":
+    def _shots(self) -> EvalSpec:
         bad = [s for s in self.shots if not 1 <= s <= 8]
         if bad:
             raise ValueError(f"shots must each be in 1..8, got {bad}")
@@ -293,7 +323,7 @@ class Plan(Strict):
     """A training-and-evaluation recipe."""
 
     description: str = Field("", description="One line: what this plan changes, and against which plan")
-    extends: Optional[str] = Field(None, description="A plan file this one modifies (resolved relative to this file)")
+    extends: str | None = Field(None, description="A plan file this one modifies (resolved relative to this file)")
     seeds: list[int] = Field([0], min_length=1, description="One run per seed")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     start: StartSpec = Field(default_factory=StartSpec, description="Where training starts")
@@ -302,12 +332,14 @@ class Plan(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec, description="The pointer selector")
     rce: RCESpec = Field(default_factory=RCESpec, description="RCE stage")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO stage")
-    phases: list[Phase] = Field(default_factory=list, description="Curriculum: GRPO phases in order, each from the previous one's selection")
+    phases: list[Phase] = Field(
+        default_factory=list, description="Curriculum: GRPO phases in order, each from the previous one's selection"
+    )
     select: SelectSpec = Field(default_factory=SelectSpec, description="Checkpoint selection rule")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation")
 
     @model_validator(mode="after")
-    def _stages(self) -> "Plan":
+    def _stages(self) -> Plan:
         if self.phases and self.grpo.epochs:
             raise ValueError(
                 f"grpo.epochs = {self.grpo.epochs} conflicts with phases: each phase sets its own epochs; set grpo.epochs = 0"

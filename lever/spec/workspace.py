@@ -37,7 +37,7 @@ import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -71,8 +71,8 @@ class OKVQAPaths(_Strict):
 class ModelPaths(_Strict):
     """Local model directories (no hub access is assumed)."""
 
-    vlm: Optional[str] = Field(None, description="Image-text-to-text model directory (Qwen2.5-VL)")
-    clip: Optional[str] = Field(None, description="CLIP model directory for features")
+    vlm: str | None = Field(None, description="Image-text-to-text model directory (Qwen2.5-VL)")
+    clip: str | None = Field(None, description="CLIP model directory for features")
 
 
 class Workspace(_Strict):
@@ -84,10 +84,12 @@ class Workspace(_Strict):
     cache: str = Field(".lever-cache", description="Generated benchmark, parsed data and feature caches")
     plans: str = Field("plans", description="Where plan names are looked up")
     backend: Literal["sim", "hf"] = Field("sim", description="Evaluation backend for plans with eval.backend = 'auto'")
-    bench: dict[str, Any] = Field(default_factory=dict, description="Bundled benchmark generator settings (see docs/benchmark.md)")
+    bench: dict[str, Any] = Field(
+        default_factory=dict, description="Bundled benchmark generator settings (see docs/benchmark.md)"
+    )
     candidates: dict[str, str] = Field(default_factory=dict, description="Candidate-data names -> JSON files")
     features: dict[str, str] = Field(default_factory=dict, description="Feature names -> [N_train, d] tensor files")
-    okvqa: Optional[OKVQAPaths] = Field(None, description="OK-VQA files for evaluation")
+    okvqa: OKVQAPaths | None = Field(None, description="OK-VQA files for evaluation")
     models: ModelPaths = Field(default_factory=ModelPaths, description="Model directories")
 
     @property
@@ -142,7 +144,9 @@ def load_workspace(flag: str | Path | None = None) -> Workspace:
         for e in err.errors():
             where = ".".join(map(str, e["loc"]))
             close = difflib.get_close_matches(str(e["loc"][-1]), keys, n=1) if e["type"] == "extra_forbidden" else []
-            lines.append(f"{where}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-                         + (f" (did you mean '{close[0]}'?)" if close else ""))
+            lines.append(
+                f"{where}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+                + (f" (did you mean '{close[0]}'?)" if close else "")
+            )
         valid = ", ".join(keys)
         raise LeverError(f"{path}: " + "; ".join(lines), hint=f"workspace keys: {valid}") from None

@@ -71,5 +71,7 @@ def load_into(model: torch.nn.Module, state: State, where: str) -> None:
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
-        raise LeverError(f"checkpoint {where} does not fit the plan's model: {detail}",
-                         hint="the model settings (model.hidden, layers, heads, feature size) must match the ones it was trained with") from None
+        raise LeverError(
+            f"checkpoint {where} does not fit the plan's model: {detail}",
+            hint="the model settings (model.hidden, layers, heads, feature size) must match the ones it was trained with",
+        ) from None

@@ -23,7 +23,7 @@ class Batch:
     seq: Tensor  # [B, G] row of each sequence in the data (for per-sequence stored values)
     mask: Tensor  # [B, G] bool, True = real sequence
 
-    def keep(self, keep: Tensor) -> "Batch":
+    def keep(self, keep: Tensor) -> Batch:
         """Only the sequences where `keep` [B, G] is True, moved to the front and re-padded to
         the largest kept group: top-k training then costs k sequences per query, not G."""
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept first, in order
@@ -32,8 +32,16 @@ class Batch:
         def take(x: Tensor) -> Tensor:
             return x.gather(1, idx if x.dim() == 2 else idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
-        return Batch(self.query, self.pool, self.pool_mask, take(self.pointers), take(self.rewards), take(self.raw),
-                     take(self.seq), take(keep))
+        return Batch(
+            self.query,
+            self.pool,
+            self.pool_mask,
+            take(self.pointers),
+            take(self.rewards),
+            take(self.raw),
+            take(self.seq),
+            take(keep),
+        )
 
 
 @dataclass

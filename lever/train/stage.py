@@ -77,8 +77,19 @@ class StageResult:
 COMMON_METRICS = ("val/loss", "train/loss", "optim/lr", "optim/grad_norm", "time/epoch_s")
 STAGE_METRICS = {
     "rce": COMMON_METRICS + ("losses/rce", "rce/tau"),
-    "grpo": COMMON_METRICS + ("losses/ppo", "losses/kl", "kl/value", "kl/beta", "adv/mean", "adv/std", "adv/max",
-                              "adv/zero_frac", "policy/clip_frac", "policy/ratio_mean"),
+    "grpo": COMMON_METRICS
+    + (
+        "losses/ppo",
+        "losses/kl",
+        "kl/value",
+        "kl/beta",
+        "adv/mean",
+        "adv/std",
+        "adv/max",
+        "adv/zero_frac",
+        "policy/clip_frac",
+        "policy/ratio_mean",
+    ),
 }
 
 
@@ -155,9 +166,19 @@ def _check_finite(value: Tensor, what: str, stage: str, epoch: int, step: int) -
 class StageRunner:
     """Runs one stage's epochs into its directory, resuming where a killed run stopped."""
 
-    def __init__(self, stage: Stage, stage_dir: Path, model: PointerSelector, train: Groups, val: Groups,
-                 seed: int, select: SelectSpec, reporter: Reporter, pin_epoch: int | None = None,
-                 reference: State | None = None):
+    def __init__(
+        self,
+        stage: Stage,
+        stage_dir: Path,
+        model: PointerSelector,
+        train: Groups,
+        val: Groups,
+        seed: int,
+        select: SelectSpec,
+        reporter: Reporter,
+        pin_epoch: int | None = None,
+        reference: State | None = None,
+    ):
         self.s, self.dir, self.model, self.train, self.val = stage, stage_dir, model, train, val
         self.seed, self.select, self.rep, self.pin = seed, select, reporter, pin_epoch
         self.reference = reference  # GRPO: weights of the frozen policy (ratio and KL)
@@ -210,20 +231,40 @@ class StageRunner:
                 )
             rows.append(row)
             # Order matters for resume: weights, then metrics, then the resume marker.
-            save_weights(self.dir / "ckpt" / f"epoch-{epoch:03d}.safetensors", state_of(self.model),
-                         {"stage": self.s.name, "epoch": epoch, "metrics": row})
+            save_weights(
+                self.dir / "ckpt" / f"epoch-{epoch:03d}.safetensors",
+                state_of(self.model),
+                {"stage": self.s.name, "epoch": epoch, "metrics": row},
+            )
             write_jsonl(self.dir / "metrics.jsonl", rows)
-            save_resume(self.dir / "resume.pt", {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                                                 "step": self.step, "beta": self.beta, "epoch": epoch})
+            save_resume(
+                self.dir / "resume.pt",
+                {
+                    "model": self.model.state_dict(),
+                    "optim": self.optim.state_dict(),
+                    "step": self.step,
+                    "beta": self.beta,
+                    "epoch": epoch,
+                },
+            )
             self.rep.epoch_end(self.s.name, row)
         return self._finish(rows)
 
     def _finish(self, rows: list[dict[str, Any]]) -> StageResult:
         best, reason = pick(rows, self.select, self.pin)
         ckpt = self.dir / "ckpt" / f"epoch-{best['epoch']:03d}.safetensors"
-        write_json(self.dir / "selected.json", {"stage": self.s.name, "epoch": best["epoch"], "metric": self.select.metric,
-                                                "mode": self.select.mode, "value": best.get(self.select.metric),
-                                                "reason": reason, "checkpoint": f"ckpt/{ckpt.name}"})
+        write_json(
+            self.dir / "selected.json",
+            {
+                "stage": self.s.name,
+                "epoch": best["epoch"],
+                "metric": self.select.metric,
+                "mode": self.select.mode,
+                "value": best.get(self.select.metric),
+                "reason": reason,
+                "checkpoint": f"ckpt/{ckpt.name}",
+            },
+        )
         (self.dir / "resume.pt").unlink(missing_ok=True)  # optimiser state is no longer needed
         return StageResult(self.s.name, self.dir, best["epoch"], best.get(self.select.metric, float("nan")), reason, ckpt, rows)
 
@@ -265,8 +306,14 @@ class StageRunner:
         if advs:
             vals = torch.cat([v for v, _ in advs])  # every real sequence's advantage this epoch
             flat = torch.cat([z for _, z in advs])  # per group: all advantages zero
-            row.update({"adv/mean": vals.mean().item(), "adv/std": vals.std(unbiased=False).item(),
-                        "adv/max": vals.max().item(), "adv/zero_frac": flat.float().mean().item()})
+            row.update(
+                {
+                    "adv/mean": vals.mean().item(),
+                    "adv/std": vals.std(unbiased=False).item(),
+                    "adv/max": vals.max().item(),
+                    "adv/zero_frac": flat.float().mean().item(),
+                }
+            )
             row["kl/beta"] = self.beta
             if self.s.opt.kl.adaptive.enabled:
                 a = self.s.opt.kl.adaptive
@@ -304,8 +351,14 @@ class StageRunner:
         ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
         kl = L.kl_to_reference(logp, logp_ref, mask, opt.kl.estimator)
         loss = ppo + self.beta * kl
-        logs = {"losses/ppo": ppo.item(), "losses/kl": self.beta * kl.item(), "kl/value": kl.item(),
-                "policy/clip_frac": st["clip_frac"], "policy/ratio_mean": st["ratio_mean"], "train/loss": loss.item()}
+        logs = {
+            "losses/ppo": ppo.item(),
+            "losses/kl": self.beta * kl.item(),
+            "kl/value": kl.item(),
+            "policy/clip_frac": st["clip_frac"],
+            "policy/ratio_mean": st["ratio_mean"],
+            "train/loss": loss.item(),
+        }
         has = mask.any(-1)
         flat = ((adv.abs() <= 1e-8) | ~mask).all(-1)[has]
         return loss, logs, (adv.detach()[mask].cpu(), flat.cpu())
