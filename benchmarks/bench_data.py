@@ -42,10 +42,10 @@ def child(op: str, file: Path, work: Path) -> None:
     os.chdir(work)  # the workspace cache (.lever-cache) lands in the work folder
     t_start = time.perf_counter()
     import typer
-    from lever_cli.data import data_app
     from typer.testing import CliRunner
 
     from lever.data.reader import load_candidates
+    from lever_cli.data import data_app
 
     app = typer.Typer()
     app.add_typer(data_app, name="data")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from lever_cli.data import data_app
 from typer.testing import CliRunner
 
 from lever.errors import LeverError
+from lever_cli.data import data_app
 
 
 def run_cli(*args: Any) -> tuple[int, str]:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import typer
-from lever_cli.data import data_app
 from typer.testing import CliRunner
 
 from lever.data.reader import load_candidates
 from lever.data.stats import data_stats
 from lever.data.synthetic import write_records
 from lever.errors import LeverError
+from lever_cli.data import data_app
 
 
 def invoke(*args: Any):

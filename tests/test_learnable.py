@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from lever.bench import BenchConfig, SimVLM, ensure_bench
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N = 400  # val questions
 
 
+@pytest.mark.slow
 def test_baseline_between_random_and_oracle(lever, tmp_path):
     cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
     ws = tmp_path / "lever.toml"

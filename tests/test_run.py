@@ -131,6 +131,7 @@ def _stage_metrics(ws: Path, name: str) -> list[Path]:
     return sorted((ws / "runs" / "_stages").glob(f"{name}-*/metrics.jsonl"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "plan,stage,overrides",
     [
@@ -187,8 +188,11 @@ def test_second_process_on_the_same_run_refuses(lever, ws):
     assert res.code == 1 and "is being run by" in res.err
 
 
-@pytest.mark.parametrize("plan", sorted(p.stem for p in PLANS.glob("*.toml")))
-def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
+# Every plan compiles and validates in the fast tier (tests/test_spec.py); these three run end to
+# end in the slow tier: GRPO after RCE, a curriculum of phases, another reward and data file.
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", ["plan5", "plan9", "plan5_8"])
+def test_representative_plans_run_with_reduced_epochs(lever, ws, plan):
     from lever.spec import load_plan
 
     lp = load_plan(PLANS / f"{plan}.toml")
