@@ -163,3 +163,34 @@ def test_item_from_record():
     assert Item.from_record({**rec, "image": "x.jpg"}).image == "x.jpg"
     with pytest.raises(LeverError, match="'answers'"):
         Item.from_record({k: v for k, v in rec.items() if k != "answers"})
+
+
+# Cases where the three published variants disagree, worked by hand (10 answers each).
+@pytest.mark.parametrize(
+    "pred,answers,classic,latest,leverplus",
+    [
+        # Identical answers: vqa-latest normalises nothing, so case matters; the others lower-case the prediction.
+        ("Yes", ["yes"] * 10, 1.0, 0.0, 1.0),
+        # Identical answers with an article: only lever-plus drops it from the answers too.
+        ("dog", ["the dog"] * 10, 0.0, 0.0, 1.0),
+        # Differing answers: classic gives them punctuation only ("the dog" stays), the others drop the article:
+        # 3 matches -> 3 annotators at 2/3, 7 at 1 -> (2 + 7) / 10.
+        ("dog", ["the dog"] * 3 + ["cat"] * 7, 0.0, 0.9, 0.9),
+        # Number words: classic maps the prediction only ("two" -> "2", matching 2 of 10: (2*1/3 + 8*2/3)/10);
+        # the others map the answers as well (10 matches).
+        ("two", ["2"] * 2 + ["two"] * 8, 0.6, 1.0, 1.0),
+    ],
+)
+def test_metric_variants_differ_where_published_code_does(pred, answers, classic, latest, leverplus):
+    assert vqa_accuracy(pred, answers, "classic") == pytest.approx(classic)
+    assert vqa_accuracy(pred, answers, "vqa-latest") == pytest.approx(latest)
+    assert vqa_accuracy(pred, answers, "lever-plus") == pytest.approx(leverplus)
+
+
+def test_metric_variants_agree_on_plain_answers():
+    answers = ["red"] * 4 + ["blue"] * 6
+    for metric in ("classic", "vqa-latest", "lever-plus"):
+        assert vqa_accuracy("red", answers, metric) == pytest.approx(1.0)  # 4 matches: 4 at 1, 6 at 1
+        assert vqa_accuracy("green", answers, metric) == 0.0
+    with pytest.raises(ValueError, match="unknown VQA metric"):
+        vqa_accuracy("red", answers, "official")

@@ -88,17 +88,23 @@ def _image_part(item: Item) -> list[dict[str, Any]]:
     return [] if item.image is None else [{"type": "image", "image": item.image}]
 
 
-def build_prompt_parts(request: Request) -> list[dict[str, Any]]:
-    """The content of one user message: image, text, image, text, ..., as in DOMAIN.md section 7.
+DEMO_TEMPLATE = "Question:{question} Short answer:{answer}"
+QUERY_TEMPLATE = "Question:{question} Short answer:"
+
+
+def build_prompt_parts(
+    request: Request, demo_template: str = DEMO_TEMPLATE, query_template: str = QUERY_TEMPLATE
+) -> list[dict[str, Any]]:
+    """The content of one user message: image, text, image, text, ... (docs/evaluation.md).
 
     Each demo gives its image then `Question:<q> Short answer:<a>` (a = demo_answer);
     the query gives its image then `Question:<q> Short answer:`. An item without an
-    image gives only its text.
+    image gives only its text. The templates come from the prompt protocol.
     """
     parts: list[dict[str, Any]] = []
     for demo in request.demos:
         parts += _image_part(demo)
-        parts.append({"type": "text", "text": f"Question:{demo.question} Short answer:{demo_answer(demo)}"})
+        parts.append({"type": "text", "text": demo_template.format(question=demo.question, answer=demo_answer(demo))})
     parts += _image_part(request.query)
-    parts.append({"type": "text", "text": f"Question:{request.query.question} Short answer:"})
+    parts.append({"type": "text", "text": query_template.format(question=request.query.question)})
     return parts

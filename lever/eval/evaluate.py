@@ -28,6 +28,7 @@ from lever.train.checkpoint import checkpoint_info, load_into, load_weights, sta
 from .backend import Request
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
+from .protocol import resolve_protocol
 from .select import random_pools, select_demos, similar_pools
 from .sources import EvalWorld, eval_world
 from .vqa import vqa_accuracy
@@ -92,11 +93,12 @@ def evaluate_run(
         return out_dir, summary
 
     r = ranks()
-    backend = world.make_backend(r.device())
+    backend = world.make_backend(r.device() if r.world > 1 else plan.device)  # one process: the plan's device
     m = plan.model
     model = PointerSelector(world.train_features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature)
     load_into(model, state, ckpt["checkpoint"])
     spec = plan.eval
+    metric = resolve_protocol(spec).metric
     if spec.pool_size > len(world.train_items):
         raise LeverError(f"eval.pool_size = {spec.pool_size} but there are only {len(world.train_items)} train items")
     t0 = time.perf_counter()
@@ -134,7 +136,7 @@ def evaluate_run(
                         "demo_ids": [d.question_id for d in req.demos],
                         "raw_output": resp.raw,
                         "answer": answer,
-                        "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers),
+                        "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers, metric),
                         "failed": resp.failed,
                         **({"error": resp.error} if resp.failed else {}),
                     }

@@ -22,7 +22,8 @@ import torch
 
 from lever.device import resolve_device
 from lever.errors import LeverError
-from lever.eval.backend import Request, Response, build_prompt_parts
+from lever.eval.backend import Request, Response
+from lever.eval.protocol import DEFAULT, PromptProtocol, load_protocol
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -75,16 +76,17 @@ class _Ready:
 _Prepared = tuple[list[_Ready], list[tuple[int, str]], Any]  # (ready, (position, error) of failed, inputs)
 
 
-def prompt_images(request: Request) -> list[Any]:
-    """The request's images in prompt order (demos, then the query); OSError names the item."""
+def prompt_images(request: Request, protocol: PromptProtocol | None = None) -> list[Any]:
+    """The request's images in prompt order (demos, then the query), sized by the protocol; OSError names the item."""
     images = []
     for role, item in [("demonstration", d) for d in request.demos] + [("query", request.query)]:
         if item.image is None:
             continue
         try:
-            images.append(load_image(item.image))
+            image = load_image(item.image)
         except OSError as e:
             raise OSError(f"image of {role} {item.question_id} ({item.image}) unreadable: {e}") from None
+        images.append(protocol.size_image(image) if protocol else image)
     return images
 
 
@@ -112,6 +114,8 @@ class HFBackend:
         max_new_tokens: int = 5,
         num_beams: int = 3,
         dtype: str = "auto",
+        protocol: PromptProtocol | None = None,
+        attn_implementation: str = "auto",
     ):
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -136,26 +140,48 @@ class HFBackend:
                 hint="the folder needs the processor files (preprocessor config, tokenizer, chat template); "
                 "Qwen2.5-VL's processor also needs torchvision",
             )
-        model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dt)
-        self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams)
+        attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+        try:
+            model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dt, **attn)
+        except (ImportError, ValueError) as e:  # e.g. flash_attention_2 without the flash-attn package
+            raise LeverError(
+                f"could not load the VLM from {model_dir} with attn_implementation = {attn_implementation!r}: {e}",
+                hint="use eval.attn_implementation = 'sdpa' (or 'auto'), or install what the message names",
+            ) from None
+        self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams, protocol)
         self.model_dir = str(model_dir)
         self.dtype = str(dt).removeprefix("torch.")
 
     @classmethod
     def from_pretrained_objects(
-        cls, model: Any, processor: Any, device: str = "auto", batch_size: int = 8, max_new_tokens: int = 5, num_beams: int = 3
+        cls,
+        model: Any,
+        processor: Any,
+        device: str = "auto",
+        batch_size: int = 8,
+        max_new_tokens: int = 5,
+        num_beams: int = 3,
+        protocol: PromptProtocol | None = None,
     ) -> HFBackend:
         """Wrap an already-built (model, processor) pair; the model keeps its dtype."""
         _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
         self = cls.__new__(cls)
-        self._setup(model, processor, resolve_device(device), batch_size, max_new_tokens, num_beams)
+        self._setup(model, processor, resolve_device(device), batch_size, max_new_tokens, num_beams, protocol)
         self.model_dir = None
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         return self
 
     def _setup(
-        self, model: Any, processor: Any, device: torch.device, batch_size: int, max_new_tokens: int, num_beams: int
+        self,
+        model: Any,
+        processor: Any,
+        device: torch.device,
+        batch_size: int,
+        max_new_tokens: int,
+        num_beams: int,
+        protocol: PromptProtocol | None,
     ) -> None:
+        self.protocol = protocol or load_protocol(DEFAULT)
         self.device = device
         self.model = model.to(device).eval()
         self.processor = processor
@@ -176,12 +202,12 @@ class HFBackend:
             "dtype": self.dtype,
             "max_new_tokens": self.max_new_tokens,
             "num_beams": self.num_beams,
+            "protocol": self.protocol.identity(),
         }
 
     def render(self, request: Request) -> str:
-        """The prompt text: the chat template over one user message, with the generation prompt."""
-        messages = [{"role": "user", "content": build_prompt_parts(request)}]
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        """The prompt text: the chat template over the protocol's messages, with the generation prompt."""
+        return self.processor.apply_chat_template(self.protocol.messages(request), tokenize=False, add_generation_prompt=True)
 
     def encode(self, texts: list[str], images: list[Any]) -> Any:
         """Tokenise a batch (left-padded) with its images in prompt order; tensors on the device."""
@@ -233,7 +259,7 @@ class HFBackend:
         for i in positions:
             req = requests[i]
             try:
-                ready.append(_Ready(i, req.query.question_id, self.render(req), prompt_images(req)))
+                ready.append(_Ready(i, req.query.question_id, self.render(req), prompt_images(req, self.protocol)))
             except (OSError, LeverError) as e:
                 failed.append((i, f"question {req.query.question_id}: {e}"))
         try:

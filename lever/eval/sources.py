@@ -16,6 +16,7 @@ from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
 from .backend import Backend, Item, Request, Response
+from .protocol import resolve_protocol
 
 
 @dataclass
@@ -71,6 +72,7 @@ def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor
 
 def preflight(ws: Workspace, spec: EvalSpec) -> None:
     """Cheap checks that an evaluation can start (files and model folders exist), run before training."""
+    resolve_protocol(spec)  # a bad protocol file or setting fails here
     backend = ws.backend if spec.backend == "auto" else spec.backend
     if ws.is_bundled:
         if backend != "sim":
@@ -122,7 +124,7 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
         train_feats,
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
-        {"backend": "sim", "world": Path(paths.root).name},
+        {"backend": "sim", "world": Path(paths.root).name, "metric": resolve_protocol(spec).metric},
     )
 
 
@@ -155,7 +157,7 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
         train_feats,
         splits,
         lambda device: make_hf_backend(ws, spec, device),
-        {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)},
+        {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip), "protocol": resolve_protocol(spec).identity()},
     )
 
 
@@ -171,4 +173,7 @@ def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Back
         batch_size=spec.batch_size,
         max_new_tokens=spec.max_new_tokens,
         num_beams=spec.num_beams,
+        dtype=spec.dtype,
+        protocol=resolve_protocol(spec),
+        attn_implementation=spec.attn_implementation,
     )

@@ -1,12 +1,12 @@
 """VQA accuracy, as the official VQA evaluation code (GT-Vision-Lab `vqaEval.py`) defines it.
 
-The prediction is normalised (punctuation, number words, articles, contractions);
-each of the 10 human answers in turn is left out, and the prediction scores
-min(1, matches among the other 9 / 3); the score is the mean over the 10.
+Each of the 10 human answers in turn is left out, and the prediction scores
+min(1, matches among the other 9 / 3); the score is the mean over the 10. Three
+variants of what gets normalised before matching (punctuation, number words,
+articles, contractions) exist in published code; `vqa_accuracy(metric=...)` names
+them, and the plan's `eval.metric` chooses one.
 
-Quirks kept on purpose, because published numbers depend on them:
-- the human answers get the punctuation step only, and only when they are not
-  all identical (the official code never runs the digit/article step on them);
+Quirks of the normalisation kept on purpose, because published numbers depend on them:
 - the period rule's look-behind is written as a look-ahead `(?!<=\\d)`, so it
   removes every period that is not followed by a digit ("u.s." -> "us");
 - `re.UNICODE` lands in `sub`'s `count` slot, so at most 32 periods are removed.
@@ -185,25 +185,46 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+def clean(text: str) -> str:
+    """Newlines and tabs to spaces, then strip: the step every variant applies first."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(s: str) -> str:
-    """Normalise a predicted answer the way the official code does before matching."""
-    s = s.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(s))
+    """The full normalisation: clean, punctuation, then number words, articles and contractions."""
+    return process_digit_article(process_punctuation(clean(s)))
 
 
-def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
+VQA_METRICS = ("classic", "vqa-latest", "lever-plus")
+
+
+def vqa_accuracy(pred: str, answers: Sequence[str], metric: str = "classic") -> float:
     """VQA accuracy of one prediction against the human answers, in [0, 1].
 
-    acc = (1/n) * sum_i min(1, #{j != i : answers[j] == pred} / 3),
-    with pred normalised, and the answers punctuation-processed only when they
-    are not all identical (the official quirk). n is 10 for VQA / OK-VQA.
+    acc = (1/n) * sum_i min(1, #{j != i : answers[j] == pred} / 3), n = 10 for VQA / OK-VQA.
+
+    The variants differ only in what is normalised before comparing (see docs/evaluation.md):
+    - classic: the prediction always fully; the answers get the punctuation step only, and only
+      when they are not all identical (the reference code most repositories copy);
+    - vqa-latest: both fully, but only when the answers are not all identical (so "Yes" scores 0
+      against ten "yes"), as the reference repository's latest revision;
+    - lever-plus: both fully, always (the metric behind the original project's published numbers).
     """
     if not answers:
         raise ValueError("vqa_accuracy needs at least one human answer")
-    p = normalize_answer(pred)
-    gts = list(answers)
-    if len(set(gts)) > 1:
-        gts = [process_punctuation(a) for a in gts]
+    if metric == "classic":
+        p = normalize_answer(pred)
+        gts = list(answers)
+        if len(set(gts)) > 1:
+            gts = [process_punctuation(a) for a in gts]
+    elif metric == "vqa-latest":
+        p, gts = clean(pred), [clean(a) for a in answers]
+        if len(set(gts)) > 1:
+            p, gts = normalize_answer(p), [normalize_answer(a) for a in gts]
+    elif metric == "lever-plus":
+        p, gts = normalize_answer(pred), [normalize_answer(a) for a in answers]
+    else:
+        raise ValueError(f"unknown VQA metric {metric!r}; one of {', '.join(VQA_METRICS)}")
     matches = sum(a == p for a in gts)
     # Leaving out annotator i removes one match exactly when annotator i matched.
     scores = [min(1.0, (matches - (a == p)) / 3) for a in gts]

@@ -303,6 +303,27 @@ class EvalSpec(Strict):
     batch_size: int = Field(8, ge=1, description="VLM generation batch size")
     max_new_tokens: int = Field(5, ge=1, description="Generation length")
     num_beams: int = Field(3, ge=1, description="Beam search width")
+    protocol: str = Field(
+        "lever-plus",
+        min_length=1,
+        description="Prompt protocol: a shipped name (lever-plus = the original's system prompt, layout, image sizing "
+        "and metric; lever = no system prompt, classic metric) or the path of a protocol TOML file",
+    )
+    metric: Literal["auto", "classic", "vqa-latest", "lever-plus"] = Field(
+        "auto", description="VQA accuracy variant; auto = the protocol's (see docs/evaluation.md)"
+    )
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="VLM weights and activations; auto = bf16 on CUDA, fp32 on CPU (use fp16 on GPUs without bf16)"
+    )
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="VLM attention kernel; auto = transformers' default (sdpa where available)"
+    )
+    min_pixels: int | None = Field(
+        None, ge=1, description="Override the protocol's lower bound of image height * width (qwen-vl-utils sizing)"
+    )
+    max_pixels: int | None = Field(
+        None, ge=1, description="Override the protocol's upper bound of image height * width (fewer visual tokens)"
+    )
 
     @model_validator(mode="after")
     def _shots(self) -> EvalSpec:

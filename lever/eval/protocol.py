@@ -1,0 +1,193 @@
+"""Prompt protocols: how a request becomes the VLM's chat input, and how its answer is scored.
+
+A protocol is data: a TOML file with a system prompt, the demonstration and query
+templates, how images are sized, and the VQA accuracy variant. lever ships two in
+`lever/eval/protocols/`:
+
+- `lever-plus` (the default): the original project's protocol. A system message with its
+  instructions, then ONE user turn holding, per demonstration, its image and
+  `Question:<q> Short answer:<a>`, then the query's image and `Question:<q> Short answer:`.
+  Images are resized the way `qwen_vl_utils` does before the processor sees them
+  (`smart_resize` to multiples of 28 pixels within [min_pixels, max_pixels]); answers are
+  scored with the `lever-plus` metric.
+- `lever`: the same turn without a system prompt of its own (the chat template's default
+  system message), images sized by the processor alone, the `classic` metric.
+
+A plan names one with `eval.protocol` (a shipped name or a path to a TOML file of the same
+keys) and may override its `metric`, `min_pixels` and `max_pixels`. What a protocol
+resolves to is part of the evaluation's cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lever.errors import LeverError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .backend import Request, build_prompt_parts
+
+SHIPPED = Path(__file__).parent / "protocols"
+DEFAULT = "lever-plus"
+SIZE_FACTOR = 28  # Qwen2.5-VL: 14-pixel patches merged 2x2, so one visual token per 28x28 pixels
+MAX_RATIO = 200  # qwen_vl_utils refuses images more elongated than this
+VQAMetric = Literal["classic", "vqa-latest", "lever-plus"]  # the names of lever.eval.vqa.VQA_METRICS
+
+
+class _ProtocolFile(BaseModel):
+    """The keys of a protocol TOML file (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field("", description="One line: what this protocol is")
+    system_prompt: str = Field("", description="System message; empty = the chat template's default")
+    demo_template: str = Field(description="Text after a demonstration's image; fields {question} and {answer}")
+    query_template: str = Field(description="Text after the query's image; field {question}")
+    image_sizing: Literal["processor", "qwen-vl-utils"] = Field(
+        "processor", description="processor: images go to the processor as they are; qwen-vl-utils: smart_resize first"
+    )
+    min_pixels: int | None = Field(None, ge=1, description="qwen-vl-utils sizing: lower bound of height * width")
+    max_pixels: int | None = Field(None, ge=1, description="qwen-vl-utils sizing: upper bound of height * width")
+    metric: VQAMetric = Field("classic", description="VQA accuracy variant (lever.eval.vqa)")
+
+    @field_validator("demo_template", "query_template")
+    @classmethod
+    def _template(cls, v: str, info: Any) -> str:
+        try:
+            v.format(question="q", answer="a")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"not a valid template ({e}); only the fields {{question}} and {{answer}} exist") from None
+        if "{question}" not in v:
+            raise ValueError("the template must contain {question}")
+        if info.field_name == "query_template" and "{answer}" in v:
+            raise ValueError("the query template cannot contain {answer}: the model writes the answer")
+        return v
+
+
+@dataclass(frozen=True)
+class PromptProtocol:
+    """A resolved protocol; see the module docstring."""
+
+    name: str
+    system_prompt: str
+    demo_template: str
+    query_template: str
+    image_sizing: str
+    min_pixels: int | None
+    max_pixels: int | None
+    metric: str
+
+    def messages(self, request: Request) -> list[dict[str, Any]]:
+        """The chat messages: an optional system message, then one user turn of images and texts."""
+        parts = build_prompt_parts(request, self.demo_template, self.query_template)
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": parts}]
+
+    def size_image(self, image: Any) -> Any:
+        """The image the processor should see: resized as qwen_vl_utils does, or unchanged."""
+        if self.image_sizing != "qwen-vl-utils":
+            return image
+        from PIL import Image
+
+        width, height = image.size
+        h, w = smart_resize(height, width, self.min_pixels or 4 * 28 * 28, self.max_pixels or 16384 * 28 * 28)
+        return image if (w, h) == (width, height) else image.resize((w, h), Image.BICUBIC)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything the answers depend on (the name is only a label)."""
+        return asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = SIZE_FACTOR) -> tuple[int, int]:
+    """(height, width) rounded to multiples of `factor`, rescaled so h * w lies in [min_pixels, max_pixels].
+
+    h = max(factor, round(height / factor) * factor), likewise w; when h * w > max_pixels both shrink
+    by beta = sqrt(height * width / max_pixels) and round down; when below min_pixels both grow by
+    sqrt(min_pixels / (height * width)) and round up. A 640x480 image becomes 644x476 (23 x 17 tokens).
+    """
+    if max(height, width) / max(1, min(height, width)) > MAX_RATIO:
+        raise ValueError(f"image of {width}x{height} pixels is more elongated than {MAX_RATIO}:1")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def shipped_protocols() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
+def load_protocol(ref: str) -> PromptProtocol:
+    """A shipped protocol by name, or a protocol TOML file by path; errors name the file and key."""
+    path = SHIPPED / f"{ref}.toml" if ref in shipped_protocols() else Path(ref)
+    if not path.is_file():
+        raise LeverError(
+            f"eval.protocol = {ref!r} is neither a shipped protocol nor a protocol file",
+            hint=f"use one of {', '.join(shipped_protocols())}, or the path of a TOML file with the same keys",
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise LeverError(f"protocol file {path} cannot be read: {e}") from None
+    try:
+        spec = _ProtocolFile.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(x) for x in first["loc"]) or "(file)"
+        raise LeverError(
+            f"protocol file {path}: {key}: {first['msg']}",
+            hint=f"valid keys: {', '.join(_ProtocolFile.model_fields)}",
+        ) from None
+    name = ref if path.parent == SHIPPED else str(path)
+    return PromptProtocol(
+        name=name,
+        system_prompt=spec.system_prompt,
+        demo_template=spec.demo_template,
+        query_template=spec.query_template,
+        image_sizing=spec.image_sizing,
+        min_pixels=spec.min_pixels,
+        max_pixels=spec.max_pixels,
+        metric=spec.metric,
+    )
+
+
+def resolve_protocol(spec: Any) -> PromptProtocol:
+    """The plan's protocol (`eval.protocol`) with the plan's `metric`, `min_pixels`, `max_pixels` applied."""
+    proto = load_protocol(spec.protocol)
+    changes: dict[str, Any] = {}
+    if spec.metric != "auto":
+        changes["metric"] = spec.metric
+    for key in ("min_pixels", "max_pixels"):
+        if getattr(spec, key) is not None:
+            if proto.image_sizing != "qwen-vl-utils":
+                raise LeverError(
+                    f"eval.{key} applies to image_sizing = 'qwen-vl-utils'; protocol {proto.name!r} lets the processor size images",
+                    hint="use eval.protocol = 'lever-plus', or drop the setting",
+                )
+            changes[key] = getattr(spec, key)
+    proto = replace(proto, **changes)
+    if proto.min_pixels and proto.max_pixels and proto.min_pixels > proto.max_pixels:
+        raise LeverError(f"min_pixels ({proto.min_pixels}) is above max_pixels ({proto.max_pixels})")
+    return proto
