@@ -193,6 +193,25 @@ def test_loads_from_a_model_dir(qwen, items, tmp_path, monkeypatch):
     assert not be.answer([Request("val", items[0])])[0].failed
 
 
+def test_the_vlm_loads_once_per_process(qwen, tmp_path, monkeypatch):
+    """`lever run A B C` and several seeds build one backend each, but load the weights once."""
+    import transformers
+
+    model, processor = qwen
+    model.save_pretrained(tmp_path)
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
+    loads = []
+    real = transformers.AutoModelForImageTextToText.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoModelForImageTextToText, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k)
+    )
+    first = HFBackend(tmp_path, device="cpu", num_beams=1)
+    second = HFBackend(tmp_path, device="cpu", num_beams=3, batch_size=2)  # other generation settings, same weights
+    assert len(loads) == 1 and second.model is first.model and second.num_beams == 3
+    HFBackend(tmp_path, device="cpu", dtype="bf16")  # another dtype is another model
+    assert len(loads) == 2
+
+
 def test_dir_without_image_processor_is_a_clear_error(qwen, tmp_path):
     model, processor = qwen
     model.save_pretrained(tmp_path)

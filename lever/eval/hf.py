@@ -96,6 +96,44 @@ def _check_positive(**values: int) -> None:
             raise LeverError(f"{key} = {v!r} is not valid", hint=f"{key} must be an integer >= 1")
 
 
+_LOADED: dict[tuple[str, ...], tuple[Any, Any]] = {}  # the one VLM this process holds, by what loaded it
+
+
+def load_vlm(model_dir: Path, dtype: torch.dtype, attn_implementation: str, device: torch.device) -> tuple[Any, Any]:
+    """(model in eval mode on `device`, processor), loaded once per process and reused.
+
+    `lever run A B C` and multi-seed runs evaluate with the same VLM: it loads once. Only the
+    latest is kept, so a command never holds two multi-GB models.
+    """
+    key = (str(model_dir.resolve()), str(dtype), attn_implementation, str(device))
+    if key in _LOADED:
+        return _LOADED[key]
+    _LOADED.clear()
+    transformers = require_transformers()
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(model_dir)
+        ok = hasattr(processor, "image_processor") and getattr(processor, "chat_template", None)
+        problem = None if ok else "it has no image processor or no chat template"
+    except Exception as e:  # transformers raises many kinds here
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise LeverError(
+            f"could not load an image-text processor from {model_dir} ({problem})",
+            hint="the folder needs the processor files (preprocessor config, tokenizer, chat template); "
+            "Qwen2.5-VL's processor also needs torchvision (pip install -e '.[gpu]', matching your torch)",
+        )
+    attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    try:
+        model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **attn)
+    except (ImportError, ValueError) as e:  # e.g. flash_attention_2 without the flash-attn package
+        raise LeverError(
+            f"could not load the VLM from {model_dir} with attn_implementation = {attn_implementation!r}: {e}",
+            hint="use eval.attn_implementation = 'sdpa' (or 'auto'), or install what the message names",
+        ) from None
+    _LOADED[key] = (model.to(device).eval(), processor)
+    return _LOADED[key]
+
+
 class HFBackend:
     """Answers requests with a local transformers VLM; see the module docstring for the prompt.
 
@@ -125,29 +163,9 @@ class HFBackend:
                 hint="point it at a local transformers checkpoint (e.g. Qwen2.5-VL-3B-Instruct)",
             )
         _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
-        transformers = require_transformers()
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        try:
-            processor = transformers.AutoProcessor.from_pretrained(model_dir)
-            ok = hasattr(processor, "image_processor") and getattr(processor, "chat_template", None)
-            problem = None if ok else "it has no image processor or no chat template"
-        except Exception as e:  # transformers raises many kinds here
-            problem = f"{type(e).__name__}: {e}"
-        if problem:
-            raise LeverError(
-                f"could not load an image-text processor from {model_dir} ({problem})",
-                hint="the folder needs the processor files (preprocessor config, tokenizer, chat template); "
-                "Qwen2.5-VL's processor also needs torchvision",
-            )
-        attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
-        try:
-            model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dt, **attn)
-        except (ImportError, ValueError) as e:  # e.g. flash_attention_2 without the flash-attn package
-            raise LeverError(
-                f"could not load the VLM from {model_dir} with attn_implementation = {attn_implementation!r}: {e}",
-                hint="use eval.attn_implementation = 'sdpa' (or 'auto'), or install what the message names",
-            ) from None
+        model, processor = load_vlm(model_dir, dt, attn_implementation, dev)
         self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams, protocol)
         self.model_dir = str(model_dir)
         self.dtype = str(dt).removeprefix("torch.")
