@@ -116,7 +116,8 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _suggest(name: str, options: list[str]) -> str:
+def suggest(name: str, options: list[str]) -> str:
+    """The hint "did you mean 'x'? " for the option closest to `name`, or "" when none is close."""
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'? " if close else ""
 
@@ -162,7 +163,7 @@ def check_key_path(keys: list[str], model: type[BaseModel] = Plan) -> None:
         if key not in here.model_fields:
             options = _field_names(here)
             raise LeverError(
-                f"override '{path}': unknown key '{dotted}'. {_suggest(key, options)}Valid keys here: {', '.join(options)}"
+                f"override '{path}': unknown key '{dotted}'. {suggest(key, options)}Valid keys here: {', '.join(options)}"
             )
         annotation = here.model_fields[key].annotation
         here, listy = _submodel(annotation), _is_list(annotation)
@@ -224,7 +225,7 @@ def format_validation_error(err: ValidationError, where: str) -> LeverError:
         if e["type"] == "extra_forbidden":
             parent = _loc_model(loc[:-1])
             options = _field_names(parent) if parent else []
-            lines.append(f"{dotted}: unknown key. {_suggest(str(loc[-1]), options)}Valid keys here: {', '.join(options)}")
+            lines.append(f"{dotted}: unknown key. {suggest(str(loc[-1]), options)}Valid keys here: {', '.join(options)}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
@@ -254,7 +255,7 @@ def find_plan_file(ref: str | Path, plans_dir: Path = Path("plans")) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
-    hint = f"{_suggest(str(ref), known)}known plans: {', '.join(known)}" if known else f"no plans found in {plans_dir}/"
+    hint = f"{suggest(str(ref), known)}known plans: {', '.join(known)}" if known else f"no plans found in {plans_dir}/"
     raise LeverError(f"plan '{ref}': no file {candidate}", hint=hint)
 
 
