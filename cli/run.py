@@ -98,15 +98,13 @@ def run(
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
+    from lever.eval.preflight import preflight
     from lever.runs.run import run_plan
 
     plans = _plans(plan, overrides)
     ws = workspace()
-    if evaluate:
-        from lever.eval.sources import preflight
-
-        for lp in plans:
-            preflight(ws, lp.plan.eval)  # a missing model or data file fails now, not after training
+    for lp in plans:
+        preflight(lp, ws, evaluate, err_console.print)  # what would fail after training fails now
     reporter = RichReporter(err_console)
     for lp in plans:
         err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)

@@ -41,6 +41,11 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
     return data[key]
 
 
+def question_count(path: Path) -> int:
+    """How many questions an OK-VQA questions file holds."""
+    return len(_read_json(Path(path), "questions"))
+
+
 def coco_image_name(image_id: int, split: str) -> str:
     """COCO file name of an image, e.g. (297147, "val") -> COCO_val2014_000000297147.jpg."""
     return f"COCO_{_SPLITS[split]}_{image_id:012d}.jpg"
