@@ -58,7 +58,9 @@ def main() -> None:
     Ctrl-C -> `interrupted` (exit 130).
     """
     try:
-        code = app(standalone_mode=False)  # an int when the app exits early (typer.Exit, or Ctrl-C turned into 130)
+        code = app(
+            standalone_mode=False, prog_name="lever"
+        )  # an int when the app exits early (typer.Exit, or Ctrl-C turned into 130)
     except LeverError as err:
         err_console.print(Text("error: ", style="bold red") + Text(str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)

@@ -316,6 +316,13 @@ def test_csv_export_columns(runs: Path):
     assert next(r for r in rows if r["plan"] == "plan9")["missing"] == "not run"
 
 
+def test_csv_floats_carry_no_binary_noise(runs: Path):
+    rows = list(csv.DictReader(io.StringIO(to_csv(comparison(runs)))))
+    r = next(r for r in rows if r["plan"] == "plan5" and r["shots"] == "3")
+    assert r["ci_lo"] == "-12.0"  # -12.000000000000002 before rounding
+    assert next(r for r in rows if r["plan"] == "plan7_1" and r["shots"] == "1")["std"] == "14.1421"
+
+
 def test_markdown_tables_are_well_formed(runs: Path):
     md = to_markdown(comparison(runs))
     blocks = [b for b in md.split("\n\n") if b.startswith("|")]
