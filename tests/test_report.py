@@ -19,6 +19,8 @@ from lever.report.results import load_plan, load_run, scan_runs
 from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
 
+ROOT = Path(__file__).resolve().parents[1]
+
 N = 10  # questions per (split, shots); 1 point = 0.1 question here
 
 # Per-question accuracies, question ids 1..10. Worked by hand:
@@ -396,11 +398,14 @@ def test_plot_curves_writes_pngs(tmp_path: Path):
 
 @pytest.fixture
 def cli(runs: Path, monkeypatch):
+    from lever_cli._common import set_workspace_flag
     from lever_cli.report import register
 
     app = typer.Typer()
     register(app)
     monkeypatch.setenv("LEVER_RUNS", str(runs))
+    monkeypatch.chdir(ROOT)  # plan names resolve in ./plans
+    set_workspace_flag(None)  # no workspace left over from an earlier test: the bundled one
     runner = CliRunner()
     return lambda *args: runner.invoke(app, list(args))
 
