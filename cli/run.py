@@ -32,11 +32,9 @@ def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
     from lever.eval.distributed import ranks
     from lever.eval.evaluate import evaluate_run
     from lever.runs.run import run_dir_of
-    from lever.runs.sources import resolve_train_sources
 
     ws = workspace()
     run_dir = run_dir_of(ws, lp, seed)
-    feats = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, err_console.print).features
     main = ranks().is_main  # under torchrun only rank 0 speaks
     with Progress(
         TextColumn(f"evaluating {lp.name} seed {seed}"),
@@ -54,7 +52,6 @@ def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
             ws,
             seed,
             epoch=epoch,
-            features_path=feats,
             log=err_console.print if main else lambda m: None,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )

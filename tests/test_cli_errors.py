@@ -184,3 +184,10 @@ def test_report_unknown_plan(lever, tmp_path, monkeypatch):
 def test_show_and_diff_unknown_plan(lever):
     refused(lever("show", "nosuchplan"), "plan 'nosuchplan'", "known plans:")
     refused(lever("diff", "plan5", "nosuchplan"), "plan 'nosuchplan'", "known plans:")
+
+
+def test_evaluate_a_plan_never_run(lever, tmp_path):
+    ws = tmp_path / "lever.toml"
+    ws.write_text('runs = "runs"\ncache = "cache"\n')
+    refused(lever("--workspace", ws, "evaluate", ROOT / "plans" / "plan5.toml"), "has no selected checkpoint", "lever run")
+    assert not (tmp_path / "cache").exists()  # refused before the benchmark is generated
