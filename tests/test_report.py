@@ -398,14 +398,12 @@ def test_plot_curves_writes_pngs(tmp_path: Path):
 
 @pytest.fixture
 def cli(runs: Path, monkeypatch):
-    from lever_cli._common import set_workspace_flag
     from lever_cli.report import register
 
     app = typer.Typer()
     register(app)
     monkeypatch.setenv("LEVER_RUNS", str(runs))
     monkeypatch.chdir(ROOT)  # plan names resolve in ./plans
-    set_workspace_flag(None)  # no workspace left over from an earlier test: the bundled one
     runner = CliRunner()
     return lambda *args: runner.invoke(app, list(args))
 

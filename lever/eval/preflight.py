@@ -16,7 +16,7 @@ from lever.runs.run import check_select_metric
 from lever.runs.sources import check_feature_rows, load_features, resolve_train_sources
 from lever.spec import LoadedPlan, Workspace
 
-from .sources import check_eval_files, check_okvqa_rows, split_sizes
+from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, split_sizes
 
 
 def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callable[[str], None] = print) -> None:
@@ -39,18 +39,7 @@ def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callabl
     spec = plan.eval
     check_eval_files(ws, spec)
     sizes = split_sizes(ws, log)
-    for split in spec.splits:
-        if spec.questions > sizes[split]:
-            raise LeverError(
-                f"{lp.path}: eval.questions = {spec.questions}, but the {split} split has {sizes[split]} questions",
-                hint=f"set eval.questions to at most {sizes[split]}",
-            )
-    most = sizes["train"] - ("train" in spec.splits)  # a train question is never a demonstration of itself
-    if spec.pool_size > most:
-        raise LeverError(
-            f"{lp.path}: eval.pool_size = {spec.pool_size}, but there are {sizes['train']} train items to draw demonstrations from",
-            hint=f"set eval.pool_size to at most {most}",
-        )
+    check_eval_counts(spec, sizes, f"{lp.path}: ")
     if ws.is_bundled:
         return
     from .clip import clip_width

@@ -121,9 +121,26 @@ def split_sizes(ws: Workspace, log: Callable[[str], None] = print) -> dict[str, 
     return {"train": question_count(ws.path(o.train_questions)), "val": question_count(ws.path(o.val_questions))}
 
 
+def check_eval_counts(spec: EvalSpec, sizes: dict[str, int], where: str = "") -> None:
+    """eval.questions must fit every split it evaluates, eval.pool_size the train items; `sizes` from split_sizes."""
+    for split in spec.splits:
+        if spec.questions > sizes[split]:
+            raise LeverError(
+                f"{where}eval.questions = {spec.questions}, but the {split} split has {sizes[split]} questions",
+                hint=f"set eval.questions to at most {sizes[split]}",
+            )
+    most = sizes["train"] - ("train" in spec.splits)  # a train question is never a demonstration of itself
+    if spec.pool_size > most:
+        raise LeverError(
+            f"{where}eval.pool_size = {spec.pool_size}, but there are {sizes['train']} train items to draw demonstrations from",
+            hint=f"set eval.pool_size to at most {most}",
+        )
+
+
 def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
     """Items, features and backend for the plan's eval settings in this workspace."""
     check_eval_files(ws, spec)
+    check_eval_counts(spec, split_sizes(ws, log))
     if ws.is_bundled:
         return _bench_world(ws, spec, log)
     return _okvqa_world(ws, spec, train_features_path, log)
