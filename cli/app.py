@@ -58,17 +58,18 @@ def main() -> None:
     Ctrl-C -> `interrupted` (exit 130).
     """
     try:
-        code = app(
-            standalone_mode=False, prog_name="lever"
-        )  # an int when the app exits early (typer.Exit, or Ctrl-C turned into 130)
+        # An int when the app exits early: typer.Exit, or Ctrl-C inside a command (typer turns it into 130).
+        code = app(standalone_mode=False, prog_name="lever")
     except LeverError as err:
         err_console.print(Text("error: ", style="bold red") + Text(str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         code = 130
     except typer.TyperException as ex:  # usage errors (bad option, missing argument, unknown command)
-        show = getattr(ex, "show", None)
-        show() if show else err_console.print(f"error: {ex}", highlight=False)
+        if hasattr(ex, "show"):
+            ex.show()  # the usage line, then the error
+        else:
+            err_console.print(f"error: {ex}", highlight=False)
         sys.exit(ex.exit_code)
     if code == 130:
         err_console.print("interrupted", highlight=False)
