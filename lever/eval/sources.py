@@ -187,7 +187,7 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
         feats = cached_clip_features(items, ws.path(ws.models.clip), ws.cache_dir / "clip" / f"val-{len(items)}.pt")
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
     if "train" in spec.splits:
-        n = min(spec.questions, len(train_items))
+        n = spec.questions  # check_eval_counts: at most the train questions
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
     return EvalWorld(
         train_items,
