@@ -42,6 +42,41 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _reason(err: OSError) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "it does not exist"
+    if isinstance(err, IsADirectoryError):
+        return "it is a folder, not a file"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    return err.strerror or str(err)
+
+
+def check_readable(path: Path, what: str = "file") -> None:
+    """Raise a LeverError naming the file and the reason when `path` cannot be opened for reading."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise LeverError(f"{what} {path} cannot be read: {_reason(err)}") from None
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """A user's UTF-8 text file; a LeverError names it and why it cannot be read (missing, no permission, binary, not UTF-8)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise LeverError(f"{what} {path} cannot be read: {_reason(err)}") from None
+    if b"\0" in data:
+        raise LeverError(f"{what} {path} is a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LeverError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})", hint="save it as UTF-8"
+        ) from None
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     if not path.is_file():
         return default

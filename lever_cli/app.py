@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.text import Text
 
@@ -53,17 +52,25 @@ app.add_typer(data_app, name="data")
 
 
 def main() -> None:
-    """Console-script entry: run the app, turning a LeverError into a short message and its exit code."""
+    """Console-script entry: run the app; every user mistake ends in a short message and its exit code, never a traceback.
+
+    LeverError -> its message (exit 2, or 1 for a failed run); a usage error -> the usage line and the error (exit 2);
+    Ctrl-C -> `interrupted` (exit 130).
+    """
     try:
-        app(standalone_mode=False)
+        # An int when the app exits early: typer.Exit, or Ctrl-C inside a command (typer turns it into 130).
+        code = app(standalone_mode=False, prog_name="lever")
     except LeverError as err:
         err_console.print(Text("error: ", style="bold red") + Text(str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as ex:
-        ex.show()
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except typer.TyperException as ex:  # usage errors (bad option, missing argument, unknown command)
+        if hasattr(ex, "show"):
+            ex.show()  # the usage line, then the error
+        else:
+            err_console.print(f"error: {ex}", highlight=False)
         sys.exit(ex.exit_code)
-    except click.exceptions.Exit as ex:
-        sys.exit(ex.exit_code)
+    if code == 130:
+        err_console.print("interrupted", highlight=False)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.report.export import export
-from lever.report.results import PlanRuns, RunData, load_plan, plan_name, scan_runs
+from lever.report.results import PlanRuns, RunData, check_known, load_plan, plan_name, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
 from lever.report.tables import (
     TRAINING_HEADERS,
@@ -24,6 +24,7 @@ from lever.report.tables import (
 from lever.runs.store import find_plan_runs
 
 from ._common import runs_dir as runs_root
+from ._common import workspace
 from ._console import console
 
 SPLITS = ("val", "train")
@@ -32,8 +33,6 @@ SPLITS = ("val", "train")
 def _current_hash(plan: str) -> str | None:
     """The spec hash of the plan file as it is now (None when the plan has no file here)."""
     from lever.spec import load_plan as load_spec
-
-    from ._common import workspace
 
     try:
         return load_spec(plan, (), workspace().plans_dir).hash
@@ -85,6 +84,8 @@ def compare(
     if resamples < 1:
         raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
     root = runs_root()
+    for p in (baseline, *plans):
+        check_known(p, workspace().plans_dir, root)
     base = plan_runs(baseline, root)
     others = [plan_runs(p, root) for p in plans if plan_name(p) != base.name]
     cmp = build_comparison(others, base, split=split, n_resamples=resamples)
@@ -122,6 +123,7 @@ def report(
     Example: [bold]lever report plan5 --out figures/plan5[/]
     """
     root = runs_root()
+    check_known(plan, workspace().plans_dir, root)
     pr = plan_runs(plan, root)
     if not pr.runs:
         raise LeverError(f"plan {pr.name!r} has no runs under {root}", hint=f"run it first: {pr.command}")

@@ -32,11 +32,9 @@ def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
     from lever.eval.distributed import ranks
     from lever.eval.evaluate import evaluate_run
     from lever.runs.run import run_dir_of
-    from lever.runs.sources import resolve_train_sources
 
     ws = workspace()
     run_dir = run_dir_of(ws, lp, seed)
-    feats = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, err_console.print).features
     main = ranks().is_main  # under torchrun only rank 0 speaks
     with Progress(
         TextColumn(f"evaluating {lp.name} seed {seed}"),
@@ -54,7 +52,6 @@ def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
             ws,
             seed,
             epoch=epoch,
-            features_path=feats,
             log=err_console.print if main else lambda m: None,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -98,15 +95,13 @@ def run(
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
+    from lever.eval.preflight import preflight
     from lever.runs.run import run_plan
 
     plans = _plans(plan, overrides)
     ws = workspace()
-    if evaluate:
-        from lever.eval.sources import preflight
-
-        for lp in plans:
-            preflight(ws, lp.plan.eval)  # a missing model or data file fails now, not after training
+    for lp in plans:
+        preflight(lp, ws, evaluate, err_console.print)  # what would fail after training fails now
     reporter = RichReporter(err_console)
     for lp in plans:
         err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)

@@ -22,6 +22,15 @@ class CliResult:
         return self.out + self.err
 
 
+@pytest.fixture(autouse=True)
+def _fresh_workspace():
+    """No workspace carried over from an earlier test: the CLI loads one per invocation, but some tests call commands
+    on a local Typer app, without the root callback that resets it."""
+    from lever_cli._common import set_workspace_flag
+
+    set_workspace_flag(None)
+
+
 @pytest.fixture
 def lever(monkeypatch, capsys):
     """Call `lever ARGS...` through the console-script entry point; returns exit code and output."""

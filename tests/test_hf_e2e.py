@@ -13,94 +13,29 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-import torch  # noqa: E402
-from tiny_models import tiny_clip, tiny_qwen, write_okvqa_fixture  # noqa: E402
-
-from lever.eval.clip import clip_features  # noqa: E402
-from lever.eval.okvqa import load_okvqa  # noqa: E402
+from tiny_models import write_okvqa_workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, POOL = 30, 6, 8
 
 
-def candidates(train_ids: list[int]) -> dict:
-    """A small candidate-data file: every train item is a query with an 8-item pool and 5 scored 2-shot sequences."""
-    g = torch.Generator().manual_seed(0)
-    out: dict = {"_meta": {"created_at": "test"}}
-    for q in range(len(train_ids)):
-        others = [i for i in torch.randperm(len(train_ids), generator=g).tolist() if i != q][:POOL]
-        cands, seen = [], set()
-        while len(cands) < 5:
-            ptr = torch.randperm(POOL, generator=g)[:2].tolist()
-            if frozenset(ptr) in seen:
-                continue
-            seen.add(frozenset(ptr))
-            acc = [0.0, 0.3, 0.6, 1.0][int(torch.randint(4, (1,), generator=g))]
-            cands.append(
-                {
-                    "pointer": ptr,
-                    "pointer_global": [others[p] for p in ptr],
-                    "gen_method": "random",
-                    "vqa_pred_answer": "x",
-                    "vqa_correct": int(acc > 0),
-                    "vqa_acc_score": acc,
-                    "vqa_gt_prob": 0.5,
-                    "vqa_rel_score": 0.5,
-                    "vqa_eval_mode": "vqaEval",
-                    "eval_failed": False,
-                }
-            )
-        out[str(q)] = {
-            "query": {"query_id": q, "question_id": train_ids[q]},
-            "candidate_pool_ids": others,
-            "pointer_candidates": cands,
-        }
-    return out
-
-
 @pytest.fixture
 def real_workspace(tmp_path, monkeypatch):
-    tq, ta, ti = write_okvqa_fixture(tmp_path / "okvqa_train", n=N_TRAIN, split="train2014")
-    vq, va, vi = write_okvqa_fixture(tmp_path / "okvqa_val", n=N_VAL, split="val2014", skip_images=(3,))
-    clip_pair = tiny_clip()
-    train_items = load_okvqa(tq, ta, ti, "train", None)
-    torch.save(clip_features(train_items, clip_pair), tmp_path / "query_embeddings.pt")
-    (tmp_path / "rl_data.json").write_text(json.dumps(candidates([it.question_id for it in train_items])))
-    for name in ("vlm", "clip"):  # model folders as a user would have them; the loaders are replaced below
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text("{}")
-    ws = tmp_path / "lever.toml"
-    ws.write_text(f"""runs = "runs"
-cache = "cache"
-backend = "hf"
-[candidates]
-main = "rl_data.json"
-[features]
-main = "query_embeddings.pt"
-[okvqa]
-train_questions = "{tq}"
-train_annotations = "{ta}"
-train_images = "{ti}"
-val_questions = "{vq}"
-val_annotations = "{va}"
-val_images = "{vi}"
-[models]
-vlm = "vlm"
-clip = "clip"
-""")
+    ws, clip_pair, (qwen_model, qwen_processor) = write_okvqa_workspace(tmp_path, N_TRAIN, N_VAL, POOL)
     import lever.eval.clip as clip_mod
     import lever.eval.sources as sources
     from lever.eval.hf import HFBackend
 
     built = []
     monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
+    # Qwen2.5-VL's own processor needs torchvision; the tiny image-only one stands in for it.
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: qwen_processor)
 
     def backend(ws_, spec, device="cpu"):
         built.append(spec)
-        model, processor = tiny_qwen()
         return HFBackend.from_pretrained_objects(
-            model,
-            processor,
+            qwen_model,
+            qwen_processor,
             device="cpu",
             batch_size=spec.batch_size,
             max_new_tokens=spec.max_new_tokens,

@@ -19,6 +19,8 @@ from lever.report.results import load_plan, load_run, scan_runs
 from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
 
+ROOT = Path(__file__).resolve().parents[1]
+
 N = 10  # questions per (split, shots); 1 point = 0.1 question here
 
 # Per-question accuracies, question ids 1..10. Worked by hand:
@@ -316,6 +318,13 @@ def test_csv_export_columns(runs: Path):
     assert next(r for r in rows if r["plan"] == "plan9")["missing"] == "not run"
 
 
+def test_csv_floats_carry_no_binary_noise(runs: Path):
+    rows = list(csv.DictReader(io.StringIO(to_csv(comparison(runs)))))
+    r = next(r for r in rows if r["plan"] == "plan5" and r["shots"] == "3")
+    assert r["ci_lo"] == "-12.0"  # -12.000000000000002 before rounding
+    assert next(r for r in rows if r["plan"] == "plan7_1" and r["shots"] == "1")["std"] == "14.1421"
+
+
 def test_markdown_tables_are_well_formed(runs: Path):
     md = to_markdown(comparison(runs))
     blocks = [b for b in md.split("\n\n") if b.startswith("|")]
@@ -394,6 +403,7 @@ def cli(runs: Path, monkeypatch):
     app = typer.Typer()
     register(app)
     monkeypatch.setenv("LEVER_RUNS", str(runs))
+    monkeypatch.chdir(ROOT)  # plan names resolve in ./plans
     runner = CliRunner()
     return lambda *args: runner.invoke(app, list(args))
 

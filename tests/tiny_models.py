@@ -243,3 +243,97 @@ def write_okvqa_fixture(
     qpath.write_text(json.dumps({"questions": questions, "license": {}, "data_subtype": split}))
     apath.write_text(json.dumps({"annotations": annotations, "license": {}, "data_subtype": split}))
     return qpath, apath, image_dir
+
+
+def okvqa_candidates(train_ids: list[int], pool: int = 8) -> dict:
+    """A small candidate-data file: every train item is a query with a `pool`-item pool and 5 scored 2-shot sequences."""
+    g = torch.Generator().manual_seed(0)
+    out: dict = {"_meta": {"created_at": "test"}}
+    for q in range(len(train_ids)):
+        others = [i for i in torch.randperm(len(train_ids), generator=g).tolist() if i != q][:pool]
+        cands, seen = [], set()
+        while len(cands) < 5:
+            ptr = torch.randperm(pool, generator=g)[:2].tolist()
+            if frozenset(ptr) in seen:
+                continue
+            seen.add(frozenset(ptr))
+            acc = [0.0, 0.3, 0.6, 1.0][int(torch.randint(4, (1,), generator=g))]
+            cands.append(
+                {
+                    "pointer": ptr,
+                    "pointer_global": [others[p] for p in ptr],
+                    "gen_method": "random",
+                    "vqa_pred_answer": "x",
+                    "vqa_correct": int(acc > 0),
+                    "vqa_acc_score": acc,
+                    "vqa_gt_prob": 0.5,
+                    "vqa_rel_score": 0.5,
+                    "vqa_eval_mode": "vqaEval",
+                    "eval_failed": False,
+                }
+            )
+        out[str(q)] = {
+            "query": {"query_id": q, "question_id": train_ids[q]},
+            "candidate_pool_ids": others,
+            "pointer_candidates": cands,
+        }
+    return out
+
+
+def save_model_dir(path: Path, model: Any, processor: Any) -> Path:
+    """A model folder as a user has it, without the weights: config.json and the processor files.
+
+    A Qwen2.5-VL folder names the real Qwen2_5_VLProcessor and has a video processor config, as
+    the released checkpoint does (loading it needs torchvision, like the real one).
+    """
+    model.config.save_pretrained(path)
+    processor.save_pretrained(path)
+    proc_file = path / "processor_config.json"
+    if type(model).__name__.startswith("Qwen2_5_VL") and proc_file.is_file():
+        cfg = json.loads(proc_file.read_text())
+        cfg["processor_class"] = "Qwen2_5_VLProcessor"
+        proc_file.write_text(json.dumps(cfg))
+        video = {k: v for k, v in cfg["image_processor"].items() if k != "image_processor_type"}
+        (path / "video_preprocessor_config.json").write_text(
+            json.dumps({**video, "video_processor_type": "Qwen2VLVideoProcessor"})
+        )
+    return path
+
+
+def write_okvqa_workspace(root: Path, n_train: int = 30, n_val: int = 6, pool: int = 8) -> tuple[Path, Any, Any]:
+    """A real-path workspace on disk: OK-VQA files (val question 3 without its image), CLIP features of the
+    train questions, candidate data, and model folders with the tiny models' configs and processors.
+
+    Returns (the lever.toml path, (CLIP model, processor), (Qwen model, processor)).
+    """
+    from lever.eval.clip import clip_features
+    from lever.eval.okvqa import load_okvqa
+
+    tq, ta, ti = write_okvqa_fixture(root / "okvqa_train", n=n_train, split="train2014")
+    vq, va, vi = write_okvqa_fixture(root / "okvqa_val", n=n_val, split="val2014", skip_images=(3,))
+    clip_pair, qwen_pair = tiny_clip(), tiny_qwen()
+    train_items = load_okvqa(tq, ta, ti, "train", None)
+    torch.save(clip_features(train_items, clip_pair), root / "query_embeddings.pt")
+    (root / "rl_data.json").write_text(json.dumps(okvqa_candidates([it.question_id for it in train_items], pool)))
+    save_model_dir(root / "clip", *clip_pair)
+    save_model_dir(root / "vlm", *qwen_pair)
+    ws = root / "lever.toml"
+    ws.write_text(f"""runs = "runs"
+cache = "cache"
+backend = "hf"
+[candidates]
+main = "rl_data.json"
+[features]
+main = "query_embeddings.pt"
+[okvqa]
+train_questions = "{tq}"
+train_annotations = "{ta}"
+train_images = "{ti}"
+val_questions = "{vq}"
+val_annotations = "{va}"
+val_images = "{vi}"
+[models]
+vlm = "vlm"
+clip = "clip"
+""")
+    return ws, clip_pair, qwen_pair

@@ -19,7 +19,7 @@ from lever.errors import LeverError
 GENERATOR_VERSION = 1
 
 
-class BenchConfig(BaseModel, extra="forbid"):
+class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
     """Settings of the bundled benchmark (the simulated VQA world, its VLM and its candidate data)."""
 
     # -- sizes --------------------------------------------------------------------------------

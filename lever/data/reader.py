@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from lever.errors import LeverError
+from lever.io import check_readable
 
 from .cache import cache_path, file_sha256, read_cache, write_cache
 from .candidates import CandidateData
@@ -62,6 +63,7 @@ def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: 
     path = Path(path)
     if not path.is_file():
         raise LeverError(f"{path}: no such candidate-data file")
+    check_readable(path, "candidate-data file")
     t0 = time.perf_counter()
     st = path.stat()
     digest = file_sha256(path)

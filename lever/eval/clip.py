@@ -41,6 +41,18 @@ def load_clip(model: ModelSpec, device: str = "cpu") -> tuple[Any, Any]:
     return clip.to(device).eval(), processor
 
 
+def clip_width(model_dir: Path) -> int:
+    """The embedding width (projection_dim) of a local CLIP model, read from its config alone."""
+    transformers = require_transformers()
+    try:
+        return int(transformers.AutoConfig.from_pretrained(model_dir).projection_dim)
+    except Exception as e:
+        raise LeverError(
+            f"CLIP model {model_dir}: no embedding width in config.json ({type(e).__name__}: {e})",
+            hint="point models.clip at a local CLIP checkpoint (e.g. clip-vit-base-patch32)",
+        ) from None
+
+
 def _pooled(out: Any) -> torch.Tensor:
     # transformers < 5 returns the projected features; 5.x a model output whose pooler_output holds them.
     return out if isinstance(out, torch.Tensor) else out.pooler_output

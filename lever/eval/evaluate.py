@@ -22,6 +22,7 @@ from typing import Any
 from lever.errors import LeverError
 from lever.io import read_json, read_jsonl, write_json, write_jsonl
 from lever.model import PointerSelector
+from lever.runs.sources import resolve_train_sources
 from lever.spec import Plan, Workspace
 from lever.train.checkpoint import checkpoint_info, load_into, load_weights, state_digest
 
@@ -80,9 +81,14 @@ def evaluate_run(
     log: Callable[[str], None] = print,
     progress: Progress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Evaluate the run's selected (or `epoch`) checkpoint; returns the eval dir and its summary."""
-    ckpt = checkpoint_for(run_dir, epoch)
+    """Evaluate the run's selected (or `epoch`) checkpoint; returns the eval dir and its summary.
+
+    `features_path` defaults to the plan's data.features file in the workspace.
+    """
+    ckpt = checkpoint_for(run_dir, epoch)  # a run that never trained fails here, before any data is read
     state = load_weights(Path(ckpt["checkpoint"]))
+    if features_path is None:
+        features_path = resolve_train_sources(ws, plan.data.candidates, plan.data.features, log).features
     world = eval_world(ws, plan.eval, features_path, log)
     key = eval_key(state_digest(state), world, plan, seed)
     out_dir = run_dir / "eval" / key
@@ -99,8 +105,6 @@ def evaluate_run(
     load_into(model, state, ckpt["checkpoint"])
     spec = plan.eval
     metric = resolve_protocol(spec).metric
-    if spec.pool_size > len(world.train_items):
-        raise LeverError(f"eval.pool_size = {spec.pool_size} but there are only {len(world.train_items)} train items")
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     todo: list[Request] = []  # every request, in a fixed order: position p goes to rank p % world

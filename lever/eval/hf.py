@@ -11,6 +11,7 @@ transformers is imported inside functions, so `import lever.eval.hf` works witho
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,55 @@ def require_transformers() -> Any:
     except ImportError as e:
         raise LeverError(f"the hf backend needs transformers and pillow ({e})", hint=_HF_HINT) from None
     return transformers
+
+
+def _check_torchvision(err: Exception) -> None:
+    """Raise a LeverError naming the package when `err` is transformers asking for a torchvision that is not installed."""
+    if isinstance(err, ImportError) and "torchvision" in str(err).lower() and importlib.util.find_spec("torchvision") is None:
+        raise LeverError(
+            "the VLM's processor or model class needs torchvision, which is not installed",
+            hint="pip install torchvision (the build that matches your torch version)",
+        ) from None
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def load_processor(model_dir: Path) -> Any:
+    """The VLM's processor (tokenizer, image processor, chat template) from a local folder, or a LeverError saying why not."""
+    transformers = require_transformers()
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(model_dir)
+        ok = hasattr(processor, "image_processor") and getattr(processor, "chat_template", None)
+        problem = None if ok else "it has no image processor or no chat template"
+    except Exception as e:  # transformers raises many kinds here
+        _check_torchvision(e)
+        problem = _one_line(e)
+    if problem:
+        raise LeverError(
+            f"could not load an image-text processor from {model_dir} ({problem})",
+            hint="the folder needs the processor files (preprocessor config, tokenizer, chat template)",
+        )
+    return processor
+
+
+def check_vlm(model_dir: Path) -> None:
+    """Fail now, not after training, when the VLM's processor or model class cannot load (configs only, no weights)."""
+    transformers = require_transformers()
+    load_processor(model_dir)
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        transformers.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)]  # imports the model class
+    except KeyError:
+        raise LeverError(
+            f"{model_dir}: config.json describes a '{config.model_type}' model, which is not an image-text-to-text model",
+            hint="point models.vlm at a vision-language checkpoint (e.g. Qwen2.5-VL-3B-Instruct)",
+        ) from None
+    except Exception as e:
+        _check_torchvision(e)
+        raise LeverError(f"{model_dir}: the model class cannot be loaded from config.json ({_one_line(e)})") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -110,18 +160,7 @@ def load_vlm(model_dir: Path, dtype: torch.dtype, attn_implementation: str, devi
         return _LOADED[key]
     _LOADED.clear()
     transformers = require_transformers()
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(model_dir)
-        ok = hasattr(processor, "image_processor") and getattr(processor, "chat_template", None)
-        problem = None if ok else "it has no image processor or no chat template"
-    except Exception as e:  # transformers raises many kinds here
-        problem = f"{type(e).__name__}: {e}"
-    if problem:
-        raise LeverError(
-            f"could not load an image-text processor from {model_dir} ({problem})",
-            hint="the folder needs the processor files (preprocessor config, tokenizer, chat template); "
-            "Qwen2.5-VL's processor also needs torchvision (pip install -e '.[gpu]', matching your torch)",
-        )
+    processor = load_processor(model_dir)
     attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     try:
         model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **attn)

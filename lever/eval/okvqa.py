@@ -16,6 +16,7 @@ from typing import Any
 
 from lever.errors import LeverError
 from lever.eval.backend import Item
+from lever.io import read_text
 
 _SPLITS = {"train": "train2014", "val": "val2014", "train2014": "train2014", "val2014": "val2014"}
 
@@ -27,7 +28,7 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
             f"OK-VQA file {path} does not exist", hint="download the official OK-VQA questions/annotations JSON files"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "OK-VQA file"))
     except json.JSONDecodeError as e:
         raise LeverError(
             f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
@@ -38,6 +39,11 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
             f"{path} has no list under the key {key!r}", hint=f'expected the official OK-VQA shape {{"{key}": [...]}}'
         )
     return data[key]
+
+
+def question_count(path: Path) -> int:
+    """How many questions an OK-VQA questions file holds."""
+    return len(_read_json(Path(path), "questions"))
 
 
 def coco_image_name(image_id: int, split: str) -> str:

@@ -70,8 +70,8 @@ def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor
     return [items[i] for i in order], feats[order], torch.tensor(order)
 
 
-def preflight(ws: Workspace, spec: EvalSpec) -> None:
-    """Cheap checks that an evaluation can start (files and model folders exist), run before training."""
+def check_eval_files(ws: Workspace, spec: EvalSpec) -> None:
+    """Cheap checks that an evaluation can start (protocol, backend, files, image folders and model folders exist)."""
     resolve_protocol(spec)  # a bad protocol file or setting fails here
     backend = ws.backend if spec.backend == "auto" else spec.backend
     if ws.is_bundled:
@@ -88,6 +88,10 @@ def preflight(ws: Workspace, spec: EvalSpec) -> None:
         needed = key.startswith("train") or "val" in spec.splits  # train files hold the demonstrations
         if needed and not ws.path(value).exists():
             raise LeverError(f"workspace {ws.source}: okvqa.{key} = {value!r} does not exist")
+        if needed and key.endswith("_images") and not ws.path(value).is_dir():
+            raise LeverError(
+                f"workspace {ws.source}: okvqa.{key} = {value!r} is not a folder", hint="point it at the COCO image folder"
+            )
     for key in ("vlm", "clip"):
         value = getattr(ws.models, key)
         if not value or not (ws.path(value) / "config.json").is_file():
@@ -97,9 +101,48 @@ def preflight(ws: Workspace, spec: EvalSpec) -> None:
             )
 
 
+def check_okvqa_rows(features: Tensor, path: Path, n_train: int) -> None:
+    """On OK-VQA, row i of the train features is train question i: the counts must match."""
+    if features.shape[0] != n_train:
+        raise LeverError(
+            f"features {path} have {features.shape[0]} rows but OK-VQA train has {n_train} questions",
+            hint="row i of the features must be train question i (sorted by question_id)",
+        )
+
+
+def split_sizes(ws: Workspace, log: Callable[[str], None] = print) -> dict[str, int]:
+    """How many questions each eval split has ('train' = the demonstration candidates), read without features or images."""
+    if ws.is_bundled:
+        from lever.runs.sources import bench_paths
+
+        paths = bench_paths(ws, log)
+        return {"train": len(_items(paths.items_train)), "val": len(_items(paths.items_val))}
+    from .okvqa import question_count
+
+    o = ws.okvqa
+    return {"train": question_count(ws.path(o.train_questions)), "val": question_count(ws.path(o.val_questions))}
+
+
+def check_eval_counts(spec: EvalSpec, sizes: dict[str, int], where: str = "") -> None:
+    """eval.questions must fit every split it evaluates, eval.pool_size the train items; `sizes` from split_sizes."""
+    for split in spec.splits:
+        if spec.questions > sizes[split]:
+            raise LeverError(
+                f"{where}eval.questions = {spec.questions}, but the {split} split has {sizes[split]} questions",
+                hint=f"set eval.questions to at most {sizes[split]}",
+            )
+    most = sizes["train"] - ("train" in spec.splits)  # a train question is never a demonstration of itself
+    if spec.pool_size > most:
+        raise LeverError(
+            f"{where}eval.pool_size = {spec.pool_size}, but there are {sizes['train']} train items to draw demonstrations from",
+            hint=f"set eval.pool_size to at most {most}",
+        )
+
+
 def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
     """Items, features and backend for the plan's eval settings in this workspace."""
-    preflight(ws, spec)
+    check_eval_files(ws, spec)
+    check_eval_counts(spec, split_sizes(ws, log))
     if ws.is_bundled:
         return _bench_world(ws, spec, log)
     return _okvqa_world(ws, spec, train_features_path, log)
@@ -139,18 +182,14 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
     if train_features_path is None:
         raise LeverError("evaluation needs the train features file (data.features)")
     train_feats = load_features(train_features_path)
-    if train_feats.shape[0] != len(train_items):
-        raise LeverError(
-            f"features {train_features_path} have {train_feats.shape[0]} rows but OK-VQA train has {len(train_items)} questions",
-            hint="row i of the features must be train question i (sorted by question_id)",
-        )
+    check_okvqa_rows(train_feats, train_features_path, len(train_items))
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
         items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
         feats = cached_clip_features(items, ws.path(ws.models.clip), ws.cache_dir / "clip" / f"val-{len(items)}.pt")
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
     if "train" in spec.splits:
-        n = min(spec.questions, len(train_items))
+        n = spec.questions  # check_eval_counts: at most the train questions
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
     return EvalWorld(
         train_items,

@@ -53,6 +53,11 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def _csv_value(x: Any) -> Any:
+    """Floats to 6 significant digits, so binary noise (44.900000000000006) never reaches a CSV cell."""
+    return float(f"{x:.6g}") if isinstance(x, float) else x
+
+
 def to_dict(cmp: Comparison) -> dict:
     """The comparison as plain JSON-able data (each cell also carries ``within_noise``)."""
     d = asdict(cmp)
@@ -74,29 +79,28 @@ def to_csv(cmp: Comparison) -> str:
     for row in cmp.rows:
         for col in cmp.plans:
             c = row.cells[col.name]
-            w.writerow(
-                _clean(
-                    {
-                        "split": cmp.split,
-                        "baseline": cmp.baseline,
-                        "plan": col.name,
-                        "is_baseline": col.baseline,
-                        "shots": row.label,
-                        "accuracy": c.accuracy,
-                        "std": c.std,
-                        "n_seeds": c.n_seeds,
-                        "n_questions": c.n_questions,
-                        "delta": c.delta,
-                        "ci_lo": c.lo,
-                        "ci_hi": c.hi,
-                        "p_permutation": c.p,
-                        "p_mcnemar": c.p_mcnemar,
-                        "within_noise": c.within_noise,
-                        "best": c.best,
-                        "missing": col.missing or "",
-                    }
-                )
+            line = _clean(
+                {
+                    "split": cmp.split,
+                    "baseline": cmp.baseline,
+                    "plan": col.name,
+                    "is_baseline": col.baseline,
+                    "shots": row.label,
+                    "accuracy": c.accuracy,
+                    "std": c.std,
+                    "n_seeds": c.n_seeds,
+                    "n_questions": c.n_questions,
+                    "delta": c.delta,
+                    "ci_lo": c.lo,
+                    "ci_hi": c.hi,
+                    "p_permutation": c.p,
+                    "p_mcnemar": c.p_mcnemar,
+                    "within_noise": c.within_noise,
+                    "best": c.best,
+                    "missing": col.missing or "",
+                }
             )
+            w.writerow({k: _csv_value(v) for k, v in line.items()})
     return buf.getvalue()
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from lever import io
+from lever.errors import LeverError
+from lever.spec.load import suggest
 
 
 @dataclass
@@ -252,3 +254,17 @@ def scan_runs(root: Path) -> list[RunData]:
                 if seed_dir.is_dir():
                     runs.append(load_run(seed_dir))
     return runs
+
+
+def check_known(plan: str, plans_dir: Path, runs_root: Path) -> None:
+    """Raise when `plan` names neither a plan file nor any run: a typo, not a plan waiting to be run."""
+    name = plan_name(plan)
+    if (runs_root / name).is_dir() or Path(plan).is_file() or (plans_dir / f"{name}.toml").is_file():
+        return
+    plans = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
+    runs = sorted(d.name for d in runs_root.iterdir() if d.is_dir() and not d.name.startswith("_")) if runs_root.is_dir() else []
+    known = sorted(set(plans) | set(runs))
+    raise LeverError(
+        f"plan '{plan}': no plan file {plans_dir / (name + '.toml')} and no runs under {runs_root}",
+        hint=f"{suggest(name, known)}known plans: {', '.join(plans) or '(none)'}; plans with runs: {', '.join(runs) or '(none)'}",
+    )

@@ -38,7 +38,7 @@ from lever.train.checkpoint import State, load_into, load_weights, state_digest
 from lever.train.groups import Groups
 from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, Stage, StageRunner, derive_seed
 
-from .sources import load_features, resolve_train_sources
+from .sources import check_feature_rows, load_features, resolve_train_sources
 
 
 @dataclass
@@ -178,7 +178,7 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     src = resolve_train_sources(ws, plan.data.candidates, plan.data.features, rep.info)
     data = load_candidates(src.candidates, cache_dir=ws.cache_dir / "candidates", log=rep.info)
     features = load_features(src.features)
-    _check_rows(data, features, src.features)
+    check_feature_rows(data, features, src.features)
     data_key = {"candidates": data.meta["sha256"][:16], "features": file_sha256(src.features)[:16]}
 
     # The plan's filter defines the validation queries once; phases only narrow the training side.
@@ -283,12 +283,3 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
         if row and row.get("adv/zero_frac", 0.0) > 0.5:
             flags.append(f"{row['adv/zero_frac']:.0%} of {e['stage']} groups had all-zero advantages")
     return flags
-
-
-def _check_rows(data: CandidateData, features: torch.Tensor, path: Path) -> None:
-    need = int(max(int(data.query_ids.max()), int(data.pools.max()))) + 1
-    if features.shape[0] < need:
-        raise LeverError(
-            f"features file {path} has {features.shape[0]} rows, but the candidate data refers to train index {need - 1}",
-            hint="the features must hold one row per train item (row i = train item i)",
-        )

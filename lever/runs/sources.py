@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lever.data.candidates import CandidateData
 from lever.errors import LeverError
 from lever.spec import Workspace
 
@@ -93,3 +94,13 @@ def load_features(path: Path) -> torch.Tensor:
     if not torch.isfinite(obj).all():
         raise LeverError(f"features file {path}: contains NaN or infinite values")
     return obj.float()
+
+
+def check_feature_rows(data: CandidateData, features: torch.Tensor, path: Path) -> None:
+    """The features must hold a row for every train index the candidate data refers to."""
+    need = int(max(int(data.query_ids.max()), int(data.pools.max()))) + 1
+    if features.shape[0] < need:
+        raise LeverError(
+            f"features file {path} has {features.shape[0]} rows, but the candidate data refers to train index {need - 1}",
+            hint="the features must hold one row per train item (row i = train item i)",
+        )

@@ -12,11 +12,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from lever.errors import LeverError
+from lever.io import read_text
 
 from .schema import Plan
 
@@ -52,7 +54,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; errors carry the file name, line and column."""
     if not path.is_file():
         raise LeverError(f"{path}: no such plan file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "plan file")
     if not text.strip():
         raise LeverError(f"{path}: the file is empty", hint='a plan needs at least description = "..." and the keys it sets')
     try:
@@ -114,7 +116,8 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _suggest(name: str, options: list[str]) -> str:
+def suggest(name: str, options: list[str]) -> str:
+    """The hint "did you mean 'x'? " for the option closest to `name`, or "" when none is close."""
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'? " if close else ""
 
@@ -130,43 +133,71 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_list(annotation: Any) -> bool:
+    """Whether an annotation is a list or tuple (possibly optional): its items are addressed by index."""
+    if get_origin(annotation) in (list, tuple):
+        return True
+    return get_origin(annotation) in (Union, UnionType) and any(_is_list(a) for a in get_args(annotation))
+
+
 def check_key_path(keys: list[str], model: type[BaseModel] = Plan) -> None:
-    """Raise when `keys` does not name a field of the schema (list items addressed by index)."""
+    """Raise when `keys` does not name a field of the schema; a number indexes a list (phases.0.epochs, seeds.1)."""
+    path = ".".join(keys)
+    if keys[0] == "extends":
+        raise LeverError(
+            f"override '{path}': extends cannot be overridden (the plan's files are merged before overrides apply)",
+            hint="write a plan file with extends = '...' and the keys it changes",
+        )
     here: type[BaseModel] | None = model
+    listy = False
     for depth, key in enumerate(keys):
         dotted = ".".join(keys[: depth + 1])
+        parent = ".".join(keys[:depth])
+        if listy:
+            if not key.isdigit():
+                raise LeverError(f"override '{path}': '{parent}' is a list; address an item by number, e.g. {parent}.0")
+            listy = False
+            continue
         if here is None:
-            raise LeverError(f"override '{'.'.join(keys)}': '{keys[depth - 1]}' is a value, not a table")
-        if key.isdigit() and depth > 0:
-            continue  # phases.0.epochs: an index into a list of tables
+            raise LeverError(f"override '{path}': '{parent}' is a value, not a table")
         if key not in here.model_fields:
             options = _field_names(here)
             raise LeverError(
-                f"override '{'.'.join(keys)}': unknown key '{dotted}'. {_suggest(key, options)}"
-                f"Valid keys here: {', '.join(options)}"
+                f"override '{path}': unknown key '{dotted}'. {suggest(key, options)}Valid keys here: {', '.join(options)}"
             )
-        here = _submodel(here.model_fields[key].annotation)
+        annotation = here.model_fields[key].annotation
+        here, listy = _submodel(annotation), _is_list(annotation)
 
 
 def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set `value` at `keys` in the raw plan data (missing tables are created); list indices must exist."""
+    path = ".".join(keys)
     node: Any = data
-    for depth, key in enumerate(keys[:-1]):
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        parent = ".".join(keys[:depth])
         if isinstance(node, list):
-            idx = int(key)
-            if idx >= len(node):
-                raise LeverError(f"override '{'.'.join(keys)}': index {idx} is out of range (the list has {len(node)} items)")
+            idx = int(key) if key.isdigit() else -1
+            if not 0 <= idx < len(node):
+                raise LeverError(
+                    f"override '{path}': {parent} has {len(node)} item(s), so there is no item {key}",
+                    hint=f"set the whole list instead, e.g. {parent}=[...]",
+                )
+        elif not isinstance(node, dict):
+            raise LeverError(f"override '{path}': {parent} is {node!r}, not a table or a list")
+        else:
+            idx = key
+            if not last and node.get(key) is None:
+                if keys[depth + 1].isdigit():
+                    raise LeverError(
+                        f"override '{path}': {'.'.join(keys[: depth + 1])} is not set in the plan file, so it has no item {keys[depth + 1]}",
+                        hint=f"set the whole list instead, e.g. {'.'.join(keys[: depth + 1])}=[...]",
+                    )
+                node[key] = {}
+        if last:
+            node[idx] = value
+        else:
             node = node[idx]
-            continue
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = [] if keys[depth + 1].isdigit() else {}
-            node[key] = nxt
-        node = nxt
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
 
 
 # --------------------------------------------------------------------------- validation
@@ -190,16 +221,16 @@ def format_validation_error(err: ValidationError, where: str) -> LeverError:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        dotted = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             parent = _loc_model(loc[:-1])
             options = _field_names(parent) if parent else []
-            lines.append(f"{dotted}: unknown key. {_suggest(str(loc[-1]), options)}Valid keys here: {', '.join(options)}")
+            lines.append(f"{dotted}: unknown key. {suggest(str(loc[-1]), options)}Valid keys here: {', '.join(options)}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
-        lines.append(f"{dotted}: {msg}{shown}")
+        lines.append(f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}")  # plan-wide checks name their keys
     if len(lines) == 1:
         return LeverError(f"{where}: {lines[0]}")
     return LeverError(f"{where}: {len(lines)} problems:\n  " + "\n  ".join(lines))
@@ -224,7 +255,7 @@ def find_plan_file(ref: str | Path, plans_dir: Path = Path("plans")) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
-    hint = f"{_suggest(str(ref), known)}known plans: {', '.join(known)}" if known else f"no plans found in {plans_dir}/"
+    hint = f"{suggest(str(ref), known)}known plans: {', '.join(known)}" if known else f"no plans found in {plans_dir}/"
     raise LeverError(f"plan '{ref}': no file {candidate}", hint=hint)
 
 

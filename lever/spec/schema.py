@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
-    """Base for every spec section: unknown keys are errors, values are checked on assignment."""
+    """Base for every spec section: unknown keys are errors, values are checked on assignment,
+    and NaN or infinite numbers are errors (no setting here can mean them)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -372,6 +373,13 @@ class Plan(Strict):
             raise ValueError("phase names 'rce' and 'grpo' are reserved for the stages")
         if self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
             raise ValueError("nothing to train: rce.epochs, grpo.epochs are 0 and there are no phases")
+        final = self.stage_names()[-1]
+        epochs = self.phases[-1].epochs if self.phases else (self.grpo.epochs if final == "grpo" else self.rce.epochs)
+        if self.select.epoch is not None and self.select.epoch > epochs:
+            raise ValueError(
+                f"select.epoch = {self.select.epoch} pins an epoch the final stage '{final}' does not have "
+                f"(it trains {epochs} epochs); choose 1..{epochs} or unset it"
+            )
         return self
 
     def stage_names(self) -> list[str]:

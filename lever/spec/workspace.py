@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lever.errors import LeverError
+from lever.io import read_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,7 +131,7 @@ def load_workspace(flag: str | Path | None = None) -> Workspace:
     if not path.is_file():
         raise LeverError(f"workspace file {path} (from {origin}) does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(path, "workspace file"))
     except tomllib.TOMLDecodeError as err:
         raise LeverError(f"{path}: invalid TOML: {err}") from None
     for reserved in ("root", "source"):

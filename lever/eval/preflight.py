@@ -1,0 +1,56 @@
+"""Checks run before any training: everything a plan will need later, so nothing fails after hours of training.
+
+Cheap by design: files are opened and counted, model folders are read for their configs and
+processor files only (no weights). Training and evaluation repeat the checks they depend on;
+this only moves the failures to the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lever.data.reader import load_candidates
+from lever.errors import LeverError
+from lever.io import check_readable
+from lever.runs.run import check_select_metric
+from lever.runs.sources import check_feature_rows, load_features, resolve_train_sources
+from lever.spec import LoadedPlan, Workspace
+
+from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, split_sizes
+
+
+def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callable[[str], None] = print) -> None:
+    """Raise a LeverError for the first thing `lp` will need in `ws` but cannot have.
+
+    Training: the selection metric, the start checkpoint, the candidate data and features (rows).
+    With `evaluate`: the workspace's eval files and image folders, eval.questions and eval.pool_size
+    against the questions there are, the features against the OK-VQA train questions and the CLIP
+    width, and that the VLM's processor and model class load.
+    """
+    plan = lp.plan
+    check_select_metric(lp)
+    if plan.start.kind == "checkpoint":
+        check_readable(ws.path(plan.start.checkpoint), "start.checkpoint file")
+    src = resolve_train_sources(ws, plan.data.candidates, plan.data.features, log)
+    features = load_features(src.features)
+    check_feature_rows(load_candidates(src.candidates, cache_dir=ws.cache_dir / "candidates", log=log), features, src.features)
+    if not evaluate:
+        return
+    spec = plan.eval
+    check_eval_files(ws, spec)
+    sizes = split_sizes(ws, log)
+    check_eval_counts(spec, sizes, f"{lp.path}: ")
+    if ws.is_bundled:
+        return
+    from .clip import clip_width
+    from .hf import check_vlm
+
+    check_okvqa_rows(features, src.features, sizes["train"])
+    width = clip_width(ws.path(ws.models.clip))
+    if features.shape[1] != width:
+        raise LeverError(
+            f"features {src.features} are {features.shape[1]} wide, but the CLIP model {ws.models.clip} embeds in {width}: "
+            "the eval questions' features would not match the train features",
+            hint="compute the train features with the workspace's CLIP model",
+        )
+    check_vlm(ws.path(ws.models.vlm))

@@ -1,0 +1,173 @@
+"""`lever run` refuses, before any training, a plan that would fail later: nothing is trained, no run directory appears."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = ROOT / "plans"
+SMALL_BENCH = "[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n"
+
+
+def refused_before_training(res, runs: Path, *needles: str) -> None:
+    """Exit 2 with every needle in the message, no traceback, and no run or stage directory."""
+    assert res.code == 2, res.text
+    assert "Traceback" not in res.text
+    for needle in needles:
+        assert needle in res.text, res.text
+    assert not runs.exists(), sorted(runs.rglob("*"))
+
+
+# --------------------------------------------------------------------------- the bundled benchmark
+
+
+@pytest.fixture
+def bench_ws(tmp_path):
+    """A workspace on a small benchmark (generated once into the shared test cache)."""
+    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
+    path = tmp_path / "lever.toml"
+    path.write_text(f'runs = "runs"\ncache = "{cache}"\n{SMALL_BENCH}', encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("eval.questions=100000", ["eval.questions = 100000, but the val split has 80 questions", "at most 80"]),
+        ("eval.pool_size=5000", ["eval.pool_size = 5000, but there are 600 train items", "at most 600"]),
+        ("select.metric=val/nothing", ["select.metric = 'val/nothing' is not logged"]),
+    ],
+)
+def test_bundled_benchmark_mistakes_fail_before_training(lever, bench_ws, override, needles):
+    res = lever("--workspace", bench_ws, "run", PLANS / "baseline.toml", "rce.epochs=1", "eval.questions=20", override)
+    refused_before_training(res, bench_ws.parent / "runs", *needles)
+
+
+def test_a_later_plan_stops_the_first_from_training(lever, bench_ws, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'description = "a pool too large"\nextends = "{PLANS / "baseline.toml"}"\n[eval]\npool_size = 5000\n')
+    res = lever("--workspace", bench_ws, "run", PLANS / "baseline.toml", bad, "rce.epochs=1", "eval.questions=20")
+    refused_before_training(res, bench_ws.parent / "runs", f"{bad}: eval.pool_size = 5000")
+
+
+def test_train_split_pool_excludes_the_question_itself(lever, bench_ws):
+    res = lever(
+        "--workspace",
+        bench_ws,
+        "run",
+        PLANS / "baseline.toml",
+        "eval.splits=['train']",
+        "eval.questions=20",
+        "eval.pool_size=600",
+    )
+    refused_before_training(res, bench_ws.parent / "runs", "at most 599")
+
+
+def test_missing_start_checkpoint_fails_before_training(lever, bench_ws, tmp_path):
+    res = lever(
+        "--workspace", bench_ws, "run", PLANS / "baseline.toml", "start.kind=checkpoint", f"start.checkpoint={tmp_path / 'x.st'}"
+    )
+    refused_before_training(res, bench_ws.parent / "runs", "start.checkpoint file", "does not exist")
+
+
+# --------------------------------------------------------------------------- the real path (OK-VQA, CLIP, a VLM)
+
+N_TRAIN, N_VAL, POOL = 30, 6, 8
+REAL = ["rce.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}", "eval.shots=[1,2]", f"eval.pool_size={POOL}"]
+
+
+@pytest.fixture(scope="module")
+def okvqa_template(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from tiny_models import write_okvqa_workspace
+
+    root = tmp_path_factory.mktemp("okvqa")
+    write_okvqa_workspace(root, N_TRAIN, N_VAL, POOL)
+    return root
+
+
+@pytest.fixture
+def real_ws(okvqa_template, tmp_path):
+    """A fresh copy of the OK-VQA workspace (its OK-VQA files stay shared and are never changed)."""
+    shutil.copytree(okvqa_template, tmp_path / "ws")
+    return tmp_path / "ws" / "lever.toml"
+
+
+@pytest.fixture
+def tiny_processor(monkeypatch):
+    """Qwen2.5-VL's own processor needs torchvision; the tiny image-only one stands in for it."""
+    import transformers
+    from tiny_models import tiny_qwen
+
+    processor = tiny_qwen()[1]
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
+
+
+def run_real(lever, ws: Path, *extra: str):
+    return lever("--workspace", ws, "run", PLANS / "baseline.toml", *REAL, *extra)
+
+
+def test_the_real_workspace_passes_preflight(real_ws, tiny_processor):
+    from lever.eval.preflight import preflight
+    from lever.spec import load_plan, load_workspace
+
+    preflight(load_plan(PLANS / "baseline.toml", REAL), load_workspace(real_ws), log=lambda m: None)  # no error
+
+
+def test_features_with_more_rows_than_okvqa_train(lever, real_ws):
+    feats = torch.load(real_ws.parent / "query_embeddings.pt")
+    torch.save(torch.cat([feats, feats[:5]]), real_ws.parent / "query_embeddings.pt")
+    res = run_real(lever, real_ws)
+    refused_before_training(res, real_ws.parent / "runs", "have 35 rows but OK-VQA train has 30 questions")
+
+
+def test_features_width_against_the_clip_model(lever, real_ws):
+    config = real_ws.parent / "clip" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "projection_dim": 32}))
+    res = run_real(lever, real_ws)
+    refused_before_training(res, real_ws.parent / "runs", "are 16 wide, but the CLIP model clip embeds in 32")
+
+
+def test_eval_questions_beyond_the_okvqa_split(lever, real_ws):
+    res = run_real(lever, real_ws, "eval.questions=100")
+    refused_before_training(res, real_ws.parent / "runs", "eval.questions = 100, but the val split has 6 questions")
+
+
+def test_pool_size_beyond_the_okvqa_train_items(lever, real_ws):
+    res = run_real(lever, real_ws, "eval.pool_size=64")
+    refused_before_training(res, real_ws.parent / "runs", "eval.pool_size = 64, but there are 30 train items")
+
+
+def test_missing_image_folder(lever, real_ws):
+    real_ws.write_text(real_ws.read_text().replace("val_images = ", 'val_images = "nowhere"\n# '))
+    res = run_real(lever, real_ws)
+    refused_before_training(res, real_ws.parent / "runs", "okvqa.val_images = 'nowhere' does not exist")
+
+
+def test_vlm_that_is_not_image_text_to_text(lever, real_ws, tiny_processor):
+    shutil.copy(real_ws.parent / "clip" / "config.json", real_ws.parent / "vlm" / "config.json")
+    res = run_real(lever, real_ws)
+    refused_before_training(res, real_ws.parent / "runs", "describes a 'clip' model, which is not an image-text-to-text model")
+
+
+def test_processor_without_torchvision_names_the_package(lever, real_ws, monkeypatch):
+    """The real Qwen2.5-VL processor from the folder: transformers wants torchvision for its video processor."""
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is not None:  # simulate its absence where it is installed
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else find_spec(name, *a))
+
+        def needs_torchvision(*a, **k):
+            raise ImportError("Qwen2VLVideoProcessor requires the Torchvision library but it was not found in your environment.")
+
+        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", needs_torchvision)
+    res = run_real(lever, real_ws)
+    refused_before_training(res, real_ws.parent / "runs", "needs torchvision, which is not installed", "pip install torchvision")
