@@ -80,7 +80,15 @@ def test_missing_start_checkpoint_fails_before_training(lever, bench_ws, tmp_pat
 # --------------------------------------------------------------------------- the real path (OK-VQA, CLIP, a VLM)
 
 N_TRAIN, N_VAL, POOL = 30, 6, 8
-REAL = ["rce.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}", "eval.shots=[1,2]", f"eval.pool_size={POOL}"]
+# Val question 3 has no image on purpose (1 of 6): within a failure budget of 20%.
+REAL = [
+    "rce.epochs=1",
+    "model.hidden=16",
+    f"eval.questions={N_VAL}",
+    "eval.shots=[1,2]",
+    f"eval.pool_size={POOL}",
+    "eval.max_failed=0.2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +179,33 @@ def test_processor_without_torchvision_names_the_package(lever, real_ws, monkeyp
         monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", needs_torchvision)
     res = run_real(lever, real_ws)
     refused_before_training(res, real_ws.parent / "runs", "needs torchvision, which is not installed", "pip install torchvision")
+
+
+def test_missing_images_beyond_the_failure_budget(lever, real_ws, tiny_processor, tmp_path):
+    strict = [a for a in REAL if not a.startswith("eval.max_failed")]  # the default budget: 1%
+    res = lever("--workspace", real_ws, "run", PLANS / "baseline.toml", *strict)  # 1 of 6 val images missing
+    refused_before_training(res, real_ws.parent / "runs", "1 of 6 val images are missing", "COCO_val2014_000000000503.jpg")
+    text = real_ws.read_text()
+    shared = Path(text.split('train_images = "')[1].split('"')[0])
+    images = tmp_path / "train_images"  # a third of the demonstration candidates' images gone
+    images.mkdir()
+    for path in sorted(shared.iterdir())[10:]:
+        shutil.copy(path, images / path.name)
+    real_ws.write_text(text.replace(str(shared), str(images)))
+    res = run_real(lever, real_ws)
+    refused_before_training(res, real_ws.parent / "runs", "10 of 30 train (demonstration candidates) images are missing")
+
+
+def test_features_from_another_clip_model(lever, real_ws, tiny_processor):
+    from tiny_models import tiny_clip
+
+    from lever.eval.clip import clip_features
+    from lever.eval.okvqa import load_okvqa
+
+    root = real_ws.parent
+    base = root / "okvqa_train"
+    q, a = base / "OpenEnded_mscoco_train2014_questions.json", base / "mscoco_train2014_annotations.json"
+    items = load_okvqa(q, a, base / "images", "train")
+    torch.save(clip_features(items, tiny_clip(seed=1)), root / "query_embeddings.pt")  # same width, another model
+    res = run_real(lever, real_ws)
+    refused_before_training(res, root / "runs", "not in the space of the CLIP model", "cosine similarity")

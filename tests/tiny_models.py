@@ -316,6 +316,7 @@ def write_okvqa_workspace(root: Path, n_train: int = 30, n_val: int = 6, pool: i
     torch.save(clip_features(train_items, clip_pair), root / "query_embeddings.pt")
     (root / "rl_data.json").write_text(json.dumps(okvqa_candidates([it.question_id for it in train_items], pool)))
     save_model_dir(root / "clip", *clip_pair)
+    clip_pair[0].save_pretrained(root / "clip")  # CLIP's weights too: the preflight re-embeds a few train rows
     save_model_dir(root / "vlm", *qwen_pair)
     ws = root / "lever.toml"
     ws.write_text(f"""runs = "runs"

@@ -124,3 +124,24 @@ def cached_clip_features(
     feats = clip_features(items, model_dir, batch_size=batch_size, device=device)
     atomic_write(cache_path, lambda tmp: torch.save({"key": key, "model": str(model_dir), "features": feats}, tmp))
     return feats
+
+
+def check_clip_space(items: list[Item], features: torch.Tensor, model_dir: Path, path: Path, min_cos: float = 0.98) -> float:
+    """Embed `items` (train rows 0..n-1) with the workspace's CLIP model and compare them with those feature rows.
+
+    Training reads the features file; evaluation embeds its questions with the CLIP model. Both
+    must be one space, or the selector compares vectors of two different models. Returns the
+    lowest cosine similarity; below `min_cos` is an error.
+    """
+    fresh = clip_features(items, model_dir)  # [n, d]
+    stored = features[: len(items)].float()  # [n, d]
+    cos = torch.nn.functional.cosine_similarity(fresh, stored, dim=-1)  # [n]
+    worst = float(cos.min())
+    if worst < min_cos:
+        raise LeverError(
+            f"features {path} are not in the space of the CLIP model {model_dir}: re-embedding train rows "
+            f"0..{len(items) - 1} gives cosine similarity {worst:.3f} with the stored rows (same model: > {min_cos})",
+            hint="training would read one model's vectors and evaluation another's; compute the features with this "
+            "CLIP model (mean of normalised image and question embeddings), or point models.clip at the one that made them",
+        )
+    return worst

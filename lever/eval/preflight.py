@@ -8,6 +8,7 @@ this only moves the failures to the start.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from lever.data.reader import load_candidates
 from lever.errors import LeverError
@@ -15,7 +16,9 @@ from lever.io import check_readable
 from lever.runs.run import check_select_metric
 from lever.runs.sources import check_feature_rows, load_features, resolve_train_sources
 from lever.spec import LoadedPlan, Workspace
+from lever.spec.schema import EvalSpec
 
+from .backend import Item
 from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, split_sizes
 
 
@@ -25,7 +28,8 @@ def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callabl
     Training: the selection metric, the start checkpoint, the candidate data and features (rows).
     With `evaluate`: the workspace's eval files and image folders, eval.questions and eval.pool_size
     against the questions there are, the features against the OK-VQA train questions and the CLIP
-    width, and that the VLM's processor and model class load.
+    width, that the VLM's processor and model class load, missing images within eval.max_failed, and
+    that the workspace's CLIP model re-embeds a few train rows as the features file has them.
     """
     plan = lp.plan
     check_select_metric(lp)
@@ -54,3 +58,39 @@ def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callabl
             hint="compute the train features with the workspace's CLIP model",
         )
     check_vlm(ws.path(ws.models.vlm))
+    train_items = check_missing_images(ws, spec, log)
+    from .clip import check_clip_space
+
+    check_clip_space(train_items[:4], features, ws.path(ws.models.clip), src.features)
+
+
+def check_missing_images(ws: Workspace, spec: EvalSpec, log: Callable[[str], None] = print) -> list[Item]:
+    """Count the images missing from the eval questions and the demonstration candidates; more than
+    `eval.max_failed` of either is an error naming the first files (each one fails questions later).
+
+    Returns the train items (the demonstration candidates).
+    """
+    from .okvqa import load_okvqa
+
+    o = ws.okvqa
+    train = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
+    groups = {"train (demonstration candidates)": train}
+    if "val" in spec.splits:
+        groups["val"] = load_okvqa(
+            ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions
+        )
+    for name, items in groups.items():
+        missing = [it.image for it in items if it.image is not None and not Path(it.image).is_file()]
+        if not missing:
+            continue
+        share = len(missing) / len(items)
+        first = ", ".join(str(m) for m in missing[:3])
+        if share > spec.max_failed:
+            raise LeverError(
+                f"{len(missing)} of {len(items)} {name} images are missing ({share:.1%}, above eval.max_failed = "
+                f"{spec.max_failed:.1%}), e.g. {first}",
+                hint="check the workspace's image folders; a missing image fails its question (and every question "
+                "that picks it as a demonstration)",
+            )
+        log(f"warning: {len(missing)} of {len(items)} {name} images are missing ({share:.1%}), e.g. {first}")
+    return train

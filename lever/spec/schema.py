@@ -304,6 +304,13 @@ class EvalSpec(Strict):
     batch_size: int = Field(8, ge=1, description="VLM generation batch size")
     max_new_tokens: int = Field(5, ge=1, description="Generation length")
     num_beams: int = Field(3, ge=1, description="Beam search width")
+    max_failed: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Failure budget: an evaluation (or a preflight count of missing images) with a larger share of "
+        "failed questions stops with an error naming the first missing files, instead of scoring them 0",
+    )
     protocol: str = Field(
         "lever-plus",
         min_length=1,
