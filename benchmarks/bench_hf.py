@@ -5,6 +5,7 @@ Default: the tiny random Qwen2.5-VL of the tests, on CPU (target: batch 8 >= 3x 
 with 640x480 images, reporting questions per second.
 
     python benchmarks/bench_hf.py [--questions 32] [--shots 0 1 2 4] [--threads N] [--real-size]
+    python benchmarks/bench_hf.py --plans 3   # model loads and seconds for `lever run A B C`'s backends
 """
 
 from __future__ import annotations
@@ -91,13 +92,46 @@ def qps(backend: HFBackend, reqs: list[Request], repeats: int = 3) -> float:
     return len(reqs) / best
 
 
+def plan_loads(n_plans: int) -> None:
+    """Build the backend of `n_plans` plans from one model folder, as `lever run A B C` does; count weight loads.
+
+    "one load per plan" clears lever's model cache before each backend (the behaviour before it existed);
+    "shared" keeps it. Same folder, same process, same run.
+    """
+    import transformers
+
+    import lever.eval.hf as hf
+
+    model, processor = tiny_qwen()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        transformers.AutoProcessor.from_pretrained = lambda *a, **k: processor  # the tiny processor needs no files
+        loads = []
+        real = transformers.AutoModelForImageTextToText.from_pretrained
+        transformers.AutoModelForImageTextToText.from_pretrained = lambda *a, **k: loads.append(1) or real(*a, **k)
+        for label, clear in (("one load per plan", True), ("shared", False)):
+            hf._LOADED.clear()
+            loads.clear()
+            t0 = time.perf_counter()
+            for _ in range(n_plans):
+                if clear:
+                    hf._LOADED.clear()
+                HFBackend(Path(tmp), device="cpu")
+            print(f"  {label:18} {len(loads)} weight loads, {time.perf_counter() - t0:.3f} s for {n_plans} plans")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=32)
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4])
     ap.add_argument("--real-size", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--plans", type=int, default=0, help="only count VLM loads for this many plans' backends")
     args = ap.parse_args()
+    if args.plans:
+        print(f"tiny Qwen2.5-VL from a model folder, {args.plans} plans' backends")
+        plan_loads(args.plans)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
