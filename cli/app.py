@@ -59,6 +59,9 @@ def main() -> None:
     except LeverError as err:
         err_console.print(Text("error: ", style="bold red") + Text(str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)

@@ -28,42 +28,45 @@ def _seeds(lp: LoadedPlan, seed: int | None) -> list[int]:
     return [seed] if seed is not None else list(lp.plan.seeds)
 
 
-def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
+def _log(message: str) -> None:
+    """Progress messages on stderr (rank 0 only under torchrun)."""
     from lever.eval.distributed import ranks
-    from lever.eval.evaluate import evaluate_run
-    from lever.runs.run import run_dir_of
-    from lever.runs.sources import resolve_train_sources
 
-    ws = workspace()
-    run_dir = run_dir_of(ws, lp, seed)
-    feats = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, err_console.print).features
-    main = ranks().is_main  # under torchrun only rank 0 speaks
-    with Progress(
-        TextColumn(f"evaluating {lp.name} seed {seed}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not main,
-    ) as bar:
-        task = bar.add_task("eval", total=None)
-        out_dir, summary = evaluate_run(
-            run_dir,
-            lp.plan,
-            ws,
-            seed,
-            epoch=epoch,
-            features_path=feats,
-            log=err_console.print if main else lambda m: None,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    if main:
-        _print_summary(lp, seed, summary, out_dir)
-    return summary
+    if ranks().is_main:
+        err_console.print(message, highlight=False)
+
+
+class EvalBar:
+    """The evaluation progress bar, started by the first progress report (training draws its own bars before it)."""
+
+    def __init__(self, lp: LoadedPlan, seed: int):
+        self.title = f"evaluating {lp.name} seed {seed}"
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from lever.eval.distributed import ranks
+
+        if self.bar is None:
+            columns = (TextColumn(self.title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self.bar = Progress(*columns, console=err_console, transient=True, disable=not ranks().is_main)
+            self.bar.start()
+            self.task = self.bar.add_task("eval", total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> EvalBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
+    from lever.eval.distributed import ranks
+
+    if not ranks().is_main:
+        return
     ck = summary["checkpoint"]
     console.print(f"[bold]{lp.name}[/] seed {seed}: {ck['stage']} epoch {ck['epoch']} ({ck['reason']})", highlight=False)
     table = Table()
@@ -77,7 +80,7 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
     console.print(table)
     failed = sum(c["failed"] for sp in splits.values() for c in sp.values())
     if failed:
-        console.print(f"[yellow]{failed} question(s) failed and score 0; see {out_dir / 'results.jsonl'}[/]")
+        console.print(f"[yellow]{failed} question(s) failed and score 0; see {out_dir}[/]")
     err_console.print(f"results: {out_dir}", highlight=False)
 
 
@@ -88,18 +91,27 @@ def run(
     overrides: OverrideOpt = None,
     seed: int | None = typer.Option(None, "--seed", help="Run only this seed (default: every seed in the plan)"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the selected checkpoint after training"),
+    redo: bool = typer.Option(
+        False, "--redo", help="Rebuild the run's record (status, stages, selection, metrics), reusing intact stages"
+    ),
+    retrain_stage: str | None = typer.Option(
+        None, "--retrain-stage", metavar="NAME", help="Delete this stage's folder and train it again (implies --redo)"
+    ),
 ) -> None:
     """Train a plan (RCE, GRPO, curriculum phases) into its run directory, then evaluate it and compare with the baseline.
 
-    Re-running a finished plan does nothing; a killed run resumes from its last finished epoch;
-    a changed spec gets a new run directory. Stages shared with other plans (same data, settings,
+    Re-running a finished plan does nothing (unless its data or features changed); a killed or
+    interrupted run resumes from its last finished epoch; a changed spec gets a new run directory.
+    A damaged run file is repaired with --redo, a damaged stage with --retrain-stage NAME. Stages shared with other plans (same data, settings,
     seed and start) are trained once and reused.
 
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
-    from lever.runs.run import run_plan
+    from lever.eval.pipeline import train_and_evaluate
 
+    if retrain_stage and not redo:
+        redo = True
     plans = _plans(plan, overrides)
     ws = workspace()
     if evaluate:
@@ -111,14 +123,17 @@ def run(
     for lp in plans:
         err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
         for s in _seeds(lp, seed):
-            outcome = run_plan(lp, ws, s, reporter)
+            with EvalBar(lp, s) as bar:
+                outcome, ev = train_and_evaluate(
+                    lp, ws, s, reporter, evaluate=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar
+                )
             sel = outcome.selected
             err_console.print(
-                f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
+                f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run.path}",
                 highlight=False,
             )
-            if evaluate:
-                _evaluate(lp, s, None)
+            if ev is not None:
+                _print_summary(lp, s, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
     if evaluate and others:
         _baseline_table(others)
@@ -147,6 +162,7 @@ def evaluate(
     epoch: int | None = typer.Option(
         None, "--epoch", min=1, help="Use this epoch of the final stage instead of the selected one"
     ),
+    redo: bool = typer.Option(False, "--redo", help="Discard a finished or damaged evaluation and answer again"),
 ) -> None:
     """Evaluate a trained plan: the selected checkpoint picks demonstrations for every shot count, the VLM answers.
 
@@ -156,11 +172,19 @@ def evaluate(
     Under torchrun, ranks share the questions and rank 0 writes the results:
     [bold]torchrun --nproc_per_node 4 -m lever_cli evaluate plan5[/]
 
+    A cached evaluation is verified (row count, digest, value ranges) before it is shown; a damaged one
+    is an error that names the file; --redo answers again.
+
     Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
     """
+    from lever.eval.pipeline import evaluate_plan
+
+    ws = workspace()
     for lp in _plans(plan, overrides):
         for s in _seeds(lp, seed):
-            _evaluate(lp, s, epoch)
+            with EvalBar(lp, s) as bar:
+                ev = evaluate_plan(lp, ws, s, epoch=epoch, redo=redo, log=_log, progress=bar)
+            _print_summary(lp, s, ev.summary, ev.eval_dir.path)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lever.errors import LeverError
+from lever.keys import file_digest, listing_fingerprint, model_fingerprint, path_fingerprint
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
@@ -122,7 +123,7 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
         train_feats,
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
-        {"backend": "sim", "world": Path(paths.root).name},
+        {"backend": "sim", "world": Path(paths.root).name, "files": listing_fingerprint(Path(paths.root))},
     )
 
 
@@ -155,8 +156,23 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
         train_feats,
         splits,
         lambda device: make_hf_backend(ws, spec, device),
-        {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip)},
+        okvqa_identity(ws, spec, train_features_path),
     )
+
+
+def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path) -> dict[str, Any]:
+    """Every input an OK-VQA evaluation reads, by content: model folders (config and weight hashes), the
+    OK-VQA files (digests), the image folders (a hash of their listing) and the train features."""
+    memo = ws.cache_dir / "digests.json"
+    o = ws.okvqa.model_dump()
+    used = [k for k in o if k.startswith("train") or "val" in spec.splits]
+    return {
+        "backend": "hf",
+        "vlm": model_fingerprint(ws.path(ws.models.vlm), memo),
+        "clip": model_fingerprint(ws.path(ws.models.clip), memo),
+        "okvqa": {k: path_fingerprint(ws.path(o[k]), memo) for k in used},
+        "features": file_digest(train_features_path, memo)[:16],
+    }
 
 
 def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Backend:
