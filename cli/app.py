@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 import typer
@@ -54,8 +56,13 @@ app.add_typer(data_app, name="data")
 
 def main() -> None:
     """Console-script entry: run the app, turning a LeverError into a short message and its exit code."""
+    if threading.current_thread() is threading.main_thread():
+        # A parent may start us with SIGINT ignored (a shell's background job); Ctrl-C must still stop a run cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into a returned 130 in this mode
+            raise KeyboardInterrupt
     except LeverError as err:
         err_console.print(Text("error: ", style="bold red") + Text(str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
