@@ -19,7 +19,9 @@ from .filters import TIERS, positive_ratio, quality_tiers, reward_gap
 from .rewards import raw_rewards
 from .segments import one_thread
 
-FLAT = 0.01  # a group whose advantages are all below this in size teaches (almost) nothing
+# The advantage-signal thresholds, in one place (stats --plan, run flags and report tables use them):
+FLAT = 0.01  # a group whose advantages are all below this in size teaches (almost) nothing; so does an epoch's adv/std
+FLAT_SHARE = 0.5  # more than this share of flat (or all-zero) groups is worth a warning
 ZERO = 1e-8
 RATIO_BINS = [(0.0, 0.0, "0 (all negative)"), (0.0, 0.25, "(0, 0.25]"), (0.25, 0.5, "(0.25, 0.5]"),
               (0.5, 0.75, "(0.5, 0.75]"), (0.75, 1.0, "(0.75, 1)"), (1.0, 1.0, "1 (all positive)")]  # fmt: skip

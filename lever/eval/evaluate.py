@@ -45,10 +45,12 @@ Progress = Callable[[int, int], None]  # (done, total) questions answered
 
 def checkpoint_for(run: RunDir, epoch: int | None) -> dict[str, Any]:
     """The run's selected checkpoint, or epoch `epoch` of its final stage (recorded as a hand pick)."""
-    selected = run.selected()
+    state = run.state
+    selected = run.selected() if state in ("trained", "done") else None
     if selected is None:
         raise LeverError(
-            f"{run.path} has no selected checkpoint: the run has not finished training", hint="run `lever run` on the plan first"
+            f"{run.path} has no selected checkpoint: the run has not finished training ({state or 'never started'})",
+            hint=f"run `{run.command('run')}` first",
         )
     if epoch is None:
         return selected

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from lever.data.stats import FLAT
+
 from .results import PlanRuns, QuestionResults, selected_metrics
 from .significance import paired_test
 
-ADV_STD_FLOOR = 0.01  # below this at the selected epoch, GRPO had almost no signal
+ADV_STD_FLOOR = FLAT  # below this at the selected epoch, GRPO had almost no signal
 NEAR_ZERO_FLAG = "near-zero advantages"
 AVG = "avg"
 

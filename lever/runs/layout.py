@@ -324,6 +324,8 @@ class RunDir:
         self.set_status(state, s.get("flags"), message, **extra)
 
     def write_start(self, spec: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """A (re)start: the spec, status `running`, provenance; an earlier selection is forgotten until training ends."""
+        self.clear()
         write_json(self.spec_file, spec)
         self.set_status("running")
         write_json(self.provenance_file, provenance)

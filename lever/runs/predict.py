@@ -17,7 +17,7 @@ from lever.data.candidates import CandidateData
 from lever.data.filters import stage_filter
 from lever.data.rewards import compute_rewards
 from lever.data.segments import one_thread
-from lever.data.stats import FLAT, ZERO, value_summary
+from lever.data.stats import FLAT, FLAT_SHARE, ZERO, value_summary
 from lever.spec.schema import Plan
 from lever.train.losses import group_advantages, top_k_mask
 
@@ -31,7 +31,7 @@ def advantage_prediction(
 
     adv is the plan's AdvantageSpec; top_k keeps each group's k best sequences first
     (the beam curriculum), as training does. Returns groups, zero_share (all |A| <= 1e-8),
-    flat_share (max |A| < 0.01), adv_std (population, over all sequences), adv_max,
+    flat_share (max |A| < FLAT), adv_std (population, over all sequences), adv_max,
     mean_spread (mean over groups of max |A|).
     """
     n = s1 = s2 = 0.0
@@ -115,7 +115,7 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
             k = "all sequences" if row["top_k"] is None else f"top-{row['top_k']}"
             if row["groups"] == 0:
                 out["warnings"].append(f"stage {name}: its data filter leaves no training group")
-            elif row["flat_share"] > 0.5 or row["adv_std"] < FLAT:
+            elif row["flat_share"] > FLAT_SHARE or row["adv_std"] < FLAT:
                 out["warnings"].append(
                     f"stage {name} ({k}): {row['flat_share']:.0%} of groups have every |advantage| < {FLAT} "
                     f"(advantage std {row['adv_std']:.3g}): GRPO will get almost no signal from them"

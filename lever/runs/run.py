@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from lever import __version__
+from lever.data.stats import FLAT, FLAT_SHARE
 from lever.device import resolve_device
 from lever.errors import DamagedState, LeverError, RunFailed
 from lever.io import file_lock
@@ -292,8 +293,8 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
         if e["kind"] != "grpo":
             continue
         row = next((r for r in rows if r["stage"] == e["stage"] and r["epoch"] == e["epoch"]), None)
-        if row and row.get("adv/std", 1.0) < 0.01:
+        if row and row.get("adv/std", 1.0) < FLAT:
             flags.append(f"near-zero advantages in {e['stage']} (adv/std {row['adv/std']:.4f})")
-        if row and row.get("adv/zero_frac", 0.0) > 0.5:
+        if row and row.get("adv/zero_frac", 0.0) > FLAT_SHARE:
             flags.append(f"{row['adv/zero_frac']:.0%} of {e['stage']} groups had all-zero advantages")
     return flags
