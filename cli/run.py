@@ -136,19 +136,19 @@ def run(
                 _print_summary(lp, s, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
     if evaluate and others:
-        _baseline_table(others)
+        _baseline_table(others, next((lp.hash for lp in plans if lp.name == "baseline"), None))
 
 
-def _baseline_table(plans: list[LoadedPlan]) -> None:
-    """The plans against the baseline, when the baseline has been run and evaluated."""
+def _baseline_table(plans: list[LoadedPlan], base_hash: str | None) -> None:
+    """The plans against the baseline (the one run in this command, else the baseline plan file's runs), when evaluated."""
     from lever.report.tables import build_comparison, render_rich
 
     from .report import plan_runs
 
     root = workspace().runs_dir
-    base = plan_runs("baseline", root)
+    base = plan_runs("baseline", root, base_hash)
     if base.missing:
-        err_console.print("no evaluated baseline yet: [bold]lever run plans/baseline.toml[/] gives the comparison table")
+        err_console.print(f"no comparison table: baseline {base.missing} ({base.command})", highlight=False)
         return
     mine = [plan_runs(lp.name, root, lp.hash) for lp in plans]
     for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):

@@ -224,7 +224,7 @@ def test_every_evaluation_input_is_in_its_key(lever, real_workspace):
     res = lever("--workspace", ws, "run", *args[3:])
     assert res.code == 0 and "features changed since it was trained" in res.text and "evaluation cached" not in res.text
     runs = lever("--workspace", ws, "runs")
-    assert runs.code == 0 and "features:" in runs.out and "eval.okvqa" in runs.out
+    assert runs.code == 0 and "features:" in runs.out and "eval:" in runs.out
 
 
 def test_clip_cache_does_not_count_a_missing_image(tmp_path):

@@ -357,3 +357,18 @@ def test_reports_name_the_hash_and_mark_overrides(lever, ws):
     error(rep, "no run of the plan file as it is now", f"baseline@{h}")
     rep = run_cli(lever, "report", f"baseline@{h[:5]}")
     assert rep.code == 0 and f"hash {h}  overrides" in rep.out and "inputs" in rep.out
+
+
+def test_a_summary_from_before_digests_is_still_checked_against_its_rows(tmp_path):
+    from lever.errors import DamagedState
+    from lever.runs.layout import EvalDir
+
+    ev = EvalDir(tmp_path / "eval" / "k", fix="lever evaluate P --redo")
+    rows = [{"split": "val", "shots": 1, "question_id": q, "accuracy": float(q % 2), "failed": False} for q in range(4)]
+    summary = ev.write(rows, {})
+    del summary["results"]  # as an older lever wrote it
+    ev.summary_file.write_text(json.dumps(summary))
+    assert ev.read()[1] == rows
+    ev.results.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))  # a row cut
+    with pytest.raises(DamagedState, match="does not match the rows"):
+        ev.read()

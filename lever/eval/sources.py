@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from lever.errors import LeverError
-from lever.keys import file_digest, listing_fingerprint, model_fingerprint, path_fingerprint
+from lever.keys import file_digest, model_fingerprint, path_fingerprint
+from lever.runs.recipe import memo_file
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
@@ -123,8 +124,14 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
         train_feats,
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
-        {"backend": "sim", "world": Path(paths.root).name, "files": listing_fingerprint(Path(paths.root))},
+        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths)},
     )
+
+
+def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
+    """Content keys of the benchmark files an evaluation reads (items, features, the simulated VLM)."""
+    files = (paths.items_train, paths.items_val, paths.features, paths.val_features, paths.world)
+    return {Path(f).name: file_digest(Path(f), memo_file(ws))[:16] for f in files}
 
 
 def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None]) -> EvalWorld:
@@ -163,7 +170,7 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
 def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path) -> dict[str, Any]:
     """Every input an OK-VQA evaluation reads, by content: model folders (config and weight hashes), the
     OK-VQA files (digests), the image folders (a hash of their listing) and the train features."""
-    memo = ws.cache_dir / "digests.json"
+    memo = memo_file(ws)
     o = ws.okvqa.model_dump()
     used = [k for k in o if k.startswith("train") or "val" in spec.splits]
     return {

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lever.keys import content_key
 from lever.runs.layout import RunDir, RunsFolder
 from lever.runs.store import plan_name
 
@@ -73,8 +74,9 @@ class RunData:
     def inputs(self) -> dict:
         """Content keys of the files the run trained (and was evaluated) on."""
         out = dict((self.provenance or {}).get("inputs") or {})
-        world = (self.summary or {}).get("inputs") or {}
-        out.update({f"eval.{k}": v for k, v in world.items() if k != "backend"})
+        world = (self.summary or {}).get("inputs")
+        if world:  # model folders, OK-VQA files, image folders, features: one key (the detail is in summary.json)
+            out["eval"] = content_key(world)
         return out
 
     @property

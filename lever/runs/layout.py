@@ -125,7 +125,9 @@ class EvalDir:
         summary = self.summary()
         if summary is None:
             raise DamagedState(f"{self.summary_file} is missing: the evaluation did not finish", hint=self.fix)
-        check_rows(self.results, summary.get("results"), self.fix)
+        if "results" in summary or not self.results.is_file():
+            check_rows(self.results, summary.get("results"), self.fix)
+        # A summary from before digests were recorded is still checked below: every count and accuracy must match.
         rows = read_rows(self.results, self.fix)
         for i, r in enumerate(rows, start=1):
             acc, shots = r.get("accuracy"), r.get("shots")
