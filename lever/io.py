@@ -49,6 +49,11 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     write_rows(path, rows)
 
 
+def rows_text(rows: list[dict[str, Any]]) -> str:
+    """JSONL text of rows, exactly as written."""
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def rows_record(text: str) -> dict[str, Any]:
     """What a writer records of JSONL rows, so a reader can verify them: their count and the digest of their bytes."""
     return {"rows": text.count("\n"), "sha256": bytes_digest(text.encode("utf-8"))}
@@ -56,7 +61,7 @@ def rows_record(text: str) -> dict[str, Any]:
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write JSONL rows atomically; returns their record (rows_record) for the summary that vouches for them."""
-    text = "".join(json.dumps(r) + "\n" for r in rows)
+    text = rows_text(rows)
     write_text(path, text)
     return rows_record(text)
 

@@ -67,7 +67,7 @@ def file_digest(path: Path, memo_file: Path | None = None) -> str:
     if not isinstance(digest, str):
         digest = file_sha256(path)
         if memo_file is not None:
-            from lever.io import write_json  # io imports errors only; kept local to stay a leaf module
+            from lever.io import write_json  # lever.io imports this module: import it here, not at the top
 
             try:
                 write_json(Path(memo_file), {**(disk if isinstance(disk, dict) else {}), tag: digest})

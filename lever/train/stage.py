@@ -13,7 +13,6 @@ Killed at any moment, the stage resumes from `resume.pt`: epochs are seeded by
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import zlib
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lever.errors import DamagedState, RunFailed
-from lever.io import check_rows, read_rows, read_state, rows_record, write_json, write_jsonl
+from lever.io import check_rows, read_rows, read_state, rows_record, rows_text, write_json, write_jsonl
 from lever.model import PointerSelector
 from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
 
@@ -311,7 +310,7 @@ class StageRunner:
                 "value": best.get(self.select.metric),
                 "reason": reason,
                 "checkpoint": f"ckpt/{ckpt.name}",
-                "metrics": rows_record("".join(json.dumps(r) + "\n" for r in rows)),
+                "metrics": rows_record(rows_text(rows)),  # what a reuse checks metrics.jsonl against
             },
         )
         (self.dir / "resume.pt").unlink(missing_ok=True)  # optimiser state is no longer needed
