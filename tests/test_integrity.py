@@ -63,6 +63,7 @@ def test_changed_features_and_candidates_are_new_work(lever, ws, tmp_path):
     again = run_cli(lever, "run", *args)
     assert "already trained" in again.text and "evaluation cached" in again.text
     torch.save(torch.load(feats) * 0.5, feats)  # same shape, other content
+    error(run_cli(lever, "evaluate", *args), "trained on other candidate data or features", "lever run")
     res = run_cli(lever, "run", *args)
     assert res.code == 0 and "features changed since it was trained" in res.text
     assert metrics(run_dir) != first and len(list((run_dir / "eval").glob("*/summary.json"))) == 2
@@ -172,6 +173,7 @@ def test_damaged_run_state_files_are_named_with_their_repair(lever, ws):
         f.write_text(good)
     (run_dir / "selected.json").unlink()
     error(run_cli(lever, "run", *args), "selected.json is missing", "--redo")
+    error(run_cli(lever, "evaluate", *args[:-1]), "selected.json is missing", "--redo")
     assert run_cli(lever, "run", *args, "--redo").code == 0
     shutil.rmtree(stage_dir(ws))
     error(run_cli(lever, "run", *args), "stage folder", "is missing", "--redo")

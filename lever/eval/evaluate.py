@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lever.errors import LeverError
+from lever.errors import DamagedState, LeverError
 from lever.io import read_jsonl
 from lever.keys import content_key
 from lever.runs.layout import EvalDir, RunDir
@@ -47,6 +47,8 @@ def checkpoint_for(run: RunDir, epoch: int | None) -> dict[str, Any]:
     """The run's selected checkpoint, or epoch `epoch` of its final stage (recorded as a hand pick)."""
     state = run.state
     selected = run.selected() if state in ("trained", "done") else None
+    if selected is None and state in ("trained", "done"):
+        raise DamagedState(f"{run.selected_file} is missing but the run is marked {state}", hint=run.fix)
     if selected is None:
         raise LeverError(
             f"{run.path} has no selected checkpoint: the run has not finished training ({state or 'never started'})",

@@ -14,6 +14,7 @@ from typing import Any
 
 from lever.errors import DamagedState, LeverError
 from lever.runs.layout import EvalDir, RunDir
+from lever.runs.recipe import input_keys, memo_file
 from lever.runs.run import RunOutcome, end, run_dir_of, run_plan, write_failed
 from lever.runs.sources import resolve_train_sources
 from lever.spec import LoadedPlan, Workspace
@@ -47,10 +48,16 @@ def evaluate_plan(
     Ctrl-C marks the run `interrupted` and a failed write marks it `failed` (the next `lever run`
     resumes the evaluation from its partial answers)."""
     run = run_dir_of(ws, lp, seed)
+    src = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, log)
+    trained_on = (run.provenance() or {}).get("inputs")
+    if trained_on is not None and trained_on != input_keys(src, memo_file(ws)):  # stale, not failed: the status stays
+        raise LeverError(
+            f"{run.path} was trained on other candidate data or features than the plan's files hold now",
+            hint=f"train it again first: {run.command('run')}",
+        )
     try:
-        features = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, log).features
         ev, summary = evaluate_run(
-            run, lp.plan, ws, seed, epoch=epoch, features_path=features, redo=redo, log=log, progress=progress
+            run, lp.plan, ws, seed, epoch=epoch, features_path=src.features, redo=redo, log=log, progress=progress
         )
         if epoch is None and ranks().is_main:
             run.set_state("done")
