@@ -184,8 +184,13 @@ def _finished(run: RunDir, lp: LoadedPlan, ws: Workspace, rep: Reporter) -> dict
     src = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, rep.info)
     recorded = (run.provenance() or {}).get("inputs")
     now = input_keys(src, memo_file(ws))
+    if recorded is None:
+        rep.info(
+            f"{lp.name} (seed {run.seed}): its inputs were not recorded (an older lever); rebuilding it, reusing intact stages"
+        )
+        return None
     if recorded != now:
-        changed = ", ".join(k for k in now if (recorded or {}).get(k) != now[k]) or "inputs"
+        changed = ", ".join(k for k in now if recorded.get(k) != now[k])
         rep.info(f"{lp.name} (seed {run.seed}): its {changed} changed since it was trained; training again")
         return None
     sel = run.selected()
