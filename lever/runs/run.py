@@ -139,24 +139,25 @@ def run_plan(
         names = ", ".join(s.name for s, _ in compile_stages(lp.plan))
         raise LeverError(f"--retrain-stage {retrain_stage}: the plan has no such stage", hint=f"its stages are {names}")
     # The lock sits beside the run directory, which is only created once the inputs have resolved.
-    with file_lock(run.lock, wait=False, what=f"run {run.path}"):
-        if not (redo or retrain_stage):
-            done = _finished(run, lp, ws, rep)
-            if done is not None:
-                rep.info(f"{lp.name} (seed {seed}) already trained in {run.path}; nothing to do")
-                return RunOutcome(run, "already", done)
-        try:
-            return _train(lp, ws, seed, run, rep, retrain_stage)
-        except KeyboardInterrupt:
-            end(run, "interrupted", "stopped by Ctrl-C; `lever run` on the plan resumes it")
-            raise
-        except LeverError as err:
-            if isinstance(err, DamagedState) and not err.hint:
-                err.hint = run.fix
-            end(run, "failed", str(err), ["guardrail" if isinstance(err, RunFailed) else "error"])
-            raise
-        except OSError as err:
-            raise write_failed(run, err) from None
+    try:
+        with file_lock(run.lock, wait=False, what=f"run {run.path}"):
+            if not (redo or retrain_stage):
+                done = _finished(run, lp, ws, rep)
+                if done is not None:
+                    rep.info(f"{lp.name} (seed {seed}) already trained in {run.path}; nothing to do")
+                    return RunOutcome(run, "already", done)
+            try:
+                return _train(lp, ws, seed, run, rep, retrain_stage)
+            except KeyboardInterrupt:
+                end(run, "interrupted", "stopped by Ctrl-C; `lever run` on the plan resumes it")
+                raise
+            except LeverError as err:
+                if isinstance(err, DamagedState) and not err.hint:
+                    err.hint = run.fix
+                end(run, "failed", str(err), ["guardrail" if isinstance(err, RunFailed) else "error"])
+                raise
+    except OSError as err:  # a full disk or a read-only folder, while training or even taking the lock
+        raise write_failed(run, err) from None
 
 
 def end(run: RunDir, state: str, message: str, flags: list[str] | None = None) -> None:
