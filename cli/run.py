@@ -102,16 +102,14 @@ def run(
 
     Re-running a finished plan does nothing (unless its data or features changed); a killed or
     interrupted run resumes from its last finished epoch; a changed spec gets a new run directory.
-    A damaged run file is repaired with --redo, a damaged stage with --retrain-stage NAME. Stages shared with other plans (same data, settings,
-    seed and start) are trained once and reused.
+    A damaged run file is repaired with --redo, a damaged stage with --retrain-stage NAME.
+    Stages shared with other plans (same data, settings, seed and start) are trained once and reused.
 
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
     from lever.eval.pipeline import train_and_evaluate
 
-    if retrain_stage and not redo:
-        redo = True
     plans = _plans(plan, overrides)
     ws = workspace()
     if evaluate:
