@@ -207,6 +207,9 @@ def test_every_evaluation_input_is_in_its_key(lever, real_workspace):
     vq = next((root / "okvqa_val").glob("*questions*.json"))
     vq.write_text(vq.read_text().replace("?", " ?", 1))  # an edited question
     assert fresh()
+    va = next((root / "okvqa_val").glob("*annotations*.json"))
+    va.write_text(va.read_text().replace('"ans0"', '"answer0"'))  # edited answers
+    assert fresh()
     vi = root / "okvqa_val" / "images"
     shutil.copy(next(vi.glob("*.jpg")), vi / "COCO_val2014_000000000503.jpg")  # question 3's missing image appears
     assert fresh()

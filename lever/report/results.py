@@ -189,7 +189,7 @@ def load_plan(plan: str, run_dirs: list[Path] | list[RunDir]) -> PlanRuns:
     if not runs:
         pr.missing, pr.command = "not run", f"lever run plans/{name}.toml"
     elif not pr.evaluated_runs:
-        pr.missing, pr.command = "not evaluated", f"lever evaluate plans/{name}.toml"
+        pr.missing, pr.command = "not evaluated", RunDir(runs[0].path).command("evaluate")  # with its overrides
     return pr
 
 
