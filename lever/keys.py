@@ -70,7 +70,9 @@ def file_digest(path: Path, memo_file: Path | None = None) -> str:
             from lever.io import write_json  # lever.io imports this module: import it here, not at the top
 
             try:
-                write_json(Path(memo_file), {**(disk if isinstance(disk, dict) else {}), tag: digest})
+                here = f"{path.resolve()}|"  # older digests of this file are dropped: the memo does not grow
+                kept = {k: v for k, v in disk.items() if not k.startswith(here)} if isinstance(disk, dict) else {}
+                write_json(Path(memo_file), {**kept, tag: digest})
             except OSError:
                 pass  # a memo that cannot be written costs time, not correctness
     _memo[tag] = digest
