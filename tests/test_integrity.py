@@ -257,13 +257,15 @@ def test_full_disk_while_evaluating_is_a_clear_error(lever, ws, monkeypatch):
 
     args = [PLANS / "baseline.toml", *TINY]
     assert run_cli(lever, "run", *args, "--no-eval").code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    error(run_cli(lever, "evaluate", *args, "--epoch", "9"), "no such checkpoint")
+    assert status(run_dir)["state"] == "trained"  # a bad request is not a failed run
 
     def full(path, rows):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(layout, "write_rows", full)
     error(run_cli(lever, "evaluate", *args), "No space left on device", "results.jsonl")
-    (run_dir,) = seed_dirs(ws, "baseline")
     assert status(run_dir)["state"] == "failed" and not list((run_dir / "eval").glob("*/summary.json"))
     monkeypatch.undo()
     monkeypatch.setenv("LEVER_WORKSPACE", str(ws / "lever.toml"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lever.errors import DamagedState, LeverError
+from lever.errors import LeverError
 from lever.runs.layout import EvalDir, RunDir
 from lever.runs.recipe import input_keys, memo_file
 from lever.runs.run import RunOutcome, end, run_dir_of, run_plan, write_failed
@@ -46,7 +46,8 @@ def evaluate_plan(
     """Evaluate a trained seed run (its selected checkpoint, or `epoch` of its final stage); the run becomes `done`.
 
     Ctrl-C marks the run `interrupted` and a failed write marks it `failed` (the next `lever run`
-    resumes the evaluation from its partial answers)."""
+    resumes the evaluation from its partial answers); other errors (bad input, damaged results) leave
+    its status alone."""
     run = run_dir_of(ws, lp, seed)
     src = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, log)
     trained_on = (run.provenance() or {}).get("inputs")
@@ -59,19 +60,15 @@ def evaluate_plan(
         ev, summary = evaluate_run(
             run, lp.plan, ws, seed, epoch=epoch, features_path=src.features, redo=redo, log=log, progress=progress
         )
-        if epoch is None and ranks().is_main:
-            run.set_state("done")
-        return Evaluated(run, ev, summary)
     except KeyboardInterrupt:
-        end(run, "interrupted", "evaluation stopped by Ctrl-C; `lever run` on the plan resumes it")
-        raise
-    except DamagedState:
-        raise  # the evaluation's own files are damaged: the run's training is intact
-    except LeverError as err:
-        end(run, "failed", str(err), ["error"])
+        if epoch is None:  # an extra --epoch evaluation says nothing about the run itself
+            end(run, "interrupted", "evaluation stopped by Ctrl-C; `lever run` on the plan resumes it")
         raise
     except OSError as err:
         raise write_failed(run, err) from None
+    if epoch is None and ranks().is_main:
+        run.set_state("done")
+    return Evaluated(run, ev, summary)
 
 
 def train_and_evaluate(
