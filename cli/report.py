@@ -139,9 +139,7 @@ def report(
     root = runs_root()
     pr = plan_runs(plan, root)
     if not pr.runs:
-        hint = (
-            f"run it first: {pr.command}" if (pr.command or "").startswith("lever run") and "," not in pr.command else pr.command
-        )
+        hint = f"run it first: {pr.command}" if pr.missing == "not run" else pr.command
         raise LeverError(f"plan {pr.name!r}: {pr.missing} under {root}", hint=hint)
     made = f"  overrides {' '.join(pr.overrides)}" if pr.overrides else ""
     typer.echo(f"{pr.name}  hash {pr.spec_hash}{made}  seeds {len(pr.runs)}")
@@ -177,7 +175,7 @@ def report(
     if acc:
         _show("Accuracy (%)", ["seed", "split", "shots", "accuracy", "questions", "failed"], acc)
     else:
-        typer.echo(f"not evaluated: run `lever evaluate plans/{pr.name}.toml`")
+        typer.echo(f"not evaluated: run `{pr.command}`")
     series = {f"seed-{r.seed}": r.metrics for r in pr.runs if r.metrics}
     if series:
         out_dir = out or RunDir(pr.runs[0].path).report_dir
