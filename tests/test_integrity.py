@@ -196,6 +196,12 @@ def test_damaged_stage_files_are_named_with_their_repair(lever, ws):
     (stage / "resume.pt").write_bytes(b"not a resume state")
     error(run_cli(lever, "run", *args, "--redo"), str(stage / "resume.pt"), "--retrain-stage rce")
     error(run_cli(lever, "run", *args, "--retrain-stage", "grpo"), "no such stage", "rce")
+    assert run_cli(lever, "run", *args, "--retrain-stage", "rce").code == 0
+    ckpt = next((stage / "ckpt").glob("*.safetensors"))
+    for c in (stage / "ckpt").glob("*.safetensors"):
+        c.write_bytes(b"cut short")  # the selected checkpoint's weights damaged
+    error(run_cli(lever, "run", *args, "--redo"), str(stage), "--retrain-stage rce")
+    assert ckpt.read_bytes() == b"cut short"
     res = run_cli(lever, "run", *args, "--retrain-stage", "rce")
     assert res.code == 0, res.text
     assert metrics(run_dir) == before and status(run_dir)["state"] == "trained"

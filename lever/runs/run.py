@@ -273,12 +273,14 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run: RunDir, rep: Reporter,
                     result = read_result(stage_dir)
                 else:
                     rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
-            except DamagedState as err:
-                err.hint = err.hint or retrain_fix
+                assert result is not None
+                sel, rows = result
+                weights = load_weights(stage_dir / sel["checkpoint"])  # a damaged file is the stage's damage too
+            except LeverError as err:
+                if isinstance(err, DamagedState) or str(stage_dir) in str(err):
+                    raise DamagedState(err.args[0], hint=err.hint or retrain_fix) from None
                 raise
-        assert result is not None
-        sel, rows = result
-        model.load_state_dict(load_weights(stage_dir / sel["checkpoint"]))  # the next stage starts from this selection
+        model.load_state_dict(weights)  # the next stage starts from this selection
         entries.append({"stage": stage.name, "kind": stage.kind, "key": key, **sel, "path": stage_dir})
         all_rows += rows
         record = run.write_stages(entries, all_rows)
