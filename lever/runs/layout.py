@@ -17,6 +17,7 @@ repairs it.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,7 @@ class RunDir:
         parts = ["lever", verb, str(prov.get("plan_file") or f"plans/{self.plan}.toml"), *map(str, prov.get("overrides") or [])]
         if self.seed is not None and prov.get("seeds") not in (None, [self.seed]):
             parts += ["--seed", str(self.seed)]
-        return " ".join([*parts, *flags])
+        return shlex.join([*parts, *flags])  # quoted, so it can be pasted into a shell
 
     @property
     def fix(self) -> str:
