@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 from lever.bench import BenchConfig, ensure_bench
-from lever.data.filters import split_train_val
 from lever.data.reader import load_candidates
-from lever.data.rewards import compute_rewards
 from lever.model import PointerSelector
+from lever.runs.recipe import build_model, make_groups, split_data
 from lever.runs.sources import load_features
-from lever.spec.schema import GRPOSpec, RCESpec, RewardSpec, SelectSpec
+from lever.spec.schema import GRPOSpec, Plan, RCESpec, SelectSpec
 from lever.train.groups import Groups
 from lever.train.stage import SilentReporter, Stage, StageRunner
 
@@ -78,21 +77,18 @@ def main() -> None:
         data = load_candidates(Path(paths.candidates), cache_dir=None, log=lambda m: None)
         read_s = time.perf_counter() - t0
         feats = load_features(Path(paths.features)).to(dev)
-    data = trim_groups(data, args.group_size)
-    tr, va = split_train_val(data, 0.2)
-    spec = RewardSpec()
-    train_d, val_d = data.subset(tr), data.subset(va)
-    train = Groups(train_d, compute_rewards(train_d, spec), compute_rewards(train_d, spec), feats)
-    val = Groups(val_d, compute_rewards(val_d, spec), compute_rewards(val_d, spec), feats)
+    plan = Plan()  # the default plan's filter, split (80 / 20), rewards and model: the recipe a run uses
+    split = split_data(trim_groups(data, args.group_size), plan)
+    train, val = make_groups(split.train, plan, feats), make_groups(split.val, plan, feats)
     print(
-        f"data: {data.num_queries} queries ({train.num_queries} train / {val.num_queries} val), "
+        f"data: {train.num_queries + val.num_queries} queries ({train.num_queries} train / {val.num_queries} val), "
         f"{args.group_size} sequences x {data.shots} shots, pools {data.pools.shape[1]}, read in {read_s:.2f} s, device {dev}"
     )
 
     def stage_time(kind: str) -> float:
         best = float("inf")
         for _ in range(args.epochs):
-            model = PointerSelector().to(dev)
+            model = build_model(plan, feats.shape[1], dev)
             opt = (
                 RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
             )
@@ -112,7 +108,7 @@ def main() -> None:
         return best
 
     rce, grpo = stage_time("rce"), stage_time("grpo")
-    model = PointerSelector().to(dev)
+    model = build_model(plan, feats.shape[1], dev)
     ref = reference_epoch(model, train, args.reference_queries, 1e-4) * train.num_queries / args.reference_queries
     print(f"{'':34}{'seconds/epoch':>14}")
     print(f"{f'lever RCE epoch (batch {args.batch_size})':34}{rce:>14.3f}")

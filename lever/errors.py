@@ -27,3 +27,7 @@ class RunFailed(LeverError):
     """A run stopped by a guardrail (NaN loss, KL above the plan's limit)."""
 
     exit_code = 1
+
+
+class DamagedState(LeverError):
+    """A file lever wrote earlier is cut short, edited or missing: the message names it, the hint the repair."""

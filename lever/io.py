@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -11,7 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lever.errors import LeverError
+from lever.errors import DamagedState, LeverError
+from lever.keys import bytes_digest
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -21,7 +23,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        write(tmp_path)
+        try:
+            write(tmp_path)
+        except RuntimeError as err:  # torch.save reports a full disk as a RuntimeError ("file write failed")
+            if "write" not in str(err).lower():
+                raise
+            raise OSError(errno.EIO, f"write failed ({str(err).splitlines()[0][:200]})", str(path)) from err
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -39,7 +46,37 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(path, rows)
+
+
+def rows_text(rows: list[dict[str, Any]]) -> str:
+    """JSONL text of rows, exactly as written."""
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def rows_record(text: str) -> dict[str, Any]:
+    """What a writer records of JSONL rows, so a reader can verify them: their count and the digest of their bytes."""
+    return {"rows": text.count("\n"), "sha256": bytes_digest(text.encode("utf-8"))}
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write JSONL rows atomically; returns their record (rows_record) for the summary that vouches for them."""
+    text = rows_text(rows)
+    write_text(path, text)
+    return rows_record(text)
+
+
+def check_rows(path: Path, record: Any, fix: str) -> None:
+    """Check a JSONL file against the {"rows", "sha256"} recorded when it was written; damage names the file and `fix`."""
+    if not path.is_file():
+        raise DamagedState(f"{path} is missing", hint=fix)
+    if not isinstance(record, dict):
+        raise DamagedState(f"{path}: no row count or digest was recorded for it (written by an older lever?)", hint=fix)
+    got = rows_record(path.read_text(encoding="utf-8"))
+    if got["rows"] != record.get("rows"):
+        raise DamagedState(f"{path} has {got['rows']} rows but {record.get('rows')} were written", hint=fix)
+    if got["sha256"] != record.get("sha256"):
+        raise DamagedState(f"{path} was changed after it was written (its digest does not match)", hint=fix)
 
 
 def _reason(err: OSError) -> str:
@@ -96,6 +133,32 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             continue
         if isinstance(row, dict):
             rows.append(row)
+    return rows
+
+
+def read_state(path: Path, fix: str, default: Any = None) -> Any:
+    """A JSON file lever wrote (`default` when absent); unreadable JSON is a DamagedState naming the file and `fix`."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DamagedState(f"{path} is damaged ({type(err).__name__}: {err})", hint=fix) from None
+
+
+def read_rows(path: Path, fix: str) -> list[dict[str, Any]]:
+    """Every line of a JSONL file lever wrote whole ([] when absent); a cut or non-object line is a DamagedState."""
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise DamagedState(f"{path} is damaged: line {i} is not a complete JSON object", hint=fix)
+        rows.append(row)
     return rows
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 from rich.text import Text
@@ -57,6 +59,9 @@ def main() -> None:
     LeverError -> its message (exit 2, or 1 for a failed run); a usage error -> the usage line and the error (exit 2);
     Ctrl-C -> `interrupted` (exit 130).
     """
+    if threading.current_thread() is threading.main_thread():
+        # A parent may start us with SIGINT ignored (a shell's background job); Ctrl-C must still stop a run cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # An int when the app exits early: typer.Exit, or Ctrl-C inside a command (typer turns it into 130).
         code = app(standalone_mode=False, prog_name="lever")

@@ -78,7 +78,8 @@ def stats(
         raise LeverError("--set overrides need --plan", hint="lever data stats main --plan plan5 -s grpo.advantage.kind=rank")
     lp = load_plan(plan, overrides or (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
     from lever.data.reader import load_candidates
-    from lever.data.stats import data_stats, plan_prediction
+    from lever.data.stats import data_stats
+    from lever.runs.predict import plan_prediction
 
     data = load_candidates(_candidates_file(file), cache_dir=_cache_dir(cache), log=_log)
     reward = lp.plan.reward if lp else RewardSpec()

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.report.export import export
-from lever.report.results import PlanRuns, RunData, check_known, load_plan, plan_name, scan_runs
+from lever.report.results import PlanRuns, RunData, check_known, load_plan, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
 from lever.report.tables import (
     TRAINING_HEADERS,
@@ -21,7 +21,8 @@ from lever.report.tables import (
     render_rich,
     training_rows,
 )
-from lever.runs.store import find_plan_runs
+from lever.runs.layout import RunDir
+from lever.runs.store import find_plan_runs, plan_name, split_ref
 
 from ._common import runs_dir as runs_root
 from ._common import workspace
@@ -41,8 +42,17 @@ def _current_hash(plan: str) -> str | None:
 
 
 def plan_runs(plan: str, root: Path, spec_hash: str | None = None) -> PlanRuns:
-    """A plan's runs: those of `spec_hash` (default: the plan file's current spec), else its most recent ones."""
-    return load_plan(plan, find_plan_runs(plan, root, spec_hash or _current_hash(plan)))
+    """A plan's runs of one spec hash: `spec_hash`, else the one named as `plan@hash`, else the plan
+    file's current one; never silently another (the gap says which hashes exist and how to name one)."""
+    ref, named = split_ref(plan)
+    if spec_hash is not None:
+        found = find_plan_runs(f"{ref}@{spec_hash}", root)
+    else:
+        found = find_plan_runs(plan, root, None if named else _current_hash(ref))
+    pr = load_plan(found.name, found.runs)
+    if found.problem:
+        pr.missing, pr.command = found.problem, found.hint
+    return pr
 
 
 def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -59,7 +69,9 @@ def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
 
 
 def compare(
-    plans: list[str] = typer.Argument(..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files"),
+    plans: list[str] = typer.Argument(
+        ..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files; plan5@HASH picks the runs of one spec hash"
+    ),
     baseline: str = typer.Option("baseline", "--baseline", "-b", help="The reference plan of every delta"),
     split: str = typer.Option("val", "--split", help="Which evaluation split: val or train"),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON"),
@@ -72,7 +84,8 @@ def compare(
 
     Also the training table (selected epoch, losses, flags) and the spec keys that differ from the baseline.
 
-    Plans not run or not evaluated show as missing, with the command to run.
+    Plans not run or not evaluated show as missing, with the command to run. Each plan's runs are those
+    of the plan file as it is now; runs made with overrides are named with plan@HASH (`lever runs` lists them).
 
     Example: [bold]lever compare plan5 plan7 plan7_1 --baseline baseline --split val[/]
     """
@@ -113,7 +126,9 @@ def _accuracy_rows(run: RunData) -> list[list[str]]:
 
 
 def report(
-    plan: str = typer.Argument(..., help="A plan name (plan5) or file (plans/plan5.toml)"),
+    plan: str = typer.Argument(
+        ..., help="A plan name (plan5) or file (plans/plan5.toml); plan5@HASH for the runs of one spec hash"
+    ),
     out: Path | None = typer.Option(None, "--out", help="Folder for PNG curves (default: <run>/report)"),
 ) -> None:
     """Training curves of one plan: sparklines per metric here, PNG files if matplotlib is installed.
@@ -126,8 +141,13 @@ def report(
     check_known(plan, workspace().plans_dir, root)
     pr = plan_runs(plan, root)
     if not pr.runs:
-        raise LeverError(f"plan {pr.name!r} has no runs under {root}", hint=f"run it first: {pr.command}")
-    typer.echo(f"{pr.name}  hash {pr.spec_hash}  seeds {len(pr.runs)}")
+        hint = f"run it first: {pr.command}" if pr.missing == "not run" else pr.command
+        raise LeverError(f"plan {pr.name!r}: {pr.missing} under {root}", hint=hint)
+    made = f"  overrides {' '.join(pr.overrides)}" if pr.overrides else ""
+    typer.echo(f"{pr.name}  hash {pr.spec_hash}{made}  seeds {len(pr.runs)}")
+    inputs = pr.runs[0].inputs
+    if inputs:
+        typer.echo("inputs  " + "  ".join(f"{k} {v}" for k, v in inputs.items()))
     for run in pr.runs:
         rows = [
             [r.metric, r.stage, r.spark, fmt_num(r.first), fmt_num(r.last), fmt_num(r.lo), fmt_num(r.hi)]
@@ -157,10 +177,10 @@ def report(
     if acc:
         _show("Accuracy (%)", ["seed", "split", "shots", "accuracy", "questions", "failed"], acc)
     else:
-        typer.echo(f"not evaluated: run `lever evaluate plans/{pr.name}.toml`")
+        typer.echo(f"not evaluated: run `{pr.command}`")
     series = {f"seed-{r.seed}": r.metrics for r in pr.runs if r.metrics}
     if series:
-        out_dir = out or pr.runs[0].path.parent / "report"
+        out_dir = out or RunDir(pr.runs[0].path).report_dir
         written = plot_curves(series, out_dir, {f"seed-{r.seed}": r.selected or {} for r in pr.runs})
         if written is None:
             typer.echo("PNG curves skipped: matplotlib is not installed (pip install matplotlib)")
@@ -169,8 +189,10 @@ def report(
 
 
 def runs() -> None:
-    """List every run: plan, spec hash, seed, status, selected epoch and val accuracy per shot count.
+    """List every run: plan, spec hash, seed, status, selected epoch, val accuracy per shot count and its inputs.
 
+    A hash marked * was made with overrides (listed below the table); name its runs in compare and
+    report as plan@HASH. Inputs are content keys of the data, features and evaluation files the run used.
     Runs live under $LEVER_RUNS (default: ./runs).
 
     Example: [bold]LEVER_RUNS=runs lever runs[/]
@@ -181,15 +203,21 @@ def runs() -> None:
         typer.echo(f"no runs under {root} (start one with `lever run plans/baseline.toml`)")
         return
     shots = sorted({s for r in found for s in r.shots("val")})
-    headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "flags"]
-    rows = []
+    headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "flags", "inputs"]
+    rows, notes = [], {}
     for r in found:
         sel = r.selected or {}
         selected = f"{sel.get('stage')} {sel.get('epoch')}" if sel else "—"
         accs = [_pct(r.accuracy("val", s)) for s in shots]
         flags = ", ".join(str(f) for f in (r.status or {}).get("flags") or []) or "—"
-        rows.append([r.plan, r.spec_hash[:12], str(r.seed), r.state, selected, *accs, flags])
+        mark = "*" if r.overrides else ""
+        if r.overrides:
+            notes[f"{r.plan}@{r.spec_hash}"] = " ".join(r.overrides)
+        inputs = " ".join(f"{k}:{str(v)[:8]}" for k, v in r.inputs.items()) or "—"
+        rows.append([r.plan, r.spec_hash[:12] + mark, str(r.seed), r.state, selected, *accs, flags, inputs])
     _show(f"Runs under {root}", headers, rows)
+    for ref, overrides in notes.items():
+        typer.echo(f"* {ref}: overrides {overrides}")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lever.errors import LeverError
@@ -13,7 +12,7 @@ from lever.spec import LoadedPlan, load_plan
 
 from ._common import OverrideOpt, plan_args, workspace
 from ._console import console, err_console
-from ._progress import RichReporter
+from ._progress import CountProgress, RichReporter
 
 
 def _plans(args: list[str], overrides: list[str] | None) -> list[LoadedPlan]:
@@ -28,39 +27,43 @@ def _seeds(lp: LoadedPlan, seed: int | None) -> list[int]:
     return [seed] if seed is not None else list(lp.plan.seeds)
 
 
-def _evaluate(lp: LoadedPlan, seed: int, epoch: int | None) -> dict:
+def _log(message: str) -> None:
+    """Progress messages on stderr (rank 0 only under torchrun)."""
     from lever.eval.distributed import ranks
-    from lever.eval.evaluate import evaluate_run
-    from lever.runs.run import run_dir_of
 
-    ws = workspace()
-    run_dir = run_dir_of(ws, lp, seed)
-    main = ranks().is_main  # under torchrun only rank 0 speaks
-    with Progress(
-        TextColumn(f"evaluating {lp.name} seed {seed}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not main,
-    ) as bar:
-        task = bar.add_task("eval", total=None)
-        out_dir, summary = evaluate_run(
-            run_dir,
-            lp.plan,
-            ws,
-            seed,
-            epoch=epoch,
-            log=err_console.print if main else lambda m: None,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    if main:
-        _print_summary(lp, seed, summary, out_dir)
-    return summary
+    if ranks().is_main:
+        err_console.print(message, highlight=False)
+
+
+class EvalBar:
+    """Evaluation progress (a bar on a terminal, plain lines in a log), started by the first report:
+    training draws its own bars before it."""
+
+    def __init__(self, lp: LoadedPlan, seed: int):
+        from lever.eval.distributed import ranks
+
+        self.progress = CountProgress(err_console, f"evaluating {lp.name} seed {seed}", enabled=ranks().is_main)
+        self.started = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.started:
+            self.progress.__enter__()
+            self.started = True
+        self.progress.update(done, total)
+
+    def __enter__(self) -> EvalBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            self.progress.__exit__(*exc)
 
 
 def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
+    from lever.eval.distributed import ranks
+
+    if not ranks().is_main:
+        return
     ck = summary["checkpoint"]
     console.print(f"[bold]{lp.name}[/] seed {seed}: {ck['stage']} epoch {ck['epoch']} ({ck['reason']})", highlight=False)
     table = Table()
@@ -74,7 +77,7 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
     console.print(table)
     failed = sum(c["failed"] for sp in splits.values() for c in sp.values())
     if failed:
-        console.print(f"[yellow]{failed} question(s) failed and score 0; see {out_dir / 'results.jsonl'}[/]")
+        console.print(f"[yellow]{failed} question(s) failed and score 0; see {out_dir}[/]")
     err_console.print(f"results: {out_dir}", highlight=False)
 
 
@@ -85,18 +88,25 @@ def run(
     overrides: OverrideOpt = None,
     seed: int | None = typer.Option(None, "--seed", help="Run only this seed (default: every seed in the plan)"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the selected checkpoint after training"),
+    redo: bool = typer.Option(
+        False, "--redo", help="Rebuild the run's record (status, stages, selection, metrics), reusing intact stages"
+    ),
+    retrain_stage: str | None = typer.Option(
+        None, "--retrain-stage", metavar="NAME", help="Delete this stage's folder and train it again (implies --redo)"
+    ),
 ) -> None:
     """Train a plan (RCE, GRPO, curriculum phases) into its run directory, then evaluate it and compare with the baseline.
 
-    Re-running a finished plan does nothing; a killed run resumes from its last finished epoch;
-    a changed spec gets a new run directory. Stages shared with other plans (same data, settings,
-    seed and start) are trained once and reused.
+    Re-running a finished plan does nothing (unless its data or features changed); a killed or
+    interrupted run resumes from its last finished epoch; a changed spec gets a new run directory.
+    A damaged run file is repaired with --redo, a damaged stage with --retrain-stage NAME.
+    Stages shared with other plans (same data, settings, seed and start) are trained once and reused.
 
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
+    from lever.eval.pipeline import train_and_evaluate
     from lever.eval.preflight import preflight
-    from lever.runs.run import run_plan
 
     plans = _plans(plan, overrides)
     ws = workspace()
@@ -106,29 +116,32 @@ def run(
     for lp in plans:
         err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
         for s in _seeds(lp, seed):
-            outcome = run_plan(lp, ws, s, reporter)
+            with EvalBar(lp, s) as bar:
+                outcome, ev = train_and_evaluate(
+                    lp, ws, s, reporter, evaluate=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar
+                )
             sel = outcome.selected
             err_console.print(
-                f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run_dir}",
+                f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run.path}",
                 highlight=False,
             )
-            if evaluate:
-                _evaluate(lp, s, None)
+            if ev is not None:
+                _print_summary(lp, s, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
     if evaluate and others:
-        _baseline_table(others)
+        _baseline_table(others, next((lp.hash for lp in plans if lp.name == "baseline"), None))
 
 
-def _baseline_table(plans: list[LoadedPlan]) -> None:
-    """The plans against the baseline, when the baseline has been run and evaluated."""
+def _baseline_table(plans: list[LoadedPlan], base_hash: str | None) -> None:
+    """The plans against the baseline (the one run in this command, else the baseline plan file's runs), when evaluated."""
     from lever.report.tables import build_comparison, render_rich
 
     from .report import plan_runs
 
     root = workspace().runs_dir
-    base = plan_runs("baseline", root)
+    base = plan_runs("baseline", root, base_hash)
     if base.missing:
-        err_console.print("no evaluated baseline yet: [bold]lever run plans/baseline.toml[/] gives the comparison table")
+        err_console.print(f"no comparison table: baseline {base.missing} ({base.command})", highlight=False)
         return
     mine = [plan_runs(lp.name, root, lp.hash) for lp in plans]
     for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):
@@ -142,6 +155,7 @@ def evaluate(
     epoch: int | None = typer.Option(
         None, "--epoch", min=1, help="Use this epoch of the final stage instead of the selected one"
     ),
+    redo: bool = typer.Option(False, "--redo", help="Discard a finished or damaged evaluation and answer again"),
 ) -> None:
     """Evaluate a trained plan: the selected checkpoint picks demonstrations for every shot count, the VLM answers.
 
@@ -151,11 +165,19 @@ def evaluate(
     Under torchrun, ranks share the questions and rank 0 writes the results:
     [bold]torchrun --nproc_per_node 4 -m lever_cli evaluate plan5[/]
 
+    A cached evaluation is verified (row count, digest, value ranges) before it is shown; a damaged one
+    is an error that names the file; --redo answers again.
+
     Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
     """
+    from lever.eval.pipeline import evaluate_plan
+
+    ws = workspace()
     for lp in _plans(plan, overrides):
         for s in _seeds(lp, seed):
-            _evaluate(lp, s, epoch)
+            with EvalBar(lp, s) as bar:
+                ev = evaluate_plan(lp, ws, s, epoch=epoch, redo=redo, log=_log, progress=bar)
+            _print_summary(lp, s, ev.summary, ev.eval_dir.path)
 
 
 def register(app: typer.Typer) -> None:

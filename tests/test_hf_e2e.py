@@ -7,13 +7,23 @@ the model loaders are the only thing replaced. What a random model answers is no
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import write_okvqa_workspace  # noqa: E402
+import torch  # noqa: E402
+from tiny_models import (  # noqa: E402
+    tiny_clip,
+    write_okvqa_fixture,
+    write_okvqa_workspace,  # noqa: E402
+)
+
+from lever.eval.clip import clip_features  # noqa: E402
+from lever.eval.okvqa import load_okvqa  # noqa: E402
+from lever.runs.layout import RunDir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, POOL = 30, 6, 8
@@ -108,3 +118,90 @@ def test_missing_model_directory_fails_before_any_work(lever, real_workspace):
     )
     assert res.code == 2 and "nowhere" in res.err and "config.json" in res.err
     assert not (ws.parent / "runs").exists()  # refused before training started
+
+
+def test_every_evaluation_input_is_in_its_key(lever, real_workspace):
+    """Changing any input of an OK-VQA evaluation (features, question files, image folders, model folders)
+    is new work, never the cached answer; a missing image is not counted as present by the CLIP cache."""
+    ws, built = real_workspace
+    root = ws.parent
+    args = [
+        "--workspace",
+        ws,
+        "evaluate",
+        ROOT / "plans" / "baseline.toml",
+        "rce.epochs=1",
+        "model.hidden=16",
+        f"eval.questions={N_VAL}",
+        "eval.shots=[1]",
+        f"eval.pool_size={POOL}",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=2",
+    ]
+    assert lever("--workspace", ws, "run", *args[3:], "--no-eval").code == 0
+    assert lever(*args).code == 0
+
+    def fresh() -> bool:
+        before = len(built)
+        res = lever(*args)
+        assert res.code == 0, res.text
+        return len(built) == before + 1 and "evaluation cached" not in res.text
+
+    assert not fresh()  # nothing changed: cached
+    vq = next((root / "okvqa_val").glob("*questions*.json"))
+    vq.write_text(vq.read_text().replace("?", " ?", 1))  # an edited question
+    assert fresh()
+    va = next((root / "okvqa_val").glob("*annotations*.json"))
+    va.write_text(va.read_text().replace('"ans0"', '"answer0"'))  # edited answers
+    assert fresh()
+    vi = root / "okvqa_val" / "images"
+    shutil.copy(next(vi.glob("*.jpg")), vi / "COCO_val2014_000000000503.jpg")  # question 3's missing image appears
+    assert fresh()
+    (run,) = (root / "runs" / "baseline").glob("*/seed-0")
+    _, rows = RunDir(run).selected_eval().read()
+    assert len(rows) == N_VAL and not any(r["failed"] for r in rows)  # question 3 answered with its image now
+    cfg = json.loads((root / "clip" / "config.json").read_text())
+    cfg["logit_scale_init_value"] = 1.0  # another CLIP model (its config differs)
+    (root / "clip" / "config.json").write_text(json.dumps(cfg))
+    assert fresh()
+    (root / "vlm" / "weights.safetensors").write_bytes(b"other weights")  # another VLM
+    assert fresh()
+    assert not fresh()  # and cached again
+    # A finished run is not reused after its features file changed: it trains again, then evaluates anew.
+    feats = torch.load(root / "query_embeddings.pt")
+    nudged = torch.nn.functional.normalize(
+        feats + 1e-3 * torch.randn(feats.shape, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    torch.save(nudged, root / "query_embeddings.pt")  # recomputed features: still the CLIP model's space
+    res = lever("--workspace", ws, "run", *args[3:])
+    assert res.code == 0 and "features changed since it was trained" in res.text and "evaluation cached" not in res.text
+    runs = lever("--workspace", ws, "runs")
+    assert runs.code == 0 and "features:" in runs.out and "eval:" in runs.out
+
+
+def test_clip_cache_does_not_count_a_missing_image(tmp_path):
+
+    import lever.eval.clip as clip_mod
+
+    q, a, images = write_okvqa_fixture(tmp_path / "val", n=3, skip_images=(1,))
+    items = load_okvqa(q, a, images, "val", None)
+    pair = tiny_clip()
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text("{}")
+    calls = []
+
+    def features(items_, model, batch_size=64, device="cpu"):
+        calls.append(1)
+        return clip_features(items_, pair)
+
+    real = clip_mod.clip_features
+    clip_mod.clip_features = features
+    try:
+        first = clip_mod.cached_clip_features(items, tmp_path / "clip", tmp_path / "c.pt")
+        clip_mod.cached_clip_features(items, tmp_path / "clip", tmp_path / "c.pt")
+        assert len(calls) == 1
+        shutil.copy(images / "COCO_val2014_000000000500.jpg", images / "COCO_val2014_000000000501.jpg")
+        second = clip_mod.cached_clip_features(items, tmp_path / "clip", tmp_path / "c.pt")
+        assert len(calls) == 2 and not torch.equal(first[1], second[1])  # the image now counts
+    finally:
+        clip_mod.clip_features = real

@@ -9,15 +9,16 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from lever.io import write_rows
 from lever.report.export import CSV_COLUMNS, to_csv, to_json, to_latex, to_markdown
 from lever.report.results import load_plan, load_run, scan_runs
 from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
+from lever.runs.layout import RunDir, RunsFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,16 +60,16 @@ def write_run(
     spec_hash: str = "abc123def456",
     state: str = "done",
 ) -> Path:
-    """Write one seed run dir in the run-directory format; ``accs=None`` leaves it unevaluated."""
-    d = root / plan / spec_hash / f"seed-{seed}"
-    d.mkdir(parents=True)
-    (d / "spec.json").write_text(json.dumps(spec))
-    (d / "status.json").write_text(json.dumps({"state": state, "flags": flags or [], "message": None}))
+    """Write one seed run dir with lever's own writers; ``accs=None`` leaves it unevaluated."""
+    run = RunsFolder(root).run(plan, spec_hash, seed)
+    run.path.mkdir(parents=True)
+    (run.path / "spec.json").write_text(json.dumps(spec))
     metrics = metrics or [
         {"stage": "rce", "epoch": 1, "val/loss": 2.0, "losses/rce": 2.1, "rce/tau": 2.0},
         {"stage": "rce", "epoch": 2, "val/loss": 1.5, "losses/rce": 1.6, "rce/tau": 0.5},
     ]
-    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    record = write_rows(run.metrics_file, metrics)
+    run.set_status(state, flags, None, metrics=record)
     selected = selected or {
         "stage": "rce",
         "epoch": 2,
@@ -76,31 +77,30 @@ def write_run(
         "mode": "min",
         "value": 1.5,
         "reason": "lowest val/loss",
-        "checkpoint": "checkpoints/rce-2",
     }
-    (d / "selected.json").write_text(json.dumps(selected))
+    stage_dir = root / "_stages" / f"{selected['stage']}-0123"
+    run.write_selected({**selected, "dir": f"_stages/{stage_dir.name}", "path": stage_dir / "ckpt" / "epoch-002.safetensors"})
     if accs is not None:
-        ev = d / "eval" / "sim-k64"
-        ev.mkdir(parents=True)
-        rows, splits = [], {"val": {}}
-        for shots, vals in accs.items():
-            for qid, acc in enumerate(vals, start=1):
-                rows.append(
-                    {
-                        "split": "val",
-                        "shots": shots,
-                        "question_id": qid,
-                        "demo_ids": [qid] * shots,
-                        "raw_output": "x",
-                        "answer": "x",
-                        "accuracy": acc,
-                        "failed": False,
-                    }
-                )
-            splits["val"][str(shots)] = {"accuracy": 100 * float(np.mean(vals)), "n": len(vals), "failed": 0}
-        (ev / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (ev / "summary.json").write_text(json.dumps({"checkpoint": selected, "backend": "sim", "splits": splits}))
-    return d
+        run.eval_dir("sim-k64").write(eval_rows(accs), {"checkpoint": selected, "backend": "sim"})
+    return run.path
+
+
+def eval_rows(accs: dict[int, list[float]], split: str = "val") -> list[dict]:
+    """results.jsonl rows: question ids 1..n per shot count, with the given accuracies."""
+    return [
+        {
+            "split": split,
+            "shots": shots,
+            "question_id": qid,
+            "demo_ids": [qid] * shots,
+            "raw_output": "x",
+            "answer": "x",
+            "accuracy": acc,
+            "failed": False,
+        }
+        for shots, vals in accs.items()
+        for qid, acc in enumerate(vals, start=1)
+    ]
 
 
 PLAN5_METRICS = [
@@ -116,7 +116,6 @@ PLAN5_SELECTED = {
     "mode": "min",
     "value": 1.2,
     "reason": "lowest val/loss",
-    "checkpoint": "checkpoints/grpo-2",
 }
 
 
@@ -167,7 +166,7 @@ def test_load_run_reads_every_file(runs: Path):
 def test_missing_files_are_none_not_errors(tmp_path: Path):
     d = tmp_path / "p" / "h" / "seed-3"
     d.mkdir(parents=True)
-    (d / "metrics.jsonl").write_text('{"stage": "rce", "epoch": 1, "val/loss": 1.0}\n{"stage": "rce", "ep')  # torn
+    (d / "metrics.jsonl").write_text('{"stage": "rce", "epoch": 1, "val/loss": 1.0}\n')
     run = load_run(d)
     assert run.seed == 3 and run.spec is None and run.status is None and run.selected is None
     assert run.results is None and run.summary is None and not run.evaluated
@@ -179,13 +178,13 @@ def test_missing_files_are_none_not_errors(tmp_path: Path):
 
 def test_latest_summary_wins(runs: Path):
     d = runs / "baseline" / "abc123def456" / "seed-0"
-    newer = d / "eval" / "hf-k64"
-    newer.mkdir()
-    (newer / "summary.json").write_text(json.dumps({"splits": {"val": {"1": {"accuracy": 12.5, "n": 8}}}}))
-    os.utime(newer / "summary.json", (2e9, 2e9))
+    newer = RunDir(d).eval_dir("hf-k64")
+    newer.write(eval_rows({1: [1, 0, 0, 0, 0, 0, 0, 0]}), {"backend": "hf"})
+    os.utime(newer.summary_file, (2e9, 2e9))
     run = load_run(d)
-    assert run.eval_key == "hf-k64" and run.results is None
-    assert run.accuracy("val", 1) == 12.5  # from summary.json when there are no per-question rows
+    assert run.eval_key == "hf-k64" and run.accuracy("val", 1) == 12.5
+    RunDir(d).mark_selected_eval(RunDir(d).eval_dir("sim-k64"))  # the selected checkpoint's evaluation wins
+    assert load_run(d).eval_key == "sim-k64"
 
 
 def test_scan_runs_lists_every_seed(runs: Path):
@@ -403,7 +402,9 @@ def cli(runs: Path, monkeypatch):
     app = typer.Typer()
     register(app)
     monkeypatch.setenv("LEVER_RUNS", str(runs))
-    monkeypatch.chdir(ROOT)  # plan names resolve in ./plans
+    monkeypatch.chdir(runs.parent)  # no plan files for the runs here: each plan's only spec hash is the one shown
+    (runs.parent / "plans").mkdir(exist_ok=True)
+    (runs.parent / "plans" / "plan9.toml").write_text('description = "never run"\n')  # known, not run
     runner = CliRunner()
     return lambda *args: runner.invoke(app, list(args))
 
@@ -481,12 +482,16 @@ def test_rich_render_colours_deltas(runs: Path):
     assert "plan9: not run" in out
 
 
-def test_store_finds_newest_hash(runs: Path):
+def test_store_never_picks_another_hash_silently(runs: Path):
     from lever.runs.store import find_plan_runs
 
-    old = runs / "plan5" / "abc123def456"
     new = write_run(runs, "plan5", 4, spec=PLAN5_SPEC, accs=None, spec_hash="fff000fff000").parent
-    os.utime(old, (1e9, 1e9))
     os.utime(new, (2e9, 2e9))
-    assert find_plan_runs("plans/plan5.toml", runs) == [new / "seed-4"]
-    assert find_plan_runs("plan9", runs) == []
+    found = find_plan_runs("plans/plan5.toml", runs, current_hash="abc123def456")
+    assert [r.path for r in found.runs] == [runs / "plan5" / "abc123def456" / "seed-0"]
+    found = find_plan_runs("plan5", runs, current_hash="999999999999")  # the plan file changed since
+    assert found.runs == [] and "no run of the plan file as it is now" in found.problem
+    assert "plan5@fff000fff000" in found.hint and "plan5@abc123def456" in found.hint
+    assert find_plan_runs("plan5", runs).problem == "several spec hashes have runs"
+    assert [r.seed for r in find_plan_runs("plan5@fff0", runs).runs] == [4]
+    assert find_plan_runs("plan9", runs).problem == "not run"

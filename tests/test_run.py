@@ -182,7 +182,7 @@ def test_second_process_on_the_same_run_refuses(lever, ws):
 
     lp = load_plan(PLANS / "baseline.toml", FAST)
     run_dir = run_dir_of(load_workspace(os.environ["LEVER_WORKSPACE"]), lp, 0)
-    with file_lock(run_dir.parent / f".{run_dir.name}.lock", wait=False, what="test"):
+    with file_lock(run_dir.lock, wait=False, what="test"):
         # flock is per open file description: a second open in this process conflicts like another process would.
         res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
     assert res.code == 1 and "is being run by" in res.err
@@ -244,9 +244,8 @@ def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path)
     # The baseline's default rce settings differ from FAST, so name the run through the same overrides.
     (base,) = seed_dirs(ws, "baseline")
     selected = json.loads((base / "selected.json").read_text())
-    res = run_cli(
-        lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={selected['checkpoint']}", *grpo_only
-    )
+    ckpt = ws / "runs" / selected["checkpoint"]  # stored relative to the runs folder
+    res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={ckpt}", *grpo_only)
     assert res.code == 0, res.text
     (p5,) = seed_dirs(ws, "plan5")
     first = json.loads((p5 / "stages.json").read_text())[0]
@@ -255,7 +254,7 @@ def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path)
     # so the ratio starts at exactly 1 and KL at 0 before the first update.
     rows = read_jsonl(p5 / "metrics.jsonl")
     assert rows[0]["kl/value"] < 1e-3
-    assert set(load_weights(Path(selected["checkpoint"]))) == set(load_weights(Path(first["dir"]) / first["checkpoint"]))
+    assert set(load_weights(ckpt)) == set(load_weights(ws / "runs" / first["dir"] / first["checkpoint"]))
     bad = tmp_path / "weights.pt"
     bad.write_bytes(b"not a checkpoint")
     res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={bad}", *grpo_only)
@@ -268,14 +267,20 @@ def test_several_seeds_compare_with_mean_and_std(lever, ws):
     assert res.code == 0, res.text
     assert len(seed_dirs(ws, "baseline")) == 2 and len(seed_dirs(ws, "plan10")) == 2
     assert "vs baseline" in res.out and "plan10" in res.out  # the closing table
-    # The table compares against the plan's runs (the newest spec hash, here the overridden one).
-    out = run_cli(lever, "compare", "plan10", "--markdown")
+    (p10,) = {d.parent.name for d in seed_dirs(ws, "plan10")}
+    (base,) = {d.parent.name for d in seed_dirs(ws, "baseline")}
+    # The plan files as they are now were never run: compare says so and names the runs that exist.
+    out = run_cli(lever, "compare", PLANS / "plan10.toml", "--markdown")
     assert out.code == 0, out.text
-    assert "±" in out.out and "plan10" in out.out
+    assert "no run of the plan file as it is now" in out.out and f"plan10@{p10} (overrides seeds=[0,1]" in out.out
+    # Named by hash, the overridden runs are compared, and marked as made with overrides.
+    out = run_cli(lever, "compare", f"plan10@{p10}", "--baseline", f"baseline@{base[:6]}", "--markdown")
+    assert out.code == 0, out.text
+    assert "±" in out.out and f"plan10@{p10}*" in out.out and "* plan10: overrides seeds=[0,1]" in out.out
 
 
 def test_tables_use_the_selected_checkpoint_after_evaluating_another_epoch(lever, ws):
-    from lever.report.results import latest_eval_dir
+    from lever.runs.layout import RunDir
 
     args = [PLANS / "baseline.toml", *FAST]
     assert run_cli(lever, "run", *args).code == 0
@@ -285,7 +290,7 @@ def test_tables_use_the_selected_checkpoint_after_evaluating_another_epoch(lever
     res = run_cli(lever, "evaluate", *args, "--epoch", str(other))
     assert res.code == 0 and f"epoch {other} chosen with --epoch" in res.text
     assert len(list((run_dir / "eval").glob("*/summary.json"))) == 2
-    assert latest_eval_dir(run_dir) == selected_eval.parent  # the newer --epoch evaluation does not replace it
+    assert RunDir(run_dir).selected_eval().path == selected_eval.parent  # the newer --epoch evaluation does not replace it
     bad = run_cli(lever, "evaluate", *args, "--epoch", "9")
     assert bad.code == 2 and "its epochs are 1-2" in bad.err
 
@@ -299,7 +304,7 @@ def test_unknown_selection_metric_fails_before_training(lever, ws):
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(lever, ws):
     assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
     (base,) = seed_dirs(ws, "baseline")
-    ckpt = json.loads((base / "selected.json").read_text())["checkpoint"]
+    ckpt = ws / "runs" / json.loads((base / "selected.json").read_text())["checkpoint"]
     res = run_cli(
         lever,
         "run",

@@ -79,8 +79,13 @@ def ensure_bench(cache_root: Path, cfg: BenchConfig | None = None, log: Callable
     start = time.perf_counter()
     try:
         write_bench(cfg, tmp)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # also on Ctrl-C: leave nothing half-made
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err).lower()):
+            raise LeverError(
+                f"could not write the benchmark into {cache_root}: {getattr(err, 'strerror', None) or err}",
+                hint="free some space (or choose a writable cache directory) and run the same command again",
+            ) from None
         raise
     _move_into_place(tmp, target)
     log(

@@ -6,14 +6,13 @@ Invalid settings raise `LeverError` naming the key, the value and the valid rang
 
 from __future__ import annotations
 
-import hashlib
-import json
 from math import comb
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lever.errors import LeverError
+from lever.keys import content_key
 
 # Bump when the generator changes what it writes for the same settings: old cache entries stop matching.
 GENERATOR_VERSION = 1
@@ -165,8 +164,7 @@ class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
 
     def key(self) -> str:
         """Short hash of the settings and the generator version: the cache directory name."""
-        blob = json.dumps({"version": GENERATOR_VERSION, **self.model_dump()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return content_key({"version": GENERATOR_VERSION, **self.model_dump()})
 
 
 def _fail(name: str, value: Any, valid: str) -> None:

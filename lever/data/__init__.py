@@ -9,13 +9,12 @@ from .candidates import CandidateData
 from .filters import TIERS, apply_filter, quality_tiers, reward_gap, split_train_val, stage_filter
 from .reader import load_candidates, parse_candidates
 from .rewards import compute_rewards, group_zscore, raw_rewards
-from .stats import advantage_prediction, data_stats, plan_prediction
+from .stats import data_stats
 
 __all__ = [
     "TIERS",
     "BalanceOptions",
     "CandidateData",
-    "advantage_prediction",
     "apply_filter",
     "balance_data",
     "balance_file",
@@ -25,7 +24,6 @@ __all__ = [
     "group_zscore",
     "load_candidates",
     "parse_candidates",
-    "plan_prediction",
     "quality_tiers",
     "raw_rewards",
     "reward_gap",

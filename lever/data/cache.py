@@ -6,7 +6,6 @@ with torch.load(weights_only=True) (tensors and plain values only).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from lever.io import atomic_write
+from lever.keys import file_sha256  # noqa: F401  (the parse cache's key; re-exported by lever.data)
 
 from .candidates import CandidateData
 
@@ -24,17 +24,6 @@ Log = Callable[[str], Any]
 
 def cache_path(cache_dir: Path | str, digest: str) -> Path:
     return Path(cache_dir) / f"candidates-{digest[:32]}-v{CACHE_VERSION}.pt"
-
-
-def file_sha256(path: Path, block: int = 8 << 20) -> str:
-    """SHA-256 of the file's bytes (the cache key), read in blocks."""
-    h = hashlib.sha256()
-    buf = bytearray(block)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 _TENSORS = ("query_ids", "pools", "pool_sizes", "offsets", "pointers", "correct", "acc", "gt_prob", "rel",

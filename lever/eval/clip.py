@@ -7,8 +7,6 @@ emb(item) = normalise( (normalise(image_emb) + normalise(question_emb)) / 2 ),  
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from lever.errors import LeverError
 from lever.eval.backend import Item
 from lever.eval.hf import load_image, require_transformers
 from lever.io import atomic_write
+from lever.keys import content_key, model_fingerprint
 
 ModelSpec = str | Path | tuple[Any, Any]  # a model folder, or an already-built (CLIPModel, CLIPProcessor)
 
@@ -97,11 +96,22 @@ def clip_features(items: list[Item], model: ModelSpec, batch_size: int = 64, dev
     return torch.cat(rows)  # [N, d]
 
 
+def _image_stamp(image: str | None) -> list[int] | None:
+    """(size, mtime) of an item's image file; None when it has none or the file is missing (it counts as absent)."""
+    if image is None:
+        return None
+    try:
+        st = Path(image).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def cache_key(items: list[Item], model_dir: str | Path) -> str:
-    """Hash of the model folder and, per item, (question_id, image_id, has image)."""
-    ids = [[it.question_id, it.image_id, it.image is not None] for it in items]
-    blob = json.dumps({"model": str(model_dir), "items": ids}, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """Hash of the model folder's files and, per item, (question_id, image_id, the image file's size and mtime)."""
+    ids = [[it.question_id, it.image_id, _image_stamp(it.image)] for it in items]
+    model = model_fingerprint(Path(model_dir)) if Path(model_dir).is_dir() else str(model_dir)
+    return content_key({"model": model, "items": ids}, length=64)
 
 
 def cached_clip_features(

@@ -1,30 +1,38 @@
 """`lever evaluate`: the selected checkpoint picks demonstrations, the VLM answers, VQA accuracy per shot.
 
-Results land in `<run>/eval/<key>/` where the key hashes the checkpoint, the backend and
-the eval settings, so a second evaluation with the same inputs is instant:
+Results land in the run's evaluation folder (`lever.runs.layout.EvalDir`), named by a key
+that hashes the checkpoint, every input of the evaluation world (model folders, OK-VQA
+files, image folders, features) and every eval setting, so a second evaluation with the
+same inputs is instant and a changed input is new work:
 
     results.jsonl   one row per (split, shots, question): demo ids, raw output, answer, accuracy
-    summary.json    accuracy (percent) per split and shot count, failures, the checkpoint used
+    summary.json    accuracy (percent) per split and shot count, failures, the checkpoint used,
+                    the inputs, and the row count and digest of results.jsonl
 
 While it runs, answers are appended to `partial-<rank>.jsonl` after every chunk, so an
-evaluation killed after an hour of VLM generation resumes where it stopped.
+evaluation killed after an hour of VLM generation resumes where it stopped. A cached
+evaluation is verified before it is served; a damaged one is an error that says to run
+`lever evaluate PLAN --redo`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lever.errors import LeverError
-from lever.io import read_json, read_jsonl, write_json, write_jsonl
-from lever.model import PointerSelector
+from lever.errors import DamagedState, LeverError
+from lever.io import read_jsonl
+from lever.keys import content_key
+from lever.runs.layout import EvalDir, RunDir
+from lever.runs.recipe import build_model
 from lever.runs.sources import resolve_train_sources
 from lever.spec import Plan, Workspace
 from lever.train.checkpoint import checkpoint_info, load_into, load_weights, state_digest
+from lever.train.stage import checkpoint_epochs, checkpoint_path
 
 from .backend import Request
 from .distributed import barrier, gather_rows, ranks
@@ -37,18 +45,22 @@ from .vqa import vqa_accuracy
 Progress = Callable[[int, int], None]  # (done, total) questions answered
 
 
-def checkpoint_for(run_dir: Path, epoch: int | None) -> dict[str, Any]:
+def checkpoint_for(run: RunDir, epoch: int | None) -> dict[str, Any]:
     """The run's selected checkpoint, or epoch `epoch` of its final stage (recorded as a hand pick)."""
-    selected = read_json(run_dir / "selected.json")
+    state = run.state
+    selected = run.selected() if state in ("trained", "done") else None
+    if selected is None and state in ("trained", "done"):
+        raise DamagedState(f"{run.selected_file} is missing but the run is marked {state}", hint=run.fix)
     if selected is None:
         raise LeverError(
-            f"{run_dir} has no selected checkpoint: the run has not finished training", hint="run `lever run` on the plan first"
+            f"{run.path} has no selected checkpoint: the run has not finished training ({state or 'never started'})",
+            hint=f"run `{run.command('run')}` first",
         )
     if epoch is None:
         return selected
-    path = Path(selected["dir"]) / "ckpt" / f"epoch-{epoch:03d}.safetensors"
+    path = checkpoint_path(selected["stage_path"], epoch)
     if not path.is_file():
-        have = sorted(int(p.stem.split("-")[1]) for p in (Path(selected["dir"]) / "ckpt").glob("epoch-*.safetensors"))
+        have = checkpoint_epochs(selected["stage_path"])
         raise LeverError(
             f"--epoch {epoch}: stage '{selected['stage']}' has no such checkpoint",
             hint=f"its epochs are {have[0]}-{have[-1]}" if have else "it has no checkpoints",
@@ -57,52 +69,53 @@ def checkpoint_for(run_dir: Path, epoch: int | None) -> dict[str, Any]:
     return {
         **selected,
         "epoch": epoch,
-        "checkpoint": str(path),
+        "path": path,
         "value": info.get("metrics", {}).get(selected["metric"]),
         "reason": f"epoch {epoch} chosen with --epoch",
     }
 
 
 def eval_key(ckpt_digest: str, world: EvalWorld, plan: Plan, seed: int) -> str:
-    blob = json.dumps(
-        {"ckpt": ckpt_digest, "world": world.identity, "eval": plan.eval.model_dump(mode="json"), "seed": seed}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """What the answers depend on: the weights, every input of the world, every eval setting, the seed."""
+    return content_key({"ckpt": ckpt_digest, "world": world.identity, "eval": plan.eval.model_dump(mode="json"), "seed": seed})
 
 
 def evaluate_run(
-    run_dir: Path,
+    run: RunDir,
     plan: Plan,
     ws: Workspace,
     seed: int,
     *,
     epoch: int | None = None,
     features_path: Path | None = None,
+    redo: bool = False,
     log: Callable[[str], None] = print,
     progress: Progress | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Evaluate the run's selected (or `epoch`) checkpoint; returns the eval dir and its summary.
+) -> tuple[EvalDir, dict[str, Any]]:
+    """Evaluate the run's selected (or `epoch`) checkpoint; returns the evaluation folder and its verified summary.
 
-    `features_path` defaults to the plan's data.features file in the workspace.
-    """
-    ckpt = checkpoint_for(run_dir, epoch)  # a run that never trained fails here, before any data is read
-    state = load_weights(Path(ckpt["checkpoint"]))
+    `redo` discards a finished (or damaged) evaluation with the same key and answers again."""
+    ckpt = checkpoint_for(run, epoch)  # a run that never trained fails here, before any data is read
+    state = load_weights(ckpt["path"])
     if features_path is None:
         features_path = resolve_train_sources(ws, plan.data.candidates, plan.data.features, log).features
     world = eval_world(ws, plan.eval, features_path, log)
-    key = eval_key(state_digest(state), world, plan, seed)
-    out_dir = run_dir / "eval" / key
-    summary = read_json(out_dir / "summary.json")
-    if summary is not None:
-        log(f"evaluation cached in {out_dir}")
-        _mark_selected(out_dir, epoch)
-        return out_dir, summary
-
+    ev = run.eval_dir(eval_key(state_digest(state), world, plan, seed))
     r = ranks()
+    if redo:
+        if r.is_main and ev.path.exists():
+            shutil.rmtree(ev.path)
+        barrier(r)
+    if ev.complete:
+        summary, _ = ev.read()
+        log(f"evaluation cached in {ev.path}")
+        if epoch is None:
+            run.mark_selected_eval(ev)
+        return ev, summary
+
     backend = world.make_backend(r.device() if r.world > 1 else plan.device)  # one process: the plan's device
-    m = plan.model
-    model = PointerSelector(world.train_features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature)
-    load_into(model, state, ckpt["checkpoint"])
+    model = build_model(plan, world.train_features.shape[1])
+    load_into(model, state, str(ckpt["path"]))
     spec = plan.eval
     metric = resolve_protocol(spec).metric
     t0 = time.perf_counter()
@@ -120,13 +133,13 @@ def evaluate_run(
             for i, item in enumerate(split.items):
                 todo.append(Request(split.name, item, [world.train_items[j] for j in picks[i, :shots].tolist()]))
     # Answers already given by an interrupted evaluation (any rank, any world size) are kept.
-    done = read_partials(out_dir)
+    done = read_partials(ev)
     rows = [row for pos, row in done.items() if r.mine(pos)]
     mine = [(p, req) for p, req in enumerate(todo) if r.mine(p) and p not in done]
     if done and r.is_main:
-        log(f"evaluation: resuming, {len(done)} of {len(todo)} answers already in {out_dir}")
+        log(f"evaluation: resuming, {len(done)} of {len(todo)} answers already in {ev.path}")
     step = spec.batch_size * 16
-    with open_partial(out_dir / f"partial-{r.rank}.jsonl") as partial:
+    with open_partial(ev.partial(r.rank)) as partial:
         for s in range(0, len(mine), step):
             chunk = mine[s : s + step]
             for (pos, req), resp in zip(chunk, backend.answer([req for _, req in chunk])):
@@ -152,33 +165,26 @@ def evaluate_run(
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)
-        return out_dir, read_json(out_dir / "summary.json")
+        return ev, ev.read()[0]
+    checkpoint = {k: v for k, v in ckpt.items() if k not in ("path", "stage_path")}
     summary = {
-        "checkpoint": ckpt,
+        "checkpoint": {**checkpoint, "checkpoint": run.folder.store(ckpt["path"])},
         "backend": world.identity["backend"],
+        "inputs": world.identity,
         "eval": spec.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - t0, 2),
-        "splits": _summarise(rows),
         "note": "accuracy in percent over all questions; failed questions score 0",
     }
-    write_jsonl(out_dir / "results.jsonl", rows)
-    write_json(out_dir / "summary.json", summary)  # written last: its presence marks a complete evaluation
-    for part in out_dir.glob("partial-*.jsonl"):
-        part.unlink()
-    _mark_selected(out_dir, epoch)
+    summary = ev.write(rows, summary)  # results, then the summary that vouches for them (its presence = complete)
+    if epoch is None:  # the selected checkpoint's evaluation is the one tables compare; --epoch ones are extras
+        run.mark_selected_eval(ev)
     barrier(r)
-    return out_dir, summary
+    return ev, summary
 
 
-def _mark_selected(out_dir: Path, epoch: int | None) -> None:
-    """Record which evaluation is the selected checkpoint's (the one tables compare); --epoch runs are extras."""
-    if epoch is None:
-        write_json(out_dir.parent / "selected.json", {"key": out_dir.name})
-
-
-def read_partials(out_dir: Path) -> dict[int, dict[str, Any]]:
+def read_partials(ev: EvalDir) -> dict[int, dict[str, Any]]:
     """Rows of an interrupted evaluation by position; a line cut short by a kill is ignored."""
-    return {row["_pos"]: row for part in sorted(out_dir.glob("partial-*.jsonl")) for row in read_jsonl(part)}
+    return {row["_pos"]: row for part in ev.partials() for row in read_jsonl(part)}
 
 
 def open_partial(path: Path):
@@ -189,16 +195,3 @@ def open_partial(path: Path):
         if data and not data.endswith(b"\n"):
             path.write_bytes(data[: data.rfind(b"\n") + 1])
     return open(path, "a", encoding="utf-8")
-
-
-def _summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for r in rows:
-        cell = out.setdefault(r["split"], {}).setdefault(str(r["shots"]), {"accuracy": 0.0, "n": 0, "failed": 0})
-        cell["accuracy"] += r["accuracy"]
-        cell["n"] += 1
-        cell["failed"] += int(r["failed"])
-    for split in out.values():
-        for cell in split.values():
-            cell["accuracy"] = round(100.0 * cell["accuracy"] / max(cell["n"], 1), 2)
-    return out

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 
 from lever.errors import LeverError
+from lever.keys import file_digest, model_fingerprint, path_fingerprint
+from lever.runs.recipe import memo_file
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
@@ -167,8 +169,14 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
         train_feats,
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
-        {"backend": "sim", "world": Path(paths.root).name, "metric": resolve_protocol(spec).metric},
+        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": resolve_protocol(spec).metric},
     )
+
+
+def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
+    """Content keys of the benchmark files an evaluation reads (items, features, the simulated VLM)."""
+    files = (paths.items_train, paths.items_val, paths.features, paths.val_features, paths.world)
+    return {Path(f).name: file_digest(Path(f), memo_file(ws))[:16] for f in files}
 
 
 def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None]) -> EvalWorld:
@@ -196,8 +204,23 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
         train_feats,
         splits,
         lambda device: make_hf_backend(ws, spec, device),
-        {"backend": "hf", "vlm": str(ws.models.vlm), "clip": str(ws.models.clip), "protocol": resolve_protocol(spec).identity()},
+        {**okvqa_identity(ws, spec, train_features_path), "protocol": resolve_protocol(spec).identity()},
     )
+
+
+def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path) -> dict[str, Any]:
+    """Every input an OK-VQA evaluation reads, by content: model folders (config and weight hashes), the
+    OK-VQA files (digests), the image folders (a hash of their listing) and the train features."""
+    memo = memo_file(ws)
+    o = ws.okvqa.model_dump()
+    used = [k for k in o if k.startswith("train") or "val" in spec.splits]
+    return {
+        "backend": "hf",
+        "vlm": model_fingerprint(ws.path(ws.models.vlm), memo),
+        "clip": model_fingerprint(ws.path(ws.models.clip), memo),
+        "okvqa": {k: path_fingerprint(ws.path(o[k]), memo) for k in used},
+        "features": file_digest(train_features_path, memo)[:16],
+    }
 
 
 def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Backend:

@@ -15,6 +15,7 @@ from .tables import (
     Comparison,
     diff_table,
     missing_lines,
+    runs_line,
     shot_table,
     training_table,
 )
@@ -25,6 +26,8 @@ CSV_COLUMNS = [
     "split",
     "baseline",
     "plan",
+    "spec_hash",
+    "overrides",
     "is_baseline",
     "shots",
     "accuracy",
@@ -84,6 +87,8 @@ def to_csv(cmp: Comparison) -> str:
                     "split": cmp.split,
                     "baseline": cmp.baseline,
                     "plan": col.name,
+                    "spec_hash": col.spec_hash,
+                    "overrides": " ".join(col.overrides),
                     "is_baseline": col.baseline,
                     "shots": row.label,
                     "accuracy": c.accuracy,
@@ -119,7 +124,7 @@ def _md_table(headers: list[str], rows: list[list[str]], numeric: bool = False) 
 def to_markdown(cmp: Comparison) -> str:
     headers, body = shot_table(cmp)
     title = f"### Accuracy (%) on {cmp.split} vs {cmp.baseline}"
-    parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_"]
+    parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
     if cmp.training:
         parts += ["", "### Training (selected checkpoint)", "", _md_table(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:

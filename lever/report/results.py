@@ -1,21 +1,22 @@
-"""Load what a run directory holds: spec, status, metrics, selected checkpoint, eval results.
+"""Load what a run holds for reports: spec, status, metrics, selected checkpoint, eval results.
 
-A run directory is ``<runs_root>/<plan>/<spec_hash>/seed-<seed>/``. Every loader here
-returns ``None`` (or a ``missing`` reason) for a file that is absent or unreadable, so a
-report over half-finished runs shows gaps instead of a traceback.
+Runs are read through `lever.runs.layout.RunDir`, the one owner of a run's files. A file
+that is absent is ``None`` (a report over half-finished runs shows gaps); a file that is
+damaged (cut, edited, a count or digest that does not match) is a DamagedState naming the
+file and the command that repairs it: reports never show numbers they cannot vouch for.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from lever import io
 from lever.errors import LeverError
+from lever.keys import content_key
+from lever.runs.layout import RunDir, RunsFolder
+from lever.runs.store import plan_name, split_ref
 from lever.spec.load import suggest
 
 
@@ -54,6 +55,7 @@ class RunData:
     spec_hash: str
     seed: int | None
     spec: dict | None = None
+    provenance: dict | None = None
     status: dict | None = None
     metrics: list[dict] | None = None
     selected: dict | None = None
@@ -64,6 +66,20 @@ class RunData:
     @property
     def state(self) -> str:
         return str((self.status or {}).get("state", "unknown"))
+
+    @property
+    def overrides(self) -> list[str]:
+        """The key.path=value overrides the run was made with ([] for the plan file as written)."""
+        return list((self.provenance or {}).get("overrides") or [])
+
+    @property
+    def inputs(self) -> dict:
+        """Content keys of the files the run trained (and was evaluated) on."""
+        out = dict((self.provenance or {}).get("inputs") or {})
+        world = (self.summary or {}).get("inputs")
+        if world:  # model folders, OK-VQA files, image folders, features: one key (the detail is in summary.json)
+            out["eval"] = content_key(world)
+        return out
 
     @property
     def evaluated(self) -> bool:
@@ -103,7 +119,7 @@ class PlanRuns:
 
     name: str
     runs: list[RunData] = field(default_factory=list)
-    missing: str | None = None  # None | "not run" | "not evaluated"
+    missing: str | None = None  # None | "not run" | "not evaluated" | why no hash was chosen
     command: str | None = None  # what to run to fill the gap
 
     @property
@@ -118,52 +134,16 @@ class PlanRuns:
     def spec_hash(self) -> str | None:
         return self.runs[0].spec_hash if self.runs else None
 
-
-def read_json(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is absent or not valid JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def read_jsonl(path: Path) -> list[dict] | None:
-    """The object lines of a JSONL file (a torn last line is skipped), or None when absent."""
-    return io.read_jsonl(path) if path.is_file() else None
-
-
-def latest_eval_dir(run_dir: Path) -> Path | None:
-    """The evaluation of the run's selected checkpoint (named by ``eval/selected.json``), else the
-    ``eval/<key>/`` dir whose summary.json (else results.jsonl) was modified last.
-
-    Why: `lever evaluate --epoch N` adds evaluations of other epochs; tables compare selections.
-    """
-    eval_root = run_dir / "eval"
-    if not eval_root.is_dir():
-        return None
-    pointer = read_json(eval_root / "selected.json")
-    if isinstance(pointer, dict) and (eval_root / str(pointer.get("key")) / "summary.json").is_file():
-        return eval_root / str(pointer["key"])
-    best: tuple[float, Path] | None = None
-    for name in ("summary.json", "results.jsonl"):
-        for f in eval_root.glob(f"*/{name}"):
-            mtime = f.stat().st_mtime
-            if best is None or mtime > best[0]:
-                best = (mtime, f.parent)
-        if best is not None:
-            return best[1]
-    return None
+    @property
+    def overrides(self) -> list[str]:
+        return next((r.overrides for r in self.runs if r.overrides), [])
 
 
 def parse_results(rows: list[dict]) -> Results:
-    """Group results.jsonl rows into split -> shots -> QuestionResults (a later duplicate row wins)."""
+    """Group verified results.jsonl rows into split -> shots -> QuestionResults."""
     grouped: dict[str, dict[int, dict[int, tuple[float, bool]]]] = {}
     for row in rows:
-        try:
-            split, shots, qid = str(row["split"]), int(row["shots"]), int(row["question_id"])
-            acc = float(row.get("accuracy") or 0.0)
-        except (KeyError, TypeError, ValueError):
-            continue  # why: a malformed row should cost one question, not the report
+        split, shots, qid, acc = str(row["split"]), int(row["shots"]), int(row["question_id"]), float(row["accuracy"])
         grouped.setdefault(split, {}).setdefault(shots, {})[qid] = (acc, bool(row.get("failed", False)))
     out: Results = {}
     for split, by_shots in grouped.items():
@@ -178,55 +158,40 @@ def parse_results(rows: list[dict]) -> Results:
     return out
 
 
-def _seed_of(run_dir: Path) -> int | None:
-    name = run_dir.name
-    if name.startswith("seed-"):
-        try:
-            return int(name[len("seed-") :])
-        except ValueError:
-            return None
-    return None
-
-
-def load_run(run_dir: Path) -> RunData:
-    """Read one ``<plan>/<hash>/seed-<n>/`` directory; absent or broken files become None."""
-    run_dir = Path(run_dir)
-    run = RunData(
-        path=run_dir,
-        plan=run_dir.parent.parent.name,
-        spec_hash=run_dir.parent.name,
-        seed=_seed_of(run_dir),
-        spec=read_json(run_dir / "spec.json"),
-        status=read_json(run_dir / "status.json"),
-        metrics=read_jsonl(run_dir / "metrics.jsonl"),
-        selected=read_json(run_dir / "selected.json"),
+def load_run(run_dir: Path | RunDir) -> RunData:
+    """Read one seed run: absent files become None, damaged ones raise a DamagedState naming the file."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    data = RunData(
+        path=run.path,
+        plan=run.plan,
+        spec_hash=run.spec_hash,
+        seed=run.seed,
+        spec=run.spec(),
+        provenance=run.provenance(),
+        status=run.status(),
+        metrics=run.metrics(),
+        selected=run.selected(),
     )
-    eval_dir = latest_eval_dir(run_dir)
-    if eval_dir is not None:
-        run.eval_key = eval_dir.name
-        run.summary = read_json(eval_dir / "summary.json")
-        rows = read_jsonl(eval_dir / "results.jsonl")
-        run.results = parse_results(rows) if rows else None
-    return run
+    ev = run.selected_eval()
+    if ev is not None:
+        data.eval_key = ev.key
+        data.summary, rows = ev.read()
+        data.results = parse_results(rows)
+    return data
 
 
-def plan_name(plan: str) -> str:
-    """``plans/plan5.toml`` -> ``plan5``; a bare name is kept."""
-    p = Path(plan)
-    return p.stem if p.suffix == ".toml" or len(p.parts) > 1 else plan
-
-
-def load_plan(plan: str, run_dirs: list[Path]) -> PlanRuns:
+def load_plan(plan: str, run_dirs: list[Path] | list[RunDir]) -> PlanRuns:
     """All seed runs of a plan, with a ``missing`` reason and the command that would fill it."""
     name = plan_name(plan)
-    runs = [load_run(d) for d in sorted(run_dirs, key=lambda d: (_seed_of(d) is None, _seed_of(d) or 0, d.name))]
+    dirs = [d if isinstance(d, RunDir) else RunDir(Path(d)) for d in run_dirs]
+    runs = [load_run(d) for d in sorted(dirs, key=lambda d: (d.seed is None, d.seed or 0, d.path.name))]
     if runs:
         name = runs[0].plan  # why: the run dir holds the plan's own name
     pr = PlanRuns(name=name, runs=runs)
     if not runs:
         pr.missing, pr.command = "not run", f"lever run plans/{name}.toml"
     elif not pr.evaluated_runs:
-        pr.missing, pr.command = "not evaluated", f"lever evaluate plans/{name}.toml"
+        pr.missing, pr.command = "not evaluated", RunDir(runs[0].path).command("evaluate")  # with its overrides
     return pr
 
 
@@ -242,24 +207,15 @@ def selected_metrics(run: RunData) -> dict | None:
 
 
 def scan_runs(root: Path) -> list[RunData]:
-    """Every ``<plan>/<hash>/seed-*`` run under ``root``, sorted by plan, then newest hash first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = []
-    for plan_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        hash_dirs = sorted((h for h in plan_dir.iterdir() if h.is_dir()), key=lambda h: -h.stat().st_mtime)
-        for hash_dir in hash_dirs:
-            for seed_dir in sorted(hash_dir.glob("seed-*"), key=lambda d: (_seed_of(d) or 0, d.name)):
-                if seed_dir.is_dir():
-                    runs.append(load_run(seed_dir))
-    return runs
+    """Every run under the runs folder ``root``, sorted by plan, then newest hash first, then seed."""
+    return [load_run(run) for run in RunsFolder(Path(root)).scan()]
 
 
 def check_known(plan: str, plans_dir: Path, runs_root: Path) -> None:
     """Raise when `plan` names neither a plan file nor any run: a typo, not a plan waiting to be run."""
-    name = plan_name(plan)
-    if (runs_root / name).is_dir() or Path(plan).is_file() or (plans_dir / f"{name}.toml").is_file():
+    ref, _ = split_ref(plan)  # plan5@1a2b names a run of plan5
+    name = plan_name(ref)
+    if (runs_root / name).is_dir() or Path(ref).is_file() or (plans_dir / f"{name}.toml").is_file():
         return
     plans = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
     runs = sorted(d.name for d in runs_root.iterdir() if d.is_dir() and not d.name.startswith("_")) if runs_root.is_dir() else []

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from lever.data.stats import FLAT
+
 from .results import PlanRuns, QuestionResults, selected_metrics
 from .significance import paired_test
 
-ADV_STD_FLOOR = 0.01  # below this at the selected epoch, GRPO had almost no signal
+ADV_STD_FLOOR = FLAT  # below this at the selected epoch, GRPO had almost no signal
 NEAR_ZERO_FLAG = "near-zero advantages"
 AVG = "avg"
 
@@ -53,6 +55,7 @@ class PlanColumn:
     baseline: bool = False
     n_seeds: int = 0
     spec_hash: str | None = None
+    overrides: list[str] = field(default_factory=list)  # the runs were made with these key.path=value overrides
     missing: str | None = None  # why there is nothing to show
     command: str | None = None  # what to run
     improved: int = 0  # shot rows with delta > 0
@@ -269,6 +272,7 @@ def build_comparison(
             baseline=p is baseline,
             n_seeds=len(p.evaluated_runs),
             spec_hash=p.spec_hash,
+            overrides=p.overrides,
             missing=p.missing,
             command=p.command,
             n_shots=len(shots),
@@ -417,7 +421,19 @@ def diff_table(cmp: Comparison) -> list[list[str]]:
 
 
 def missing_lines(cmp: Comparison) -> list[str]:
-    return [f"{c.name}: {c.missing} — run `{c.command}`" for c in cmp.plans if c.missing]
+    """One line per missing plan: why, and the command (or the choice) that fills the gap."""
+    return [
+        f"{c.name}: {c.missing} — " + (f"run `{c.command}`" if (c.command or "").startswith("lever ") else str(c.command))
+        for c in cmp.plans
+        if c.missing
+    ]
+
+
+def runs_line(cmp: Comparison) -> str:
+    """Which spec hash every column is, with the overrides a run was made with marked `*`."""
+    parts = [f"{c.name}@{c.spec_hash}" + ("*" if c.overrides else "") for c in cmp.plans if c.spec_hash]
+    notes = [f"* {c.name}: overrides {' '.join(c.overrides)}" for c in cmp.plans if c.overrides]
+    return "\n".join(["Runs: " + ", ".join(parts), *notes])
 
 
 # ---------------------------------------------------------------- rendering
@@ -437,7 +453,7 @@ def plain_grid(headers: list[str], rows: list[list[str]]) -> str:
 def render_plain(cmp: Comparison) -> str:
     """The whole comparison as plain text (for pipes and files)."""
     headers, body = shot_table(cmp)
-    parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote]
+    parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote, runs_line(cmp)]
     if cmp.training:
         parts += ["", "Training (selected checkpoint)", plain_grid(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:
@@ -465,6 +481,7 @@ def render_rich(cmp: Comparison, console: Any) -> None:
         console.print(_rich_table("Training (selected checkpoint)", TRAINING_HEADERS, training_table(cmp)))
     if cmp.spec_diffs:
         console.print(_rich_table(f"Spec differences vs {cmp.baseline}", DIFF_HEADERS, diff_table(cmp)))
+    console.print(escape(runs_line(cmp)), highlight=False)
     for line in missing_lines(cmp):
         console.print(f"[yellow]missing[/] {escape(line)}", highlight=False)
 

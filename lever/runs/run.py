@@ -1,20 +1,19 @@
-"""`lever run`: compile a plan into stages and train them into a run directory.
+"""`lever run`: train a plan's stages into its run directory (the recipe's steps up to selection).
 
-    <runs>/<plan>/<spec hash>/seed-<seed>/      the plan's run
-        spec.json  provenance.json  status.json  stages.json  metrics.jsonl  selected.json
-    <runs>/_stages/<stage>-<key>/               a stage's epochs (see lever.train.stage)
+A stage's key hashes everything its result depends on (the data files' contents, reward,
+model, its own settings, the seed, the selection rule, and the key of the stage before
+it), so two plans with the same RCE stage share one RCE result, and a changed spec never
+touches an older run. Where the files go is `lever.runs.layout`'s business.
 
-A stage's key hashes everything its result depends on (data files, reward, model, its
-own settings, the seed, the selection rule, and the key of the stage before it), so two
-plans with the same RCE stage share one RCE result, and a changed spec never touches
-an older run.
+How a run ends is always recorded in its status.json: `trained`, `failed` (a guardrail, a
+damaged file, a full disk: the message says which) or `interrupted` (Ctrl-C). The next
+`lever run` of the plan resumes a run that did not finish.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,56 +22,31 @@ from typing import Any
 import torch
 
 from lever import __version__
-from lever.data.cache import file_sha256
-from lever.data.candidates import CandidateData
-from lever.data.filters import apply_filter, split_train_val, stage_filter
-from lever.data.reader import load_candidates
-from lever.data.rewards import compute_rewards, raw_rewards
+from lever.data.stats import FLAT, FLAT_SHARE
 from lever.device import resolve_device
-from lever.errors import LeverError, RunFailed
-from lever.io import file_lock, read_json, read_jsonl, write_json, write_jsonl
+from lever.errors import DamagedState, LeverError, RunFailed
+from lever.io import file_lock
+from lever.keys import content_key
 from lever.model import PointerSelector
 from lever.spec import LoadedPlan, Workspace, load_plan
-from lever.spec.schema import DataFilter, Plan
 from lever.train.checkpoint import State, load_into, load_weights, state_digest
-from lever.train.groups import Groups
-from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, Stage, StageRunner, derive_seed
+from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, StageRunner, derive_seed, read_result
 
-from .sources import check_feature_rows, load_features, resolve_train_sources
+from .layout import RunDir, RunsFolder
+from .recipe import Prepared, build_model, compile_stages, input_keys, make_groups, memo_file, prepare, stage_train_data
+from .sources import resolve_train_sources
 
 
 @dataclass
 class RunOutcome:
-    run_dir: Path
+    run: RunDir
     state: str  # "trained" | "already"
     selected: dict[str, Any]
 
 
-def run_dir_of(ws: Workspace, lp: LoadedPlan, seed: int) -> Path:
-    return ws.runs_dir / lp.name / lp.hash / f"seed-{seed}"
-
-
-# --------------------------------------------------------------------------- compile
-
-
-def compile_stages(plan: Plan) -> list[tuple[Stage, DataFilter | None]]:
-    """The plan's stages in order, each with its data filter change (None = the plan's filter)."""
-    floor = plan.reward.normalize_std_floor
-    out: list[tuple[Stage, DataFilter | None]] = []
-    if plan.rce.epochs:
-        out.append((Stage("rce", "rce", plan.rce.epochs, plan.rce, plan.rce.lr, floor), None))
-    if plan.phases:
-        for ph in plan.phases:
-            flt = stage_filter(plan.data, ph.data)
-            out.append((Stage(ph.name, "grpo", ph.epochs, plan.grpo, ph.lr or plan.grpo.lr, floor), flt))
-    elif plan.grpo.epochs:
-        out.append((Stage("grpo", "grpo", plan.grpo.epochs, plan.grpo, plan.grpo.lr, floor), None))
-    return out
-
-
-def _key(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def run_dir_of(ws: Workspace, lp: LoadedPlan, seed: int) -> RunDir:
+    """The run folder of a plan (its current spec hash) and seed."""
+    return RunsFolder(ws.runs_dir).run(lp.name, lp.hash, seed)
 
 
 # --------------------------------------------------------------------------- start point
@@ -89,9 +63,9 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
         # A plan names its start plan like `extends`: next to itself first, then in the workspace's plans folder.
         here = lp.path.parent
         other = load_plan(st.plan, (), here if (here / f"{st.plan}.toml").is_file() else ws.plans_dir)
-        other_dir = run_dir_of(ws, other, seed)
-        stages = read_json(other_dir / "stages.json")
-        if not stages or read_json(other_dir / "status.json", {}).get("state") not in ("trained", "done"):
+        other_run = run_dir_of(ws, other, seed)
+        stages = other_run.stages()
+        if not stages or other_run.state not in ("trained", "done"):
             raise LeverError(
                 f"start.plan = '{st.plan}': that plan has no finished run for seed {seed}",
                 hint=f"run it first: lever run {other.path}",
@@ -101,7 +75,7 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
         if name not in names:
             raise LeverError(f"start.stage = '{name}': plan '{st.plan}' has stages {', '.join(names)}")
         entry = stages[names.index(name)]
-        state = load_weights(Path(entry["dir"]) / entry["checkpoint"])
+        state = load_weights(entry["path"] / entry["checkpoint"])
     load_into(model, state, f"start ({st.kind})")  # fails here, clearly, before any run directory exists
     return state, f"weights:{state_digest(state)}"
 
@@ -109,7 +83,7 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector
 # --------------------------------------------------------------------------- the run
 
 
-def provenance(lp: LoadedPlan, seed: int, device: torch.device, sources: dict[str, Any]) -> dict[str, Any]:
+def provenance(lp: LoadedPlan, seed: int, device: torch.device, prep: Prepared) -> dict[str, Any]:
     try:
         commit = (
             subprocess.run(
@@ -132,32 +106,103 @@ def provenance(lp: LoadedPlan, seed: int, device: torch.device, sources: dict[st
         "platform": platform.platform(),
         "device": str(device),
         "seed": seed,
+        "seeds": list(lp.plan.seeds),
         "plan": lp.name,
         "description": lp.plan.description,
         "plan_file": str(lp.path),
         "overrides": lp.overrides,
         "spec_hash": lp.hash,
-        **sources,
+        "candidates_file": str(prep.sources.candidates),
+        "features_file": str(prep.sources.features),
+        "inputs": prep.inputs,
+        **prep.inputs,
     }
 
 
-def run_plan(lp: LoadedPlan, ws: Workspace, seed: int, reporter: Reporter | None = None) -> RunOutcome:
-    """Train every stage of `lp` for one seed into its run directory (resuming, reusing, never overwriting)."""
+def run_plan(
+    lp: LoadedPlan,
+    ws: Workspace,
+    seed: int,
+    reporter: Reporter | None = None,
+    *,
+    redo: bool = False,
+    retrain_stage: str | None = None,
+) -> RunOutcome:
+    """Train every stage of `lp` for one seed into its run directory (resuming, reusing, never overwriting).
+
+    A finished run is reused while its inputs are unchanged; `redo` rebuilds its record (reusing intact
+    stages), `retrain_stage` also deletes that stage's folder first so it is trained again.
+    """
     rep = reporter or SilentReporter()
-    run_dir = run_dir_of(ws, lp, seed)
+    run = run_dir_of(ws, lp, seed)
+    if retrain_stage is not None and retrain_stage not in [s.name for s, _ in compile_stages(lp.plan)]:
+        names = ", ".join(s.name for s, _ in compile_stages(lp.plan))
+        raise LeverError(f"--retrain-stage {retrain_stage}: the plan has no such stage", hint=f"its stages are {names}")
     # The lock sits beside the run directory, which is only created once the inputs have resolved.
-    with file_lock(run_dir.parent / f".{run_dir.name}.lock", wait=False, what=f"run {run_dir}"):
-        status = read_json(run_dir / "status.json", {})
-        if status.get("state") in ("trained", "done"):
-            rep.info(f"{lp.name} (seed {seed}) already trained in {run_dir}; nothing to do")
-            return RunOutcome(run_dir, "already", read_json(run_dir / "selected.json", {}))
+    try:
+        with file_lock(run.lock, wait=False, what=f"run {run.path}"):
+            if not (redo or retrain_stage):
+                done = _finished(run, lp, ws, rep)
+                if done is not None:
+                    rep.info(f"{lp.name} (seed {seed}) already trained in {run.path}; nothing to do")
+                    return RunOutcome(run, "already", done)
+            try:
+                return _train(lp, ws, seed, run, rep, retrain_stage)
+            except KeyboardInterrupt:
+                end(run, "interrupted", "stopped by Ctrl-C; `lever run` on the plan resumes it")
+                raise
+            except LeverError as err:
+                if isinstance(err, DamagedState) and not err.hint:
+                    err.hint = run.fix
+                end(run, "failed", str(err), ["guardrail" if isinstance(err, RunFailed) else "error"])
+                raise
+    except OSError as err:  # a full disk or a read-only folder, while training or even taking the lock
+        raise write_failed(run, err) from None
+
+
+def end(run: RunDir, state: str, message: str, flags: list[str] | None = None) -> None:
+    """Record how a run that had started ended (a run whose inputs never resolved has no status to update)."""
+    if run.status_file.is_file():
         try:
-            return _train(lp, ws, seed, run_dir, rep)
-        except LeverError as err:
-            if (run_dir / "status.json").is_file():  # the run had started: say how it ended
-                flag = "guardrail" if isinstance(err, RunFailed) else "error"
-                write_json(run_dir / "status.json", {"state": "failed", "flags": [flag], "message": str(err)})
-            raise
+            run.set_status(state, flags, message)
+        except OSError:
+            pass  # the disk that failed the run may refuse this too; the error still reaches the user
+
+
+def write_failed(run: RunDir, err: OSError) -> LeverError:
+    """A failed write (a full disk, a read-only folder) as a one-screen error; the run is marked failed."""
+    where = f" {err.filename}" if err.filename else ""
+    message = f"could not write{where}: {err.strerror or err}"
+    end(run, "failed", message, ["error"])
+    return LeverError(message, hint="free some space (or fix the folder's permissions) and run the same command again")
+
+
+def _finished(run: RunDir, lp: LoadedPlan, ws: Workspace, rep: Reporter) -> dict[str, Any] | None:
+    """The run's selection when it finished with the inputs it would use now; None when it must (re)train."""
+    status = run.status()
+    if status is None or status["state"] not in ("trained", "done"):
+        return None
+    src = resolve_train_sources(ws, lp.plan.data.candidates, lp.plan.data.features, rep.info)
+    recorded = (run.provenance() or {}).get("inputs")
+    now = input_keys(src, memo_file(ws))
+    if recorded is None:
+        rep.info(
+            f"{lp.name} (seed {run.seed}): its inputs were not recorded (an older lever); rebuilding it, reusing intact stages"
+        )
+        return None
+    if recorded != now:
+        changed = ", ".join(k for k in now if recorded.get(k) != now[k])
+        rep.info(f"{lp.name} (seed {run.seed}): its {changed} changed since it was trained; training again")
+        return None
+    sel = run.selected()
+    if sel is None:
+        raise DamagedState(f"{run.selected_file} is missing but the run is marked {status['state']}", hint=run.fix)
+    for entry in run.stages():
+        if not entry["path"].is_dir():
+            raise DamagedState(f"stage folder {entry['path']} of this run is missing", hint=run.fix)
+    if not sel["path"].is_file():
+        raise DamagedState(f"the selected checkpoint {sel['path']} is missing", hint=run.fix)
+    return sel
 
 
 def check_select_metric(lp: LoadedPlan) -> None:
@@ -171,56 +216,32 @@ def check_select_metric(lp: LoadedPlan) -> None:
         )
 
 
-def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporter) -> RunOutcome:
+def _train(lp: LoadedPlan, ws: Workspace, seed: int, run: RunDir, rep: Reporter, retrain: str | None) -> RunOutcome:
     plan = lp.plan
     check_select_metric(lp)
     device = resolve_device(plan.device)
-    src = resolve_train_sources(ws, plan.data.candidates, plan.data.features, rep.info)
-    data = load_candidates(src.candidates, cache_dir=ws.cache_dir / "candidates", log=rep.info)
-    features = load_features(src.features)
-    check_feature_rows(data, features, src.features)
-    data_key = {"candidates": data.meta["sha256"][:16], "features": file_sha256(src.features)[:16]}
-
-    # The plan's filter defines the validation queries once; phases only narrow the training side.
-    # Filters rank and tier groups by raw (un-normalised) rewards.
-    base, _, report = apply_filter(data, raw_rewards(data, plan.reward), plan.data, plan.data.tier_rules)
-    tr, va = split_train_val(base, plan.data.val_fraction)
-    if len(tr) == 0:
-        raise LeverError(f"{lp.path}: the data filter leaves no training queries ({report})")
-    train_base, val = base.subset(tr), base.subset(va)
-    feats = features.to(device)
-
-    def groups(d: CandidateData) -> Groups:
-        return Groups(d, compute_rewards(d, plan.reward), raw_rewards(d, plan.reward), feats)
-
-    val_groups = groups(val)
+    prep = prepare(plan, ws, rep.info)
+    feats = prep.features.to(device)
+    val_groups = make_groups(prep.split.val, plan, feats)
     torch.manual_seed(derive_seed(seed, "init"))
-    m = plan.model
-    model = PointerSelector(features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature).to(device)
+    model = build_model(plan, prep.features.shape[1], device)
     _, prev_key = start_state(lp, ws, seed, model)  # loads the start weights into the model
     # Inputs resolved: from here on the run directory exists and records what happens.
-    write_json(run_dir / "spec.json", lp.recipe())
-    write_json(run_dir / "status.json", {"state": "running", "flags": [], "message": None})
-    write_json(
-        run_dir / "provenance.json",
-        provenance(lp, seed, device, {"candidates_file": str(src.candidates), "features_file": str(src.features), **data_key}),
-    )
+    run.write_start(lp.recipe(), provenance(lp, seed, device, prep))
     pre_rce = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-    stages = compile_stages(plan)
+    folder = run.folder
     entries: list[dict[str, Any]] = []
     all_rows: list[dict[str, Any]] = []
+    record: dict[str, Any] = {}
+    stages = compile_stages(plan)
     for i, (stage, flt) in enumerate(stages):
         last = i == len(stages) - 1
-        train_d = (
-            train_base
-            if flt is None
-            else apply_filter(train_base, raw_rewards(train_base, plan.reward), flt, plan.data.tier_rules)[0]
-        )
+        train_d, _ = stage_train_data(prep.split.train, plan, flt)
         if train_d.num_queries == 0:
             raise LeverError(f"{lp.path}: stage '{stage.name}' has no training queries after its data filter")
         pin = plan.select.epoch if last else None
-        key = _key(
+        key = content_key(
             prev_key,
             stage.kind,
             stage.epochs,
@@ -229,46 +250,48 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
             flt.model_dump(mode="json") if flt else None,
             plan.data.model_dump(mode="json"),
             plan.reward.model_dump(mode="json"),
-            m.model_dump(mode="json"),
-            data_key,
+            plan.model.model_dump(mode="json"),
+            prep.inputs,
             seed,
             plan.select.metric,
             plan.select.mode,
             pin,
             plan.grpo.reference if stage.kind == "grpo" else None,
         )
-        stage_dir = ws.runs_dir / "_stages" / f"{stage.name}-{key}"
-        with file_lock(
-            ws.runs_dir / "_stages" / f".{stage.name}-{key}.lock", wait=True, what=f"stage {stage.name}-{key}", on_wait=rep.info
-        ):
-            result = _stage_result(stage_dir)
-            if result is None:
-                ref = pre_rce if (stage.kind == "grpo" and plan.grpo.reference == "pre_rce") else None
-                runner = StageRunner(stage, stage_dir, model, groups(train_d), val_groups, seed, plan.select, rep, pin, ref)
-                runner.run()
-                result = _stage_result(stage_dir)
-            else:
-                rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
-        assert result is not None
-        sel, rows = result
-        model.load_state_dict(load_weights(stage_dir / sel["checkpoint"]))  # the next stage starts from this selection
-        entries.append({"stage": stage.name, "kind": stage.kind, "key": key, "dir": str(stage_dir.resolve()), **sel})
+        stage_dir = folder.stage(stage.name, key)
+        retrain_fix = f"retrain it with `{run.command('run', '--retrain-stage', stage.name)}`"
+        with file_lock(folder.stage_lock(stage.name, key), wait=True, what=f"stage {stage.name}-{key}", on_wait=rep.info):
+            try:
+                if retrain == stage.name and stage_dir.exists():
+                    rep.info(f"{stage.name}: deleting {stage_dir} to train it again")
+                    shutil.rmtree(stage_dir)
+                result = read_result(stage_dir)
+                if result is None:
+                    ref = pre_rce if (stage.kind == "grpo" and plan.grpo.reference == "pre_rce") else None
+                    groups = make_groups(train_d, plan, feats)
+                    StageRunner(stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref).run()
+                    result = read_result(stage_dir)
+                else:
+                    rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
+                assert result is not None
+                sel, rows = result
+                weights = load_weights(stage_dir / sel["checkpoint"])  # a damaged file is the stage's damage too
+            except LeverError as err:
+                if isinstance(err, DamagedState) or str(stage_dir) in str(err):
+                    raise DamagedState(err.args[0], hint=err.hint or retrain_fix) from None
+                raise
+        model.load_state_dict(weights)  # the next stage starts from this selection
+        entries.append({"stage": stage.name, "kind": stage.kind, "key": key, **sel, "path": stage_dir})
         all_rows += rows
-        write_json(run_dir / "stages.json", entries)
-        write_jsonl(run_dir / "metrics.jsonl", all_rows)
+        record = run.write_stages(entries, all_rows)
         prev_key = key
 
-    final = dict(entries[-1])
-    final["checkpoint"] = str(Path(final["dir"]) / final["checkpoint"])
-    write_json(run_dir / "selected.json", final)
-    flags = _flags(all_rows, entries)
-    write_json(run_dir / "status.json", {"state": "trained", "flags": flags, "message": None})
-    return RunOutcome(run_dir, "trained", final)
-
-
-def _stage_result(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    sel = read_json(stage_dir / "selected.json")
-    return None if sel is None else (sel, read_jsonl(stage_dir / "metrics.jsonl"))
+    final = {k: v for k, v in entries[-1].items() if k not in ("path", "checkpoint", "metrics")}
+    last_dir = entries[-1]["path"]
+    selected = {**final, "dir": folder.store(last_dir), "path": last_dir / entries[-1]["checkpoint"]}
+    run.write_selected(selected)
+    run.set_status("trained", _flags(all_rows, entries), None, metrics=record)
+    return RunOutcome(run, "trained", selected)
 
 
 def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[str]:
@@ -278,8 +301,8 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
         if e["kind"] != "grpo":
             continue
         row = next((r for r in rows if r["stage"] == e["stage"] and r["epoch"] == e["epoch"]), None)
-        if row and row.get("adv/std", 1.0) < 0.01:
+        if row and row.get("adv/std", 1.0) < FLAT:
             flags.append(f"near-zero advantages in {e['stage']} (adv/std {row['adv/std']:.4f})")
-        if row and row.get("adv/zero_frac", 0.0) > 0.5:
+        if row and row.get("adv/zero_frac", 0.0) > FLAT_SHARE:
             flags.append(f"{row['adv/zero_frac']:.0%} of {e['stage']} groups had all-zero advantages")
     return flags

@@ -1,25 +1,75 @@
-"""Where runs live: ``<runs_root>/<plan>/<spec_hash>/seed-<seed>/``."""
+"""Which runs of a plan a report shows: one spec hash, chosen explicitly, never a silent fallback.
+
+A plan reference is a name (`plan5`), a plan file (`plans/plan5.toml`) or either with a hash
+(`plan5@1a2b3c`, any unique prefix). Without a hash, the runs of the plan file as it is now
+are shown; when those do not exist but other hashes do (a run made with overrides, or an
+older version of the file), nothing is picked: the answer says which hashes exist and how
+to name one.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .layout import RunDir, RunsFolder
 
-def find_plan_runs(plan: str, runs_root: Path, spec_hash: str | None = None) -> list[Path]:
-    """The seed run dirs of a plan: those of `spec_hash` when it has runs (the plan file as it
-    is now), else those of the most recently written hash; [] when the plan was never run.
 
-    ``plan`` is a name (``plan5``) or a plan file (``plans/plan5.toml`` -> ``plan5``).
-    """
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """`plan5@1a2b` -> ("plan5", "1a2b"); `plans/plan5.toml` -> ("plans/plan5.toml", None)."""
+    plan, _, spec_hash = ref.partition("@")
+    return plan, spec_hash or None
+
+
+def plan_name(plan: str) -> str:
+    """`plans/plan5.toml` -> `plan5`; a bare name is kept."""
     p = Path(plan)
-    name = p.stem if p.suffix == ".toml" or len(p.parts) > 1 else plan
-    plan_dir = Path(runs_root) / name
-    if not plan_dir.is_dir():
-        return []
-    if spec_hash and (plan_dir / spec_hash).is_dir():
-        return sorted(d for d in (plan_dir / spec_hash).glob("seed-*") if d.is_dir())
-    hashes = [h for h in plan_dir.iterdir() if h.is_dir() and any(h.glob("seed-*"))]
+    return p.stem if p.suffix == ".toml" or len(p.parts) > 1 else plan
+
+
+@dataclass
+class Found:
+    """The seed runs chosen for a plan, or why none were (`problem`) and what to type instead (`hint`)."""
+
+    name: str
+    spec_hash: str | None = None
+    runs: list[RunDir] = field(default_factory=list)
+    problem: str | None = None
+    hint: str | None = None
+
+
+def _describe(folder: RunsFolder, name: str, spec_hash: str) -> str:
+    """`abc123def456 (overrides grpo.epochs=3)`: a hash with how its runs were made."""
+    runs = folder.seed_runs(name, spec_hash)
+    prov = runs[0].provenance(strict=False) if runs else None
+    overrides = (prov or {}).get("overrides") or []
+    return f"{spec_hash} (overrides {' '.join(overrides)})" if overrides else spec_hash
+
+
+def find_plan_runs(ref: str, runs_root: Path, current_hash: str | None = None) -> Found:
+    """The seed runs of one spec hash of a plan: the one named after `@`, else the plan file's
+    current hash (`current_hash`), else the only hash there is; anything else is a `problem`."""
+    plan, wanted = split_ref(ref)
+    name = plan_name(plan)
+    folder = RunsFolder(Path(runs_root))
+    hashes = folder.hashes(name)
     if not hashes:
-        return []
-    newest = max(hashes, key=lambda h: h.stat().st_mtime)
-    return sorted(d for d in newest.glob("seed-*") if d.is_dir())
+        return Found(name, problem="not run", hint=f"lever run plans/{name}.toml")
+    listing = ", ".join(f"{name}@{_describe(folder, name, h)}" for h in hashes)
+    if wanted is not None:
+        match = [h for h in hashes if h.startswith(wanted)]
+        if len(match) != 1:
+            why = "no run has" if not match else "several runs have"
+            return Found(name, problem=f"{why} spec hash {wanted}", hint=f"runs exist for {listing}")
+        return Found(name, match[0], folder.seed_runs(name, match[0]))
+    if current_hash is not None:
+        if current_hash in hashes:
+            return Found(name, current_hash, folder.seed_runs(name, current_hash))
+        return Found(
+            name,
+            problem=f"no run of the plan file as it is now (hash {current_hash})",
+            hint=f"lever run plans/{name}.toml, or name a run that exists: {listing}",
+        )
+    if len(hashes) == 1:
+        return Found(name, hashes[0], folder.seed_runs(name, hashes[0]))
+    return Found(name, problem="several spec hashes have runs", hint=f"name one: {listing}")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from lever.errors import LeverError
 from lever.io import read_text
+from lever.keys import content_key
 
 from .schema import Plan
 
@@ -279,9 +278,7 @@ def recipe_dict(plan: Plan) -> dict[str, Any]:
 
 def spec_hash(plan: Plan | dict[str, Any], length: int = 12) -> str:
     """A stable hash of the resolved recipe: sorted-key JSON, so key order and extends layout do not matter."""
-    data = recipe_dict(plan) if isinstance(plan, Plan) else plan
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    return content_key(recipe_dict(plan) if isinstance(plan, Plan) else plan, length=length)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

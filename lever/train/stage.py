@@ -23,14 +23,54 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from lever.errors import RunFailed
-from lever.io import read_jsonl, write_json, write_jsonl
+from lever.errors import DamagedState, RunFailed
+from lever.io import check_rows, read_rows, read_state, rows_record, rows_text, write_json, write_jsonl
 from lever.model import PointerSelector
 from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
 
 from . import losses as L
 from .checkpoint import State, load_resume, save_resume, save_weights, state_of
 from .groups import Batch, Groups
+
+
+def checkpoint_path(stage_dir: Path, epoch: int) -> Path:
+    """The weights a stage saved after `epoch`."""
+    return stage_dir / "ckpt" / f"epoch-{epoch:03d}.safetensors"
+
+
+def checkpoint_epochs(stage_dir: Path) -> list[int]:
+    """The epochs a stage holds weights of, in order."""
+    return sorted(int(p.stem.split("-")[1]) for p in (stage_dir / "ckpt").glob("epoch-*.safetensors"))
+
+
+def stage_rows(stage_dir: Path) -> list[dict[str, Any]]:
+    """A stage's metric rows; a cut line, or a row without its epoch, is a DamagedState."""
+    path = stage_dir / "metrics.jsonl"
+    rows = read_rows(path, fix="")
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("epoch"), int):
+            raise DamagedState(f"{path} is damaged: line {i} has no epoch")
+    return rows
+
+
+def read_result(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A finished stage's selection and metric rows (None when it has not finished), verified:
+    selected.json whole, the metrics its row count and digest, the selected checkpoint on disk."""
+    if not stage_dir.is_dir():
+        return None
+    sel = read_state(stage_dir / "selected.json", fix="")
+    if sel is None:
+        return None
+    if not isinstance(sel, dict) or not isinstance(sel.get("epoch"), int) or not isinstance(sel.get("checkpoint"), str):
+        raise DamagedState(f"{stage_dir / 'selected.json'} is damaged")
+    if "metrics" in sel:  # stages from before digests were recorded get the structural checks below
+        check_rows(stage_dir / "metrics.jsonl", sel["metrics"], fix="")
+    rows = stage_rows(stage_dir)
+    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or not any(r["epoch"] == sel["epoch"] for r in rows):
+        raise DamagedState(f"{stage_dir / 'metrics.jsonl'} is damaged: its epochs do not run 1..N with the selected one")
+    if not (stage_dir / sel["checkpoint"]).is_file():
+        raise DamagedState(f"{stage_dir / sel['checkpoint']} (the stage's selected checkpoint) is missing")
+    return sel, rows
 
 
 class Reporter(Protocol):
@@ -115,9 +155,10 @@ def derive_seed(seed: int, *parts: object) -> int:
 def pick(rows: list[dict[str, Any]], select: SelectSpec, pin: int | None) -> tuple[dict[str, Any], str]:
     """The selected epoch's row and why. Ties go to the earliest epoch."""
     if pin is not None:
-        if pin > len(rows):
+        row = next((r for r in rows if r["epoch"] == pin), None)
+        if row is None:
             raise RunFailed(f"select.epoch = {pin} but the stage has only {len(rows)} epochs")
-        return rows[pin - 1], f"epoch {pin} pinned by select.epoch"
+        return row, f"epoch {pin} pinned by select.epoch"
     values = [r.get(select.metric) for r in rows]
     if any(v is None for v in values):
         raise RunFailed(f"select.metric '{select.metric}' is not logged by this stage; logged: {', '.join(sorted(rows[0]))}")
@@ -195,14 +236,20 @@ class StageRunner:
     # ------------------------------------------------------------------ setup / resume
 
     def _resume(self) -> tuple[int, list[dict[str, Any]]]:
-        state = load_resume(self.dir / "resume.pt")
-        if state is None:
-            return 1, []
-        self.model.load_state_dict(state["model"])
-        self.optim.load_state_dict(state["optim"])
-        self.step, self.beta = int(state["step"]), float(state["beta"])
-        done = int(state["epoch"])
-        rows = [r for r in read_jsonl(self.dir / "metrics.jsonl") if r["epoch"] <= done]
+        path = self.dir / "resume.pt"
+        try:
+            state = load_resume(path)
+            if state is None:
+                return 1, []
+            self.model.load_state_dict(state["model"])
+            self.optim.load_state_dict(state["optim"])
+            self.step, self.beta = int(state["step"]), float(state["beta"])
+            done = int(state["epoch"])
+        except Exception as err:  # cut, foreign or edited: never guess where training stood
+            raise DamagedState(f"{path} is damaged ({type(err).__name__}: {err})") from None
+        rows = [r for r in stage_rows(self.dir) if r["epoch"] <= done]
+        if [r["epoch"] for r in rows] != list(range(1, done + 1)):
+            raise DamagedState(f"{self.dir / 'metrics.jsonl'} is damaged: it lacks rows of epochs 1-{done} that {path} records")
         self.rep.info(f"{self.s.name}: resuming after epoch {done} of {self.s.epochs}")
         return done + 1, rows
 
@@ -263,6 +310,7 @@ class StageRunner:
                 "value": best.get(self.select.metric),
                 "reason": reason,
                 "checkpoint": f"ckpt/{ckpt.name}",
+                "metrics": rows_record(rows_text(rows)),  # what a reuse checks metrics.jsonl against
             },
         )
         (self.dir / "resume.pt").unlink(missing_ok=True)  # optimiser state is no longer needed

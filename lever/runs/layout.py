@@ -1,0 +1,354 @@
+"""The layout of a runs folder: the one module that knows where a run keeps what.
+
+    <runs>/<plan>/<spec hash>/seed-<seed>/        a plan's run (RunDir)
+        spec.json  provenance.json  status.json  stages.json  metrics.jsonl  selected.json
+        eval/selected.json                        which evaluation is the selected checkpoint's
+        eval/<key>/                               one evaluation (EvalDir): results.jsonl summary.json partial-<rank>.jsonl
+    <runs>/<plan>/<spec hash>/report/             PNG training curves (`lever report`)
+    <runs>/<plan>/<spec hash>/.seed-<seed>.lock   held while the run trains
+    <runs>/_stages/<stage>-<key>/                 a stage's epochs (its files are lever.train.stage's)
+
+Every path stored inside the runs folder is relative to it, so a moved or copied runs
+folder (or `LEVER_RUNS` pointed at a copy) works and reads only itself. Everything written
+can be verified: summaries and finished runs record the row count and digest of their rows,
+and a reader that finds damage raises a DamagedState naming the file and the command that
+repairs it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lever.errors import DamagedState
+from lever.io import check_rows, read_rows, read_state, write_json, write_rows
+
+STATES = ("running", "trained", "done", "failed", "interrupted")
+STAGES = "_stages"
+
+
+@dataclass(frozen=True)
+class RunsFolder:
+    """The runs folder: plans' runs and the shared stage folders."""
+
+    root: Path
+
+    def run(self, plan: str, spec_hash: str, seed: int) -> RunDir:
+        return RunDir(self.root / plan / spec_hash / f"seed-{seed}")
+
+    def stage(self, name: str, key: str) -> Path:
+        return self.root / STAGES / f"{name}-{key}"
+
+    def stage_lock(self, name: str, key: str) -> Path:
+        return self.root / STAGES / f".{name}-{key}.lock"
+
+    def store(self, path: Path) -> str:
+        """`path` as stored in a state file: relative to the runs folder."""
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
+    def resolve(self, stored: Any, where: Path, fix: str) -> Path:
+        """A path read from a state file: relative to the runs folder, never outside it."""
+        if not isinstance(stored, str) or not stored or Path(stored).is_absolute() or ".." in Path(stored).parts:
+            raise DamagedState(
+                f"{where}: path {stored!r} is not relative to the runs folder (written by an older lever?)", hint=fix
+            )
+        return self.root / stored
+
+    def hashes(self, plan: str) -> list[str]:
+        """The spec hashes a plan has runs under, newest first."""
+        plan_dir = self.root / plan
+        if not plan_dir.is_dir():
+            return []
+        found = [h for h in plan_dir.iterdir() if h.is_dir() and any(d.is_dir() for d in h.glob("seed-*"))]
+        return [h.name for h in sorted(found, key=lambda h: -h.stat().st_mtime)]
+
+    def seed_runs(self, plan: str, spec_hash: str) -> list[RunDir]:
+        """The seed runs of one spec hash, by seed."""
+        dirs = [d for d in (self.root / plan / spec_hash).glob("seed-*") if d.is_dir()]
+        return sorted((RunDir(d) for d in dirs), key=lambda r: (r.seed is None, r.seed or 0, r.path.name))
+
+    def scan(self) -> list[RunDir]:
+        """Every run, by plan, then newest hash first, then seed."""
+        if not self.root.is_dir():
+            return []
+        plans = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != STAGES)
+        return [run for plan in plans for h in self.hashes(plan) for run in self.seed_runs(plan, h)]
+
+
+class EvalDir:
+    """One evaluation of a run: `eval/<key>/`."""
+
+    def __init__(self, path: Path, fix: str):
+        self.path, self.fix = Path(path), fix
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    def partial(self, rank: int) -> Path:
+        return self.path / f"partial-{rank}.jsonl"
+
+    def partials(self) -> list[Path]:
+        return sorted(self.path.glob("partial-*.jsonl"))
+
+    @property
+    def complete(self) -> bool:
+        return self.summary_file.is_file()
+
+    def write(self, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+        """results.jsonl, then summary.json with its splits, row count and digest (written last: it marks completion)."""
+        record = write_rows(self.results, rows)
+        summary = {**summary, "splits": summarise(rows), "results": record}
+        write_json(self.summary_file, summary)
+        for part in self.partials():
+            part.unlink()
+        return summary
+
+    def summary(self) -> dict[str, Any] | None:
+        """summary.json (None when the evaluation has not finished); damage is a DamagedState."""
+        s = read_state(self.summary_file, self.fix)
+        if s is not None and not (isinstance(s, dict) and isinstance(s.get("splits"), dict)):
+            raise DamagedState(f"{self.summary_file} is damaged: it has no splits table", hint=self.fix)
+        return s
+
+    def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The summary and its rows, verified: row count, digest, value ranges, and the summary's own numbers."""
+        summary = self.summary()
+        if summary is None:
+            raise DamagedState(f"{self.summary_file} is missing: the evaluation did not finish", hint=self.fix)
+        if "results" in summary or not self.results.is_file():
+            check_rows(self.results, summary.get("results"), self.fix)
+        # A summary from before digests were recorded is still checked below: every count and accuracy must match.
+        rows = read_rows(self.results, self.fix)
+        for i, r in enumerate(rows, start=1):
+            acc, shots = r.get("accuracy"), r.get("shots")
+            ok = (
+                isinstance(r.get("split"), str)
+                and isinstance(shots, int)
+                and shots >= 0
+                and isinstance(r.get("question_id"), int)
+                and isinstance(acc, (int, float))
+                and 0.0 <= acc <= 1.0
+                and isinstance(r.get("failed"), bool)
+            )
+            if not ok:
+                raise DamagedState(f"{self.results} is damaged: row {i} has a missing or out-of-range value", hint=self.fix)
+        if summarise(rows) != summary["splits"]:
+            raise DamagedState(f"{self.summary_file} does not match the rows of {self.results}", hint=self.fix)
+        return summary, rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Accuracy (percent, 2 decimals), questions and failures per split and shot count."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        cell = out.setdefault(r["split"], {}).setdefault(str(r["shots"]), {"accuracy": 0.0, "n": 0, "failed": 0})
+        cell["accuracy"] += r["accuracy"]
+        cell["n"] += 1
+        cell["failed"] += int(r["failed"])
+    for split in out.values():
+        for cell in split.values():
+            cell["accuracy"] = round(100.0 * cell["accuracy"] / max(cell["n"], 1), 2)
+    return out
+
+
+class RunDir:
+    """One seed run of a plan: typed paths, verified reads, atomic writes and status transitions."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path})"
+
+    @property
+    def folder(self) -> RunsFolder:
+        return RunsFolder(self.path.parents[2])
+
+    @property
+    def plan(self) -> str:
+        return self.path.parent.parent.name
+
+    @property
+    def spec_hash(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def seed(self) -> int | None:
+        name = self.path.name
+        return int(name[5:]) if name.startswith("seed-") and name[5:].isdigit() else None
+
+    # ------------------------------------------------------------------ paths
+
+    spec_file = property(lambda self: self.path / "spec.json")
+    provenance_file = property(lambda self: self.path / "provenance.json")
+    status_file = property(lambda self: self.path / "status.json")
+    stages_file = property(lambda self: self.path / "stages.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    selected_file = property(lambda self: self.path / "selected.json")
+    eval_root = property(lambda self: self.path / "eval")
+
+    @property
+    def report_dir(self) -> Path:
+        """Where `lever report` draws the PNG curves of the plan's seeds (beside them, shared)."""
+        return self.path.parent / "report"
+
+    @property
+    def lock(self) -> Path:
+        return self.path.parent / f".{self.path.name}.lock"
+
+    # ------------------------------------------------------------------ repair hints
+
+    def command(self, verb: str, *flags: str) -> str:
+        """The command that acts on this run (its plan file and overrides as recorded), e.g. `lever run P --redo`."""
+        try:
+            prov = read_state(self.provenance_file, "") or {}
+        except DamagedState:
+            prov = {}
+        parts = ["lever", verb, str(prov.get("plan_file") or f"plans/{self.plan}.toml"), *map(str, prov.get("overrides") or [])]
+        if self.seed is not None and prov.get("seeds") not in (None, [self.seed]):
+            parts += ["--seed", str(self.seed)]
+        return shlex.join([*parts, *flags])  # quoted, so it can be pasted into a shell
+
+    @property
+    def fix(self) -> str:
+        return f"repair it with `{self.command('run', '--redo')}`"
+
+    @property
+    def eval_fix(self) -> str:
+        return f"evaluate again with `{self.command('evaluate', '--redo')}`"
+
+    # ------------------------------------------------------------------ reads
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def _read(self, path: Path, default: Any = None) -> Any:
+        """A JSON state file of this run; damage names the file and the repair command."""
+        try:
+            return read_state(path, "", default)
+        except DamagedState as err:
+            err.hint = self.fix
+            raise
+
+    def spec(self) -> dict[str, Any] | None:
+        return self._read(self.spec_file)
+
+    def provenance(self, strict: bool = True) -> dict[str, Any] | None:
+        try:
+            return self._read(self.provenance_file)
+        except DamagedState:
+            if strict:
+                raise
+            return None
+
+    def status(self) -> dict[str, Any] | None:
+        """status.json (None when the run never started); a state that is not one of STATES is damage."""
+        s = self._read(self.status_file)
+        if s is not None and not (isinstance(s, dict) and s.get("state") in STATES):
+            raise DamagedState(f"{self.status_file} is damaged: no valid state", hint=self.fix)
+        return s
+
+    @property
+    def state(self) -> str | None:
+        s = self.status()
+        return None if s is None else s["state"]
+
+    def stages(self) -> list[dict[str, Any]]:
+        """stages.json entries, each with `path`: the stage folder it names."""
+        entries = self._read(self.stages_file, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "stage" in e for e in entries):
+            raise DamagedState(f"{self.stages_file} is damaged", hint=self.fix)
+        return [{**e, "path": self.folder.resolve(e.get("dir"), self.stages_file, self.fix)} for e in entries]
+
+    def selected(self) -> dict[str, Any] | None:
+        """selected.json with `path` (the selected checkpoint file) and `stage_path` (its stage folder);
+        None when the run has not finished training."""
+        sel = self._read(self.selected_file)
+        if sel is None:
+            return None
+        if not isinstance(sel, dict) or not isinstance(sel.get("epoch"), int) or "stage" not in sel:
+            raise DamagedState(f"{self.selected_file} is damaged", hint=self.fix)
+        return {
+            **sel,
+            "path": self.folder.resolve(sel.get("checkpoint"), self.selected_file, self.fix),
+            "stage_path": self.folder.resolve(sel.get("dir"), self.selected_file, self.fix),
+        }
+
+    def metrics(self) -> list[dict[str, Any]] | None:
+        """metrics.jsonl rows (None when absent), checked against the count and digest a finished run records."""
+        if not self.metrics_file.is_file():
+            return None
+        record = (self.status() or {}).get("metrics")
+        if record is not None:
+            check_rows(self.metrics_file, record, self.fix)
+        rows = read_rows(self.metrics_file, self.fix)
+        for i, r in enumerate(rows, start=1):
+            if not isinstance(r.get("epoch"), int) or not isinstance(r.get("stage"), str):
+                raise DamagedState(f"{self.metrics_file} is damaged: line {i} has no stage or epoch", hint=self.fix)
+        return rows
+
+    def eval_dir(self, key: str) -> EvalDir:
+        return EvalDir(self.eval_root / key, self.eval_fix)
+
+    def selected_eval(self) -> EvalDir | None:
+        """The evaluation of the selected checkpoint (named by eval/selected.json), else the newest finished one."""
+        pointer = read_state(self.eval_root / "selected.json", self.eval_fix)
+        if isinstance(pointer, dict) and isinstance(pointer.get("key"), str):
+            ev = self.eval_dir(pointer["key"])
+            if ev.complete:
+                return ev
+        done = [p.parent for p in self.eval_root.glob("*/summary.json")]
+        if not done:
+            return None
+        return self.eval_dir(max(done, key=lambda d: (d / "summary.json").stat().st_mtime).name)
+
+    # ------------------------------------------------------------------ writes
+
+    def set_status(self, state: str, flags: list[str] | None = None, message: str | None = None, **extra: Any) -> None:
+        """Record how the run stands: running, trained, done, failed or interrupted."""
+        assert state in STATES, state
+        write_json(self.status_file, {"state": state, "flags": list(flags or []), "message": message, **extra})
+
+    def set_state(self, state: str, message: str | None = None) -> None:
+        """Move the run to `state`, keeping its flags and records."""
+        s = self.status() or {}
+        extra = {k: v for k, v in s.items() if k not in ("state", "flags", "message")}
+        self.set_status(state, s.get("flags"), message, **extra)
+
+    def write_start(self, spec: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """A (re)start: the spec, status `running`, provenance; an earlier selection is forgotten until training ends."""
+        self.clear()
+        write_json(self.spec_file, spec)
+        self.set_status("running")
+        write_json(self.provenance_file, provenance)
+
+    def write_stages(self, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """stages.json (stage folders stored relative) and metrics.jsonl; returns the metrics' row record."""
+        stored = [{k: v for k, v in e.items() if k != "path"} | {"dir": self.folder.store(e["path"])} for e in entries]
+        write_json(self.stages_file, stored)
+        return write_rows(self.metrics_file, rows)
+
+    def write_selected(self, selected: dict[str, Any]) -> None:
+        """selected.json, its checkpoint stored relative to the runs folder."""
+        sel = {k: v for k, v in selected.items() if k not in ("path", "stage_path")}
+        write_json(self.selected_file, {**sel, "checkpoint": self.folder.store(selected["path"])})
+
+    def mark_selected_eval(self, ev: EvalDir) -> None:
+        """Record which evaluation is the selected checkpoint's (the one tables compare)."""
+        write_json(self.eval_root / "selected.json", {"key": ev.key})
+
+    def clear(self) -> None:
+        """Forget what the run recorded (status, stages, selection, metrics) before it is redone; evaluations stay."""
+        for f in (self.status_file, self.stages_file, self.selected_file, self.metrics_file):
+            f.unlink(missing_ok=True)

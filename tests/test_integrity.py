@@ -1,0 +1,384 @@
+"""Numbers you can trust, through the real `lever` entry point: changed inputs are new work, damaged
+files are clear errors (exit 2, the file and the repair named), runs move and copy, faults end cleanly."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_run import FAST, PLANS, ROOT, metrics, run_cli, seed_dirs
+from test_run import ws as ws  # noqa: F401  (a fixture)
+
+from lever.io import read_jsonl
+
+TINY = [*FAST[1:], "rce.epochs=1", "eval.shots=[1,2]"]  # one RCE epoch, 40 questions at 1 and 2 shots
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def eval_dir(run_dir: Path) -> Path:
+    (one,) = [p.parent for p in (run_dir / "eval").glob("*/summary.json")]
+    return one
+
+
+def stage_dir(ws: Path, name: str = "rce") -> Path:
+    (one,) = (ws / "runs" / "_stages").glob(f"{name}-*/")
+    return one
+
+
+def error(res, *words: str) -> None:
+    """A one-screen error: exit 2, no traceback, every word present."""
+    assert res.code == 2, res.text
+    assert "Traceback" not in res.text
+    for w in words:
+        assert w in res.err, (w, res.err)
+
+
+# ---------------------------------------------------------------- inputs in the key
+
+
+def test_changed_features_and_candidates_are_new_work(lever, ws, tmp_path):
+    from lever.runs.sources import bench_paths
+    from lever.spec.workspace import load_workspace
+
+    paths = bench_paths(load_workspace(os.environ["LEVER_WORKSPACE"]), lambda m: None)
+    feats, cands = tmp_path / "feats.pt", tmp_path / "cands.json"
+    shutil.copy(paths.features, feats)
+    shutil.copy(paths.candidates, cands)
+    args = [PLANS / "baseline.toml", *TINY, f"data.features={feats}", f"data.candidates={cands}"]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    first = metrics(run_dir)
+    again = run_cli(lever, "run", *args)
+    assert "already trained" in again.text and "evaluation cached" in again.text
+    torch.save(torch.load(feats) * 0.5, feats)  # same shape, other content
+    error(run_cli(lever, "evaluate", *args), "trained on other candidate data or features", "lever run")
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "features changed since it was trained" in res.text
+    assert metrics(run_dir) != first and len(list((run_dir / "eval").glob("*/summary.json"))) == 2
+    data = json.loads(cands.read_text())
+    data["_meta"]["note"] = "edited"
+    cands.write_text(json.dumps(data))
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "candidates changed since it was trained" in res.text
+    runs = run_cli(lever, "runs")
+    assert "candidates:" in runs.out and "features:" in runs.out
+
+
+# ---------------------------------------------------------------- damaged results and metrics
+
+
+def test_cut_or_edited_results_are_an_error_until_redone(lever, ws):
+    args = [PLANS / "baseline.toml", *TINY]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    results = eval_dir(run_dir) / "results.jsonl"
+    good = results.read_text()
+    results.write_text("".join(good.splitlines(keepends=True)[:-5]))  # rows cut
+    error(run_cli(lever, "compare", "baseline", "--baseline", "baseline"), str(results), "lever evaluate", "--redo")
+    error(run_cli(lever, "evaluate", *args), "has 75 rows but 80 were written", "--redo")
+    lines = good.splitlines(keepends=True)
+    row = json.loads(lines[0])
+    row["accuracy"] = 5.0  # 500%
+    results.write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+    error(run_cli(lever, "report", "baseline"), str(results), "changed after it was written")
+    res = run_cli(lever, "evaluate", *args, "--redo")
+    assert res.code == 0, res.text
+    assert results.read_text() == good  # answered again: the same rows
+    assert run_cli(lever, "compare", "baseline", "--baseline", "baseline").code == 0
+
+
+def test_a_summary_out_of_line_with_its_rows_is_an_error(lever, ws):
+    from lever.runs.layout import EvalDir
+
+    args = [PLANS / "baseline.toml", *TINY]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    ev = EvalDir(eval_dir(run_dir), fix="")
+    summary = json.loads(ev.summary_file.read_text())
+    summary["splits"]["val"]["1"]["n"] = 100  # a header that claims more questions than the rows hold
+    ev.summary_file.write_text(json.dumps(summary))
+    error(run_cli(lever, "runs"), str(ev.summary_file), "does not match the rows")
+    rows = [json.loads(x) for x in ev.results.read_text().splitlines()]
+    rows[0]["accuracy"] = 2.0
+    summary["results"] = __import__("lever.io", fromlist=["write_rows"]).write_rows(ev.results, rows)
+    ev.summary_file.write_text(json.dumps(summary))  # digest "fixed" by hand: the value range still catches it
+    error(run_cli(lever, "runs"), str(ev.results), "out-of-range")
+
+
+def test_damaged_metrics_lines_are_errors_not_dropped(lever, ws):
+    args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    m = run_dir / "metrics.jsonl"
+    good = m.read_text()
+    m.write_text(good[:-20])  # a cut line
+    error(run_cli(lever, "report", "baseline"), str(m), "--redo")
+    rows = [json.loads(x) for x in good.splitlines()]
+    del rows[0]["epoch"]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))  # a line without its epoch
+    error(run_cli(lever, "report", "baseline"), str(m))
+    res = run_cli(lever, "run", *args, "--redo")
+    assert res.code == 0 and "rce: reusing" in res.text
+    assert m.read_text() == good
+    # A stage whose metrics are damaged is not reused silently by the next plan that needs it.
+    sm = stage_dir(ws) / "metrics.jsonl"
+    sm.write_text("".join(sm.read_text().splitlines(keepends=True)[1:]))  # epoch 1's row lost
+    res = run_cli(lever, "run", PLANS / "plan1.toml", *FAST, "grpo.epochs=1", "--no-eval")
+    error(res, str(sm), "--retrain-stage rce")
+    (p1,) = seed_dirs(ws, "plan1")
+    assert status(p1)["state"] == "failed"
+    res = run_cli(lever, "run", PLANS / "plan1.toml", *FAST, "grpo.epochs=1", "--no-eval", "--retrain-stage", "rce")
+    assert res.code == 0, res.text
+    assert status(p1)["state"] == "trained"
+    assert [r for r in metrics(p1) if r["stage"] == "rce"] == metrics(run_dir)  # retrained: the same numbers
+
+
+def test_pinned_epoch_is_looked_up_by_epoch(lever, ws):
+    from lever.spec.schema import SelectSpec
+    from lever.train.stage import pick
+
+    rows = [{"stage": "rce", "epoch": e, "val/loss": 1.0 / e} for e in (1, 3, 4)]  # epoch 2's row missing
+    assert pick(rows, SelectSpec(), 3)[0]["epoch"] == 3
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "select.epoch=1", "--no-eval")
+    assert res.code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert json.loads((run_dir / "selected.json").read_text())["epoch"] == 1
+
+
+# ---------------------------------------------------------------- damaged and deleted state files
+
+
+def test_damaged_run_state_files_are_named_with_their_repair(lever, ws):
+    args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    before = metrics(run_dir)
+    for name, damage in (("status.json", '{"state": "runn'), ("selected.json", "{}"), ("stages.json", "[1, 2]")):
+        f = run_dir / name
+        good = f.read_text()
+        f.write_text(damage)
+        error(run_cli(lever, "run", *args), str(f), "--redo")
+        f.write_text(good)
+    (run_dir / "selected.json").unlink()
+    error(run_cli(lever, "run", *args), "selected.json is missing", "--redo")
+    error(run_cli(lever, "evaluate", *args[:-1]), "selected.json is missing", "--redo")
+    assert run_cli(lever, "run", *args, "--redo").code == 0
+    shutil.rmtree(stage_dir(ws))
+    error(run_cli(lever, "run", *args), "stage folder", "is missing", "--redo")
+    res = run_cli(lever, "run", *args, "--redo")
+    assert res.code == 0 and status(run_dir)["state"] == "trained"
+    assert metrics(run_dir) == before
+
+
+def test_damaged_stage_files_are_named_with_their_repair(lever, ws):
+    args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    before = metrics(run_dir)
+    stage = stage_dir(ws)
+    (stage / "selected.json").write_text('{"stage": "rce", "ep')
+    error(run_cli(lever, "run", *args, "--redo"), str(stage / "selected.json"), "--retrain-stage rce")
+    assert status(run_dir)["state"] == "failed"
+    # An unfinished stage with a damaged resume state: never guess where training stood.
+    (stage / "selected.json").unlink()
+    (stage / "resume.pt").write_bytes(b"not a resume state")
+    error(run_cli(lever, "run", *args, "--redo"), str(stage / "resume.pt"), "--retrain-stage rce")
+    error(run_cli(lever, "run", *args, "--retrain-stage", "grpo"), "no such stage", "rce")
+    assert run_cli(lever, "run", *args, "--retrain-stage", "rce").code == 0
+    ckpt = next((stage / "ckpt").glob("*.safetensors"))
+    for c in (stage / "ckpt").glob("*.safetensors"):
+        c.write_bytes(b"cut short")  # the selected checkpoint's weights damaged
+    error(run_cli(lever, "run", *args, "--redo"), str(stage), "--retrain-stage rce")
+    assert ckpt.read_bytes() == b"cut short"
+    res = run_cli(lever, "run", *args, "--retrain-stage", "rce")
+    assert res.code == 0, res.text
+    assert metrics(run_dir) == before and status(run_dir)["state"] == "trained"
+
+
+# ---------------------------------------------------------------- relocatable runs
+
+
+def test_moved_and_copied_runs_folders_work_and_read_only_themselves(lever, ws, monkeypatch, tmp_path):
+    args = [PLANS / "baseline.toml", *TINY]
+    assert run_cli(lever, "run", *args).code == 0
+    for name in ("selected.json", "stages.json"):
+        text = next((ws / "runs" / "baseline").glob(f"*/seed-0/{name}")).read_text()
+        assert str(tmp_path) not in text  # no absolute paths inside the runs folder
+    moved = tmp_path / "moved"
+    shutil.move(ws / "runs", moved)
+    monkeypatch.setenv("LEVER_RUNS", str(moved))
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "already trained" in res.text and "evaluation cached" in res.text
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    shutil.rmtree(moved / "_stages")  # the original loses its checkpoints: the copy must not need them
+    monkeypatch.setenv("LEVER_RUNS", str(copy))
+    res = run_cli(lever, "evaluate", *args, "--epoch", "1")
+    assert res.code == 0, res.text
+    assert run_cli(lever, "compare", "baseline", "--baseline", "baseline").code == 0
+    monkeypatch.setenv("LEVER_RUNS", str(moved))
+    error(run_cli(lever, "run", *args), "is missing", "--redo")
+
+
+# ---------------------------------------------------------------- faults end cleanly
+
+
+def test_full_disk_while_training_is_a_clear_error_then_resumes(lever, ws, monkeypatch):
+    import lever.train.stage as stage_mod
+
+    args = [PLANS / "baseline.toml", *FAST, "rce.epochs=3", "--no-eval"]
+    real = stage_mod.save_resume
+    calls = {"n": 0}
+
+    def full(path, state):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, state)
+
+    monkeypatch.setattr(stage_mod, "save_resume", full)
+    error(run_cli(lever, "run", *args), "No space left on device", "resume.pt")
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert status(run_dir)["state"] == "failed" and not (run_dir / "selected.json").exists()
+    monkeypatch.setattr(stage_mod, "save_resume", real)
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "resuming after epoch 1" in res.text
+    assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
+
+
+def test_full_disk_while_evaluating_is_a_clear_error(lever, ws, monkeypatch):
+    import lever.runs.layout as layout
+
+    args = [PLANS / "baseline.toml", *TINY]
+    assert run_cli(lever, "run", *args, "--no-eval").code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    error(run_cli(lever, "evaluate", *args, "--epoch", "9"), "no such checkpoint")
+    assert status(run_dir)["state"] == "trained"  # a bad request is not a failed run
+
+    def full(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(layout, "write_rows", full)
+    error(run_cli(lever, "evaluate", *args), "No space left on device", "results.jsonl")
+    assert status(run_dir)["state"] == "failed" and not list((run_dir / "eval").glob("*/summary.json"))
+    monkeypatch.undo()
+    monkeypatch.setenv("LEVER_WORKSPACE", str(ws / "lever.toml"))
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "resuming" in res.text  # the partial answers were kept
+    assert status(run_dir)["state"] == "done"
+
+
+def test_full_disk_while_generating_the_benchmark_is_a_clear_error(lever, tmp_path, monkeypatch):
+    import lever.bench.cache as cache
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cache, "_write_lines", full)
+    ws = tmp_path / "lever.toml"
+    ws.write_text('runs = "runs"\ncache = "cache"\n[bench]\nn_train = 200\nn_queries = 40\nn_val = 20\n')
+    res = lever("--workspace", ws, "run", PLANS / "baseline.toml", "rce.epochs=1", "--no-eval")
+    error(res, "could not write the benchmark", "No space left on device")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("bench-")]
+
+
+def test_a_torch_write_failure_becomes_an_oserror(tmp_path):
+    from lever.io import atomic_write
+
+    def fails(path):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed")
+
+    with pytest.raises(OSError, match="write failed"):
+        atomic_write(tmp_path / "x.pt", fails)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_process_marks_the_run_interrupted(lever, ws, monkeypatch):
+    from lever.train.stage import StageRunner
+
+    args = [PLANS / "baseline.toml", *FAST, "rce.epochs=3", "--no-eval"]
+    real = StageRunner._epoch
+
+    def ctrl_c_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(StageRunner, "_epoch", ctrl_c_in_epoch_2)
+    res = run_cli(lever, "run", *args)
+    assert res.code == 130 and "interrupted" in res.err and "Traceback" not in res.text
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert status(run_dir)["state"] == "interrupted"
+    monkeypatch.setattr(StageRunner, "_epoch", real)
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "resuming after epoch 1" in res.text and status(run_dir)["state"] == "trained"
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_interrupted_and_the_next_run_resumes(lever, ws, tmp_path):
+    overrides = [*FAST, "rce.epochs=4", "--no-eval"]
+    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml")]
+    proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # interrupt once at least one epoch is on disk
+        files = sorted((ws / "runs" / "_stages").glob("rce-*/metrics.jsonl"))
+        if files and len(read_jsonl(files[0])) >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert status(run_dir)["state"] == "interrupted"
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *overrides)
+    assert res.code == 0 and "rce: resuming after epoch" in res.text
+    other = tmp_path / "clean.toml"
+    other.write_text(Path(os.environ["LEVER_WORKSPACE"]).read_text().replace('runs = "runs"', 'runs = "clean"'))
+    assert lever("--workspace", other, "run", PLANS / "baseline.toml", *overrides).code == 0
+    (clean,) = sorted((tmp_path / "clean" / "baseline").glob("*/seed-*"))
+    assert metrics(run_dir) == metrics(clean)
+
+
+# ---------------------------------------------------------------- which hash a row is
+
+
+def test_reports_name_the_hash_and_mark_overrides(lever, ws):
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *TINY).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    h = run_dir.parent.name
+    runs = run_cli(lever, "runs")
+    assert f"{h}*" in runs.out and f"* baseline@{h}: overrides" in runs.out
+    res = run_cli(lever, "compare", PLANS / "baseline.toml", "--baseline", PLANS / "baseline.toml")
+    assert "no run of the plan file as it is now" in res.text and f"baseline@{h}" in res.text
+    rep = run_cli(lever, "report", PLANS / "baseline.toml")
+    error(rep, "no run of the plan file as it is now", f"baseline@{h}")
+    rep = run_cli(lever, "report", f"baseline@{h[:5]}")
+    assert rep.code == 0 and f"hash {h}  overrides" in rep.out and "inputs" in rep.out
+
+
+def test_a_summary_from_before_digests_is_still_checked_against_its_rows(tmp_path):
+    from lever.errors import DamagedState
+    from lever.runs.layout import EvalDir
+
+    ev = EvalDir(tmp_path / "eval" / "k", fix="lever evaluate P --redo")
+    rows = [{"split": "val", "shots": 1, "question_id": q, "accuracy": float(q % 2), "failed": False} for q in range(4)]
+    summary = ev.write(rows, {})
+    del summary["results"]  # as an older lever wrote it
+    ev.summary_file.write_text(json.dumps(summary))
+    assert ev.read()[1] == rows
+    ev.results.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))  # a row cut
+    with pytest.raises(DamagedState, match="does not match the rows"):
+        ev.read()

@@ -1,0 +1,36 @@
+"""The arrows of the house point one way: spec -> data -> train -> runs -> eval -> report, and `lever` never imports `cli`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+LEVER = Path(__file__).resolve().parents[1] / "lever"
+# Lower rank = lower layer; a module may import its own layer or lower ones only.
+RANK = {"errors": 0, "io": 0, "keys": 0, "device": 0, "spec": 1, "data": 2, "bench": 2, "model": 2,
+        "train": 3, "runs": 4, "eval": 5, "report": 6}  # fmt: skip
+
+
+def layer(module: str) -> str:
+    """`lever.runs.layout` -> `runs`."""
+    return module.split(".")[1]
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    bad = []
+    for path in sorted(LEVER.rglob("*.py")):
+        rel = path.relative_to(LEVER)
+        if len(rel.parts) == 1 and rel.stem == "__init__":
+            continue
+        own = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith(("cli", "lever_cli")), f"{rel} imports {name}"
+                if name.startswith("lever.") and RANK[layer(name)] > RANK[own]:
+                    bad.append(f"{rel} imports {name}")
+    assert bad == []
