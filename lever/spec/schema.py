@@ -144,7 +144,8 @@ class RCESpec(OptimSpec):
     temp_start: float = Field(2.0, gt=0, description="tau at the first RCE step")
     temp_end: float = Field(0.5, gt=0, description="tau at the last RCE step (linear in between)")
     rewards: Literal["raw", "normalized"] = Field(
-        "raw", description="Weight by raw rewards or group-normalised (z-score) rewards"
+        "raw",
+        description="Weight by the raw (clipped, never normalised, whatever reward.normalize says) rewards, or by their group z-score",
     )
     target: Literal["weighted", "top1"] = Field(
         "weighted", description="weighted = RCE over the group; top1 = plain CE on the best sequence"

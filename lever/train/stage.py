@@ -158,6 +158,15 @@ def all_logprobs(model: PointerSelector, groups: Groups, batch_size: int = 256) 
     return out
 
 
+def rce_rewards(b: Batch, kind: str, std_floor: float) -> Tensor:
+    """The rewards RCE weights by (rce.rewards): "raw" = the clipped rewards before any
+    normalisation, whatever reward.normalize says; "normalized" = their group z-score
+    (floor reward.normalize_std_floor). [B, G]."""
+    if kind == "raw":
+        return b.raw
+    return L.group_advantages(b.raw, b.mask, "zscore", std_floor, clip=None)
+
+
 def _check_finite(value: Tensor, what: str, stage: str, epoch: int, step: int) -> None:
     if not torch.isfinite(value).all():
         raise RunFailed(f"{stage} epoch {epoch} step {step}: {what} is {float(value)}; stopped, the last good checkpoint is kept")
@@ -328,13 +337,10 @@ class StageRunner:
         opt: RCESpec = self.s.opt  # type: ignore[assignment]
         logp = self.model.sequence_logprobs(self.model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
         if opt.target == "top1":
-            loss, tau = L.top1_ce_loss(logp, b.rewards, b.mask), 0.0
+            loss, tau = L.top1_ce_loss(logp, b.raw, b.mask), 0.0
         else:
             tau = L.linear_schedule(self.step, self.total_steps, opt.temp_start, opt.temp_end)
-            rewards = b.rewards
-            if opt.rewards == "normalized":
-                rewards = L.group_advantages(b.rewards, b.mask, "zscore", self.s.std_floor, clip=None)
-            loss = L.rce_loss(logp, rewards, b.mask, tau)
+            loss = L.rce_loss(logp, rce_rewards(b, opt.rewards, self.s.std_floor), b.mask, tau)
         return loss, {"losses/rce": loss.item(), "rce/tau": tau, "train/loss": loss.item()}
 
     def _grpo_loss(self, b: Batch, epoch: int) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
