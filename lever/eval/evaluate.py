@@ -21,7 +21,7 @@ from typing import Any
 
 from lever.errors import LeverError
 from lever.io import read_json, read_jsonl, write_json, write_jsonl
-from lever.model import PointerSelector
+from lever.model import build_selector
 from lever.spec import Plan, Workspace
 from lever.train.checkpoint import checkpoint_info, load_into, load_weights, state_digest
 
@@ -94,7 +94,7 @@ def evaluate_run(
     r = ranks()
     backend = world.make_backend(r.device())
     m = plan.model
-    model = PointerSelector(world.train_features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature)
+    model = build_selector(world.train_features.shape[1], m)
     load_into(model, state, ckpt["checkpoint"])
     spec = plan.eval
     if spec.pool_size > len(world.train_items):

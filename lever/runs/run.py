@@ -31,12 +31,21 @@ from lever.data.rewards import compute_rewards, raw_rewards
 from lever.device import resolve_device
 from lever.errors import LeverError, RunFailed
 from lever.io import file_lock, read_json, read_jsonl, write_json, write_jsonl
-from lever.model import PointerSelector
+from lever.model import SelectorBase, build_selector
 from lever.spec import LoadedPlan, Workspace, load_plan
 from lever.spec.schema import DataFilter, Plan
 from lever.train.checkpoint import State, load_into, load_weights, state_digest
 from lever.train.groups import Groups
-from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, Stage, StageRunner, derive_seed
+from lever.train.stage import (
+    STAGE_METRICS,
+    Reporter,
+    SilentReporter,
+    Stage,
+    StageRunner,
+    derive_seed,
+    grpo_flags,
+    handoff_checkpoint,
+)
 
 from .sources import load_features, resolve_train_sources
 
@@ -78,7 +87,7 @@ def _key(*parts: Any) -> str:
 # --------------------------------------------------------------------------- start point
 
 
-def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector) -> tuple[State | None, str]:
+def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: SelectorBase) -> tuple[State | None, str]:
     """Load the plan's start weights into `model` (none for a fresh seeded init); returns them and a key naming them."""
     st = lp.plan.start
     if st.kind == "scratch":
@@ -196,7 +205,7 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
     val_groups = groups(val)
     torch.manual_seed(derive_seed(seed, "init"))
     m = plan.model
-    model = PointerSelector(features.shape[1], m.hidden, m.layers, m.heads, m.dropout, m.score_temperature).to(device)
+    model = build_selector(features.shape[1], m).to(device)
     _, prev_key = start_state(lp, ws, seed, model)  # loads the start weights into the model
     # Inputs resolved: from here on the run directory exists and records what happens.
     write_json(run_dir / "spec.json", lp.recipe())
@@ -251,7 +260,10 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
                 rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
         assert result is not None
         sel, rows = result
-        model.load_state_dict(load_weights(stage_dir / sel["checkpoint"]))  # the next stage starts from this selection
+        handoff = (
+            "selected" if last else stages[i + 1][0].opt.handoff
+        )  # the next stage starts from this selection, or the last epoch
+        model.load_state_dict(load_weights(stage_dir / handoff_checkpoint(sel, rows, handoff)))
         entries.append({"stage": stage.name, "kind": stage.kind, "key": key, "dir": str(stage_dir.resolve()), **sel})
         all_rows += rows
         write_json(run_dir / "stages.json", entries)
@@ -282,6 +294,7 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
             flags.append(f"near-zero advantages in {e['stage']} (adv/std {row['adv/std']:.4f})")
         if row and row.get("adv/zero_frac", 0.0) > 0.5:
             flags.append(f"{row['adv/zero_frac']:.0%} of {e['stage']} groups had all-zero advantages")
+        flags += grpo_flags(e["stage"], [r for r in rows if r["stage"] == e["stage"]])
     return flags
 
 

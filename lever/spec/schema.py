@@ -101,18 +101,41 @@ class RewardSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """The pointer selector (DOMAIN.md section 5)."""
+    """The pointer selector (docs/architecture.md)."""
 
+    arch: Literal["lever", "lever-plus-v3"] = Field(
+        "lever",
+        description="lever = lever's selector (the settings below shape it); lever-plus-v3 = the original's selector, "
+        "parameter for parameter (its state-dict names and shapes; no projection biases, xavier init)",
+    )
     hidden: int = Field(256, ge=1, le=8192, description="Hidden size after the input projection")
     layers: int = Field(1, ge=1, le=16, description="Cross-attention layers (query attends over the pool)")
     heads: int = Field(1, ge=1, le=64, description="Attention heads per layer")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the output projections")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the output projections (the original: 0.5)")
+    attn_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the attention weights (the original: 0.1)")
+    dropout_mask: Literal["group", "sequence"] = Field(
+        "group",
+        description="group = one dropout mask per query, shared by all its sequences (one encoding per query); "
+        "sequence = a mask per sequence, as the original (it encodes the pool again for every sequence; G times the cost)",
+    )
+    proj_bias: bool = Field(True, description="arch lever: biases on the query and candidate projections (the original has none)")
+    init: Literal["default", "xavier"] = Field(
+        "default",
+        description="arch lever: default = PyTorch's initialisation of the input projection and gate; "
+        "xavier = xavier-uniform for both and a zero gate bias, as the original",
+    )
     score_temperature: float = Field(0.1, gt=0, description="Scores are cosine / this")
 
     @model_validator(mode="after")
     def _heads(self) -> ModelSpec:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        fixed = sorted({"proj_bias", "init"} & self.model_fields_set)
+        if self.arch == "lever-plus-v3" and fixed:
+            raise ValueError(
+                f"{', '.join(fixed)}: arch 'lever-plus-v3' fixes these as the original had them (no projection biases, xavier); "
+                "remove them or use arch = 'lever'"
+            )
         return self
 
 
@@ -128,7 +151,12 @@ class OptimSpec(Strict):
     )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step")
+    batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step (the original: 1, whatever it was told)")
+    lr_scaling: Literal["none", "sqrt", "linear"] = Field(
+        "none",
+        description="How the learning rate follows batch_size: none = lr as given; sqrt / linear = lr is a batch-1 rate "
+        "(the log's rates are), multiplied by sqrt(batch_size) / batch_size",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping)")
     freeze_backbone: bool = Field(
         False, description="Freeze the input projection and cross-attention (about half the parameters)"
@@ -155,7 +183,11 @@ class RCESpec(OptimSpec):
 class AdaptiveKL(Strict):
     """Adaptive KL coefficient: beta x factor when KL > high, / factor when KL < low."""
 
-    enabled: bool = Field(False, description="Adapt beta after every epoch")
+    enabled: bool = Field(False, description="Adapt beta (after every epoch or step, see cadence)")
+    cadence: Literal["epoch", "step"] = Field(
+        "epoch",
+        description="epoch = adapt once per epoch on the epoch's mean KL; step = after every step on its KL (the original)",
+    )
     low: float = Field(0.01, ge=0, description="Shrink beta when the epoch's KL is below this")
     high: float = Field(0.1, gt=0, description="Grow beta when the epoch's KL is above this")
     factor: float = Field(1.5, gt=1, description="Multiplicative step")
@@ -191,6 +223,13 @@ class AdvantageSpec(Strict):
     )
     std_floor: float = Field(0.1, gt=0, description="zscore only: divide by max(std, this)")
     clip: float = Field(5.0, gt=0, description="Clip advantages to [-clip, clip]")
+    normalization: Literal["lever", "original"] = Field(
+        "lever",
+        description="lever = advantages from the rewards of the kept top-k sequences (the floor in reward units); "
+        "original = two stages: z-score each whole group's raw rewards, clamp to +-group_clip, keep the top-k of those, "
+        "then `kind` over the kept values (the floor in z units)",
+    )
+    group_clip: float = Field(3.0, gt=0, description="normalization = original: clamp of the first, whole-group z-score")
 
 
 class CurriculumStep(Strict):
@@ -217,6 +256,20 @@ class GRPOSpec(OptimSpec):
     top_k_schedule: list[CurriculumStep] = Field(
         default_factory=list,
         description="Beam curriculum: top-k sequences per group by epoch (empty = all sequences every epoch)",
+    )
+    top_k_ties: Literal["index", "topk"] = Field(
+        "index",
+        description="Which of equally rewarded sequences make the top-k: index = the lower index first; "
+        "topk = the order torch.topk returns (the original's)",
+    )
+    policy_mode: Literal["eval", "train"] = Field(
+        "eval",
+        description="eval = GRPO runs without dropout, so the ratio is exactly 1 before the first update; "
+        "train = dropout active against an eval-mode reference (the original)",
+    )
+    handoff: Literal["selected", "last"] = Field(
+        "selected",
+        description="This stage starts from the previous stage's selected epoch, or from its last epoch (the original)",
     )
 
     @model_validator(mode="after")

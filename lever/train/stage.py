@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lever.errors import RunFailed
 from lever.io import read_jsonl, write_json, write_jsonl
-from lever.model import PointerSelector
+from lever.model import SelectorBase
 from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
 
 from . import losses as L
@@ -88,7 +88,9 @@ STAGE_METRICS = {
         "adv/max",
         "adv/zero_frac",
         "policy/clip_frac",
+        "policy/clip_frac_pos",
         "policy/ratio_mean",
+        "policy/first_step_ratio",
     ),
 }
 
@@ -105,6 +107,48 @@ def lr_at(step: int, total: int, opt: OptimSpec, peak: float) -> float:
     if opt.schedule == "cosine":
         return peak * 0.5 * (1 + math.cos(math.pi * progress))
     return peak * (1 - progress)
+
+
+def lr_scale(opt: OptimSpec) -> float:
+    """Factor on the plan's learning rate for its batch size (optim lr_scaling):
+    none = 1, sqrt = sqrt(batch_size), linear = batch_size (the plan's lr is a batch-1 rate)."""
+    if opt.lr_scaling == "sqrt":
+        return math.sqrt(opt.batch_size)
+    if opt.lr_scaling == "linear":
+        return float(opt.batch_size)
+    return 1.0
+
+
+def handoff_checkpoint(selected: dict[str, Any], rows: list[dict[str, Any]], handoff: str) -> str:
+    """The checkpoint (relative to the stage directory) the next stage starts from:
+    the stage's selected epoch, or its last epoch (grpo.handoff = "last", the original)."""
+    if handoff == "last":
+        return f"ckpt/epoch-{max(r['epoch'] for r in rows):03d}.safetensors"
+    return selected["checkpoint"]
+
+
+# A GRPO stage's first-step mean ratio outside [1 / FAR_RATIO, FAR_RATIO] is flagged: the
+# reference is not the policy being trained, so clipped terms carry no gradient from the start.
+FAR_RATIO = 1.25
+CLIPPED_POS_MOST = 0.5  # an epoch with more than this share of A > 0 terms clipped is flagged
+
+
+def grpo_flags(stage: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Warnings about a GRPO stage's ratio diagnostics (its epoch rows, in order)."""
+    flags = []
+    first = rows[0].get("policy/first_step_ratio") if rows else None
+    if first is not None and not (1 / FAR_RATIO <= first <= FAR_RATIO):
+        flags.append(
+            f"{stage}: first-step PPO ratio {first:.2f} is far from 1: the reference is not the policy being trained; "
+            "clipped terms carry no gradient"
+        )
+    most = [r["epoch"] for r in rows if r.get("policy/clip_frac_pos", 0.0) > CLIPPED_POS_MOST]
+    if most:
+        flags.append(
+            f"{stage}: in {len(most)} of {len(rows)} epochs most positive-advantage terms were clipped to no gradient "
+            f"(first: epoch {most[0]})"
+        )
+    return flags
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -130,7 +174,7 @@ def pick(rows: list[dict[str, Any]], select: SelectSpec, pin: int | None) -> tup
 
 
 @torch.no_grad()
-def validation_loss(model: PointerSelector, val: Groups, batch_size: int = 256) -> float:
+def validation_loss(model: SelectorBase, val: Groups, batch_size: int = 256) -> float:
     """The log's validation loss: RCE at tau = 1 on raw rewards over held-out queries."""
     if val.num_queries == 0:
         return float("nan")
@@ -138,7 +182,7 @@ def validation_loss(model: PointerSelector, val: Groups, batch_size: int = 256) 
     model.eval()
     total, n = 0.0, 0
     for b in val.batches(torch.arange(val.num_queries), batch_size):
-        logp = model.sequence_logprobs(model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
+        logp = model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
         total += float(L.rce_loss(logp, b.raw, b.mask, 1.0)) * b.mask.shape[0]
         n += b.mask.shape[0]
     model.train(was)
@@ -146,13 +190,13 @@ def validation_loss(model: PointerSelector, val: Groups, batch_size: int = 256) 
 
 
 @torch.no_grad()
-def all_logprobs(model: PointerSelector, groups: Groups, batch_size: int = 256) -> Tensor:
+def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256) -> Tensor:
     """Log-probability of every sequence of `groups` under `model` (eval mode): [S]."""
     was = model.training
     model.eval()
     out = torch.zeros(groups.data.num_sequences, device=groups.features.device)
     for b in groups.batches(torch.arange(groups.num_queries), batch_size):
-        logp = model.sequence_logprobs(model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
+        logp = model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
         out[b.seq[b.mask]] = logp[b.mask]
     model.train(was)
     return out
@@ -179,7 +223,7 @@ class StageRunner:
         self,
         stage: Stage,
         stage_dir: Path,
-        model: PointerSelector,
+        model: SelectorBase,
         train: Groups,
         val: Groups,
         seed: int,
@@ -194,7 +238,8 @@ class StageRunner:
         opt = stage.opt
         model.set_backbone_frozen(opt.freeze_backbone)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optim = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=opt.weight_decay, foreach=True)
+        self.peak_lr = stage.lr * lr_scale(opt)
+        self.optim = torch.optim.AdamW(self.params, lr=self.peak_lr, weight_decay=opt.weight_decay, foreach=True)
         self.steps_per_epoch = math.ceil(train.num_queries / opt.batch_size)
         self.total_steps = self.steps_per_epoch * stage.epochs
         self.step = 0
@@ -282,14 +327,16 @@ class StageRunner:
         torch.manual_seed(derive_seed(self.seed, self.s.name, epoch, "dropout"))
         gen = torch.Generator().manual_seed(derive_seed(self.seed, self.s.name, epoch, "order"))
         order = torch.randperm(self.train.num_queries, generator=gen)
-        # GRPO runs without dropout, so the ratio to the reference is exactly 1 before the first update.
-        self.model.train(self.s.kind == "rce")
+        # GRPO runs without dropout (grpo.policy_mode = "eval"), so the ratio to the reference is
+        # exactly 1 before the first update; "train" keeps dropout on, as the original.
+        self.model.train(self.s.kind == "rce" or self.s.opt.policy_mode == "train")
         self.rep.epoch_start(self.s.name, epoch, self.s.epochs, self.steps_per_epoch)
         acc: dict[str, float] = {}
         advs: list[tuple[Tensor, Tensor]] = []
         norms: list[float] = []
+        row_first = float("nan")
         for i, batch in enumerate(self.train.batches(order, self.s.opt.batch_size), start=1):
-            lr = lr_at(self.step, self.total_steps, self.s.opt, self.s.lr)
+            lr = lr_at(self.step, self.total_steps, self.s.opt, self.peak_lr)
             for g in self.optim.param_groups:
                 g["lr"] = lr
             if self.s.kind == "rce":
@@ -306,6 +353,11 @@ class StageRunner:
             self.optim.step()
             self.step += 1
             norms.append(float(norm))
+            if i == 1 and self.s.kind == "grpo":
+                row_first = logs["policy/ratio_mean"]
+            if self.s.kind == "grpo" and self.s.opt.kl.adaptive.enabled and self.s.opt.kl.adaptive.cadence == "step":
+                a = self.s.opt.kl.adaptive
+                self.beta = L.adapt_beta(self.beta, logs["kl/value"], a.low, a.high, a.factor, a.beta_min, a.beta_max)
             for k, v in logs.items():
                 acc[k] = acc.get(k, 0.0) + v
             self.rep.step()
@@ -323,19 +375,20 @@ class StageRunner:
                     "adv/zero_frac": flat.float().mean().item(),
                 }
             )
-            row["kl/beta"] = self.beta
-            if self.s.opt.kl.adaptive.enabled:
+            row["policy/first_step_ratio"] = row_first  # the ratio before this epoch's first update
+            row["kl/beta"] = self.beta  # per-step cadence: the beta after the epoch's last step
+            if self.s.opt.kl.adaptive.enabled and self.s.opt.kl.adaptive.cadence == "epoch":
                 a = self.s.opt.kl.adaptive
                 self.beta = L.adapt_beta(self.beta, row["kl/value"], a.low, a.high, a.factor, a.beta_min, a.beta_max)
         row["val/loss"] = validation_loss(self.model, self.val)
-        row["optim/lr"] = lr_at(self.step - 1, self.total_steps, self.s.opt, self.s.lr)
+        row["optim/lr"] = lr_at(self.step - 1, self.total_steps, self.s.opt, self.peak_lr)
         row["optim/grad_norm"] = sum(norms) / n
         row["time/epoch_s"] = time.perf_counter() - t0
         return row
 
     def _rce_loss(self, b: Batch) -> tuple[Tensor, dict[str, float]]:
         opt: RCESpec = self.s.opt  # type: ignore[assignment]
-        logp = self.model.sequence_logprobs(self.model.encode(b.query, b.pool, b.pool_mask), b.pointers, b.mask)
+        logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
         if opt.target == "top1":
             loss, tau = L.top1_ce_loss(logp, b.raw, b.mask), 0.0
         else:
@@ -347,12 +400,15 @@ class StageRunner:
         opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
         schedule = [(c.from_epoch, c.top_k) for c in opt.top_k_schedule]
         k = L.top_k_for_epoch(schedule, epoch)
-        if k is not None:
-            b = b.keep(L.top_k_mask(b.rewards, b.mask, k))
-        mask = b.mask
         a = opt.advantage
+        if a.normalization == "original":
+            # Stage 1 over the whole group, top-k by its values, stage 2 over the kept ones (in z units).
+            b = replace(b, rewards=L.group_zscore_clamped(b.raw, b.mask, a.group_clip))
+        if k is not None:
+            b = b.keep(L.top_k_mask(b.rewards, b.mask, k, opt.top_k_ties))
+        mask = b.mask
         adv = L.group_advantages(b.rewards, mask, a.kind, a.std_floor, a.rank_ties, a.clip)
-        logp = self.model.sequence_logprobs(self.model.encode(b.query, b.pool, b.pool_mask), b.pointers, mask)
+        logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, mask)
         logp_ref = self.logp_ref[b.seq] * mask  # [B, G]
         ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
         kl = L.kl_to_reference(logp, logp_ref, mask, opt.kl.estimator)
@@ -362,6 +418,7 @@ class StageRunner:
             "losses/kl": self.beta * kl.item(),
             "kl/value": kl.item(),
             "policy/clip_frac": st["clip_frac"],
+            "policy/clip_frac_pos": st["clip_frac_pos"],
             "policy/ratio_mean": st["ratio_mean"],
             "train/loss": loss.item(),
         }
