@@ -196,10 +196,11 @@ def test_lever_plus_v3_computes_the_original_formula():
 
 
 def test_model_settings_validate():
-    with pytest.raises(ValueError, match="proj_bias"):
-        ModelSpec(arch="lever-plus-v3", proj_bias=False)
+    # proj_bias and init shape lever's architecture; the original's has them fixed
+    keys = build_selector(8, ModelSpec(arch="lever-plus-v3", hidden=8)).state_dict()
+    assert "query_proj.bias" not in keys and "cand_proj.bias" not in keys
     m = PointerSelector(d_in=8, hidden=8, proj_bias=False, init="xavier")
-    assert m.query_proj.bias is None and m.cand_proj.bias is None and float(m.gate.bias.abs().sum()) == 0
+    assert m.query_proj.bias is None and m.cand_proj.bias is None and float(m.gate.bias.detach().abs().sum()) == 0
 
 
 # ---- batch size / learning rate, hand-off, flags -----------------------------------------
@@ -216,11 +217,11 @@ def test_lr_scaling_and_handoff():
 
 
 def test_grpo_flags():
-    calm = [{"epoch": 1, "policy/first_step_ratio": 1.0, "policy/clip_frac_pos": 0.1}]
+    calm = [{"epoch": 1, "policy/start_ratio": 1.0, "policy/clip_frac_pos": 0.1}]
     assert grpo_flags("grpo", calm) == []
     far = [
-        {"epoch": 1, "policy/first_step_ratio": 2.4, "policy/clip_frac_pos": 0.9},
-        {"epoch": 2, "policy/first_step_ratio": 2.6, "policy/clip_frac_pos": 0.3},
+        {"epoch": 1, "policy/start_ratio": 2.4, "policy/clip_frac_pos": 0.9},
+        {"epoch": 2, "policy/start_ratio": 2.4, "policy/clip_frac_pos": 0.3},
     ]
     flags = grpo_flags("grpo", far)
     assert len(flags) == 2 and "2.40 is far from 1" in flags[0] and "1 of 2 epochs" in flags[1]

@@ -187,7 +187,16 @@ def test_second_process_on_the_same_run_refuses(lever, ws):
     assert res.code == 1 and "is being run by" in res.err
 
 
-@pytest.mark.parametrize("plan", sorted(p.stem for p in PLANS.glob("*.toml")))
+def _every_plan():
+    """Every plan by name (families nest: original/plan7); the original family trains one query per
+    step with a dropout mask per sequence, so its runs are in the slow tier."""
+    from lever.spec import plan_files, plan_name
+
+    names = [plan_name(p, PLANS) for p in plan_files(PLANS)]
+    return [pytest.param(n, marks=pytest.mark.slow) if n.startswith("original/") else n for n in names]
+
+
+@pytest.mark.parametrize("plan", _every_plan())
 def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
     from lever.spec import load_plan
 
@@ -202,6 +211,31 @@ def test_every_plan_runs_with_reduced_epochs(lever, ws, plan):
     summary = next((run_dir / "eval").glob("*/summary.json"))
     acc = json.loads(summary.read_text())["splits"]["val"]
     assert set(acc) == {"1", "2"} and all(0 <= c["accuracy"] <= 100 and c["n"] == 20 for c in acc.values())
+
+
+@pytest.mark.slow
+def test_original_plan7_drifts_from_its_pre_rce_reference_and_is_flagged(lever, ws):
+    """The original's plan 7 (reference = the model before RCE, dropout on) against lever's plan 7."""
+    cut = ["rce.epochs=1", "grpo.epochs=2", "eval.questions=20", "eval.shots=[1,2]"]
+    for plan in ("plan7", "original/plan7"):
+        res = run_cli(lever, "run", PLANS / f"{plan}.toml", *cut)
+        assert res.code == 0, res.text
+    rows = {}
+    for plan in ("plan7", "original/plan7"):
+        (run_dir,) = seed_dirs(ws, plan)
+        rows[plan] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "grpo"]
+        rows[plan + ":flags"] = json.loads((run_dir / "status.json").read_text())["flags"]
+    lever_kl = max(r["kl/value"] for r in rows["plan7"])
+    orig_kl = min(r["kl/value"] for r in rows["original/plan7"])
+    assert lever_kl < 0.01 and orig_kl > 0.5 and orig_kl > 100 * lever_kl, (lever_kl, orig_kl)
+    assert rows["plan7"][0]["policy/start_ratio"] == 1.0
+    assert rows["original/plan7"][0]["policy/start_ratio"] > 1.25
+    assert any("first-step PPO ratio" in f for f in rows["original/plan7:flags"])
+    assert not any("first-step PPO ratio" in f for f in rows["plan7:flags"])
+    # the two families side by side, by name
+    res = run_cli(lever, "compare", "plan7", "original/plan7", "--baseline", "plan7", "--json")
+    assert res.code == 0, res.text
+    assert "original/plan7" in res.out
 
 
 def test_adaptive_beta_and_beam_curriculum_show_in_metrics(lever, ws):

@@ -90,15 +90,17 @@ class LeverPlusV3Selector(SelectorBase):
         return self.query_update_gate
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """Encoder parameters: the input projection, the attention layers and their norms."""
-        return [*self.input_proj.parameters(), *self.cross_attn_layers.parameters(), *self.attn_norms.parameters()]
+        """What the original's `freeze_backbone_in_grpo` froze: the input, query and candidate
+        projections (the attention layers, norms and gate stay trainable: 60% at d 512, h 256)."""
+        return [*self.input_proj.parameters(), *self.query_proj.parameters(), *self.cand_proj.parameters()]
 
-    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
-        """query [B, d_in], pool [B, K, d_in], pool_mask [B, K] (True = real) -> Encoded."""
-        pool_mask = self._inputs(query, pool, pool_mask)
-        dtype = self.query_proj.weight.dtype
-        q = self.input_proj(query.to(dtype)).unsqueeze(1)  # [B, 1, h]
-        c = self.input_proj(pool.to(dtype))  # [B, K, h]
+    def project(self, x: Tensor) -> Tensor:
+        """The input projection (an identity when d_in == hidden): [..., d_in] -> [..., h]."""
+        return self.input_proj(x.to(self.query_proj.weight.dtype))
+
+    def attend(self, q: Tensor, c: Tensor, pool_mask: Tensor) -> Encoded:
+        """Attention layers, dropout, output projections: q [B, h], c [B, K, h], pool_mask [B, K] -> Encoded."""
+        q = q.unsqueeze(1)  # [B, 1, h]
         pad = ~pool_mask  # [B, K] True = ignore
         for attn, norm in zip(self.cross_attn_layers, self.attn_norms):
             out, _ = attn(q, c, c, key_padding_mask=pad, need_weights=False)  # [B, 1, h]

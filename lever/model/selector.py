@@ -89,7 +89,8 @@ class SelectorBase(nn.Module):
     """Decoding shared by every architecture: per-step scores, the gate, teacher forcing, greedy decoding.
 
     A subclass sets `d_in`, `hidden`, `score_temperature`, `dropout_mask` and implements
-    `encode`, `gate_layer` and `backbone_parameters`.
+    `project` (the input projection), `attend` (the rest of the encoder), `gate_layer` and
+    `backbone_parameters`.
     """
 
     d_in: int
@@ -97,8 +98,22 @@ class SelectorBase(nn.Module):
     score_temperature: float
     dropout_mask: str  # "group" | "sequence"
 
-    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
+    def project(self, x: Tensor) -> Tensor:
+        """The input projection, [..., d_in] -> [..., h] (deterministic: no dropout before it)."""
         raise NotImplementedError
+
+    def attend(self, q: Tensor, c: Tensor, pool_mask: Tensor) -> Encoded:
+        """The encoder after the input projection: q [B, h], c [B, K, h], pool_mask [B, K] -> Encoded."""
+        raise NotImplementedError
+
+    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
+        """Encode each query once against its pool.
+
+        query [B, d_in], pool [B, K, d_in], pool_mask [B, K] bool (True = real item;
+        None = all real). Each query needs at least one real candidate.
+        """
+        pool_mask = self._inputs(query, pool, pool_mask)
+        return self.attend(self.project(query), self.project(pool), pool_mask)
 
     def gate_layer(self) -> nn.Linear:
         """The linear map of the gate g = sigmoid(W [q; c] + b)."""
@@ -146,9 +161,11 @@ class SelectorBase(nn.Module):
         if not (self.training and self.dropout_mask == "sequence"):
             return self.sequence_logprobs(self.encode(query, pool, pool_mask), pointers, seq_mask)
         B, G, L = pointers.shape
-        enc = self.encode(
-            query.repeat_interleave(G, 0),  # [B*G, d_in]
-            pool.repeat_interleave(G, 0),  # [B*G, K, d_in]
+        pool_mask = self._inputs(query, pool, pool_mask)
+        q, c = self.project(query), self.project(pool)  # once per query: nothing random comes before
+        enc = self.attend(
+            q.repeat_interleave(G, 0),  # [B*G, h]
+            c.repeat_interleave(G, 0),  # [B*G, K, h]
             pool_mask.repeat_interleave(G, 0),  # [B*G, K]
         )
         logp = self.sequence_logprobs(enc, pointers.reshape(B * G, 1, L), seq_mask.reshape(B * G, 1))  # [B*G, 1]
@@ -336,16 +353,12 @@ class PointerSelector(SelectorBase):
 
     # ---- encoding ----------------------------------------------------------
 
-    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
-        """Encode each query once against its pool.
+    def project(self, x: Tensor) -> Tensor:
+        """The shared input projection: [..., d_in] -> [..., h]."""
+        return self.input_proj(x.to(self.input_proj.weight.dtype))
 
-        query [B, d_in], pool [B, K, d_in], pool_mask [B, K] bool (True = real item;
-        None = all real). Each query needs at least one real candidate.
-        """
-        pool_mask = self._inputs(query, pool, pool_mask)
-        dtype = self.input_proj.weight.dtype
-        q = self.input_proj(query.to(dtype))  # [B, h]
-        c = self.input_proj(pool.to(dtype))  # [B, K, h]
+    def attend(self, q: Tensor, c: Tensor, pool_mask: Tensor) -> Encoded:
+        """Cross-attention, dropout, output projections: q [B, h], c [B, K, h], pool_mask [B, K] -> Encoded."""
         for layer in self.cross:
             q = layer(q, c, ~pool_mask)  # [B, h]
         q = F.normalize(self.query_proj(self.dropout(q)), dim=-1)  # [B, h]

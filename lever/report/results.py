@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lever import io
+from lever.spec.load import plan_name as spec_plan_name
 
 
 @dataclass
@@ -186,12 +187,15 @@ def _seed_of(run_dir: Path) -> int | None:
     return None
 
 
-def load_run(run_dir: Path) -> RunData:
-    """Read one ``<plan>/<hash>/seed-<n>/`` directory; absent or broken files become None."""
+def load_run(run_dir: Path, plan: str | None = None) -> RunData:
+    """Read one ``<plan>/<hash>/seed-<n>/`` directory; absent or broken files become None.
+
+    ``plan`` is the plan's name (it may hold a ``/``: ``original/plan5``); default: the folder's name.
+    """
     run_dir = Path(run_dir)
     run = RunData(
         path=run_dir,
-        plan=run_dir.parent.parent.name,
+        plan=plan or run_dir.parent.parent.name,
         spec_hash=run_dir.parent.name,
         seed=_seed_of(run_dir),
         spec=read_json(run_dir / "spec.json"),
@@ -209,17 +213,14 @@ def load_run(run_dir: Path) -> RunData:
 
 
 def plan_name(plan: str) -> str:
-    """``plans/plan5.toml`` -> ``plan5``; a bare name is kept."""
-    p = Path(plan)
-    return p.stem if p.suffix == ".toml" or len(p.parts) > 1 else plan
+    """``plans/original/plan5.toml`` -> ``original/plan5``; a bare name (``plan5``, ``original/plan5``) is kept."""
+    return spec_plan_name(plan)
 
 
 def load_plan(plan: str, run_dirs: list[Path]) -> PlanRuns:
     """All seed runs of a plan, with a ``missing`` reason and the command that would fill it."""
     name = plan_name(plan)
-    runs = [load_run(d) for d in sorted(run_dirs, key=lambda d: (_seed_of(d) is None, _seed_of(d) or 0, d.name))]
-    if runs:
-        name = runs[0].plan  # why: the run dir holds the plan's own name
+    runs = [load_run(d, name) for d in sorted(run_dirs, key=lambda d: (_seed_of(d) is None, _seed_of(d) or 0, d.name))]
     pr = PlanRuns(name=name, runs=runs)
     if not runs:
         pr.missing, pr.command = "not run", f"lever run plans/{name}.toml"
@@ -245,10 +246,22 @@ def scan_runs(root: Path) -> list[RunData]:
     if not root.is_dir():
         return []
     runs = []
-    for plan_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for name, plan_dir in _plan_dirs(root):
         hash_dirs = sorted((h for h in plan_dir.iterdir() if h.is_dir()), key=lambda h: -h.stat().st_mtime)
         for hash_dir in hash_dirs:
             for seed_dir in sorted(hash_dir.glob("seed-*"), key=lambda d: (_seed_of(d) or 0, d.name)):
                 if seed_dir.is_dir():
-                    runs.append(load_run(seed_dir))
+                    runs.append(load_run(seed_dir, name))
     return runs
+
+
+def _plan_dirs(root: Path, prefix: str = "", depth: int = 0) -> list[tuple[str, Path]]:
+    """(name, folder) of every plan under ``root``: a folder whose sub-folders hold ``seed-*`` runs.
+    Plan families nest (``original/plan5``); ``_stages`` and hidden folders are skipped."""
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        if any(h.is_dir() and any(h.glob("seed-*")) for h in d.iterdir()):
+            out.append((prefix + d.name, d))
+        elif depth < 2:
+            out += _plan_dirs(d, f"{prefix}{d.name}/", depth + 1)
+    return out

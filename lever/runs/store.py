@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lever.spec.load import plan_name
+
 
 def find_plan_runs(plan: str, runs_root: Path, spec_hash: str | None = None) -> list[Path]:
     """The seed run dirs of a plan: those of `spec_hash` when it has runs (the plan file as it
     is now), else those of the most recently written hash; [] when the plan was never run.
 
-    ``plan`` is a name (``plan5``) or a plan file (``plans/plan5.toml`` -> ``plan5``).
+    ``plan`` is a name (``plan5``, ``original/plan5``) or a plan file (``plans/original/plan5.toml``
+    -> ``original/plan5``).
     """
-    p = Path(plan)
-    name = p.stem if p.suffix == ".toml" or len(p.parts) > 1 else plan
-    plan_dir = Path(runs_root) / name
+    plan_dir = Path(runs_root) / plan_name(plan)
     if not plan_dir.is_dir():
         return []
     if spec_hash and (plan_dir / spec_hash).is_dir():

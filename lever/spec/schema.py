@@ -130,12 +130,6 @@ class ModelSpec(Strict):
     def _heads(self) -> ModelSpec:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        fixed = sorted({"proj_bias", "init"} & self.model_fields_set)
-        if self.arch == "lever-plus-v3" and fixed:
-            raise ValueError(
-                f"{', '.join(fixed)}: arch 'lever-plus-v3' fixes these as the original had them (no projection biases, xavier); "
-                "remove them or use arch = 'lever'"
-            )
         return self
 
 
@@ -159,7 +153,9 @@ class OptimSpec(Strict):
     )
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping)")
     freeze_backbone: bool = Field(
-        False, description="Freeze the input projection and cross-attention (about half the parameters)"
+        False,
+        description="Freeze the backbone: arch lever, the input projection and cross-attention (60% of the parameters); "
+        "arch lever-plus-v3, the input, query and candidate projections, as the original (40%)",
     )
 
 

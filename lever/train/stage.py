@@ -91,6 +91,7 @@ STAGE_METRICS = {
         "policy/clip_frac_pos",
         "policy/ratio_mean",
         "policy/first_step_ratio",
+        "policy/start_ratio",
     ),
 }
 
@@ -127,8 +128,9 @@ def handoff_checkpoint(selected: dict[str, Any], rows: list[dict[str, Any]], han
     return selected["checkpoint"]
 
 
-# A GRPO stage's first-step mean ratio outside [1 / FAR_RATIO, FAR_RATIO] is flagged: the
-# reference is not the policy being trained, so clipped terms carry no gradient from the start.
+# A GRPO stage whose mean ratio before its first step (policy/start_ratio, over all training
+# sequences) lies outside [1 / FAR_RATIO, FAR_RATIO] is flagged: the reference is not the policy
+# being trained, so clipped terms carry no gradient from the start.
 FAR_RATIO = 1.25
 CLIPPED_POS_MOST = 0.5  # an epoch with more than this share of A > 0 terms clipped is flagged
 
@@ -136,7 +138,7 @@ CLIPPED_POS_MOST = 0.5  # an epoch with more than this share of A > 0 terms clip
 def grpo_flags(stage: str, rows: list[dict[str, Any]]) -> list[str]:
     """Warnings about a GRPO stage's ratio diagnostics (its epoch rows, in order)."""
     flags = []
-    first = rows[0].get("policy/first_step_ratio") if rows else None
+    first = rows[0].get("policy/start_ratio") if rows else None
     if first is not None and not (1 / FAR_RATIO <= first <= FAR_RATIO):
         flags.append(
             f"{stage}: first-step PPO ratio {first:.2f} is far from 1: the reference is not the policy being trained; "
@@ -190,10 +192,11 @@ def validation_loss(model: SelectorBase, val: Groups, batch_size: int = 256) -> 
 
 
 @torch.no_grad()
-def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256) -> Tensor:
-    """Log-probability of every sequence of `groups` under `model` (eval mode): [S]."""
+def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256, train: bool = False) -> Tensor:
+    """Log-probability of every sequence of `groups` under `model`: [S]. Eval mode (no
+    dropout) unless `train`."""
     was = model.training
-    model.eval()
+    model.train(train)
     out = torch.zeros(groups.data.num_sequences, device=groups.features.device)
     for b in groups.batches(torch.arange(groups.num_queries), batch_size):
         logp = model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
@@ -245,6 +248,7 @@ class StageRunner:
         self.step = 0
         self.beta = stage.opt.kl.beta if isinstance(stage.opt, GRPOSpec) else 0.0
         self.logp_ref: Tensor | None = None
+        self.start_ratio = float("nan")  # GRPO: mean exp(logp_start - logp_ref) over the training sequences
 
     # ------------------------------------------------------------------ setup / resume
 
@@ -261,12 +265,26 @@ class StageRunner:
         return done + 1, rows
 
     def _reference_logprobs(self) -> Tensor:
-        """logp under the frozen reference, computed once per stage (not per step)."""
+        """logp under the frozen reference, computed once per stage (not per step).
+
+        Also sets `start_ratio`: the mean PPO ratio exp(logp_start - logp_ref) over every
+        training sequence before the first update, the policy in the stage's mode
+        (grpo.policy_mode) and the reference in eval mode, as the loss sees them. It is 1
+        when the reference is the stage's start without dropout; far from 1 when it is
+        another model (the one before RCE) or when dropout makes the policy another one.
+        """
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        train_mode = self.s.opt.policy_mode == "train"
+        torch.manual_seed(derive_seed(self.seed, self.s.name, "start_ratio"))
+        start = all_logprobs(self.model, self.train, train=train_mode)
+        if self.reference is None and not train_mode:
+            self.start_ratio = 1.0
+            return start
         if self.reference is not None:
             self.model.load_state_dict(self.reference)
         logp = all_logprobs(self.model, self.train)
         self.model.load_state_dict(current)
+        self.start_ratio = float((start - logp).exp().mean())
         return logp
 
     # ------------------------------------------------------------------ the loop
@@ -376,6 +394,7 @@ class StageRunner:
                 }
             )
             row["policy/first_step_ratio"] = row_first  # the ratio before this epoch's first update
+            row["policy/start_ratio"] = self.start_ratio
             row["kl/beta"] = self.beta  # per-step cadence: the beta after the epoch's last step
             if self.s.opt.kl.adaptive.enabled and self.s.opt.kl.adaptive.cadence == "epoch":
                 a = self.s.opt.kl.adaptive
