@@ -7,12 +7,15 @@ import math
 import pytest
 import torch
 
+from lever.data.reader import load_candidates
+from lever.data.rewards import compute_rewards, raw_rewards
+from lever.data.synthetic import synthetic_records, write_records
 from lever.model import LeverPlusV3Selector, PointerSelector, build_selector
-from lever.spec.schema import ModelSpec, RCESpec
+from lever.spec.schema import AdaptiveKL, GRPOSpec, KLSpec, ModelSpec, RCESpec, RewardSpec, SelectSpec
 from lever.train import losses as L
 from lever.train.checkpoint import load_weights, save_weights, state_of
-from lever.train.groups import Batch
-from lever.train.stage import grpo_flags, handoff_checkpoint, lr_scale, rce_rewards
+from lever.train.groups import Batch, Groups
+from lever.train.stage import SilentReporter, Stage, StageRunner, grpo_flags, handoff_checkpoint, lr_scale, rce_rewards
 
 
 def batch(raw: list[list[float]], rewards: list[list[float]]) -> Batch:
@@ -225,3 +228,39 @@ def test_grpo_flags():
     ]
     flags = grpo_flags("grpo", far)
     assert len(flags) == 2 and "2.40 is far from 1" in flags[0] and "1 of 2 epochs" in flags[1]
+
+
+# ---- KL adaptation per step, policy mode, start ratio (a tiny stage) -----------------------
+
+
+def _stage(tmp_path, **grpo):
+    recs = synthetic_records(queries=6, group=6, pool=10, shots=2, seed=0)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = load_candidates(write_records(tmp_path / "d.json", recs), log=lambda m: None)
+    feats = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))  # rows = every id the file uses
+    spec = RewardSpec()
+    groups = Groups(data, compute_rewards(data, spec), raw_rewards(data, spec), feats)
+    opt = GRPOSpec(epochs=1, batch_size=2, **grpo)  # 6 queries: 3 steps
+    torch.manual_seed(0)
+    model = PointerSelector(d_in=8, hidden=8, dropout=0.1)
+    runner = StageRunner(
+        Stage("grpo", "grpo", 1, opt, opt.lr), tmp_path / "s", model, groups, groups, 0, SelectSpec(), SilentReporter()
+    )
+    return runner.run().rows[0]
+
+
+@pytest.mark.parametrize("cadence,beta", [("epoch", 0.1), ("step", 0.1 * 1.5**3)])
+def test_adaptive_kl_per_step_or_per_epoch(tmp_path, cadence, beta):
+    # KL > high = 1e-8 at every step (dropout on): per step, beta grows x1.5 three times within the epoch;
+    # per epoch, the row shows the beta the epoch used (0.1), the update comes after it.
+    adaptive = AdaptiveKL(enabled=True, low=1e-9, high=1e-8, cadence=cadence)
+    row = _stage(tmp_path, policy_mode="train", kl=KLSpec(beta=0.1, adaptive=adaptive, max_kl=1e9))
+    assert row["kl/value"] > 1e-8
+    assert row["kl/beta"] == pytest.approx(beta)
+
+
+def test_policy_mode_and_start_ratio(tmp_path):
+    ev = _stage(tmp_path / "eval")
+    assert ev["policy/start_ratio"] == 1.0 and ev["policy/first_step_ratio"] == pytest.approx(1.0)
+    tr = _stage(tmp_path / "train", policy_mode="train", kl=KLSpec(max_kl=1e9))  # dropout against an eval-mode reference
+    assert tr["policy/start_ratio"] != pytest.approx(1.0, abs=1e-3)
