@@ -260,9 +260,8 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run_dir: Path, rep: Reporte
                 rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
         assert result is not None
         sel, rows = result
-        handoff = (
-            "selected" if last else stages[i + 1][0].opt.handoff
-        )  # the next stage starts from this selection, or the last epoch
+        # The next stage starts from this stage's selected epoch, or its last (grpo.handoff = "last").
+        handoff = "selected" if last else getattr(stages[i + 1][0].opt, "handoff", "selected")
         model.load_state_dict(load_weights(stage_dir / handoff_checkpoint(sel, rows, handoff)))
         entries.append({"stage": stage.name, "kind": stage.kind, "key": key, "dir": str(stage_dir.resolve()), **sel})
         all_rows += rows
