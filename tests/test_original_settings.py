@@ -42,6 +42,12 @@ def test_rce_raw_rewards_ignore_reward_normalize():
     z = rce_rewards(b, "normalized", 0.1)
     assert z[0].tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)], abs=1e-6)
     assert float(L.rce_loss(logp, z, b.mask, 1.0)) == pytest.approx(0.804420 + 2 * 0.195580, abs=1e-5)
+    # "original": no floor, clamped at 3; here the same z-scores
+    assert rce_rewards(b, "original", 0.1)[0].tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)], abs=1e-6)
+    # a close group: the floor 0.1 binds for "normalized", not for "original" (std 0.0707: z = +-0.7071)
+    close = batch([[1.0, 0.9]], [[0.0, 0.0]])
+    assert rce_rewards(close, "normalized", 0.1)[0].tolist() == pytest.approx([0.5, -0.5], abs=1e-6)
+    assert rce_rewards(close, "original", 0.1)[0].tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)], abs=1e-5)
 
 
 # ---- two-stage advantages (advantage.normalization = "original") ------------------------

@@ -167,9 +167,11 @@ class RCESpec(OptimSpec):
     schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all RCE steps")
     temp_start: float = Field(2.0, gt=0, description="tau at the first RCE step")
     temp_end: float = Field(0.5, gt=0, description="tau at the last RCE step (linear in between)")
-    rewards: Literal["raw", "normalized"] = Field(
+    rewards: Literal["raw", "normalized", "original"] = Field(
         "raw",
-        description="Weight by the raw (clipped, never normalised, whatever reward.normalize says) rewards, or by their group z-score",
+        description="Weight by the raw (clipped, never normalised, whatever reward.normalize says) rewards; normalized = "
+        "their group z-score (floor reward.normalize_std_floor); original = the original's default, their group z-score "
+        "without a floor, clamped to +-3",
     )
     target: Literal["weighted", "top1"] = Field(
         "weighted", description="weighted = RCE over the group; top1 = plain CE on the best sequence"

@@ -208,9 +208,12 @@ def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256, tra
 def rce_rewards(b: Batch, kind: str, std_floor: float) -> Tensor:
     """The rewards RCE weights by (rce.rewards): "raw" = the clipped rewards before any
     normalisation, whatever reward.normalize says; "normalized" = their group z-score
-    (floor reward.normalize_std_floor). [B, G]."""
+    (floor reward.normalize_std_floor); "original" = their group z-score without a floor,
+    clamped to +-3 (the original's default). [B, G]."""
     if kind == "raw":
         return b.raw
+    if kind == "original":
+        return L.group_zscore_clamped(b.raw, b.mask, 3.0)
     return L.group_advantages(b.raw, b.mask, "zscore", std_floor, clip=None)
 
 
