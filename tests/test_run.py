@@ -238,6 +238,22 @@ def test_original_plan7_drifts_from_its_pre_rce_reference_and_is_flagged(lever, 
     assert "original/plan7" in res.out
 
 
+@pytest.mark.parametrize("handoff,rce_epoch", [("selected", 1), ("last", 2)])
+def test_grpo_starts_from_the_selected_or_the_last_rce_epoch(lever, ws, handoff, rce_epoch):
+    # optim/lr, highest wins: with a cosine RCE schedule the selection is RCE epoch 1, not the last (2).
+    # GRPO at lr 1e-12 leaves its start untouched, so its validation loss is its start's.
+    res = run_cli(
+        lever, "run", PLANS / "plan5.toml", *FAST, "grpo.epochs=1", "grpo.lr=1e-12", f"grpo.handoff={handoff}",
+        "select.metric=optim/lr", "select.mode=max", "--no-eval",
+    )  # fmt: skip
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "plan5")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rce = {r["epoch"]: r["val/loss"] for r in rows if r["stage"] == "rce"}
+    (grpo,) = [r for r in rows if r["stage"] == "grpo"]
+    assert rce[1] != rce[2] and grpo["val/loss"] == pytest.approx(rce[rce_epoch], abs=1e-6)
+
+
 def test_adaptive_beta_and_beam_curriculum_show_in_metrics(lever, ws):
     res = run_cli(
         lever,
