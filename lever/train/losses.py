@@ -267,8 +267,8 @@ def ppo_loss(
     stats: clip_frac = share of real sequences whose clipped term was the one taken
     (ratio outside the range on the side that matters for the sign of A): those carry no
     gradient; clip_frac_pos = the same share among sequences with A > 0 (ratio above
-    1 + eps_high: the policy can no longer raise them); ratio_mean = mean ratio over real
-    sequences.
+    1 + eps_high: the policy can no longer raise them), from the counts n_pos and
+    n_pos_clipped; ratio_mean = mean ratio over real sequences.
     """
     log_ratio = masked_fill0(logp_new - logp_old.detach(), mask)  # padding -> ratio 1
     ratio = log_ratio.exp()  # [B, G]
@@ -283,9 +283,12 @@ def ppo_loss(
     loss = masked_mean(-obj, mask)
     n = max(int(mask.sum()), 1)
     pos = (adv > 0) & mask
+    n_pos, n_pos_clipped = float(pos.sum()), float((clipped & pos).sum())
     stats = {
         "clip_frac": float(clipped.sum()) / n,
-        "clip_frac_pos": float((clipped & pos).sum()) / max(int(pos.sum()), 1),
+        "clip_frac_pos": n_pos_clipped / max(n_pos, 1.0),
+        "n_pos": n_pos,
+        "n_pos_clipped": n_pos_clipped,
         "ratio_mean": float(masked_fill0(ratio.detach(), mask).sum()) / n,
     }
     return loss, stats

@@ -385,7 +385,12 @@ class StageRunner:
             self.rep.step()
         n = max(len(norms), 1)
         row: dict[str, Any] = {"stage": self.s.name, "epoch": epoch}
+        # Counts (keys starting with "_") are summed, not averaged: the share of positive-advantage
+        # terms clipped is over the whole epoch, not a mean of per-step shares.
+        pos, pos_clipped = acc.pop("_pos", 0.0), acc.pop("_pos_clipped", 0.0)
         row.update({k: v / n for k, v in acc.items()})
+        if self.s.kind == "grpo":
+            row["policy/clip_frac_pos"] = pos_clipped / pos if pos else 0.0
         if advs:
             vals = torch.cat([v for v, _ in advs])  # every real sequence's advantage this epoch
             flat = torch.cat([z for _, z in advs])  # per group: all advantages zero
@@ -441,7 +446,8 @@ class StageRunner:
             "losses/kl": self.beta * kl.item(),
             "kl/value": kl.item(),
             "policy/clip_frac": st["clip_frac"],
-            "policy/clip_frac_pos": st["clip_frac_pos"],
+            "_pos": st["n_pos"],
+            "_pos_clipped": st["n_pos_clipped"],
             "policy/ratio_mean": st["ratio_mean"],
             "train/loss": loss.item(),
         }
