@@ -238,6 +238,19 @@ def test_original_plan7_drifts_from_its_pre_rce_reference_and_is_flagged(lever, 
     assert "original/plan7" in res.out
 
 
+def test_the_originals_architecture_trains_and_evaluates(lever, ws):
+    """model.arch = lever-plus-v3 through the whole loop: its checkpoints carry the original's names and evaluate."""
+    from lever.train.checkpoint import load_weights
+
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "rce.epochs=1", "model.arch=lever-plus-v3", "model.dropout=0.5")
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "baseline")
+    selected = json.loads((run_dir / "selected.json").read_text())
+    assert "query_update_gate.weight" in load_weights(Path(selected["checkpoint"]))
+    summary = json.loads(next((run_dir / "eval").glob("*/summary.json")).read_text())
+    assert set(summary["splits"]["val"]) == {"1", "2"}
+
+
 @pytest.mark.parametrize("handoff,rce_epoch", [("selected", 1), ("last", 2)])
 def test_grpo_starts_from_the_selected_or_the_last_rce_epoch(lever, ws, handoff, rce_epoch):
     # optim/lr, highest wins: with a cosine RCE schedule the selection is RCE epoch 1, not the last (2).
