@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.io import write_text
-from lever.spec import diff_specs, flatten, load_plan
+from lever.spec import diff_specs, flatten, load_plan, plan_files, plan_name
 from lever.spec.schema import Plan
 
 from ._common import OverrideOpt, plan_args, workspace
@@ -122,13 +122,13 @@ def plans() -> None:
     Example: [bold]lever plans[/]
     """
     ws = workspace()
-    files = sorted(ws.plans_dir.glob("*.toml")) if ws.plans_dir.is_dir() else []
+    files = plan_files(ws.plans_dir)
     if not files:
         raise LeverError(f"no plans in {ws.plans_dir}/")
     table = Table("plan", "extends", "hash", "description")
     for path in files:
         lp = load_plan(path, (), ws.plans_dir)
-        parent = lp.chain[1].stem if len(lp.chain) > 1 else ""
+        parent = plan_name(lp.chain[1], ws.plans_dir) if len(lp.chain) > 1 else ""
         table.add_row(lp.name, parent, lp.hash, lp.plan.description)
     console.print(table)
 

@@ -70,23 +70,39 @@ def test_pretty_printed_and_unicode_files_read_the_same(tmp_path):
 
 def test_duplicates_are_dropped_keeping_the_first(tmp_path):
     recs = small()
-    cands = recs["20"]["pointer_candidates"]
-    cands.append(c([1, 0], 0.6))  # the index set of candidate 0, in another order
-    cands.append(c([3, 2], 0.0))  # the set of candidate 1
+    cands = recs["20"]["pointer_candidates"]  # [0, 1], [2, 3], [3, 1]
+    cands.append(c([0, 1], 0.6))  # candidate 0 again, same order: a duplicate
+    cands.append(c([2, 3], 0.0))  # candidate 1 again: a duplicate
     d = load_candidates(write(tmp_path, recs), log=QUIET)
     assert d.meta["read"]["duplicates_dropped"] == 2
     assert d.group_sizes().tolist() == [2, 3]
-    assert d.cand_index[2:].tolist() == [0, 1, 2]  # the first of each set survives
+    assert d.cand_index[2:].tolist() == [0, 1, 2]  # the first of each sequence survives
+
+
+def test_the_same_items_in_another_order_are_another_sequence(tmp_path):
+    # The order is the prompt's order: [38, 5] and [5, 38] were scored separately, both are data.
+    recs = small()
+    cands = recs["20"]["pointer_candidates"]  # [0, 1], [2, 3], [3, 1]
+    cands.append(c([1, 0], 0.6))
+    cands.append(c([3, 2], 0.0))
+    cands.append(c([1, 0], 0.0))  # [1, 0] again: this one is a duplicate
+    d = load_candidates(write(tmp_path, recs), log=QUIET)
+    assert d.meta["read"]["duplicates_dropped"] == 1
+    q = d.subset(torch.tensor([1]))
+    assert q.cand_index.tolist() == [0, 1, 2, 3, 4]
+    assert q.pointers.tolist() == [[0, 1], [2, 3], [3, 1], [1, 0], [3, 2]]
+    assert q.acc.tolist()[3] == pytest.approx(0.6)  # the first [1, 0] kept, not the later one
 
 
 def test_a_usable_duplicate_wins_over_a_failed_one(tmp_path):
     recs = small()
     cands = recs["20"]["pointer_candidates"]
     cands[0] = c([0, 1], 0.0, eval_failed=True)
-    cands.append(c([1, 0], 1.0))  # same set, evaluated fine
+    cands.append(c([0, 1], 1.0))  # the same sequence, evaluated fine
+    cands.append(c([1, 0], 1.0))  # the same items in another order: kept
     d = load_candidates(write(tmp_path, recs), log=QUIET)
     q = d.subset(torch.tensor([1]))
-    assert q.cand_index.tolist() == [1, 2, 3]  # candidate 0 (failed) dropped as the duplicate
+    assert q.cand_index.tolist() == [1, 2, 3, 4]  # candidate 0 (failed) dropped as the duplicate
     assert not q.failed.any()
 
 

@@ -19,6 +19,7 @@ from lever.report.results import load_plan, load_run, scan_runs
 from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
 from lever.runs.layout import RunDir, RunsFolder
+from lever.runs.store import find_plan_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,6 +191,24 @@ def test_latest_summary_wins(runs: Path):
 def test_scan_runs_lists_every_seed(runs: Path):
     found = [(r.plan, r.seed) for r in scan_runs(runs)]
     assert found == [("baseline", 0), ("plan5", 0), ("plan6", 0), ("plan7_1", 0), ("plan7_1", 1)]
+
+
+def test_a_plan_family_nests_by_name(runs: Path):
+    """original/plan5 lives in runs/original/plan5/<hash>/seed-N and keeps its full name everywhere."""
+    write_run(runs, "original/plan5", 0, spec=PLAN5_SPEC, accs=PLAN5)
+    found = [(r.plan, r.seed) for r in scan_runs(runs)]
+    assert ("original/plan5", 0) in found and ("plan5", 0) in found
+    for ref in ("original/plan5", "plans/original/plan5.toml"):
+        pr = load_plan(ref, find_plan_runs(ref, runs).runs)
+        assert pr.name == "original/plan5" and len(pr.runs) == 1 and pr.runs[0].plan == "original/plan5"
+    assert find_plan_runs("plan5", runs).runs[0].path.parent.parent == runs / "plan5"
+
+
+def test_cli_compare_two_families(cli, runs: Path):
+    write_run(runs, "original/plan5", 0, spec=PLAN5_SPEC, accs=PLAN7_SEED[0])
+    res = cli("compare", "plan5", "original/plan5")
+    assert res.exit_code == 0, res.output
+    assert "original/plan5" in res.output and "not run" not in res.output.split("Training")[0]
 
 
 # ---------------------------------------------------------------- shot table

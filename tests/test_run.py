@@ -188,10 +188,11 @@ def test_second_process_on_the_same_run_refuses(lever, ws):
     assert res.code == 1 and "is being run by" in res.err
 
 
-# Every plan compiles and validates in the fast tier (tests/test_spec.py); these three run end to
-# end in the slow tier: GRPO after RCE, a curriculum of phases, another reward and data file.
+# Every plan (both families) validates and compiles in the fast tier (tests/test_spec.py); these run end
+# to end in the slow tier: GRPO after RCE, a curriculum of phases, another reward and data file, and the
+# original family's trainer (batch 1, a dropout mask per sequence) on a GRPO plan and a clip-only one.
 @pytest.mark.slow
-@pytest.mark.parametrize("plan", ["plan5", "plan9", "plan5_8"])
+@pytest.mark.parametrize("plan", ["plan5", "plan9", "plan5_8", "original/plan5", "original/plan7"])
 def test_representative_plans_run_with_reduced_epochs(lever, ws, plan):
     from lever.spec import load_plan
 
@@ -206,6 +207,61 @@ def test_representative_plans_run_with_reduced_epochs(lever, ws, plan):
     summary = next((run_dir / "eval").glob("*/summary.json"))
     acc = json.loads(summary.read_text())["splits"]["val"]
     assert set(acc) == {"1", "2"} and all(0 <= c["accuracy"] <= 100 and c["n"] == 20 for c in acc.values())
+
+
+@pytest.mark.slow
+def test_original_plan7_drifts_from_its_pre_rce_reference_and_is_flagged(lever, ws):
+    """The original's plan 7 (reference = the model before RCE, dropout on) against lever's plan 7."""
+    cut = ["rce.epochs=1", "grpo.epochs=2", "eval.questions=20", "eval.shots=[1,2]"]
+    for plan in ("plan7", "original/plan7"):
+        res = run_cli(lever, "run", PLANS / f"{plan}.toml", *cut)
+        assert res.code == 0, res.text
+    rows = {}
+    for plan in ("plan7", "original/plan7"):
+        (run_dir,) = seed_dirs(ws, plan)
+        rows[plan] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "grpo"]
+        rows[plan + ":flags"] = json.loads((run_dir / "status.json").read_text())["flags"]
+    lever_kl = max(r["kl/value"] for r in rows["plan7"])
+    orig_kl = min(r["kl/value"] for r in rows["original/plan7"])
+    assert lever_kl < 0.01 and orig_kl > 0.5 and orig_kl > 100 * lever_kl, (lever_kl, orig_kl)
+    assert rows["plan7"][0]["policy/start_ratio"] == 1.0
+    assert rows["original/plan7"][0]["policy/start_ratio"] > 1.25
+    assert any("first-step PPO ratio" in f for f in rows["original/plan7:flags"])
+    assert not any("first-step PPO ratio" in f for f in rows["plan7:flags"])
+    # the two families side by side, by name
+    res = run_cli(lever, "compare", "plan7", "original/plan7", "--baseline", "plan7", "--json")
+    assert res.code == 0, res.text
+    assert "original/plan7" in res.out
+
+
+def test_the_originals_architecture_trains_and_evaluates(lever, ws):
+    """model.arch = lever-plus-v3 through the whole loop: its checkpoints carry the original's names and evaluate."""
+    from lever.train.checkpoint import load_weights
+
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "rce.epochs=1", "model.arch=lever-plus-v3", "model.dropout=0.5")
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "baseline")
+    from lever.runs.layout import RunDir
+
+    assert "query_update_gate.weight" in load_weights(RunDir(run_dir).selected()["path"])
+    summary = json.loads(next((run_dir / "eval").glob("*/summary.json")).read_text())
+    assert set(summary["splits"]["val"]) == {"1", "2"}
+
+
+@pytest.mark.parametrize("handoff,rce_epoch", [("selected", 1), ("last", 2)])
+def test_grpo_starts_from_the_selected_or_the_last_rce_epoch(lever, ws, handoff, rce_epoch):
+    # optim/lr, highest wins: with a cosine RCE schedule the selection is RCE epoch 1, not the last (2).
+    # GRPO at lr 1e-12 leaves its start untouched, so its validation loss is its start's.
+    res = run_cli(
+        lever, "run", PLANS / "plan5.toml", *FAST, "grpo.epochs=1", "grpo.lr=1e-12", f"grpo.handoff={handoff}",
+        "select.metric=optim/lr", "select.mode=max", "--no-eval",
+    )  # fmt: skip
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "plan5")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rce = {r["epoch"]: r["val/loss"] for r in rows if r["stage"] == "rce"}
+    (grpo,) = [r for r in rows if r["stage"] == "grpo"]
+    assert rce[1] != rce[2] and grpo["val/loss"] == pytest.approx(rce[rce_epoch], abs=1e-6)
 
 
 def test_adaptive_beta_and_beam_curriculum_show_in_metrics(lever, ws):

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from lever.errors import LeverError
-from lever.spec import diff_specs, load_plan, spec_hash
+from lever.spec import diff_specs, load_plan, plan_files, plan_name, spec_hash
 from lever.spec.load import deep_merge, parse_override
 from lever.spec.schema import Plan
 
-PLAN_NAMES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "plans").glob("*.toml"))
+PLANS_DIR = Path(__file__).resolve().parents[1] / "plans"
+PLAN_NAMES = [plan_name(p, PLANS_DIR) for p in plan_files(PLANS_DIR)]  # families nest: "original/plan7"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -24,7 +25,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 # --------------------------------------------------------------------------- the shipped plans
 
 
-def test_every_log_plan_exists():
+def test_every_log_plan_exists_in_both_families():
     expected = {
         "baseline",
         "plan1",
@@ -42,10 +43,29 @@ def test_every_log_plan_exists():
         "plan10",
     }
     assert expected <= set(PLAN_NAMES)
+    assert {f"original/{name}" for name in expected} <= set(PLAN_NAMES)
+
+
+def test_every_plan_says_its_family():
+    for name in PLAN_NAMES:
+        family = "original" if name.startswith("original/") else "lever"
+        assert load_plan(PLANS_DIR / f"{name}.toml").plan.description.startswith(f"Family: {family}."), name
+
+
+def test_original_family_differs_only_in_the_faithful_settings(plans_dir):
+    """original/plan7 against plan7: the original's trainer choices, nothing of the log's recipe."""
+    a, b = load_plan(plans_dir / "plan7.toml", (), plans_dir), load_plan(plans_dir / "original/plan7.toml", (), plans_dir)
+    assert (a.name, b.name) == ("plan7", "original/plan7")
+    changed = {k for k, _, _ in diff_specs(a.recipe(), b.recipe())}
+    assert changed == {
+        "model.arch", "model.dropout", "model.attn_dropout", "model.dropout_mask", "rce.batch_size", "rce.schedule",
+        "rce.rewards", "grpo.batch_size", "grpo.reference", "grpo.policy_mode", "grpo.handoff", "grpo.top_k_ties",
+        "grpo.advantage.normalization", "grpo.advantage.rank_ties", "grpo.kl.adaptive.cadence",
+    }  # fmt: skip
 
 
 def test_validate_all_plans(lever, plans_dir):
-    res = lever("validate", *sorted(plans_dir.glob("*.toml")))
+    res = lever("validate", *plan_files(plans_dir))
     assert res.code == 0, res.text
     assert res.out.count("ok") == len(PLAN_NAMES)
 
@@ -86,6 +106,7 @@ def test_plans_lists_descriptions(lever):
     res = lever("plans")
     assert res.code == 0
     assert "plan7_1" in res.out and "beta 0.01" in res.out
+    assert "original/plan7" in res.out
 
 
 def test_schema_is_json_schema(lever):

@@ -9,8 +9,10 @@ are cached, keyed by the file's SHA-256 (`cache`).
 Read-time rules:
 - structural problems (bad JSON, missing fields, bad pointers, NaN, inconsistent
   scores, ...) raise LeverError naming the file, query id, candidate index and field;
-- duplicate sequences (same index set in one query) are dropped, keeping the first
-  (a usable evaluation wins over a failed one), and counted;
+- duplicate sequences (the same ordered sequence twice in one query) are dropped,
+  keeping the first (a usable evaluation wins over a failed one), and counted. Order
+  is the prompt's order: [38, 5] and [5, 38] were scored separately and are two
+  sequences, both kept;
 - failed evaluations (eval_failed, or vqa_eval_mode fallback/error) are kept and
   flagged; their vqa_correct / vqa_acc_score may be missing (read as 0). The plan's
   `skip_failed` drops them;
@@ -392,11 +394,14 @@ class _Chunk:
         )  # fmt: skip
 
     def _dedupe(self, cols: dict[str, np.ndarray]) -> np.ndarray:
-        """keep [Sc]: the first sequence of each (query, index set), usable evaluations before failed ones."""
-        srt = np.sort(cols["pointers"], axis=1)  # the index set, order ignored
-        keys = [np.arange(len(srt)), cols["failed"]] + [srt[:, j] for j in reversed(range(srt.shape[1]))] + [self.seq_q]
-        order = np.lexsort(keys)  # by query, index set, usable first, file order
-        s, q = srt[order], self.seq_q[order]
+        """keep [Sc]: the first of each (query, ordered sequence), usable evaluations before failed ones.
+
+        Only the same indices in the same order are a duplicate: the order is the prompt's order.
+        """
+        ptr = cols["pointers"]  # [Sc, L], order kept
+        keys = [np.arange(len(ptr)), cols["failed"]] + [ptr[:, j] for j in reversed(range(ptr.shape[1]))] + [self.seq_q]
+        order = np.lexsort(keys)  # by query, ordered sequence, usable first, file order
+        s, q = ptr[order], self.seq_q[order]
         same = np.zeros(len(order), dtype=bool)
         same[1:] = (q[1:] == q[:-1]) & (s[1:] == s[:-1]).all(1)
         keep = np.ones(len(order), dtype=bool)

@@ -75,8 +75,8 @@ def write_synthetic_file(
 ) -> int:
     """Write a large file fast (text templates, numpy draws). Returns its size in bytes.
 
-    Every group has `group` sequences drawn at random (so a few repeat an index set,
-    as duplicates do in the wild), a share `failed` of evaluations are marked failed.
+    Every group has `group` sequences drawn at random (so a few repeat a sequence, as
+    duplicates do in the wild), a share `failed` of evaluations are marked failed.
     """
     rng = np.random.default_rng(seed)
     with open(path, "w", encoding="utf-8") as f:

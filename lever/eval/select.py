@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lever.model import PointerSelector
+from lever.model import SelectorBase
 
 
 def similar_pools(queries: Tensor, train: Tensor, k: int, exclude: Tensor | None = None, chunk: int = 1024) -> Tensor:
@@ -46,9 +46,7 @@ def random_pools(question_ids: list[int], n_train: int, k: int, seed: int, exclu
 
 
 @torch.no_grad()
-def select_demos(
-    model: PointerSelector, queries: Tensor, train: Tensor, pools: Tensor, steps: int, batch_size: int = 512
-) -> Tensor:
+def select_demos(model: SelectorBase, queries: Tensor, train: Tensor, pools: Tensor, steps: int, batch_size: int = 512) -> Tensor:
     """Greedy picks for every question: [M, steps] global train rows, in prompt order.
 
     Greedy decoding is deterministic, so the first s picks of a `steps`-long decode are

@@ -10,6 +10,11 @@ Shapes: B queries, K pool items, G sequences per query, L steps (shots), h hidde
 
 The same step function serves training (teacher forcing over [B, G] sequences) and
 decoding (G = 1), so the two can never disagree. The model knows nothing of files.
+
+`SelectorBase` holds the decoding (scores, gate, teacher forcing, greedy decoding);
+an architecture only supplies `encode`, its gate layer and its backbone. Two exist:
+`PointerSelector` (lever's, here) and `LeverPlusV3Selector` (the original's, in
+`original.py`); docs/architecture.md says how they differ.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class CrossAttentionLayer(nn.Module):
     bias would add the same constant to every logit, which softmax ignores: none.
     """
 
-    def __init__(self, hidden: int, heads: int):
+    def __init__(self, hidden: int, heads: int, attn_dropout: float = 0.0):
         super().__init__()
         self.heads, self.d_head = heads, hidden // heads
         self.q = nn.Linear(hidden, hidden)
@@ -50,6 +55,7 @@ class CrossAttentionLayer(nn.Module):
         self.v = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
+        self.attn_dropout = nn.Dropout(attn_dropout)  # on the attention weights, as nn.MultiheadAttention
 
     def forward(self, q: Tensor, c: Tensor, pad: Tensor) -> Tensor:
         # q [B, h], c [B, K, h], pad [B, K] True = ignore
@@ -59,16 +65,19 @@ class CrossAttentionLayer(nn.Module):
         q_in_c = torch.einsum("bnd,ndh->bnh", qh, self.k.weight.view(n, d, h))  # [B, n, h]
         logits = torch.einsum("bnh,bkh->bnk", q_in_c, c) / d**0.5  # [B, n, K]
         a = logits.masked_fill(pad.unsqueeze(1), float("-inf")).softmax(-1)  # [B, n, K]
+        if self.attn_dropout.p > 0:
+            a = self.attn_dropout(a)
         mix = torch.einsum("bnk,bkh->bnh", a, c)  # [B, n, h]
         v = torch.einsum("bnh,ndh->bnd", mix, self.v.weight.view(n, d, h)) + self.v.bias.view(n, d)
         return self.norm(q + self.out(v.reshape(B, h)))
 
 
-def _near_identity(layer: nn.Linear, noise: float = 0.01) -> None:
+def near_identity(layer: nn.Linear, noise: float = 0.01) -> None:
     """W = I + noise * N(0, 1), b = 0: starts as (almost) plain cosine retrieval."""
     with torch.no_grad():
         layer.weight.copy_(torch.eye(layer.out_features) + noise * torch.randn_like(layer.weight))
-        layer.bias.zero_()
+        if layer.bias is not None:
+            layer.bias.zero_()
 
 
 def _real_only(pointers: Tensor, seq_mask: Tensor) -> Tensor:
@@ -76,62 +85,57 @@ def _real_only(pointers: Tensor, seq_mask: Tensor) -> Tensor:
     return torch.where(seq_mask.unsqueeze(-1), pointers, torch.zeros_like(pointers))
 
 
-class PointerSelector(nn.Module):
-    """Pointer network over a pool of K candidate demonstrations (DOMAIN.md section 5).
+class SelectorBase(nn.Module):
+    """Decoding shared by every architecture: per-step scores, the gate, teacher forcing, greedy decoding.
 
-    The input projection is shared by query and candidates: both are items of the
-    same CLIP space (mean of image and question embeddings), so one map keeps them
-    comparable and costs half the parameters of two maps. The separate query/candidate
-    projections after the encoder give each side its own freedom.
-
-    Backbone = input projection + cross-attention layers (the encoder). Frozen, it
-    leaves the output projections and the gate trainable: 40% of the parameters at
-    the default sizes (d_in 512, hidden 256, 1 layer).
+    A subclass sets `d_in`, `hidden`, `score_temperature`, `dropout_mask` and implements
+    `project` (the input projection), `attend` (the rest of the encoder), `gate_layer` and
+    `backbone_parameters`.
     """
 
-    def __init__(
-        self,
-        d_in: int = 512,
-        hidden: int = 256,
-        layers: int = 1,
-        heads: int = 1,
-        dropout: float = 0.1,
-        score_temperature: float = 0.1,
-    ):
-        super().__init__()
-        if hidden % heads != 0:
-            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        if score_temperature <= 0:
-            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
-        self.d_in, self.hidden, self.layers, self.heads = d_in, hidden, layers, heads
-        self.score_temperature = float(score_temperature)
-        self.dropout_p = float(dropout)
+    d_in: int
+    hidden: int
+    score_temperature: float
+    dropout_mask: str  # "group" | "sequence"
 
-        self.input_proj = nn.Linear(d_in, hidden, bias=False)
-        self.cross = nn.ModuleList(CrossAttentionLayer(hidden, heads) for _ in range(layers))
-        self.dropout = nn.Dropout(dropout)
-        self.query_proj = nn.Linear(hidden, hidden)
-        self.cand_proj = nn.Linear(hidden, hidden)
-        self.gate = nn.Linear(2 * hidden, hidden)
-        _near_identity(self.query_proj)
-        _near_identity(self.cand_proj)
+    def project(self, x: Tensor) -> Tensor:
+        """The input projection, [..., d_in] -> [..., h] (deterministic: no dropout before it)."""
+        raise NotImplementedError
 
-    def config(self) -> dict:
-        """Constructor arguments, enough to rebuild the model before loading weights."""
-        return dict(
-            d_in=self.d_in,
-            hidden=self.hidden,
-            layers=self.layers,
-            heads=self.heads,
-            dropout=self.dropout_p,
-            score_temperature=self.score_temperature,
-        )
+    def attend(self, q: Tensor, c: Tensor, pool_mask: Tensor) -> Encoded:
+        """The encoder after the input projection: q [B, h], c [B, K, h], pool_mask [B, K] -> Encoded."""
+        raise NotImplementedError
 
-    # ---- backbone freezing -------------------------------------------------
+    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
+        """Encode each query once against its pool.
+
+        query [B, d_in], pool [B, K, d_in], pool_mask [B, K] bool (True = real item;
+        None = all real). Each query needs at least one real candidate.
+        """
+        pool_mask = self._inputs(query, pool, pool_mask)
+        return self.attend(self.project(query), self.project(pool), pool_mask)
+
+    def gate_layer(self) -> nn.Linear:
+        """The linear map of the gate g = sigmoid(W [q; c] + b)."""
+        raise NotImplementedError
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """Encoder parameters: the shared input projection and every cross-attention layer."""
-        return [*self.input_proj.parameters(), *self.cross.parameters()]
+        raise NotImplementedError
+
+    def _inputs(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None) -> Tensor:
+        """Check shapes and return the pool mask [B, K] (None = all real)."""
+        B, K, _ = pool.shape
+        if query.shape != (B, self.d_in) or pool.shape[-1] != self.d_in:
+            raise ValueError(
+                f"expected query [B, {self.d_in}] and pool [B, K, {self.d_in}], got {tuple(query.shape)} and {tuple(pool.shape)}"
+            )
+        if pool_mask is None:
+            pool_mask = torch.ones(B, K, dtype=torch.bool, device=pool.device)
+        if not bool(pool_mask.any(-1).all()):
+            raise ValueError("every query needs at least one real candidate (pool_mask row all False)")
+        return pool_mask
+
+    # ---- backbone freezing -------------------------------------------------
 
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Freeze (requires_grad False) or unfreeze the backbone; the heads stay trainable."""
@@ -144,31 +148,28 @@ class PointerSelector(nn.Module):
         live = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return live / total
 
-    # ---- encoding ----------------------------------------------------------
+    # ---- training entry point ----------------------------------------------
 
-    def encode(self, query: Tensor, pool: Tensor, pool_mask: Tensor | None = None) -> Encoded:
-        """Encode each query once against its pool.
+    def score_sequences(self, query: Tensor, pool: Tensor, pool_mask: Tensor, pointers: Tensor, seq_mask: Tensor) -> Tensor:
+        """log p of every sequence: [B, G].
 
-        query [B, d_in], pool [B, K, d_in], pool_mask [B, K] bool (True = real item;
-        None = all real). Each query needs at least one real candidate.
+        query [B, d_in], pool [B, K, d_in], pool_mask [B, K], pointers [B, G, L], seq_mask [B, G].
+        dropout_mask "group" (or eval mode): one encoding per query, so every sequence of a
+        group sees the same dropout mask. "sequence" in training: every sequence is encoded
+        on its own (query and pool repeated G times), with its own masks, as the original did.
         """
-        B, K, _ = pool.shape
-        if query.shape != (B, self.d_in) or pool.shape[-1] != self.d_in:
-            raise ValueError(
-                f"expected query [B, {self.d_in}] and pool [B, K, {self.d_in}], got {tuple(query.shape)} and {tuple(pool.shape)}"
-            )
-        if pool_mask is None:
-            pool_mask = torch.ones(B, K, dtype=torch.bool, device=pool.device)
-        if not bool(pool_mask.any(-1).all()):
-            raise ValueError("every query needs at least one real candidate (pool_mask row all False)")
-        dtype = self.input_proj.weight.dtype
-        q = self.input_proj(query.to(dtype))  # [B, h]
-        c = self.input_proj(pool.to(dtype))  # [B, K, h]
-        for layer in self.cross:
-            q = layer(q, c, ~pool_mask)  # [B, h]
-        q = F.normalize(self.query_proj(self.dropout(q)), dim=-1)  # [B, h]
-        c = F.normalize(self.cand_proj(self.dropout(c)), dim=-1)  # [B, K, h]
-        return Encoded(q=q, cand=c, pool_mask=pool_mask)
+        if not (self.training and self.dropout_mask == "sequence"):
+            return self.sequence_logprobs(self.encode(query, pool, pool_mask), pointers, seq_mask)
+        B, G, L = pointers.shape
+        pool_mask = self._inputs(query, pool, pool_mask)
+        q, c = self.project(query), self.project(pool)  # once per query: nothing random comes before
+        enc = self.attend(
+            q.repeat_interleave(G, 0),  # [B*G, h]
+            c.repeat_interleave(G, 0),  # [B*G, K, h]
+            pool_mask.repeat_interleave(G, 0),  # [B*G, K]
+        )
+        logp = self.sequence_logprobs(enc, pointers.reshape(B * G, 1, L), seq_mask.reshape(B * G, 1))  # [B*G, 1]
+        return logp.view(B, G)
 
     # ---- one decoding step, shared by training and inference ---------------
 
@@ -188,7 +189,7 @@ class PointerSelector(nn.Module):
         """
         rows = torch.arange(cand.shape[0], device=cand.device).unsqueeze(1)  # [B, 1]
         chosen = cand[rows, picked]  # [B, G, h]
-        g = torch.sigmoid(self.gate(torch.cat([q, chosen], dim=-1)))  # [B, G, h]
+        g = torch.sigmoid(self.gate_layer()(torch.cat([q, chosen], dim=-1)))  # [B, G, h]
         return F.normalize(g * q + (1 - g) * chosen, dim=-1)
 
     # ---- teacher forcing ---------------------------------------------------
@@ -269,3 +270,97 @@ class PointerSelector(nn.Module):
             if t + 1 < steps:
                 q = self._advance(q, enc.cand, label)
         return torch.cat(picks, dim=1)  # [B, steps]
+
+
+class PointerSelector(SelectorBase):
+    """Lever's pointer network over a pool of K candidate demonstrations (docs/architecture.md).
+
+    The input projection is shared by query and candidates: both are items of the
+    same CLIP space (mean of image and question embeddings), so one map keeps them
+    comparable and costs half the parameters of two maps. The separate query/candidate
+    projections after the encoder give each side its own freedom.
+
+    Backbone = input projection + cross-attention layers (the encoder). Frozen, it
+    leaves the output projections and the gate trainable: 40% of the parameters at
+    the default sizes (d_in 512, hidden 256, 1 layer).
+
+    Options that reproduce the original's choices: proj_bias False (its projections have
+    no bias), init "xavier" (xavier-uniform input projection and gate, zero gate bias),
+    attn_dropout 0.1, dropout_mask "sequence".
+    """
+
+    def __init__(
+        self,
+        d_in: int = 512,
+        hidden: int = 256,
+        layers: int = 1,
+        heads: int = 1,
+        dropout: float = 0.1,
+        score_temperature: float = 0.1,
+        attn_dropout: float = 0.0,
+        dropout_mask: str = "group",
+        proj_bias: bool = True,
+        init: str = "default",
+    ):
+        super().__init__()
+        if hidden % heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        if score_temperature <= 0:
+            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
+        if dropout_mask not in ("group", "sequence") or init not in ("default", "xavier"):
+            raise ValueError(f"dropout_mask must be group|sequence and init default|xavier, got {dropout_mask!r}, {init!r}")
+        self.d_in, self.hidden, self.layers, self.heads = d_in, hidden, layers, heads
+        self.score_temperature = float(score_temperature)
+        self.dropout_p, self.attn_dropout_p = float(dropout), float(attn_dropout)
+        self.dropout_mask, self.proj_bias, self.init = dropout_mask, bool(proj_bias), init
+
+        self.input_proj = nn.Linear(d_in, hidden, bias=False)
+        self.cross = nn.ModuleList(CrossAttentionLayer(hidden, heads, attn_dropout) for _ in range(layers))
+        self.dropout = nn.Dropout(dropout)
+        self.query_proj = nn.Linear(hidden, hidden, bias=proj_bias)
+        self.cand_proj = nn.Linear(hidden, hidden, bias=proj_bias)
+        self.gate = nn.Linear(2 * hidden, hidden)
+        if init == "xavier":
+            nn.init.xavier_uniform_(self.input_proj.weight)
+            nn.init.xavier_uniform_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+        near_identity(self.query_proj)
+        near_identity(self.cand_proj)
+
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild the model before loading weights."""
+        return dict(
+            d_in=self.d_in,
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            dropout=self.dropout_p,
+            score_temperature=self.score_temperature,
+            attn_dropout=self.attn_dropout_p,
+            dropout_mask=self.dropout_mask,
+            proj_bias=self.proj_bias,
+            init=self.init,
+        )
+
+    def gate_layer(self) -> nn.Linear:
+        return self.gate
+
+    # ---- backbone freezing -------------------------------------------------
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Encoder parameters: the shared input projection and every cross-attention layer."""
+        return [*self.input_proj.parameters(), *self.cross.parameters()]
+
+    # ---- encoding ----------------------------------------------------------
+
+    def project(self, x: Tensor) -> Tensor:
+        """The shared input projection: [..., d_in] -> [..., h]."""
+        return self.input_proj(x.to(self.input_proj.weight.dtype))
+
+    def attend(self, q: Tensor, c: Tensor, pool_mask: Tensor) -> Encoded:
+        """Cross-attention, dropout, output projections: q [B, h], c [B, K, h], pool_mask [B, K] -> Encoded."""
+        for layer in self.cross:
+            q = layer(q, c, ~pool_mask)  # [B, h]
+        q = F.normalize(self.query_proj(self.dropout(q)), dim=-1)  # [B, h]
+        c = F.normalize(self.cand_proj(self.dropout(c)), dim=-1)  # [B, K, h]
+        return Encoded(q=q, cand=c, pool_mask=pool_mask)

@@ -17,7 +17,7 @@ from lever.errors import LeverError
 from lever.keys import content_key
 from lever.runs.layout import RunDir, RunsFolder
 from lever.runs.store import plan_name, split_ref
-from lever.spec.load import suggest
+from lever.spec.load import plan_files, suggest
 
 
 @dataclass
@@ -158,9 +158,12 @@ def parse_results(rows: list[dict]) -> Results:
     return out
 
 
-def load_run(run_dir: Path | RunDir) -> RunData:
-    """Read one seed run: absent files become None, damaged ones raise a DamagedState naming the file."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+def load_run(run_dir: Path | RunDir, plan: str | None = None) -> RunData:
+    """Read one seed run: absent files become None, damaged ones raise a DamagedState naming the file.
+
+    ``plan`` is the plan's name (it may hold a ``/``: ``original/plan5``); default: the folder's name.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir), plan)
     data = RunData(
         path=run.path,
         plan=run.plan,
@@ -183,7 +186,7 @@ def load_run(run_dir: Path | RunDir) -> RunData:
 def load_plan(plan: str, run_dirs: list[Path] | list[RunDir]) -> PlanRuns:
     """All seed runs of a plan, with a ``missing`` reason and the command that would fill it."""
     name = plan_name(plan)
-    dirs = [d if isinstance(d, RunDir) else RunDir(Path(d)) for d in run_dirs]
+    dirs = [d if isinstance(d, RunDir) else RunDir(Path(d), name) for d in run_dirs]
     runs = [load_run(d) for d in sorted(dirs, key=lambda d: (d.seed is None, d.seed or 0, d.path.name))]
     if runs:
         name = runs[0].plan  # why: the run dir holds the plan's own name
@@ -217,8 +220,8 @@ def check_known(plan: str, plans_dir: Path, runs_root: Path) -> None:
     name = plan_name(ref)
     if (runs_root / name).is_dir() or Path(ref).is_file() or (plans_dir / f"{name}.toml").is_file():
         return
-    plans = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
-    runs = sorted(d.name for d in runs_root.iterdir() if d.is_dir() and not d.name.startswith("_")) if runs_root.is_dir() else []
+    plans = [plan_name(p, plans_dir) for p in plan_files(plans_dir)]
+    runs = RunsFolder(runs_root).plans()
     known = sorted(set(plans) | set(runs))
     raise LeverError(
         f"plan '{plan}': no plan file {plans_dir / (name + '.toml')} and no runs under {runs_root}",

@@ -36,7 +36,7 @@ class RunsFolder:
     root: Path
 
     def run(self, plan: str, spec_hash: str, seed: int) -> RunDir:
-        return RunDir(self.root / plan / spec_hash / f"seed-{seed}")
+        return RunDir(self.root / plan / spec_hash / f"seed-{seed}", plan)
 
     def stage(self, name: str, key: str) -> Path:
         return self.root / STAGES / f"{name}-{key}"
@@ -67,14 +67,27 @@ class RunsFolder:
     def seed_runs(self, plan: str, spec_hash: str) -> list[RunDir]:
         """The seed runs of one spec hash, by seed."""
         dirs = [d for d in (self.root / plan / spec_hash).glob("seed-*") if d.is_dir()]
-        return sorted((RunDir(d) for d in dirs), key=lambda r: (r.seed is None, r.seed or 0, r.path.name))
+        return sorted((RunDir(d, plan) for d in dirs), key=lambda r: (r.seed is None, r.seed or 0, r.path.name))
+
+    def plans(self) -> list[str]:
+        """Every plan with runs, by name; a family's plans are `family/plan` (`original/plan7`)."""
+        if not self.root.is_dir():
+            return []
+        found: list[str] = []
+
+        def visit(folder: Path, prefix: str) -> None:
+            for d in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != STAGES and not p.name.startswith(".")):
+                if any(h.is_dir() and any(h.glob("seed-*")) for h in d.iterdir()):
+                    found.append(prefix + d.name)
+                else:
+                    visit(d, f"{prefix}{d.name}/")
+
+        visit(self.root, "")
+        return found
 
     def scan(self) -> list[RunDir]:
         """Every run, by plan, then newest hash first, then seed."""
-        if not self.root.is_dir():
-            return []
-        plans = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != STAGES)
-        return [run for plan in plans for h in self.hashes(plan) for run in self.seed_runs(plan, h)]
+        return [run for plan in self.plans() for h in self.hashes(plan) for run in self.seed_runs(plan, h)]
 
 
 class EvalDir:
@@ -165,19 +178,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
 class RunDir:
     """One seed run of a plan: typed paths, verified reads, atomic writes and status transitions."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, plan: str | None = None):
+        """`path` is `<runs>/<plan>/<hash>/seed-<n>`; `plan` names a plan of a family (`original/plan7`),
+        which nests one folder deeper (default: the folder's own name)."""
         self.path = Path(path)
+        self.plan = plan or self.path.parent.parent.name
 
     def __repr__(self) -> str:
         return f"RunDir({self.path})"
 
     @property
     def folder(self) -> RunsFolder:
-        return RunsFolder(self.path.parents[2])
-
-    @property
-    def plan(self) -> str:
-        return self.path.parent.parent.name
+        return RunsFolder(self.path.parents[2 + self.plan.count("/")])
 
     @property
     def spec_hash(self) -> str:

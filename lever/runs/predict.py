@@ -15,22 +15,29 @@ from torch import Tensor
 
 from lever.data.candidates import CandidateData
 from lever.data.filters import stage_filter
-from lever.data.rewards import compute_rewards
+from lever.data.rewards import compute_rewards, raw_rewards
 from lever.data.segments import one_thread
 from lever.data.stats import FLAT, FLAT_SHARE, ZERO, value_summary
 from lever.spec.schema import Plan
-from lever.train.losses import group_advantages, top_k_mask
+from lever.train.losses import group_advantages, group_zscore_clamped, top_k_mask
 
 from .recipe import split_data, stage_train_data
 
 
 def advantage_prediction(
-    data: CandidateData, rewards: Tensor, adv: Any, top_k: int | None = None, chunk: int = 4096
+    data: CandidateData,
+    rewards: Tensor,
+    adv: Any,
+    top_k: int | None = None,
+    chunk: int = 4096,
+    ties: str = "index",
+    raw: Tensor | None = None,
 ) -> dict[str, Any]:
     """Advantages as GRPO computes them, over every group (in chunks of `chunk` groups).
 
     adv is the plan's AdvantageSpec; top_k keeps each group's k best sequences first
-    (the beam curriculum), as training does. Returns groups, zero_share (all |A| <= 1e-8),
+    (the beam curriculum, ties per grpo.top_k_ties), as training does; with
+    adv.normalization = "original" the first stage z-scores the raw rewards `raw`. Returns groups, zero_share (all |A| <= 1e-8),
     flat_share (max |A| < FLAT), adv_std (population, over all sequences), adv_max,
     mean_spread (mean over groups of max |A|).
     """
@@ -42,7 +49,9 @@ def advantage_prediction(
     for start in range(0, Q, chunk):
         idx = torch.arange(start, min(Q, start + chunk))
         r, mask = data.padded(idx, rewards.double())  # [B, G]
-        mask = top_k_mask(r, mask, top_k)
+        if adv.normalization == "original":
+            r = group_zscore_clamped(data.padded(idx, (rewards if raw is None else raw).double())[0], mask, adv.group_clip)
+        mask = top_k_mask(r, mask, top_k, ties)
         A = group_advantages(r, mask, adv.kind, std_floor=adv.std_floor, ties=adv.rank_ties, clip=adv.clip)  # [B, G]
         vals = A[mask]
         n += vals.numel()
@@ -100,7 +109,8 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
     for name, flt in phases:
         train, report = stage_train_data(split.train, plan, flt)
         rewards = compute_rewards(train, plan.reward)  # what the stage trains on (normalised if the plan says so)
-        rows = [advantage_prediction(train, rewards, plan.grpo.advantage, k) for k in ks]
+        raw = raw_rewards(train, plan.reward)
+        rows = [advantage_prediction(train, rewards, plan.grpo.advantage, k, ties=plan.grpo.top_k_ties, raw=raw) for k in ks]
         out["stages"].append(
             {
                 "stage": name,

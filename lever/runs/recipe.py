@@ -22,7 +22,7 @@ from lever.data.reader import load_candidates
 from lever.data.rewards import compute_rewards, raw_rewards
 from lever.errors import LeverError
 from lever.keys import file_digest
-from lever.model import PointerSelector
+from lever.model import SelectorBase, build_selector
 from lever.spec import Workspace
 from lever.spec.schema import DataFilter, Plan
 from lever.train.groups import Groups
@@ -77,10 +77,9 @@ def make_groups(data: CandidateData, plan: Plan, features: Tensor) -> Groups:
     return Groups(data, compute_rewards(data, plan.reward), raw_rewards(data, plan.reward), features)
 
 
-def build_model(plan: Plan, feature_dim: int, device: torch.device | str = "cpu") -> PointerSelector:
-    """The plan's selector, freshly initialised (seed the RNG first)."""
-    m = plan.model
-    return PointerSelector(feature_dim, m.hidden, m.layers, m.heads, m.dropout, m.score_temperature).to(device)
+def build_model(plan: Plan, feature_dim: int, device: torch.device | str = "cpu") -> SelectorBase:
+    """The plan's selector (`model.arch`), freshly initialised (seed the RNG first)."""
+    return build_selector(feature_dim, plan.model).to(device)
 
 
 @dataclass

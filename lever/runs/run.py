@@ -27,10 +27,19 @@ from lever.device import resolve_device
 from lever.errors import DamagedState, LeverError, RunFailed
 from lever.io import file_lock
 from lever.keys import content_key
-from lever.model import PointerSelector
+from lever.model import SelectorBase
 from lever.spec import LoadedPlan, Workspace, load_plan
 from lever.train.checkpoint import State, load_into, load_weights, state_digest
-from lever.train.stage import STAGE_METRICS, Reporter, SilentReporter, StageRunner, derive_seed, read_result
+from lever.train.stage import (
+    STAGE_METRICS,
+    Reporter,
+    SilentReporter,
+    StageRunner,
+    derive_seed,
+    grpo_flags,
+    handoff_checkpoint,
+    read_result,
+)
 
 from .layout import RunDir, RunsFolder
 from .recipe import Prepared, build_model, compile_stages, input_keys, make_groups, memo_file, prepare, stage_train_data
@@ -52,7 +61,7 @@ def run_dir_of(ws: Workspace, lp: LoadedPlan, seed: int) -> RunDir:
 # --------------------------------------------------------------------------- start point
 
 
-def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: PointerSelector) -> tuple[State | None, str]:
+def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: SelectorBase) -> tuple[State | None, str]:
     """Load the plan's start weights into `model` (none for a fresh seeded init); returns them and a key naming them."""
     st = lp.plan.start
     if st.kind == "scratch":
@@ -275,12 +284,14 @@ def _train(lp: LoadedPlan, ws: Workspace, seed: int, run: RunDir, rep: Reporter,
                     rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
                 assert result is not None
                 sel, rows = result
-                weights = load_weights(stage_dir / sel["checkpoint"])  # a damaged file is the stage's damage too
+                # The next stage starts from this stage's selected epoch, or its last (grpo.handoff = "last").
+                handoff = "selected" if last else getattr(stages[i + 1][0].opt, "handoff", "selected")
+                weights = load_weights(stage_dir / handoff_checkpoint(sel, rows, handoff))  # damage here is the stage's
             except LeverError as err:
                 if isinstance(err, DamagedState) or str(stage_dir) in str(err):
                     raise DamagedState(err.args[0], hint=err.hint or retrain_fix) from None
                 raise
-        model.load_state_dict(weights)  # the next stage starts from this selection
+        model.load_state_dict(weights)
         entries.append({"stage": stage.name, "kind": stage.kind, "key": key, **sel, "path": stage_dir})
         all_rows += rows
         record = run.write_stages(entries, all_rows)
@@ -305,4 +316,5 @@ def _flags(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[st
             flags.append(f"near-zero advantages in {e['stage']} (adv/std {row['adv/std']:.4f})")
         if row and row.get("adv/zero_frac", 0.0) > FLAT_SHARE:
             flags.append(f"{row['adv/zero_frac']:.0%} of {e['stage']} groups had all-zero advantages")
+        flags += grpo_flags(e["stage"], [r for r in rows if r["stage"] == e["stage"]])
     return flags

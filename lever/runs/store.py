@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lever.spec.load import plan_name
+
 from .layout import RunDir, RunsFolder
 
 
@@ -19,12 +21,6 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     """`plan5@1a2b` -> ("plan5", "1a2b"); `plans/plan5.toml` -> ("plans/plan5.toml", None)."""
     plan, _, spec_hash = ref.partition("@")
     return plan, spec_hash or None
-
-
-def plan_name(plan: str) -> str:
-    """`plans/plan5.toml` -> `plan5`; a bare name is kept."""
-    p = Path(plan)
-    return p.stem if p.suffix == ".toml" or len(p.parts) > 1 else plan
 
 
 @dataclass

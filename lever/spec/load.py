@@ -245,15 +245,37 @@ def validate_plan(data: dict[str, Any], where: str) -> Plan:
 # --------------------------------------------------------------------------- entry points
 
 
-def find_plan_file(ref: str | Path, plans_dir: Path = Path("plans")) -> Path:
-    """A plan is a file path, or a name looked up as `<plans_dir>/<name>.toml`."""
+def plan_files(plans_dir: Path) -> list[Path]:
+    """Every plan file in the plans folder and its sub-folders (a family such as `original/`), by name."""
+    if not plans_dir.is_dir():
+        return []
+    return sorted(plans_dir.rglob("*.toml"), key=lambda p: plan_name(p, plans_dir))
+
+
+def plan_name(ref: str | Path, plans_dir: Path | None = None) -> str:
+    """A plan's name: its file's path inside the plans folder, without `.toml`, `/`-separated
+    (`plan5`, `original/plan5`). The plans folder is `plans_dir`, else the nearest folder
+    called `plans` above the file; a file in neither is named by its stem. A name (no
+    `.toml`) is kept as it is."""
     path = Path(ref)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix != ".toml":
+        return path.as_posix()
+    full = path.resolve()
+    roots = [Path(plans_dir).resolve()] if plans_dir is not None else []
+    roots += [p for p in full.parents if p.name == "plans"][:1]
+    names = [full.relative_to(r).with_suffix("").as_posix() for r in roots if full.is_relative_to(r)]
+    return max(names, key=len) if names else path.stem  # the widest folder: a family's file keeps its family
+
+
+def find_plan_file(ref: str | Path, plans_dir: Path = Path("plans")) -> Path:
+    """A plan is a file path, or a name looked up as `<plans_dir>/<name>.toml` (`original/plan5`)."""
+    path = Path(ref)
+    if path.suffix == ".toml" or path.is_file():
         return path
     candidate = plans_dir / f"{ref}.toml"
     if candidate.is_file():
         return candidate
-    known = sorted(p.stem for p in plans_dir.glob("*.toml")) if plans_dir.is_dir() else []
+    known = [plan_name(p, plans_dir) for p in plan_files(plans_dir)]
     hint = f"{suggest(str(ref), known)}known plans: {', '.join(known)}" if known else f"no plans found in {plans_dir}/"
     raise LeverError(f"plan '{ref}': no file {candidate}", hint=hint)
 
@@ -268,7 +290,7 @@ def load_plan(ref: str | Path, overrides: list[str] | tuple[str, ...] = (), plan
         apply_override(data, keys, value)
     where = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     plan = validate_plan(data, where)
-    return LoadedPlan(name=path.stem, path=path, plan=plan, chain=chain, overrides=list(overrides))
+    return LoadedPlan(name=plan_name(path, plans_dir), path=path, plan=plan, chain=chain, overrides=list(overrides))
 
 
 def recipe_dict(plan: Plan) -> dict[str, Any]:

@@ -102,12 +102,29 @@ class RewardSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """The pointer selector (DOMAIN.md section 5)."""
+    """The pointer selector (docs/architecture.md)."""
 
+    arch: Literal["lever", "lever-plus-v3"] = Field(
+        "lever",
+        description="lever = lever's selector (the settings below shape it); lever-plus-v3 = the original's selector, "
+        "parameter for parameter (its state-dict names and shapes; no projection biases, xavier init)",
+    )
     hidden: int = Field(256, ge=1, le=8192, description="Hidden size after the input projection")
     layers: int = Field(1, ge=1, le=16, description="Cross-attention layers (query attends over the pool)")
     heads: int = Field(1, ge=1, le=64, description="Attention heads per layer")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the output projections")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the output projections (the original: 0.5)")
+    attn_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the attention weights (the original: 0.1)")
+    dropout_mask: Literal["group", "sequence"] = Field(
+        "group",
+        description="group = one dropout mask per query, shared by all its sequences (one encoding per query); "
+        "sequence = a mask per sequence, as the original (it encodes the pool again for every sequence; G times the cost)",
+    )
+    proj_bias: bool = Field(True, description="arch lever: biases on the query and candidate projections (the original has none)")
+    init: Literal["default", "xavier"] = Field(
+        "default",
+        description="arch lever: default = PyTorch's initialisation of the input projection and gate; "
+        "xavier = xavier-uniform for both and a zero gate bias, as the original",
+    )
     score_temperature: float = Field(0.1, gt=0, description="Scores are cosine / this")
 
     @model_validator(mode="after")
@@ -129,10 +146,17 @@ class OptimSpec(Strict):
     )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step")
+    batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step (the original: 1, whatever it was told)")
+    lr_scaling: Literal["none", "sqrt", "linear"] = Field(
+        "none",
+        description="How the learning rate follows batch_size: none = lr as given; sqrt / linear = lr is a batch-1 rate "
+        "(the log's rates are), multiplied by sqrt(batch_size) / batch_size",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping)")
     freeze_backbone: bool = Field(
-        False, description="Freeze the input projection and cross-attention (about half the parameters)"
+        False,
+        description="Freeze the backbone: arch lever, the input projection and cross-attention (60% of the parameters); "
+        "arch lever-plus-v3, the input, query and candidate projections, as the original (40%)",
     )
 
 
@@ -144,8 +168,11 @@ class RCESpec(OptimSpec):
     schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all RCE steps")
     temp_start: float = Field(2.0, gt=0, description="tau at the first RCE step")
     temp_end: float = Field(0.5, gt=0, description="tau at the last RCE step (linear in between)")
-    rewards: Literal["raw", "normalized"] = Field(
-        "raw", description="Weight by raw rewards or group-normalised (z-score) rewards"
+    rewards: Literal["raw", "normalized", "original"] = Field(
+        "raw",
+        description="Weight by the raw (clipped, never normalised, whatever reward.normalize says) rewards; normalized = "
+        "their group z-score (floor reward.normalize_std_floor); original = the original's default, their group z-score "
+        "without a floor, clamped to +-3",
     )
     target: Literal["weighted", "top1"] = Field(
         "weighted", description="weighted = RCE over the group; top1 = plain CE on the best sequence"
@@ -155,7 +182,11 @@ class RCESpec(OptimSpec):
 class AdaptiveKL(Strict):
     """Adaptive KL coefficient: beta x factor when KL > high, / factor when KL < low."""
 
-    enabled: bool = Field(False, description="Adapt beta after every epoch")
+    enabled: bool = Field(False, description="Adapt beta (after every epoch or step, see cadence)")
+    cadence: Literal["epoch", "step"] = Field(
+        "epoch",
+        description="epoch = adapt once per epoch on the epoch's mean KL; step = after every step on its KL (the original)",
+    )
     low: float = Field(0.01, ge=0, description="Shrink beta when the epoch's KL is below this")
     high: float = Field(0.1, gt=0, description="Grow beta when the epoch's KL is above this")
     factor: float = Field(1.5, gt=1, description="Multiplicative step")
@@ -191,6 +222,13 @@ class AdvantageSpec(Strict):
     )
     std_floor: float = Field(0.1, gt=0, description="zscore only: divide by max(std, this)")
     clip: float = Field(5.0, gt=0, description="Clip advantages to [-clip, clip]")
+    normalization: Literal["lever", "original"] = Field(
+        "lever",
+        description="lever = advantages from the rewards of the kept top-k sequences (the floor in reward units); "
+        "original = two stages: z-score each whole group's raw rewards, clamp to +-group_clip, keep the top-k of those, "
+        "then `kind` over the kept values (the floor in z units)",
+    )
+    group_clip: float = Field(3.0, gt=0, description="normalization = original: clamp of the first, whole-group z-score")
 
 
 class CurriculumStep(Strict):
@@ -217,6 +255,20 @@ class GRPOSpec(OptimSpec):
     top_k_schedule: list[CurriculumStep] = Field(
         default_factory=list,
         description="Beam curriculum: top-k sequences per group by epoch (empty = all sequences every epoch)",
+    )
+    top_k_ties: Literal["index", "topk"] = Field(
+        "index",
+        description="Which of equally rewarded sequences make the top-k: index = the lower index first; "
+        "topk = the order torch.topk returns (the original's)",
+    )
+    policy_mode: Literal["eval", "train"] = Field(
+        "eval",
+        description="eval = GRPO runs without dropout, so the ratio is exactly 1 before the first update; "
+        "train = dropout active against an eval-mode reference (the original)",
+    )
+    handoff: Literal["selected", "last"] = Field(
+        "selected",
+        description="This stage starts from the previous stage's selected epoch, or from its last epoch (the original)",
     )
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -46,36 +46,57 @@ class Batch:
 
 @dataclass
 class Groups:
-    """A set of query groups (train or validation) ready to batch."""
+    """A set of query groups (train or validation) ready to batch.
+
+    Every query's padded tensors are built once, on the features' device, the first time
+    a batch is asked for; a batch is then an index and a trim to its largest group, so a
+    step at batch 1 allocates almost nothing.
+    """
 
     data: CandidateData
     rewards: Tensor  # [S] training rewards
     raw: Tensor  # [S] raw rewards
     features: Tensor  # [N, d] on the device
+    _all: dict[str, Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def num_queries(self) -> int:
         return self.data.num_queries
 
+    def _padded(self) -> dict[str, Tensor]:
+        """All queries padded to the largest group, on the device: built once."""
+        if self._all is None:
+            dev = self.features.device
+            d = self.data
+            every = torch.arange(d.num_queries)
+            pointers, mask = d.padded(every, d.pointers)  # [Q, Gmax, L], [Q, Gmax]
+            self._all = {
+                "pointers": pointers.to(dev),
+                "rewards": d.padded(every, self.rewards)[0].to(dev),
+                "raw": d.padded(every, self.raw)[0].to(dev),
+                "seq": d.padded(every, torch.arange(d.num_sequences))[0].to(dev),
+                "mask": mask.to(dev),
+                "query_rows": d.query_ids.to(dev),  # [Q]
+                "pool_rows": d.pools.clamp(min=0).to(dev),  # [Q, K]
+                "pool_mask": (d.pools >= 0).to(dev),  # [Q, K]
+            }
+        return self._all
+
     def batch(self, idx: Tensor) -> Batch:
         """Gather queries `idx` (positions in `data`) into a padded batch on the features' device."""
-        dev = self.features.device
-        d = self.data
-        pools = d.pools[idx]  # [B, K]
-        seq_rows = torch.arange(d.num_sequences)
-        pointers, mask = d.padded(idx, d.pointers)  # [B, G, L], [B, G]
-        rewards, _ = d.padded(idx, self.rewards)
-        raw, _ = d.padded(idx, self.raw)
-        seq, _ = d.padded(idx, seq_rows)
+        a = self._padded()
+        sizes = self.data.offsets[idx + 1] - self.data.offsets[idx]  # [B] on the CPU
+        G = int(sizes.max())
+        i = idx.to(self.features.device)
         return Batch(
-            query=self.features[d.query_ids[idx].to(dev)],
-            pool=self.features[pools.clamp(min=0).to(dev)],
-            pool_mask=(pools >= 0).to(dev),
-            pointers=pointers.to(dev),
-            rewards=rewards.to(dev),
-            raw=raw.to(dev),
-            seq=seq.to(dev),
-            mask=mask.to(dev),
+            query=self.features[a["query_rows"][i]],  # [B, d]
+            pool=self.features[a["pool_rows"][i]],  # [B, K, d]
+            pool_mask=a["pool_mask"][i],  # [B, K]
+            pointers=a["pointers"][i, :G],  # [B, G, L]
+            rewards=a["rewards"][i, :G],  # [B, G]
+            raw=a["raw"][i, :G],
+            seq=a["seq"][i, :G],
+            mask=a["mask"][i, :G],
         )
 
     def batches(self, order: Tensor, batch_size: int):

@@ -164,14 +164,62 @@ def advantage_stats(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> dict[str, f
     }
 
 
-def top_k_mask(rewards: Tensor, mask: Tensor, k: int | None) -> Tensor:
-    """Keep the k real sequences with the highest reward per group (ties: lower index
-    first): mask & (rank_first < k). k None keeps all real sequences. [B, G] bool."""
+def top_k_mask(rewards: Tensor, mask: Tensor, k: int | None, ties: Literal["index", "topk"] = "index") -> Tensor:
+    """Keep the k real sequences with the highest reward per group. [B, G] bool.
+
+    ties "index": among equal rewards the lower index goes first: mask & (rank_first < k).
+    ties "topk": the indices torch.topk returns on the row (padding at -inf), the
+    original's rule; which of equal rewards it keeps is torch's choice.
+    k None keeps all real sequences.
+    """
     if k is None:
         return mask.clone()
     if k < 1:
         raise LeverError(f"top-k must be >= 1 or None (all), got {k}")
-    return mask & (group_ranks(rewards, mask, "first") < k)
+    if ties == "index":
+        return mask & (group_ranks(rewards, mask, "first") < k)
+    if ties != "topk":
+        raise LeverError(f"unknown tie rule {ties!r}", hint="use 'index' or 'topk'")
+    idx = rewards.masked_fill(~mask, float("-inf")).topk(min(k, rewards.shape[-1]), dim=-1).indices  # [B, k]
+    return mask & torch.zeros_like(mask).scatter(-1, idx, True)
+
+
+def group_zscore_clamped(rewards: Tensor, mask: Tensor, clamp: float = 3.0) -> Tensor:
+    """Stage 1 of the original's advantages, over each whole group: [B, G].
+
+    z_i = clamp((r_i - mean) / std, -clamp, clamp), std the sample std (divisor n - 1), no
+    floor; a constant group (std 0) gets z = 0. (The original keeps the raw rewards for a
+    constant group; stage 2 makes both 0.) Padded entries are 0.
+    """
+    n = mask.sum(-1, keepdim=True).to(rewards.dtype)  # [B, 1]
+    dev = masked_fill0(rewards - group_mean(rewards, mask).unsqueeze(-1), mask)  # [B, G]
+    std = ((dev**2).sum(-1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()  # [B, 1]
+    z = torch.where(std > 1e-12, dev / std.clamp_min(1e-12), torch.zeros_like(dev))
+    return masked_fill0(z.clamp(-clamp, clamp), mask)
+
+
+def two_stage_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    k: int | None,
+    group_clip: float = 3.0,
+    kind: Literal["rank", "zscore", "centered"] = "zscore",
+    std_floor: float = 0.1,
+    clip: float = 5.0,
+    ties: Literal["index", "topk"] = "topk",
+    rank_ties: Literal["average", "first"] = "average",
+) -> tuple[Tensor, Tensor]:
+    """The original's advantages: (A [B, G], kept [B, G] bool).
+
+    1. z = group_zscore_clamped(r) over all the group's real sequences (clamped to +-group_clip);
+    2. kept = the top-k of the group by z (top_k_mask with `ties`; k None = all);
+    3. A = group_advantages(z over the kept sequences, kind, std_floor, clip): for zscore,
+       A = (z - mean_kept) / max(std_kept, std_floor), so the floor is in z units.
+    A is 0 outside `kept`.
+    """
+    z = group_zscore_clamped(rewards, mask, group_clip)
+    kept = top_k_mask(z, mask, k, ties)
+    return group_advantages(z, kept, kind, std_floor, rank_ties, clip), kept
 
 
 # ---- RCE -----------------------------------------------------------------------
@@ -217,8 +265,10 @@ def ppo_loss(
           (clip False: l_i = -ratio_i * A_i)
     loss = mean over queries of the mean of l_i over the group's real sequences.
     stats: clip_frac = share of real sequences whose clipped term was the one taken
-    (ratio outside the range on the side that matters for the sign of A);
-    ratio_mean = mean ratio over real sequences.
+    (ratio outside the range on the side that matters for the sign of A): those carry no
+    gradient; clip_frac_pos = the same share among sequences with A > 0 (ratio above
+    1 + eps_high: the policy can no longer raise them), from the counts n_pos and
+    n_pos_clipped; ratio_mean = mean ratio over real sequences.
     """
     log_ratio = masked_fill0(logp_new - logp_old.detach(), mask)  # padding -> ratio 1
     ratio = log_ratio.exp()  # [B, G]
@@ -232,8 +282,13 @@ def ppo_loss(
         clipped = torch.zeros_like(mask)
     loss = masked_mean(-obj, mask)
     n = max(int(mask.sum()), 1)
+    pos = (adv > 0) & mask
+    n_pos, n_pos_clipped = float(pos.sum()), float((clipped & pos).sum())
     stats = {
         "clip_frac": float(clipped.sum()) / n,
+        "clip_frac_pos": n_pos_clipped / max(n_pos, 1.0),
+        "n_pos": n_pos,
+        "n_pos_clipped": n_pos_clipped,
         "ratio_mean": float(masked_fill0(ratio.detach(), mask).sum()) / n,
     }
     return loss, stats
