@@ -328,7 +328,7 @@ def test_ctrl_c_in_process_marks_the_run_interrupted(lever, ws, monkeypatch):
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_run_interrupted_and_the_next_run_resumes(lever, ws, tmp_path):
-    overrides = [*FAST, "rce.epochs=4", "--no-eval"]
+    overrides = [*FAST, "rce.epochs=12", "--no-eval"]  # room to interrupt mid-stage
     cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml")]
     proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
