@@ -84,7 +84,7 @@ class CountProgress:
     On a terminal: a bar with the count, the rate and the time left. Elsewhere (a pipe, a log
     file, a batch job): one plain line at the start, every `every_s` seconds, and at the end,
     e.g. `evaluating plan5 seed 0: 384/1600 questions (24%), 3.1/s, 6m32s left`. The rate counts
-    only this session's work, so a resumed job does not look faster than it is.
+    only the work done since this process started, so a resumed job does not look faster than it is.
     """
 
     def __init__(self, console: Console, label: str, unit: str = "questions", enabled: bool = True, every_s: float = 30.0):

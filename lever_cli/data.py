@@ -18,7 +18,7 @@ from ._common import OverrideOpt, workspace
 from ._console import console, err_console
 
 data_app = typer.Typer(
-    help="Inspect and balance candidate data (the compatibility JSON format of DOMAIN.md section 3).",
+    help="Inspect and balance candidate data (the compatibility JSON format of docs/data.md).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )

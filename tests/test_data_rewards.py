@@ -1,4 +1,4 @@
-"""Reward modes, clipping and group normalisation against values worked out by hand (DOMAIN.md section 4)."""
+"""Reward modes, clipping and group normalisation against values worked out by hand (docs/data.md, Rewards)."""
 
 from __future__ import annotations
 

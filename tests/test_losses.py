@@ -1,4 +1,4 @@
-"""Loss math against values worked out by hand (DOMAIN.md section 6)."""
+"""Loss math against values worked out by hand (docs/training.md, Losses)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pointer selector (DOMAIN.md section 5): shapes, masking, teacher forcing, freezing."""
+"""The pointer selector (docs/selector.md): shapes, masking, teacher forcing, freezing."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ class BenchPaths:
 
     root: Path
     features: Path  # float32 [n_train, dim], row i = train item i (torch.save)
-    candidates: Path  # candidate-data JSON (DOMAIN.md section 3 format)
+    candidates: Path  # candidate-data JSON (docs/data.md format)
     items_train: Path  # JSON list of train items
     items_val: Path  # JSON list of val eval questions
     val_features: Path  # float32 [n_val, dim], row j = val item j

@@ -1,4 +1,4 @@
-"""Candidate data (DOMAIN.md section 3 format) for the bundled benchmark, made the way the original was.
+"""Candidate data (docs/data.md format) for the bundled benchmark, made the way the original was.
 
 Per training query: a pool of K train items (the `pool_near` nearest by feature cosine plus random
 ones, shuffled; never the query itself), candidate sequences from a similarity policy
@@ -191,7 +191,7 @@ def _dedupe(cfg: BenchConfig, proposals: list[Proposal], fill: list[list[int]]) 
 def _record(
     prop: Proposal, demos: list[int], score: dict[str, Any], edge: list[float], edge_share: float, answers: list[str]
 ) -> dict[str, Any]:
-    """One pointer candidate with the DOMAIN.md field names, in a fixed key order."""
+    """One pointer candidate with the field names of docs/data.md, in a fixed key order."""
     rec = {
         "pointer": list(prop.pointer),
         "pointer_global": demos,

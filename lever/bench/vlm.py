@@ -74,7 +74,7 @@ class SimVLM:
     def score(self, split: str, query_index: int, demo_indices: Sequence[int]) -> dict[str, Any]:
         """The real scorer's fields for one question.
 
-        vqa_pred_answer, vqa_correct, vqa_acc_score, vqa_gt_prob, vqa_rel_score (DOMAIN.md section 3).
+        vqa_pred_answer, vqa_correct, vqa_acc_score, vqa_gt_prob, vqa_rel_score (docs/data.md).
         """
         return self.score_batch(split, [query_index], [demo_indices])[0]
 

@@ -23,7 +23,7 @@ import msgspec
 from lever.errors import LeverError
 
 RECORD_HINT = 'a query record is {"query": {...}, "candidate_pool_ids": [...], "pointer_candidates": [{...}, ...]}'
-CAND_HINT = "a candidate needs pointer, vqa_correct and vqa_acc_score (see DOMAIN.md section 3)"
+CAND_HINT = "a candidate needs pointer, vqa_correct and vqa_acc_score (see docs/data.md)"
 
 
 class Cand(msgspec.Struct, gc=False):

@@ -1,4 +1,4 @@
-"""Read and validate a candidate-data JSON file (DOMAIN.md section 3) into `CandidateData`.
+"""Read and validate a candidate-data JSON file (docs/data.md) into `CandidateData`.
 
 Why it is fast on a 1 GB file: msgspec splits the memory-mapped file into raw query
 records and decodes them, a chunk of queries at a time, into typed structs

@@ -1,4 +1,4 @@
-"""Rewards of candidate sequences (DOMAIN.md section 4), in one place.
+"""Rewards of candidate sequences (docs/data.md, Rewards), in one place.
 
 hard = vqa_correct (0/1), acc = vqa_acc_score, gt = vqa_gt_prob, rs = vqa_rel_score;
 h, s, rel are the plan's weights:

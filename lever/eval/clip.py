@@ -1,4 +1,4 @@
-"""CLIP item features (DOMAIN.md section 2), computed once and cached on disk.
+"""CLIP item features (docs/data.md, Features), computed once and cached on disk.
 
 emb(item) = normalise( (normalise(image_emb) + normalise(question_emb)) / 2 ),  d = projection dim
 (512 for ViT-B/32). An item without an image, or whose image file cannot be read

@@ -81,7 +81,7 @@ RewardMode = Literal["hard_plus_soft", "separated", "hard_plus_gtprob_plus_rel",
 
 
 class RewardSpec(Strict):
-    """Reward of one candidate sequence from its VLM scores (DOMAIN.md section 4)."""
+    """Reward of one candidate sequence from its VLM scores (docs/data.md, Rewards)."""
 
     mode: RewardMode = Field("hard_plus_soft", description="How hard (vqa_correct) and soft scores combine into a reward")
     hard_weight: float = Field(1.0, ge=0, description="h: weight of vqa_correct")
@@ -341,7 +341,7 @@ class SelectSpec(Strict):
 
 
 class EvalSpec(Strict):
-    """ICL evaluation of the selected checkpoint (DOMAIN.md section 7)."""
+    """ICL evaluation of the selected checkpoint (docs/evaluation.md)."""
 
     shots: list[int] = Field([1, 2, 3, 4], min_length=1, description="Numbers of demonstrations to evaluate")
     questions: int = Field(800, ge=1, description="First N eval questions by question_id")

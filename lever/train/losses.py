@@ -1,4 +1,4 @@
-"""Loss math for RCE and GRPO (DOMAIN.md section 6), as pure functions.
+"""Loss math for RCE and GRPO (docs/training.md, Losses), as pure functions.
 
 Every tensor is a padded batch [B, G]: B queries, G = the largest group; `mask`
 [B, G] bool is True for a real sequence. Groups are ragged, so every reduction goes
@@ -302,7 +302,7 @@ def kl_to_reference(
 ) -> Tensor:
     """KL penalty against the frozen reference, averaged like `ppo_loss`.
 
-    With ratio = exp(logp_new - logp_ref) (DOMAIN.md's definition, as the original):
+    With ratio = exp(logp_new - logp_ref) (as the original defines it; docs/training.md):
       k1 = log ratio
       k3 = ratio - 1 - log ratio   (>= 0, 0 only when new = ref)
     Note: Schulman's k3 puts the inverse ratio p_ref / p_new there; the domain's form is
