@@ -189,7 +189,7 @@ def report(
 
 
 def runs() -> None:
-    """List every run: plan, spec hash, seed, status, selected epoch, val accuracy per shot count and its inputs.
+    """List every run: plan, spec hash, seed, status, selected epoch, val accuracy per shot count, failed answers and inputs.
 
     A hash marked * was made with overrides (listed below the table); name its runs in compare and
     report as plan@HASH. Inputs are content keys of the data, features and evaluation files the run used.
@@ -203,7 +203,7 @@ def runs() -> None:
         typer.echo(f"no runs under {root} (start one with `lever run plans/baseline.toml`)")
         return
     shots = sorted({s for r in found for s in r.shots("val")})
-    headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "flags", "inputs"]
+    headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "failed", "flags", "inputs"]
     rows, notes = [], {}
     for r in found:
         sel = r.selected or {}
@@ -214,7 +214,8 @@ def runs() -> None:
         if r.overrides:
             notes[f"{r.plan}@{r.spec_hash}"] = " ".join(r.overrides)
         inputs = " ".join(f"{k}:{str(v)[:8]}" for k, v in r.inputs.items()) or "—"
-        rows.append([r.plan, r.spec_hash[:12] + mark, str(r.seed), r.state, selected, *accs, flags, inputs])
+        failed = sum(c.get("failed", 0) for sp in ((r.summary or {}).get("splits") or {}).values() for c in sp.values())
+        rows.append([r.plan, r.spec_hash[:12] + mark, str(r.seed), r.state, selected, *accs, str(failed), flags, inputs])
     _show(f"Runs under {root}", headers, rows)
     for ref, overrides in notes.items():
         typer.echo(f"* {ref}: overrides {overrides}")

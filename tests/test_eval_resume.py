@@ -36,14 +36,14 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
     (eval_dir,) = sorted(p for p in (tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*") if p.is_dir())
     assert not (eval_dir / "summary.json").exists()
     partial = (eval_dir / "partial-0.jsonl").read_text()
-    assert len(partial.splitlines()) == 32  # two chunks of 16 answers were kept
+    assert len(partial.splitlines()) == 8  # two chunks of 4 answers (batch size 1 x 4) were kept
     # A kill in the middle of a line: that line is dropped, the rest is kept.
-    (eval_dir / "partial-0.jsonl").write_text(partial + '{"_pos": 32, "spl')
+    (eval_dir / "partial-0.jsonl").write_text(partial + '{"_pos": 8, "spl')
 
     monkeypatch.setattr(sources.SimBackend, "answer", real)
     res = lever("--workspace", ws, "evaluate", *plan)
     assert res.code == 0, res.text
-    assert "resuming, 32 of 80 answers" in res.text
+    assert "resuming, 8 of 80 answers" in res.text
     resumed = (eval_dir / "results.jsonl").read_text()
     assert not list(eval_dir.glob("partial-*"))
     shutil.rmtree(eval_dir)
@@ -51,3 +51,30 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
     assert (eval_dir / "results.jsonl").read_text() == resumed
     rows = [json.loads(line) for line in resumed.splitlines()]
     assert len(rows) == 80 and all("_pos" not in r for r in rows)
+
+
+def test_failed_answers_stop_the_evaluation_and_are_asked_again(lever, tmp_path, monkeypatch):
+    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
+    ws = tmp_path / "lever.toml"
+    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1]", "eval.batch_size=4"]
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+
+    import lever.eval.sources as sources
+    from lever.eval.backend import Response
+
+    real = sources.SimBackend.answer
+    calls = {"n": 0}
+
+    def first_chunk_fails(self, requests):  # a transient fault (out of memory, say) on the first 16 of 40 questions
+        calls["n"] += 1
+        out = real(self, requests)
+        return [Response("", failed=True, error="CUDA out of memory") for _ in out] if calls["n"] == 1 else out
+
+    monkeypatch.setattr(sources.SimBackend, "answer", first_chunk_fails)
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 2 and "16 of 40 answers failed (40.0%, above eval.max_failed = 1.0%)" in res.err
+    assert "CUDA out of memory" in res.err and "Traceback" not in res.err
+    monkeypatch.setattr(sources.SimBackend, "answer", real)
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 0 and "resuming, 24 of 40 answers" in res.text  # the 16 failed ones are asked again

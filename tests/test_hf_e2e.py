@@ -137,6 +137,7 @@ def test_every_evaluation_input_is_in_its_key(lever, real_workspace):
         f"eval.pool_size={POOL}",
         "eval.num_beams=1",
         "eval.max_new_tokens=2",
+        "eval.max_failed=0.2",  # val question 3 has no image at first
     ]
     assert lever("--workspace", ws, "run", *args[3:], "--no-eval").code == 0
     assert lever(*args).code == 0
@@ -205,3 +206,21 @@ def test_clip_cache_does_not_count_a_missing_image(tmp_path):
         assert len(calls) == 2 and not torch.equal(first[1], second[1])  # the image now counts
     finally:
         clip_mod.clip_features = real
+
+
+def test_failures_beyond_the_budget_stop_the_evaluation(lever, real_workspace):
+    ws, _ = real_workspace
+    root = ws.parent
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}"]
+    plan += ["eval.shots=[1]", f"eval.pool_size={POOL}", "eval.num_beams=1", "eval.max_new_tokens=2"]
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0  # the default budget: 1%
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 2 and "1 of 6 answers failed" in res.err and "COCO_val2014_000000000503.jpg" in res.err
+    (run,) = (root / "runs" / "baseline").glob("*/seed-0")
+    assert RunDir(run).selected_eval() is None  # nothing that looks finished
+    vi = root / "okvqa_val" / "images"
+    shutil.copy(next(vi.glob("*.jpg")), vi / "COCO_val2014_000000000503.jpg")  # the image is restored
+    res = lever("--workspace", ws, "evaluate", *plan)  # the image folder changed: a new evaluation
+    assert res.code == 0, res.text
+    _, rows = RunDir(run).selected_eval().read()
+    assert len(rows) == N_VAL and not any(r["failed"] for r in rows)

@@ -514,3 +514,19 @@ def test_store_never_picks_another_hash_silently(runs: Path):
     assert find_plan_runs("plan5", runs).problem == "several spec hashes have runs"
     assert [r.seed for r in find_plan_runs("plan5@fff0", runs).runs] == [4]
     assert find_plan_runs("plan9", runs).problem == "not run"
+
+
+def test_failed_answers_are_shown_in_compare_and_runs(runs: Path, cli):
+    run = write_run(runs, "plan4", 0, spec=PLAN5_SPEC, accs=None)
+    rows = eval_rows(PLAN5)
+    for row in rows[:3]:  # three answers failed (an unreadable image, say) and scored 0
+        row.update(failed=True, accuracy=0.0, error="image unreadable")
+    RunDir(run, "plan4").eval_dir("sim-k64").write(rows, {"checkpoint": {}, "backend": "sim"})
+    n = len(rows)
+    base = load_plan("baseline", [runs / "baseline" / "abc123def456" / "seed-0"])
+    text = render_plain(build_comparison([load_plan("plan4", [run])], base, split="val", n_resamples=200))
+    assert f"Failed answers, scored 0: plan4 3 of {n}" in text
+    res = cli("runs")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("plan4"))
+    assert " 3 " in line

@@ -132,13 +132,17 @@ def evaluate_run(
         for shots in spec.shots:
             for i, item in enumerate(split.items):
                 todo.append(Request(split.name, item, [world.train_items[j] for j in picks[i, :shots].tolist()]))
-    # Answers already given by an interrupted evaluation (any rank, any world size) are kept.
-    done = read_partials(ev)
+    # Answers already given by an interrupted evaluation (any rank, any world size) are kept; failed ones
+    # (a missing image, say) are asked again, so fixing the files and re-running finishes the evaluation.
+    done = {pos: row for pos, row in read_partials(ev).items() if not row.get("failed")}
     rows = [row for pos, row in done.items() if r.mine(pos)]
     mine = [(p, req) for p, req in enumerate(todo) if r.mine(p) and p not in done]
     if done and r.is_main:
         log(f"evaluation: resuming, {len(done)} of {len(todo)} answers already in {ev.path}")
-    step = spec.batch_size * 16
+    step = spec.batch_size * 4  # answers between two partial writes (and progress reports)
+    before, total = len(rows), len(rows) + len(mine)
+    if progress and mine:
+        progress(before, total)  # the total is known before the first answer
     with open_partial(ev.partial(r.rank)) as partial:
         for s in range(0, len(mine), step):
             chunk = mine[s : s + step]
@@ -161,11 +165,21 @@ def evaluate_run(
                 partial.write(json.dumps(rows[-1]) + "\n")
             partial.flush()  # a kill loses at most the chunk being answered
             if progress:
-                progress(min(s + step, len(mine)), len(mine))
+                progress(before + min(s + step, len(mine)), total)
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)
         return ev, ev.read()[0]
+    failed = [row for row in rows if row["failed"]]
+    if len(failed) > spec.max_failed * len(rows):
+        barrier(r)
+        first = "; ".join(dict.fromkeys(str(row.get("error")) for row in failed[:50]))
+        raise LeverError(
+            f"{len(failed)} of {len(rows)} answers failed ({len(failed) / len(rows):.1%}, above eval.max_failed = "
+            f"{spec.max_failed:.1%}); first: {first[:600]}",
+            hint="fix what the errors name and run the same command again (a failure that passes, such as running out "
+            "of memory, is asked again; answered questions are kept), or raise eval.max_failed to score them 0",
+        )
     checkpoint = {k: v for k, v in ckpt.items() if k not in ("path", "stage_path")}
     summary = {
         "checkpoint": {**checkpoint, "checkpoint": run.folder.store(ckpt["path"])},

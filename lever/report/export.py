@@ -14,6 +14,7 @@ from .tables import (
     TRAINING_HEADERS,
     Comparison,
     diff_table,
+    failures_line,
     missing_lines,
     runs_line,
     shot_table,
@@ -125,6 +126,8 @@ def to_markdown(cmp: Comparison) -> str:
     headers, body = shot_table(cmp)
     title = f"### Accuracy (%) on {cmp.split} vs {cmp.baseline}"
     parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
+    if failures_line(cmp):
+        parts += ["", failures_line(cmp)]
     if cmp.training:
         parts += ["", "### Training (selected checkpoint)", "", _md_table(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:

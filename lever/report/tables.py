@@ -61,6 +61,8 @@ class PlanColumn:
     improved: int = 0  # shot rows with delta > 0
     improved_significant: int = 0  # ... whose 95% interval lies above 0
     n_shots: int = 0
+    failed: int = 0  # answers that failed (scored 0) on this split, over seeds and shot counts
+    answered: int = 0  # all answers on this split, over seeds and shot counts
 
 
 @dataclass
@@ -277,6 +279,10 @@ def build_comparison(
             command=p.command,
             n_shots=len(shots),
         )
+        for run in p.evaluated_runs:
+            for res in ((run.results or {}).get(split) or {}).values():
+                col.failed += res.n_failed
+                col.answered += res.n
         if col.missing is None and all(r.cells[p.name].accuracy is None for r in rows):
             col.missing, col.command = f"not evaluated on {split}", f"lever evaluate plans/{p.name}.toml"
         for r in rows[:-1]:  # shot rows only, not the average
@@ -429,6 +435,12 @@ def missing_lines(cmp: Comparison) -> list[str]:
     ]
 
 
+def failures_line(cmp: Comparison) -> str | None:
+    """Failed answers (scored 0) per plan, when any: a number that hides them is not the number it says."""
+    parts = [f"{c.name} {c.failed} of {c.answered}" for c in cmp.plans if c.failed]
+    return "Failed answers, scored 0: " + ", ".join(parts) if parts else None
+
+
 def runs_line(cmp: Comparison) -> str:
     """Which spec hash every column is, with the overrides a run was made with marked `*`."""
     parts = [f"{c.name}@{c.spec_hash}" + ("*" if c.overrides else "") for c in cmp.plans if c.spec_hash]
@@ -454,6 +466,8 @@ def render_plain(cmp: Comparison) -> str:
     """The whole comparison as plain text (for pipes and files)."""
     headers, body = shot_table(cmp)
     parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote, runs_line(cmp)]
+    if failures_line(cmp):
+        parts.append(failures_line(cmp))
     if cmp.training:
         parts += ["", "Training (selected checkpoint)", plain_grid(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:
@@ -482,6 +496,8 @@ def render_rich(cmp: Comparison, console: Any) -> None:
     if cmp.spec_diffs:
         console.print(_rich_table(f"Spec differences vs {cmp.baseline}", DIFF_HEADERS, diff_table(cmp)))
     console.print(escape(runs_line(cmp)), highlight=False)
+    if failures_line(cmp):
+        console.print(f"[yellow]{escape(failures_line(cmp))}[/]", highlight=False)
     for line in missing_lines(cmp):
         console.print(f"[yellow]missing[/] {escape(line)}", highlight=False)
 
