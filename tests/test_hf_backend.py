@@ -225,3 +225,16 @@ def test_missing_transformers_says_how_to_install(monkeypatch):
     with pytest.raises(LeverError) as err:
         require_transformers()
     assert "pip install -e '.[hf]'" in str(err.value)
+
+
+def test_a_demonstration_image_is_read_once(items, monkeypatch):
+    import lever.eval.hf as hf
+
+    hf._demo_image.cache_clear()
+    reads = []
+    real = hf.load_image
+    monkeypatch.setattr(hf, "load_image", lambda path: reads.append(path) or real(path))
+    demo = items[1]
+    for q in (items[0], items[2], items[3]):  # three questions with the same demonstration
+        assert len(prompt_images(Request("val", q, [demo]))) == 2
+    assert reads.count(demo.image) == 1 and len(reads) == 4  # the demonstration once, each query once

@@ -11,7 +11,9 @@ transformers is imported inside functions, so `import lever.eval.hf` works witho
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +128,17 @@ class _Ready:
 _Prepared = tuple[list[_Ready], list[tuple[int, str]], Any]  # (ready, (position, error) of failed, inputs)
 
 
+@functools.lru_cache(maxsize=256)
+def _demo_image(path: str, stamp: tuple[int, int], protocol: PromptProtocol | None) -> Any:
+    """A demonstration's image, read and sized once: the same train items recur across questions and shot counts.
+
+    `stamp` (size, mtime) keys the file's content, so an image replaced on disk is read again. 256
+    COCO-sized images hold about 230 MB; a query's own image is read directly.
+    """
+    image = load_image(path)
+    return protocol.size_image(image) if protocol else image
+
+
 def prompt_images(request: Request, protocol: PromptProtocol | None = None) -> list[Any]:
     """The request's images in prompt order (demos, then the query), sized by the protocol; OSError names the item."""
     images = []
@@ -133,10 +146,14 @@ def prompt_images(request: Request, protocol: PromptProtocol | None = None) -> l
         if item.image is None:
             continue
         try:
-            image = load_image(item.image)
+            if role == "demonstration":
+                st = os.stat(item.image)
+                images.append(_demo_image(item.image, (st.st_size, st.st_mtime_ns), protocol))
+            else:
+                image = load_image(item.image)
+                images.append(protocol.size_image(image) if protocol else image)
         except OSError as e:
             raise OSError(f"image of {role} {item.question_id} ({item.image}) unreadable: {e}") from None
-        images.append(protocol.size_image(image) if protocol else image)
     return images
 
 
