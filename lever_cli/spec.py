@@ -46,8 +46,11 @@ def show(
     refs, sets = plan_args(plan, overrides)
     if len(refs) != 1:
         raise LeverError(f"show takes one plan, got {len(refs)}: {' '.join(refs)}")
+    from lever.eval.protocol import resolve_protocol
+
     ws = workspace()
     lp = load_plan(refs[0], sets, ws.plans_dir)
+    protocol = resolve_protocol(lp.plan.eval).identity()  # what eval.protocol, metric and pixel settings amount to
     if as_json:
         out = {
             "name": lp.name,
@@ -56,6 +59,7 @@ def show(
             "description": lp.plan.description,
             "extends": [str(p.name) for p in lp.chain[1:]],
             "spec": lp.recipe(),
+            "protocol": protocol,
             "workspace": ws.summary(),
         }
         console.print_json(json.dumps(out, default=str))
@@ -69,6 +73,11 @@ def show(
     for key, value in flatten(lp.recipe()).items():
         table.add_row(key, json.dumps(value))
     console.print(table)
+    proto_table = Table("key", "value", title=f"evaluation protocol: {protocol['name']}", title_justify="left")
+    for key, value in protocol.items():
+        if key != "name":
+            proto_table.add_row(key, json.dumps(value))
+    console.print(proto_table)
     ws_table = Table("key", "value", title=f"workspace: {ws.source}", title_justify="left")
     for key, value in flatten(ws.summary()).items():
         if key not in ("source",):

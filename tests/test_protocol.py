@@ -113,3 +113,14 @@ def test_a_bad_protocol_fails_before_training(lever, tmp_path, monkeypatch):
     res = lever("run", plan, "eval.protocol=nosuch", "rce.epochs=1", "grpo.epochs=1")
     assert res.code == 2 and "eval.protocol = 'nosuch'" in res.err and "lever-plus" in res.err
     assert not (tmp_path / "runs").exists()
+
+
+def test_show_prints_the_effective_protocol(lever):
+    plan = Path(__file__).resolve().parents[1] / "plans" / "plan5.toml"
+    res = lever("show", plan, "eval.metric=vqa-latest", "eval.max_pixels=200704", "--json")
+    assert res.code == 0, res.text
+    import json
+
+    proto = json.loads(res.out)["protocol"]
+    assert proto["name"] == "lever-plus" and proto["metric"] == "vqa-latest" and proto["max_pixels"] == 200704
+    assert proto["system_prompt"] == ORIGINAL_SYSTEM
