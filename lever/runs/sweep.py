@@ -189,7 +189,8 @@ def member_names(runs_root: Path) -> dict[tuple[str, str], str]:
     """(plan, spec hash) -> its sweep name (`plan5@grpo.lr=1e-5`), for every derived plan of every sweep."""
     names: dict[tuple[str, str], str] = {}
     for rec in reversed(sweep_records(runs_root)):  # the newest sweep's name wins
+        base = next((m["spec_hash"] for m in rec["members"] if not m.get("point")), None)
         for m in rec["members"]:
-            if m.get("point"):
+            if m.get("point") and m["spec_hash"] != base:  # a point equal to the base plan is the base plan
                 names[(rec["plan"], m["spec_hash"])] = m["name"]
     return names
