@@ -21,6 +21,7 @@ from lever.runs.recipe import input_keys, memo_file
 from lever.runs.run import RunOutcome, end, finished_run, run_dir_of, run_plan, write_failed
 from lever.runs.sources import resolve_train_sources
 from lever.runs.sweep import Job, Sweep, save_record
+from lever.runs.trackers import Trackers
 from lever.spec import LoadedPlan, Workspace
 from lever.train.stage import Reporter, SilentReporter
 
@@ -90,11 +91,22 @@ def train_and_evaluate(
 ) -> tuple[RunOutcome, Evaluated | None]:
     """The recipe for one seed: prepare data, build the model, train the stages, select, then evaluate."""
     rep = reporter or SilentReporter()
-    outcome = run_plan(lp, ws, seed, rep, redo=redo, retrain_stage=retrain_stage)
-    if not evaluate:
-        return outcome, None
-    # A finished evaluation is verified before it is reused; redoing it is `lever evaluate PLAN --redo`'s job.
-    return outcome, evaluate_plan(lp, ws, seed, log=rep.info, progress=progress)
+    trackers = Trackers(ws.loggers, run_dir_of(ws, lp, seed), lp) if ws.loggers and ranks().is_main else None
+    try:
+        outcome = run_plan(lp, ws, seed, trackers.wrap(rep) if trackers else rep, redo=redo, retrain_stage=retrain_stage)
+        fresh = trackers is not None and outcome.state != "already"  # a finished run was logged when it ran
+        if fresh:
+            trackers.backfill(outcome.run.metrics() or [])
+        if not evaluate:
+            return outcome, None
+        # A finished evaluation is verified before it is reused; redoing it is `lever evaluate PLAN --redo`'s job.
+        ev = evaluate_plan(lp, ws, seed, log=rep.info, progress=progress)
+        if fresh:
+            trackers.evaluation(ev.summary)
+        return outcome, ev
+    finally:
+        if trackers is not None:
+            trackers.close()
 
 
 EXECUTORS = ("local", "slurm", "submitit-local")
