@@ -4,8 +4,8 @@ torch's OpenMP threads spin-wait by default; on a machine shared with other jobs
 the other runs of a sweep) that spinning alone can make a run several times slower. So lever
 sets `OMP_WAIT_POLICY=PASSIVE` unless it is already set (this has to happen before torch is
 imported: the OpenMP runtime reads it once, when it loads), and uses as many threads as the
-process may run on (its CPU affinity, which Slurm and taskset narrow), or `LEVER_THREADS`, or an
-`OMP_NUM_THREADS` already set (torchrun sets it to 1 for several processes on one machine).
+process may run on (its CPU affinity, which Slurm and taskset narrow; under torchrun, an equal
+share per process), or `LEVER_THREADS`.
 """
 
 from __future__ import annotations
@@ -35,22 +35,27 @@ def available_cores() -> int:
 
 
 def wanted_threads() -> tuple[int, str]:
-    """The thread count to use and where it came from: `LEVER_THREADS`, else `OMP_NUM_THREADS`, else the available cores."""
-    for env in (THREADS_ENV, OMP_THREADS_ENV):
-        raw = os.environ.get(env, "").strip()
-        if not raw:
-            continue
+    """The thread count to use and where it came from: `LEVER_THREADS`, else the available cores (shared
+    equally by the processes torchrun starts on this machine)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
         if not raw.isdigit() or int(raw) < 1:
-            raise LeverError(f"{env}={raw!r} is not a thread count", hint=f"a whole number of at least 1, e.g. {env}=4")
-        return int(raw), env
+            raise LeverError(
+                f"{THREADS_ENV}={raw!r} is not a thread count", hint=f"a whole number of at least 1, e.g. {THREADS_ENV}=4"
+            )
+        return int(raw), THREADS_ENV
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    procs = int(local) if local.isdigit() and int(local) > 0 else 1
+    if procs > 1:
+        return max(1, available_cores() // procs), f"available cores / {procs} torchrun processes"
     return available_cores(), "available cores"
 
 
 def configure_threads() -> None:
     """Apply the default at the start of a command: passive waiting and torch's intra-op thread count.
 
-    Without importing torch: `OMP_NUM_THREADS` is what torch reads when it loads (child processes inherit it);
-    a torch already loaded is set directly."""
+    Without importing torch: `OMP_NUM_THREADS` is what torch reads when it loads; a torch already loaded is
+    set directly."""
     passive_waiting()
     n, _ = wanted_threads()
     os.environ[OMP_THREADS_ENV] = str(n)
