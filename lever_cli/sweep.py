@@ -47,7 +47,9 @@ def sweep(
     time_min: int = typer.Option(240, "--time", min=1, help="Slurm time limit per run, in minutes"),
     gpus: int = typer.Option(1, "--gpus-per-job", min=0, help="Slurm GPUs per run"),
     cpus: int | None = typer.Option(None, "--cpus-per-job", min=1, help="Slurm CPUs per run"),
-    parallelism: int | None = typer.Option(None, "--array-parallelism", min=1, help="Slurm runs at once (default: --jobs)"),
+    parallelism: int | None = typer.Option(
+        None, "--array-parallelism", min=1, help="Slurm runs at once (default: all; the scheduler queues them)"
+    ),
     print_only: bool = typer.Option(False, "--print", help="Only print one `lever run` command per run, for another scheduler"),
     split: str = typer.Option("val", "--split", help="The split of the family table"),
 ) -> None:
@@ -81,7 +83,7 @@ def sweep(
         for job in sw.jobs:
             typer.echo(job.command(workspace_flag()))
         return
-    opts = SlurmOptions(partition, time_min, gpus, cpus, parallelism or jobs)
+    opts = SlurmOptions(partition, time_min, gpus, cpus, parallelism or (jobs if executor == "submitit-local" else None))
     names = ", ".join(m.name for m in sw.members)
     _log(f"{len(sw.members)} plan(s) x {len(sw.seeds)} seed(s): {names}")
     done = run_sweep(sw, ws, executor=executor, jobs=jobs, slurm=opts, workspace_flag=workspace_flag(), log=_log)

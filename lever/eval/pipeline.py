@@ -156,7 +156,7 @@ def run_sweep(
         outcomes = run_local(todo, jobs, workspace_flag, folder.job_dir(sweep.key), ws.runs_dir, sweep.key, log)
     elif todo:
         cluster = "slurm" if executor == "slurm" else "local"
-        opts = slurm or SlurmOptions(parallelism=jobs)
+        opts = slurm or SlurmOptions(parallelism=jobs if executor == "submitit-local" else None)
         outcomes = run_submitit(
             todo, cluster, opts, workspace_flag, folder.job_dir(sweep.key) / "submitit", ws.runs_dir, sweep.key, log
         )

@@ -49,7 +49,7 @@ class SlurmOptions:
     time_min: int = 240
     gpus_per_job: int = 1
     cpus_per_job: int | None = None
-    parallelism: int = 8
+    parallelism: int | None = None  # runs at once (default: every run of the sweep; the scheduler queues them)
 
 
 def visible_gpus() -> list[str]:
@@ -148,21 +148,48 @@ def run_submitit(
         raise LeverError(
             "--executor slurm needs submitit, which is not installed", hint="pip install 'lever[slurm]' (or pip install submitit)"
         ) from None
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as err:  # no srun/sbatch on this machine
+        raise LeverError(
+            f"--executor slurm: {err}", hint="run the sweep on a machine that submits to Slurm, or use --print"
+        ) from None
     params: dict[str, Any] = {"timeout_min": opts.time_min, "name": f"lever-{sweep}"}
     env = {"LEVER_SWEEP": sweep}
+    at_once = min(opts.parallelism or len(jobs), len(jobs))
     if cluster == "slurm":
-        params.update(gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=opts.parallelism, tasks_per_node=1)
+        params.update(gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=at_once, tasks_per_node=1)
         if opts.partition:
             params["slurm_partition"] = opts.partition
         if opts.cpus_per_job:
             params["cpus_per_task"] = opts.cpus_per_job
-    else:  # submitit's local executor starts every job at once: the cores are shared between them
-        env[THREADS_ENV] = str(max(1, available_cores() // max(1, len(jobs))))
+        batches = [jobs]
+    else:  # submitit's local executor starts what it is given at once: batches of `at_once`, the cores shared
+        env[THREADS_ENV] = str(max(1, available_cores() // at_once))
+        batches = [jobs[i : i + at_once] for i in range(0, len(jobs), at_once)]
     executor.update_parameters(**params)
+    out = []
+    for batch in batches:
+        out += _submit(executor, batch, env, workspace, runs_root, f"{cluster} ({folder})", say)
+    return out
+
+
+def _submit(
+    executor: Any,
+    jobs: list[Job],
+    env: dict[str, str],
+    workspace: str | None,
+    runs_root: Path,
+    where: str,
+    say: Callable[[str], None],
+) -> list[Outcome]:
+    """One submitit job array; waits for every job and reports how each ended, with its log."""
     argvs = [[*LEVER, *j.args(workspace)] for j in jobs]
-    handles = executor.map_array(run_command, argvs, [env] * len(jobs), [str(runs_root)] * len(jobs))
-    say(f"submitted {len(handles)} job(s) to {cluster}: {', '.join(h.job_id for h in handles)}  (files: {folder})")
+    try:
+        handles = executor.map_array(run_command, argvs, [env] * len(jobs), [str(runs_root)] * len(jobs))
+    except (OSError, subprocess.CalledProcessError) as err:  # the scheduler refused (a bad partition, a limit)
+        raise LeverError(f"submitting {len(jobs)} job(s) to {where} failed: {err}", hint="check the Slurm options") from None
+    say(f"submitted {len(handles)} job(s) to {where}: {', '.join(h.job_id for h in handles)}")
     out = []
     for job, handle in zip(jobs, handles):
         try:
