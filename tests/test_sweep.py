@@ -215,6 +215,49 @@ def test_tensorboard_events_equal_metrics_jsonl(lever, ws):
     assert sorted(p.name for p in (run_dir / "tensorboard").iterdir()) == before
 
 
+def wandb_records(path: Path):
+    """The protobuf records of an offline W&B run file (blocks of 32 KiB, each record a 7-byte header and its bytes)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, buf = path.read_bytes(), 7, b""  # after the file header
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # the rest of a block is padding
+            pos += 32768 - pos % 32768
+            continue
+        size, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        payload, pos = data[pos + 7 : pos + 7 + size], pos + 7 + size
+        buf = payload if kind in (1, 2) else buf + payload  # full, first; middle, last
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def test_wandb_offline_run_holds_the_metrics_and_the_spec(lever, ws):
+    pytest.importorskip("wandb")
+    path = Path(os.environ["LEVER_WORKSPACE"])
+    path.write_text('loggers = ["wandb"]\n' + path.read_text())
+    res = run_cli(lever, "run", str(PLANS / "plan5.toml"), *FAST, "rce.epochs=1", "grpo.epochs=2", 'eval.splits=["val"]')
+    assert res.code == 0, res.text
+    (run_dir,) = (ws / "runs" / "plan5").glob("*/seed-0")
+    (file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    history, config = [], {}
+    for r in wandb_records(file):
+        if r.WhichOneof("record_type") == "history":
+            items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            history.append({k: v for k, v in items.items() if not k.startswith("_")})
+        elif r.WhichOneof("record_type") == "run":
+            config = {u.key: json.loads(u.value_json) for u in r.run.config.update}
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    for step, row in enumerate(rows, start=1):
+        logged = next(h for h in history if h["lever/step"] == step and "val/loss" in h)
+        assert {k: pytest.approx(v) for k, v in row.items() if k not in ("stage", "epoch")} == {
+            k: v for k, v in logged.items() if k != "lever/step"
+        }
+    assert any(h.get("eval/val/acc@1") == pytest.approx(accuracies(run_dir)["val"]["1"]["accuracy"]) for h in history)
+    assert config["grpo.epochs"] == 2 and config["rce.epochs"] == 1
+
+
 def test_unknown_logger_is_a_workspace_error(lever, ws):
     path = Path(os.environ["LEVER_WORKSPACE"])
     path.write_text('loggers = ["mlflow"]\n' + path.read_text())

@@ -77,7 +77,13 @@ class _WandB:
         (run.path / "wandb").mkdir(parents=True, exist_ok=True)
         name = f"{lp.name}@{lp.hash}/seed-{run.seed}"
         self.run = wandb.init(
-            mode="offline", dir=str(run.path), project="lever", name=name, group=lp.name, config=hyperparameters(lp)
+            mode="offline",
+            dir=str(run.path),
+            project="lever",
+            name=name,
+            group=lp.name,
+            config=hyperparameters(lp),
+            settings=wandb.Settings(silent=True, console="off"),  # lever's own output stays lever's
         )
         self.run.define_metric("lever/step")
         self.run.define_metric("*", step_metric="lever/step")  # epochs logged late (reused stages) keep their place
