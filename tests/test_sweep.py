@@ -179,6 +179,16 @@ def test_threads_default_override_and_provenance(lever, ws, monkeypatch):
     }
 
 
+def test_the_cli_waits_passively_unless_told_otherwise():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import sys, os, lever_cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["PASSIVE", "False"]  # set before torch loads: OpenMP reads it once
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "ACTIVE"
+
+
 # ------------------------------------------------------------------ trackers (fast)
 
 
@@ -299,7 +309,9 @@ def test_sweep_through_submitits_local_executor_gives_identical_metrics(lever, w
     assert res.text.count("submitted 2 job(s) to local") == 2  # --jobs 2: two at a time
     same_runs(ws / "runs", separate)
     record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
-    assert all(j["job_id"] and (ws / "runs" / j["log"]).is_file() for j in record["jobs"].values())
+    for job in record["jobs"].values():  # submitit's own log, linked both ways
+        assert job["job_id"] and (ws / "runs" / job["log"]).is_file()
+        assert json.loads((ws / "runs" / job["run"] / "provenance.json").read_text())["job"]["log"] == job["log"]
 
 
 @pytest.mark.slow
