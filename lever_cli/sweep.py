@@ -22,11 +22,8 @@ def family_table(sweep: Sweep, split: str, resamples: int = 2000) -> None:
     from .report import plan_runs
 
     root = workspace().runs_dir
-    columns, seen = [], set()
-    for m in sweep.members:
-        if m.spec_hash in seen:  # a grid point equal to the base plan is the base plan's column
-            continue
-        seen.add(m.spec_hash)
+    columns = []
+    for m in sweep.distinct:  # a grid point equal to the base plan is the base plan's column
         pr = plan_runs(m.plan.name, root, m.spec_hash)
         pr.name = m.name
         pr.runs = [r for r in pr.runs if r.seed in sweep.seeds]

@@ -141,11 +141,8 @@ def run_sweep(
     record is written before the jobs, so a killed sweep is listed too and the same command resumes it."""
     if executor not in EXECUTORS:
         raise LeverError(f"--executor {executor!r} is not an executor", hint=f"use one of: {', '.join(EXECUTORS)}")
-    seen: set[str] = set()
-    for m in sweep.members:
-        if m.spec_hash not in seen:
-            seen.add(m.spec_hash)
-            preflight(m.plan, ws, True, log)
+    for m in sweep.distinct:
+        preflight(m.plan, ws, True, log)
     folder = RunsFolder(ws.runs_dir)
     record = save_record(sweep, ws)
     todo = [j for j in sweep.jobs if not finished_run(j.member.plan, ws, j.seed)]

@@ -74,15 +74,17 @@ class Sweep:
         return content_key(self.base.plan.name, self.base.plan.overrides, self.grid, self.seeds, length=12)
 
     @property
-    def jobs(self) -> list[Job]:
-        """One job per distinct spec hash and seed, the base plan's first."""
-        seen: set[str] = set()
-        out = []
+    def distinct(self) -> list[Member]:
+        """The members with distinct spec hashes (a grid point equal to the base plan is the base), the base first."""
+        first: dict[str, Member] = {}
         for m in self.members:
-            if m.spec_hash not in seen:
-                seen.add(m.spec_hash)
-                out += [Job(m, s) for s in self.seeds]
-        return out
+            first.setdefault(m.spec_hash, m)
+        return list(first.values())
+
+    @property
+    def jobs(self) -> list[Job]:
+        """One job per distinct member and seed, the base plan's first."""
+        return [Job(m, s) for m in self.distinct for s in self.seeds]
 
     def record(self) -> dict[str, Any]:
         """What `<runs>/_sweeps/<key>.json` holds: enough to name every member's runs."""
