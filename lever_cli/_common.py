@@ -22,6 +22,12 @@ def set_workspace_flag(flag: str | None) -> None:
     _state["workspace"] = None
 
 
+def workspace_flag() -> str | None:
+    """The --workspace file as an absolute path (for the commands a sweep starts), None when not given."""
+    flag = _state["workspace_flag"]
+    return str(Path(flag).resolve()) if flag else None  # type: ignore[arg-type]
+
+
 def workspace() -> Workspace:
     """The workspace for this invocation (loaded once)."""
     if _state["workspace"] is None:

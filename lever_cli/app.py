@@ -11,8 +11,9 @@ from rich.text import Text
 
 from lever import __version__
 from lever.errors import LeverError
+from lever.threads import configure_threads
 
-from . import report, run, spec
+from . import report, run, spec, sweep
 from ._common import set_workspace_flag
 from ._console import err_console
 from .data import data_app
@@ -49,6 +50,7 @@ def _root(
 
 spec.register(app)
 run.register(app)
+sweep.register(app)
 report.register(app)
 app.add_typer(data_app, name="data")
 
@@ -63,6 +65,7 @@ def main() -> None:
         # A parent may start us with SIGINT ignored (a shell's background job); Ctrl-C must still stop a run cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        configure_threads()  # passive OpenMP waiting; threads = the cores this process may use, or LEVER_THREADS
         # An int when the app exits early: typer.Exit, or Ctrl-C inside a command (typer turns it into 130).
         code = app(standalone_mode=False, prog_name="lever")
     except LeverError as err:

@@ -23,6 +23,7 @@ from lever.report.tables import (
 )
 from lever.runs.layout import RunDir
 from lever.runs.store import find_plan_runs, plan_name, split_ref
+from lever.runs.sweep import member_names
 
 from ._common import runs_dir as runs_root
 from ._common import workspace
@@ -50,6 +51,8 @@ def plan_runs(plan: str, root: Path, spec_hash: str | None = None) -> PlanRuns:
     else:
         found = find_plan_runs(plan, root, None if named else _current_hash(ref))
     pr = load_plan(found.name, found.runs)
+    if named and "=" in named:  # a sweep's derived plan keeps its own name: a column beside the base plan's
+        pr.name = f"{pr.name}@{named}"
     if found.problem:
         pr.missing, pr.command = found.problem, found.hint
     return pr
@@ -192,7 +195,8 @@ def runs() -> None:
     """List every run: plan, spec hash, seed, status, selected epoch, val accuracy per shot count, failed answers and inputs.
 
     A hash marked * was made with overrides (listed below the table); name its runs in compare and
-    report as plan@HASH. Inputs are content keys of the data, features and evaluation files the run used.
+    report as plan@HASH. A sweep's derived plans are listed by their names (plan5@grpo.lr=1e-5), which
+    compare and report accept too. Inputs are content keys of the data, features and evaluation files the run used.
     Runs live under $LEVER_RUNS (default: ./runs).
 
     Example: [bold]LEVER_RUNS=runs lever runs[/]
@@ -203,6 +207,7 @@ def runs() -> None:
         typer.echo(f"no runs under {root} (start one with `lever run plans/baseline.toml`)")
         return
     shots = sorted({s for r in found for s in r.shots("val")})
+    swept = member_names(root)  # a sweep's derived plans by their names: plan5@grpo.lr=1e-5
     headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "failed", "flags", "inputs"]
     rows, notes = [], {}
     for r in found:
@@ -211,11 +216,12 @@ def runs() -> None:
         accs = [_pct(r.accuracy("val", s)) for s in shots]
         flags = ", ".join(str(f) for f in (r.status or {}).get("flags") or []) or "—"
         mark = "*" if r.overrides else ""
+        name = swept.get((r.plan, r.spec_hash), r.plan)
         if r.overrides:
-            notes[f"{r.plan}@{r.spec_hash}"] = " ".join(r.overrides)
+            notes[f"{r.plan}@{r.spec_hash}" + (f" ({name})" if name != r.plan else "")] = " ".join(r.overrides)
         inputs = " ".join(f"{k}:{str(v)[:8]}" for k, v in r.inputs.items()) or "—"
         failed = sum(c.get("failed", 0) for sp in ((r.summary or {}).get("splits") or {}).values() for c in sp.values())
-        rows.append([r.plan, r.spec_hash[:12] + mark, str(r.seed), r.state, selected, *accs, str(failed), flags, inputs])
+        rows.append([name, r.spec_hash[:12] + mark, str(r.seed), r.state, selected, *accs, str(failed), flags, inputs])
     _show(f"Runs under {root}", headers, rows)
     for ref, overrides in notes.items():
         typer.echo(f"* {ref}: overrides {overrides}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 LEVER = Path(__file__).resolve().parents[1] / "lever"
 # Lower rank = lower layer; a module may import its own layer or lower ones only.
-RANK = {"errors": 0, "io": 0, "keys": 0, "device": 0, "spec": 1, "data": 2, "bench": 2, "model": 2,
+RANK = {"errors": 0, "io": 0, "keys": 0, "device": 0, "threads": 0, "spec": 1, "data": 2, "bench": 2, "model": 2,
         "train": 3, "runs": 4, "eval": 5, "report": 6}  # fmt: skip
 
 

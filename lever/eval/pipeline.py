@@ -10,18 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lever.errors import LeverError
-from lever.runs.layout import EvalDir, RunDir
+from lever.io import read_state, write_json
+from lever.runs.executors import Outcome, SlurmOptions, run_local, run_submitit
+from lever.runs.layout import EvalDir, RunDir, RunsFolder
 from lever.runs.recipe import input_keys, memo_file
-from lever.runs.run import RunOutcome, end, run_dir_of, run_plan, write_failed
+from lever.runs.run import RunOutcome, end, finished_run, run_dir_of, run_plan, write_failed
 from lever.runs.sources import resolve_train_sources
+from lever.runs.sweep import Job, Sweep, save_record
+from lever.runs.trackers import Trackers
 from lever.spec import LoadedPlan, Workspace
 from lever.train.stage import Reporter, SilentReporter
 
 from .distributed import ranks
 from .evaluate import Progress, checkpoint_for, evaluate_run
+from .preflight import preflight
 
 
 @dataclass
@@ -85,8 +91,91 @@ def train_and_evaluate(
 ) -> tuple[RunOutcome, Evaluated | None]:
     """The recipe for one seed: prepare data, build the model, train the stages, select, then evaluate."""
     rep = reporter or SilentReporter()
-    outcome = run_plan(lp, ws, seed, rep, redo=redo, retrain_stage=retrain_stage)
-    if not evaluate:
-        return outcome, None
-    # A finished evaluation is verified before it is reused; redoing it is `lever evaluate PLAN --redo`'s job.
-    return outcome, evaluate_plan(lp, ws, seed, log=rep.info, progress=progress)
+    trackers = Trackers(ws.loggers, run_dir_of(ws, lp, seed), lp) if ws.loggers and ranks().is_main else None
+    try:
+        outcome = run_plan(lp, ws, seed, trackers.wrap(rep) if trackers else rep, redo=redo, retrain_stage=retrain_stage)
+        fresh = trackers is not None and outcome.state != "already"  # a finished run was logged when it ran
+        if fresh:
+            trackers.backfill(outcome.run.metrics() or [])
+        if not evaluate:
+            return outcome, None
+        # A finished evaluation is verified before it is reused; redoing it is `lever evaluate PLAN --redo`'s job.
+        ev = evaluate_plan(lp, ws, seed, log=rep.info, progress=progress)
+        if fresh:
+            trackers.evaluation(ev.summary)
+        return outcome, ev
+    finally:
+        if trackers is not None:
+            trackers.close()
+
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+@dataclass
+class SweepRun:
+    """What a sweep did: its record, the jobs it skipped (done before), and how the others ended."""
+
+    record: str
+    skipped: list[Job]
+    outcomes: list[Outcome]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def run_sweep(
+    sweep: Sweep,
+    ws: Workspace,
+    *,
+    executor: str = "local",
+    jobs: int = 1,
+    slurm: SlurmOptions | None = None,
+    workspace_flag: str | None = None,
+    log: Callable[[str], None] = print,
+) -> SweepRun:
+    """Run every job of a sweep that is not done yet through one executor, then link each job's log to its run.
+
+    Every derived plan is checked first (preflight), so a bad grid value fails before any job starts; the
+    record is written before the jobs, so a killed sweep is listed too and the same command resumes it."""
+    if executor not in EXECUTORS:
+        raise LeverError(f"--executor {executor!r} is not an executor", hint=f"use one of: {', '.join(EXECUTORS)}")
+    for m in sweep.distinct:
+        preflight(m.plan, ws, True, log)
+    folder = RunsFolder(ws.runs_dir)
+    record = save_record(sweep, ws)
+    todo = [j for j in sweep.jobs if not finished_run(j.member.plan, ws, j.seed)]
+    skipped = [j for j in sweep.jobs if j not in todo]
+    log(f"sweep {sweep.key}: {len(sweep.jobs)} run(s), {len(skipped)} already done, {len(todo)} to run ({executor})")
+    outcomes: list[Outcome] = []
+    if todo and executor == "local":
+        outcomes = run_local(todo, jobs, workspace_flag, folder.job_dir(sweep.key), ws.runs_dir, sweep.key, log)
+    elif todo:
+        cluster = "slurm" if executor == "slurm" else "local"
+        opts = slurm or SlurmOptions(parallelism=jobs if executor == "submitit-local" else None)
+        outcomes = run_submitit(
+            todo, cluster, opts, workspace_flag, folder.job_dir(sweep.key) / "submitit", ws.runs_dir, sweep.key, log
+        )
+    _link_jobs(record, outcomes, ws)
+    return SweepRun(str(record), skipped, outcomes)
+
+
+def _link_jobs(record_file: Path, outcomes: list[Outcome], ws: Workspace) -> None:
+    """Add each job's log, scheduler id and run folder to the sweep's record (earlier jobs' entries are kept)."""
+    folder = RunsFolder(ws.runs_dir)
+    record = read_state(record_file, "") or {}
+    linked = dict(record.get("jobs") or {})
+    for o in outcomes:
+        run = run_dir_of(ws, o.job.member.plan, o.job.seed)
+        log = o.log.resolve() if o.log else None
+        root = ws.runs_dir.resolve()
+        linked[f"{o.job.member.spec_hash}/seed-{o.job.seed}"] = {
+            "name": o.job.name,
+            "run": folder.store(run.path) if run.path.exists() else None,
+            "log": (log.relative_to(root).as_posix() if log.is_relative_to(root) else str(log)) if log else None,
+            "job_id": o.job_id,
+            "ok": o.ok,
+            "detail": o.detail or None,
+        }
+    write_json(record_file, {**record, "jobs": linked})

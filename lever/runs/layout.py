@@ -7,6 +7,8 @@
     <runs>/<plan>/<spec hash>/report/             PNG training curves (`lever report`)
     <runs>/<plan>/<spec hash>/.seed-<seed>.lock   held while the run trains
     <runs>/_stages/<stage>-<key>/                 a stage's epochs (its files are lever.train.stage's)
+    <runs>/_sweeps/<key>.json                     a sweep's record: its plan, grid, seeds and members (lever.runs.sweep)
+    <runs>/_sweeps/<key>/                         its jobs' logs (and submitit's folder)
 
 Every path stored inside the runs folder is relative to it, so a moved or copied runs
 folder (or `LEVER_RUNS` pointed at a copy) works and reads only itself. Everything written
@@ -27,6 +29,7 @@ from lever.io import check_rows, read_rows, read_state, write_json, write_rows
 
 STATES = ("running", "trained", "done", "failed", "interrupted")
 STAGES = "_stages"
+SWEEPS = "_sweeps"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,19 @@ class RunsFolder:
 
     def stage_lock(self, name: str, key: str) -> Path:
         return self.root / STAGES / f".{name}-{key}.lock"
+
+    def sweep(self, key: str) -> Path:
+        """A sweep's record file."""
+        return self.root / SWEEPS / f"{key}.json"
+
+    def sweep_files(self) -> list[Path]:
+        """Every sweep record, newest first."""
+        found = (self.root / SWEEPS).glob("*.json")
+        return sorted(found, key=lambda p: -p.stat().st_mtime)
+
+    def job_dir(self, key: str) -> Path:
+        """Where a sweep's job logs (and submitit's files) go."""
+        return self.root / SWEEPS / key
 
     def store(self, path: Path) -> str:
         """`path` as stored in a state file: relative to the runs folder."""
@@ -76,7 +92,9 @@ class RunsFolder:
         found: list[str] = []
 
         def visit(folder: Path, prefix: str) -> None:
-            for d in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != STAGES and not p.name.startswith(".")):
+            for d in sorted(
+                p for p in folder.iterdir() if p.is_dir() and p.name not in (STAGES, SWEEPS) and not p.name.startswith(".")
+            ):
                 if any(h.is_dir() and any(h.glob("seed-*")) for h in d.iterdir()):
                     found.append(prefix + d.name)
                 else:

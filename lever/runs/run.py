@@ -12,6 +12,7 @@ damaged file, a full disk: the message says which) or `interrupted` (Ctrl-C). Th
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from lever.io import file_lock
 from lever.keys import content_key
 from lever.model import SelectorBase
 from lever.spec import LoadedPlan, Workspace, load_plan
+from lever.threads import thread_settings
 from lever.train.checkpoint import State, load_into, load_weights, state_digest
 from lever.train.stage import (
     STAGE_METRICS,
@@ -51,6 +53,10 @@ class RunOutcome:
     run: RunDir
     state: str  # "trained" | "already"
     selected: dict[str, Any]
+
+
+# Where a run's provenance finds the job that ran it (set by a sweep's executor, or by Slurm).
+JOB_ENV = {"sweep": "LEVER_SWEEP", "log": "LEVER_JOB_LOG", "slurm_job_id": "SLURM_JOB_ID"}
 
 
 def run_dir_of(ws: Workspace, lp: LoadedPlan, seed: int) -> RunDir:
@@ -114,6 +120,8 @@ def provenance(lp: LoadedPlan, seed: int, device: torch.device, prep: Prepared) 
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "device": str(device),
+        "threads": thread_settings(),
+        "job": {k: os.environ[v] for k, v in JOB_ENV.items() if os.environ.get(v)},  # a sweep's job: its log, Slurm's id
         "seed": seed,
         "seeds": list(lp.plan.seeds),
         "plan": lp.name,
@@ -212,6 +220,19 @@ def _finished(run: RunDir, lp: LoadedPlan, ws: Workspace, rep: Reporter) -> dict
     if not sel["path"].is_file():
         raise DamagedState(f"the selected checkpoint {sel['path']} is missing", hint=run.fix)
     return sel
+
+
+def finished_run(lp: LoadedPlan, ws: Workspace, seed: int) -> bool:
+    """Whether the seed run is done (trained and evaluated) on the inputs it would use now: a sweep skips it.
+
+    Anything short of that (not started, stopped, damaged, stale) is not finished; its job finds out why."""
+    run = run_dir_of(ws, lp, seed)
+    try:
+        if (run.status() or {}).get("state") != "done":
+            return False
+        return _finished(run, lp, ws, SilentReporter()) is not None
+    except LeverError:
+        return False
 
 
 def check_select_metric(lp: LoadedPlan) -> None:

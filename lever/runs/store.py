@@ -1,7 +1,7 @@
 """Which runs of a plan a report shows: one spec hash, chosen explicitly, never a silent fallback.
 
 A plan reference is a name (`plan5`), a plan file (`plans/plan5.toml`) or either with a hash
-(`plan5@1a2b3c`, any unique prefix). Without a hash, the runs of the plan file as it is now
+(`plan5@1a2b3c`, any unique prefix), or a sweep's derived plan (`plan5@grpo.lr=1e-5`). Without a hash, the runs of the plan file as it is now
 are shown; when those do not exist but other hashes do (a run made with overrides, or an
 older version of the file), nothing is picked: the answer says which hashes exist and how
 to name one.
@@ -15,6 +15,7 @@ from pathlib import Path
 from lever.spec.load import plan_name
 
 from .layout import RunDir, RunsFolder
+from .sweep import sweep_records
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
@@ -52,6 +53,23 @@ def find_plan_runs(ref: str, runs_root: Path, current_hash: str | None = None) -
     if not hashes:
         return Found(name, problem="not run", hint=f"lever run plans/{name}.toml")
     listing = ", ".join(f"{name}@{_describe(folder, name, h)}" for h in hashes)
+    if wanted is not None and "=" in wanted:  # a sweep member: its recorded spec hash
+        named = {
+            m["spec_hash"]
+            for r in sweep_records(folder.root)
+            if r["plan"] == name
+            for m in r["members"]
+            if m["name"] == f"{name}@{wanted}"
+        }
+        if len(named) != 1:
+            known = sorted({m["name"] for r in sweep_records(folder.root) for m in r["members"] if m.get("point")})
+            why = "no sweep has a plan named" if not named else "several sweeps (with different shared overrides) have"
+            return Found(
+                name,
+                problem=f"{why} {name}@{wanted}",
+                hint=f"sweep plans: {', '.join(known) or '(none)'}; or name a hash: {listing}",
+            )
+        wanted = named.pop()
     if wanted is not None:
         match = [h for h in hashes if h.startswith(wanted)]
         if len(match) != 1:

@@ -92,6 +92,10 @@ class Workspace(_Strict):
     features: dict[str, str] = Field(default_factory=dict, description="Feature names -> [N_train, d] tensor files")
     okvqa: OKVQAPaths | None = Field(None, description="OK-VQA files for evaluation")
     models: ModelPaths = Field(default_factory=ModelPaths, description="Model directories")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Trackers every run also logs to: TensorBoard event files, W&B offline (optional extras)",
+    )
 
     @property
     def is_bundled(self) -> bool:

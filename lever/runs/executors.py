@@ -1,0 +1,203 @@
+"""Executors: how a sweep's jobs run. Each runs the same `lever run` command per job.
+
+- local (`--jobs N`): N subprocesses at once on this machine, one device each: a GPU of
+  its own (`CUDA_VISIBLE_DEVICES`), or on CPU an equal share of the cores (`LEVER_THREADS`),
+  so N jobs never oversubscribe them;
+- submitit (the `slurm` extra): a Slurm job array (partition, time, GPUs per job, array
+  parallelism), or submitit's local executor, the same path on this machine;
+- print: the commands, for any other scheduler.
+
+Every job writes its own log; the sweep's record links each job's log to its run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lever.errors import LeverError
+from lever.threads import THREADS_ENV, available_cores
+
+from .sweep import Job
+
+LEVER = [sys.executable, "-m", "lever_cli"]  # this interpreter's lever, whatever is on PATH
+
+
+@dataclass
+class Outcome:
+    """How one job ended: `ok`, its log file and, when it failed, why."""
+
+    job: Job
+    ok: bool
+    log: Path | None
+    detail: str = ""
+    job_id: str | None = None
+
+
+@dataclass
+class SlurmOptions:
+    """What a Slurm job array asks for (submitit's parameters)."""
+
+    partition: str | None = None
+    time_min: int = 240
+    gpus_per_job: int = 1
+    cpus_per_job: int | None = None
+    parallelism: int | None = None  # runs at once (default: every run of the sweep; the scheduler queues them)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs jobs may use: `CUDA_VISIBLE_DEVICES` when set, else every CUDA device torch sees."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def slot_envs(n: int) -> list[dict[str, str]]:
+    """The environment of each of `n` concurrent jobs: a GPU each, or on CPU an equal share of the cores."""
+    gpus = visible_gpus()
+    if gpus:
+        if n > len(gpus):
+            raise LeverError(
+                f"--jobs {n} but {len(gpus)} GPU(s) are visible", hint=f"use --jobs {len(gpus)} or fewer: one GPU per run"
+            )
+        return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus[:n]]
+    cores = available_cores()
+    if n > cores:
+        raise LeverError(f"--jobs {n} on {cores} core(s) would oversubscribe them", hint=f"use --jobs {cores} or fewer")
+    return [{THREADS_ENV: str(cores // n)} for _ in range(n)]
+
+
+def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = None) -> None:
+    """Run one job's command with extra environment; a non-zero exit raises (so a scheduler marks the job failed).
+
+    Under submitit, the job's own log (relative to the runs folder) is handed to the run's provenance."""
+    extra = dict(env)
+    if runs_root is not None:
+        import submitit
+
+        log = Path(submitit.JobEnvironment().paths.stdout).resolve()
+        root = Path(runs_root).resolve()
+        extra["LEVER_JOB_LOG"] = str(log.relative_to(root) if log.is_relative_to(root) else log)
+    sys.stdout.flush()
+    code = subprocess.run(argv, env={**os.environ, **extra}, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        raise RuntimeError(f"`{' '.join(argv[2:])}` exited with {code}")
+
+
+def run_local(
+    jobs: list[Job], n: int, workspace: str | None, logs: Path, runs_root: Path, sweep: str, say: Callable[[str], None]
+) -> list[Outcome]:
+    """Run `jobs` as subprocesses, `n` at once, each in a slot of its own (a GPU, or a share of the cores)."""
+    slots: queue.Queue[dict[str, str]] = queue.Queue()
+    for env in slot_envs(min(n, len(jobs)) or 1):
+        slots.put(env)
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def one(job: Job) -> Outcome:
+        env = slots.get()
+        log = logs / f"{job.member.spec_hash}-seed-{job.seed}.log"
+        try:
+            say(f"start {job.name}  ({', '.join(f'{k}={v}' for k, v in env.items())})")
+            extra = {**env, "LEVER_SWEEP": sweep, "LEVER_JOB_LOG": log.relative_to(runs_root).as_posix()}
+            with open(log, "w", encoding="utf-8") as fh:
+                proc = subprocess.run(
+                    [*LEVER, *job.args(workspace)],
+                    env={**os.environ, **extra},
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+        finally:
+            slots.put(env)
+        return Outcome(job, proc.returncode == 0, log, "" if proc.returncode == 0 else f"exit {proc.returncode}")
+
+    out = []
+    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+        futures = [pool.submit(one, j) for j in jobs]
+        for fut in as_completed(futures):
+            o = fut.result()
+            say(f"{'done' if o.ok else 'FAILED'} {o.job.name}  log {o.log}" + (f" ({o.detail})" if o.detail else ""))
+            out.append(o)
+    return out
+
+
+def run_submitit(
+    jobs: list[Job],
+    cluster: str,
+    opts: SlurmOptions,
+    workspace: str | None,
+    folder: Path,
+    runs_root: Path,
+    sweep: str,
+    say: Callable[[str], None],
+) -> list[Outcome]:
+    """Submit `jobs` through submitit as one array: `cluster="slurm"`, or `"local"` (submitit's local executor)."""
+    try:
+        import submitit
+    except ImportError:
+        raise LeverError(
+            "--executor slurm needs submitit, which is not installed", hint="pip install 'lever[slurm]' (or pip install submitit)"
+        ) from None
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as err:  # no srun/sbatch on this machine
+        raise LeverError(
+            f"--executor slurm: {err}", hint="run the sweep on a machine that submits to Slurm, or use --print"
+        ) from None
+    params: dict[str, Any] = {"timeout_min": opts.time_min, "name": f"lever-{sweep}"}
+    env = {"LEVER_SWEEP": sweep}
+    at_once = min(opts.parallelism or len(jobs), len(jobs))
+    if cluster == "slurm":
+        params.update(gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=at_once, tasks_per_node=1)
+        if opts.partition:
+            params["slurm_partition"] = opts.partition
+        if opts.cpus_per_job:
+            params["cpus_per_task"] = opts.cpus_per_job
+        batches = [jobs]
+    else:  # submitit's local executor starts what it is given at once: batches of `at_once`, the cores shared
+        env[THREADS_ENV] = str(max(1, available_cores() // at_once))
+        batches = [jobs[i : i + at_once] for i in range(0, len(jobs), at_once)]
+    executor.update_parameters(**params)
+    out = []
+    for batch in batches:
+        out += _submit(executor, batch, env, workspace, runs_root, f"{cluster} ({folder})", say)
+    return out
+
+
+def _submit(
+    executor: Any,
+    jobs: list[Job],
+    env: dict[str, str],
+    workspace: str | None,
+    runs_root: Path,
+    where: str,
+    say: Callable[[str], None],
+) -> list[Outcome]:
+    """One submitit job array; waits for every job and reports how each ended, with its log."""
+    argvs = [[*LEVER, *j.args(workspace)] for j in jobs]
+    try:
+        handles = executor.map_array(run_command, argvs, [env] * len(jobs), [str(runs_root)] * len(jobs))
+    except (OSError, subprocess.CalledProcessError) as err:  # the scheduler refused (a bad partition, a limit)
+        raise LeverError(f"submitting {len(jobs)} job(s) to {where} failed: {err}", hint="check the Slurm options") from None
+    say(f"submitted {len(handles)} job(s) to {where}: {', '.join(h.job_id for h in handles)}")
+    out = []
+    for job, handle in zip(jobs, handles):
+        try:
+            handle.result()
+            ok, detail = True, ""
+        except Exception as err:  # a failed job: the scheduler's own message, the log has the rest
+            ok, detail = False, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        log = Path(handle.paths.stdout)
+        say(f"{'done' if ok else 'FAILED'} {job.name}  job {handle.job_id}  log {log}" + (f" ({detail})" if detail else ""))
+        out.append(Outcome(job, ok, log, detail, str(handle.job_id)))
+    return out

@@ -1,0 +1,169 @@
+"""Trackers: a run's metrics mirrored to TensorBoard event files and to W&B in offline mode.
+
+Chosen in the workspace (`loggers = ["tensorboard"]`); each is an optional extra. The
+metric names are those of `metrics.jsonl`; the step is the epoch counted over the whole run
+(stage after stage), so RCE and GRPO curves follow one another. Hyperparameters are the
+resolved spec; evaluation accuracies per split and shot count (`eval/val/acc@1`) are logged
+at the last step. Files go inside the run: `<run>/tensorboard/`, `<run>/wandb/`.
+Epochs that were not trained live (a stage reused from another run, epochs of a killed run)
+are logged from the run's metrics after training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lever.errors import LeverError
+from lever.spec import LoadedPlan, flatten
+from lever.train.stage import Reporter
+
+from .layout import RunDir
+from .recipe import compile_stages
+
+LOGGERS = ("tensorboard", "wandb")
+EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _missing(name: str) -> LeverError:
+    return LeverError(
+        f"the workspace's loggers include '{name}', but the {EXTRA[name]} package is not installed",
+        hint=f"pip install 'lever[{name}]', or remove '{name}' from loggers in the workspace file",
+    )
+
+
+def scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a metrics.jsonl row (not its stage and epoch)."""
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k not in ("stage", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def hyperparameters(lp: LoadedPlan) -> dict[str, Any]:
+    """The resolved spec as flat key -> scalar (lists and empty values as text), as trackers take them."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(lp.recipe()).items()}
+
+
+class _TensorBoard:
+    """Event files written with torch's SummaryWriter (the tensorboard package's format)."""
+
+    def __init__(self, run: RunDir, lp: LoadedPlan):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import hparams
+        except ImportError:
+            raise _missing("tensorboard") from None
+        self.writer = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+        for summary in hparams(hyperparameters(lp), {}):
+            self.writer.file_writer.add_summary(summary)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    """A W&B run in offline mode (`wandb sync <run>/wandb/offline-run-*` uploads it later)."""
+
+    def __init__(self, run: RunDir, lp: LoadedPlan):
+        try:
+            import wandb
+        except ImportError:
+            raise _missing("wandb") from None
+        (run.path / "wandb").mkdir(parents=True, exist_ok=True)
+        name = f"{lp.name}@{lp.hash}/seed-{run.seed}"
+        self.run = wandb.init(
+            mode="offline",
+            dir=str(run.path),
+            project="lever",
+            name=name,
+            group=lp.name,
+            config=hyperparameters(lp),
+            settings=wandb.Settings(silent=True, console="off"),  # lever's own output stays lever's
+        )
+        self.run.define_metric("lever/step")
+        self.run.define_metric("*", step_metric="lever/step")  # epochs logged late (reused stages) keep their place
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.run.log({**values, "lever/step": step})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+BACKENDS = {"tensorboard": _TensorBoard, "wandb": _WandB}
+
+
+class Trackers:
+    """The workspace's loggers for one seed run, opened when the first value arrives."""
+
+    def __init__(self, names: list[str], run: RunDir, lp: LoadedPlan):
+        self.names, self.run, self.lp = list(names), run, lp
+        self.backends: list[Any] | None = None
+        self.offsets: dict[str, int] = {}
+        total = 0
+        for stage, _ in compile_stages(lp.plan):
+            self.offsets[stage.name] = total
+            total += stage.epochs
+        self.last_step = total
+        self.logged: set[tuple[str, int]] = set()
+
+    def _log(self, values: dict[str, float], step: int) -> None:
+        if self.backends is None:
+            self.backends = [BACKENDS[n](self.run, self.lp) for n in self.names]
+        for b in self.backends:
+            b.log(values, step)
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        """One metrics.jsonl row, at step (epochs of the stages before) + epoch."""
+        key = (str(row["stage"]), int(row["epoch"]))
+        if key not in self.logged:
+            self.logged.add(key)
+            self._log(scalars(row), self.offsets.get(key[0], 0) + key[1])
+
+    def backfill(self, rows: list[dict[str, Any]]) -> None:
+        """The rows of the run not logged live (a reused stage, epochs trained before a resume)."""
+        for row in rows:
+            self.metrics(row)
+
+    def evaluation(self, summary: dict[str, Any]) -> None:
+        """Accuracy per split and shot count (`eval/val/acc@2`), at the run's last step."""
+        values = {
+            f"eval/{split}/acc@{shots}": float(cell["accuracy"])
+            for split, table in (summary.get("splits") or {}).items()
+            for shots, cell in table.items()
+        }
+        if values:
+            self._log(values, self.last_step)
+
+    def wrap(self, inner: Reporter) -> Reporter:
+        """A reporter that also logs each finished epoch."""
+        return _Tracking(inner, self)
+
+    def close(self) -> None:
+        for b in self.backends or []:
+            b.close()
+
+
+class _Tracking:
+    """Forwards everything to the inner reporter; each epoch's row also goes to the trackers."""
+
+    def __init__(self, inner: Reporter, trackers: Trackers):
+        self.inner, self.trackers = inner, trackers
+
+    def info(self, message: str) -> None:
+        self.inner.info(message)
+
+    def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None:
+        self.inner.epoch_start(stage, epoch, epochs, steps)
+
+    def step(self) -> None:
+        self.inner.step()
+
+    def epoch_end(self, stage: str, row: dict[str, Any]) -> None:
+        self.inner.epoch_end(stage, row)
+        self.trackers.metrics({**row, "stage": stage})

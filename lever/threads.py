@@ -1,0 +1,78 @@
+"""CPU threads: a sane default for every lever process, and what provenance records.
+
+torch's OpenMP threads spin-wait by default; on a machine shared with other jobs (or with
+the other runs of a sweep) that spinning alone can make a run several times slower. So lever
+sets `OMP_WAIT_POLICY=PASSIVE` unless it is already set (this has to happen before torch is
+imported: the OpenMP runtime reads it once, when it loads), and uses as many threads as the
+process may run on (its CPU affinity, which Slurm and taskset narrow; under torchrun, an equal
+share per process), or `LEVER_THREADS`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lever.errors import LeverError
+
+THREADS_ENV = "LEVER_THREADS"
+WAIT_ENV = "OMP_WAIT_POLICY"
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def passive_waiting() -> None:
+    """OpenMP threads sleep instead of spinning while they wait, unless the environment says otherwise."""
+    os.environ.setdefault(WAIT_ENV, "PASSIVE")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def wanted_threads() -> tuple[int, str]:
+    """The thread count to use and where it came from: `LEVER_THREADS`, else the available cores (shared
+    equally by the processes torchrun starts on this machine)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise LeverError(
+                f"{THREADS_ENV}={raw!r} is not a thread count", hint=f"a whole number of at least 1, e.g. {THREADS_ENV}=4"
+            )
+        return int(raw), THREADS_ENV
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    procs = int(local) if local.isdigit() and int(local) > 0 else 1
+    if procs > 1:
+        return max(1, available_cores() // procs), f"available cores / {procs} torchrun processes"
+    return available_cores(), "available cores"
+
+
+def configure_threads() -> None:
+    """Apply the default at the start of a command: passive waiting and torch's intra-op thread count.
+
+    Without importing torch: `OMP_NUM_THREADS` is what torch reads when it loads; a torch already loaded is
+    set directly."""
+    passive_waiting()
+    n, _ = wanted_threads()
+    os.environ[OMP_THREADS_ENV] = str(n)
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def thread_settings() -> dict[str, Any]:
+    """What a run's provenance records about threads: the count in use, where it came from, the wait policy."""
+    import torch
+
+    _, source = wanted_threads()
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "source": source,
+        "available_cores": available_cores(),
+        "omp_wait_policy": os.environ.get(WAIT_ENV),
+    }

@@ -1,0 +1,98 @@
+"""`lever sweep`: a grid of overrides over one plan, several seeds, through one executor; then the family table."""
+
+from __future__ import annotations
+
+import typer
+
+from lever.errors import LeverError
+from lever.runs.sweep import Sweep, expand, parse_grid, parse_seeds
+
+from ._common import OverrideOpt, plan_args, workspace, workspace_flag
+from ._console import console, err_console
+
+
+def _log(message: str) -> None:
+    err_console.print(message, highlight=False, markup=False)
+
+
+def family_table(sweep: Sweep, split: str, resamples: int = 2000) -> None:
+    """Every derived plan against the base plan: mean ± std over seeds, paired bootstrap intervals, p-values."""
+    from lever.report.tables import build_comparison, render_rich
+
+    from .report import plan_runs
+
+    root = workspace().runs_dir
+    columns = []
+    for m in sweep.distinct:  # a grid point equal to the base plan is the base plan's column
+        pr = plan_runs(m.plan.name, root, m.spec_hash)
+        pr.name = m.name
+        pr.runs = [r for r in pr.runs if r.seed in sweep.seeds]
+        columns.append(pr)
+    render_rich(build_comparison(columns[1:], columns[0], split=split, n_resamples=resamples), console)
+
+
+def sweep(
+    plan: list[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides shared by every run"),
+    overrides: OverrideOpt = None,
+    grid: list[str] = typer.Option(
+        [], "--grid", "-g", metavar="KEY=V1,V2", help="A plan key and its values (TOML, like overrides); repeat for more keys"
+    ),
+    seeds: str | None = typer.Option(None, "--seeds", metavar="0,1,2", help="Seeds of every derived plan (default: the plan's)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once: one GPU each, or on CPU an equal share of the cores"),
+    executor: str = typer.Option("local", "--executor", help="local (subprocesses here), slurm, or submitit-local"),
+    partition: str | None = typer.Option(None, "--partition", help="Slurm partition"),
+    time_min: int = typer.Option(240, "--time", min=1, help="Slurm time limit per run, in minutes"),
+    gpus: int = typer.Option(1, "--gpus-per-job", min=0, help="Slurm GPUs per run"),
+    cpus: int | None = typer.Option(None, "--cpus-per-job", min=1, help="Slurm CPUs per run"),
+    parallelism: int | None = typer.Option(
+        None, "--array-parallelism", min=1, help="Slurm runs at once (default: all; the scheduler queues them)"
+    ),
+    print_only: bool = typer.Option(False, "--print", help="Only print one `lever run` command per run, for another scheduler"),
+    split: str = typer.Option("val", "--split", help="The split of the family table"),
+) -> None:
+    """Run a plan over a grid of overrides and several seeds; then one table of the family against the plan.
+
+    Each grid point is a derived plan named readably (plan5@grpo.lr=1e-5) with its own spec hash;
+    `lever compare 'plan5@grpo.lr=1e-5'` and `lever runs` know them by those names. The table shows
+    the mean ± std over seeds and paired bootstrap intervals against the base plan (run too, same
+    seeds). Finished runs are skipped, so the same command resumes a killed sweep.
+
+    Executors: --jobs N runs N at once here (one GPU each via CUDA_VISIBLE_DEVICES, or on CPU the
+    cores split between them); --executor slurm submits a job array through submitit (pip install
+    'lever[slurm]'); --print writes the commands instead.
+
+    Example: [bold]lever sweep plan5 --grid grpo.lr=1e-5,5e-5 --grid grpo.kl.beta=0,0.1 --seeds 0,1,2 --jobs 2[/]
+    """
+    from lever.eval.pipeline import run_sweep
+    from lever.runs.executors import SlurmOptions
+
+    refs, sets = plan_args(plan, overrides)
+    if len(refs) != 1:
+        raise LeverError(
+            f"a sweep takes one plan, got {len(refs)}: {' '.join(refs) or '(none)'}",
+            hint="lever sweep plan5 --grid grpo.lr=1e-5,5e-5",
+        )
+    if not grid:
+        raise LeverError("no --grid given: a sweep needs at least one key and its values", hint="--grid grpo.lr=1e-5,5e-5")
+    ws = workspace()
+    sw = expand(refs[0], sets, parse_grid(grid), parse_seeds(seeds) if seeds else None, ws.plans_dir)
+    if print_only:
+        for job in sw.jobs:
+            typer.echo(job.command(workspace_flag()))
+        return
+    opts = SlurmOptions(partition, time_min, gpus, cpus, parallelism or (jobs if executor == "submitit-local" else None))
+    names = ", ".join(m.name for m in sw.members)
+    _log(f"{len(sw.members)} plan(s) x {len(sw.seeds)} seed(s): {names}")
+    done = run_sweep(sw, ws, executor=executor, jobs=jobs, slurm=opts, workspace_flag=workspace_flag(), log=_log)
+    family_table(sw, split)
+    _log(f"sweep record: {done.record}")
+    if done.failed:
+        raise LeverError(
+            f"{len(done.failed)} run(s) failed: " + "; ".join(f"{o.job.name} (log {o.log})" for o in done.failed),
+            hint="fix the cause and run the same command again: finished runs are skipped",
+            exit_code=1,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)
