@@ -300,7 +300,7 @@ def _default_features(out: Path | None) -> Path:
     if "main" in ws.features:
         return ws.path(ws.features["main"])
     raise LeverError(
-        "no output file: pass --out FILE, or name one in the workspace as [features] main = \"...\"",
+        'no output file: pass --out FILE, or name one in the workspace as [features] main = "..."',
         hint="lever data embed --out features.pt",
     )
 
@@ -370,7 +370,9 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 
 @data_app.command("generate")
 def generate(
-    pools_file: Path = typer.Argument(..., metavar="POOLS", help="Pools file (`lever data pools`, or the original's sampler cache)"),
+    pools_file: Path = typer.Argument(
+        ..., metavar="POOLS", help="Pools file (`lever data pools`, or the original's sampler cache)"
+    ),
     out: Path = typer.Argument(..., metavar="OUT", help="Candidate-data file to write (compatibility format)"),
     features: Path | None = typer.Option(None, "--features", "-f", help="Features file (default: the workspace's features.main)"),
     policy: str | None = typer.Option(

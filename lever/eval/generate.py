@@ -249,6 +249,7 @@ def generate_file(
         "protocol": resolve_protocol(spec).identity(),
         "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype")},
     }
+    settings = json.loads(json.dumps(settings))  # as it reads back from settings.json (tuples become lists)
     r = ranks()
     parts = out.with_name(out.name + ".parts")
     if r.is_main:

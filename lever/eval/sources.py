@@ -69,7 +69,9 @@ class SimBackend:
         for i, r in enumerate(requests):
             by_split.setdefault(r.split, []).append(i)
         for split, idx in by_split.items():
-            d = self.vlm.decide(split, [requests[i].query.index for i in idx], [[x.index for x in requests[i].demos] for i in idx])
+            d = self.vlm.decide(
+                split, [requests[i].query.index for i in idx], [[x.index for x in requests[i].demos] for i in idx]
+            )
             probs.update(zip(idx, d["gt_prob"].tolist()))
         return [probs[i] for i in range(len(requests))]
 
