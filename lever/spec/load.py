@@ -294,8 +294,10 @@ def load_plan(ref: str | Path, overrides: list[str] | tuple[str, ...] = (), plan
 
 
 def recipe_dict(plan: Plan) -> dict[str, Any]:
-    """What defines a run: everything but the description and the extends link."""
-    return plan.model_dump(mode="json", exclude={"description", "extends"})
+    """What defines a run: everything but the description and the extends link (and `sft` while it is off,
+    so plans written before the stage existed keep their hash)."""
+    off = {"sft"} if plan.sft.epochs == 0 else set()
+    return plan.model_dump(mode="json", exclude={"description", "extends", *off})
 
 
 def spec_hash(plan: Plan | dict[str, Any], length: int = 12) -> str:
