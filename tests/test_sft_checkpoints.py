@@ -57,3 +57,89 @@ def test_sft_stage_trains_and_a_second_plan_starts_from_it(lever, ws, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     shown = cli(lever, ws, "show", tmp_path / "sft.toml", "--json").out
     assert '"sft"' in shown
+
+
+def _v3_plan(tmp_path: Path, name: str, extra: str = "") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'description = "{name}"\nextends = "{PLANS / "original" / "baseline.toml"}"\n[model]\ndropout_mask = "group"\n[rce]\nepochs = 1\nbatch_size = 32\n{extra}'
+    )
+    return path
+
+
+def test_export_to_v2_and_start_from_it_gives_the_same_logits(lever, ws, tmp_path):
+    from lever.model import build_selector
+    from lever.spec import load_plan
+    from lever.train.checkpoint import load_into
+    from lever.train.original_ckpt import load_original
+
+    src = _v3_plan(tmp_path, "v3")
+    cli(lever, ws, "run", src, "--no-eval")
+    out = tmp_path / "v3_v2format.ckpt"
+    res = cli(lever, ws, "export", src, "--format", "lever-plus-v2", "-o", out)
+    assert "lever-plus-v2" in res.text
+    raw = torch.load(out, weights_only=True)  # plain types only: the original's inference and lever both read it safely
+    assert {"epoch", "global_step", "state_dict", "hyper_parameters"} <= raw.keys()
+    assert "lever_lm.pointer_selector.cross_attn.in_proj_weight" in raw["state_dict"]
+
+    (entry,) = json.loads(next((tmp_path / "runs" / "v3").glob("*/seed-0/stages.json")).read_text())
+    plan = load_plan(src).plan
+    a, b = build_selector(512, plan.model), build_selector(512, plan.model)
+    load_into(a, load_weights(tmp_path / "runs" / entry["dir"] / entry["checkpoint"]), "lever")
+    state, fmt = load_original(out)
+    load_into(b, state, "v2")
+    assert fmt == "v2"
+    g = torch.Generator().manual_seed(0)
+    q, pool = torch.randn(3, 512, generator=g), torch.randn(3, 8, 512, generator=g)
+    a.eval(), b.eval()
+    pointers = torch.randint(0, 8, (3, 2, 2), generator=g)
+    la = a.log_policy(a.encode(q, pool, None), pointers)
+    lb = b.log_policy(b.encode(q, pool, None), pointers)
+    assert torch.equal(la, lb)
+
+    # a plan starts from it (format detected), and from the v3 layout too
+    start = _v3_plan(tmp_path, "from_v2", f'[start]\nkind = "checkpoint"\ncheckpoint = "{out}"\n')
+    cli(lever, ws, "run", start, "rce.lr=1e-12", "--no-eval")
+    v3 = tmp_path / "v3.pth"
+    torch.save({"model_state_dict": state, "epoch": 1}, v3)
+    start3 = _v3_plan(tmp_path, "from_v3", f'[start]\nkind = "checkpoint"\ncheckpoint = "{v3}"\n')
+    cli(lever, ws, "run", start3, "rce.lr=1e-12", "--no-eval")
+
+
+def test_original_checkpoints_refused_with_the_reason(lever, ws, tmp_path):
+    import argparse
+
+    from lever.errors import LeverError
+    from lever.model import build_selector
+    from lever.spec import load_plan
+    from lever.train.original_ckpt import load_original, to_v2_keys
+
+    plan = load_plan(_v3_plan(tmp_path, "v3")).plan
+    state = {k: v.detach() for k, v in build_selector(512, plan.model).state_dict().items()}
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": to_v2_keys(state), "hyper_parameters": argparse.Namespace(lr=1e-4)}, pickled)
+    with pytest.raises(LeverError, match="pickled objects"):
+        load_original(pickled)
+    assert load_original(pickled, trust=True)[1] == "v2"
+    start = _v3_plan(tmp_path, "p", f'[start]\nkind = "checkpoint"\ncheckpoint = "{pickled}"\n')
+    res = lever("--workspace", ws, "run", start, "--no-eval")
+    assert res.code == 2 and "start.trust_pickle = true" in res.text
+    cli(lever, ws, "run", start, "start.trust_pickle=true", "--no-eval")
+
+    no_gate = tmp_path / "nogate.pth"
+    torch.save({k: v for k, v in state.items() if "gate" not in k}, no_gate)
+    with pytest.raises(LeverError, match="no query_update_gate"):
+        load_original(no_gate)
+    other = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(LeverError, match="not one of the original's selector checkpoints"):
+        load_original(other)
+    res = lever(
+        "--workspace", ws, "run", PLANS / "baseline.toml", "start.kind=checkpoint", f"start.checkpoint={other}", "--no-eval"
+    )
+    assert res.code == 2 and "model.arch = 'lever-plus-v3'" in res.text
+    deep = build_selector(512, plan.model.model_copy(update={"layers": 2}))
+    with pytest.raises(LeverError, match="exactly one"):
+        to_v2_keys(deep.state_dict())
+    res = lever("--workspace", ws, "export", PLANS / "baseline.toml", "-o", tmp_path / "x.ckpt")
+    assert res.code == 2 and "cannot be written in the original's layout" in res.text

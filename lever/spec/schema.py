@@ -322,16 +322,27 @@ class StartSpec(Strict):
         None,
         description="kind = plan: take that plan's selected checkpoint of this stage ('rce', 'grpo', a phase name); default: its final selection",
     )
-    checkpoint: str | None = Field(None, description="kind = checkpoint: a .safetensors file")
+    checkpoint: str | None = Field(
+        None,
+        description="kind = checkpoint: a lever .safetensors file, or the original's v2 / v3 selector checkpoint "
+        "(.ckpt / .pth, format detected; needs model.arch = 'lever-plus-v3')",
+    )
+    trust_pickle: bool = Field(
+        False,
+        description="kind = checkpoint: load an original checkpoint that holds pickled objects besides tensors "
+        "(this runs code from the file: only for files you trust)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> StartSpec:
         if self.kind == "plan" and not self.plan:
             raise ValueError("kind = 'plan' needs plan = '<name>'")
         if self.kind == "checkpoint" and not self.checkpoint:
-            raise ValueError("kind = 'checkpoint' needs checkpoint = '<file.safetensors>'")
+            raise ValueError("kind = 'checkpoint' needs checkpoint = '<file.safetensors or the original's .ckpt>'")
         if self.kind != "plan" and (self.plan or self.stage):
             raise ValueError(f"plan/stage are only valid with kind = 'plan' (kind is '{self.kind}')")
+        if self.kind != "checkpoint" and self.trust_pickle:
+            raise ValueError("trust_pickle is only valid with kind = 'checkpoint'")
         if self.kind != "checkpoint" and self.checkpoint:
             raise ValueError(f"checkpoint is only valid with kind = 'checkpoint' (kind is '{self.kind}')")
         return self
