@@ -332,7 +332,7 @@ def embed(
 
 @data_app.command("pools")
 def pools(
-    out: Path = typer.Argument(..., metavar="OUT", help="Pools file to write (the original's sampler-cache JSON)"),
+    out: Path | None = typer.Argument(None, metavar="OUT", help="Pools file to write (the original's sampler-cache JSON)"),
     features: Path | None = typer.Option(None, "--features", "-f", help="Features file (default: the workspace's features.main)"),
     k: int = typer.Option(64, "--k", help="Items per pool"),
     queries: int = typer.Option(800, "--queries", "-n", help="Training queries (drawn at random, seeded; 0 = every item)"),
@@ -344,7 +344,7 @@ def pools(
 
     The file is the original's sampler-cache format, so either project reads the other's.
 
-    Example: [bold]lever data pools pools_k64.json --k 64 --queries 800[/]
+    Example: [bold]lever data pools pools_k64.json --k 64 --queries 800[/]   or   [bold]lever data pools --check sampler_cache.json[/]
     """
     from lever.eval.prepare import make_pools, read_pools, write_pools
     from lever.runs.sources import load_features
@@ -354,6 +354,8 @@ def pools(
         got = read_pools(check, feats.shape[0])
         console.print(f"{check}: {len(got)} pools of {len(next(iter(got.values())))} items, valid", highlight=False)
         return
+    if out is None:
+        raise LeverError("no output file given", hint="lever data pools pools_k64.json --k 64")
     if out.exists():
         raise LeverError(f"{out} already exists", hint="remove it or write another file")
     made = make_pools(feats, k=k, queries=queries or None, method=method, seed=seed)

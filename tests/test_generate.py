@@ -133,6 +133,52 @@ def test_generated_file_trains_with_lever_run(lever, ws, tmp_path):
     assert "baseline" in res.text
 
 
+def test_a_trained_plan_proposes_the_beams_and_samples(lever, ws, tmp_path):
+    (tmp_path / "sel.toml").write_text(f'extends = "{ROOT / "plans" / "baseline.toml"}"\n[rce]\nepochs = 1\nbatch_size = 32\n')
+    cli(lever, ws, "run", tmp_path / "sel.toml", "--no-eval")
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "10")
+    assert (
+        "10 pools of 16 items, valid"
+        in cli(lever, ws, "data", "pools", "--check", tmp_path / "p.json", "-f", tmp_path / "f.pt").text
+    )
+    cli(
+        lever,
+        ws,
+        "data",
+        "generate",
+        tmp_path / "p.json",
+        tmp_path / "g.json",
+        "-f",
+        tmp_path / "f.pt",
+        "--policy",
+        tmp_path / "sel.toml",
+    )
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert data["_meta"]["policy"].startswith("sel seed 0 rce epoch")
+    cli(lever, ws, "data", "generate", tmp_path / "p.json", tmp_path / "s.json", "-f", tmp_path / "f.pt")
+
+    def beams(d):
+        return [
+            [c["pointer"] for c in v["pointer_candidates"] if c["gen_method"] == "beam"] for k, v in d.items() if k != "_meta"
+        ]
+
+    assert beams(data) != beams(json.loads((tmp_path / "s.json").read_text()))  # another policy, other beams
+    res = lever(
+        "--workspace",
+        ws,
+        "data",
+        "generate",
+        tmp_path / "p.json",
+        tmp_path / "x.json",
+        "-f",
+        tmp_path / "f.pt",
+        "--policy",
+        ROOT / "plans" / "plan6.toml",
+    )
+    assert res.code == 2 and "no selected checkpoint" in res.text
+
+
 def test_generate_errors_name_the_problem(lever, ws, tmp_path):
     cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
     cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "4", "-n", "5")
