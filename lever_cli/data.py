@@ -1,4 +1,4 @@
-"""Data commands: `lever data stats`, `lever data balance`. Parse, call lever.data, render."""
+"""Data commands: `lever data stats / balance / embed / pools / generate`. Parse, call lever, render."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ._common import OverrideOpt, workspace
 from ._console import console, err_console
 
 data_app = typer.Typer(
-    help="Inspect and balance candidate data (the compatibility JSON format of DOMAIN.md section 3).",
+    help="Make candidate data from raw VQA files (embed, pools, generate), inspect and balance it (docs/data.md).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )

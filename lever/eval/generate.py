@@ -153,12 +153,19 @@ def propose(
     for qi in range(n_q):
         for b in range(min(sources.retrieval, k // shots)):
             add(qi, ranking[qi][b * shots : (b + 1) * shots], "retrieval")
-    out = []
-    for group in props:
-        seen: set[tuple[int, ...]] = set()
-        kept = [p for p in group if not (tuple(p["pointer"]) in seen or seen.add(tuple(p["pointer"])))]
-        out.append(kept)
-    return out
+    return [dedupe_ordered(group) for group in props]
+
+
+def dedupe_ordered(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first proposal of each ORDERED sequence: [a, b] and [b, a] are two prompts and both stay."""
+    seen: set[tuple[int, ...]] = set()
+    kept = []
+    for p in group:
+        key = tuple(p["pointer"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(p)
+    return kept
 
 
 # --------------------------------------------------------------------------- scoring
@@ -199,6 +206,8 @@ def _gt_probs(backend: Backend, requests: list[Request]) -> list[float | None]:
 
 @dataclass(frozen=True)
 class GenerateOptions:
+    """Sequence length, sources, seed, and how many queries are answered between two flushes of a shard."""
+
     shots: int = 2
     sources: Sources = Sources()
     seed: int = 0
@@ -206,6 +215,7 @@ class GenerateOptions:
 
 
 def query_generator(seed: int, query: int) -> torch.Generator:
+    """The random stream of one query: the same whatever the chunking, the resumption or the ranks."""
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{query}".encode()))
 
 
