@@ -86,7 +86,7 @@ def embed_split(
     if not (model_dir / "config.json").is_file():
         raise LeverError(f"workspace {ws.source}: models.clip = {ws.models.clip!r} is not a model folder with a config.json")
     key = cache_key(items, model_dir)
-    folder = ws.cache_dir / "embed" / key[:24]
+    folder = ws.cache_dir / "embed" / f"{key[:24]}-{chunk}"  # chunk files are named by their first row
     folder.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(items), chunk))
     todo = [s for s in starts if not (folder / f"{s:08d}.pt").is_file()]
