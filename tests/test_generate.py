@@ -262,3 +262,28 @@ def test_torchrun_generation_equals_single_process(lever, ws, tmp_path):
             break
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_killed_embedding_resumes_at_its_last_chunk(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from tiny_models import write_okvqa_workspace
+
+    import lever.eval.clip as clip_mod
+    from lever.eval.prepare import embed_split
+
+    ws_path, clip_pair, _ = write_okvqa_workspace(tmp_path, n_train=20, n_val=2, pool=6)
+    monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
+    ws = load_workspace(ws_path)
+
+    def kill(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_split(ws, "train", tmp_path / "e.pt", chunk=8, device="cpu", progress=kill, log=lambda m: None)
+    assert not (tmp_path / "e.pt").exists()
+    logs: list[str] = []
+    res = embed_split(ws, "train", tmp_path / "e.pt", chunk=8, device="cpu", log=logs.append)
+    assert res["rows"] == 20 and res["computed"] == 16 and "1 of 3 chunks" in logs[0]
+    assert torch.allclose(torch.load(tmp_path / "e.pt"), torch.load(tmp_path / "query_embeddings.pt"), atol=1e-5)
+    assert embed_split(ws, "train", tmp_path / "again.pt", chunk=8, device="cpu")["computed"] == 0
