@@ -1,4 +1,4 @@
-"""Data commands: `lever data stats`, `lever data balance`. Parse, call lever.data, render."""
+"""Data commands: `lever data stats / balance / embed / pools / generate`. Parse, call lever, render."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ._common import OverrideOpt, workspace
 from ._console import console, err_console
 
 data_app = typer.Typer(
-    help="Inspect and balance candidate data (the compatibility JSON format of docs/data.md).",
+    help="Make candidate data from raw VQA files (embed, pools, generate), inspect and balance it (docs/data.md).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -287,3 +287,140 @@ def balance(
         t.add_row(key.replace("_", " "), _fmt(before[key]), _fmt(after.get(key, "")))
     console.print(t)
     console.print(f"wrote {result['out']}", highlight=False)
+
+
+# --------------------------------------------------------------------------- embed, pools, generate
+
+
+def _default_features(out: Path | None) -> Path:
+    """OUT as given, else the workspace's `features.main` file."""
+    if out is not None:
+        return out
+    ws = workspace()
+    if "main" in ws.features:
+        return ws.path(ws.features["main"])
+    raise LeverError(
+        'no output file: pass --out FILE, or name one in the workspace as [features] main = "..."',
+        hint="lever data embed --out features.pt",
+    )
+
+
+@data_app.command("embed")
+def embed(
+    split: str = typer.Option("train", "--split", help="train (the features file training reads) or val"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Features file to write (default: the workspace's features.main)"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Items per CLIP forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu, cuda, cuda:N"),
+) -> None:
+    """CLIP features of a split: one float tensor [N, d], row i = item i (sorted question id).
+
+    emb = normalise(mean(normalise(image), normalise(question))) with the workspace's models.clip.
+    Chunks are cached by the model's and the items' files: a killed run resumes, a second run only copies.
+    On the bundled benchmark (no images) the simulated world's features are written.
+
+    Example: [bold]lever -w lever.toml data embed --out cache/query_embeddings.pt[/]
+    """
+    from lever.eval.prepare import embed_split
+
+    from ._progress import CountProgress
+
+    target = _default_features(out)
+    with CountProgress(err_console, f"embedding {split}", unit="items") as bar:
+        result = embed_split(workspace(), split, target, batch_size=batch_size, device=device, progress=bar.update, log=_log)
+    console.print(f"wrote {result['out']}: [{result['rows']}, {result['dim']}]", highlight=False)
+
+
+@data_app.command("pools")
+def pools(
+    out: Path | None = typer.Argument(None, metavar="OUT", help="Pools file to write (the original's sampler-cache JSON)"),
+    features: Path | None = typer.Option(None, "--features", "-f", help="Features file (default: the workspace's features.main)"),
+    k: int = typer.Option(64, "--k", help="Items per pool"),
+    queries: int = typer.Option(800, "--queries", "-n", help="Training queries (drawn at random, seeded; 0 = every item)"),
+    method: str = typer.Option("similar", "--method", help="similar (the K nearest by cosine) or random"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the query draw and of random pools"),
+    check: Path | None = typer.Option(None, "--check", help="Only check an existing pools file (lever's or the original's)"),
+) -> None:
+    """For every training query a pool of K train items, never the query itself: {query row: [K rows]}.
+
+    The file is the original's sampler-cache format, so either project reads the other's.
+
+    Example: [bold]lever data pools pools_k64.json --k 64 --queries 800[/]   or   [bold]lever data pools --check sampler_cache.json[/]
+    """
+    from lever.eval.prepare import make_pools, read_pools, write_pools
+    from lever.runs.sources import load_features
+
+    feats = load_features(_default_features(features))
+    if check is not None:
+        got = read_pools(check, feats.shape[0])
+        console.print(f"{check}: {len(got)} pools of {len(next(iter(got.values())))} items, valid", highlight=False)
+        return
+    if out is None:
+        raise LeverError("no output file given", hint="lever data pools pools_k64.json --k 64")
+    if out.exists():
+        raise LeverError(f"{out} already exists", hint="remove it or write another file")
+    made = make_pools(feats, k=k, queries=queries or None, method=method, seed=seed)
+    write_pools(out, made)
+    console.print(f"wrote {out}: {len(made)} pools of {k} items ({method})", highlight=False)
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise LeverError(f"{what} {text!r}: expected numbers separated by commas", hint=f"e.g. {what} 1.0,1.3") from None
+
+
+@data_app.command("generate")
+def generate(
+    pools_file: Path = typer.Argument(
+        ..., metavar="POOLS", help="Pools file (`lever data pools`, or the original's sampler cache)"
+    ),
+    out: Path = typer.Argument(..., metavar="OUT", help="Candidate-data file to write (compatibility format)"),
+    features: Path | None = typer.Option(None, "--features", "-f", help="Features file (default: the workspace's features.main)"),
+    policy: str | None = typer.Option(
+        None, "--policy", help="Plan whose selected checkpoint proposes beams and samples (default: similarity)"
+    ),
+    plan: str | None = typer.Option(None, "--plan", "-p", help="Plan whose eval settings (protocol, metric, generation) score"),
+    overrides: OverrideOpt = None,
+    shots: int = typer.Option(2, "--shots", help="Demonstrations per sequence"),
+    beams: int = typer.Option(5, "--beams", help="Beam-search sequences per query"),
+    temperatures: str = typer.Option("1.0,1.3", "--temperatures", help="Sampling temperatures"),
+    samples: int = typer.Option(2, "--samples", help="Samples per temperature"),
+    random: int = typer.Option(2, "--random", help="Uniform random sequences per query"),
+    retrieval: int = typer.Option(3, "--retrieval", help="Similarity-retrieval sequences per query"),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and random sequences"),
+    device: str = typer.Option("auto", "--device", help="Device of the VLM (under torchrun: one GPU per rank)"),
+    redo: bool = typer.Option(False, "--redo", help="Start again: overwrite OUT and drop an interrupted generation"),
+) -> None:
+    """Candidate sequences for every query of a pools file, answered and scored by the evaluation backend.
+
+    Written as it goes to OUT.parts/ (a killed run resumes where it stopped), then merged into OUT.
+    Spread over GPUs with [bold]torchrun --nproc_per_node N -m lever_cli data generate ...[/].
+
+    Example: [bold]lever data generate pools_k64.json rl_data_k64.json --policy plan_sft[/]
+    """
+    from lever.eval.distributed import ranks
+    from lever.eval.generate import GenerateOptions, Sources, generate_file, plan_selector
+    from lever.runs.sources import load_features
+    from lever.spec.schema import EvalSpec
+
+    from ._progress import CountProgress
+
+    ws = workspace()
+    if overrides and not plan:
+        raise LeverError("--set overrides need --plan", hint="lever data generate POOLS OUT --plan baseline -s eval.num_beams=1")
+    spec = load_plan(plan, overrides or (), ws.plans_dir).plan.eval if plan else EvalSpec()
+    feats = load_features(_default_features(features))
+    selector = ("similarity", None)
+    if policy:
+        lp = load_plan(policy, (), ws.plans_dir)
+        selector = plan_selector(lp, ws, lp.plan.seeds[0], feats.shape[1])
+    src = Sources(beams, _floats(temperatures, "--temperatures"), samples, random, retrieval)
+    opts = GenerateOptions(shots=shots, sources=src, seed=seed)
+    with CountProgress(err_console, "generating", unit="queries", enabled=ranks().is_main) as bar:
+        result = generate_file(
+            ws, pools_file, feats, out, opts=opts, spec=spec, policy=selector, device=device, redo=redo,
+            progress=bar.update, log=_log,
+        )  # fmt: skip
+    if ranks().is_main:
+        console.print(f"wrote {result['out']}: {result['queries']} queries, {result['sequences']} sequences", highlight=False)

@@ -180,6 +180,29 @@ def evaluate(
             _print_summary(lp, s, ev.summary, ev.eval_dir.path)
 
 
+def export(
+    plan: list[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
+    overrides: OverrideOpt = None,
+    fmt: str = typer.Option("lever-plus-v2", "--format", help="Layout to write: lever-plus-v2 (the original's inference)"),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write (e.g. pointer_selector_v2format.ckpt)"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed run to export (default: the plan's first seed)"),
+) -> None:
+    """Write a trained plan's selected checkpoint in the original project's layout.
+
+    lever-plus-v2: a Lightning checkpoint with `lever_lm.pointer_selector.*` keys, as the original's
+    inference reads; only plans with model.arch = "lever-plus-v3" and one attention layer map onto it.
+    The reverse: a plan starts from an original checkpoint with [bold]start.checkpoint = "file.ckpt"[/].
+
+    Example: [bold]lever export plans/original/plan5.toml --format lever-plus-v2 -o plan5_v2format.ckpt[/]
+    """
+    from lever.eval.pipeline import export_checkpoint
+
+    (lp,) = _plans(plan, overrides)[:1]
+    res = export_checkpoint(lp, workspace(), lp.plan.seeds[0] if seed is None else seed, fmt, out)
+    console.print(f"wrote {res['out']} ({res['format']}: {lp.name} {res['stage']} epoch {res['epoch']})", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("evaluate")(evaluate)
+    app.command("export")(export)

@@ -25,7 +25,7 @@ import torch
 
 from lever.device import resolve_device
 from lever.errors import LeverError
-from lever.eval.backend import Request, Response
+from lever.eval.backend import Request, Response, demo_answer
 from lever.eval.protocol import DEFAULT, PromptProtocol, load_protocol
 
 _DTYPES = {
@@ -308,6 +308,31 @@ class HFBackend:
                 responses[i] = Response("", failed=True, error=error)
             self._answer_batch(ready, inputs, responses)
         return [r if r is not None else Response("", failed=True, error="no answer") for r in responses]
+
+    def gt_probs(self, requests: list[Request]) -> list[float | None]:
+        """The model's probability of each query's ground-truth answer after its prompt (None where it fails).
+
+        p = exp(sum_t log p(a_t | prompt, a_<t)) for a = the most frequent human answer (demo_answer),
+        by teacher forcing: one forward pass per batch of `batch_size`, no generation.
+        """
+        out: list[float | None] = []
+        for s in range(0, len(requests), self.batch_size):
+            chunk = requests[s : s + self.batch_size]
+            answers = [demo_answer(r.query) for r in chunk]
+            try:
+                texts = [self.render(r) + a for r, a in zip(chunk, answers)]
+                inputs = self.encode(texts, [im for r in chunk for im in prompt_images(r, self.protocol)])
+                with torch.inference_mode():
+                    logits = self.model(**inputs).logits  # [B, T, V]
+                ids = inputs["input_ids"][:, 1:]  # [B, T-1]: token t+1 is predicted at t
+                tok = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)  # [B, T-1]
+                with self._tokenizer_lock:
+                    lens = [len(self.processor.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+                # Left padding: every row ends with its answer's tokens.
+                out += [float(tok[b, -n:].sum().exp()) if n else 0.0 for b, n in enumerate(lens)]
+            except Exception:  # a question the model cannot take: its answer will say why; no probability
+                out += [None] * len(chunk)
+        return out
 
     def _prepared_batches(self, requests: list[Request]) -> Iterator[_Prepared]:
         """Batches of `batch_size` requests, prepared (images read, prompts encoded) one at a time.

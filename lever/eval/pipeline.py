@@ -179,3 +179,29 @@ def _link_jobs(record_file: Path, outcomes: list[Outcome], ws: Workspace) -> Non
             "detail": o.detail or None,
         }
     write_json(record_file, {**record, "jobs": linked})
+
+
+EXPORT_FORMATS = ("lever-plus-v2",)
+
+
+def export_checkpoint(lp: LoadedPlan, ws: Workspace, seed: int, fmt: str, out: Path) -> dict[str, Any]:
+    """Write a trained plan's selected checkpoint in another project's layout; returns what was written.
+
+    lever-plus-v2: the original's v2 Lightning checkpoint (lever.train.original_ckpt.save_v2), which its
+    inference reads. Only model.arch = "lever-plus-v3" maps (its weights are the original's, name for name),
+    with one attention layer (v2 has one).
+    """
+    from lever.train.checkpoint import load_weights
+    from lever.train.original_ckpt import save_v2
+
+    if fmt not in EXPORT_FORMATS:
+        raise LeverError(f"--format {fmt!r} is not known", hint=f"use one of {', '.join(EXPORT_FORMATS)}")
+    if lp.plan.model.arch != "lever-plus-v3":
+        raise LeverError(
+            f"plan {lp.name} has model.arch = '{lp.plan.model.arch}': lever's selector has other layers than the "
+            "original's (docs/architecture.md), so its weights cannot be written in the original's layout",
+            hint="train with model.arch = 'lever-plus-v3' (plans/original/) to export to the original",
+        )
+    ckpt = checkpoint_for(run_dir_of(ws, lp, seed), None)
+    save_v2(out, load_weights(ckpt["path"]), ckpt.get("epoch") or 0)
+    return {"out": str(out), "stage": ckpt["stage"], "epoch": ckpt["epoch"], "format": fmt}

@@ -62,6 +62,19 @@ class SimBackend:
         out = [Response(texts[i]) for i in range(len(requests))]
         return out
 
+    def gt_probs(self, requests: list[Request]) -> list[float]:
+        """The simulated VLM's probability of the ground-truth answers, per request."""
+        probs: dict[int, float] = {}
+        by_split: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_split.setdefault(r.split, []).append(i)
+        for split, idx in by_split.items():
+            d = self.vlm.decide(
+                split, [requests[i].query.index for i in idx], [[x.index for x in requests[i].demos] for i in idx]
+            )
+            probs.update(zip(idx, d["gt_prob"].tolist()))
+        return [probs[i] for i in range(len(requests))]
+
 
 def _items(path: Path) -> list[Item]:
     return [Item.from_record(r) for r in json.loads(Path(path).read_text(encoding="utf-8"))]

@@ -15,7 +15,9 @@ Quirks of the normalisation kept on purpose, because published numbers depend on
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 
 CONTRACTIONS = {
     "aint": "ain't",
@@ -229,3 +231,32 @@ def vqa_accuracy(pred: str, answers: Sequence[str], metric: str = "classic") -> 
     # Leaving out annotator i removes one match exactly when annotator i matched.
     scores = [min(1.0, (matches - (a == p)) / 3) for a in gts]
     return sum(scores) / len(scores)
+
+
+def _tokens(s: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", s.lower())
+
+
+def token_f1(a: str, b: str) -> float:
+    """F1 of the lower-cased alphanumeric tokens of a and b (0 when either has none)."""
+    ta, tb = _tokens(a), _tokens(b)
+    common = sum((Counter(ta) & Counter(tb)).values())
+    if not ta or not tb or not common:
+        return 0.0
+    p, r = common / len(ta), common / len(tb)
+    return 2 * p * r / (p + r)
+
+
+def relevance(pred: str, answers: Sequence[str]) -> dict[str, float]:
+    """How close a prediction is to the answers, as the candidate-data fields (the original's definition):
+
+    vqa_rel_token_f1 = max_a token_f1(pred, a); vqa_rel_edit_sim = max_a SequenceMatcher(pred, a).ratio();
+    vqa_rel_score = max of the two. Texts are stripped and lower-cased; an empty prediction scores 0.
+    """
+    p = (pred or "").strip().lower()
+    gts = [(a or "").strip().lower() for a in answers]
+    if not p or not gts:
+        return {"vqa_rel_token_f1": 0.0, "vqa_rel_edit_sim": 0.0, "vqa_rel_score": 0.0}
+    f1 = max(token_f1(p, a) for a in gts)
+    ed = max(SequenceMatcher(None, p, a).ratio() for a in gts)
+    return {"vqa_rel_token_f1": round(f1, 4), "vqa_rel_edit_sim": round(ed, 4), "vqa_rel_score": round(max(f1, ed), 4)}

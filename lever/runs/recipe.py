@@ -35,6 +35,8 @@ def compile_stages(plan: Plan) -> list[tuple[Stage, DataFilter | None]]:
     """The plan's stages in order, each with its data filter change (None = the plan's filter)."""
     floor = plan.reward.normalize_std_floor
     out: list[tuple[Stage, DataFilter | None]] = []
+    if plan.sft.epochs:
+        out.append((Stage("sft", "sft", plan.sft.epochs, plan.sft, plan.sft.lr, floor), None))
     if plan.rce.epochs:
         out.append((Stage("rce", "rce", plan.rce.epochs, plan.rce, plan.rce.lr, floor), None))
     if plan.phases:

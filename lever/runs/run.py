@@ -32,6 +32,7 @@ from lever.model import SelectorBase
 from lever.spec import LoadedPlan, Workspace, load_plan
 from lever.threads import thread_settings
 from lever.train.checkpoint import State, load_into, load_weights, state_digest
+from lever.train.original_ckpt import load_original
 from lever.train.stage import (
     STAGE_METRICS,
     Reporter,
@@ -73,7 +74,17 @@ def start_state(lp: LoadedPlan, ws: Workspace, seed: int, model: SelectorBase) -
     if st.kind == "scratch":
         return None, f"scratch:{seed}"
     if st.kind == "checkpoint":
-        state = load_weights(ws.path(st.checkpoint))
+        path = ws.path(st.checkpoint)
+        if path.suffix == ".safetensors":
+            state = load_weights(path)
+        else:
+            if lp.plan.model.arch != "lever-plus-v3":
+                raise LeverError(
+                    f"start.checkpoint = '{st.checkpoint}' is not a lever checkpoint (.safetensors); the original's "
+                    f"checkpoints are of its architecture, and the plan's model.arch is '{lp.plan.model.arch}'",
+                    hint="set model.arch = 'lever-plus-v3' with the checkpoint's hidden / layers / heads (docs/architecture.md)",
+                )
+            state, _ = load_original(path, st.trust_pickle)
     else:
         # A plan names its start plan like `extends`: next to itself first, then in the workspace's plans folder.
         here = lp.path.parent

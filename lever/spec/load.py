@@ -294,8 +294,13 @@ def load_plan(ref: str | Path, overrides: list[str] | tuple[str, ...] = (), plan
 
 
 def recipe_dict(plan: Plan) -> dict[str, Any]:
-    """What defines a run: everything but the description and the extends link."""
-    return plan.model_dump(mode="json", exclude={"description", "extends"})
+    """What defines a run: everything but the description, the extends link and start.trust_pickle (the start's
+    weights are keyed by their digest), and `sft` while it is off (plans older than the stage keep their hash)."""
+    out = plan.model_dump(mode="json", exclude={"description", "extends"})
+    out["start"].pop("trust_pickle")
+    if plan.sft.epochs == 0:
+        out.pop("sft")
+    return out
 
 
 def spec_hash(plan: Plan | dict[str, Any], length: int = 12) -> str:

@@ -179,6 +179,13 @@ class RCESpec(OptimSpec):
     )
 
 
+class SFTSpec(OptimSpec):
+    """Supervised warm start before RCE: plain cross-entropy on each group's best sequence (the original's SFT)."""
+
+    epochs: int = Field(0, ge=0, description="SFT epochs, run before RCE (0 = no SFT stage)")
+    schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all SFT steps")
+
+
 class AdaptiveKL(Strict):
     """Adaptive KL coefficient: beta x factor when KL > high, / factor when KL < low."""
 
@@ -315,16 +322,27 @@ class StartSpec(Strict):
         None,
         description="kind = plan: take that plan's selected checkpoint of this stage ('rce', 'grpo', a phase name); default: its final selection",
     )
-    checkpoint: str | None = Field(None, description="kind = checkpoint: a .safetensors file")
+    checkpoint: str | None = Field(
+        None,
+        description="kind = checkpoint: a lever .safetensors file, or the original's v2 / v3 selector checkpoint "
+        "(.ckpt / .pth, format detected; needs model.arch = 'lever-plus-v3')",
+    )
+    trust_pickle: bool = Field(
+        False,
+        description="kind = checkpoint: load an original checkpoint that holds pickled objects besides tensors "
+        "(this runs code from the file: only for files you trust)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> StartSpec:
         if self.kind == "plan" and not self.plan:
             raise ValueError("kind = 'plan' needs plan = '<name>'")
         if self.kind == "checkpoint" and not self.checkpoint:
-            raise ValueError("kind = 'checkpoint' needs checkpoint = '<file.safetensors>'")
+            raise ValueError("kind = 'checkpoint' needs checkpoint = '<file.safetensors or the original's .ckpt>'")
         if self.kind != "plan" and (self.plan or self.stage):
             raise ValueError(f"plan/stage are only valid with kind = 'plan' (kind is '{self.kind}')")
+        if self.kind != "checkpoint" and self.trust_pickle:
+            raise ValueError("trust_pickle is only valid with kind = 'checkpoint'")
         if self.kind != "checkpoint" and self.checkpoint:
             raise ValueError(f"checkpoint is only valid with kind = 'checkpoint' (kind is '{self.kind}')")
         return self
@@ -411,6 +429,7 @@ class Plan(Strict):
     data: DataSpec = Field(default_factory=DataSpec, description="Candidate data and its filter")
     reward: RewardSpec = Field(default_factory=RewardSpec, description="Reward of a candidate sequence")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The pointer selector")
+    sft: SFTSpec = Field(default_factory=SFTSpec, description="Supervised stage before RCE (off by default)")
     rce: RCESpec = Field(default_factory=RCESpec, description="RCE stage")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO stage")
     phases: list[Phase] = Field(
@@ -428,12 +447,13 @@ class Plan(Strict):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be unique, got {names}")
-        if {"rce", "grpo"} & set(names):
-            raise ValueError("phase names 'rce' and 'grpo' are reserved for the stages")
-        if self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
-            raise ValueError("nothing to train: rce.epochs, grpo.epochs are 0 and there are no phases")
+        if {"sft", "rce", "grpo"} & set(names):
+            raise ValueError("phase names 'sft', 'rce' and 'grpo' are reserved for the stages")
+        if self.sft.epochs == 0 and self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
+            raise ValueError("nothing to train: sft.epochs, rce.epochs, grpo.epochs are 0 and there are no phases")
         final = self.stage_names()[-1]
-        epochs = self.phases[-1].epochs if self.phases else (self.grpo.epochs if final == "grpo" else self.rce.epochs)
+        stage_epochs = {"sft": self.sft.epochs, "rce": self.rce.epochs, "grpo": self.grpo.epochs}
+        epochs = self.phases[-1].epochs if self.phases else stage_epochs[final]
         if self.select.epoch is not None and self.select.epoch > epochs:
             raise ValueError(
                 f"select.epoch = {self.select.epoch} pins an epoch the final stage '{final}' does not have "
@@ -442,8 +462,8 @@ class Plan(Strict):
         return self
 
     def stage_names(self) -> list[str]:
-        """Stages in execution order: 'rce', 'grpo', or the phase names."""
-        names = ["rce"] if self.rce.epochs else []
+        """Stages in execution order: 'sft', 'rce', 'grpo', or the phase names."""
+        names = (["sft"] if self.sft.epochs else []) + (["rce"] if self.rce.epochs else [])
         if self.phases:
             names += [p.name for p in self.phases]
         elif self.grpo.epochs:

@@ -26,7 +26,7 @@ from torch import Tensor
 from lever.errors import DamagedState, RunFailed
 from lever.io import check_rows, read_rows, read_state, rows_record, rows_text, write_json, write_jsonl
 from lever.model import SelectorBase
-from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec
+from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec, SFTSpec
 
 from . import losses as L
 from .checkpoint import State, load_resume, save_resume, save_weights, state_of
@@ -93,10 +93,10 @@ class SilentReporter:
 class Stage:
     """A compiled stage: what to run, on which groups, with which optimiser settings."""
 
-    name: str  # "rce", "grpo" or a phase name
-    kind: Literal["rce", "grpo"]
+    name: str  # "sft", "rce", "grpo" or a phase name
+    kind: Literal["sft", "rce", "grpo"]
     epochs: int
-    opt: RCESpec | GRPOSpec
+    opt: SFTSpec | RCESpec | GRPOSpec
     lr: float
     std_floor: float = 0.1  # rce.rewards = "normalized": z-score floor (reward.normalize_std_floor)
 
@@ -116,6 +116,7 @@ class StageResult:
 # Metrics every epoch row carries, by stage kind (`select.metric` must be one every stage logs).
 COMMON_METRICS = ("val/loss", "train/loss", "optim/lr", "optim/grad_norm", "time/epoch_s")
 STAGE_METRICS = {
+    "sft": COMMON_METRICS + ("losses/sft",),
     "rce": COMMON_METRICS + ("losses/rce", "rce/tau"),
     "grpo": COMMON_METRICS
     + (
@@ -399,7 +400,7 @@ class StageRunner:
         order = torch.randperm(self.train.num_queries, generator=gen)
         # GRPO runs without dropout (grpo.policy_mode = "eval"), so the ratio to the reference is
         # exactly 1 before the first update; "train" keeps dropout on, as the original.
-        self.model.train(self.s.kind == "rce" or self.s.opt.policy_mode == "train")
+        self.model.train(self.s.kind != "grpo" or self.s.opt.policy_mode == "train")
         self.rep.epoch_start(self.s.name, epoch, self.s.epochs, self.steps_per_epoch)
         acc: dict[str, float] = {}
         advs: list[tuple[Tensor, Tensor]] = []
@@ -409,7 +410,9 @@ class StageRunner:
             lr = lr_at(self.step, self.total_steps, self.s.opt, self.peak_lr)
             for g in self.optim.param_groups:
                 g["lr"] = lr
-            if self.s.kind == "rce":
+            if self.s.kind == "sft":
+                loss, logs = self._sft_loss(batch)
+            elif self.s.kind == "rce":
                 loss, logs = self._rce_loss(batch)
             else:
                 loss, logs, adv_mask = self._grpo_loss(batch, epoch)
@@ -461,6 +464,11 @@ class StageRunner:
         row["optim/grad_norm"] = sum(norms) / n
         row["time/epoch_s"] = time.perf_counter() - t0
         return row
+
+    def _sft_loss(self, b: Batch) -> tuple[Tensor, dict[str, float]]:
+        logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
+        loss = L.top1_ce_loss(logp, b.raw, b.mask)
+        return loss, {"losses/sft": loss.item(), "train/loss": loss.item()}
 
     def _rce_loss(self, b: Batch) -> tuple[Tensor, dict[str, float]]:
         opt: RCESpec = self.s.opt  # type: ignore[assignment]

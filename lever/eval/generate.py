@@ -1,0 +1,373 @@
+"""`lever data generate`: candidate sequences for every query of a pools file, scored by the VLM.
+
+Per query (its pool of K train items, `shots` items per sequence), in source order:
+
+- beam: the `beams` best sequences of the policy by beam search (sum of step log-probs);
+- sample: for each temperature tau, `samples` sequences drawn step by step from softmax(log pi / tau);
+- random: `random` uniform sequences of distinct pool items;
+- retrieval: `retrieval` blocks of the pool items most similar to the query (block b = ranks b*shots..).
+
+The policy is a trained plan's selected checkpoint, or, without one, the similarity policy
+pi_t(j) = softmax_j(cos(x_q, x_j) / 0.1) over the items not yet picked. Duplicates are dropped as
+ORDERED sequences (prompt order matters: [a, b] and [b, a] are both kept); the first source wins.
+Every sequence is answered by the evaluation backend with the evaluation's prompt protocol and
+scored with its VQA metric, and written in the compatibility format (docs/data.md).
+
+Random draws come from one generator per query (seeded by the seed and the query row), so the
+output does not depend on chunking, resumption or the number of ranks. Crash safety: every
+chunk of queries is appended to `OUT.parts/shard-<rank>.jsonl` and flushed; a rerun skips the
+queries any shard holds; rank 0 merges the shards into OUT (atomically) and removes the parts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lever.errors import LeverError
+from lever.io import atomic_write, read_jsonl, write_json
+from lever.keys import content_key
+from lever.spec import Workspace
+from lever.spec.schema import EvalSpec
+
+from .backend import Backend, Item, Request
+from .distributed import barrier, ranks
+from .postprocess import postprocess
+from .protocol import resolve_protocol
+from .vqa import normalize_answer, relevance, vqa_accuracy
+
+Progress = Callable[[int, int], None]  # (queries done, total)
+StepLogp = Callable[[Tensor], Tensor]  # prefix [Q, b, t] local pointers -> log-probs [Q, b, K] (picked items -inf)
+SIMILARITY_TEMPERATURE = 0.1
+
+
+@dataclass(frozen=True)
+class Sources:
+    """How many sequences each source proposes per query (the original's defaults)."""
+
+    beams: int = 5
+    temperatures: tuple[float, ...] = (1.0, 1.3)
+    samples: int = 2
+    random: int = 2
+    retrieval: int = 3
+
+    def check(self, shots: int, k: int) -> None:
+        counts = {"beams": self.beams, "samples": self.samples, "random": self.random, "retrieval": self.retrieval}
+        bad = [f"{n} = {v}" for n, v in counts.items() if v < 0] + [f"temperature {t}" for t in self.temperatures if t <= 0]
+        if bad:
+            raise LeverError(f"generation sources: {', '.join(bad)}", hint="counts are >= 0, temperatures > 0")
+        if not 1 <= shots <= k:
+            raise LeverError(f"shots = {shots} does not fit pools of {k} items", hint=f"use 1..{k}")
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def similarity_policy(query: Tensor, pool: Tensor) -> StepLogp:
+    """pi_t = softmax(cos(query, pool) / 0.1) over unpicked items; query [Q, d], pool [Q, K, d]."""
+    logits = torch.einsum("qd,qkd->qk", F.normalize(query.float(), dim=-1), F.normalize(pool.float(), dim=-1))
+    logits = logits / SIMILARITY_TEMPERATURE  # [Q, K]
+
+    def step(prefix: Tensor) -> Tensor:
+        masked = logits[:, None, :].expand(prefix.shape[0], prefix.shape[1], -1).clone()  # [Q, b, K]
+        masked.scatter_(2, prefix, -float("inf"))
+        return masked.log_softmax(-1)
+
+    return step
+
+
+def selector_policy(model: Any, query: Tensor, pool: Tensor) -> StepLogp:
+    """The selector's step distribution after each prefix (teacher-forced: SelectorBase.log_policy)."""
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode(query, pool, None)
+
+    @torch.no_grad()
+    def step(prefix: Tensor) -> Tensor:
+        q, b, t = prefix.shape
+        pointers = torch.cat([prefix, torch.zeros(q, b, 1, dtype=torch.long)], dim=2)  # the last step's label is unused
+        return model.log_policy(enc, pointers)[:, :, t, :].float()  # [Q, b, K]
+
+    return step
+
+
+def beam_search(step: StepLogp, n_q: int, k: int, width: int, steps: int) -> tuple[Tensor, Tensor]:
+    """The `width` best sequences [Q, w, steps] of distinct pointers and their scores [Q, w] (sum of log-probs)."""
+    seqs = torch.zeros(n_q, 1, 0, dtype=torch.long)
+    score = torch.zeros(n_q, 1)
+    for _ in range(steps):
+        b = seqs.shape[1]
+        total = score[:, :, None] + step(seqs)  # [Q, b, K]
+        score, flat = total.reshape(n_q, -1).topk(min(width, b * k - b * seqs.shape[2]), dim=1)
+        parent, pick = flat // k, flat % k
+        seqs = torch.cat([seqs.gather(1, parent[:, :, None].expand(-1, -1, seqs.shape[2])), pick[:, :, None]], dim=2)
+    return seqs, score
+
+
+def sample(step: StepLogp, n: int, steps: int, tau: float, gens: list[torch.Generator], k: int) -> Tensor:
+    """n sequences [Q, n, steps] drawn step by step from softmax(log pi / tau) (Gumbel-max, one generator per query)."""
+    seqs = torch.zeros(len(gens), n, 0, dtype=torch.long)
+    for _ in range(steps):
+        u = torch.stack([torch.rand(n, k, generator=g) for g in gens]).clamp(1e-12, 1 - 1e-7)  # [Q, n, K]
+        pick = (step(seqs) / tau - torch.log(-torch.log(u))).argmax(-1)  # [Q, n]
+        seqs = torch.cat([seqs, pick[:, :, None]], dim=2)
+    return seqs
+
+
+def propose(
+    step: StepLogp, sims: Tensor, shots: int, sources: Sources, gens: list[torch.Generator]
+) -> list[list[dict[str, Any]]]:
+    """Per query, the deduplicated proposals {pointer, gen_method, beam_rank, beam_score, temperature} in source order.
+
+    sims [Q, K]: cosine of the query with each pool item (retrieval ranks by it).
+    """
+    n_q, k = sims.shape
+    props: list[list[dict[str, Any]]] = [[] for _ in range(n_q)]
+
+    def add(qi: int, seq: list[int], method: str, rank: int | None = None, score: float | None = None, tau: float | None = None):
+        props[qi].append({"pointer": seq, "gen_method": method, "beam_rank": rank, "beam_score": score, "temperature": tau})
+
+    if sources.beams:
+        seqs, scores = beam_search(step, n_q, k, sources.beams, shots)
+        for qi, (ss, sc) in enumerate(zip(seqs.tolist(), scores.tolist())):
+            for r, (s, c) in enumerate(zip(ss, sc)):
+                add(qi, s, "beam", r, round(c, 4))
+    for tau in sources.temperatures:
+        if sources.samples:
+            for qi, ss in enumerate(sample(step, sources.samples, shots, tau, gens, k).tolist()):
+                for s in ss:
+                    add(qi, s, "sample", tau=tau)
+    for qi, g in enumerate(gens):
+        for _ in range(sources.random):
+            add(qi, torch.randperm(k, generator=g)[:shots].tolist(), "random")
+    ranking = sims.argsort(dim=1, descending=True).tolist()
+    for qi in range(n_q):
+        for b in range(min(sources.retrieval, k // shots)):
+            add(qi, ranking[qi][b * shots : (b + 1) * shots], "retrieval")
+    return [dedupe_ordered(group) for group in props]
+
+
+def dedupe_ordered(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first proposal of each ORDERED sequence: [a, b] and [b, a] are two prompts and both stay."""
+    seen: set[tuple[int, ...]] = set()
+    kept = []
+    for p in group:
+        key = tuple(p["pointer"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(p)
+    return kept
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_records(
+    backend: Backend, metric: str, query: Item, demos: list[list[Item]], gt_probs: list[float | None]
+) -> list[dict[str, Any]]:
+    """The scorer's fields of each sequence: answer, VQA accuracy by `metric`, gt prob, relevance."""
+    requests = [Request("train", query, d) for d in demos]
+    answers_norm = [normalize_answer(a) for a in query.answers]
+    out = []
+    for resp, p in zip(backend.answer(requests), gt_probs):
+        pred = "" if resp.failed else postprocess(resp.raw)
+        acc = 0.0 if resp.failed else vqa_accuracy(pred, query.answers, metric)
+        rec = {
+            "vqa_raw_generation": resp.raw,
+            "vqa_pred_answer": pred,
+            "vqa_correct": int(acc > 0),
+            "vqa_acc_score": round(acc, 4),
+            **({} if p is None else {"vqa_gt_prob": round(p, 4)}),
+            **relevance(pred, answers_norm),
+            "vqa_eval_mode": "error" if resp.failed else "vqaEval",
+            "eval_failed": resp.failed,
+        }
+        out.append(rec)
+    return out
+
+
+def _gt_probs(backend: Backend, requests: list[Request]) -> list[float | None]:
+    """The backend's probability of the ground-truth answers per request, when it can give one."""
+    fn = getattr(backend, "gt_probs", None)
+    return fn(requests) if fn else [None] * len(requests)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Sequence length, sources, seed, and how many queries are answered between two flushes of a shard."""
+
+    shots: int = 2
+    sources: Sources = Sources()
+    seed: int = 0
+    chunk: int = 8  # queries answered between two flushes of the shard
+
+
+def query_generator(seed: int, query: int) -> torch.Generator:
+    """The random stream of one query: the same whatever the chunking, the resumption or the ranks."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{query}".encode()))
+
+
+def generate_file(
+    ws: Workspace,
+    pools_path: Path,
+    features: Tensor,
+    out: Path,
+    *,
+    opts: GenerateOptions = GenerateOptions(),
+    spec: EvalSpec | None = None,
+    policy: tuple[str, Any] = ("similarity", None),
+    device: str = "auto",
+    redo: bool = False,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = print,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Generate and score candidates for every query of the pools file and write OUT; returns a short report.
+
+    features [N, d]: the train items' features (row i = train item i). policy: ("similarity", None) or
+    (a label, a selector model). `backend` replaces the workspace's (tests, benchmarks).
+    """
+    from .prepare import read_pools, split_items
+
+    spec = spec or EvalSpec()
+    items = split_items(ws, "train", log)
+    if features.shape[0] != len(items):
+        raise LeverError(f"features have {features.shape[0]} rows but the train split has {len(items)} items")
+    pools = read_pools(pools_path, len(items))
+    k = len(next(iter(pools.values())))
+    opts.sources.check(opts.shots, k)
+    metric = resolve_protocol(spec).metric
+    settings = {
+        "pools": content_key(pools),
+        "shots": opts.shots,
+        "sources": asdict(opts.sources),
+        "seed": opts.seed,
+        "policy": policy[0],
+        "metric": metric,
+        "protocol": resolve_protocol(spec).identity(),
+        "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype")},
+    }
+    settings = json.loads(json.dumps(settings))  # as it reads back from settings.json (tuples become lists)
+    r = ranks()
+    parts = out.with_name(out.name + ".parts")
+    if r.is_main:
+        if redo:
+            shutil.rmtree(parts, ignore_errors=True)
+        elif out.exists() and not parts.exists():
+            raise LeverError(f"{out} already exists", hint="pass --redo to generate it again")
+        parts.mkdir(parents=True, exist_ok=True)
+        have = parts / "settings.json"
+        if have.is_file() and json.loads(have.read_text()) != settings:
+            raise LeverError(
+                f"{parts} holds an interrupted generation with other settings",
+                hint="rerun with the same settings to resume, or pass --redo to start again",
+            )
+        write_json(have, settings)
+    barrier(r)
+    from .evaluate import open_partial
+
+    done = {row["query_id"] for f in sorted(parts.glob("shard-*.jsonl")) for row in read_jsonl(f)}
+    queries = list(pools)
+    mine = [q for p, q in enumerate(queries) if r.mine(p) and q not in done]
+    if done and r.is_main:
+        log(f"generate: resuming, {len(done)} of {len(queries)} queries already done in {parts}")
+    if mine and backend is None:
+        backend = make_backend(ws, spec, r.device() if r.world > 1 else device, log)
+    with open_partial(parts / f"shard-{r.rank}.jsonl") as shard:
+        for s in range(0, len(mine), opts.chunk):
+            chunk = mine[s : s + opts.chunk]
+            pool_t = torch.tensor([pools[q] for q in chunk])  # [Q, K]
+            qx, px = features[chunk], features[pool_t]  # [Q, d], [Q, K, d]
+            step = similarity_policy(qx, px) if policy[1] is None else selector_policy(policy[1], qx, px)
+            sims = torch.einsum("qd,qkd->qk", F.normalize(qx, dim=-1), F.normalize(px, dim=-1))
+            groups = propose(step, sims, opts.shots, opts.sources, [query_generator(opts.seed, q) for q in chunk])
+            for q, group in zip(chunk, groups):
+                demos = [[items[pools[q][j]] for j in p["pointer"]] for p in group]
+                probs = _gt_probs(backend, [Request("train", items[q], d) for d in demos])
+                scores = score_records(backend, metric, items[q], demos, probs)
+                cands = [
+                    {"pointer": p["pointer"], "pointer_global": [pools[q][j] for j in p["pointer"]], **p, **sc}
+                    for p, sc in zip(group, scores)
+                ]
+                shard.write(json.dumps({"query_id": q, "record": _entry(items[q], pools[q], cands)}) + "\n")
+            shard.flush()
+            if progress:
+                progress(min(s + opts.chunk, len(mine)), len(mine))
+    barrier(r)
+    if not r.is_main:
+        return {"out": str(out), "queries": len(queries)}
+    return merge_parts(parts, out, queries, settings)
+
+
+def _entry(query: Item, pool: list[int], cands: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "query": {
+            "query_id": query.index,
+            "question_id": query.question_id,
+            "image_id": query.image_id,
+            "question": query.question,
+            "gt_answers_raw": query.answers,
+            "gt_answers_norm": [normalize_answer(a) for a in query.answers],
+        },
+        "candidate_pool_ids": pool,
+        "pointer_candidates": cands,
+    }
+
+
+def merge_parts(parts: Path, out: Path, queries: list[int], settings: dict[str, Any]) -> dict[str, Any]:
+    """Every shard's queries, in pools order, into OUT (atomically); the parts folder is removed after."""
+    rows = {row["query_id"]: row["record"] for f in sorted(parts.glob("shard-*.jsonl")) for row in read_jsonl(f)}
+    missing = [q for q in queries if q not in rows]
+    if missing:
+        raise LeverError(f"generation incomplete: {len(missing)} queries missing from {parts} (e.g. {missing[0]})",
+                         hint="rerun the same command to finish them")  # fmt: skip
+    data = {"_meta": {"created_by": "lever data generate", "k": len(rows[queries[0]]["candidate_pool_ids"]), **settings}}
+    data.update({str(q): rows[q] for q in queries})
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
+    shutil.rmtree(parts)
+    seqs = sum(len(rows[q]["pointer_candidates"]) for q in queries)
+    return {"out": str(out), "queries": len(queries), "sequences": seqs}
+
+
+def make_backend(ws: Workspace, spec: EvalSpec, device: str, log: Callable[[str], None] = print) -> Backend:
+    """The evaluation backend of the workspace: the simulated VLM on the bundled benchmark, else transformers."""
+    if ws.is_bundled:
+        from lever.bench import SimVLM
+        from lever.runs.sources import bench_paths
+
+        from .sources import SimBackend
+
+        return SimBackend(SimVLM.load(bench_paths(ws, log)))
+    from .sources import check_eval_files, make_hf_backend
+
+    check_eval_files(ws, spec.model_copy(update={"splits": ["train"]}))
+    return make_hf_backend(ws, spec, device)
+
+
+def plan_selector(lp: Any, ws: Workspace, seed: int, d_in: int) -> tuple[str, Any]:
+    """(label, model) of a trained plan's selected checkpoint, the policy of beam search and sampling."""
+    from lever.runs.recipe import build_model
+    from lever.runs.run import run_dir_of
+    from lever.train.checkpoint import load_into, load_weights, state_digest
+
+    from .evaluate import checkpoint_for
+
+    run = run_dir_of(ws, lp, seed)
+    ckpt = checkpoint_for(run, None)  # a plan that never trained: an error that says to run it
+    model = build_model(lp.plan, d_in)
+    state = load_weights(ckpt["path"])
+    load_into(model, state, str(ckpt["path"]))
+    label = f"{lp.name} seed {seed} {ckpt['stage']} epoch {ckpt['epoch']} weights {state_digest(state)}"
+    return label, model.float().eval()  # the weights' digest: a retrained plan is another policy (no mixed resume)

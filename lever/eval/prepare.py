@@ -1,0 +1,175 @@
+"""From raw VQA files to what training reads: item features (`lever data embed`) and pools (`lever data pools`).
+
+Row order everywhere is lever's: item i of a split is its i-th question by sorted question id
+(as the original). A pools file is the original's "sampler cache" format, so either project
+reads the other's:
+
+    {"<query train row>": [K distinct train rows, never the query itself], ...}
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lever.device import resolve_device
+from lever.errors import LeverError
+from lever.io import atomic_write, write_json
+from lever.spec import Workspace
+
+from .backend import Item
+from .select import random_pools, similar_pools
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def split_items(ws: Workspace, split: str, log: Callable[[str], None] = print) -> list[Item]:
+    """Every item of `split` ("train" or "val") in row order: the bundled benchmark's, or the workspace's OK-VQA files."""
+    if split not in ("train", "val"):
+        raise LeverError(f"split {split!r} is not known", hint="use train or val")
+    if ws.is_bundled:
+        from lever.runs.sources import bench_paths
+
+        from .sources import _items
+
+        paths = bench_paths(ws, log)
+        return _items(paths.items_train if split == "train" else paths.items_val)
+    if ws.okvqa is None:
+        raise LeverError(f"workspace {ws.source} has no [okvqa] table: the OK-VQA files are needed")
+    from .okvqa import load_okvqa
+
+    o = ws.okvqa.model_dump()
+    return load_okvqa(ws.path(o[f"{split}_questions"]), ws.path(o[f"{split}_annotations"]), ws.path(o[f"{split}_images"]), split)
+
+
+# --------------------------------------------------------------------------- embed
+
+
+def embed_split(
+    ws: Workspace,
+    split: str,
+    out: Path,
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    chunk: int = 1024,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write the `[N, d]` features of a split to `out` (torch.save'd float tensor, row i = item i).
+
+    OK-VQA: CLIP features (lever.eval.clip) of the workspace's `models.clip`, computed in chunks of
+    `chunk` items that are kept in the cache (keyed by the model's files and the items' files), so a
+    killed run resumes at its last finished chunk and a second run with the same inputs only copies.
+    The bundled benchmark has no images: its features are its simulated world's and are copied.
+    """
+    items = split_items(ws, split, log)
+    if ws.is_bundled:
+        from lever.runs.sources import bench_paths
+
+        paths = bench_paths(ws, log)
+        src = Path(paths.features if split == "train" else paths.val_features)
+        atomic_write(out, lambda tmp: shutil.copyfile(src, tmp))
+        feats = torch.load(out, weights_only=True)
+        return {"out": str(out), "rows": feats.shape[0], "dim": feats.shape[1], "computed": 0, "source": "bundled benchmark"}
+    if not ws.models.clip:
+        raise LeverError(f"workspace {ws.source}: [models] clip is needed to embed", hint="point it at a local CLIP folder")
+    from .clip import cache_key, clip_features, load_clip
+
+    model_dir = ws.path(ws.models.clip)
+    if not (model_dir / "config.json").is_file():
+        raise LeverError(f"workspace {ws.source}: models.clip = {ws.models.clip!r} is not a model folder with a config.json")
+    key = cache_key(items, model_dir)
+    folder = ws.cache_dir / "embed" / f"{key[:24]}-{chunk}"  # chunk files are named by their first row
+    folder.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, len(items), chunk))
+    todo = [s for s in starts if not (folder / f"{s:08d}.pt").is_file()]
+    if todo:
+        dev = str(resolve_device(device))
+        model = load_clip(model_dir, dev)
+        done = len(starts) - len(todo)
+        if done:
+            log(f"embed: resuming, {done} of {len(starts)} chunks already in the cache")
+        for s in todo:
+            feats = clip_features(items[s : s + chunk], model, batch_size=batch_size, device=dev)
+            atomic_write(folder / f"{s:08d}.pt", lambda tmp, f=feats: torch.save(f, tmp))
+            if progress:
+                progress(min(s + chunk, len(items)), len(items))
+    feats = torch.cat([torch.load(folder / f"{s:08d}.pt", weights_only=True) for s in starts])  # [N, d]
+    atomic_write(out, lambda tmp: torch.save(feats, tmp))
+    return {"out": str(out), "rows": feats.shape[0], "dim": feats.shape[1], "computed": len(todo) * chunk, "cache": str(folder)}
+
+
+# --------------------------------------------------------------------------- pools
+
+
+def make_pools(
+    features: Tensor, *, k: int = 64, queries: int | None = 800, method: str = "similar", seed: int = 0
+) -> dict[str, list[int]]:
+    """Pools for training queries: {query row: K train rows}, the query never in its own pool.
+
+    Queries: `queries` train rows drawn at random (seeded), sorted; all rows when None or at least N.
+    method "similar": the K rows nearest to the query by cosine; "random": a seeded draw per query.
+    """
+    n = features.shape[0]
+    if method not in ("similar", "random"):
+        raise LeverError(f"pool method {method!r} is not known", hint="use similar or random")
+    if not 1 <= k < n:
+        raise LeverError(f"pool size {k} does not fit {n} train items", hint=f"use 1..{n - 1}")
+    if queries is None or queries >= n:
+        rows = torch.arange(n)
+    elif queries < 1:
+        raise LeverError(f"queries = {queries} is not valid", hint="use at least 1")
+    else:
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:queries].sort().values
+    if method == "similar":
+        pools = similar_pools(features[rows], features, k, exclude=rows)
+    else:
+        pools = random_pools(rows.tolist(), n, k, seed, exclude=rows)
+    return {str(q): p for q, p in zip(rows.tolist(), pools.tolist())}
+
+
+def write_pools(path: Path, pools: dict[str, list[int]]) -> None:
+    """The pools as the original's sampler cache (plain JSON, no other keys), written atomically."""
+    write_json(path, pools)
+
+
+def read_pools(path: Path, n_train: int) -> dict[int, list[int]]:
+    """A pools file (lever's or the original's sampler cache) checked against `n_train` items; sorted by query row.
+
+    Keys starting with "_" are ignored. Each pool: distinct rows in 0..n_train-1, without the query, all of one size.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LeverError(f"pools file {path} cannot be read: {e}", hint="make one with `lever data pools`") from None
+    if not isinstance(raw, dict):
+        raise LeverError(f"pools file {path}: expected an object {{query row: [train rows]}}")
+    out: dict[int, list[int]] = {}
+    sizes = set()
+    for key, pool in raw.items():
+        if key.startswith("_"):
+            continue
+        where = f"pools file {path}: query {key!r}"
+        if not key.isdigit() or not isinstance(pool, list) or not all(isinstance(x, int) for x in pool):
+            raise LeverError(f"{where}: expected a train row as key and a list of train rows")
+        q = int(key)
+        bad = [x for x in pool if not 0 <= x < n_train]
+        if q >= n_train or bad:
+            raise LeverError(f"{where}: row {bad[0] if bad else q} is outside the {n_train} train items")
+        if len(set(pool)) != len(pool) or q in pool:
+            raise LeverError(
+                f"{where}: a pool must hold distinct rows and never the query itself",
+                hint="rebuild it with `lever data pools`",
+            )
+        sizes.add(len(pool))
+        out[q] = pool
+    if not out or len(sizes) > 1:
+        raise LeverError(f"pools file {path}: {'no pools' if not out else f'pools of several sizes {sorted(sizes)}'}")
+    return dict(sorted(out.items()))

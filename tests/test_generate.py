@@ -1,0 +1,289 @@
+"""From raw files to candidate data with lever alone: `data embed`, `data pools`, `data generate` (sim backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lever.errors import LeverError
+from lever.eval.generate import GenerateOptions, Sources, generate_file, propose, similarity_policy
+from lever.eval.prepare import make_pools, read_pools
+from lever.eval.vqa import relevance
+from lever.spec import load_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_BENCH = "[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """A small bundled benchmark (cache shared with the other tests) and its features file."""
+    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
+    path = tmp_path / "lever.toml"
+    path.write_text(f'runs = "runs"\ncache = "{cache}"\n{SMALL_BENCH}', encoding="utf-8")
+    monkeypatch.chdir(ROOT)
+    return path
+
+
+def cli(lever, ws, *args):
+    res = lever("--workspace", ws, *args)
+    assert res.code == 0, res.text
+    return res
+
+
+def test_relevance_fields():
+    assert relevance("", ["a"]) == {"vqa_rel_token_f1": 0.0, "vqa_rel_edit_sim": 0.0, "vqa_rel_score": 0.0}
+    r = relevance("Red car", ["red", "blue"])
+    assert r["vqa_rel_token_f1"] == pytest.approx(2 / 3, abs=1e-4) and r["vqa_rel_score"] == max(
+        r["vqa_rel_token_f1"], r["vqa_rel_edit_sim"]
+    )
+    assert relevance("sheep", ["sheep"])["vqa_rel_score"] == 1.0
+
+
+def test_pools_never_hold_the_query_and_read_back(tmp_path):
+    feats = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    for method in ("similar", "random"):
+        pools = make_pools(feats, k=10, queries=20, method=method, seed=3)
+        assert len(pools) == 20 and all(int(q) not in p and len(set(p)) == 10 for q, p in pools.items())
+        path = tmp_path / f"{method}.json"
+        path.write_text(json.dumps(pools))  # the original's sampler cache is this same object
+        assert list(read_pools(path, 50)) == sorted(int(q) for q in pools)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"3": [3, 4]}))
+    with pytest.raises(LeverError, match="never the query itself"):
+        read_pools(bad, 50)
+    bad.write_text(json.dumps({"3": [4, 99]}))
+    with pytest.raises(LeverError, match="outside the 50 train items"):
+        read_pools(bad, 50)
+
+
+def test_sources_are_deduplicated_as_ordered_sequences():
+    torch.manual_seed(0)
+    q, pool = torch.randn(3, 8), torch.randn(3, 6, 8)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    groups = propose(similarity_policy(q, pool), torch.randn(3, 6), 2, Sources(), gens)
+    for group in groups:
+        seqs = [tuple(p["pointer"]) for p in group]
+        assert len(seqs) == len(set(seqs)) and all(len(set(s)) == 2 for s in seqs)
+        assert [p["gen_method"] for p in group if p["gen_method"] == "beam"] == ["beam"] * 5  # beams come first, all kept
+    # the two orders of one pair are two sequences
+    one = propose(similarity_policy(q[:1], pool[:1]), torch.randn(1, 6), 2, Sources(5, (), 0, 0, 0), gens[:1])[0]
+    assert len(one) == 5
+
+
+def test_killed_generation_resumes_to_the_uninterrupted_file(lever, ws, tmp_path):
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "40")
+    whole = tmp_path / "whole.json"
+    cli(lever, ws, "data", "generate", tmp_path / "p.json", whole, "-f", tmp_path / "f.pt")
+
+    workspace, feats = load_workspace(ws), torch.load(tmp_path / "f.pt")
+    cut = tmp_path / "cut.json"
+    calls = []
+
+    def kill(done, total):
+        calls.append(done)
+        raise KeyboardInterrupt  # after the first chunk is flushed
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(
+            workspace, tmp_path / "p.json", feats, cut, opts=GenerateOptions(chunk=8), progress=kill, log=lambda m: None
+        )
+    shard = tmp_path / "cut.json.parts" / "shard-0.jsonl"
+    assert not cut.exists() and len(shard.read_text().splitlines()) == 8
+    with shard.open("a") as f:
+        f.write('{"query_id": 999, "rec')  # a line a kill cut short
+    res = cli(lever, ws, "data", "generate", tmp_path / "p.json", cut, "-f", tmp_path / "f.pt")
+    assert "resuming, 8 of 40" in res.text
+    assert cut.read_bytes() == whole.read_bytes()
+    assert not (tmp_path / "cut.json.parts").exists()
+
+    data = json.loads(whole.read_text())
+    cands = [c for k, v in data.items() if k != "_meta" for c in v["pointer_candidates"]]
+    keys = {
+        "vqa_pred_answer",
+        "vqa_correct",
+        "vqa_acc_score",
+        "vqa_gt_prob",
+        "vqa_rel_token_f1",
+        "vqa_rel_edit_sim",
+        "vqa_rel_score",
+    }
+    assert all(keys <= c.keys() for c in cands)
+    assert {c["gen_method"] for c in cands} == {"beam", "sample", "random", "retrieval"}
+    stats = json.loads(cli(lever, ws, "data", "stats", whole, "--json", "--no-cache").out)
+    assert stats["queries"] == 40 and stats["read"]["duplicates_dropped"] == 0
+
+    changed = cli(lever, ws, "data", "generate", tmp_path / "p.json", whole, "-f", tmp_path / "f.pt", "--redo", "--random", "0")
+    assert "wrote" in changed.text and len(json.loads(whole.read_text())["_meta"]["sources"]) == 5
+
+
+def test_generated_file_trains_with_lever_run(lever, ws, tmp_path):
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "60")
+    cli(lever, ws, "data", "generate", tmp_path / "p.json", tmp_path / "g.json", "-f", tmp_path / "f.pt", "--beams", "3")
+    res = cli(
+        lever, ws, "run", ROOT / "plans" / "baseline.toml", f"data.candidates={tmp_path / 'g.json'}",
+        f"data.features={tmp_path / 'f.pt'}", "rce.epochs=1", "eval.questions=20", "eval.shots=[1]", 'eval.splits=["val"]',
+    )  # fmt: skip
+    assert "baseline" in res.text
+
+
+def test_a_trained_plan_proposes_the_beams_and_samples(lever, ws, tmp_path):
+    (tmp_path / "sel.toml").write_text(f'extends = "{ROOT / "plans" / "baseline.toml"}"\n[rce]\nepochs = 1\nbatch_size = 32\n')
+    cli(lever, ws, "run", tmp_path / "sel.toml", "--no-eval")
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "10")
+    assert (
+        "10 pools of 16 items, valid"
+        in cli(lever, ws, "data", "pools", "--check", tmp_path / "p.json", "-f", tmp_path / "f.pt").text
+    )
+    cli(
+        lever,
+        ws,
+        "data",
+        "generate",
+        tmp_path / "p.json",
+        tmp_path / "g.json",
+        "-f",
+        tmp_path / "f.pt",
+        "--policy",
+        tmp_path / "sel.toml",
+    )
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert data["_meta"]["policy"].startswith("sel seed 0 rce epoch")
+    cli(lever, ws, "data", "generate", tmp_path / "p.json", tmp_path / "s.json", "-f", tmp_path / "f.pt")
+
+    def beams(d):
+        return [
+            [c["pointer"] for c in v["pointer_candidates"] if c["gen_method"] == "beam"] for k, v in d.items() if k != "_meta"
+        ]
+
+    assert beams(data) != beams(json.loads((tmp_path / "s.json").read_text()))  # another policy, other beams
+    res = lever(
+        "--workspace",
+        ws,
+        "data",
+        "generate",
+        tmp_path / "p.json",
+        tmp_path / "x.json",
+        "-f",
+        tmp_path / "f.pt",
+        "--policy",
+        ROOT / "plans" / "plan6.toml",
+    )
+    assert res.code == 2 and "no selected checkpoint" in res.text
+
+
+def test_generate_errors_name_the_problem(lever, ws, tmp_path):
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "4", "-n", "5")
+    res = lever(
+        "--workspace", ws, "data", "generate", tmp_path / "p.json", tmp_path / "g.json", "-f", tmp_path / "f.pt", "--shots", "9"
+    )
+    assert res.code == 2 and "shots = 9 does not fit pools of 4" in res.text
+    res = lever(
+        "--workspace",
+        ws,
+        "data",
+        "generate",
+        tmp_path / "p.json",
+        tmp_path / "g.json",
+        "-f",
+        tmp_path / "f.pt",
+        "--temperatures",
+        "x",
+    )
+    assert res.code == 2 and "--temperatures" in res.text
+    res = lever("--workspace", ws, "data", "pools", tmp_path / "q.json", "-f", tmp_path / "f.pt", "--k", "600")
+    assert res.code == 2 and "pool size 600" in res.text
+
+
+@pytest.mark.slow
+def test_embed_pools_generate_with_tiny_clip_and_qwen(lever, tmp_path, monkeypatch):
+    """OK-VQA files, a tiny random CLIP and Qwen2.5-VL: every command runs and the file is complete and valid."""
+    transformers = pytest.importorskip("transformers")
+    from tiny_models import write_okvqa_workspace
+
+    import lever.eval.clip as clip_mod
+    import lever.eval.sources as sources
+    from lever.eval.hf import HFBackend
+
+    ws, clip_pair, (qwen, processor) = write_okvqa_workspace(tmp_path, n_train=20, n_val=4, pool=6)
+    monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
+    monkeypatch.setattr(
+        sources,
+        "make_hf_backend",
+        lambda ws_, spec, device="cpu": HFBackend.from_pretrained_objects(qwen, processor, "cpu", 4, 3, 1),
+    )
+    feats = tmp_path / "emb.pt"
+    res = cli(lever, ws, "data", "embed", "--out", feats, "--device", "cpu")
+    assert "[20, 16]" in res.text
+    stored = torch.load(tmp_path / "query_embeddings.pt")  # the fixture's features, made by clip_features directly
+    assert torch.allclose(torch.load(feats), stored, atol=1e-5)
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", feats, "--k", "6", "-n", "5")
+    out = tmp_path / "g.json"
+    cli(lever, ws, "data", "generate", tmp_path / "p.json", out, "-f", feats, "--beams", "2", "--samples", "1", "--device", "cpu")
+    data = json.loads(out.read_text())
+    pools = json.loads((tmp_path / "p.json").read_text())
+    assert sorted(k for k in data if k != "_meta") == sorted(pools)
+    for key, rec in data.items():
+        if key == "_meta":
+            continue
+        assert rec["candidate_pool_ids"] == pools[key] and rec["query"]["query_id"] == int(key)
+        for c in rec["pointer_candidates"]:
+            assert 0 <= c["vqa_gt_prob"] <= 1 and 0 <= c["vqa_acc_score"] <= 1 and not c["eval_failed"]
+            assert c["pointer_global"] == [pools[key][j] for j in c["pointer"]]
+    stats = json.loads(cli(lever, ws, "data", "stats", out, "--json", "--no-cache").out)
+    assert stats["queries"] == 5
+
+
+@pytest.mark.slow
+def test_torchrun_generation_equals_single_process(lever, ws, tmp_path):
+    """Two gloo ranks take disjoint queries; rank 0 merges a file equal to one process's."""
+    import subprocess
+    import sys
+
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "30")
+    args = ["data", "generate", str(tmp_path / "p.json"), "-f", str(tmp_path / "f.pt")]
+    cli(lever, ws, *args[:3], tmp_path / "one.json", *args[3:])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lever_cli",
+           "--workspace", str(ws), *args[:3], str(tmp_path / "two.json"), *args[3:]]  # fmt: skip
+    for _ in range(2):  # a second attempt resumes: guards against torchrun / gloo start-up races on a busy box
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_killed_embedding_resumes_at_its_last_chunk(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from tiny_models import write_okvqa_workspace
+
+    import lever.eval.clip as clip_mod
+    from lever.eval.prepare import embed_split
+
+    ws_path, clip_pair, _ = write_okvqa_workspace(tmp_path, n_train=20, n_val=2, pool=6)
+    monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
+    ws = load_workspace(ws_path)
+
+    def kill(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_split(ws, "train", tmp_path / "e.pt", chunk=8, device="cpu", progress=kill, log=lambda m: None)
+    assert not (tmp_path / "e.pt").exists()
+    logs: list[str] = []
+    res = embed_split(ws, "train", tmp_path / "e.pt", chunk=8, device="cpu", log=logs.append)
+    assert res["rows"] == 20 and res["computed"] == 16 and "1 of 3 chunks" in logs[0]
+    assert torch.allclose(torch.load(tmp_path / "e.pt"), torch.load(tmp_path / "query_embeddings.pt"), atol=1e-5)
+    assert embed_split(ws, "train", tmp_path / "again.pt", chunk=8, device="cpu")["computed"] == 0
