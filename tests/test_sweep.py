@@ -286,7 +286,7 @@ def test_sweep_with_two_local_jobs_equals_four_separate_runs(lever, ws, separate
     assert "baseline@rce.lr=3e-4" in res.text and "±" in res.text  # the family table: mean ± std over seeds
     same_runs(ws / "runs", separate)
     record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
-    assert len(record["jobs"]) == 4 and all(j["ok"] and j["log"] and j["run"] for j in record["jobs"].values())
+    assert len(record["jobs"]) == 4 and all(j["state"] == "done" and j["log"] and j["run"] for j in record["jobs"].values())
     for job in record["jobs"].values():  # the job's log and its run folder point at each other
         assert (ws / "runs" / job["log"]).is_file()
         assert json.loads((ws / "runs" / job["run"] / "provenance.json").read_text())["job"]["log"] == job["log"]
@@ -334,3 +334,5 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(lever, ws):
     assert done_before >= 1 and f"{4 - done_before} to run" in res.text
     assert (first / "metrics.jsonl").stat().st_mtime_ns == stamp  # not redone
     assert all(json.loads((d / "status.json").read_text())["state"] == "done" for d in run_dirs(ws / "runs").values())
+    record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
+    assert all(j["state"] == "done" and (ws / "runs" / j["log"]).is_file() for j in record["jobs"].values())  # killed or not
