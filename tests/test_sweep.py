@@ -145,12 +145,13 @@ def test_sweep_help_has_an_example(lever):
 
 
 def test_local_jobs_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(executors, "available_cores", lambda: 8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    assert executors.slot_envs(2) == [{"CUDA_VISIBLE_DEVICES": "2"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    gpu = executors.slot_envs(2)
+    assert gpu == [{"CUDA_VISIBLE_DEVICES": "2", "LEVER_THREADS": "4"}, {"CUDA_VISIBLE_DEVICES": "5", "LEVER_THREADS": "4"}]
     with pytest.raises(LeverError, match="--jobs 3 but 2 GPU"):
         executors.slot_envs(3)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(executors, "available_cores", lambda: 8)
     assert executors.slot_envs(3) == [{"LEVER_THREADS": "2"}] * 3  # 3 x 2 threads on 8 cores: never more than there are
     with pytest.raises(LeverError, match="oversubscribe"):
         executors.slot_envs(9)

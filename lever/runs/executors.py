@@ -64,18 +64,17 @@ def visible_gpus() -> list[str]:
 
 
 def slot_envs(n: int) -> list[dict[str, str]]:
-    """The environment of each of `n` concurrent jobs: a GPU each, or on CPU an equal share of the cores."""
-    gpus = visible_gpus()
-    if gpus:
-        if n > len(gpus):
-            raise LeverError(
-                f"--jobs {n} but {len(gpus)} GPU(s) are visible", hint=f"use --jobs {len(gpus)} or fewer: one GPU per run"
-            )
-        return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus[:n]]
-    cores = available_cores()
+    """The environment of each of `n` concurrent jobs: a GPU each (when there are GPUs), and an equal share of the
+    cores, so that N jobs never oversubscribe them."""
+    gpus, cores = visible_gpus(), available_cores()
+    if gpus and n > len(gpus):
+        raise LeverError(
+            f"--jobs {n} but {len(gpus)} GPU(s) are visible", hint=f"use --jobs {len(gpus)} or fewer: one GPU per run"
+        )
     if n > cores:
         raise LeverError(f"--jobs {n} on {cores} core(s) would oversubscribe them", hint=f"use --jobs {cores} or fewer")
-    return [{THREADS_ENV: str(cores // n)} for _ in range(n)]
+    share = {THREADS_ENV: str(cores // n)}
+    return [{"CUDA_VISIBLE_DEVICES": g, **share} for g in gpus[:n]] if gpus else [share] * n
 
 
 def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = None) -> None:
