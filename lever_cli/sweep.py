@@ -59,7 +59,7 @@ def sweep(
 
     Executors: --jobs N runs N at once here (one GPU each via CUDA_VISIBLE_DEVICES, or on CPU the
     cores split between them); --executor slurm submits a job array through submitit (pip install
-    'lever[slurm]'); --print writes the commands instead.
+    'lever\\[slurm]'); --print writes the commands instead.
 
     Example: [bold]lever sweep plan5 --grid grpo.lr=1e-5,5e-5 --grid grpo.kl.beta=0,0.1 --seeds 0,1,2 --jobs 2[/]
     """

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lever.errors import LeverError
+from lever.errors import DamagedState, LeverError
 from lever.io import read_state, write_json
 from lever.runs.executors import Outcome, SlurmOptions, run_local, run_submitit
 from lever.runs.layout import EvalDir, RunDir, RunsFolder
@@ -157,28 +157,46 @@ def run_sweep(
         outcomes = run_submitit(
             todo, cluster, opts, workspace_flag, folder.job_dir(sweep.key) / "submitit", ws.runs_dir, sweep.key, log
         )
-    _link_jobs(record, outcomes, ws)
+    _link_jobs(record, sweep, outcomes, ws)
     return SweepRun(str(record), skipped, outcomes)
 
 
-def _link_jobs(record_file: Path, outcomes: list[Outcome], ws: Workspace) -> None:
-    """Add each job's log, scheduler id and run folder to the sweep's record (earlier jobs' entries are kept)."""
+def _link_jobs(record_file: Path, sweep: Sweep, outcomes: list[Outcome], ws: Workspace) -> None:
+    """The record's `jobs` table: every run of the sweep with its folder, state, log and scheduler id.
+
+    Rebuilt from the runs each time (their provenance names the job's log), so the runs a killed sweep
+    finished are linked too; a job that failed before its run started keeps its log from `outcomes`."""
     folder = RunsFolder(ws.runs_dir)
-    record = read_state(record_file, "") or {}
-    linked = dict(record.get("jobs") or {})
-    for o in outcomes:
-        run = run_dir_of(ws, o.job.member.plan, o.job.seed)
-        log = o.log.resolve() if o.log else None
-        root = ws.runs_dir.resolve()
-        linked[f"{o.job.member.spec_hash}/seed-{o.job.seed}"] = {
-            "name": o.job.name,
-            "run": folder.store(run.path) if run.path.exists() else None,
-            "log": (log.relative_to(root).as_posix() if log.is_relative_to(root) else str(log)) if log else None,
-            "job_id": o.job_id,
-            "ok": o.ok,
-            "detail": o.detail or None,
+    ended = {(o.job.member.spec_hash, o.job.seed): o for o in outcomes}
+    linked = {}
+    for job in sweep.jobs:
+        run = run_dir_of(ws, job.member.plan, job.seed)
+        prov = (run.provenance(strict=False) or {}) if run.exists() else {}
+        o = ended.get((job.member.spec_hash, job.seed))
+        log = (prov.get("job") or {}).get("log") or (_stored(o.log, ws) if o and o.log else None)
+        linked[f"{job.member.spec_hash}/seed-{job.seed}"] = {
+            "name": job.name,
+            "run": folder.store(run.path) if run.exists() else None,
+            "state": _state(run),
+            "log": log,
+            "job_id": (o.job_id if o else None) or (prov.get("job") or {}).get("slurm_job_id"),
+            "error": o.detail if o and not o.ok else None,
         }
-    write_json(record_file, {**record, "jobs": linked})
+    write_json(record_file, {**(read_state(record_file, "") or {}), "jobs": linked})
+
+
+def _state(run: RunDir) -> str | None:
+    """The run's state for the record: None when it never started, "damaged" when its status cannot be read."""
+    try:
+        return run.state
+    except DamagedState:
+        return "damaged"
+
+
+def _stored(path: Path, ws: Workspace) -> str:
+    """A log's path as the record stores it: relative to the runs folder when inside it."""
+    full, root = path.resolve(), ws.runs_dir.resolve()
+    return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
 
 
 EXPORT_FORMATS = ("lever-plus-v2",)

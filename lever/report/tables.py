@@ -443,7 +443,11 @@ def failures_line(cmp: Comparison) -> str | None:
 
 def runs_line(cmp: Comparison) -> str:
     """Which spec hash every column is, with the overrides a run was made with marked `*`."""
-    parts = [f"{c.name}@{c.spec_hash}" + ("*" if c.overrides else "") for c in cmp.plans if c.spec_hash]
+
+    def ref(c: PlanColumn) -> str:  # a sweep's derived plan (plan5@grpo.lr=1e-5) already has its `@`
+        return f"{c.name} ({c.spec_hash})" if "@" in c.name else f"{c.name}@{c.spec_hash}"
+
+    parts = [ref(c) + ("*" if c.overrides else "") for c in cmp.plans if c.spec_hash]
     notes = [f"* {c.name}: overrides {' '.join(c.overrides)}" for c in cmp.plans if c.overrides]
     return "\n".join(["Runs: " + ", ".join(parts), *notes])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -63,18 +64,17 @@ def visible_gpus() -> list[str]:
 
 
 def slot_envs(n: int) -> list[dict[str, str]]:
-    """The environment of each of `n` concurrent jobs: a GPU each, or on CPU an equal share of the cores."""
-    gpus = visible_gpus()
-    if gpus:
-        if n > len(gpus):
-            raise LeverError(
-                f"--jobs {n} but {len(gpus)} GPU(s) are visible", hint=f"use --jobs {len(gpus)} or fewer: one GPU per run"
-            )
-        return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus[:n]]
-    cores = available_cores()
+    """The environment of each of `n` concurrent jobs: a GPU each (when there are GPUs), and an equal share of the
+    cores, so that N jobs never oversubscribe them."""
+    gpus, cores = visible_gpus(), available_cores()
+    if gpus and n > len(gpus):
+        raise LeverError(
+            f"--jobs {n} but {len(gpus)} GPU(s) are visible", hint=f"use --jobs {len(gpus)} or fewer: one GPU per run"
+        )
     if n > cores:
         raise LeverError(f"--jobs {n} on {cores} core(s) would oversubscribe them", hint=f"use --jobs {cores} or fewer")
-    return [{THREADS_ENV: str(cores // n)} for _ in range(n)]
+    share = {THREADS_ENV: str(cores // n)}
+    return [{"CUDA_VISIBLE_DEVICES": g, **share} for g in gpus[:n]] if gpus else [share] * n
 
 
 def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = None) -> None:
@@ -97,11 +97,15 @@ def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = No
 def run_local(
     jobs: list[Job], n: int, workspace: str | None, logs: Path, runs_root: Path, sweep: str, say: Callable[[str], None]
 ) -> list[Outcome]:
-    """Run `jobs` as subprocesses, `n` at once, each in a slot of its own (a GPU, or a share of the cores)."""
+    """Run `jobs` as subprocesses, `n` at once, each in a slot of its own (a GPU, or a share of the cores).
+
+    Ctrl-C starts no further job and interrupts the running ones (their runs are marked interrupted;
+    the same sweep resumes them)."""
     slots: queue.Queue[dict[str, str]] = queue.Queue()
     for env in slot_envs(min(n, len(jobs)) or 1):
         slots.put(env)
     logs.mkdir(parents=True, exist_ok=True)
+    running: set[subprocess.Popen] = set()
 
     def one(job: Job) -> Outcome:
         env = slots.get()
@@ -110,24 +114,31 @@ def run_local(
             say(f"start {job.name}  ({', '.join(f'{k}={v}' for k, v in env.items())})")
             extra = {**env, "LEVER_SWEEP": sweep, "LEVER_JOB_LOG": log.relative_to(runs_root).as_posix()}
             with open(log, "w", encoding="utf-8") as fh:
-                proc = subprocess.run(
-                    [*LEVER, *job.args(workspace)],
-                    env={**os.environ, **extra},
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
+                cmd = [*LEVER, *job.args(workspace)]
+                proc = subprocess.Popen(
+                    cmd, env={**os.environ, **extra}, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
                 )
+                running.add(proc)
+                code = proc.wait()
+                running.discard(proc)
         finally:
             slots.put(env)
-        return Outcome(job, proc.returncode == 0, log, "" if proc.returncode == 0 else f"exit {proc.returncode}")
+        return Outcome(job, code == 0, log, "" if code == 0 else f"exit {code}")
 
     out = []
-    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
-        futures = [pool.submit(one, j) for j in jobs]
-        for fut in as_completed(futures):
+    pool = ThreadPoolExecutor(max_workers=max(1, n))
+    try:
+        for fut in as_completed([pool.submit(one, j) for j in jobs]):
             o = fut.result()
             say(f"{'done' if o.ok else 'FAILED'} {o.job.name}  log {o.log}" + (f" ({o.detail})" if o.detail else ""))
             out.append(o)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(running):
+            proc.send_signal(signal.SIGINT)
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return out
 
 

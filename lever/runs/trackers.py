@@ -5,8 +5,8 @@ metric names are those of `metrics.jsonl`; the step is the epoch counted over th
 (stage after stage), so RCE and GRPO curves follow one another. Hyperparameters are the
 resolved spec; evaluation accuracies per split and shot count (`eval/val/acc@1`) are logged
 at the last step. Files go inside the run: `<run>/tensorboard/`, `<run>/wandb/`.
-Epochs that were not trained live (a stage reused from another run, epochs of a killed run)
-are logged from the run's metrics after training.
+Epochs that were not trained live (a stage reused from another run) are logged from the run's
+metrics before the next stage's first epoch, or when training ends.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from lever.errors import LeverError
+from lever.io import read_jsonl
 from lever.spec import LoadedPlan, flatten
 from lever.train.stage import Reporter
 
@@ -111,6 +112,7 @@ class Trackers:
             total += stage.epochs
         self.last_step = total
         self.logged: set[tuple[str, int]] = set()
+        self.caught_up: set[str] = set()
 
     def _log(self, values: dict[str, float], step: int) -> None:
         if self.backends is None:
@@ -124,6 +126,15 @@ class Trackers:
         if key not in self.logged:
             self.logged.add(key)
             self._log(scalars(row), self.offsets.get(key[0], 0) + key[1])
+
+    def live(self, row: dict[str, Any]) -> None:
+        """An epoch as it finishes; the earlier stages' rows not logged yet (a reused stage) go first, so steps
+        stay in order (the run's metrics.jsonl holds every finished stage's rows)."""
+        if row["stage"] not in self.caught_up:
+            self.caught_up.add(row["stage"])
+            before = self.offsets.get(row["stage"], 0)
+            self.backfill([r for r in read_jsonl(self.run.metrics_file) if self.offsets.get(r.get("stage"), before) < before])
+        self.metrics(row)
 
     def backfill(self, rows: list[dict[str, Any]]) -> None:
         """The rows of the run not logged live (a reused stage, epochs trained before a resume)."""
@@ -166,4 +177,4 @@ class _Tracking:
 
     def epoch_end(self, stage: str, row: dict[str, Any]) -> None:
         self.inner.epoch_end(stage, row)
-        self.trackers.metrics({**row, "stage": stage})
+        self.trackers.live({**row, "stage": stage})
