@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lever.device import resolve_device
 from lever.errors import LeverError
 from lever.keys import file_digest, model_fingerprint, path_fingerprint
 from lever.runs.recipe import memo_file
@@ -207,7 +208,10 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
         items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
-        feats = cached_clip_features(items, ws.path(ws.models.clip), ws.cache_dir / "clip" / f"val-{len(items)}.pt")
+        clip_device = str(resolve_device("auto"))  # the GPU when there is one: embedding 800 images is real work
+        feats = cached_clip_features(
+            items, ws.path(ws.models.clip), ws.cache_dir / "clip" / f"val-{len(items)}.pt", device=clip_device
+        )
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
     if "train" in spec.splits:
         n = spec.questions  # check_eval_counts: at most the train questions
