@@ -224,3 +224,24 @@ def test_failures_beyond_the_budget_stop_the_evaluation(lever, real_workspace):
     assert res.code == 0, res.text
     _, rows = RunDir(run).selected_eval().read()
     assert len(rows) == N_VAL and not any(r["failed"] for r in rows)
+
+
+@pytest.mark.slow
+def test_three_plans_in_one_command_load_the_vlm_once(lever, tmp_path, monkeypatch):
+    """`lever run A B C` through the real loaders: one weight load of the VLM for the three evaluations."""
+    ws, _, (qwen_model, qwen_processor) = write_okvqa_workspace(tmp_path, N_TRAIN, N_VAL, POOL)
+    qwen_model.save_pretrained(tmp_path / "vlm")  # the VLM's weights too (the tiny model's)
+    # Qwen2.5-VL's own processor needs torchvision; the tiny image-only one stands in for it.
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: qwen_processor)
+    loads = []
+    real = transformers.AutoModelForImageTextToText.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoModelForImageTextToText, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k)
+    )
+    plans = [ROOT / "plans" / f"{p}.toml" for p in ("baseline", "plan10", "plan1")]
+    common = ["rce.epochs=1", "grpo.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}", "eval.shots=[1]"]
+    common += [f"eval.pool_size={POOL}", "eval.num_beams=1", "eval.max_new_tokens=2", "eval.max_failed=0.2"]
+    res = lever("--workspace", ws, "run", *plans, *common)
+    assert res.code == 0, res.text
+    assert len(list((tmp_path / "runs").glob("*/*/seed-0/eval/*/summary.json"))) == 3  # three evaluations
+    assert len(loads) == 1
