@@ -337,3 +337,19 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(lever, ws):
     assert all(json.loads((d / "status.json").read_text())["state"] == "done" for d in run_dirs(ws / "runs").values())
     record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
     assert all(j["state"] == "done" and (ws / "runs" / j["log"]).is_file() for j in record["jobs"].values())  # killed or not
+
+
+def test_batch_one_steps_run_on_one_thread_and_restore_the_count(monkeypatch):
+    import torch
+
+    from lever.threads import threads_for_batch
+
+    torch.set_num_threads(2)
+    try:
+        with threads_for_batch(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with threads_for_batch(16):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(2)
