@@ -96,24 +96,26 @@ class CountProgress:
         self.last_line = float("-inf")
 
     def __enter__(self) -> CountProgress:
-        if self.live:
-            self.progress = Progress(
-                TextColumn(self.label),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[eta]}"),
-                console=self.console,
-                transient=True,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task(self.unit, total=None, rate="", eta="")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+    def _start_bar(self) -> None:
+        """The live bar starts with the first report, so bars drawn before it (training's) never overlap it."""
+        self.progress = Progress(
+            TextColumn(self.label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.unit, total=None, rate="", eta="")
 
     def update(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -125,7 +127,9 @@ class CountProgress:
         eta = (total - done) / rate if rate > 0 else None
         rate_s = f"{rate:.1f}/s" if done > self.start_done else ""
         eta_s = f"{_duration(eta)} left" if eta is not None else ""
-        if self.progress is not None:
+        if self.live:
+            if self.progress is None:
+                self._start_bar()
             self.progress.update(self.task, completed=done, total=total, rate=rate_s, eta=eta_s)
         elif now - self.last_line >= self.every_s or done >= total:
             self.last_line = now

@@ -35,28 +35,11 @@ def _log(message: str) -> None:
         err_console.print(message, highlight=False)
 
 
-class EvalBar:
-    """Evaluation progress (a bar on a terminal, plain lines in a log), started by the first report:
-    training draws its own bars before it."""
+def _eval_progress(lp: LoadedPlan, seed: int) -> CountProgress:
+    """Evaluation progress: a bar on a terminal, plain lines in a log; rank 0 only under torchrun."""
+    from lever.eval.distributed import ranks
 
-    def __init__(self, lp: LoadedPlan, seed: int):
-        from lever.eval.distributed import ranks
-
-        self.progress = CountProgress(err_console, f"evaluating {lp.name} seed {seed}", enabled=ranks().is_main)
-        self.started = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.started:
-            self.progress.__enter__()
-            self.started = True
-        self.progress.update(done, total)
-
-    def __enter__(self) -> EvalBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.started:
-            self.progress.__exit__(*exc)
+    return CountProgress(err_console, f"evaluating {lp.name} seed {seed}", enabled=ranks().is_main)
 
 
 def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
@@ -116,9 +99,9 @@ def run(
     for lp in plans:
         err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
         for s in _seeds(lp, seed):
-            with EvalBar(lp, s) as bar:
+            with _eval_progress(lp, s) as bar:
                 outcome, ev = train_and_evaluate(
-                    lp, ws, s, reporter, evaluate=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar
+                    lp, ws, s, reporter, evaluate=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar.update
                 )
             sel = outcome.selected
             err_console.print(
@@ -175,8 +158,8 @@ def evaluate(
     ws = workspace()
     for lp in _plans(plan, overrides):
         for s in _seeds(lp, seed):
-            with EvalBar(lp, s) as bar:
-                ev = evaluate_plan(lp, ws, s, epoch=epoch, redo=redo, log=_log, progress=bar)
+            with _eval_progress(lp, s) as bar:
+                ev = evaluate_plan(lp, ws, s, epoch=epoch, redo=redo, log=_log, progress=bar.update)
             _print_summary(lp, s, ev.summary, ev.eval_dir.path)
 
 
