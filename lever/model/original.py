@@ -73,19 +73,6 @@ class LeverPlusV3Selector(SelectorBase):
         nn.init.xavier_uniform_(self.query_update_gate.weight)
         nn.init.zeros_(self.query_update_gate.bias)
 
-    def config(self) -> dict:
-        """Constructor arguments, enough to rebuild the model before loading weights."""
-        return dict(
-            d_in=self.d_in,
-            hidden=self.hidden,
-            layers=self.layers,
-            heads=self.heads,
-            dropout=self.dropout_p,
-            score_temperature=self.score_temperature,
-            attn_dropout=self.attn_dropout_p,
-            dropout_mask=self.dropout_mask,
-        )
-
     def gate_layer(self) -> nn.Linear:
         return self.query_update_gate
 

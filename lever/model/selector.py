@@ -119,6 +119,19 @@ class SelectorBase(nn.Module):
         """The linear map of the gate g = sigmoid(W [q; c] + b)."""
         raise NotImplementedError
 
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild the model before loading weights (a subclass adds its own)."""
+        return dict(
+            d_in=self.d_in,
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            dropout=self.dropout_p,
+            score_temperature=self.score_temperature,
+            attn_dropout=self.attn_dropout_p,
+            dropout_mask=self.dropout_mask,
+        )
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
 
@@ -328,19 +341,7 @@ class PointerSelector(SelectorBase):
         near_identity(self.cand_proj)
 
     def config(self) -> dict:
-        """Constructor arguments, enough to rebuild the model before loading weights."""
-        return dict(
-            d_in=self.d_in,
-            hidden=self.hidden,
-            layers=self.layers,
-            heads=self.heads,
-            dropout=self.dropout_p,
-            score_temperature=self.score_temperature,
-            attn_dropout=self.attn_dropout_p,
-            dropout_mask=self.dropout_mask,
-            proj_bias=self.proj_bias,
-            init=self.init,
-        )
+        return {**super().config(), "proj_bias": self.proj_bias, "init": self.init}
 
     def gate_layer(self) -> nn.Linear:
         return self.gate

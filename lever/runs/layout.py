@@ -95,7 +95,7 @@ class RunsFolder:
             for d in sorted(
                 p for p in folder.iterdir() if p.is_dir() and p.name not in (STAGES, SWEEPS) and not p.name.startswith(".")
             ):
-                if any(h.is_dir() and any(h.glob("seed-*")) for h in d.iterdir()):
+                if self.hashes(prefix + d.name):  # a plan folder; else a family of plans (original/)
                     found.append(prefix + d.name)
                 else:
                     visit(d, f"{prefix}{d.name}/")
