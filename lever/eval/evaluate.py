@@ -37,7 +37,6 @@ from lever.train.stage import checkpoint_epochs, checkpoint_path
 from .backend import Request
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
-from .protocol import resolve_protocol
 from .select import random_pools, select_demos, similar_pools
 from .sources import EvalWorld, eval_world
 from .vqa import vqa_accuracy
@@ -117,7 +116,7 @@ def evaluate_run(
     model = build_model(plan, world.train_features.shape[1])
     load_into(model, state, str(ckpt["path"]))
     spec = plan.eval
-    metric = resolve_protocol(spec).metric
+    metric = world.protocol.metric
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     todo: list[Request] = []  # every request, in a fixed order: position p goes to rank p % world

@@ -248,7 +248,8 @@ def generate_file(
     pools = read_pools(pools_path, len(items))
     k = len(next(iter(pools.values())))
     opts.sources.check(opts.shots, k)
-    metric = resolve_protocol(spec).metric
+    protocol = resolve_protocol(spec)
+    metric = protocol.metric
     settings = {
         "pools": content_key(pools),
         "shots": opts.shots,
@@ -256,8 +257,8 @@ def generate_file(
         "seed": opts.seed,
         "policy": policy[0],
         "metric": metric,
-        "protocol": resolve_protocol(spec).identity(),
-        "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype")},
+        "protocol": protocol.identity(),
+        "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype", "attn_implementation")},
     }
     settings = json.loads(json.dumps(settings))  # as it reads back from settings.json (tuples become lists)
     r = ranks()

@@ -19,7 +19,7 @@ from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
 from .backend import Backend, Item, Request, Response
-from .protocol import resolve_protocol
+from .protocol import PromptProtocol, resolve_protocol
 
 
 @dataclass
@@ -39,6 +39,7 @@ class EvalWorld:
         [str], Backend
     ]  # (device) -> backend  # built only when answers are needed (not for a cached evaluation)
     identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
+    protocol: PromptProtocol  # the plan's prompt protocol and metric, resolved once
 
 
 class SimBackend:
@@ -159,12 +160,13 @@ def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, 
     """Items, features and backend for the plan's eval settings in this workspace."""
     check_eval_files(ws, spec)
     check_eval_counts(spec, split_sizes(ws, log))
+    protocol = resolve_protocol(spec)
     if ws.is_bundled:
-        return _bench_world(ws, spec, log)
-    return _okvqa_world(ws, spec, train_features_path, log)
+        return _bench_world(ws, spec, protocol, log)
+    return _okvqa_world(ws, spec, protocol, train_features_path, log)
 
 
-def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> EvalWorld:
+def _bench_world(ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, log: Callable[[str], None]) -> EvalWorld:
     from lever.bench import SimVLM
     from lever.runs.sources import bench_paths, load_features
 
@@ -183,7 +185,9 @@ def _bench_world(ws: Workspace, spec: EvalSpec, log: Callable[[str], None]) -> E
         train_feats,
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
-        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": resolve_protocol(spec).metric},
+        # The simulated VLM reads no prompt: of the protocol, only the metric shapes its numbers.
+        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": protocol.metric},
+        protocol,
     )
 
 
@@ -193,7 +197,9 @@ def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
     return {Path(f).name: file_digest(Path(f), memo_file(ws))[:16] for f in files}
 
 
-def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None]) -> EvalWorld:
+def _okvqa_world(
+    ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, train_features_path: Path | None, log: Callable[[str], None]
+) -> EvalWorld:
     from lever.runs.sources import load_features
 
     from .clip import cached_clip_features
@@ -221,7 +227,8 @@ def _okvqa_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None
         train_feats,
         splits,
         lambda device: make_hf_backend(ws, spec, device),
-        {**okvqa_identity(ws, spec, train_features_path), "protocol": resolve_protocol(spec).identity()},
+        {**okvqa_identity(ws, spec, train_features_path), "protocol": protocol.identity()},
+        protocol,
     )
 
 
