@@ -61,7 +61,15 @@ def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callabl
     train_items = check_missing_images(ws, spec, log)
     from .clip import check_clip_space
 
-    check_clip_space(train_items[:4], features, ws.path(ws.models.clip), src.features)
+    clip_dir, st = ws.path(ws.models.clip), src.features.stat()
+    cfg = (clip_dir / "config.json").stat()
+    seen = (str(clip_dir.resolve()), cfg.st_mtime_ns, str(src.features.resolve()), st.st_size, st.st_mtime_ns)
+    if seen not in _CLIP_CHECKED:  # `lever run A B C` on one features file loads CLIP for this once
+        check_clip_space(train_items[:4], features, clip_dir, src.features)
+        _CLIP_CHECKED.add(seen)
+
+
+_CLIP_CHECKED: set[tuple] = set()  # (CLIP folder, its config's mtime, features file, size, mtime) that passed
 
 
 def check_missing_images(ws: Workspace, spec: EvalSpec, log: Callable[[str], None] = print) -> list[Item]:
