@@ -12,12 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
+def trained(lever, tmp_path: Path, plan: list) -> Path:
+    """A small-benchmark workspace with `plan` trained but not evaluated; returns the workspace file."""
     cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
     ws = tmp_path / "lever.toml"
     ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
-    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1,2]", "eval.batch_size=1"]
     assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+    return ws
+
+
+def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1,2]", "eval.batch_size=1"]
+    ws = trained(lever, tmp_path, plan)
 
     import lever.eval.sources as sources
 
@@ -54,11 +60,8 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
 
 
 def test_failed_answers_stop_the_evaluation_and_are_asked_again(lever, tmp_path, monkeypatch):
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    ws = tmp_path / "lever.toml"
-    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
     plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1]", "eval.batch_size=4"]
-    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+    ws = trained(lever, tmp_path, plan)
 
     import lever.eval.sources as sources
     from lever.eval.backend import Response
