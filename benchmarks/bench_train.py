@@ -7,9 +7,11 @@ the compatibility format (the bundled benchmark writes it; groups are trimmed to
     python benchmarks/bench_train.py [--device cuda] [--batch-size 32] [--reference-queries 160]
 
 Prints seconds per RCE epoch and per GRPO epoch (all 24 sequences), for lever's batched
-loop (one encoding per query, many queries per step) and for a reference loop written
-here the way the original trainer worked (one query per step, the pool re-encoded for
-every sequence). The reference is timed on a subset of queries and scaled to 640.
+loop (one encoding per query, many queries per step), with the selector scored by its fused
+node (lever/model/fused.py, the default) and by the autograd path, and for a reference loop
+written here the way the original trainer worked (one query per step, the pool re-encoded
+for every sequence). The reference is timed on a subset of queries and scaled to 640. Each
+figure is the best of --epochs fresh stages (the machine's noise only ever adds time).
 """
 
 from __future__ import annotations
@@ -85,35 +87,36 @@ def main() -> None:
         f"{args.group_size} sequences x {data.shots} shots, pools {data.pools.shape[1]}, read in {read_s:.2f} s, device {dev}"
     )
 
-    def stage_time(kind: str) -> float:
-        best = float("inf")
-        for _ in range(args.epochs):
-            model = build_model(plan, feats.shape[1], dev)
-            opt = (
-                RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
-            )
-            with tempfile.TemporaryDirectory() as d:
-                runner = StageRunner(
-                    Stage(kind, kind, 1, opt, opt.lr), Path(d), model, train, val, 0, SelectSpec(), SilentReporter()
-                )
-                if kind == "grpo":
-                    runner.logp_ref = runner._reference_logprobs()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                runner._epoch(1)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t)
-        return best
+    def stage_time(kind: str, fused: bool) -> float:
+        """Seconds for one epoch of a fresh stage (model, optimiser, reference log-probs untimed)."""
+        model = build_model(plan, feats.shape[1], dev)
+        model.fused = fused
+        opt = RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
+        with tempfile.TemporaryDirectory() as d:
+            runner = StageRunner(Stage(kind, kind, 1, opt, opt.lr), Path(d), model, train, val, 0, SelectSpec(), SilentReporter())
+            if kind == "grpo":
+                runner.logp_ref = runner._reference_logprobs()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            runner._epoch(1)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t
 
-    rce, grpo = stage_time("rce"), stage_time("grpo")
+    # The fused selector node (lever/model/fused.py) and the autograd path, alternated in this run.
+    times: dict[tuple[str, bool], float] = {}
+    for _ in range(args.epochs):
+        for kind in ("rce", "grpo"):
+            for fused in (False, True):
+                times[kind, fused] = min(times.get((kind, fused), float("inf")), stage_time(kind, fused))
     model = build_model(plan, feats.shape[1], dev)
     ref = reference_epoch(model, train, args.reference_queries, 1e-4) * train.num_queries / args.reference_queries
-    print(f"{'':34}{'seconds/epoch':>14}")
-    print(f"{f'lever RCE epoch (batch {args.batch_size})':34}{rce:>14.3f}")
-    print(f"{'lever GRPO epoch (all sequences)':34}{grpo:>14.3f}")
-    print(f"{'reference RCE epoch (1 query/step)':34}{ref:>14.3f}   ({args.reference_queries} queries timed, scaled)")
+    rce = times["rce", True]
+    print(f"{'seconds/epoch':34}{'fused':>10}{'autograd':>10}")
+    print(f"{f'lever RCE epoch (batch {args.batch_size})':34}{rce:>10.3f}{times['rce', False]:>10.3f}")
+    print(f"{'lever GRPO epoch (all sequences)':34}{times['grpo', True]:>10.3f}{times['grpo', False]:>10.3f}")
+    print(f"{'reference RCE epoch (1 query/step)':34}{ref:>10.3f}   ({args.reference_queries} queries timed, scaled)")
     print(f"speed-up RCE: {ref / rce:.1f}x   (epochs include the validation loss)")
 
 

@@ -80,6 +80,30 @@ def test_small_plan_trains_and_is_reproducible(lever, ws, tmp_path):
     assert metrics(run2) == rows
 
 
+# GRPO at batch 1 after the RCE above (plan5: z-score advantages, frozen backbone, top-3 then top-5),
+# seed 0, CPU. The validation loss is stable to float rounding (the autograd path, PointerSelector.fused
+# = False, gives the same to rel 1e-5); the KL is not: at batch 1 Adam's first steps move parameters whose
+# gradients are rounding noise by a full learning rate, so the two paths' KL differ by ~2% (their
+# gradients agree to 2e-6 step by step). The advantages come from the data alone.
+GRPO_B1 = ["grpo.epochs=2", "grpo.batch_size=1", "--no-eval"]
+STORED_GRPO = {"val/loss": ([7.248096, 7.248311], 1e-4), "kl/value": ([1.405945e-05, 1.070446e-04], 0.05)}
+
+
+def test_grpo_at_batch_1_matches_stored_values(lever, ws):
+    res = run_cli(lever, "run", PLANS / "plan5.toml", *FAST, *GRPO_B1)
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(ws, "plan5")
+    grpo = [r for r in metrics(run_dir) if r["stage"] == "grpo"]
+    for key, (values, rel) in STORED_GRPO.items():
+        assert [r[key] for r in grpo] == pytest.approx(values, rel=rel), key
+    assert [(r["adv/max"], r["adv/zero_frac"]) for r in grpo] == [
+        pytest.approx(
+            (2 / 3**0.5, 93 / 96), abs=1e-6
+        ),  # top-3: one winner over two equal rewards, (2/3) / (1/sqrt 3) with the sample std
+        pytest.approx((4 / 5**0.5, 89 / 96), abs=1e-6),  # top-5: one winner over four equal, (4/5) / (1/sqrt 5)
+    ]
+
+
 def test_changed_spec_makes_a_new_run(lever, ws):
     assert run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval").code == 0
     (first,) = seed_dirs(ws, "baseline")

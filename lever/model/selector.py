@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
+
 
 @dataclass
 class Encoded:
@@ -339,9 +341,19 @@ class PointerSelector(SelectorBase):
             nn.init.zeros_(self.gate.bias)
         near_identity(self.query_proj)
         near_identity(self.cand_proj)
+        self.param_names = [name for name, _ in self.named_parameters()]  # fused.py's gradient order
+
+    # Train through the one-node forward and backward of lever/model/fused.py where it applies (the
+    # same numbers up to float rounding, ~2.5x faster at batch 1); False = the autograd path.
+    fused: bool = True
 
     def config(self) -> dict:
         return {**super().config(), "proj_bias": self.proj_bias, "init": self.init}
+
+    def score_sequences(self, query: Tensor, pool: Tensor, pool_mask: Tensor, pointers: Tensor, seq_mask: Tensor) -> Tensor:
+        if fused.applies(self, query):
+            return fused.score_sequences(self, query, pool, self._inputs(query, pool, pool_mask), pointers, seq_mask)
+        return super().score_sequences(query, pool, pool_mask, pointers, seq_mask)
 
     def gate_layer(self) -> nn.Linear:
         return self.gate

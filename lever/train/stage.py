@@ -260,9 +260,9 @@ def rce_rewards(b: Batch, kind: str, std_floor: float) -> Tensor:
     return L.group_advantages(b.raw, b.mask, "zscore", std_floor, clip=None)
 
 
-def _check_finite(value: Tensor, what: str, stage: str, epoch: int, step: int) -> None:
-    if not torch.isfinite(value).all():
-        raise RunFailed(f"{stage} epoch {epoch} step {step}: {what} is {float(value)}; stopped, the last good checkpoint is kept")
+def _check_finite(value: float, what: str, stage: str, epoch: int, step: int) -> None:
+    if not math.isfinite(value):
+        raise RunFailed(f"{stage} epoch {epoch} step {step}: {what} is {value}; stopped, the last good checkpoint is kept")
 
 
 class StageRunner:
@@ -419,15 +419,15 @@ class StageRunner:
                 else:
                     loss, logs, adv_mask = self._grpo_loss(batch, epoch)
                     advs.append(adv_mask)
-                _check_finite(loss, "the loss", self.s.name, epoch, i)
+                _check_finite(logs["train/loss"], "the loss", self.s.name, epoch, i)
                 self.optim.zero_grad(set_to_none=True)
                 loss.backward()
                 clip = self.s.opt.grad_clip
                 norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
-                _check_finite(norm, "the gradient norm", self.s.name, epoch, i)
+                norms.append(float(norm))
+                _check_finite(norms[-1], "the gradient norm", self.s.name, epoch, i)
                 self.optim.step()
                 self.step += 1
-                norms.append(float(norm))
                 if i == 1 and self.s.kind == "grpo":
                     row_first = logs["policy/ratio_mean"]
                 if self.s.kind == "grpo" and self.s.opt.kl.adaptive.enabled and self.s.opt.kl.adaptive.cadence == "step":
@@ -470,7 +470,8 @@ class StageRunner:
     def _sft_loss(self, b: Batch) -> tuple[Tensor, dict[str, float]]:
         logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
         loss = L.top1_ce_loss(logp, b.raw, b.mask)
-        return loss, {"losses/sft": loss.item(), "train/loss": loss.item()}
+        value = loss.item()
+        return loss, {"losses/sft": value, "train/loss": value}
 
     def _rce_loss(self, b: Batch) -> tuple[Tensor, dict[str, float]]:
         opt: RCESpec = self.s.opt  # type: ignore[assignment]
@@ -480,7 +481,8 @@ class StageRunner:
         else:
             tau = L.linear_schedule(self.step, self.total_steps, opt.temp_start, opt.temp_end)
             loss = L.rce_loss(logp, rce_rewards(b, opt.rewards, self.s.std_floor), b.mask, tau)
-        return loss, {"losses/rce": loss.item(), "rce/tau": tau, "train/loss": loss.item()}
+        value = loss.item()
+        return loss, {"losses/rce": value, "rce/tau": tau, "train/loss": value}
 
     def _grpo_loss(self, b: Batch, epoch: int) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
         opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
@@ -499,10 +501,11 @@ class StageRunner:
         ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
         kl = L.kl_to_reference(logp, logp_ref, mask, opt.kl.estimator)
         loss = ppo + self.beta * kl
+        kl_value = kl.item()
         logs = {
             "losses/ppo": ppo.item(),
-            "losses/kl": self.beta * kl.item(),
-            "kl/value": kl.item(),
+            "losses/kl": self.beta * kl_value,
+            "kl/value": kl_value,
             "policy/clip_frac": st["clip_frac"],
             "_pos": st["n_pos"],
             "_pos_clipped": st["n_pos_clipped"],
