@@ -1,16 +1,21 @@
 """Lever's selector scored in one autograd node: the forward of `score_sequences` and its gradient by hand.
 
-Why: a training step at batch 1 is ~430 small tensor ops (forward and backward), and on a CPU
-the autograd engine's cost per op, not the arithmetic, sets the step time: a batch-1 RCE step
-on one thread took ~5 ms, of which the matrix products are under 1 ms. Here the same forward
-(the same products, the same dropout draws in the same order) runs as one node whose backward
-is written out below, ~110 ops in all, so a step costs about what its arithmetic costs.
+Why: a training step at batch 1 is ~430 small tensor ops (forward and backward), and the
+autograd engine's cost per op, more than the arithmetic, sets the step time (a batch-1 RCE
+step on one CPU thread: ~5 ms, of which the matrix products are under 1 ms). Here the same
+forward (the same products, the same dropout draws in the same order) runs as one node whose
+backward is written out below: ~150 ops in all. Measured with benchmarks/bench_train.py at
+batch 1 (best of 5, both paths in the same run): an RCE epoch 3.54 s -> 2.59 s, GRPO 3.35 s
+-> 3.04 s. On a GPU, where a batch-1 step is bound by kernel launches, the saving is in
+launches too.
 
 `applies(model)` says when it is used: lever's architecture in float32, training with autograd
 on, no attention dropout and one dropout mask per group while training (the defaults). Anything
 else takes the autograd path (`SelectorBase.score_sequences`), which stays the definition: the
-tests check this one's values and every parameter's gradient against it, with padded groups and
-pools, several heads, layers and shots, dropout on and off, a frozen backbone.
+tests check this one's values and every parameter's gradient against it (and against finite
+differences), with padded groups and pools, several heads, layers and shots, dropout on and
+off, a frozen backbone. The two agree to float rounding; over many Adam steps at batch 1 such
+rounding differences grow (see tests/test_run.py, STORED_GRPO).
 
 Notation as in selector.py: B queries, K pool items, G sequences, L steps, h hidden, n heads,
 d = h / n. Each backward formula is next to the forward line it differentiates.
@@ -31,7 +36,7 @@ EPS = 1e-12  # F.normalize's
 
 
 def applies(model: PointerSelector, query: Tensor) -> bool:
-    """True when the fused node computes exactly what the autograd path would (see the module docstring)."""
+    """True when the fused node computes what the autograd path would, up to float rounding (module docstring)."""
     training = model.training
     return (
         model.fused
@@ -86,10 +91,11 @@ class _Scores(torch.autograd.Function):
             out, mean, rstd = torch.native_layer_norm(y, [h], layer.norm.weight, layer.norm.bias, layer.norm.eps)
             layers.append((q, qh, u, a, mix, v, y, mean, rstd))
             q = out
-        # Dropout as nn.Dropout draws it on a CPU or GPU (noise = bernoulli(1 - p) / (1 - p)), query first.
+        # Dropout noise (0 or 1 / (1 - p)) drawn by F.dropout itself, query first as in attend(): the same
+        # random draws as the autograd path on a CPU or a GPU, kept for the backward.
         p = model.dropout_p if model.training else 0.0
-        mq = torch.empty_like(q).bernoulli_(1 - p).div_(1 - p) if p > 0 else None
-        mc = torch.empty_like(c).bernoulli_(1 - p).div_(1 - p) if p > 0 else None
+        mq = F.dropout(torch.ones_like(q), p, training=True) if p > 0 else None
+        mc = F.dropout(torch.ones_like(c), p, training=True) if p > 0 else None
         qd = q * mq if mq is not None else q
         cd = c * mc if mc is not None else c
         qf, nq, mq_ = _normalize(F.linear(qd, model.query_proj.weight, model.query_proj.bias))  # [B, h]
