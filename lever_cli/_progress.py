@@ -43,6 +43,9 @@ class RichReporter:
     def info(self, message: str) -> None:
         self.console.print(message, highlight=False)
 
+    def resumed(self, stage: str, rows: list[dict[str, Any]]) -> None:  # "resuming after epoch N" says it
+        pass
+
     def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None:
         self._close()
         self.progress = Progress(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -165,6 +166,10 @@ def _stage_metrics(ws: Path, name: str) -> list[Path]:
 )
 def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path, plan, stage, overrides):
     overrides = [*FAST, *overrides, "--no-eval"]
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:  # and the run's TensorBoard events show each epoch once, in order
+        path = Path(os.environ["LEVER_WORKSPACE"])
+        path.write_text('loggers = ["tensorboard"]\n' + path.read_text())
     cmd = [
         sys.executable,
         "-m",
@@ -196,6 +201,13 @@ def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path, plan, 
     (clean,) = sorted((tmp_path / "clean" / plan).glob("*/seed-*"))
     assert [r["epoch"] for r in resumed if r["stage"] == stage] == [1, 2, 3, 4]
     assert resumed == metrics(clean)
+    if tensorboard:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        logged = [(e.step, e.value) for e in events.Scalars("val/loss")]
+        assert logged == [(step, pytest.approx(r["val/loss"], rel=1e-6)) for step, r in enumerate(resumed, start=1)]
 
 
 def test_second_process_on_the_same_run_refuses(lever, ws):

@@ -226,6 +226,37 @@ def test_tensorboard_events_equal_metrics_jsonl(lever, ws):
     assert sorted(p.name for p in (run_dir / "tensorboard").iterdir()) == before
 
 
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    """The killed process logged epochs 1-2 of RCE; the resumed one logs them again (Reporter.resumed) in
+    step order, then 3-4: TensorBoard reads one value per step, the resumed process's."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lever.runs.layout import RunDir
+    from lever.runs.trackers import Trackers
+    from lever.spec.load import load_plan
+    from lever.train.stage import SilentReporter
+
+    lp = load_plan(PLANS / "baseline.toml", ["rce.epochs=4"], plans_dir=PLANS)
+    run = RunDir(tmp_path / "baseline" / lp.hash / "seed-0")
+    run.path.mkdir(parents=True)
+    row = lambda epoch, v: {"epoch": epoch, "val/loss": v}  # noqa: E731
+    killed = Trackers(["tensorboard"], run, lp)
+    for epoch in (1, 2):
+        killed.wrap(SilentReporter()).epoch_end("rce", row(epoch, 10.0 + epoch))
+    killed.close()
+    resumed = Trackers(["tensorboard"], run, lp)
+    rep = resumed.wrap(SilentReporter())
+    rep.resumed("rce", [row(1, 21.0), row(2, 22.0)])
+    for epoch in (3, 4):
+        rep.epoch_end("rce", row(epoch, 20.0 + epoch))
+    resumed.close()
+    assert len(list((run.path / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(run.path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(1, 21.0), (2, 22.0), (3, 23.0), (4, 24.0)]
+
+
 def wandb_records(path: Path):
     """The protobuf records of an offline W&B run file (blocks of 32 KiB, each record a 7-byte header and its bytes)."""
     from wandb.proto import wandb_internal_pb2 as pb

@@ -47,15 +47,23 @@ def hyperparameters(lp: LoadedPlan) -> dict[str, Any]:
 
 
 class _TensorBoard:
-    """Event files written with torch's SummaryWriter (the tensorboard package's format)."""
+    """Event files written with torch's SummaryWriter (the tensorboard package's format).
 
-    def __init__(self, run: RunDir, lp: LoadedPlan):
+    A process that logs into a run folder already holding events (a killed run resumed) opens its
+    file with `purge_step` = the first step it logs: TensorBoard then hides the earlier files'
+    events from that step on. A resumed process logs every epoch again in step order (the earlier
+    stages, then the resumed stage's finished epochs: `Reporter.resumed`, then the new ones), so
+    each step shows once, with no step going backwards (which TensorBoard would take for a restart)."""
+
+    def __init__(self, run: RunDir, lp: LoadedPlan, first_step: int):
         try:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
         except ImportError:
             raise _missing("tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+        folder = run.path / "tensorboard"
+        earlier = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step if earlier else None)
         for summary in hparams(hyperparameters(lp), {}):
             self.writer.file_writer.add_summary(summary)
 
@@ -70,7 +78,7 @@ class _TensorBoard:
 class _WandB:
     """A W&B run in offline mode (`wandb sync <run>/wandb/offline-run-*` uploads it later)."""
 
-    def __init__(self, run: RunDir, lp: LoadedPlan):
+    def __init__(self, run: RunDir, lp: LoadedPlan, first_step: int):
         try:
             import wandb
         except ImportError:
@@ -116,7 +124,7 @@ class Trackers:
 
     def _log(self, values: dict[str, float], step: int) -> None:
         if self.backends is None:
-            self.backends = [BACKENDS[n](self.run, self.lp) for n in self.names]
+            self.backends = [BACKENDS[n](self.run, self.lp, step) for n in self.names]
         for b in self.backends:
             b.log(values, step)
 
@@ -168,6 +176,11 @@ class _Tracking:
 
     def info(self, message: str) -> None:
         self.inner.info(message)
+
+    def resumed(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        self.inner.resumed(stage, rows)
+        for row in rows:  # logged again, in order, into this process's file (see _TensorBoard)
+            self.trackers.live({**row, "stage": stage})
 
     def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None:
         self.inner.epoch_start(stage, epoch, epochs, steps)
