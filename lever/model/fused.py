@@ -1,13 +1,13 @@
 """Lever's selector scored in one autograd node: the forward of `score_sequences` and its gradient by hand.
 
-Why: a training step at batch 1 is ~430 small tensor ops (forward and backward), and the
-autograd engine's cost per op, more than the arithmetic, sets the step time (a batch-1 RCE
-step on one CPU thread: ~5 ms, of which the matrix products are under 1 ms). Here the same
-forward (the same products, the same dropout draws in the same order) runs as one node whose
-backward is written out below: ~150 ops in all. Measured with benchmarks/bench_train.py at
-batch 1 (best of 5, both paths in the same run): an RCE epoch 3.54 s -> 2.59 s, GRPO 3.35 s
--> 3.04 s. On a GPU, where a batch-1 step is bound by kernel launches, the saving is in
-launches too.
+Why: at batch 1 a training step builds and then walks an autograd graph of ~160 nodes for a
+few hundred small tensor ops, and that bookkeeping, more than the arithmetic, sets the step
+time on a CPU (a batch-1 RCE step on one thread: ~5 ms, of which the matrix products are under
+1 ms). Here the same forward (the same products, the same dropout draws in the same order) is
+one node whose backward is written out below: a step's graph has ~24 nodes (this one, the
+loss's, the parameters' accumulators). Measured with benchmarks/bench_train.py at batch 1
+(best of 5, both paths alternated in one run): an RCE epoch 3.54 s -> 2.59 s, GRPO 3.35 s ->
+3.04 s. It also runs fewer tensor ops (~405 a step instead of ~480: fewer kernel launches on a GPU).
 
 `applies(model)` says when it is used: lever's architecture in float32, training with autograd
 on, no attention dropout and one dropout mask per group while training (the defaults). Anything
