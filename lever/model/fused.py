@@ -5,9 +5,10 @@ few hundred small tensor ops, and that bookkeeping, more than the arithmetic, se
 time on a CPU (a batch-1 RCE step on one thread: ~5 ms, of which the matrix products are under
 1 ms). Here the same forward (the same products, the same dropout draws in the same order) is
 one node whose backward is written out below: a step's graph has ~24 nodes (this one, the
-loss's, the parameters' accumulators). Measured with benchmarks/bench_train.py at batch 1
-(best of 5, both paths alternated in one run): an RCE epoch 3.54 s -> 2.59 s, GRPO 3.35 s ->
-3.04 s. It also runs fewer tensor ops (~405 a step instead of ~480: fewer kernel launches on a GPU).
+loss's, the parameters' accumulators). Measured with benchmarks/bench_train.py on 2 shared
+cores (four runs, each the best of 5 with both paths alternated in the run), at batch 1: an
+RCE epoch 3.18-3.54 s -> 2.59-2.80 s, GRPO 3.35-3.59 s -> 2.71-3.14 s; at batch 32: RCE
+1.02 s -> 0.77 s, GRPO 0.91 s -> 0.72 s. It also runs fewer tensor ops (~405 a step instead of ~480: fewer kernel launches on a GPU).
 
 `applies(model)` says when it is used: lever's architecture in float32, training with autograd
 on, no attention dropout and one dropout mask per group while training (the defaults). Anything

@@ -344,7 +344,7 @@ class PointerSelector(SelectorBase):
         self.param_names = [name for name, _ in self.named_parameters()]  # fused.py's gradient order
 
     # Train through the one-node forward and backward of lever/model/fused.py where it applies (the
-    # same numbers up to float rounding; a batch-1 RCE epoch 27% faster on a CPU); False = the autograd path.
+    # same numbers up to float rounding; a batch-1 RCE epoch 15-27% faster on a CPU); False = the autograd path.
     fused: bool = True
 
     def config(self) -> dict:
