@@ -81,7 +81,7 @@ class _Scores(torch.autograd.Function):
         q, c = P[:, 0], P[:, 1:]  # [B, h], [B, K, h]
         pad = (~pool_mask).unsqueeze(1)  # [B, 1, K]
         layers = []
-        for layer in model.cross:  # CrossAttentionLayer.forward, op for op
+        for layer in model.cross:  # CrossAttentionLayer.forward (matmuls for its einsums)
             n, d = layer.heads, layer.d_head
             qh = F.linear(q, layer.q.weight, layer.q.bias)  # [B, h]
             u = (qh.view(B, n, 1, d) @ layer.k.weight.view(n, d, h)).view(B, n, h)  # W_k^T (W_q q + b_q)
@@ -95,12 +95,12 @@ class _Scores(torch.autograd.Function):
         # Dropout noise (0 or 1 / (1 - p)) drawn by F.dropout itself, query first as in attend(): the same
         # random draws as the autograd path on a CPU or a GPU, kept for the backward.
         p = model.dropout_p if model.training else 0.0
-        mq = F.dropout(torch.ones_like(q), p, training=True) if p > 0 else None
-        mc = F.dropout(torch.ones_like(c), p, training=True) if p > 0 else None
-        qd = q * mq if mq is not None else q
-        cd = c * mc if mc is not None else c
-        qf, nq, mq_ = _normalize(F.linear(qd, model.query_proj.weight, model.query_proj.bias))  # [B, h]
-        C, ncand, mc_ = _normalize(F.linear(cd, model.cand_proj.weight, model.cand_proj.bias))  # [B, K, h]
+        noise_q = F.dropout(torch.ones_like(q), p, training=True) if p > 0 else None
+        noise_c = F.dropout(torch.ones_like(c), p, training=True) if p > 0 else None
+        qd = q * noise_q if noise_q is not None else q
+        cd = c * noise_c if noise_c is not None else c
+        qf, norm_q, div_q = _normalize(F.linear(qd, model.query_proj.weight, model.query_proj.bias))  # [B, h]
+        C, norm_c, div_c = _normalize(F.linear(cd, model.cand_proj.weight, model.cand_proj.bias))  # [B, K, h]
 
         # Teacher-forced decoding (SelectorBase.log_policy); Q starts as [B, 1, h], shared by the group.
         G, L = pointers.shape[1:]
@@ -126,7 +126,7 @@ class _Scores(torch.autograd.Function):
             steps.append(step)
         ctx.model, ctx.layers, ctx.steps, ctx.names = model, layers, steps, model.param_names
         ctx.save_for_backward(x, seq_mask)
-        ctx.head = (q, c, mq, mc, qd, cd, qf, nq, mq_, C, ncand, mc_)
+        ctx.head = (c, noise_q, noise_c, qd, cd, qf, norm_q, div_q, C, norm_c, div_c)
         return torch.where(seq_mask, total, torch.zeros_like(total))
 
     @staticmethod
@@ -134,7 +134,7 @@ class _Scores(torch.autograd.Function):
     def backward(ctx, dlogp):  # type: ignore[override]
         model = ctx.model
         x, seq_mask = ctx.saved_tensors
-        q, c, mq, mc, qd, cd, qf, nq, mq_, C, ncand, mc_ = ctx.head
+        c, noise_q, noise_c, qd, cd, qf, norm_q, div_q, C, norm_c, div_c = ctx.head
         B, K, h = C.shape
         Wg = model.gate.weight
         T = model.score_temperature
@@ -173,14 +173,14 @@ class _Scores(torch.autograd.Function):
         if len(ctx.steps) > 1:
             grads["gate.weight"], grads["gate.bias"] = torch.cat([dW1, dW2], dim=1), dbg  # type: ignore[list-item]
         # Output projections and dropout.
-        dqr = _normalize_back(dQ.squeeze(1), qf, nq, mq_)  # [B, h]
-        dcr = _normalize_back(dC, C, ncand, mc_)  # [B, K, h]
+        dqr = _normalize_back(dQ.squeeze(1), qf, norm_q, div_q)  # [B, h]
+        dcr = _normalize_back(dC, C, norm_c, div_c)  # [B, K, h]
         grads["query_proj.weight"], grads["cand_proj.weight"] = dqr.T @ qd, _flat(dcr).T @ _flat(cd)
         if model.proj_bias:
             grads["query_proj.bias"], grads["cand_proj.bias"] = dqr.sum(0), _flat(dcr).sum(0)
         dq, dc = dqr @ model.query_proj.weight, dcr @ model.cand_proj.weight
-        if mq is not None:
-            dq, dc = dq * mq, dc * mc
+        if noise_q is not None:
+            dq, dc = dq * noise_q, dc * noise_c
         # The encoder, only when it trains (freeze_backbone stops here).
         if model.input_proj.weight.requires_grad or any(p.requires_grad for p in model.cross.parameters()):
             for i in reversed(range(len(model.cross))):
