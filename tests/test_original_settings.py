@@ -225,6 +225,21 @@ def test_lr_scaling_and_handoff():
     assert handoff_checkpoint(sel, rows, "last") == "ckpt/epoch-003.safetensors"
 
 
+def test_a_phase_sets_its_own_handoff():
+    """original/plan9: phase 1 starts from RCE's last epoch (grpo.handoff), phase 2 from phase 1's best."""
+    from pathlib import Path
+
+    from lever.runs.recipe import compile_stages
+    from lever.spec.load import load_plan
+
+    plans = Path(__file__).resolve().parents[1] / "plans"
+    lp = load_plan(plans / "original" / "plan9.toml", plans_dir=plans)
+    stages = {stage.name: stage for stage, _ in compile_stages(lp.plan)}
+    assert lp.plan.grpo.handoff == "last"
+    assert stages["easy"].opt.handoff == "last" and stages["all"].opt.handoff == "selected"
+    assert stages["all"].opt.model_copy(update={"handoff": "last"}) == stages["easy"].opt  # nothing else differs
+
+
 def test_grpo_flags():
     calm = [{"epoch": 1, "policy/start_ratio": 1.0, "policy/clip_frac_pos": 0.1}]
     assert grpo_flags("grpo", calm) == []

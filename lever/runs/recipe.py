@@ -42,7 +42,8 @@ def compile_stages(plan: Plan) -> list[tuple[Stage, DataFilter | None]]:
     if plan.phases:
         for ph in plan.phases:
             flt = stage_filter(plan.data, ph.data)
-            out.append((Stage(ph.name, "grpo", ph.epochs, plan.grpo, ph.lr or plan.grpo.lr, floor), flt))
+            opt = plan.grpo if ph.handoff is None else plan.grpo.model_copy(update={"handoff": ph.handoff})
+            out.append((Stage(ph.name, "grpo", ph.epochs, opt, ph.lr or plan.grpo.lr, floor), flt))
     elif plan.grpo.epochs:
         out.append((Stage("grpo", "grpo", plan.grpo.epochs, plan.grpo, plan.grpo.lr, floor), None))
     return out

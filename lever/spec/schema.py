@@ -300,12 +300,16 @@ class DataOverride(Strict):
 
 
 class Phase(Strict):
-    """One curriculum phase: GRPO with the plan's settings on a filtered subset, from the previous phase's selected checkpoint."""
+    """One curriculum phase: GRPO with the plan's settings on a filtered subset, from the previous stage's checkpoint."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="Short name, used in metrics and checkpoint files")
     epochs: int = Field(ge=1, description="GRPO epochs in this phase")
     data: DataOverride = Field(default_factory=DataOverride, description="Filter changes for this phase")
     lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate for this phase (default: grpo.lr)")
+    handoff: Literal["selected", "last"] | None = Field(
+        None,
+        description="This phase starts from the previous stage's selected epoch or its last (default: grpo.handoff)",
+    )
 
 
 # --------------------------------------------------------------------------- start, select, eval
