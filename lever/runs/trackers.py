@@ -11,6 +11,7 @@ metrics before the next stage's first epoch, or when training ends.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from lever.errors import LeverError
@@ -53,7 +54,7 @@ class _TensorBoard:
     file with `purge_step` = the first step it logs: TensorBoard then hides the earlier files'
     events from that step on. A resumed process logs every epoch again in step order (the earlier
     stages, then the resumed stage's finished epochs: `Reporter.resumed`, then the new ones), so
-    each step shows once, with no step going backwards (which TensorBoard would take for a restart)."""
+    each step shows once, in order."""
 
     def __init__(self, run: RunDir, lp: LoadedPlan, first_step: int):
         try:
@@ -62,7 +63,12 @@ class _TensorBoard:
         except ImportError:
             raise _missing("tensorboard") from None
         folder = run.path / "tensorboard"
-        earlier = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+        names = [p.name.split(".") for p in folder.glob("events.out.tfevents.*")] if folder.is_dir() else []
+        earlier = [int(n[3]) for n in names if n[3].isdigit()]
+        if earlier:
+            # TensorBoard reads a folder's files in name order, `events.out.tfevents.<second>.<host>.<pid>...`:
+            # ours must come after the earlier ones, even when a quick resume falls in the same second.
+            time.sleep(max(0.0, max(earlier) + 1 - time.time()))
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_step if earlier else None)
         for summary in hparams(hyperparameters(lp), {}):
             self.writer.file_writer.add_summary(summary)
