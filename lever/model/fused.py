@@ -178,11 +178,11 @@ class _Scores(torch.autograd.Function):
         grads["query_proj.weight"], grads["cand_proj.weight"] = dqr.T @ qd, _flat(dcr).T @ _flat(cd)
         if model.proj_bias:
             grads["query_proj.bias"], grads["cand_proj.bias"] = dqr.sum(0), _flat(dcr).sum(0)
-        dq, dc = dqr @ model.query_proj.weight, dcr @ model.cand_proj.weight
-        if noise_q is not None:
-            dq, dc = dq * noise_q, dc * noise_c
         # The encoder, only when it trains (freeze_backbone stops here).
         if model.input_proj.weight.requires_grad or any(p.requires_grad for p in model.cross.parameters()):
+            dq, dc = dqr @ model.query_proj.weight, dcr @ model.cand_proj.weight
+            if noise_q is not None:
+                dq, dc = dq * noise_q, dc * noise_c
             for i in reversed(range(len(model.cross))):
                 layer = model.cross[i]
                 q_in, qh, u, a, mix, v, y, mean, rstd = ctx.layers[i]
