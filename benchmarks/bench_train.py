@@ -67,7 +67,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--group-size", type=int, default=24)
-    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per stage (best is reported)")
+    ap.add_argument(
+        "--epochs", type=int, default=3, help="rounds; each times one fresh epoch of every stage and path (best is reported)"
+    )
     ap.add_argument("--reference-queries", type=int, default=64, help="queries timed in the reference loop")
     args = ap.parse_args()
     dev = torch.device(args.device)
