@@ -10,15 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from workspaces import bench_workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_torchrun_evaluation_equals_single_process(lever, tmp_path):
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    ws = tmp_path / "lever.toml"
-    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
+    ws = bench_workspace(tmp_path)
     plan = [str(ROOT / "plans" / "baseline.toml"), "rce.epochs=1", "eval.questions=30", "eval.shots=[1,3]"]
     assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # gloo over loopback only

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from workspaces import bench_workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def trained(lever, tmp_path: Path, plan: list) -> Path:
     """A small-benchmark workspace with `plan` trained but not evaluated; returns the workspace file."""
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    ws = tmp_path / "lever.toml"
-    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
+    ws = bench_workspace(tmp_path)
     assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
     return ws
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from workspaces import bench_workspace  # noqa: E402
 
 from lever.errors import LeverError
 from lever.eval.generate import GenerateOptions, Sources, generate_file, propose, similarity_policy
@@ -16,17 +17,13 @@ from lever.eval.vqa import relevance
 from lever.spec import load_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_BENCH = "[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n"
 
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
     """A small bundled benchmark (cache shared with the other tests) and its features file."""
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    path = tmp_path / "lever.toml"
-    path.write_text(f'runs = "runs"\ncache = "{cache}"\n{SMALL_BENCH}', encoding="utf-8")
     monkeypatch.chdir(ROOT)
-    return path
+    return bench_workspace(tmp_path)
 
 
 def cli(lever, ws, *args):

@@ -4,11 +4,11 @@ and stays below an oracle that picks the best of many scored sequences."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from workspaces import bench_workspace, shared_cache  # noqa: E402
 
 from lever.bench import BenchConfig, SimVLM, ensure_bench
 from lever.eval.postprocess import postprocess
@@ -22,9 +22,8 @@ N = 400  # val questions
 
 @pytest.mark.slow
 def test_baseline_between_random_and_oracle(lever, tmp_path):
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    ws = tmp_path / "lever.toml"
-    ws.write_text(f'runs = "runs"\ncache = "{cache}"\n', encoding="utf-8")
+    cache = shared_cache()
+    ws = bench_workspace(tmp_path, bench="")  # the default benchmark
     res = lever(
         "--workspace", ws, "run", ROOT / "plans" / "baseline.toml", "rce.epochs=3", f"eval.questions={N}", "eval.shots=[2]"
     )

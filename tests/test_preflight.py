@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from workspaces import bench_workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANS = ROOT / "plans"
-SMALL_BENCH = "[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n"
 
 
 def refused_before_training(res, runs: Path, *needles: str) -> None:
@@ -31,10 +30,7 @@ def refused_before_training(res, runs: Path, *needles: str) -> None:
 @pytest.fixture
 def bench_ws(tmp_path):
     """A workspace on a small benchmark (generated once into the shared test cache)."""
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    path = tmp_path / "lever.toml"
-    path.write_text(f'runs = "runs"\ncache = "{cache}"\n{SMALL_BENCH}', encoding="utf-8")
-    return path
+    return bench_workspace(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -12,21 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+from workspaces import bench_workspace  # noqa: E402
 
 from lever.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANS = ROOT / "plans"
-SMALL_BENCH = "[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n"
 FAST = ["rce.epochs=2", "rce.batch_size=16", "eval.questions=40", "eval.shots=[1,2]"]
 
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
     """A workspace on a small benchmark; the cache is shared by the tests of this module."""
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    path = tmp_path / "lever.toml"
-    path.write_text(f'runs = "runs"\ncache = "{cache}"\n{SMALL_BENCH}', encoding="utf-8")
+    path = bench_workspace(tmp_path)
     monkeypatch.setenv("LEVER_WORKSPACE", str(path))
     monkeypatch.chdir(ROOT)
     return tmp_path

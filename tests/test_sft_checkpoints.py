@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from workspaces import bench_workspace  # noqa: E402
 
 from lever.io import read_jsonl
 from lever.train.checkpoint import load_weights
@@ -19,11 +19,8 @@ FAST = ["rce.batch_size=16", "eval.questions=20", "eval.shots=[1]", 'eval.splits
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    cache = Path(os.environ.get("LEVER_TEST_CACHE", ROOT / ".lever-cache" / "tests"))
-    path = tmp_path / "lever.toml"
-    path.write_text(f'runs = "runs"\ncache = "{cache}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n')
     monkeypatch.chdir(ROOT)
-    return path
+    return bench_workspace(tmp_path)
 
 
 def cli(lever, ws, *args):
