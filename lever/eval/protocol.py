@@ -161,16 +161,7 @@ def load_protocol(ref: str) -> PromptProtocol:
             hint=f"valid keys: {', '.join(_ProtocolFile.model_fields)}",
         ) from None
     name = ref if path.parent == SHIPPED else str(path)
-    return PromptProtocol(
-        name=name,
-        system_prompt=spec.system_prompt,
-        demo_template=spec.demo_template,
-        query_template=spec.query_template,
-        image_sizing=spec.image_sizing,
-        min_pixels=spec.min_pixels,
-        max_pixels=spec.max_pixels,
-        metric=spec.metric,
-    )
+    return PromptProtocol(name=name, **spec.model_dump(exclude={"description"}))
 
 
 def resolve_protocol(spec: Any) -> PromptProtocol:

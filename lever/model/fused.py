@@ -38,14 +38,12 @@ EPS = 1e-12  # F.normalize's
 
 def applies(model: PointerSelector, query: Tensor) -> bool:
     """True when the fused node computes what the autograd path would, up to float rounding (module docstring)."""
-    training = model.training
     return (
         model.fused
         and torch.is_grad_enabled()
         and query.dtype == torch.float32
         and model.input_proj.weight.dtype == torch.float32
-        and not (training and (model.attn_dropout_p > 0 or model.dropout_mask == "sequence"))
-        and any(p.requires_grad for p in model.parameters())
+        and not (model.training and (model.attn_dropout_p > 0 or model.dropout_mask == "sequence"))
     )
 
 

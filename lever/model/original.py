@@ -49,13 +49,7 @@ class LeverPlusV3Selector(SelectorBase):
         dropout_mask: str = "sequence",
     ):
         super().__init__()
-        if hidden % heads != 0:
-            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        if dropout_mask not in ("group", "sequence"):
-            raise ValueError(f"dropout_mask must be group|sequence, got {dropout_mask!r}")
-        self.d_in, self.hidden, self.layers, self.heads = d_in, hidden, layers, heads
-        self.score_temperature = float(score_temperature)
-        self.dropout_p, self.attn_dropout_p, self.dropout_mask = float(dropout), float(attn_dropout), dropout_mask
+        self._settings(d_in, hidden, layers, heads, dropout, score_temperature, attn_dropout, dropout_mask)
 
         self.input_proj: nn.Module = nn.Linear(d_in, hidden, bias=False) if d_in != hidden else nn.Identity()
         self.cross_attn_layers = nn.ModuleList(

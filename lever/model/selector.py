@@ -100,6 +100,21 @@ class SelectorBase(nn.Module):
     score_temperature: float
     dropout_mask: str  # "group" | "sequence"
 
+    def _settings(
+        self, d_in: int, hidden: int, layers: int, heads: int, dropout: float, score_temperature: float,
+        attn_dropout: float, dropout_mask: str,
+    ) -> None:  # fmt: skip
+        """Check and keep the settings every architecture shares (what `config()` returns)."""
+        if hidden % heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        if score_temperature <= 0:
+            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
+        if dropout_mask not in ("group", "sequence"):
+            raise ValueError(f"dropout_mask must be group|sequence, got {dropout_mask!r}")
+        self.d_in, self.hidden, self.layers, self.heads = d_in, hidden, layers, heads
+        self.score_temperature = float(score_temperature)
+        self.dropout_p, self.attn_dropout_p, self.dropout_mask = float(dropout), float(attn_dropout), dropout_mask
+
     def project(self, x: Tensor) -> Tensor:
         """The input projection, [..., d_in] -> [..., h] (deterministic: no dropout before it)."""
         raise NotImplementedError
@@ -318,16 +333,10 @@ class PointerSelector(SelectorBase):
         init: str = "default",
     ):
         super().__init__()
-        if hidden % heads != 0:
-            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        if score_temperature <= 0:
-            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
-        if dropout_mask not in ("group", "sequence") or init not in ("default", "xavier"):
-            raise ValueError(f"dropout_mask must be group|sequence and init default|xavier, got {dropout_mask!r}, {init!r}")
-        self.d_in, self.hidden, self.layers, self.heads = d_in, hidden, layers, heads
-        self.score_temperature = float(score_temperature)
-        self.dropout_p, self.attn_dropout_p = float(dropout), float(attn_dropout)
-        self.dropout_mask, self.proj_bias, self.init = dropout_mask, bool(proj_bias), init
+        self._settings(d_in, hidden, layers, heads, dropout, score_temperature, attn_dropout, dropout_mask)
+        if init not in ("default", "xavier"):
+            raise ValueError(f"init must be default|xavier, got {init!r}")
+        self.proj_bias, self.init = bool(proj_bias), init
 
         self.input_proj = nn.Linear(d_in, hidden, bias=False)
         self.cross = nn.ModuleList(CrossAttentionLayer(hidden, heads, attn_dropout) for _ in range(layers))
