@@ -31,3 +31,8 @@ class RunFailed(LeverError):
 
 class DamagedState(LeverError):
     """A file lever wrote earlier is cut short, edited or missing: the message names it, the hint the repair."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a scheduler's time limit): handled like Ctrl-C, so a running run is marked interrupted;
+    the CLI then exits 143 (128 + SIGTERM) instead of 130."""

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from lever import __version__
-from lever.errors import LeverError
+from lever.errors import LeverError, Terminated
 from lever.threads import configure_threads
 
 from . import report, run, spec, sweep
@@ -55,15 +55,38 @@ report.register(app)
 app.add_typer(data_app, name="data")
 
 
+_TERMINATED = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a `kill`, a scheduler's time limit) -> Terminated, a KeyboardInterrupt: whatever Ctrl-C does (a running
+    run marked interrupted) happens unchanged. Further SIGTERMs are ignored while that cleanup runs."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _TERMINATED.set()
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry: run the app; every user mistake ends in a short message and its exit code, never a traceback.
 
     LeverError -> its message (exit 2, or 1 for a failed run); a usage error -> the usage line and the error (exit 2);
-    Ctrl-C -> `interrupted` (exit 130).
+    Ctrl-C -> `interrupted` (exit 130); SIGTERM -> the same cleanup, then `terminated` (exit 143 = 128 + 15).
     """
+    previous = None
+    _TERMINATED.clear()
     if threading.current_thread() is threading.main_thread():
         # A parent may start us with SIGINT ignored (a shell's background job); Ctrl-C must still stop a run cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main()
+    finally:
+        if previous is not None:  # in-process callers (tests) get their own handler back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main() -> None:
+    """Run the app and turn how it ended into a message and an exit code."""
     try:
         configure_threads()  # passive OpenMP waiting; threads = the cores this process may use, or LEVER_THREADS
         # An int when the app exits early: typer.Exit, or Ctrl-C inside a command (typer turns it into 130).
@@ -79,6 +102,8 @@ def main() -> None:
         else:
             err_console.print(f"error: {ex}", highlight=False)
         sys.exit(ex.exit_code)
-    if code == 130:
-        err_console.print("interrupted", highlight=False)
+    if code == 130 and _TERMINATED.is_set():  # typer turns Terminated into 130 like any KeyboardInterrupt
+        code = 143
+    if code in (130, 143):
+        err_console.print("interrupted" if code == 130 else "terminated", highlight=False)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.report.export import export
-from lever.report.results import PlanRuns, RunData, check_known, load_plan, scan_runs
+from lever.report.results import PlanRuns, RunData, check_known, damage_summary, load_plan, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
 from lever.report.tables import (
     TRAINING_HEADERS,
@@ -197,6 +197,7 @@ def runs() -> None:
     A hash marked * was made with overrides (listed below the table); name its runs in compare and
     report as plan@HASH. A sweep's derived plans are listed by their names (plan5@grpo.lr=1e-5), which
     compare and report accept too. Inputs are content keys of the data, features and evaluation files the run used.
+    A run with a damaged file is one row in state `damaged`, without numbers; the repair is listed below the table.
     Runs live under $LEVER_RUNS (default: ./runs).
 
     Example: [bold]LEVER_RUNS=runs lever runs[/]
@@ -209,8 +210,14 @@ def runs() -> None:
     shots = sorted({s for r in found for s in r.shots("val")})
     swept = member_names(root)  # a sweep's derived plans by their names: plan5@grpo.lr=1e-5
     headers = ["plan", "hash", "seed", "state", "selected", *(f"val@{s}" for s in shots), "failed", "flags", "inputs"]
-    rows, notes = [], {}
+    rows, notes, damaged = [], {}, []
     for r in found:
+        if r.damage is not None:  # its names only: none of its numbers can be vouched for
+            damaged.append(r)
+            name = swept.get((r.plan, r.spec_hash), r.plan)
+            blank = ["—"] * (len(shots) + 2)
+            rows.append([name, r.spec_hash[:12], str(r.seed), r.state, *blank, damage_summary(r), "—"])
+            continue
         sel = r.selected or {}
         selected = f"{sel.get('stage')} {sel.get('epoch')}" if sel else "—"
         accs = [_pct(r.accuracy("val", s)) for s in shots]
@@ -225,6 +232,10 @@ def runs() -> None:
     _show(f"Runs under {root}", headers, rows)
     for ref, overrides in notes.items():
         typer.echo(f"* {ref}: overrides {overrides}")
+    for r in damaged:
+        typer.echo(f"damaged: {r.plan}@{r.spec_hash} seed {r.seed}: {r.damage.args[0]}")
+        if r.damage.hint:
+            typer.echo(f"  repair: {r.damage.hint}")
 
 
 def register(app: typer.Typer) -> None:

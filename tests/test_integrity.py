@@ -45,6 +45,14 @@ def error(res, *words: str) -> None:
         assert w in res.err, (w, res.err)
 
 
+def listed_damaged(res, *words: str) -> None:
+    """`lever runs` lists a damaged run (exit 0, no traceback) and names the file and the problem below the table."""
+    assert res.code == 0 and "Traceback" not in res.text, res.text
+    (line,) = [x for x in res.out.splitlines() if x.startswith("damaged: ")]
+    for w in words:
+        assert w in line, (w, res.out)
+
+
 # ---------------------------------------------------------------- inputs in the key
 
 
@@ -109,12 +117,43 @@ def test_a_summary_out_of_line_with_its_rows_is_an_error(lever, ws):
     summary = json.loads(ev.summary_file.read_text())
     summary["splits"]["val"]["1"]["n"] = 100  # a header that claims more questions than the rows hold
     ev.summary_file.write_text(json.dumps(summary))
-    error(run_cli(lever, "runs"), str(ev.summary_file), "does not match the rows")
+    listed_damaged(run_cli(lever, "runs"), str(ev.summary_file), "does not match the rows")
     rows = [json.loads(x) for x in ev.results.read_text().splitlines()]
     rows[0]["accuracy"] = 2.0
     summary["results"] = __import__("lever.io", fromlist=["write_rows"]).write_rows(ev.results, rows)
     ev.summary_file.write_text(json.dumps(summary))  # digest "fixed" by hand: the value range still catches it
-    error(run_cli(lever, "runs"), str(ev.results), "out-of-range")
+    listed_damaged(run_cli(lever, "runs"), str(ev.results), "out-of-range")
+
+
+def test_runs_lists_a_damaged_run_as_one_row_without_numbers_beside_the_others(lever, ws):
+    args = [PLANS / "baseline.toml", *TINY]
+    for seed in ("0", "1"):
+        assert run_cli(lever, "run", *args, "--seed", seed).code == 0
+    good, bad = seed_dirs(ws, "baseline")
+
+    def rows(res) -> dict[str, list[str]]:
+        """seed -> the words of its row in the plain table."""
+        lines = [x.split() for x in res.out.splitlines() if x.startswith("baseline ")]
+        return {words[2]: words for words in lines}
+
+    before = rows(run_cli(lever, "runs"))
+    assert set(before) == {"0", "1"} and before["1"][3] == "done"
+    h = bad.parent.name[:12]
+    status_text = (bad / "status.json").read_text()
+    (bad / "status.json").write_text("{garbage")
+    res = run_cli(lever, "runs")
+    listed_damaged(res, f"baseline@{bad.parent.name} seed 1", str(bad / "status.json"), "is damaged")
+    after = rows(res)
+    assert after["0"] == before["0"]  # the intact run as before, its numbers and all
+    # selected, val@1, val@2, failed: no numbers; then the file (relative to the run) and the problem
+    assert after["1"][:10] == ["baseline", h, "1", "damaged", "—", "—", "—", "—", "status.json", "is"]
+    assert "  repair: " in res.out
+    (bad / "status.json").write_text(status_text)
+    m = bad / "metrics.jsonl"
+    m.write_text(m.read_text().replace('"epoch": 1', '"epoch": 1, "edited": 1', 1))  # the digest no longer matches
+    res = run_cli(lever, "runs")
+    listed_damaged(res, str(m), "changed after it was written")
+    assert rows(res)["1"][3] == "damaged" and rows(res)["0"] == before["0"]
 
 
 def test_damaged_metrics_lines_are_errors_not_dropped(lever, ws):
@@ -350,6 +389,54 @@ def test_ctrl_c_marks_the_run_interrupted_and_the_next_run_resumes(lever, ws, tm
     assert lever("--workspace", other, "run", PLANS / "baseline.toml", *overrides).code == 0
     (clean,) = sorted((tmp_path / "clean" / "baseline").glob("*/seed-*"))
     assert metrics(run_dir) == metrics(clean)
+
+
+def test_sigterm_in_process_is_handled_like_ctrl_c(lever, ws, monkeypatch):
+    from lever.train.stage import StageRunner
+
+    args = [PLANS / "baseline.toml", *FAST, "rce.epochs=3", "--no-eval"]
+    real = StageRunner._epoch
+
+    def kill_in_epoch_2(self, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler raises at the next bytecode
+        return real(self, epoch)
+
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda *_: received.append(1))  # a SIGTERM that escaped must not end pytest
+    try:
+        monkeypatch.setattr(StageRunner, "_epoch", kill_in_epoch_2)
+        res = run_cli(lever, "run", *args)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN and not received  # handled, then ours back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert res.code == 143 and "terminated" in res.err and "Traceback" not in res.text, res.text
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert status(run_dir)["state"] == "interrupted"
+    monkeypatch.setattr(StageRunner, "_epoch", real)
+    res = run_cli(lever, "run", *args)
+    assert res.code == 0 and "resuming after epoch 1" in res.text and status(run_dir)["state"] == "trained"
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_interrupted_and_the_next_run_resumes(lever, ws):
+    overrides = [*FAST, "rce.epochs=12", "--no-eval"]  # room to stop mid-stage
+    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml")]
+    proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # stop it mid-stage, as `kill` or a scheduler's time limit would
+        files = sorted((ws / "runs" / "_stages").glob("rce-*/metrics.jsonl"))
+        if files and len(read_jsonl(files[0])) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "terminated" in err
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert status(run_dir)["state"] == "interrupted"
+    res = run_cli(lever, "run", PLANS / "baseline.toml", *overrides)
+    assert res.code == 0 and "rce: resuming after epoch" in res.text and status(run_dir)["state"] == "trained"
 
 
 # ---------------------------------------------------------------- which hash a row is

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lever.errors import LeverError
+from lever.errors import DamagedState, LeverError
 from lever.keys import content_key
 from lever.runs.layout import RunDir, RunsFolder
 from lever.runs.store import plan_name, split_ref
@@ -62,9 +62,12 @@ class RunData:
     summary: dict | None = None
     eval_key: str | None = None
     results: Results | None = None
+    damage: DamagedState | None = None  # set by scan_runs for a run it could not read: nothing else is loaded
 
     @property
     def state(self) -> str:
+        if self.damage is not None:
+            return "damaged"
         return str((self.status or {}).get("state", "unknown"))
 
     @property
@@ -210,8 +213,24 @@ def selected_metrics(run: RunData) -> dict | None:
 
 
 def scan_runs(root: Path) -> list[RunData]:
-    """Every run under the runs folder ``root``, sorted by plan, then newest hash first, then seed."""
-    return [load_run(run) for run in RunsFolder(Path(root)).scan()]
+    """Every run under the runs folder ``root``, sorted by plan, then newest hash first, then seed.
+
+    A damaged run is still listed, as a RunData holding only its names and ``damage`` (the file, the problem
+    and the repair): one damaged file hides none of the other runs, and none of its own numbers are shown."""
+    found = []
+    for run in RunsFolder(Path(root)).scan():
+        try:
+            found.append(load_run(run))
+        except DamagedState as err:
+            found.append(RunData(path=run.path, plan=run.plan, spec_hash=run.spec_hash, seed=run.seed, damage=err))
+    return found
+
+
+def damage_summary(run: RunData) -> str:
+    """A damaged run's problem in a few words: the message with paths relative to the run (or its runs folder)."""
+    text = str(run.damage.args[0]) if run.damage else ""
+    root = run.path.parents[2 + run.plan.count("/")]
+    return text.replace(f"{run.path}/", "").replace(f"{root}/", "")
 
 
 def check_known(plan: str, plans_dir: Path, runs_root: Path) -> None:
