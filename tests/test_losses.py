@@ -12,6 +12,7 @@ from lever.train.losses import (
     adapt_beta,
     advantage_stats,
     group_advantages,
+    kept_first,
     kl_to_reference,
     linear_schedule,
     masked_mean,
@@ -20,6 +21,7 @@ from lever.train.losses import (
     top1_ce_loss,
     top_k_for_epoch,
     top_k_mask,
+    two_stage_advantages,
 )
 
 PAD = 99.0  # garbage in padded slots: must never show up in a result
@@ -36,7 +38,7 @@ def padded(groups: list[list[float]], fill: float = PAD) -> tuple[torch.Tensor, 
     return x, mask
 
 
-def t(values: list[float]) -> torch.Tensor:
+def t(values: list) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -136,11 +138,42 @@ def test_advantage_stats():
     # A over real sequences: [1, -1, 0, 0] -> mean 0, population std sqrt(2/4), max 1;
     # second group is all zero -> 1 of 2 groups teaches nothing
     a, m = padded([[1, -1], [0, 0]])
-    s = advantage_stats(a, m)
-    assert s["adv_mean"] == pytest.approx(0.0)
-    assert s["adv_std"] == pytest.approx(math.sqrt(0.5))
-    assert s["adv_max"] == pytest.approx(1.0)
-    assert s["zero_group_frac"] == pytest.approx(0.5)
+    s = advantage_stats([(a, m)])
+    assert s["adv/mean"] == pytest.approx(0.0)
+    assert s["adv/std"] == pytest.approx(math.sqrt(0.5))
+    assert s["adv/max"] == pytest.approx(1.0)
+    assert s["adv/zero_frac"] == pytest.approx(0.5)
+
+
+def test_advantage_stats_over_an_epoch_counts_groups():
+    # step 1: groups [1, -1], [0, 0] (1 of 2 flat); step 2: one group [0] plus an empty row (not a group).
+    # Epoch: 2 of 3 groups flat = 2/3 (a mean of per-step shares would give (1/2 + 1) / 2 = 3/4);
+    # values [1, -1, 0, 0, 0]: mean 0, population std sqrt(2/5), max 1.
+    a1, m1 = padded([[1, -1], [0, 0]])
+    a2, m2 = padded([[0], []])
+    s = advantage_stats([(a1, m1), (a2, m2)])
+    assert s["adv/zero_frac"] == pytest.approx(2 / 3)
+    assert s["adv/mean"] == pytest.approx(0.0)
+    assert s["adv/std"] == pytest.approx(math.sqrt(0.4))
+    assert s["adv/max"] == pytest.approx(1.0)
+    assert advantage_stats([]) == {"adv/mean": 0.0, "adv/std": 0.0, "adv/max": 0.0, "adv/zero_frac": 0.0}
+
+
+def test_lever_advantages_in_the_trainers_layout():
+    # lever's normalisation (no stage 1), top-2 by index ties. Group 1 [0, 1.0, 0, 1.05] keeps 1.0 and
+    # 1.05: mean 1.025, sample std 0.035355 < floor 0.1 -> A = -+0.025 / 0.1 = [-0.25, 0.25]; group 2
+    # has one sequence: A = 0. The full layout puts them in place; `compact` moves the kept ones first,
+    # re-padded to 2 columns: the batch the trainer scores.
+    r, m = padded([[0.0, 1.0, 0.0, 1.05], [3.0]])
+    adv, kept = two_stage_advantages(r, m, 2, None, "zscore", 0.1, ties="index")
+    assert kept.tolist() == [[False, True, False, True], [True, False, False, False]]
+    assert torch.allclose(adv, t([[0.0, -0.25, 0.0, 0.25], [0.0, 0.0, 0.0, 0.0]]))
+    small, kept2 = two_stage_advantages(r, m, 2, None, "zscore", 0.1, ties="index", compact=True)
+    assert kept2.equal(kept) and kept_first(kept).tolist() == [[1, 3], [0, 1]]
+    assert torch.allclose(small, t([[-0.25, 0.25], [0.0, 0.0]]))
+    # k None keeps every real sequence and the layout: plain group advantages over the group
+    whole, _ = two_stage_advantages(r, m, None, None, "centered", compact=True)
+    assert torch.allclose(whole, t([[-0.5125, 0.4875, -0.5125, 0.5375], [0.0, 0.0, 0.0, 0.0]]))
 
 
 # ---- RCE and top-1 ------------------------------------------------------------

@@ -9,6 +9,8 @@ from torch import Tensor
 
 from lever.data.candidates import CandidateData
 
+from .losses import kept_first
+
 
 @dataclass
 class Batch:
@@ -26,8 +28,7 @@ class Batch:
     def keep(self, keep: Tensor) -> Batch:
         """Only the sequences where `keep` [B, G] is True, moved to the front and re-padded to
         the largest kept group: top-k training then costs k sequences per query, not G."""
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept first, in order
-        idx = order[:, : max(int(keep.sum(1).max()), 1)]  # [B, G']
+        idx = kept_first(keep)  # [B, G']
 
         def take(x: Tensor) -> Tensor:
             return x.gather(1, idx if x.dim() == 2 else idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -147,20 +147,23 @@ def group_advantages(
     return masked_fill0(adv, mask)
 
 
-def advantage_stats(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> dict[str, float]:
-    """Logging figures over all real sequences: mean, std (population), max, and
-    zero_group_frac = share of non-empty groups whose advantages are all |A| <= eps
-    (groups that teach nothing, e.g. all rewards equal)."""
-    vals = adv[mask]
+def advantage_stats(steps: list[tuple[Tensor, Tensor]], eps: float = 1e-8) -> dict[str, float]:
+    """An epoch row's advantage figures from its steps' (A [B, G], mask [B, G]) pairs.
+
+    Over every real sequence of the epoch: adv/mean, adv/std (population), adv/max;
+    adv/zero_frac = share of the epoch's non-empty groups whose advantages are all |A| <= eps
+    (groups that teach nothing, e.g. all rewards equal): a count over the whole epoch, not a
+    mean of per-step shares. No real sequence gives zeros.
+    """
+    vals = torch.cat([a[m] for a, m in steps]) if steps else torch.zeros(0)
     if vals.numel() == 0:
-        return {"adv_mean": 0.0, "adv_std": 0.0, "adv_max": 0.0, "zero_group_frac": 0.0}
-    has = mask.any(-1)
-    flat = ((adv.abs() <= eps) | ~mask).all(-1) & has
+        return {"adv/mean": 0.0, "adv/std": 0.0, "adv/max": 0.0, "adv/zero_frac": 0.0}
+    flat = torch.cat([((a.abs() <= eps) | ~m).all(-1)[m.any(-1)] for a, m in steps])  # per non-empty group
     return {
-        "adv_mean": float(vals.mean()),
-        "adv_std": float(vals.std(unbiased=False)),
-        "adv_max": float(vals.max()),
-        "zero_group_frac": float(flat.sum()) / max(int(has.sum()), 1),
+        "adv/mean": vals.mean().item(),
+        "adv/std": vals.std(unbiased=False).item(),
+        "adv/max": vals.max().item(),
+        "adv/zero_frac": flat.float().mean().item(),
     }
 
 
@@ -198,28 +201,43 @@ def group_zscore_clamped(rewards: Tensor, mask: Tensor, clamp: float = 3.0) -> T
     return masked_fill0(z.clamp(-clamp, clamp), mask)
 
 
+def kept_first(keep: Tensor) -> Tensor:
+    """Gather index [B, G'] that moves each group's kept sequences (`keep` [B, G] True) to the
+    front, in order, trimmed to the largest kept group (at least 1): x.gather(1, idx) re-pads x."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    return order[:, : max(int(keep.sum(1).max()), 1)]
+
+
 def two_stage_advantages(
     rewards: Tensor,
     mask: Tensor,
     k: int | None,
-    group_clip: float = 3.0,
+    group_clip: float | None = 3.0,
     kind: Literal["rank", "zscore", "centered"] = "zscore",
     std_floor: float = 0.1,
     clip: float = 5.0,
     ties: Literal["index", "topk"] = "topk",
     rank_ties: Literal["average", "first"] = "average",
+    compact: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """The original's advantages: (A [B, G], kept [B, G] bool).
+    """GRPO's advantages: (A, kept [B, G] bool), the original's two stages or lever's one.
 
     1. z = group_zscore_clamped(r) over all the group's real sequences (clamped to +-group_clip);
-    2. kept = the top-k of the group by z (top_k_mask with `ties`; k None = all);
+       group_clip None skips this stage (lever's normalisation: z = r);
+    2. kept = the top-k of the group by z (top_k_mask with `ties`; k None = all real sequences);
     3. A = group_advantages(z over the kept sequences, kind, std_floor, clip): for zscore,
        A = (z - mean_kept) / max(std_kept, std_floor), so the floor is in z units.
-    A is 0 outside `kept`.
+    A is [B, G] and 0 outside `kept`; with `compact` (and k given) it is in the layout
+    Batch.keep(kept) gives (kept sequences first, re-padded, see kept_first): the one the
+    trainer scores, so its sums run over exactly the values the step sees.
     """
-    z = group_zscore_clamped(rewards, mask, group_clip)
+    z = rewards if group_clip is None else group_zscore_clamped(rewards, mask, group_clip)
     kept = top_k_mask(z, mask, k, ties)
-    return group_advantages(z, kept, kind, std_floor, rank_ties, clip), kept
+    z_used, kept_used = z, kept
+    if compact and k is not None:
+        idx = kept_first(kept)
+        z_used, kept_used = z.gather(1, idx), kept.gather(1, idx)
+    return group_advantages(z_used, kept_used, kind, std_floor, rank_ties, clip), kept
 
 
 # ---- RCE -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -409,7 +409,7 @@ class StageRunner:
         self.model.train(self.s.kind != "grpo" or self.s.opt.policy_mode == "train")
         self.rep.epoch_start(self.s.name, epoch, self.s.epochs, self.steps_per_epoch)
         acc: dict[str, float] = {}
-        advs: list[tuple[Tensor, Tensor]] = []
+        advs: list[tuple[Tensor, Tensor]] = []  # GRPO: each step's (advantages, mask)
         norms: list[float] = []
         row_first = float("nan")
         with threads_for_batch(self.s.opt.batch_size):  # batch 1: one thread is faster (lever.threads)
@@ -450,16 +450,7 @@ class StageRunner:
         if self.s.kind == "grpo":
             row["policy/clip_frac_pos"] = pos_clipped / pos if pos else 0.0
         if advs:
-            vals = torch.cat([v for v, _ in advs])  # every real sequence's advantage this epoch
-            flat = torch.cat([z for _, z in advs])  # per group: all advantages zero
-            row.update(
-                {
-                    "adv/mean": vals.mean().item(),
-                    "adv/std": vals.std(unbiased=False).item(),
-                    "adv/max": vals.max().item(),
-                    "adv/zero_frac": flat.float().mean().item(),
-                }
-            )
+            row.update(L.advantage_stats(advs))
             row["policy/first_step_ratio"] = row_first  # the ratio before this epoch's first update
             row["policy/start_ratio"] = self.start_ratio
             row["kl/beta"] = self.beta  # per-step cadence: the beta after the epoch's last step
@@ -494,13 +485,16 @@ class StageRunner:
         schedule = [(c.from_epoch, c.top_k) for c in opt.top_k_schedule]
         k = L.top_k_for_epoch(schedule, epoch)
         a = opt.advantage
-        if a.normalization == "original":
-            # Stage 1 over the whole group, top-k by its values, stage 2 over the kept ones (in z units).
-            b = replace(b, rewards=L.group_zscore_clamped(b.raw, b.mask, a.group_clip))
+        # "original": stage 1 (z-score) over the whole group's raw rewards, top-k by its values, stage 2
+        # over the kept ones (in z units); "lever": top-k and advantages on the stage's rewards.
+        original = a.normalization == "original"
+        rewards, group_clip = (b.raw, a.group_clip) if original else (b.rewards, None)
+        adv, kept = L.two_stage_advantages(
+            rewards, b.mask, k, group_clip, a.kind, a.std_floor, a.clip, opt.top_k_ties, a.rank_ties, compact=True
+        )
         if k is not None:
-            b = b.keep(L.top_k_mask(b.rewards, b.mask, k, opt.top_k_ties))
+            b = b.keep(kept)  # the layout `adv` is in
         mask = b.mask
-        adv = L.group_advantages(b.rewards, mask, a.kind, a.std_floor, a.rank_ties, a.clip)
         logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, mask)
         logp_ref = self.logp_ref[b.seq] * mask  # [B, G]
         ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
@@ -517,6 +511,4 @@ class StageRunner:
             "policy/ratio_mean": st["ratio_mean"],
             "train/loss": loss.item(),
         }
-        has = mask.any(-1)
-        flat = ((adv.abs() <= 1e-8) | ~mask).all(-1)[has]
-        return loss, logs, (adv.detach()[mask].cpu(), flat.cpu())
+        return loss, logs, (adv.detach().cpu(), mask.cpu())
