@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lever.data.stats import FLAT
+from lever.spec import diff_specs
 
 from .results import PlanRuns, QuestionResults, selected_metrics
 from .significance import paired_test
@@ -211,33 +212,6 @@ def training_rows(plan: PlanRuns) -> list[TrainingRow]:
 
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(_flatten(v, key) if isinstance(v, dict) and v else {key: v})
-    return out
-
-
-def diff_specs(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
-    """Keys whose values differ between two resolved specs, as (dotted key, a value, b value).
-
-    Uses ``lever.spec.diff_specs`` when it exists; otherwise flattens both dicts here.
-    """
-    try:
-        from lever.spec import diff_specs as spec_diff  # lazy: the spec package owns the rule
-    except ImportError:
-        spec_diff = None
-    if spec_diff is not None:
-        return [tuple(x) for x in spec_diff(a, b)]  # type: ignore[misc]
-    fa, fb = _flatten(a), _flatten(b)
-    missing = object()
-    keys = sorted(set(fa) | set(fb))
-    return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k, missing) != fb.get(k, missing)]
 
 
 def build_comparison(
