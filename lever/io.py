@@ -191,3 +191,20 @@ def file_lock(path: Path, *, wait: bool, what: str, on_wait: Callable[[str], Non
         yield
     finally:
         fh.close()
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the `file_lock` on `path` now ("pid 123"), or None when nobody does (or the file is absent).
+
+    A probe: it takes the lock without waiting and lets it go at once; it never creates the file."""
+    try:
+        fh = open(path)
+    except FileNotFoundError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None

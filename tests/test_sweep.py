@@ -307,6 +307,22 @@ def test_unknown_logger_is_a_workspace_error(lever, ws):
     assert res.code == 2 and "loggers" in res.text and "tensorboard" in res.text, res.text
 
 
+def test_a_sweep_skips_a_run_another_process_holds(lever, ws):
+    from lever.io import file_lock, lock_holder
+    from lever.runs.layout import RunsFolder
+
+    grid = ["--grid", "rce.lr=1e-4", "--seeds", "1"]  # the plan's own value: one run
+    (job,) = expand(BASE, FAST, parse_grid(grid[1:2]), [1], PLANS).jobs
+    lock = RunsFolder(ws / "runs").run("baseline", job.member.spec_hash, 1).lock
+    assert lock_holder(lock) is None and not lock.exists()  # nobody holds it, and the probe does not create it
+    with file_lock(lock, wait=False, what="seed 1"):  # as another sweep's `lever run` would hold it
+        assert lock_holder(lock) == f"pid {os.getpid()}"
+        res = run_cli(lever, "sweep", BASE, *FAST, *grid)
+    assert res.code == 0 and f"baseline seed 1: being run by pid {os.getpid()}" in res.text, res.text
+    assert "skipped: run the same sweep again when it finishes" in res.text and "FAILED" not in res.text
+    assert lock_holder(lock) is None and not run_dirs(ws / "runs")  # released; the job never started
+
+
 # ------------------------------------------------------------------ whole sweeps (slow)
 
 
@@ -344,6 +360,33 @@ def test_sweep_through_submitits_local_executor_gives_identical_metrics(lever, w
     for job in record["jobs"].values():  # submitit's own log, linked both ways
         assert job["job_id"] and (ws / "runs" / job["log"]).is_file()
         assert json.loads((ws / "runs" / job["run"] / "provenance.json").read_text())["job"]["log"] == job["log"]
+
+
+@pytest.mark.slow
+def test_a_run_another_process_holds_is_skipped_and_the_others_run(lever, ws, monkeypatch):
+    from lever.io import file_lock, lock_holder
+    from lever.runs.layout import RunsFolder
+
+    grid = ["--grid", "rce.lr=1e-4,3e-4", "--seeds", "1"]
+    base, other = expand(BASE, FAST, parse_grid(grid[1:2]), [1], PLANS).jobs
+    lock = RunsFolder(ws / "runs").run("baseline", base.member.spec_hash, 1).lock
+    skipped = f"baseline seed 1: being run by pid {os.getpid()}"
+    with file_lock(lock, wait=False, what="seed 1"):  # as another sweep's `lever run` would hold it
+        res = run_cli(lever, "sweep", BASE, *FAST, *grid)
+        assert res.code == 0 and skipped in res.text and "FAILED" not in res.text, res.text
+        assert "start baseline seed 1" not in res.text and "done baseline@rce.lr=3e-4 seed 1" in res.text
+        assert list(run_dirs(ws / "runs")) == [(other.member.spec_hash, 1)]  # the other ran; the held one never started
+        # The lock taken after the probe: the job's `lever run` refuses, and that is a skip too.
+        with monkeypatch.context() as m:
+            m.setattr(executors, "busy", lambda job, root: None)
+            res = run_cli(lever, "sweep", BASE, *FAST, *grid)
+        assert res.code == 0 and "1 already done, 1 to run" in res.text and "start baseline seed 1" in res.text
+        assert skipped in res.text and "FAILED" not in res.text, res.text
+        record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
+        assert all(j["error"] is None for j in record["jobs"].values())
+    assert lock_holder(lock) is None
+    res = run_cli(lever, "sweep", BASE, *FAST, *grid)  # the same sweep, once the other has finished
+    assert res.code == 0 and "1 already done, 1 to run" in res.text and "done baseline seed 1" in res.text, res.text
 
 
 @pytest.mark.slow

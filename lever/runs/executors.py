@@ -7,13 +7,15 @@
   parallelism), or submitit's local executor, the same path on this machine;
 - print: the commands, for any other scheduler.
 
-Every job writes its own log; the sweep's record links each job's log to its run folder.
+Every job writes its own log; the sweep's record links each job's log to its run folder. A job whose run
+another process is running (a second sweep over the same runs folder) is skipped, not failed.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -24,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from lever.errors import LeverError
+from lever.io import lock_holder
 from lever.threads import THREADS_ENV, available_cores
 
+from .layout import RunsFolder
 from .sweep import Job
 
 LEVER = [sys.executable, "-m", "lever_cli"]  # this interpreter's lever, whatever is on PATH
@@ -33,13 +37,39 @@ LEVER = [sys.executable, "-m", "lever_cli"]  # this interpreter's lever, whateve
 
 @dataclass
 class Outcome:
-    """How one job ended: `ok`, its log file and, when it failed, why."""
+    """How one job ended: `ok`, its log file and, when it failed or was skipped, why."""
 
     job: Job
     ok: bool
     log: Path | None
     detail: str = ""
     job_id: str | None = None
+    skipped: bool = False  # its run is being run by another process: not failed, the same sweep later runs it
+
+
+# `lever run` refusing a run another process holds (lever.io.file_lock's message)
+_BUSY = re.compile(r"is being run by (.+?); wait for it to finish")
+
+
+def busy(job: Job, runs_root: Path) -> Outcome | None:
+    """A skipped Outcome when another process holds the lock of `job`'s run (another sweep, a `lever run`), else None."""
+    lp = job.member.plan
+    holder = lock_holder(RunsFolder(runs_root).run(lp.name, lp.hash, job.seed).lock)
+    return None if holder is None else _skipped(job, holder)
+
+
+def _skipped(job: Job, holder: str, log: Path | None = None) -> Outcome:
+    why = f"being run by {holder} (another sweep or `lever run`); skipped: run the same sweep again when it finishes"
+    return Outcome(job, True, log, why, skipped=True)
+
+
+def _say(o: Outcome, say: Callable[[str], None]) -> None:
+    """One line per finished job: done, skipped (and why) or FAILED, with its log."""
+    if o.skipped:
+        say(f"{o.job.name}: {o.detail}")
+        return
+    where = f"  job {o.job_id}" if o.job_id else ""
+    say(f"{'done' if o.ok else 'FAILED'} {o.job.name}{where}  log {o.log}" + (f" ({o.detail})" if o.detail else ""))
 
 
 @dataclass
@@ -111,6 +141,8 @@ def run_local(
         env = slots.get()
         log = logs / f"{job.member.spec_hash}-seed-{job.seed}.log"
         try:
+            if (skip := busy(job, runs_root)) is not None:  # probed when its turn comes, just before it would start
+                return skip
             say(f"start {job.name}  ({', '.join(f'{k}={v}' for k, v in env.items())})")
             extra = {**env, "LEVER_SWEEP": sweep, "LEVER_JOB_LOG": log.relative_to(runs_root).as_posix()}
             with open(log, "w", encoding="utf-8") as fh:
@@ -123,6 +155,8 @@ def run_local(
                 running.discard(proc)
         finally:
             slots.put(env)
+        if code == 1 and (taken := _BUSY.search(log.read_text(encoding="utf-8", errors="replace"))):
+            return _skipped(job, taken.group(1), log)  # the lock was taken between the probe and the start
         return Outcome(job, code == 0, log, "" if code == 0 else f"exit {code}")
 
     out = []
@@ -130,7 +164,7 @@ def run_local(
     try:
         for fut in as_completed([pool.submit(one, j) for j in jobs]):
             o = fut.result()
-            say(f"{'done' if o.ok else 'FAILED'} {o.job.name}  log {o.log}" + (f" ({o.detail})" if o.detail else ""))
+            _say(o, say)
             out.append(o)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -165,6 +199,12 @@ def run_submitit(
         raise LeverError(
             f"--executor slurm: {err}", hint="run the sweep on a machine that submits to Slurm, or use --print"
         ) from None
+    skipped = [o for o in (busy(j, runs_root) for j in jobs) if o is not None]  # checked once, at submission
+    for o in skipped:
+        _say(o, say)
+    jobs = [j for j in jobs if all(o.job is not j for o in skipped)]
+    if not jobs:
+        return skipped
     params: dict[str, Any] = {"timeout_min": opts.time_min, "name": f"lever-{sweep}"}
     env = {"LEVER_SWEEP": sweep}
     at_once = min(opts.parallelism or len(jobs), len(jobs))
@@ -179,7 +219,7 @@ def run_submitit(
         env[THREADS_ENV] = str(max(1, available_cores() // at_once))
         batches = [jobs[i : i + at_once] for i in range(0, len(jobs), at_once)]
     executor.update_parameters(**params)
-    out = []
+    out = skipped
     for batch in batches:
         out += _submit(executor, batch, env, workspace, runs_root, f"{cluster} ({folder})", say)
     return out
@@ -208,7 +248,7 @@ def _submit(
             ok, detail = True, ""
         except Exception as err:  # a failed job: the scheduler's own message, the log has the rest
             ok, detail = False, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        log = Path(handle.paths.stdout)
-        say(f"{'done' if ok else 'FAILED'} {job.name}  job {handle.job_id}  log {log}" + (f" ({detail})" if detail else ""))
-        out.append(Outcome(job, ok, log, detail, str(handle.job_id)))
+        o = Outcome(job, ok, Path(handle.paths.stdout), detail, str(handle.job_id))
+        _say(o, say)
+        out.append(o)
     return out
