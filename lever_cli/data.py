@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.spec import load_plan
+from lever.spec.load import format_validation_error
 from lever.spec.schema import RewardSpec
 
 from ._common import OverrideOpt, workspace
@@ -264,8 +265,7 @@ def balance(
     try:
         reward = RewardSpec(mode=reward_mode, hard_weight=hard_weight, soft_weight=soft_weight, rel_weight=rel_weight)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise LeverError(f"reward options: {problems}") from None
+        raise format_validation_error(err, "reward options", RewardSpec) from None
     opts = BalanceOptions(
         drop_failed=drop_failed, drop_uniform=drop_uniform, positive_ratio=_band(positive_ratio),
         group_size=group_size, pool_size=pool_size,

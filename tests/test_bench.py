@@ -52,9 +52,9 @@ def test_bad_settings_name_the_field(bad: dict, field: str) -> None:
 
 
 def test_bad_types_and_unknown_keys_are_lever_errors() -> None:
-    with pytest.raises(LeverError, match="n_train = 'many'"):
+    with pytest.raises(LeverError, match=r"^n_train: Input should be a valid integer.*\(got 'many'\)"):
         BenchConfig(n_train="many")
-    with pytest.raises(LeverError, match="bench.pool: unknown benchmark setting"):
+    with pytest.raises(LeverError, match="^bench.pool: unknown key. did you mean 'pool_size'"):
         BenchConfig.parse({"pool": 64})
     with pytest.raises(LeverError, match=r"bench\.shots = 100 is out of range: must be in \[1, 64 \(pool_size\)\]"):
         BenchConfig.parse({"shots": 100})

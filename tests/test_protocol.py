@@ -101,7 +101,7 @@ def test_protocol_files_are_data_and_errors_name_the_key(tmp_path):
     with pytest.raises(LeverError, match=r"mine.toml: query_template: .*cannot contain \{answer\}"):
         load_protocol(str(path))
     path.write_text('demo_template = "{question}"\nquery_template = "{question}"\nsystem = "x"\n')
-    with pytest.raises(LeverError, match="mine.toml: system: Extra inputs"):
+    with pytest.raises(LeverError, match="mine.toml: system: unknown key. did you mean 'system_prompt'"):
         load_protocol(str(path))
     with pytest.raises(LeverError, match="neither a shipped protocol nor a protocol file"):
         load_protocol("lever_plus")

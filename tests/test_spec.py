@@ -263,6 +263,7 @@ def test_workspace_from_environment_and_bad_key(lever, tmp_path, monkeypatch):
     ws = write(tmp_path, "w.toml", 'runz = "x"\n')
     res = lever("--workspace", ws, "show", "plan5")
     assert res.code == 2 and "runz" in res.err and "did you mean 'runs'" in res.err
+    assert "Valid keys here: runs, cache, plans" in res.err  # root and source are lever's, not the file's
     res = lever("--workspace", tmp_path / "missing.toml", "show", "plan5")
     assert res.code == 2 and "missing.toml" in res.err and "does not exist" in res.err
 

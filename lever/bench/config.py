@@ -13,6 +13,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lever.errors import LeverError
 from lever.keys import content_key
+from lever.spec.load import format_validation_error
+
+BENCH_DOCS = "see docs/benchmark.md for the benchmark settings and their ranges"
 
 # Bump when the generator changes what it writes for the same settings: old cache entries stop matching.
 GENERATOR_VERSION = 1
@@ -96,7 +99,7 @@ class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise _as_lever_error(err) from None
+            raise format_validation_error(err, "", BenchConfig, hint=BENCH_DOCS) from None
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "bench") -> BenchConfig:
@@ -104,7 +107,7 @@ class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise _as_lever_error(err, where) from None
+            raise format_validation_error(err, "", cls, f"{where}.", BENCH_DOCS) from None
         except LeverError as err:
             raise LeverError(f"{where}.{err.args[0]}", hint=err.hint) from None
 
@@ -185,17 +188,3 @@ def _between(cfg: BenchConfig, name: str, low: float, high: float, high_name: st
     if not low <= value <= high:
         upper = f"{high} ({high_name})" if high_name else f"{high}"
         _fail(name, value, f"in [{low}, {upper}]")
-
-
-def _as_lever_error(err: ValidationError, where: str | None = None) -> LeverError:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "settings"
-    if where:
-        key = f"{where}.{key}"
-    if first["type"] == "extra_forbidden":
-        known = ", ".join(BenchConfig.model_fields)
-        return LeverError(f"{key}: unknown benchmark setting", hint=f"known settings: {known}")
-    return LeverError(
-        f"{key} = {first.get('input')!r} is invalid: {first['msg']}",
-        hint="see docs/benchmark.md for the benchmark settings and their ranges",
-    )

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lever.errors import LeverError
+from lever.spec.load import format_validation_error
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,12 +155,7 @@ def load_protocol(ref: str) -> PromptProtocol:
     try:
         spec = _ProtocolFile.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(x) for x in first["loc"]) or "(file)"
-        raise LeverError(
-            f"protocol file {path}: {key}: {first['msg']}",
-            hint=f"valid keys: {', '.join(_ProtocolFile.model_fields)}",
-        ) from None
+        raise format_validation_error(e, f"protocol file {path}", _ProtocolFile) from None
     name = ref if path.parent == SHIPPED else str(path)
     return PromptProtocol(name=name, **spec.model_dump(exclude={"description"}))
 

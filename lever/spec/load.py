@@ -112,7 +112,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
+    """The keys a user may write in the model's table (not those lever sets, SET_BY_LEVER)."""
+    return [k for k in model.model_fields if k not in getattr(model, "SET_BY_LEVER", ())]
 
 
 def suggest(name: str, options: list[str]) -> str:
@@ -202,8 +203,9 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def _loc_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    here: type[BaseModel] | None = Plan
+def _loc_model(loc: tuple[Any, ...], root: type[BaseModel] = Plan) -> type[BaseModel] | None:
+    """The model of the table at `loc` inside `root` (None when the path leaves the models)."""
+    here: type[BaseModel] | None = root
     for key in loc:
         if here is None:
             return None
@@ -215,14 +217,19 @@ def _loc_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return here
 
 
-def format_validation_error(err: ValidationError, where: str) -> LeverError:
-    """One line per problem: `file: key.path: what is wrong (what is valid)`."""
+def format_validation_error(
+    err: ValidationError, where: str, model: type[BaseModel] = Plan, key_prefix: str = "", hint: str | None = None
+) -> LeverError:
+    """The user's message for any pydantic ValidationError, one line per problem:
+    `where: key.path: what is wrong (got value)`. An unknown key names the closest valid one and lists
+    the valid keys of its table (`model` is the validated root). `key_prefix` goes before every key
+    (e.g. "bench."); an empty `where` leaves that part out."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        dotted = key_prefix + ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
-            parent = _loc_model(loc[:-1])
+            parent = _loc_model(loc[:-1], model)
             options = _field_names(parent) if parent else []
             lines.append(f"{dotted}: unknown key. {suggest(str(loc[-1]), options)}Valid keys here: {', '.join(options)}")
             continue
@@ -230,9 +237,10 @@ def format_validation_error(err: ValidationError, where: str) -> LeverError:
         got = e.get("input")
         shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
         lines.append(f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}")  # plan-wide checks name their keys
+    head = f"{where}: " if where else ""
     if len(lines) == 1:
-        return LeverError(f"{where}: {lines[0]}")
-    return LeverError(f"{where}: {len(lines)} problems:\n  " + "\n  ".join(lines))
+        return LeverError(head + lines[0], hint=hint)
+    return LeverError(f"{head}{len(lines)} problems:\n  " + "\n  ".join(lines), hint=hint)
 
 
 def validate_plan(data: dict[str, Any], where: str) -> Plan:

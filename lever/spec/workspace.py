@@ -33,16 +33,17 @@ Example `lever.toml` for a real OK-VQA setup::
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lever.errors import LeverError
 from lever.io import read_text
+
+from .load import format_validation_error
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,6 +79,8 @@ class ModelPaths(_Strict):
 
 class Workspace(_Strict):
     """Where things live. No `candidates` table means the bundled benchmark."""
+
+    SET_BY_LEVER: ClassVar[tuple[str, ...]] = ("root", "source")  # not keys of the file
 
     root: Path = Field(Path("."), description="Directory relative paths are resolved against")
     source: str = Field("bundled benchmark (no workspace file)", description="Where this workspace came from")
@@ -138,20 +141,10 @@ def load_workspace(flag: str | Path | None = None) -> Workspace:
         data = tomllib.loads(read_text(path, "workspace file"))
     except tomllib.TOMLDecodeError as err:
         raise LeverError(f"{path}: invalid TOML: {err}") from None
-    for reserved in ("root", "source"):
+    for reserved in Workspace.SET_BY_LEVER:
         if reserved in data:
             raise LeverError(f"{path}: '{reserved}' is set by lever, not in the workspace file")
     try:
         return Workspace(root=path.resolve().parent, source=f"{path} (from {origin})", **data)
     except ValidationError as err:
-        keys = [k for k in Workspace.model_fields if k not in ("root", "source")]
-        lines = []
-        for e in err.errors():
-            where = ".".join(map(str, e["loc"]))
-            close = difflib.get_close_matches(str(e["loc"][-1]), keys, n=1) if e["type"] == "extra_forbidden" else []
-            lines.append(
-                f"{where}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-                + (f" (did you mean '{close[0]}'?)" if close else "")
-            )
-        valid = ", ".join(keys)
-        raise LeverError(f"{path}: " + "; ".join(lines), hint=f"workspace keys: {valid}") from None
+        raise format_validation_error(err, str(path), Workspace) from None
