@@ -48,13 +48,15 @@ _memo: dict[str, str] = {}
 
 
 def file_digest(path: Path, memo_file: Path | None = None) -> str:
-    """SHA-256 of a file, remembered by (absolute path, size, mtime) in memory and in `memo_file`."""
+    """SHA-256 of a file, remembered in memory and in `memo_file` by (absolute path, size, mtime, inode,
+    ctime): an edit that keeps the size and sets the mtime back (os.utime) still changes the ctime, which a
+    user cannot set, and a replaced file has another inode."""
     path = Path(path)
     try:
         st = path.stat()
     except OSError as err:
         raise LeverError(f"input file {path} cannot be read: {err.strerror}") from None
-    tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
     if tag in _memo:
         return _memo[tag]
     disk: dict[str, str] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 from lever.keys import _memo, content_key, file_digest, listing_fingerprint, model_fingerprint
 
@@ -28,6 +29,22 @@ def test_file_digest_is_remembered_by_size_and_mtime(tmp_path):
     os.utime(f, ns=(f.stat().st_mtime_ns + 10**9,) * 2)
     assert file_digest(f, memo) == hashlib.sha256(b"two").hexdigest()
     assert len(json.loads(memo.read_text())) == 1  # one entry per file: the memo does not grow
+
+
+def test_file_digest_sees_a_same_size_edit_with_the_mtime_set_back(tmp_path):
+    f, memo = tmp_path / "a.bin", tmp_path / "memo.json"
+    f.write_bytes(b"one")
+    before = f.stat()
+    assert file_digest(f, memo) == hashlib.sha256(b"one").hexdigest()
+    while f.stat().st_ctime_ns == before.st_ctime_ns:  # the kernel's clock moves in ticks of a few ms
+        time.sleep(0.005)
+        f.write_bytes(b"two")  # same size, same inode
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as they were
+    now = f.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert file_digest(f, memo) == hashlib.sha256(b"two").hexdigest()  # not the in-process memo's
+    _memo.clear()
+    assert file_digest(f, memo) == hashlib.sha256(b"two").hexdigest()  # nor the memo file's
 
 
 def test_folder_and_model_fingerprints_change_with_their_files(tmp_path):
