@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,41 @@ from lever.errors import DamagedState, LeverError
 from lever.keys import bytes_digest
 
 
+def _read_umask() -> int:
+    """The process's umask (os.umask can only be read by setting it: set it back at once)."""
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file: 0644 under the usual umask 022
+
+
+def _write_failure(err: Exception, path: Path) -> OSError | None:
+    """A writer's report of a failed write as an OSError naming `path`, or None when `err` is another error.
+
+    torch.save reports a full disk as a RuntimeError ("file write failed"); safetensors as a
+    SafetensorError ("I/O error: No space left on device (os error 28)"). The errno is the one the
+    message gives, else ENOSPC when it says the disk is full, else EIO.
+    """
+    text = str(err)
+    if type(err).__name__ == "SafetensorError":
+        if not re.search(r"i/?o ?error|os error", text, re.IGNORECASE):
+            return None
+    elif not (isinstance(err, RuntimeError) and "write" in text.lower()):
+        return None
+    code = re.search(r"(?:os error|code:) ?(\d+)", text)
+    number = int(code.group(1)) if code else errno.ENOSPC if "no space left" in text.lower() else errno.EIO
+    return OSError(number, f"write failed ({text.splitlines()[0][:200]})", str(path))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file next to `path`, fsync it, then rename it into place."""
+    """Call `write(tmp)` on a temporary file next to `path`, fsync it, then rename it into place.
+
+    The file gets the mode a plain open() would give (FILE_MODE), not mkstemp's 0600. A failed write
+    or fsync is an OSError naming `path` (not the temporary file), also when the writer reported it
+    otherwise (_write_failure); the temporary file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -25,12 +59,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         try:
             write(tmp_path)
-        except RuntimeError as err:  # torch.save reports a full disk as a RuntimeError ("file write failed")
-            if "write" not in str(err).lower():
+            os.chmod(tmp_path, FILE_MODE)  # after the write: a writer may replace the file it was given
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as err:
+            if err.filename in (None, tmp, tmp_path):
+                err.filename = str(path)
+            raise
+        except Exception as err:
+            failure = _write_failure(err, path)
+            if failure is None:
                 raise
-            raise OSError(errno.EIO, f"write failed ({str(err).splitlines()[0][:200]})", str(path)) from err
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+            raise failure from err
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
