@@ -234,6 +234,31 @@ def test_override_with_bad_value(lever):
     assert res.code == 2 and "grpo.eps_low" in res.err and "greater than 0" in res.err
 
 
+OUT_OF_BOUNDS = [
+    ("rce.epochs=99999999999999999999999", "rce.epochs", "100000"),
+    ("eval.questions=1e10", "eval.questions", "10000000"),
+    ("grpo.epochs=100001", "grpo.epochs", "100000"),
+    ("sft.epochs=1e6", "sft.epochs", "100000"),
+    ("phases=[{name='a', epochs=200000}]", "phases.0.epochs", "100000"),
+    ("rce.batch_size=1e9", "rce.batch_size", "65536"),
+    ("eval.pool_size=1e9", "eval.pool_size", "100000"),
+    ("eval.shots=[1, 64]", "shots must each be in 1..8", "[64]"),
+    ("seeds=[0, 1e10]", "seeds.1", "4294967295"),
+    (f"seeds={list(range(1001))}", "seeds", "at most 1000 items"),
+]
+
+
+@pytest.mark.parametrize("override,key,bound", OUT_OF_BOUNDS, ids=[o[1] for o in OUT_OF_BOUNDS])
+def test_counts_that_cannot_be_meant_are_refused(lever, override, key, bound):
+    with pytest.raises(LeverError) as err:
+        load_plan(PLANS_DIR / "plan5.toml", [override])
+    assert key in str(err.value) and bound in str(err.value), str(err.value)
+    if override.startswith("rce.epochs"):  # through the CLI: exit 2, one line naming the key and the bound
+        res = lever("validate", "plan5", override)
+        assert res.code == 2 and "rce.epochs: Input should be less than or equal to 100000" in res.err, res.text
+        assert "Traceback" not in res.text
+
+
 def test_unknown_plan_name_suggests(lever):
     res = lever("show", "plan77")
     assert res.code == 2 and "plan77" in res.err and "did you mean" in res.err

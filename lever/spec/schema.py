@@ -13,9 +13,24 @@ what it says; combinations that cannot mean anything fail validation with a mess
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Upper bounds on counts: far above any meant value, so a slip (an extra digit, 1e10 for 1e3) is a
+# validation error naming the key instead of a run that never ends or runs out of memory.
+MAX_EPOCHS = 100_000  # epochs of any stage or phase (and epoch numbers: select.epoch, from_epoch)
+MAX_STEPS = 1_000_000_000  # optimiser steps (warmup_steps)
+MAX_BATCH = 65_536  # queries per optimiser step; questions per generation batch
+MAX_GROUP = 1_000_000  # sequences per query group (data.min_group_size, top-k counts)
+MAX_POOL = 100_000  # candidates per eval question (eval.pool_size)
+MAX_QUESTIONS = 10_000_000  # eval.questions
+MAX_SEEDS = 1_000  # runs per plan (seeds)
+MAX_SEED = 2**32 - 1  # a seed value: what numpy and torch generators take
+MAX_TOKENS = 65_536  # eval.max_new_tokens
+MAX_BEAMS = 1_024  # eval.num_beams
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class Strict(BaseModel):
@@ -51,8 +66,8 @@ class DataFilter(Strict):
     positive_ratio: tuple[float, float] = Field(
         (0.0, 1.0), description="Keep queries whose share of correct sequences lies in [lo, hi]"
     )
-    min_group_size: int = Field(1, ge=1, description="Drop queries with fewer usable sequences than this")
-    top_k: int = Field(0, ge=0, description="Keep only the k best sequences of each group by reward (0 = all)")
+    min_group_size: int = Field(1, ge=1, le=MAX_GROUP, description="Drop queries with fewer usable sequences than this")
+    top_k: int = Field(0, ge=0, le=MAX_GROUP, description="Keep only the k best sequences of each group by reward (0 = all)")
 
     @model_validator(mode="after")
     def _band(self) -> DataFilter:
@@ -144,9 +159,14 @@ class OptimSpec(Strict):
     schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant", description="Learning-rate schedule over the stage's steps"
     )
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description=f"Linear warm-up steps (at most {MAX_STEPS:_})")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(32, ge=1, description="Queries (groups) per optimiser step (the original: 1, whatever it was told)")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        le=MAX_BATCH,
+        description=f"Queries (groups) per optimiser step, at most {MAX_BATCH:_} (the original: 1, whatever it was told)",
+    )
     lr_scaling: Literal["none", "sqrt", "linear"] = Field(
         "none",
         description="How the learning rate follows batch_size: none = lr as given; sqrt / linear = lr is a batch-1 rate "
@@ -163,7 +183,7 @@ class OptimSpec(Strict):
 class RCESpec(OptimSpec):
     """RCE warm-up: reward-weighted cross-entropy, w = softmax(r / tau) over each group."""
 
-    epochs: int = Field(5, ge=0, description="RCE epochs (0 = no RCE stage)")
+    epochs: int = Field(5, ge=0, le=MAX_EPOCHS, description=f"RCE epochs, at most {MAX_EPOCHS:_} (0 = no RCE stage)")
     lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate")
     schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all RCE steps")
     temp_start: float = Field(2.0, gt=0, description="tau at the first RCE step")
@@ -182,7 +202,9 @@ class RCESpec(OptimSpec):
 class SFTSpec(OptimSpec):
     """Supervised warm start before RCE: plain cross-entropy on each group's best sequence (the original's SFT)."""
 
-    epochs: int = Field(0, ge=0, description="SFT epochs, run before RCE (0 = no SFT stage)")
+    epochs: int = Field(
+        0, ge=0, le=MAX_EPOCHS, description=f"SFT epochs, run before RCE, at most {MAX_EPOCHS:_} (0 = no SFT stage)"
+    )
     schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Learning-rate schedule over all SFT steps")
 
 
@@ -241,14 +263,19 @@ class AdvantageSpec(Strict):
 class CurriculumStep(Strict):
     """From epoch `from_epoch` on (1-based), GRPO uses the `top_k` best sequences of each group (0 = all)."""
 
-    from_epoch: int = Field(ge=1, description="First epoch this applies to")
-    top_k: int = Field(ge=0, description="Sequences per group, best by reward (0 = all)")
+    from_epoch: int = Field(ge=1, le=MAX_EPOCHS, description="First epoch this applies to")
+    top_k: int = Field(ge=0, le=MAX_GROUP, description="Sequences per group, best by reward (0 = all)")
 
 
 class GRPOSpec(OptimSpec):
     """GRPO over offline groups: PPO-style ratio to the policy GRPO starts from, plus an optional KL penalty."""
 
-    epochs: int = Field(0, ge=0, description="GRPO epochs (0 = no GRPO stage; with phases, each phase sets its own)")
+    epochs: int = Field(
+        0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description=f"GRPO epochs, at most {MAX_EPOCHS:_} (0 = no GRPO stage; with phases, each phase sets its own)",
+    )
     lr: float = Field(5e-6, gt=0, le=1.0, description="Peak learning rate")
     advantage: AdvantageSpec = Field(default_factory=AdvantageSpec, description="How advantages are computed")
     ppo_clip: bool = Field(True, description="Clip the ratio to [1 - eps_low, 1 + eps_high] in the policy loss")
@@ -295,15 +322,15 @@ class DataOverride(Strict):
     require_positive: bool | None = Field(None, description="See data.require_positive")
     tiers: list[Tier] | None = Field(None, min_length=1, description="See data.tiers")
     positive_ratio: tuple[float, float] | None = Field(None, description="See data.positive_ratio")
-    min_group_size: int | None = Field(None, ge=1, description="See data.min_group_size")
-    top_k: int | None = Field(None, ge=0, description="See data.top_k")
+    min_group_size: int | None = Field(None, ge=1, le=MAX_GROUP, description="See data.min_group_size")
+    top_k: int | None = Field(None, ge=0, le=MAX_GROUP, description="See data.top_k")
 
 
 class Phase(Strict):
     """One curriculum phase: GRPO with the plan's settings on a filtered subset, from the previous stage's checkpoint."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="Short name, used in metrics and checkpoint files")
-    epochs: int = Field(ge=1, description="GRPO epochs in this phase")
+    epochs: int = Field(ge=1, le=MAX_EPOCHS, description=f"GRPO epochs in this phase (at most {MAX_EPOCHS:_})")
     data: DataOverride = Field(default_factory=DataOverride, description="Filter changes for this phase")
     lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate for this phase (default: grpo.lr)")
     handoff: Literal["selected", "last"] | None = Field(
@@ -358,15 +385,17 @@ class SelectSpec(Strict):
     metric: str = Field("val/loss", description="A metric name from metrics.jsonl")
     mode: Literal["min", "max"] = Field("min", description="Lowest or highest value wins (ties: earliest epoch)")
     epoch: int | None = Field(
-        None, ge=1, description="Pin the final stage's selection to this epoch (a hand pick, recorded as such)"
+        None, ge=1, le=MAX_EPOCHS, description="Pin the final stage's selection to this epoch (a hand pick, recorded as such)"
     )
 
 
 class EvalSpec(Strict):
     """ICL evaluation of the selected checkpoint (docs/evaluation.md)."""
 
-    shots: list[int] = Field([1, 2, 3, 4], min_length=1, description="Numbers of demonstrations to evaluate")
-    questions: int = Field(800, ge=1, description="First N eval questions by question_id")
+    shots: list[int] = Field([1, 2, 3, 4], min_length=1, description="Numbers of demonstrations to evaluate, each 1..8")
+    questions: int = Field(
+        800, ge=1, le=MAX_QUESTIONS, description=f"First N eval questions by question_id (at most {MAX_QUESTIONS:_})"
+    )
     splits: list[Literal["val", "train"]] = Field(["val"], min_length=1, description="Eval splits")
     backend: Literal["auto", "sim", "hf"] = Field(
         "auto", description="auto = the workspace's backend (sim on the bundled benchmark)"
@@ -374,10 +403,10 @@ class EvalSpec(Strict):
     pool: Literal["random", "similar"] = Field(
         "similar", description="Per-question candidate pool: seeded random draw or nearest by feature similarity"
     )
-    pool_size: int = Field(64, ge=1, description="K: candidates per question")
-    batch_size: int = Field(8, ge=1, description="VLM generation batch size")
-    max_new_tokens: int = Field(5, ge=1, description="Generation length")
-    num_beams: int = Field(3, ge=1, description="Beam search width")
+    pool_size: int = Field(64, ge=1, le=MAX_POOL, description=f"K: candidates per question (at most {MAX_POOL:_})")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH, description=f"VLM generation batch size (at most {MAX_BATCH:_})")
+    max_new_tokens: int = Field(5, ge=1, le=MAX_TOKENS, description=f"Generation length (at most {MAX_TOKENS:_})")
+    num_beams: int = Field(3, ge=1, le=MAX_BEAMS, description=f"Beam search width (at most {MAX_BEAMS:_})")
     max_failed: float = Field(
         0.01,
         ge=0,
@@ -427,7 +456,12 @@ class Plan(Strict):
 
     description: str = Field("", description="One line: what this plan changes, and against which plan")
     extends: str | None = Field(None, description="A plan file this one modifies (resolved relative to this file)")
-    seeds: list[int] = Field([0], min_length=1, description="One run per seed")
+    seeds: list[Seed] = Field(
+        [0],
+        min_length=1,
+        max_length=MAX_SEEDS,
+        description=f"One run per seed: at most {MAX_SEEDS:_} seeds, each in 0..2**32 - 1",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     start: StartSpec = Field(default_factory=StartSpec, description="Where training starts")
     data: DataSpec = Field(default_factory=DataSpec, description="Candidate data and its filter")
