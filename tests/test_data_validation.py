@@ -233,3 +233,44 @@ def test_file_level_problems(tmp_path, text, expected):
 def test_missing_file(tmp_path):
     code, out = run_cli("stats", tmp_path / "nope.json", "--no-cache")
     assert code == 2 and "no such candidate-data file" in out
+
+
+def _repeat_key(text: str, key: str) -> str:
+    """The JSON text with query `key`'s record given a second time, at the end (json.dumps cannot write that)."""
+    record = json.dumps(json.loads(text)[key], indent=2)
+    return text.rstrip().removesuffix("}") + f',\n  "{key}": {record}\n}}\n'
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["plain", "with NaN literals"])
+def test_query_key_given_twice(tmp_path, nan):
+    recs = base()
+    if nan:  # the reader's second path (NaN literals read as marker strings)
+        cand(recs, "100", 0)["unused"] = float("nan")
+    path = write(tmp_path, _repeat_key(json.dumps(recs, indent=2), "103"))
+    assert json.loads(path.read_text()).keys() == recs.keys()  # a JSON reader keeps the last "103" silently
+    for cache in ("--no-cache", "--cache"):  # never parsed, so never cached: refused both times
+        code, out = run_cli("stats", path, cache)
+        assert code == 2 and f"{path}: query key '103' appears more than once" in out, out
+    # the first of three, and a key written with an escape (JSON's "\u0031" is "1")
+    text = json.dumps(recs, indent=2).replace('"100":', '"1\\u0030\\u0030":', 1)
+    code, out = run_cli("stats", write(tmp_path, _repeat_key(_repeat_key(text, "100"), "100")), "--no-cache")
+    assert code == 2 and "query key '100' appears more than once" in out, out
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("vqa_gt_prob", 1.5), ("vqa_gt_prob", -0.25), ("vqa_rel_score", 2)],
+)
+def test_probabilities_outside_0_1(tmp_path, field, value):
+    path = write(tmp_path, corrupt(_set(field, value)))
+    for cache in ("--no-cache", "--cache", "--cache"):  # fresh, then with the parse cache (never filled)
+        code, out = run_cli("stats", path, cache)
+        assert code == 2 and f"{path}: query 103, candidate 1: field '{field}' is {value:g}: it lies in [0, 1]" in out, out
+
+
+def test_probabilities_at_the_ends_and_missing_are_read(tmp_path):
+    recs = corrupt(_set("vqa_gt_prob", 1.0))
+    cand(recs, "103", 2)["vqa_gt_prob"] = 0
+    cand(recs, "103", 3).pop("vqa_rel_score")
+    code, out = run_cli("stats", write(tmp_path, recs), "--no-cache")
+    assert code == 0, out

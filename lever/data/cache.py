@@ -18,7 +18,7 @@ from lever.keys import file_sha256  # noqa: F401  (the parse cache's key; re-exp
 
 from .candidates import CandidateData
 
-CACHE_VERSION = 3  # 3: duplicates are the same ordered sequence (2 compared index sets)
+CACHE_VERSION = 4  # 4: repeated query keys and scores outside [0, 1] are refused; 3: duplicates are ordered sequences
 Log = Callable[[str], Any]
 
 

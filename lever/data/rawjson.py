@@ -12,6 +12,7 @@ them, used fields fail with a precise message, and `unmark` restores the bytes.
 
 from __future__ import annotations
 
+import json
 import mmap
 import re
 from collections.abc import Iterator
@@ -83,6 +84,7 @@ class RawFile:
         try:
             try:
                 members = _TOP.decode(self.buf)
+                self._check_unique(members)
                 self.release()  # the scan paged in the whole file
                 return members
             except msgspec.DecodeError as err:
@@ -92,7 +94,9 @@ class RawFile:
             # Python's json writes NaN / Infinity (not JSON): read them as marker strings, so
             # unused fields may hold them and used fields fail with their query and field
             self.buf, self.marked = mark_nonfinite(self.mm[:]), True
-            return _TOP.decode(self.buf)
+            members = _TOP.decode(self.buf)
+            self._check_unique(members)
+            return members
         except msgspec.ValidationError as err:
             raise LeverError(
                 f"{self.path}: the top level must be a JSON object ({_plain(str(err))})",
@@ -100,6 +104,28 @@ class RawFile:
             ) from None
         except msgspec.DecodeError as err:
             raise LeverError(self._syntax_message(str(err))) from None
+
+    def _check_unique(self, members: dict[str, msgspec.Raw]) -> None:
+        """Refuse a repeated top-level key: a JSON object keeps only its last value, silently.
+
+        Walks the file with the members in order: each is `, "key": value` with the member's key and
+        its value's length, and after the last comes only the closing brace. A repeated key leaves
+        a value the walk does not account for: the first step that does not fit names the key.
+        """
+        buf, pos, prev, gap = self.buf, 0, "?", None
+        for key, value in members.items():
+            gap = _GAP.match(buf, pos)
+            if gap is None or not _is_key(gap.group(1), key):
+                break
+            pos, prev = gap.end() + len(value), key
+        else:
+            if _END.fullmatch(buf, pos):
+                return
+            gap = _GAP.match(buf, pos)  # a further key: one given before
+        raise LeverError(
+            f"{self.path}: query key {json.loads(gap.group(1)) if gap else prev!r} appears more than once",
+            hint="each query is one top-level key; a JSON reader would keep only its last record",
+        )
 
     def release(self) -> None:
         """Unmap the file's pages from this process (they stay in the OS cache and fault back
@@ -146,6 +172,11 @@ class RawFile:
         return ((k, v) for k, v in self.members.items() if not k.startswith("_"))
 
 
+def _is_key(text: bytes, key: str) -> bool:
+    """Whether JSON string `text` (quotes included) is `key`; escapes are decoded only when present."""
+    return text[1:-1] == key.encode() or (b"\\" in text and json.loads(text) == key)
+
+
 def _plain(msg: str) -> str:
     return msg.replace("`", "")
 
@@ -162,6 +193,9 @@ def _byte_of(err: str) -> int | None:
 # NaN / Infinity after ':', ',' or '[' (where a value starts). A string that itself holds
 # such text (": NaN,") is not told apart; it then fails as invalid JSON.
 NONFINITE_AT = re.compile(rb"-?(NaN|Infinity)")
+_STR = rb'"(?:[^"\\]|\\.)*"'  # a JSON string
+_GAP = re.compile(rb"\s*[{,]\s*(" + _STR + rb")\s*:\s*")  # before a top-level value: its key
+_END = re.compile(rb"\s*}\s*")  # after the last value
 _NONFINITE = re.compile(rb"([:,\[]\s*)(-?Infinity|NaN)(?=\s*[,\]}])")
 MARK = b'"\\u0000'  # a non-finite literal X is read as the string "\u0000X"
 UNMARK = re.compile(rb'"\\u0000(-?Infinity|NaN)"')

@@ -16,8 +16,9 @@ Read-time rules:
 - failed evaluations (eval_failed, or vqa_eval_mode fallback/error) are kept and
   flagged; their vqa_correct / vqa_acc_score may be missing (read as 0). The plan's
   `skip_failed` drops them;
-- vqa_gt_prob / vqa_rel_score are optional (NaN where missing, counted); the reward
-  mode that needs them refuses data without them.
+- vqa_gt_prob / vqa_rel_score are optional (NaN where missing, counted) and lie in
+  [0, 1]; the reward mode that needs them refuses data without them;
+- a query key given twice is an error (a JSON object would keep the last record).
 """
 
 from __future__ import annotations
@@ -376,6 +377,9 @@ class _Chunk:
         ):
             x = cols[key]  # NaN in gt_prob / rel means "not in the file"; NaN literals are rejected as JSON
             self.fail(np.isinf(x), field, lambda k, x=x: f"is {x[k]}: scores must be finite numbers")
+        for field, key in (("vqa_gt_prob", "gt_prob"), ("vqa_rel_score", "rel")):
+            x = cols[key]  # NaN (missing) compares False: not refused
+            self.fail((x < 0) | (x > 1), field, lambda k, x=x: f"is {x[k]:g}: it lies in [0, 1]", hint=CAND_HINT)
         corr, acc = cols["correct"], cols["acc"]
         self.fail((corr != 0) & (corr != 1), "vqa_correct", lambda k: f"is {corr[k]:g}: must be 0 or 1")
         self.fail((acc < 0) | (acc > 1), "vqa_acc_score", lambda k: f"is {acc[k]:g}: VQA accuracy lies in [0, 1]")
