@@ -200,6 +200,20 @@ def test_generate_errors_name_the_problem(lever, ws, tmp_path):
     assert res.code == 2 and "pool size 600" in res.text
 
 
+def test_generate_refuses_to_overwrite_its_pools_file(lever, ws, tmp_path):
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    pools = tmp_path / "p.json"
+    cli(lever, ws, "data", "pools", pools, "-f", tmp_path / "f.pt", "--k", "4", "-n", "5")
+    before = pools.read_bytes()
+    (tmp_path / "link.json").symlink_to(pools)
+    (tmp_path / "sub").mkdir()
+    for out in (pools, tmp_path / "sub" / ".." / "p.json", tmp_path / "link.json"):  # the file, another spelling, a symlink
+        res = lever("--workspace", ws, "data", "generate", pools, out, "-f", tmp_path / "f.pt", "--redo")
+        assert res.code == 2 and f"OUT {out} is the pools file {pools}" in res.text, res.text
+        assert "Traceback" not in res.text
+    assert pools.read_bytes() == before and not list(tmp_path.glob("*.parts"))
+
+
 @pytest.mark.slow
 def test_embed_pools_generate_with_tiny_clip_and_qwen(lever, tmp_path, monkeypatch):
     """OK-VQA files, a tiny random CLIP and Qwen2.5-VL: every command runs and the file is complete and valid."""

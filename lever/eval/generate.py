@@ -22,6 +22,7 @@ queries any shard holds; rank 0 merges the shards into OUT (atomically) and remo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zlib
 from collections.abc import Callable
@@ -219,6 +220,14 @@ def query_generator(seed: int, query: int) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{query}".encode()))
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through another spelling, a symlink or a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def generate_file(
     ws: Workspace,
     pools_path: Path,
@@ -241,6 +250,11 @@ def generate_file(
     """
     from .prepare import read_pools, split_items
 
+    if _same_file(pools_path, out):
+        raise LeverError(
+            f"OUT {out} is the pools file {pools_path}: writing it would destroy the input it is generated from",
+            hint="give OUT another file name",
+        )
     spec = spec or EvalSpec()
     items = split_items(ws, "train", log)
     if features.shape[0] != len(items):
