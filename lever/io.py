@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,7 +120,8 @@ def check_rows(path: Path, record: Any, fix: str) -> None:
         raise DamagedState(f"{path} was changed after it was written (its digest does not match)", hint=fix)
 
 
-def _reason(err: OSError) -> str:
+def os_reason(err: OSError) -> str:
+    """Why a file cannot be used, in the user's words: "it does not exist", "permission denied", ..."""
     if isinstance(err, FileNotFoundError):
         return "it does not exist"
     if isinstance(err, IsADirectoryError):
@@ -129,13 +131,31 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def stat_input(path: Path, what: str = "file") -> os.stat_result | None:
+    """os.stat of a user's input: None when nothing is there; a LeverError naming it and the reason when it
+    cannot be looked at (a folder on the way the user may not enter: "permission denied"), where pathlib's
+    exists() / is_file() raise PermissionError."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise LeverError(f"{what} {path} cannot be read: {os_reason(err)}") from None
+
+
+def is_input_file(path: Path, what: str = "file") -> bool:
+    """Whether a user's input is a file (stat_input: a path that cannot be looked at is a LeverError)."""
+    st = stat_input(path, what)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def check_readable(path: Path, what: str = "file") -> None:
     """Raise a LeverError naming the file and the reason when `path` cannot be opened for reading."""
     try:
         with open(path, "rb"):
             pass
     except OSError as err:
-        raise LeverError(f"{what} {path} cannot be read: {_reason(err)}") from None
+        raise LeverError(f"{what} {path} cannot be read: {os_reason(err)}") from None
 
 
 def read_text(path: Path, what: str = "file") -> str:
@@ -143,7 +163,7 @@ def read_text(path: Path, what: str = "file") -> str:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        raise LeverError(f"{what} {path} cannot be read: {_reason(err)}") from None
+        raise LeverError(f"{what} {path} cannot be read: {os_reason(err)}") from None
     if b"\0" in data:
         raise LeverError(f"{what} {path} is a binary file, not text")
     try:

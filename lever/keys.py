@@ -51,11 +51,13 @@ def file_digest(path: Path, memo_file: Path | None = None) -> str:
     """SHA-256 of a file, remembered in memory and in `memo_file` by (absolute path, size, mtime, inode,
     ctime): an edit that keeps the size and sets the mtime back (os.utime) still changes the ctime, which a
     user cannot set, and a replaced file has another inode."""
+    from lever.io import os_reason, write_json  # lever.io imports this module: import it here, not at the top
+
     path = Path(path)
     try:
         st = path.stat()
     except OSError as err:
-        raise LeverError(f"input file {path} cannot be read: {err.strerror}") from None
+        raise LeverError(f"input file {path} cannot be read: {os_reason(err)}") from None
     tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
     if tag in _memo:
         return _memo[tag]
@@ -67,10 +69,11 @@ def file_digest(path: Path, memo_file: Path | None = None) -> str:
             disk = {}
     digest = disk.get(tag) if isinstance(disk, dict) else None
     if not isinstance(digest, str):
-        digest = file_sha256(path)
+        try:
+            digest = file_sha256(path)
+        except OSError as err:
+            raise LeverError(f"input file {path} cannot be read: {os_reason(err)}") from None
         if memo_file is not None:
-            from lever.io import write_json  # lever.io imports this module: import it here, not at the top
-
             try:
                 here = f"{path.resolve()}|"  # older digests of this file are dropped: the memo does not grow
                 kept = {k: v for k, v in disk.items() if not k.startswith(here)} if isinstance(disk, dict) else {}

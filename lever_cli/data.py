@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from lever.errors import LeverError
+from lever.io import stat_input
 from lever.spec import load_plan
 from lever.spec.load import format_validation_error
 from lever.spec.schema import RewardSpec
@@ -48,7 +49,7 @@ def _table(title: str, *columns: str) -> Table:
 
 def _candidates_file(ref: str) -> Path:
     """A path as given, else a candidate-data name looked up in the workspace (generating the benchmark if needed)."""
-    if Path(ref).exists() or Path(ref).suffix == ".json":
+    if stat_input(Path(ref), "candidate-data file") is not None or Path(ref).suffix == ".json":
         return Path(ref)
     from lever.runs.sources import resolve_train_sources
 

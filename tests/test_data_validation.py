@@ -4,7 +4,9 @@ message naming the file, the query id, the candidate index and the field)."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -274,3 +276,61 @@ def test_probabilities_at_the_ends_and_missing_are_read(tmp_path):
     cand(recs, "103", 3).pop("vqa_rel_score")
     code, out = run_cli("stats", write(tmp_path, recs), "--no-cache")
     assert code == 0, out
+
+
+def _locked(monkeypatch, folder: Path) -> None:
+    """os.stat (and so pathlib) refuses every path inside `folder`, as for a folder the user may not enter."""
+    real = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).startswith(f"{folder}{os.sep}"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+
+
+@pytest.mark.parametrize("how", ["chmod 000", "os.stat refuses"])
+def test_a_file_in_a_folder_without_permission(tmp_path, monkeypatch, how):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = write(folder, base())
+    if how == "chmod 000":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permissions")
+        folder.chmod(0)
+    else:
+        _locked(monkeypatch, folder)
+    try:
+        for cache in ("--no-cache", "--cache"):
+            code, out = run_cli("stats", path, cache)
+            assert code == 2 and f"candidate-data file {path} cannot be read: permission denied" in out, out
+    finally:
+        folder.chmod(0o755)
+
+
+def test_training_inputs_in_a_folder_without_permission(tmp_path, monkeypatch):
+    # what `lever run` touches first: the plan's data paths (lever.runs.sources), then their digests (lever.keys)
+    from lever.errors import LeverError
+    from lever.keys import file_digest
+    from lever.runs.sources import load_features, resolve_train_sources
+    from lever.spec import Workspace
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = write(folder, base())
+    _locked(monkeypatch, folder)
+    with pytest.raises(LeverError, match=f"candidate-data file {path} cannot be read: permission denied"):
+        resolve_train_sources(Workspace(), str(path), "main")
+    with pytest.raises(LeverError, match=f"features file {folder / 'f.pt'} cannot be read: permission denied"):
+        load_features(folder / "f.pt")
+    with pytest.raises(LeverError, match=f"input file {path} cannot be read: permission denied"):
+        file_digest(path)
+    monkeypatch.undo()  # the folder opens again; the file itself does not
+
+    def no_read(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("builtins.open", no_read)
+    with pytest.raises(LeverError, match=f"input file {path} cannot be read: permission denied"):
+        file_digest(path)

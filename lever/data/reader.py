@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from lever.errors import LeverError
-from lever.io import check_readable
+from lever.io import check_readable, is_input_file
 
 from .cache import cache_path, file_sha256, read_cache, write_cache
 from .candidates import CandidateData
@@ -64,7 +64,7 @@ def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: 
     workers = 2 parses a large file (>= 64 MB) in two processes (fork); 1 = this process only.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_input_file(path, "candidate-data file"):
         raise LeverError(f"{path}: no such candidate-data file")
     check_readable(path, "candidate-data file")
     t0 = time.perf_counter()

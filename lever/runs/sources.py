@@ -10,6 +10,7 @@ import torch
 
 from lever.data.candidates import CandidateData
 from lever.errors import LeverError
+from lever.io import is_input_file, stat_input
 from lever.spec import Workspace
 
 # Candidate-data names the bundled benchmark provides. `k64` is the same ragged file as
@@ -45,7 +46,7 @@ def _lookup(kind: str, ref: str, table: dict[str, str], ws: Workspace) -> Path:
     if ref in table:
         return ws.path(table[ref])
     path = ws.path(ref)
-    if path.suffix and path.exists():
+    if path.suffix and stat_input(path, f"{kind} file") is not None:
         return path
     names = ", ".join(sorted(table)) or "(none)"
     raise LeverError(
@@ -58,7 +59,7 @@ def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Ca
     if not ws.is_bundled:
         return TrainSources(_lookup("candidates", candidates, ws.candidates, ws), _lookup("features", features, ws.features, ws))
     direct = Path(candidates)
-    if direct.suffix == ".json" and direct.is_file():
+    if direct.suffix == ".json" and is_input_file(direct, "candidate-data file"):
         cand = direct
         paths = bench_paths(ws, log)
     else:
@@ -71,7 +72,7 @@ def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Ca
         cand = _balanced(paths, log) if candidates == "balanced" else Path(paths.candidates)
     if features == "main":
         feat = Path(paths.features)
-    elif Path(features).is_file():
+    elif is_input_file(Path(features), "features file"):
         feat = Path(features)
     else:
         raise LeverError(f"data.features = '{features}': the bundled benchmark provides 'main'")
@@ -80,7 +81,7 @@ def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Ca
 
 def load_features(path: Path) -> torch.Tensor:
     """One float tensor [N_train, d] saved with torch.save (tensors only are unpickled)."""
-    if not path.is_file():
+    if not is_input_file(path, "features file"):
         raise LeverError(f"features file {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
