@@ -25,11 +25,11 @@ import torch
 
 from lever.bench import BenchConfig, ensure_bench
 from lever.data.reader import load_candidates
-from lever.model import PointerSelector
-from lever.runs.recipe import build_model, make_groups, split_data
+from lever.model import PointerSelector, build_selector
 from lever.runs.sources import load_features
 from lever.spec.schema import GRPOSpec, Plan, RCESpec, SelectSpec
 from lever.train.groups import Groups
+from lever.train.plandata import make_groups, split_data
 from lever.train.stage import SilentReporter, Stage, StageRunner
 
 
@@ -91,7 +91,7 @@ def main() -> None:
 
     def stage_time(kind: str, fused: bool) -> float:
         """Seconds for one epoch of a fresh stage (model, optimiser, reference log-probs untimed)."""
-        model = build_model(plan, feats.shape[1], dev)
+        model = build_selector(feats.shape[1], plan.model).to(dev)
         model.fused = fused
         opt = RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
         with tempfile.TemporaryDirectory() as d:
@@ -112,7 +112,7 @@ def main() -> None:
         for kind in ("rce", "grpo"):
             for fused in (False, True):
                 times[kind, fused] = min(times.get((kind, fused), float("inf")), stage_time(kind, fused))
-    model = build_model(plan, feats.shape[1], dev)
+    model = build_selector(feats.shape[1], plan.model).to(dev)
     ref = reference_epoch(model, train, args.reference_queries, 1e-4) * train.num_queries / args.reference_queries
     rce = times["rce", True]
     print(f"{'seconds/epoch':34}{'fused':>10}{'autograd':>10}")

@@ -81,7 +81,7 @@ def stats(
     lp = load_plan(plan, overrides or (), workspace().plans_dir) if plan else None  # a bad plan fails before the read
     from lever.data.reader import load_candidates
     from lever.data.stats import data_stats
-    from lever.runs.predict import plan_prediction
+    from lever.train.predict import plan_prediction
 
     data = load_candidates(_candidates_file(file), cache_dir=_cache_dir(cache), log=_log)
     reward = lp.plan.reward if lp else RewardSpec()
@@ -401,7 +401,7 @@ def generate(
     Example: [bold]lever data generate pools_k64.json rl_data_k64.json --policy plan_sft[/]
     """
     from lever.eval.distributed import ranks
-    from lever.eval.generate import GenerateOptions, Sources, generate_file, plan_selector
+    from lever.eval.generate import GenerateOptions, Sources, generate_file
     from lever.runs.sources import load_features
     from lever.spec.schema import EvalSpec
 
@@ -415,7 +415,12 @@ def generate(
     selector = ("similarity", None)
     if policy:
         lp = load_plan(policy, (), ws.plans_dir)
-        selector = plan_selector(lp, ws, lp.plan.seeds[0], feats.shape[1])
+        from lever.recipe import Recipe, selected_model
+
+        seed0 = lp.plan.seeds[0]
+        entry, model, digest = selected_model(Recipe.build(lp, ws, seed0, _log), dim=feats.shape[1])
+        # the weights' digest in the label: a retrained plan is another policy (no mixed resume)
+        selector = (f"{lp.name} seed {seed0} {entry.stage} epoch {entry.epoch} weights {digest}", model)
     src = Sources(beams, _floats(temperatures, "--temperatures"), samples, random, retrieval)
     opts = GenerateOptions(shots=shots, sources=src, seed=seed)
     with CountProgress(err_console, "generating", unit="queries", enabled=ranks().is_main) as bar:

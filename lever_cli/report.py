@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.report.export import export
-from lever.report.results import PlanRuns, RunData, check_known, damage_summary, load_plan, scan_runs
+from lever.report.results import RunData, check_known, damage_summary, plan_runs, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
 from lever.report.tables import (
     TRAINING_HEADERS,
@@ -22,7 +22,7 @@ from lever.report.tables import (
     training_rows,
 )
 from lever.runs.layout import RunDir
-from lever.runs.store import find_plan_runs, plan_name, split_ref
+from lever.runs.store import plan_name
 from lever.runs.sweep import member_names
 
 from ._common import runs_dir as runs_root
@@ -30,32 +30,6 @@ from ._common import workspace
 from ._console import console
 
 SPLITS = ("val", "train")
-
-
-def _current_hash(plan: str) -> str | None:
-    """The spec hash of the plan file as it is now (None when the plan has no file here)."""
-    from lever.spec import load_plan as load_spec
-
-    try:
-        return load_spec(plan, (), workspace().plans_dir).hash
-    except LeverError:
-        return None
-
-
-def plan_runs(plan: str, root: Path, spec_hash: str | None = None) -> PlanRuns:
-    """A plan's runs of one spec hash: `spec_hash`, else the one named as `plan@hash`, else the plan
-    file's current one; never silently another (the gap says which hashes exist and how to name one)."""
-    ref, named = split_ref(plan)
-    if spec_hash is not None:
-        found = find_plan_runs(f"{ref}@{spec_hash}", root)
-    else:
-        found = find_plan_runs(plan, root, None if named else _current_hash(ref))
-    pr = load_plan(found.name, found.runs)
-    if named and "=" in named:  # a sweep's derived plan keeps its own name: a column beside the base plan's
-        pr.name = f"{pr.name}@{named}"
-    if found.problem:
-        pr.missing, pr.command = found.problem, found.hint
-    return pr
 
 
 def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -102,8 +76,8 @@ def compare(
     root = runs_root()
     for p in (baseline, *plans):
         check_known(p, workspace().plans_dir, root)
-    base = plan_runs(baseline, root)
-    others = [plan_runs(p, root) for p in plans if plan_name(p) != base.name]
+    base = plan_runs(baseline, root, workspace().plans_dir)
+    others = [plan_runs(p, root, workspace().plans_dir) for p in plans if plan_name(p) != base.name]
     cmp = build_comparison(others, base, split=split, n_resamples=resamples)
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)
@@ -142,7 +116,7 @@ def report(
     """
     root = runs_root()
     check_known(plan, workspace().plans_dir, root)
-    pr = plan_runs(plan, root)
+    pr = plan_runs(plan, root, workspace().plans_dir)
     if not pr.runs:
         hint = f"run it first: {pr.command}" if pr.missing == "not run" else pr.command
         raise LeverError(f"plan {pr.name!r}: {pr.missing} under {root}", hint=hint)
@@ -184,7 +158,7 @@ def report(
     series = {f"seed-{r.seed}": r.metrics for r in pr.runs if r.metrics}
     if series:
         out_dir = out or RunDir(pr.runs[0].path).report_dir
-        written = plot_curves(series, out_dir, {f"seed-{r.seed}": r.selected or {} for r in pr.runs})
+        written = plot_curves(series, out_dir, {f"seed-{r.seed}": r.selected for r in pr.runs})
         if written is None:
             typer.echo("PNG curves skipped: matplotlib is not installed (pip install matplotlib)")
         else:
@@ -218,10 +192,10 @@ def runs() -> None:
             blank = ["—"] * (len(shots) + 2)
             rows.append([name, r.spec_hash[:12], str(r.seed), r.state, *blank, damage_summary(r), "—"])
             continue
-        sel = r.selected or {}
-        selected = f"{sel.get('stage')} {sel.get('epoch')}" if sel else "—"
+        sel = r.selected
+        selected = f"{sel.stage} {sel.epoch}" if sel else "—"
         accs = [_pct(r.accuracy("val", s)) for s in shots]
-        flags = ", ".join(str(f) for f in (r.status or {}).get("flags") or []) or "—"
+        flags = ", ".join(r.status.flags if r.status else []) or "—"
         mark = "*" if r.overrides else ""
         name = swept.get((r.plan, r.spec_hash), r.plan)
         if r.overrides:

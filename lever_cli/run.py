@@ -23,10 +23,6 @@ def _plans(args: list[str], overrides: list[str] | None) -> list[LoadedPlan]:
     return [load_plan(ref, sets, workspace().plans_dir) for ref in refs]
 
 
-def _seeds(lp: LoadedPlan, seed: int | None) -> list[int]:
-    return [seed] if seed is not None else list(lp.plan.seeds)
-
-
 def _log(message: str) -> None:
     """Progress messages on stderr (rank 0 only under torchrun)."""
     from lever.eval.distributed import ranks
@@ -88,28 +84,24 @@ def run(
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
-    from lever.eval.pipeline import train_and_evaluate
-    from lever.eval.preflight import preflight
+    from lever.recipe import preflight, recipes, train_and_evaluate
 
     plans = _plans(plan, overrides)
-    ws = workspace()
+    todo = recipes(plans, workspace(), seed, err_console.print)  # one recipe per plan and seed, built once
     for lp in plans:
-        preflight(lp, ws, evaluate, err_console.print)  # what would fail after training fails now
+        preflight(next(r for r in todo if r.lp is lp), evaluate)  # what would fail after training fails now
     reporter = RichReporter(err_console)
-    for lp in plans:
-        err_console.print(f"[bold]{lp.name}[/] [dim]{lp.hash}[/]  {lp.plan.description}", highlight=False)
-        for s in _seeds(lp, seed):
-            with _eval_progress(lp, s) as bar:
-                outcome, ev = train_and_evaluate(
-                    lp, ws, s, reporter, evaluate=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar.update
-                )
-            sel = outcome.selected
-            err_console.print(
-                f"selected: {sel.get('stage')} epoch {sel.get('epoch')} ({sel.get('reason')})  run: {outcome.run.path}",
-                highlight=False,
+    for r in todo:
+        if r.seed == todo[[x.lp for x in todo].index(r.lp)].seed:  # a plan's first seed: its header
+            err_console.print(f"[bold]{r.name}[/] [dim]{r.lp.hash}[/]  {r.plan.description}", highlight=False)
+        with _eval_progress(r.lp, r.seed) as bar:
+            outcome, ev = train_and_evaluate(
+                r, reporter, evaluate_it=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar.update
             )
-            if ev is not None:
-                _print_summary(lp, s, ev.summary, ev.eval_dir.path)
+        sel = outcome.selected
+        err_console.print(f"selected: {sel.stage} epoch {sel.epoch} ({sel.reason})  run: {outcome.run.path}", highlight=False)
+        if ev is not None:
+            _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
     if evaluate and others:
         _baseline_table(others, next((lp.hash for lp in plans if lp.name == "baseline"), None))
@@ -117,16 +109,15 @@ def run(
 
 def _baseline_table(plans: list[LoadedPlan], base_hash: str | None) -> None:
     """The plans against the baseline (the one run in this command, else the baseline plan file's runs), when evaluated."""
+    from lever.report.results import plan_runs
     from lever.report.tables import build_comparison, render_rich
 
-    from .report import plan_runs
-
-    root = workspace().runs_dir
-    base = plan_runs("baseline", root, base_hash)
+    root, plans_dir = workspace().runs_dir, workspace().plans_dir
+    base = plan_runs("baseline", root, plans_dir, base_hash)
     if base.missing:
         err_console.print(f"no comparison table: baseline {base.missing} ({base.command})", highlight=False)
         return
-    mine = [plan_runs(lp.name, root, lp.hash) for lp in plans]
+    mine = [plan_runs(lp.name, root, plans_dir, lp.hash) for lp in plans]
     for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):
         render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
 
@@ -153,14 +144,13 @@ def evaluate(
 
     Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
     """
-    from lever.eval.pipeline import evaluate_plan
+    from lever.recipe import evaluate as evaluate_recipe
+    from lever.recipe import recipes
 
-    ws = workspace()
-    for lp in _plans(plan, overrides):
-        for s in _seeds(lp, seed):
-            with _eval_progress(lp, s) as bar:
-                ev = evaluate_plan(lp, ws, s, epoch=epoch, redo=redo, log=_log, progress=bar.update)
-            _print_summary(lp, s, ev.summary, ev.eval_dir.path)
+    for r in recipes(_plans(plan, overrides), workspace(), seed, _log):
+        with _eval_progress(r.lp, r.seed) as bar:
+            ev = evaluate_recipe(r, epoch=epoch, redo=redo, progress=bar.update)
+        _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
 
 
 def export(
@@ -178,10 +168,10 @@ def export(
 
     Example: [bold]lever export plans/original/plan5.toml --format lever-plus-v2 -o plan5_v2format.ckpt[/]
     """
-    from lever.eval.pipeline import export_checkpoint
+    from lever.recipe import Recipe, export_checkpoint
 
     (lp,) = _plans(plan, overrides)[:1]
-    res = export_checkpoint(lp, workspace(), lp.plan.seeds[0] if seed is None else seed, fmt, out)
+    res = export_checkpoint(Recipe.build(lp, workspace(), lp.plan.seeds[0] if seed is None else seed, _log), fmt, out)
     console.print(f"wrote {res['out']} ({res['format']}: {lp.name} {res['stage']} epoch {res['epoch']})", highlight=False)
 
 

@@ -17,14 +17,13 @@ def _log(message: str) -> None:
 
 def family_table(sweep: Sweep, split: str, resamples: int = 2000) -> None:
     """Every derived plan against the base plan: mean ± std over seeds, paired bootstrap intervals, p-values."""
+    from lever.report.results import plan_runs
     from lever.report.tables import build_comparison, render_rich
-
-    from .report import plan_runs
 
     root = workspace().runs_dir
     columns = []
     for m in sweep.distinct:  # a grid point equal to the base plan is the base plan's column
-        pr = plan_runs(m.plan.name, root, m.spec_hash)
+        pr = plan_runs(m.plan.name, root, workspace().plans_dir, m.spec_hash)
         pr.name = m.name
         pr.runs = [r for r in pr.runs if r.seed in sweep.seeds]
         columns.append(pr)
@@ -63,7 +62,7 @@ def sweep(
 
     Example: [bold]lever sweep plan5 --grid grpo.lr=1e-5,5e-5 --grid grpo.kl.beta=0,0.1 --seeds 0,1,2 --jobs 2[/]
     """
-    from lever.eval.pipeline import run_sweep
+    from lever.recipe import run_sweep
     from lever.runs.executors import SlurmOptions
 
     refs, sets = plan_args(plan, overrides)

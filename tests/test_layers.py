@@ -1,4 +1,5 @@
-"""The arrows of the house point one way: spec -> data -> train -> runs -> eval -> report, and `lever` never imports `cli`."""
+"""The arrows of the house point one way: spec -> data -> train -> runs -> eval -> report -> recipe, and `lever` never
+imports `lever_cli`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 LEVER = Path(__file__).resolve().parents[1] / "lever"
 # Lower rank = lower layer; a module may import its own layer or lower ones only.
-RANK = {"errors": 0, "io": 0, "keys": 0, "device": 0, "threads": 0, "spec": 1, "data": 2, "bench": 2, "model": 2,
-        "train": 3, "runs": 4, "eval": 5, "report": 6}  # fmt: skip
+RANK = {"errors": 0, "io": 0, "keys": 0, "records": 0, "device": 0, "threads": 0, "spec": 1, "data": 2, "bench": 2,
+        "model": 2, "train": 3, "runs": 4, "eval": 5, "report": 6, "recipe": 7}  # fmt: skip
 
 
 def layer(module: str) -> str:

@@ -215,26 +215,32 @@ def test_model_settings_validate():
 # ---- batch size / learning rate, hand-off, flags -----------------------------------------
 
 
-def test_lr_scaling_and_handoff():
+def test_lr_scaling_and_handoff(tmp_path):
+    from lever.records import RowsRecord, StageSelection
+    from lever.train.checkpoint import epoch_digest
+    from lever.train.stage import checkpoint_path
+
     assert lr_scale(RCESpec(batch_size=16)) == 1.0
     assert lr_scale(RCESpec(batch_size=16, lr_scaling="sqrt")) == 4.0
     assert lr_scale(RCESpec(batch_size=16, lr_scaling="linear")) == 16.0
     rows = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
-    sel = {"epoch": 2, "checkpoint": "ckpt/epoch-002.safetensors"}
-    assert handoff_checkpoint(sel, rows, "selected") == "ckpt/epoch-002.safetensors"
-    assert handoff_checkpoint(sel, rows, "last") == "ckpt/epoch-003.safetensors"
+    for e in (1, 2, 3):
+        save_weights(checkpoint_path(tmp_path, e), {"w": torch.full((1,), float(e))}, {"epoch": e})
+    digest = epoch_digest(checkpoint_path(tmp_path, 2), 2)
+    sel = StageSelection("rce", 2, "val/loss", "min", 0.5, "why", digest, RowsRecord(3, ""))
+    assert handoff_checkpoint(tmp_path, sel, rows, "selected")["w"].item() == 2.0
+    assert handoff_checkpoint(tmp_path, sel, rows, "last")["w"].item() == 3.0
 
 
 def test_a_phase_sets_its_own_handoff():
     """original/plan9: phase 1 starts from RCE's last epoch (grpo.handoff), phase 2 from phase 1's best."""
     from pathlib import Path
 
-    from lever.runs.recipe import compile_stages
     from lever.spec.load import load_plan
 
     plans = Path(__file__).resolve().parents[1] / "plans"
     lp = load_plan(plans / "original" / "plan9.toml", plans_dir=plans)
-    stages = {stage.name: stage for stage, _ in compile_stages(lp.plan)}
+    stages = {stage.name: stage for stage in lp.plan.stages()}
     assert lp.plan.grpo.handoff == "last"
     assert stages["easy"].opt.handoff == "last" and stages["all"].opt.handoff == "selected"
     assert stages["all"].opt.model_copy(update={"handoff": "last"}) == stages["easy"].opt  # nothing else differs

@@ -119,10 +119,10 @@ def run_real(lever, ws: Path, *extra: str):
 
 
 def test_the_real_workspace_passes_preflight(real_ws, tiny_processor):
-    from lever.eval.preflight import preflight
+    from lever.recipe import Recipe, preflight
     from lever.spec import load_plan, load_workspace
 
-    preflight(load_plan(PLANS / "baseline.toml", REAL), load_workspace(real_ws), log=lambda m: None)  # no error
+    preflight(Recipe.build(load_plan(PLANS / "baseline.toml", REAL), load_workspace(real_ws), 0, log=lambda m: None))
 
 
 def test_features_with_more_rows_than_okvqa_train(lever, real_ws):

@@ -10,16 +10,22 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
-from lever.io import write_rows
+from lever import records
+from lever.io import write_json, write_rows
+from lever.keys import content_key
+from lever.records import RowsRecord, StageEntry, StageSelection
 from lever.report.export import CSV_COLUMNS, to_csv, to_json, to_latex, to_markdown
 from lever.report.results import load_plan, load_run, scan_runs
 from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
 from lever.runs.layout import RunDir, RunsFolder
 from lever.runs.store import find_plan_runs
+from lever.train.checkpoint import epoch_digest, save_weights
+from lever.train.stage import checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +67,8 @@ def write_run(
     spec_hash: str = "abc123def456",
     state: str = "done",
 ) -> Path:
-    """Write one seed run dir with lever's own writers; ``accs=None`` leaves it unevaluated."""
+    """Write one seed run dir with lever's own writers, its stage folder and checkpoints included (every record
+    is cross-checked when read); ``accs=None`` leaves it unevaluated."""
     run = RunsFolder(root).run(plan, spec_hash, seed)
     run.path.mkdir(parents=True)
     (run.path / "spec.json").write_text(json.dumps(spec))
@@ -69,21 +76,35 @@ def write_run(
         {"stage": "rce", "epoch": 1, "val/loss": 2.0, "losses/rce": 2.1, "rce/tau": 2.0},
         {"stage": "rce", "epoch": 2, "val/loss": 1.5, "losses/rce": 1.6, "rce/tau": 0.5},
     ]
-    record = write_rows(run.metrics_file, metrics)
+    sel = selected or {"stage": "rce", "epoch": 2, "metric": "val/loss", "mode": "min", "value": 1.5, "reason": "lowest val/loss"}
+    stage_dir = root / "_stages" / f"{sel['stage']}-{content_key(plan, spec_hash, seed)}"
+    rows = [r for r in metrics if r["stage"] == sel["stage"]]
+    for r in rows:
+        save_weights(checkpoint_path(stage_dir, r["epoch"]), {"w": torch.full((1,), float(r["epoch"]))}, {"epoch": r["epoch"]})
+    ckpt = checkpoint_path(stage_dir, sel["epoch"])
+    digest = epoch_digest(ckpt, sel["epoch"])
+    stage_record = StageSelection(**sel, sha256=digest, metrics=RowsRecord(**write_rows(stage_dir / "metrics.jsonl", rows)))
+    write_json(stage_dir / "selected.json", records.to_json(stage_record))
+    entry = StageEntry(
+        stage=sel["stage"], kind="grpo" if sel["stage"] == "grpo" else "rce", key="0123", dir=f"_stages/{stage_dir.name}",
+        checkpoint=f"_stages/{stage_dir.name}/ckpt/{ckpt.name}", sha256=digest, **{k: sel[k] for k in ("epoch", "metric", "mode", "value", "reason")},
+    )  # fmt: skip
+    record = run.write_stages([entry], metrics)
     run.set_status(state, flags, None, metrics=record)
-    selected = selected or {
-        "stage": "rce",
-        "epoch": 2,
-        "metric": "val/loss",
-        "mode": "min",
-        "value": 1.5,
-        "reason": "lowest val/loss",
-    }
-    stage_dir = root / "_stages" / f"{selected['stage']}-0123"
-    run.write_selected({**selected, "dir": f"_stages/{stage_dir.name}", "path": stage_dir / "ckpt" / "epoch-002.safetensors"})
+    run.write_selected(entry)
     if accs is not None:
-        run.eval_dir("sim-k64").write(eval_rows(accs), {"checkpoint": selected, "backend": "sim"})
+        write_eval(run, eval_rows(accs))
     return run.path
+
+
+EVAL = "5e1ec7ed0a10"  # an evaluation folder's name: a 12-digit hex key
+
+
+def write_eval(run: RunDir, rows: list[dict], key: str = EVAL, backend: str = "sim") -> None:
+    """An evaluation of the run's selected checkpoint, named in eval/selected.json."""
+    ev = run.eval_dir(key)
+    ev.write(rows, {"checkpoint": {"sha256": run.selected().sha256}, "backend": backend})
+    run.mark_selected_eval(ev)
 
 
 def eval_rows(accs: dict[int, list[float]], split: str = "val") -> list[dict]:
@@ -156,12 +177,12 @@ def comparison(root: Path, names=("plan5", "plan7_1", "plan6", "plan9")):
 def test_load_run_reads_every_file(runs: Path):
     run = load_run(runs / "plan5" / "abc123def456" / "seed-0")
     assert (run.plan, run.spec_hash, run.seed, run.state) == ("plan5", "abc123def456", 0, "done")
-    assert run.eval_key == "sim-k64"
+    assert run.eval_key == EVAL
     qr = run.question_results("val", 3)
     assert qr.question_ids.tolist() == list(range(1, 11))
     assert qr.accuracy[0] == 0.6 and qr.n_failed == 0
     assert run.accuracy("val", 3) == pytest.approx(46.0)
-    assert len(run.metrics) == 4 and run.selected["epoch"] == 2
+    assert len(run.metrics) == 4 and run.selected.epoch == 2
 
 
 def test_missing_files_are_none_not_errors(tmp_path: Path):
@@ -177,15 +198,25 @@ def test_missing_files_are_none_not_errors(tmp_path: Path):
     assert (missing.name, missing.missing, missing.command) == ("plan9", "not run", "lever run plans/plan9.toml")
 
 
-def test_latest_summary_wins(runs: Path):
+def test_only_the_selected_checkpoints_evaluation_is_shown(runs: Path):
+    from lever.errors import DamagedState
+
     d = runs / "baseline" / "abc123def456" / "seed-0"
-    newer = RunDir(d).eval_dir("hf-k64")
-    newer.write(eval_rows({1: [1, 0, 0, 0, 0, 0, 0, 0]}), {"backend": "hf"})
+    run = RunDir(d)
+    newer = run.eval_dir("0f0f0f0f0f0f")  # another evaluation (an --epoch one, say), finished later
+    newer.write(eval_rows({1: [1, 0, 0, 0, 0, 0, 0, 0]}), {"checkpoint": {"sha256": "other"}, "backend": "hf"})
     os.utime(newer.summary_file, (2e9, 2e9))
-    run = load_run(d)
-    assert run.eval_key == "hf-k64" and run.accuracy("val", 1) == 12.5
-    RunDir(d).mark_selected_eval(RunDir(d).eval_dir("sim-k64"))  # the selected checkpoint's evaluation wins
-    assert load_run(d).eval_key == "sim-k64"
+    assert load_run(d).eval_key == EVAL  # never the newest: the one eval/selected.json names
+    run.mark_selected_eval(newer)  # pointed at an evaluation of other weights
+    with pytest.raises(DamagedState, match="not of this run's selected checkpoint"):
+        load_run(d)
+    (run.eval_root / "selected.json").write_text(
+        json.dumps({"key": "../../../../plan5/abc123def456/seed-0/eval/" + EVAL, "version": 2})
+    )
+    with pytest.raises(DamagedState, match="not an evaluation of this run"):
+        load_run(d)
+    (run.eval_root / "selected.json").unlink()
+    assert load_run(d).eval_key is None  # not evaluated: no number at all
 
 
 def test_scan_runs_lists_every_seed(runs: Path):
@@ -521,7 +552,7 @@ def test_failed_answers_are_shown_in_compare_and_runs(runs: Path, cli):
     rows = eval_rows(PLAN5)
     for row in rows[:3]:  # three answers failed (an unreadable image, say) and scored 0
         row.update(failed=True, accuracy=0.0, error="image unreadable")
-    RunDir(run, "plan4").eval_dir("sim-k64").write(rows, {"checkpoint": {}, "backend": "sim"})
+    write_eval(RunDir(run, "plan4"), rows)
     n = len(rows)
     base = load_plan("baseline", [runs / "baseline" / "abc123def456" / "seed-0"])
     text = render_plain(build_comparison([load_plan("plan4", [run])], base, split="val", n_resamples=200))

@@ -83,9 +83,10 @@ def test_small_plan_trains_and_is_reproducible(lever, ws, tmp_path):
 # seed 0, CPU. The validation loss is stable to float rounding (the autograd path, PointerSelector.fused
 # = False, gives the same to rel 1e-5); the KL is not: at batch 1 Adam's first steps move parameters whose
 # gradients are rounding noise by a full learning rate, so the two paths' KL differ by ~2% (their
-# gradients agree to 2e-6 step by step). The advantages come from the data alone.
+# gradients agree to 2e-6 step by step), and across CPUs (other SIMD kernels: an AMD EPYC without AVX-512
+# gives 1.4217e-05 and 1.1335e-04) by up to 6%. The advantages come from the data alone.
 GRPO_B1 = ["grpo.epochs=2", "grpo.batch_size=1", "--no-eval"]
-STORED_GRPO = {"val/loss": ([7.248096, 7.248311], 1e-4), "kl/value": ([1.405945e-05, 1.070446e-04], 0.05)}
+STORED_GRPO = {"val/loss": ([7.248096, 7.248311], 1e-4), "kl/value": ([1.405945e-05, 1.070446e-04], 0.1)}
 
 
 def test_grpo_at_batch_1_matches_stored_values(lever, ws):
@@ -210,12 +211,12 @@ def test_kill_and_rerun_gives_the_same_final_metrics(lever, ws, tmp_path, plan, 
 
 def test_second_process_on_the_same_run_refuses(lever, ws):
     from lever.io import file_lock
-    from lever.runs.run import run_dir_of
+    from lever.runs.layout import RunsFolder
     from lever.spec import load_plan
     from lever.spec.workspace import load_workspace
 
     lp = load_plan(PLANS / "baseline.toml", FAST)
-    run_dir = run_dir_of(load_workspace(os.environ["LEVER_WORKSPACE"]), lp, 0)
+    run_dir = RunsFolder(load_workspace(os.environ["LEVER_WORKSPACE"]).runs_dir).run(lp.name, lp.hash, 0)
     with file_lock(run_dir.lock, wait=False, what="test"):
         # flock is per open file description: a second open in this process conflicts like another process would.
         res = run_cli(lever, "run", PLANS / "baseline.toml", *FAST, "--no-eval")
@@ -277,7 +278,7 @@ def test_the_originals_architecture_trains_and_evaluates(lever, ws):
     (run_dir,) = seed_dirs(ws, "baseline")
     from lever.runs.layout import RunDir
 
-    assert "query_update_gate.weight" in load_weights(RunDir(run_dir).selected()["path"])
+    assert "query_update_gate.weight" in load_weights(RunDir(run_dir).path_of(RunDir(run_dir).selected().checkpoint))
     summary = json.loads(next((run_dir / "eval").glob("*/summary.json")).read_text())
     assert set(summary["splits"]["val"]) == {"1", "2"}
 
@@ -344,7 +345,7 @@ def test_start_from_another_plan_and_from_a_checkpoint_file(lever, ws, tmp_path)
     # so the ratio starts at exactly 1 and KL at 0 before the first update.
     rows = read_jsonl(p5 / "metrics.jsonl")
     assert rows[0]["kl/value"] < 1e-3
-    assert set(load_weights(ckpt)) == set(load_weights(ws / "runs" / first["dir"] / first["checkpoint"]))
+    assert set(load_weights(ckpt)) == set(load_weights(ws / "runs" / first["checkpoint"]))
     bad = tmp_path / "weights.pt"
     bad.write_bytes(b"not a checkpoint")
     res = run_cli(lever, "run", PLANS / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={bad}", *grpo_only)

@@ -49,8 +49,8 @@ def test_sft_stage_trains_and_a_second_plan_starts_from_it(lever, ws, tmp_path):
     # it started from the SFT plan's selected weights (an lr of 1e-12 leaves them as they were)
     (sft_entry,) = json.loads((sft_run / "stages.json").read_text())
     (rce_entry,) = json.loads((after / "stages.json").read_text())
-    a = load_weights(tmp_path / "runs" / sft_entry["dir"] / sft_entry["checkpoint"])
-    b = load_weights(tmp_path / "runs" / rce_entry["dir"] / rce_entry["checkpoint"])
+    a = load_weights(tmp_path / "runs" / sft_entry["checkpoint"])
+    b = load_weights(tmp_path / "runs" / rce_entry["checkpoint"])
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     shown = cli(lever, ws, "show", tmp_path / "sft.toml", "--json").out
     assert '"sft"' in shown
@@ -82,7 +82,7 @@ def test_export_to_v2_and_start_from_it_gives_the_same_logits(lever, ws, tmp_pat
     (entry,) = json.loads(next((tmp_path / "runs" / "v3").glob("*/seed-0/stages.json")).read_text())
     plan = load_plan(src).plan
     a, b = build_selector(512, plan.model), build_selector(512, plan.model)
-    load_into(a, load_weights(tmp_path / "runs" / entry["dir"] / entry["checkpoint"]), "lever")
+    load_into(a, load_weights(tmp_path / "runs" / entry["checkpoint"]), "lever")
     state, fmt = load_original(out)
     load_into(b, state, "v2")
     assert fmt == "v2"

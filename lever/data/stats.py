@@ -2,7 +2,7 @@
 
 Everything returns plain JSON-able dicts (the CLI renders them as tables or JSON). What a
 plan's training will make of the data (`plan_prediction`) needs the training code, so it
-lives in `lever.runs.predict`.
+lives in `lever.train.predict`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`lever evaluate`: the selected checkpoint picks demonstrations, the VLM answers, VQA accuracy per shot.
+"""Scoring a selector: it picks demonstrations, the VLM answers, VQA accuracy per shot (which checkpoint,
+and which run it belongs to, is the recipe's business: `lever.recipe.evaluate`).
 
 Results land in the run's evaluation folder (`lever.runs.layout.EvalDir`), named by a key
 that hashes the checkpoint, every input of the evaluation world (model folders, OK-VQA
@@ -18,104 +19,51 @@ evaluation is verified before it is served; a damaged one is an error that says 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lever.errors import DamagedState, LeverError
+from lever.errors import LeverError
 from lever.io import read_jsonl
 from lever.keys import content_key
-from lever.runs.layout import EvalDir, RunDir
-from lever.runs.recipe import build_model
-from lever.runs.sources import resolve_train_sources
-from lever.spec import Plan, Workspace
-from lever.train.checkpoint import checkpoint_info, load_into, load_weights, state_digest
-from lever.train.stage import checkpoint_epochs, checkpoint_path
+from lever.model import SelectorBase
+from lever.runs.layout import EvalDir
+from lever.spec.schema import EvalSpec
 
 from .backend import Request
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
 from .select import random_pools, select_demos, similar_pools
-from .sources import EvalWorld, eval_world
+from .sources import EvalWorld
 from .vqa import vqa_accuracy
 
 Progress = Callable[[int, int], None]  # (done, total) questions answered
 
 
-def checkpoint_for(run: RunDir, epoch: int | None) -> dict[str, Any]:
-    """The run's selected checkpoint, or epoch `epoch` of its final stage (recorded as a hand pick)."""
-    state = run.state
-    selected = run.selected() if state in ("trained", "done") else None
-    if selected is None and state in ("trained", "done"):
-        raise DamagedState(f"{run.selected_file} is missing but the run is marked {state}", hint=run.fix)
-    if selected is None:
-        raise LeverError(
-            f"{run.path} has no selected checkpoint: the run has not finished training ({state or 'never started'})",
-            hint=f"run `{run.command('run')}` first",
-        )
-    if epoch is None:
-        return selected
-    path = checkpoint_path(selected["stage_path"], epoch)
-    if not path.is_file():
-        have = checkpoint_epochs(selected["stage_path"])
-        raise LeverError(
-            f"--epoch {epoch}: stage '{selected['stage']}' has no such checkpoint",
-            hint=f"its epochs are {have[0]}-{have[-1]}" if have else "it has no checkpoints",
-        )
-    info = checkpoint_info(path) or {}
-    return {
-        **selected,
-        "epoch": epoch,
-        "path": path,
-        "value": info.get("metrics", {}).get(selected["metric"]),
-        "reason": f"epoch {epoch} chosen with --epoch",
-    }
-
-
-def eval_key(ckpt_digest: str, world: EvalWorld, plan: Plan, seed: int) -> str:
+def eval_key(ckpt_digest: str, world: EvalWorld, spec: EvalSpec, seed: int) -> str:
     """What the answers depend on: the weights, every input of the world, every eval setting, the seed."""
-    return content_key({"ckpt": ckpt_digest, "world": world.identity, "eval": plan.eval.model_dump(mode="json"), "seed": seed})
+    return content_key({"ckpt": ckpt_digest, "world": world.identity, "eval": spec.model_dump(mode="json"), "seed": seed})
 
 
-def evaluate_run(
-    run: RunDir,
-    plan: Plan,
-    ws: Workspace,
+def score(
+    model: SelectorBase,
+    ev: EvalDir,
+    world: EvalWorld,
+    spec: EvalSpec,
     seed: int,
+    checkpoint: dict[str, Any],
     *,
-    epoch: int | None = None,
-    features_path: Path | None = None,
-    redo: bool = False,
+    device: str = "auto",
     log: Callable[[str], None] = print,
     progress: Progress | None = None,
-) -> tuple[EvalDir, dict[str, Any]]:
-    """Evaluate the run's selected (or `epoch`) checkpoint; returns the evaluation folder and its verified summary.
+) -> dict[str, Any]:
+    """Let `model` pick demonstrations for every question and shot count of `world`, ask the backend, and write
+    results.jsonl and summary.json into `ev` (resuming from its partial answers); returns the summary.
 
-    `redo` discards a finished (or damaged) evaluation with the same key and answers again."""
-    ckpt = checkpoint_for(run, epoch)  # a run that never trained fails here, before any data is read
-    state = load_weights(ckpt["path"])
-    if features_path is None:
-        features_path = resolve_train_sources(ws, plan.data.candidates, plan.data.features, log).features
-    world = eval_world(ws, plan.eval, features_path, log)
-    ev = run.eval_dir(eval_key(state_digest(state), world, plan, seed))
+    `checkpoint` is what the summary records of the weights (stage, epoch, reason, file, sha256)."""
     r = ranks()
-    if redo:
-        if r.is_main and ev.path.exists():
-            shutil.rmtree(ev.path)
-        barrier(r)
-    if ev.complete:
-        summary, _ = ev.read()
-        log(f"evaluation cached in {ev.path}")
-        if epoch is None:
-            run.mark_selected_eval(ev)
-        return ev, summary
-
-    backend = world.make_backend(r.device() if r.world > 1 else plan.device)  # one process: the plan's device
-    model = build_model(plan, world.train_features.shape[1])
-    load_into(model, state, str(ckpt["path"]))
-    spec = plan.eval
+    backend = world.make_backend(r.device() if r.world > 1 else device)  # one process: the plan's device
     metric = world.protocol.metric
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -168,7 +116,7 @@ def evaluate_run(
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)
-        return ev, ev.read()[0]
+        return ev.read()[0]
     failed = [row for row in rows if row["failed"]]
     if len(failed) > spec.max_failed * len(rows):
         barrier(r)
@@ -179,9 +127,8 @@ def evaluate_run(
             hint="fix what the errors name and run the same command again (a failure that passes, such as running out "
             "of memory, is asked again; answered questions are kept), or raise eval.max_failed to score them 0",
         )
-    checkpoint = {k: v for k, v in ckpt.items() if k not in ("path", "stage_path")}
     summary = {
-        "checkpoint": {**checkpoint, "checkpoint": run.folder.store(ckpt["path"])},
+        "checkpoint": checkpoint,
         "backend": world.identity["backend"],
         "inputs": world.identity,
         "eval": spec.model_dump(mode="json"),
@@ -189,10 +136,8 @@ def evaluate_run(
         "note": "accuracy in percent over all questions; failed questions score 0",
     }
     summary = ev.write(rows, summary)  # results, then the summary that vouches for them (its presence = complete)
-    if epoch is None:  # the selected checkpoint's evaluation is the one tables compare; --epoch ones are extras
-        run.mark_selected_eval(ev)
     barrier(r)
-    return ev, summary
+    return summary
 
 
 def read_partials(ev: EvalDir) -> dict[int, dict[str, Any]]:

@@ -369,20 +369,3 @@ def make_backend(ws: Workspace, spec: EvalSpec, device: str, log: Callable[[str]
 
     check_eval_files(ws, spec.model_copy(update={"splits": ["train"]}))
     return make_hf_backend(ws, spec, device)
-
-
-def plan_selector(lp: Any, ws: Workspace, seed: int, d_in: int) -> tuple[str, Any]:
-    """(label, model) of a trained plan's selected checkpoint, the policy of beam search and sampling."""
-    from lever.runs.recipe import build_model
-    from lever.runs.run import run_dir_of
-    from lever.train.checkpoint import load_into, load_weights, state_digest
-
-    from .evaluate import checkpoint_for
-
-    run = run_dir_of(ws, lp, seed)
-    ckpt = checkpoint_for(run, None)  # a plan that never trained: an error that says to run it
-    model = build_model(lp.plan, d_in)
-    state = load_weights(ckpt["path"])
-    load_into(model, state, str(ckpt["path"]))
-    label = f"{lp.name} seed {seed} {ckpt['stage']} epoch {ckpt['epoch']} weights {state_digest(state)}"
-    return label, model.float().eval()  # the weights' digest: a retrained plan is another policy (no mixed resume)

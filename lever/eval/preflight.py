@@ -1,4 +1,4 @@
-"""Checks run before any training: everything a plan will need later, so nothing fails after hours of training.
+"""Checks of an evaluation's inputs run before any training (`lever.recipe.preflight` calls them), so nothing fails after hours of training.
 
 Cheap by design: files are opened and counted, model folders are read for their configs and
 processor files only (no weights). Training and evaluation repeat the checks they depend on;
@@ -10,50 +10,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from lever.data.reader import load_candidates
+from torch import Tensor
+
 from lever.errors import LeverError
-from lever.io import check_readable
-from lever.runs.run import check_select_metric
-from lever.runs.sources import check_feature_rows, load_features, resolve_train_sources
-from lever.spec import LoadedPlan, Workspace
+from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
 from .backend import Item
 from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, split_sizes
 
 
-def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callable[[str], None] = print) -> None:
-    """Raise a LeverError for the first thing `lp` will need in `ws` but cannot have.
+def check_eval(
+    ws: Workspace, spec: EvalSpec, features: Tensor, features_path: Path, where: str, log: Callable[[str], None] = print
+) -> None:
+    """Raise a LeverError for the first thing an evaluation with `spec` will need in `ws` but cannot have.
 
-    Training: the selection metric, the start checkpoint, the candidate data and features (rows).
-    With `evaluate`: the workspace's eval files and image folders, eval.questions and eval.pool_size
-    against the questions there are, the features against the OK-VQA train questions and the CLIP
-    width, that the VLM's processor and model class load, missing images within eval.max_failed, and
-    that the workspace's CLIP model re-embeds a few train rows as the features file has them.
+    The workspace's eval files and image folders, eval.questions and eval.pool_size against the questions
+    there are, the train features against the OK-VQA train questions and the CLIP width, that the VLM's
+    processor and model class load, missing images within eval.max_failed, and that the workspace's CLIP
+    model re-embeds a few train rows as the features file has them. `where` prefixes count errors (the plan file).
     """
-    plan = lp.plan
-    check_select_metric(lp)
-    if plan.start.kind == "checkpoint":
-        check_readable(ws.path(plan.start.checkpoint), "start.checkpoint file")
-    src = resolve_train_sources(ws, plan.data.candidates, plan.data.features, log)
-    features = load_features(src.features)
-    check_feature_rows(load_candidates(src.candidates, cache_dir=ws.cache_dir / "candidates", log=log), features, src.features)
-    if not evaluate:
-        return
-    spec = plan.eval
     check_eval_files(ws, spec)
     sizes = split_sizes(ws, log)
-    check_eval_counts(spec, sizes, f"{lp.path}: ")
+    check_eval_counts(spec, sizes, where)
     if ws.is_bundled:
         return
     from .clip import clip_width
     from .hf import check_vlm
 
-    check_okvqa_rows(features, src.features, sizes["train"])
+    check_okvqa_rows(features, features_path, sizes["train"])
     width = clip_width(ws.path(ws.models.clip))
     if features.shape[1] != width:
         raise LeverError(
-            f"features {src.features} are {features.shape[1]} wide, but the CLIP model {ws.models.clip} embeds in {width}: "
+            f"features {features_path} are {features.shape[1]} wide, but the CLIP model {ws.models.clip} embeds in {width}: "
             "the eval questions' features would not match the train features",
             hint="compute the train features with the workspace's CLIP model",
         )
@@ -61,11 +50,11 @@ def preflight(lp: LoadedPlan, ws: Workspace, evaluate: bool = True, log: Callabl
     train_items = check_missing_images(ws, spec, log)
     from .clip import check_clip_space
 
-    clip_dir, st = ws.path(ws.models.clip), src.features.stat()
+    clip_dir, st = ws.path(ws.models.clip), features_path.stat()
     cfg = (clip_dir / "config.json").stat()
-    seen = (str(clip_dir.resolve()), cfg.st_mtime_ns, str(src.features.resolve()), st.st_size, st.st_mtime_ns)
+    seen = (str(clip_dir.resolve()), cfg.st_mtime_ns, str(features_path.resolve()), st.st_size, st.st_mtime_ns)
     if seen not in _CLIP_CHECKED:  # `lever run A B C` on one features file loads CLIP for this once
-        check_clip_space(train_items[:4], features, clip_dir, src.features)
+        check_clip_space(train_items[:4], features, clip_dir, features_path)
         _CLIP_CHECKED.add(seen)
 
 

@@ -14,7 +14,6 @@ from torch import Tensor
 from lever.device import resolve_device
 from lever.errors import LeverError
 from lever.keys import file_digest, model_fingerprint, path_fingerprint
-from lever.runs.recipe import memo_file
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
 
@@ -156,23 +155,34 @@ def check_eval_counts(spec: EvalSpec, sizes: dict[str, int], where: str = "") ->
         )
 
 
-def eval_world(ws: Workspace, spec: EvalSpec, train_features_path: Path | None, log: Callable[[str], None] = print) -> EvalWorld:
-    """Items, features and backend for the plan's eval settings in this workspace."""
+def eval_world(
+    ws: Workspace,
+    spec: EvalSpec,
+    train_features_path: Path | None,
+    log: Callable[[str], None] = print,
+    train_features: Tensor | None = None,
+) -> EvalWorld:
+    """Items, features and backend for the plan's eval settings in this workspace.
+
+    `train_features`: the tensor of `train_features_path`, when the caller has it loaded already."""
     check_eval_files(ws, spec)
     check_eval_counts(spec, split_sizes(ws, log))
     protocol = resolve_protocol(spec)
     if ws.is_bundled:
-        return _bench_world(ws, spec, protocol, log)
-    return _okvqa_world(ws, spec, protocol, train_features_path, log)
+        return _bench_world(ws, spec, protocol, log, (train_features_path, train_features))
+    return _okvqa_world(ws, spec, protocol, train_features_path, log, train_features)
 
 
-def _bench_world(ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, log: Callable[[str], None]) -> EvalWorld:
+def _bench_world(
+    ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, log: Callable[[str], None], loaded: tuple[Path | None, Tensor | None]
+) -> EvalWorld:
     from lever.bench import SimVLM
     from lever.runs.sources import bench_paths, load_features
 
     paths = bench_paths(ws, log)
     train_items = _items(paths.items_train)
-    train_feats = load_features(Path(paths.features))
+    same = loaded[0] is not None and loaded[1] is not None and Path(loaded[0]).resolve() == Path(paths.features).resolve()
+    train_feats = loaded[1] if same else load_features(Path(paths.features))
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
         items, feats, _ = _first(_items(paths.items_val), load_features(Path(paths.val_features)), spec.questions)
@@ -194,11 +204,16 @@ def _bench_world(ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, log: C
 def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
     """Content keys of the benchmark files an evaluation reads (items, features, the simulated VLM)."""
     files = (paths.items_train, paths.items_val, paths.features, paths.val_features, paths.world)
-    return {Path(f).name: file_digest(Path(f), memo_file(ws))[:16] for f in files}
+    return {Path(f).name: file_digest(Path(f), ws.digest_memo)[:16] for f in files}
 
 
 def _okvqa_world(
-    ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, train_features_path: Path | None, log: Callable[[str], None]
+    ws: Workspace,
+    spec: EvalSpec,
+    protocol: PromptProtocol,
+    train_features_path: Path | None,
+    log: Callable[[str], None],
+    train_features: Tensor | None = None,
 ) -> EvalWorld:
     from lever.runs.sources import load_features
 
@@ -209,7 +224,7 @@ def _okvqa_world(
     train_items = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
     if train_features_path is None:
         raise LeverError("evaluation needs the train features file (data.features)")
-    train_feats = load_features(train_features_path)
+    train_feats = load_features(train_features_path) if train_features is None else train_features
     check_okvqa_rows(train_feats, train_features_path, len(train_items))
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
@@ -235,7 +250,7 @@ def _okvqa_world(
 def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path) -> dict[str, Any]:
     """Every input an OK-VQA evaluation reads, by content: model folders (config and weight hashes), the
     OK-VQA files (digests), the image folders (a hash of their listing) and the train features."""
-    memo = memo_file(ws)
+    memo = ws.digest_memo
     o = ws.okvqa.model_dump()
     used = [k for k in o if k.startswith("train") or "val" in spec.splits]
     return {

@@ -15,8 +15,9 @@ import numpy as np
 
 from lever.errors import DamagedState, LeverError
 from lever.keys import content_key
+from lever.records import StageEntry, Status
 from lever.runs.layout import RunDir, RunsFolder
-from lever.runs.store import plan_name, split_ref
+from lever.runs.store import find_plan_runs, plan_name, split_ref
 from lever.spec.load import plan_files, suggest
 
 
@@ -56,9 +57,9 @@ class RunData:
     seed: int | None
     spec: dict | None = None
     provenance: dict | None = None
-    status: dict | None = None
+    status: Status | None = None
     metrics: list[dict] | None = None
-    selected: dict | None = None
+    selected: StageEntry | None = None
     summary: dict | None = None
     eval_key: str | None = None
     results: Results | None = None
@@ -68,7 +69,7 @@ class RunData:
     def state(self) -> str:
         if self.damage is not None:
             return "damaged"
-        return str((self.status or {}).get("state", "unknown"))
+        return self.status.state if self.status else "unknown"
 
     @property
     def overrides(self) -> list[str]:
@@ -205,7 +206,7 @@ def selected_metrics(run: RunData) -> dict | None:
     """The metrics.jsonl row of the selected checkpoint (stage and epoch from selected.json)."""
     if not run.metrics or not run.selected:
         return None
-    stage, epoch = run.selected.get("stage"), run.selected.get("epoch")
+    stage, epoch = run.selected.stage, run.selected.epoch
     for row in run.metrics:
         if row.get("stage") == stage and row.get("epoch") == epoch:
             return row
@@ -246,3 +247,29 @@ def check_known(plan: str, plans_dir: Path, runs_root: Path) -> None:
         f"plan '{plan}': no plan file {plans_dir / (name + '.toml')} and no runs under {runs_root}",
         hint=f"{suggest(name, known)}known plans: {', '.join(plans) or '(none)'}; plans with runs: {', '.join(runs) or '(none)'}",
     )
+
+
+def current_hash(plan: str, plans_dir: Path) -> str | None:
+    """The spec hash of the plan file as it is now (None when the plan has no file here)."""
+    from lever.spec import load_plan as load_spec
+
+    try:
+        return load_spec(plan, (), plans_dir).hash
+    except LeverError:
+        return None
+
+
+def plan_runs(plan: str, root: Path, plans_dir: Path, spec_hash: str | None = None) -> PlanRuns:
+    """A plan's runs of one spec hash: `spec_hash`, else the one named as `plan@hash`, else the plan
+    file's current one (in `plans_dir`); never silently another (the gap says which hashes exist and how to name one)."""
+    ref, named = split_ref(plan)
+    if spec_hash is not None:
+        found = find_plan_runs(f"{ref}@{spec_hash}", root)
+    else:
+        found = find_plan_runs(plan, root, None if named else current_hash(ref, plans_dir))
+    pr = load_plan(found.name, found.runs)
+    if named and "=" in named:  # a sweep's derived plan keeps its own name: a column beside the base plan's
+        pr.name = f"{pr.name}@{named}"
+    if found.problem:
+        pr.missing, pr.command = found.problem, found.hint
+    return pr

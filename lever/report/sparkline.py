@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lever.records import StageEntry
+
 BARS = "▁▂▃▄▅▆▇█"
 SKIP_KEYS = {"stage", "epoch"}
 
@@ -83,7 +85,9 @@ def spark_rows(metrics: list[dict], width: int = 40) -> list[SparkRow]:
     return rows
 
 
-def plot_curves(series: dict[str, list[dict]], out_dir: Path, selected: dict[str, dict] | None = None) -> list[Path] | None:
+def plot_curves(
+    series: dict[str, list[dict]], out_dir: Path, selected: dict[str, StageEntry | None] | None = None
+) -> list[Path] | None:
     """One PNG per metric, a line per run (label -> metrics rows); None when matplotlib is absent.
 
     The x axis counts epochs across stages in file order; dotted lines mark stage changes
@@ -110,9 +114,9 @@ def plot_curves(series: dict[str, list[dict]], out_dir: Path, selected: dict[str
             if not xs:
                 continue
             ax.plot(xs, ys, marker=".", label=label)
-            sel = (selected or {}).get(label) or {}
+            sel = (selected or {}).get(label)
             for i, r in enumerate(rows):
-                if r.get("stage") == sel.get("stage") and r.get("epoch") == sel.get("epoch") and _finite(r.get(key)):
+                if sel is not None and (r.get("stage"), r.get("epoch")) == (sel.stage, sel.epoch) and _finite(r.get(key)):
                     ax.plot([i + 1], [float(r[key])], "o", color="black")
             for i in range(1, len(rows)):
                 if rows[i].get("stage") != rows[i - 1].get("stage"):

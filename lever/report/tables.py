@@ -185,9 +185,9 @@ def training_rows(plan: PlanRuns) -> list[TrainingRow]:
     """One row per seed run: the selected epoch, its metrics, and the flags raised."""
     rows = []
     for run in plan.runs:
-        sel = run.selected or {}
+        sel = run.selected
         m = selected_metrics(run) or {}
-        flags = [str(f) for f in ((run.status or {}).get("flags") or [])]
+        flags = list(run.status.flags) if run.status else []
         adv_std = _num(m.get("adv/std"))
         if adv_std is not None and adv_std < ADV_STD_FLOOR and NEAR_ZERO_FLAG not in flags:
             flags.append(NEAR_ZERO_FLAG)
@@ -196,15 +196,15 @@ def training_rows(plan: PlanRuns) -> list[TrainingRow]:
                 plan=plan.name,
                 seed=run.seed,
                 state=run.state,
-                stage=sel.get("stage"),
-                epoch=sel.get("epoch"),
-                reason=sel.get("reason"),
-                val_loss=_num(m.get("val/loss", sel.get("value"))),
+                stage=sel.stage if sel else None,
+                epoch=sel.epoch if sel else None,
+                reason=sel.reason if sel else None,
+                val_loss=_num(m.get("val/loss", sel.value if sel else None)),
                 ppo_loss=_num(m.get("losses/ppo")),
                 kl=_num(m.get("kl/value")),
                 adv_std=adv_std,
                 flags=flags,
-                message=(run.status or {}).get("message"),
+                message=run.status.message if run.status else None,
             )
         )
     return rows

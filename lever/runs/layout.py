@@ -26,8 +26,9 @@ from typing import Any
 
 from lever.errors import DamagedState
 from lever.io import check_rows, read_rows, read_state, write_json, write_rows
+from lever.records import EvalPointer, RowsRecord, StageEntry, Status, parse, to_json
+from lever.train.stage import checkpoint_path, read_result
 
-STATES = ("running", "trained", "done", "failed", "interrupted")
 STAGES = "_stages"
 SWEEPS = "_sweeps"
 
@@ -59,6 +60,10 @@ class RunsFolder:
     def job_dir(self, key: str) -> Path:
         """Where a sweep's job logs (and submitit's files) go."""
         return self.root / SWEEPS / key
+
+    def store_rel(self, path: Path) -> str:
+        """A path built under the runs folder, as stored in a record (no symlink is followed: see RunDir.path_of)."""
+        return Path(path).relative_to(self.root).as_posix()
 
     def store(self, path: Path) -> str:
         """`path` as stored in a state file: relative to the runs folder."""
@@ -282,46 +287,72 @@ class RunDir:
                 raise
             return None
 
-    def status(self) -> dict[str, Any] | None:
-        """status.json (None when the run never started); a state that is not one of STATES is damage."""
-        s = self._read(self.status_file)
-        if s is not None and not (isinstance(s, dict) and s.get("state") in STATES):
-            raise DamagedState(f"{self.status_file} is damaged: no valid state", hint=self.fix)
-        return s
+    def status(self) -> Status | None:
+        """status.json (None when the run never started); damage is a DamagedState."""
+        data = self._read(self.status_file)
+        return None if data is None else parse(Status, data, self.status_file, self.fix)
 
     @property
     def state(self) -> str | None:
         s = self.status()
-        return None if s is None else s["state"]
+        return None if s is None else s.state
 
-    def stages(self) -> list[dict[str, Any]]:
-        """stages.json entries, each with `path`: the stage folder it names."""
+    def stages(self) -> list[StageEntry]:
+        """stages.json: every stage of the run, in order."""
         entries = self._read(self.stages_file, [])
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and "stage" in e for e in entries):
-            raise DamagedState(f"{self.stages_file} is damaged", hint=self.fix)
-        return [{**e, "path": self.folder.resolve(e.get("dir"), self.stages_file, self.fix)} for e in entries]
+        if not isinstance(entries, list):
+            raise DamagedState(f"{self.stages_file} is damaged: not a list", hint=self.fix)
+        return [parse(StageEntry, e, self.stages_file, self.fix) for e in entries]
 
-    def selected(self) -> dict[str, Any] | None:
-        """selected.json with `path` (the selected checkpoint file) and `stage_path` (its stage folder);
-        None when the run has not finished training."""
-        sel = self._read(self.selected_file)
-        if sel is None:
+    def path_of(self, stored: str) -> Path:
+        """A path a record stores (relative to the runs folder) as a path here; one that leaves the runs folder
+        (a symlinked stage folder pointing elsewhere, say) is a DamagedState."""
+        path = self.folder.root / stored
+        root = self.folder.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise DamagedState(f"{path} leads outside the runs folder {self.folder.root} (to {path.resolve()})", hint=self.fix)
+        return path
+
+    def selected(self) -> StageEntry | None:
+        """selected.json (None when the run has not finished training), cross-checked: it must be the final entry of
+        stages.json and agree with the stage's own record (epoch, value, checkpoint digest)."""
+        data = self._read(self.selected_file)
+        if data is None:
             return None
-        if not isinstance(sel, dict) or not isinstance(sel.get("epoch"), int) or "stage" not in sel:
-            raise DamagedState(f"{self.selected_file} is damaged", hint=self.fix)
-        return {
-            **sel,
-            "path": self.folder.resolve(sel.get("checkpoint"), self.selected_file, self.fix),
-            "stage_path": self.folder.resolve(sel.get("dir"), self.selected_file, self.fix),
-        }
+        sel = parse(StageEntry, data, self.selected_file, self.fix)
+        stages = self.stages()
+        if not stages or stages[-1] != sel:
+            raise DamagedState(
+                f"{self.selected_file} does not match the final stage recorded in {self.stages_file}", hint=self.fix
+            )
+        stage_dir = self.path_of(sel.dir)
+        try:
+            found = read_result(stage_dir, None)
+        except DamagedState as err:
+            raise DamagedState(err.args[0], hint=self.retrain_fix(sel.stage)) from None
+        if found is None:
+            raise DamagedState(f"stage folder {stage_dir} of this run is missing or unfinished", hint=self.fix)
+        own, _ = found
+        if (own.epoch, own.sha256, own.value) != (sel.epoch, sel.sha256, sel.value):
+            raise DamagedState(
+                f"{self.selected_file} names epoch {sel.epoch} of stage '{sel.stage}', but the stage's record "
+                f"{stage_dir / 'selected.json'} selected epoch {own.epoch}",
+                hint=self.fix,
+            )
+        if self.path_of(sel.checkpoint) != checkpoint_path(stage_dir, sel.epoch):
+            raise DamagedState(f"{self.selected_file}: checkpoint {sel.checkpoint} is not epoch {sel.epoch}'s", hint=self.fix)
+        return sel
+
+    def retrain_fix(self, stage: str) -> str:
+        return f"retrain the stage with `{self.command('run', '--retrain-stage', stage)}`"
 
     def metrics(self) -> list[dict[str, Any]] | None:
         """metrics.jsonl rows (None when absent), checked against the count and digest a finished run records."""
         if not self.metrics_file.is_file():
             return None
-        record = (self.status() or {}).get("metrics")
-        if record is not None:
-            check_rows(self.metrics_file, record, self.fix)
+        status = self.status()
+        if status is not None and status.metrics is not None:
+            check_rows(self.metrics_file, to_json(status.metrics), self.fix)
         rows = read_rows(self.metrics_file, self.fix)
         for i, r in enumerate(rows, start=1):
             if not isinstance(r.get("epoch"), int) or not isinstance(r.get("stage"), str):
@@ -332,29 +363,37 @@ class RunDir:
         return EvalDir(self.eval_root / key, self.eval_fix)
 
     def selected_eval(self) -> EvalDir | None:
-        """The evaluation of the selected checkpoint (named by eval/selected.json), else the newest finished one."""
-        pointer = read_state(self.eval_root / "selected.json", self.eval_fix)
-        if isinstance(pointer, dict) and isinstance(pointer.get("key"), str):
-            ev = self.eval_dir(pointer["key"])
-            if ev.complete:
-                return ev
-        done = [p.parent for p in self.eval_root.glob("*/summary.json")]
-        if not done:
+        """The finished evaluation of the selected checkpoint, named by eval/selected.json (None when there is none).
+
+        Verified: the key names a folder of this run, and its summary names the run's selected checkpoint
+        (its SHA-256): an evaluation of another run or epoch is never shown as this run's."""
+        where = self.eval_root / "selected.json"
+        data = read_state(where, self.eval_fix)
+        if data is None:
             return None
-        return self.eval_dir(max(done, key=lambda d: (d / "summary.json").stat().st_mtime).name)
+        ev = self.eval_dir(parse(EvalPointer, data, where, self.eval_fix).key)
+        if not ev.complete:
+            return None
+        sel = self.selected()
+        ck = (ev.summary() or {}).get("checkpoint")
+        if sel is None or not isinstance(ck, dict) or ck.get("sha256") != sel.sha256:
+            raise DamagedState(
+                f"{where} names the evaluation {ev.path}, which is not of this run's selected checkpoint", hint=self.eval_fix
+            )
+        return ev
 
     # ------------------------------------------------------------------ writes
 
-    def set_status(self, state: str, flags: list[str] | None = None, message: str | None = None, **extra: Any) -> None:
+    def set_status(
+        self, state: str, flags: list[str] | None = None, message: str | None = None, metrics: RowsRecord | None = None
+    ) -> None:
         """Record how the run stands: running, trained, done, failed or interrupted."""
-        assert state in STATES, state
-        write_json(self.status_file, {"state": state, "flags": list(flags or []), "message": message, **extra})
+        write_json(self.status_file, to_json(Status(state, list(flags or []), message, metrics)))
 
     def set_state(self, state: str, message: str | None = None) -> None:
-        """Move the run to `state`, keeping its flags and records."""
-        s = self.status() or {}
-        extra = {k: v for k, v in s.items() if k not in ("state", "flags", "message")}
-        self.set_status(state, s.get("flags"), message, **extra)
+        """Move the run to `state`, keeping its flags and its metrics record."""
+        s = self.status()
+        self.set_status(state, s.flags if s else [], message, s.metrics if s else None)
 
     def write_start(self, spec: dict[str, Any], provenance: dict[str, Any]) -> None:
         """A (re)start: the spec, status `running`, provenance; an earlier selection is forgotten until training ends."""
@@ -363,20 +402,17 @@ class RunDir:
         self.set_status("running")
         write_json(self.provenance_file, provenance)
 
-    def write_stages(self, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """stages.json (stage folders stored relative) and metrics.jsonl; returns the metrics' row record."""
-        stored = [{k: v for k, v in e.items() if k != "path"} | {"dir": self.folder.store(e["path"])} for e in entries]
-        write_json(self.stages_file, stored)
-        return write_rows(self.metrics_file, rows)
+    def write_stages(self, entries: list[StageEntry], rows: list[dict[str, Any]]) -> RowsRecord:
+        """stages.json and metrics.jsonl; returns the metrics' row record."""
+        write_json(self.stages_file, [to_json(e) for e in entries])
+        return RowsRecord(**write_rows(self.metrics_file, rows))
 
-    def write_selected(self, selected: dict[str, Any]) -> None:
-        """selected.json, its checkpoint stored relative to the runs folder."""
-        sel = {k: v for k, v in selected.items() if k not in ("path", "stage_path")}
-        write_json(self.selected_file, {**sel, "checkpoint": self.folder.store(selected["path"])})
+    def write_selected(self, selected: StageEntry) -> None:
+        write_json(self.selected_file, to_json(selected))
 
     def mark_selected_eval(self, ev: EvalDir) -> None:
         """Record which evaluation is the selected checkpoint's (the one tables compare)."""
-        write_json(self.eval_root / "selected.json", {"key": ev.key})
+        write_json(self.eval_root / "selected.json", to_json(EvalPointer(ev.key)))
 
     def clear(self) -> None:
         """Forget what the run recorded (status, stages, selection, metrics) before it is redone; evaluations stay."""

@@ -20,7 +20,6 @@ from lever.spec import LoadedPlan, flatten
 from lever.train.stage import Reporter
 
 from .layout import RunDir
-from .recipe import compile_stages
 
 LOGGERS = ("tensorboard", "wandb")
 EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -121,7 +120,7 @@ class Trackers:
         self.backends: list[Any] | None = None
         self.offsets: dict[str, int] = {}
         total = 0
-        for stage, _ in compile_stages(lp.plan):
+        for stage in lp.plan.stages():
             self.offsets[stage.name] = total
             total += stage.epochs
         self.last_step = total

@@ -13,6 +13,7 @@ what it says; combinations that cannot mean anything fail validation with a mess
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -451,6 +452,19 @@ class EvalSpec(Strict):
 # --------------------------------------------------------------------------- plan
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One compiled stage of a plan: what to run and with which optimiser settings (`Plan.stages()`)."""
+
+    name: str  # "sft", "rce", "grpo" or a phase name
+    kind: Literal["sft", "rce", "grpo"]
+    epochs: int
+    opt: SFTSpec | RCESpec | GRPOSpec
+    lr: float
+    std_floor: float = 0.1  # rce.rewards = "normalized": z-score floor (reward.normalize_std_floor)
+    data: DataOverride | None = None  # a curriculum phase's filter changes (None = the plan's filter)
+
+
 class Plan(Strict):
     """A training-and-evaluation recipe."""
 
@@ -499,11 +513,19 @@ class Plan(Strict):
             )
         return self
 
+    def stages(self) -> list[Stage]:
+        """The stages in execution order: sft, rce, then grpo or the curriculum phases (the one place this order lives)."""
+        floor = self.reward.normalize_std_floor
+        out = [Stage("sft", "sft", self.sft.epochs, self.sft, self.sft.lr, floor)] if self.sft.epochs else []
+        if self.rce.epochs:
+            out.append(Stage("rce", "rce", self.rce.epochs, self.rce, self.rce.lr, floor))
+        for ph in self.phases:
+            opt = self.grpo if ph.handoff is None else self.grpo.model_copy(update={"handoff": ph.handoff})
+            out.append(Stage(ph.name, "grpo", ph.epochs, opt, ph.lr or self.grpo.lr, floor, ph.data))
+        if self.grpo.epochs and not self.phases:
+            out.append(Stage("grpo", "grpo", self.grpo.epochs, self.grpo, self.grpo.lr, floor))
+        return out
+
     def stage_names(self) -> list[str]:
-        """Stages in execution order: 'sft', 'rce', 'grpo', or the phase names."""
-        names = (["sft"] if self.sft.epochs else []) + (["rce"] if self.rce.epochs else [])
-        if self.phases:
-            names += [p.name for p in self.phases]
-        elif self.grpo.epochs:
-            names.append("grpo")
-        return names
+        """Stage names in execution order: 'sft', 'rce', 'grpo', or the phase names."""
+        return [s.name for s in self.stages()]

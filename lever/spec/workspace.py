@@ -118,6 +118,11 @@ class Workspace(_Strict):
         return self.path(self.cache)
 
     @property
+    def digest_memo(self) -> Path:
+        """Where input files' SHA-256 digests are remembered between commands (lever.keys.file_digest)."""
+        return self.cache_dir / "digests.json"
+
+    @property
     def plans_dir(self) -> Path:
         return self.path(self.plans)
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save
 
-from lever.errors import LeverError
-from lever.io import atomic_write, read_json, write_json
+from lever.errors import DamagedState, LeverError
+from lever.io import atomic_write, read_state, write_json
+from lever.keys import bytes_digest
 
 State = dict[str, torch.Tensor]
 
@@ -24,10 +25,39 @@ def state_of(model: torch.nn.Module) -> State:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-def save_weights(path: Path, state: State, info: dict[str, Any]) -> None:
-    """Write `<path>` (safetensors) then `<path>.json` (info); the JSON marks the pair complete."""
-    atomic_write(path, lambda p: save_file(state, str(p), metadata={"format": "lever-selector"}))
-    write_json(path.with_suffix(".json"), info)
+def save_weights(path: Path, state: State, info: dict[str, Any]) -> str:
+    """Write `<path>` (safetensors) then `<path>.json` (info and the file's SHA-256); the JSON marks the pair
+    complete. Returns the digest, which every record naming this checkpoint carries."""
+    data = save(state, metadata={"format": "lever-selector"})
+    digest = bytes_digest(data)
+    atomic_write(path, lambda p: p.write_bytes(data))
+    write_json(path.with_suffix(".json"), {**info, "sha256": digest})
+    return digest
+
+
+def load_verified(path: Path, sha256: str, fix: str = "") -> State:
+    """Weights of a checkpoint lever wrote, after checking the file's SHA-256 against the record naming it:
+    a copied, replaced or damaged file is a DamagedState naming it and the repair (`fix`)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DamagedState(f"checkpoint {path} is missing", hint=fix) from None
+    except OSError as err:
+        raise LeverError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
+    if bytes_digest(data) != sha256:
+        raise DamagedState(
+            f"checkpoint {path} is not the file that was recorded (its SHA-256 does not match): it was replaced or damaged",
+            hint=fix,
+        )
+    return load(data)
+
+
+def epoch_digest(path: Path, epoch: int, fix: str = "") -> str:
+    """The SHA-256 recorded beside a stage's checkpoint of `epoch` (its .json); damage or a mismatch is a DamagedState."""
+    info = checkpoint_info(path, fix)
+    if not isinstance(info, dict) or info.get("epoch") != epoch or not isinstance(info.get("sha256"), str):
+        raise DamagedState(f"{path.with_suffix('.json')} is missing or does not record epoch {epoch}'s digest", hint=fix)
+    return info["sha256"]
 
 
 def load_weights(path: Path) -> State:
@@ -41,8 +71,9 @@ def load_weights(path: Path) -> State:
         raise LeverError(f"checkpoint {path} could not be read as safetensors: {err}") from None
 
 
-def checkpoint_info(path: Path) -> dict[str, Any] | None:
-    return read_json(path.with_suffix(".json"))
+def checkpoint_info(path: Path, fix: str = "") -> dict[str, Any] | None:
+    """The .json beside a checkpoint (its stage, epoch, metrics and SHA-256); None when absent."""
+    return read_state(path.with_suffix(".json"), fix)
 
 
 def state_digest(state: State) -> str:

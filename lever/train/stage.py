@@ -18,7 +18,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -26,11 +26,12 @@ from torch import Tensor
 from lever.errors import DamagedState, RunFailed
 from lever.io import check_rows, read_rows, read_state, rows_record, rows_text, write_json, write_jsonl
 from lever.model import SelectorBase
-from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec, SFTSpec
+from lever.records import RowsRecord, StageSelection, parse, to_json
+from lever.spec.schema import GRPOSpec, OptimSpec, RCESpec, SelectSpec, Stage
 from lever.threads import threads_for_batch
 
 from . import losses as L
-from .checkpoint import State, load_resume, save_resume, save_weights, state_of
+from .checkpoint import State, epoch_digest, load_resume, load_verified, save_resume, save_weights, state_of
 from .groups import Batch, Groups
 
 
@@ -54,24 +55,41 @@ def stage_rows(stage_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_result(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """A finished stage's selection and metric rows (None when it has not finished), verified:
-    selected.json whole, the metrics its row count and digest, the selected checkpoint on disk."""
+def read_result(
+    stage_dir: Path, select: SelectSpec | None, pin: int | None = None
+) -> tuple[StageSelection, list[dict[str, Any]]] | None:
+    """A finished stage's selection and metric rows (None when it has not finished), verified: the record
+    whole, the metrics its row count and digest, the selection the one its rows and `select` (`pin`) give
+    (without `select`: its value that of its epoch's row), and the selected checkpoint's recorded digest.
+    Damage is a DamagedState naming the file."""
     if not stage_dir.is_dir():
         return None
-    sel = read_state(stage_dir / "selected.json", fix="")
-    if sel is None:
+    where = stage_dir / "selected.json"
+    data = read_state(where, fix="")
+    if data is None:
         return None
-    if not isinstance(sel, dict) or not isinstance(sel.get("epoch"), int) or not isinstance(sel.get("checkpoint"), str):
-        raise DamagedState(f"{stage_dir / 'selected.json'} is damaged")
-    if "metrics" in sel:  # stages from before digests were recorded get the structural checks below
-        check_rows(stage_dir / "metrics.jsonl", sel["metrics"], fix="")
+    sel = parse(StageSelection, data, where, "")
+    check_rows(stage_dir / "metrics.jsonl", to_json(sel.metrics), fix="")
     rows = stage_rows(stage_dir)
-    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or not any(r["epoch"] == sel["epoch"] for r in rows):
-        raise DamagedState(f"{stage_dir / 'metrics.jsonl'} is damaged: its epochs do not run 1..N with the selected one")
-    if not (stage_dir / sel["checkpoint"]).is_file():
-        raise DamagedState(f"{stage_dir / sel['checkpoint']} (the stage's selected checkpoint) is missing")
+    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or not rows:
+        raise DamagedState(f"{stage_dir / 'metrics.jsonl'} is damaged: its epochs do not run 1..N")
+    row = next((r for r in rows if r["epoch"] == sel.epoch), None)
+    if row is None or not _same(row.get(sel.metric), sel.value):
+        raise DamagedState(f"{where} names epoch {sel.epoch} with {sel.metric} {sel.value}, which its metrics do not hold")
+    if select is not None:
+        best, reason = pick(rows, select, pin)
+        if (sel.epoch, sel.metric, sel.mode, sel.reason) != (best["epoch"], select.metric, select.mode, reason):
+            raise DamagedState(
+                f"{where} names epoch {sel.epoch} ({sel.reason}), but the stage's metrics select epoch {best['epoch']} ({reason})"
+            )
+    if epoch_digest(checkpoint_path(stage_dir, sel.epoch), sel.epoch) != sel.sha256:
+        raise DamagedState(f"{where}: its checkpoint digest differs from the one recorded beside the checkpoint")
     return sel, rows
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, NaN equal to NaN (a stage without validation queries logs val/loss NaN)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 class Reporter(Protocol):
@@ -92,18 +110,6 @@ class SilentReporter:
     def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self) -> None: ...
     def epoch_end(self, stage: str, row: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class Stage:
-    """A compiled stage: what to run, on which groups, with which optimiser settings."""
-
-    name: str  # "sft", "rce", "grpo" or a phase name
-    kind: Literal["sft", "rce", "grpo"]
-    epochs: int
-    opt: SFTSpec | RCESpec | GRPOSpec
-    lr: float
-    std_floor: float = 0.1  # rce.rewards = "normalized": z-score floor (reward.normalize_std_floor)
 
 
 @dataclass
@@ -166,12 +172,14 @@ def lr_scale(opt: OptimSpec) -> float:
     return 1.0
 
 
-def handoff_checkpoint(selected: dict[str, Any], rows: list[dict[str, Any]], handoff: str) -> str:
-    """The checkpoint (relative to the stage directory) the next stage starts from:
-    the stage's selected epoch, or its last epoch (grpo.handoff = "last", the original)."""
+def handoff_checkpoint(stage_dir: Path, selected: StageSelection, rows: list[dict[str, Any]], handoff: str) -> State:
+    """The verified weights the next stage starts from: the stage's selected epoch, or its last
+    epoch (grpo.handoff = "last", the original)."""
     if handoff == "last":
-        return f"ckpt/epoch-{max(r['epoch'] for r in rows):03d}.safetensors"
-    return selected["checkpoint"]
+        last = max(r["epoch"] for r in rows)
+        path = checkpoint_path(stage_dir, last)
+        return load_verified(path, epoch_digest(path, last))
+    return load_verified(checkpoint_path(stage_dir, selected.epoch), selected.sha256)
 
 
 # A GRPO stage whose mean ratio before its first step (policy/start_ratio, over all training
@@ -362,9 +370,7 @@ class StageRunner:
             rows.append(row)
             # Order matters for resume: weights, then metrics, then the resume marker.
             save_weights(
-                self.dir / "ckpt" / f"epoch-{epoch:03d}.safetensors",
-                state_of(self.model),
-                {"stage": self.s.name, "epoch": epoch, "metrics": row},
+                checkpoint_path(self.dir, epoch), state_of(self.model), {"stage": self.s.name, "epoch": epoch, "metrics": row}
             )
             write_jsonl(self.dir / "metrics.jsonl", rows)
             save_resume(
@@ -382,20 +388,18 @@ class StageRunner:
 
     def _finish(self, rows: list[dict[str, Any]]) -> StageResult:
         best, reason = pick(rows, self.select, self.pin)
-        ckpt = self.dir / "ckpt" / f"epoch-{best['epoch']:03d}.safetensors"
-        write_json(
-            self.dir / "selected.json",
-            {
-                "stage": self.s.name,
-                "epoch": best["epoch"],
-                "metric": self.select.metric,
-                "mode": self.select.mode,
-                "value": best.get(self.select.metric),
-                "reason": reason,
-                "checkpoint": f"ckpt/{ckpt.name}",
-                "metrics": rows_record(rows_text(rows)),  # what a reuse checks metrics.jsonl against
-            },
+        ckpt = checkpoint_path(self.dir, best["epoch"])
+        sel = StageSelection(
+            stage=self.s.name,
+            epoch=best["epoch"],
+            metric=self.select.metric,
+            mode=self.select.mode,
+            value=best.get(self.select.metric),
+            reason=reason,
+            sha256=epoch_digest(ckpt, best["epoch"]),
+            metrics=RowsRecord(**rows_record(rows_text(rows))),  # what a reuse checks metrics.jsonl against
         )
+        write_json(self.dir / "selected.json", to_json(sel))
         (self.dir / "resume.pt").unlink(missing_ok=True)  # optimiser state is no longer needed
         return StageResult(self.s.name, self.dir, best["epoch"], best.get(self.select.metric, float("nan")), reason, ckpt, rows)
 

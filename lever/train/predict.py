@@ -1,6 +1,6 @@
 """What a plan's reward, filter and advantage settings make of candidate data, before any training.
 
-`plan_prediction` follows the run's own recipe (`lever.runs.recipe.split_data`, the stages'
+`plan_prediction` follows the run's own recipe (`lever.train.plandata.split_data`, the stages'
 filters) and computes advantages exactly like GRPO training does
 (`lever.train.losses.group_advantages`), so a plan whose groups carry almost no signal is
 caught before any epoch is spent.
@@ -14,14 +14,13 @@ import torch
 from torch import Tensor
 
 from lever.data.candidates import CandidateData
-from lever.data.filters import stage_filter
 from lever.data.rewards import compute_rewards, raw_rewards
 from lever.data.segments import one_thread
 from lever.data.stats import FLAT, FLAT_SHARE, ZERO, value_summary
-from lever.spec.schema import Plan
+from lever.spec.schema import Plan, Stage
 from lever.train.losses import group_advantages, group_zscore_clamped, top_k_mask
 
-from .recipe import split_data, stage_train_data
+from .plandata import split_data, stage_train_data
 
 
 def advantage_prediction(
@@ -105,9 +104,10 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
         return out
     out["split"].update(train=split.train.num_queries, val=split.val.num_queries)
     ks = sorted({c.top_k or None for c in plan.grpo.top_k_schedule}, key=lambda k: (k is None, k or 0)) or [None]
-    phases = [(ph.name, stage_filter(plan.data, ph.data)) for ph in plan.phases] or [("grpo", None)]
-    for name, flt in phases:
-        train, report = stage_train_data(split.train, plan, flt)
+    grpo = [s for s in plan.stages() if s.kind == "grpo"] or [Stage("grpo", "grpo", 0, plan.grpo, plan.grpo.lr)]
+    for stage in grpo:
+        name = stage.name
+        train, report = stage_train_data(split.train, plan, stage)
         rewards = compute_rewards(train, plan.reward)  # what the stage trains on (normalised if the plan says so)
         raw = raw_rewards(train, plan.reward)
         rows = [advantage_prediction(train, rewards, plan.grpo.advantage, k, ties=plan.grpo.top_k_ties, raw=raw) for k in ks]

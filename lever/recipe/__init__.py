@@ -1,0 +1,38 @@
+"""The recipe layer: one object per (plan, workspace, seed) that every command takes.
+
+    recipe.py     Recipe: the stages, the data files and their content keys, the run folder, the inputs read once
+    preflight.py  what a recipe will need, checked before any training
+    train.py      the stages into their folders, the run's record (resume, reuse, redo)
+    evaluate.py   the verified checkpoint, its evaluation folder, scoring through lever.eval, the record
+    sweep.py      a grid of derived plans x seeds through one executor
+    export.py     the selected checkpoint in another project's layout
+
+It sits above every other layer (spec, data, model, train, runs, eval, report); `lever_cli` parses,
+calls one function here or in a lower layer, and renders.
+"""
+
+from .evaluate import Evaluated, checkpoint_for, evaluate, selected_model, train_and_evaluate
+from .export import EXPORT_FORMATS, export_checkpoint
+from .preflight import preflight
+from .recipe import Recipe, recipes
+from .sweep import EXECUTORS, SweepRun, run_sweep
+from .train import RunOutcome, finished, train
+
+__all__ = [
+    "EXECUTORS",
+    "EXPORT_FORMATS",
+    "Evaluated",
+    "Recipe",
+    "RunOutcome",
+    "SweepRun",
+    "checkpoint_for",
+    "evaluate",
+    "export_checkpoint",
+    "finished",
+    "preflight",
+    "recipes",
+    "run_sweep",
+    "selected_model",
+    "train",
+    "train_and_evaluate",
+]

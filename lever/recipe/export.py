@@ -1,0 +1,57 @@
+"""Export: a trained recipe's selected checkpoint in another project's layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lever.errors import LeverError
+from lever.train.checkpoint import load_verified
+from lever.train.original_ckpt import save_v2
+
+from .evaluate import checkpoint_for
+from .recipe import Recipe
+
+EXPORT_FORMATS = ("lever-plus-v2",)
+
+
+def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
+    """Write a trained plan's selected checkpoint in another project's layout; returns what was written.
+
+    lever-plus-v2: the original's v2 Lightning checkpoint (lever.train.original_ckpt.save_v2), which its
+    inference reads. Only model.arch = "lever-plus-v3" maps (its weights are the original's, name for name),
+    with one attention layer (v2 has one).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise LeverError(f"--format {fmt!r} is not known", hint=f"use one of {', '.join(EXPORT_FORMATS)}")
+    lp = r.lp
+    if lp.plan.model.arch != "lever-plus-v3":
+        raise LeverError(
+            f"plan {lp.name} has model.arch = '{lp.plan.model.arch}': lever's selector has other layers than the "
+            "original's (docs/architecture.md), so its weights cannot be written in the original's layout",
+            hint="train with model.arch = 'lever-plus-v3' (plans/original/) to export to the original",
+        )
+    check_out(out, r)
+    entry = checkpoint_for(r.run, None)
+    state = load_verified(r.run.path_of(entry.checkpoint), entry.sha256, r.run.retrain_fix(entry.stage))
+    save_v2(out, state, entry.epoch)
+    return {"out": str(out), "stage": entry.stage, "epoch": entry.epoch, "format": fmt}
+
+
+def check_out(out: Path, r: Recipe) -> None:
+    """Refuse an output that would overwrite something: a folder, a file inside the runs folder, or an input."""
+    out = Path(out)
+    if out.is_dir():
+        raise LeverError(f"-o {out} is a folder", hint=f"name a file, e.g. -o {out / 'selector_v2format.ckpt'}")
+    full, runs = out.resolve(), r.ws.runs_dir.resolve()
+    if full.is_relative_to(runs):
+        raise LeverError(
+            f"-o {out} is inside the runs folder {r.ws.runs_dir}, whose files lever verifies and never overwrites",
+            hint="write the export elsewhere, e.g. -o exports/selector_v2format.ckpt",
+        )
+    inputs = [r.sources.candidates, r.sources.features]
+    if r.plan.start.kind == "checkpoint":
+        inputs.append(r.ws.path(r.plan.start.checkpoint))
+    for p in inputs:
+        if Path(p).exists() and full == Path(p).resolve():
+            raise LeverError(f"-o {out} is an input of the plan ({p}); it would be overwritten", hint="write to another file")

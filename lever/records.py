@@ -1,0 +1,159 @@
+"""The records lever writes about its own results: one typed, versioned dataclass per file, read through one place.
+
+    Status          <run>/status.json             how the run stands (running, trained, done, failed, interrupted)
+    StageSelection  _stages/<stage>/selected.json a finished stage's chosen epoch (its presence = the stage is done)
+    StageEntry      <run>/stages.json (a list)    each stage of a run: its folder and its selection
+                    <run>/selected.json           the run's selection: the final stage's entry
+    EvalPointer     <run>/eval/selected.json      which evaluation is the selected checkpoint's
+
+Every path a record stores is relative to the runs folder (`StageEntry.dir`, `StageEntry.checkpoint`);
+a stage's own record stores no path at all (its checkpoint is `ckpt/epoch-NNN.safetensors` of its epoch).
+Every record that names a checkpoint carries the file's SHA-256, checked before the weights are used.
+
+`parse(cls, data, where, fix)` is the only way a record is read: a missing field, a wrong type or a
+record from a lever that wrote no digests is a DamagedState naming the file and the repair (`fix`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from lever.errors import DamagedState
+
+VERSION = 2  # 2: checkpoint digests in every record that names a checkpoint; paths relative to the runs folder
+STATES = ("running", "trained", "done", "failed", "interrupted")
+EVAL_KEY = re.compile(r"^[0-9a-f]{12}$")  # an evaluation folder's name: a content key, never a path
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RowsRecord:
+    """What a writer records of a JSONL file so a reader can verify it: its row count and the digest of its bytes."""
+
+    rows: int
+    sha256: str
+
+
+@dataclass
+class Status:
+    state: str  # one of STATES
+    flags: list[str] = field(default_factory=list)  # warnings a reader of the results should see
+    message: str | None = None  # why the run failed or stopped
+    metrics: RowsRecord | None = None  # the run's metrics.jsonl, once it has trained
+    version: int = VERSION
+
+    def check(self, where: Path, fix: str) -> None:
+        if self.state not in STATES:
+            raise DamagedState(f"{where} is damaged: state {self.state!r} is not one of {', '.join(STATES)}", hint=fix)
+
+
+@dataclass
+class StageSelection:
+    """A finished stage's choice: `epoch` by `metric` (`mode`), the value it had, and its checkpoint's digest."""
+
+    stage: str
+    epoch: int
+    metric: str
+    mode: str  # "min" | "max"
+    value: float | None
+    reason: str
+    sha256: str  # SHA-256 of ckpt/epoch-<epoch>.safetensors
+    metrics: RowsRecord  # the stage's metrics.jsonl
+    version: int = VERSION
+
+
+@dataclass
+class StageEntry:
+    """One stage of a run, as stages.json lists it; the final stage's entry is the run's selected.json."""
+
+    stage: str
+    kind: str  # "sft" | "rce" | "grpo"
+    key: str  # the stage's content key
+    dir: str  # the stage folder, relative to the runs folder
+    checkpoint: str  # the selected checkpoint, relative to the runs folder
+    sha256: str  # its SHA-256
+    epoch: int
+    metric: str
+    mode: str
+    value: float | None
+    reason: str
+    version: int = VERSION
+
+    def check(self, where: Path, fix: str) -> None:
+        for name in (self.dir, self.checkpoint):
+            if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise DamagedState(f"{where}: path {name!r} is not relative to the runs folder", hint=fix)
+        if not self.checkpoint.startswith(self.dir + "/"):
+            raise DamagedState(f"{where}: checkpoint {self.checkpoint} is not in its stage folder {self.dir}", hint=fix)
+
+
+@dataclass
+class EvalPointer:
+    key: str  # an evaluation folder of this run: eval/<key>/
+    version: int = VERSION
+
+    def check(self, where: Path, fix: str) -> None:
+        if not EVAL_KEY.match(self.key):
+            raise DamagedState(f"{where}: {self.key!r} is not an evaluation of this run (a 12-digit key)", hint=fix)
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    """A record as the JSON object it is stored as."""
+    return dataclasses.asdict(record)
+
+
+def parse(cls: type[R], data: Any, where: Path, fix: str) -> R:
+    """`data` (a JSON object read from `where`) as a `cls` record, every field checked; damage -> DamagedState."""
+    if not isinstance(data, dict):
+        raise DamagedState(f"{where} is damaged: not a JSON object", hint=fix)
+    if data.get("version") != VERSION:
+        raise DamagedState(
+            f"{where} was written by a lever that recorded no checkpoint digests (record version "
+            f"{data.get('version', 1)}, this lever reads {VERSION})",
+            hint=fix,
+        )
+    hints = get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            raise DamagedState(f"{where} is damaged: it has no {f.name!r}", hint=fix)
+        values[f.name] = _value(hints[f.name], data[f.name], f"{where}: {f.name}", fix)
+    record = cls(**values)
+    check = getattr(record, "check", None)
+    if check is not None:
+        check(where, fix)
+    return record
+
+
+def _value(tp: Any, v: Any, what: str, fix: str) -> Any:
+    """`v` checked against the field type `tp` (the few types records use)."""
+    bad = DamagedState(f"{what} has a wrong value ({v!r})", hint=fix)
+    if tp is RowsRecord or tp == RowsRecord | None:
+        if v is None and tp != RowsRecord:
+            return None
+        if not (isinstance(v, dict) and isinstance(v.get("rows"), int) and isinstance(v.get("sha256"), str)):
+            raise bad
+        return RowsRecord(v["rows"], v["sha256"])
+    if tp is int:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise bad
+    elif tp is str:
+        if not isinstance(v, str):
+            raise bad
+    elif tp == str | None:
+        if v is not None and not isinstance(v, str):
+            raise bad
+    elif tp == float | None:
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise bad
+    elif tp == list[str]:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise bad
+    return v
