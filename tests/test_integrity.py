@@ -469,3 +469,145 @@ def test_a_summary_from_before_digests_is_still_checked_against_its_rows(tmp_pat
     ev.results.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))  # a row cut
     with pytest.raises(DamagedState, match="does not match the rows"):
         ev.read()
+
+
+# ---------------------------------------------------------------- records that verify themselves
+
+
+def _edit(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_stage_selection_edited_to_another_epoch_is_an_error_until_retrained(lever, ws):
+    """A stage's selected.json names another epoch (and that epoch's digest): a plan reusing the stage would
+    evaluate the edited epoch while printing the selected one's value. The stage's own metrics disagree."""
+    args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    before = json.loads((run_dir / "selected.json").read_text())
+    stage = stage_dir(ws)
+    other = 3 - before["epoch"]  # the epoch that was not selected (of 2)
+    digest = json.loads((stage / "ckpt" / f"epoch-{other:03d}.json").read_text())["sha256"]
+    _edit(stage / "selected.json", epoch=other, sha256=digest)
+    error(run_cli(lever, "evaluate", *args[:-1]), str(stage / "selected.json"), f"names epoch {other}", "--retrain-stage rce")
+    _edit(
+        stage / "selected.json", value=json.loads((stage / "ckpt" / f"epoch-{other:03d}.json").read_text())["metrics"]["val/loss"]
+    )
+    error(run_cli(lever, "run", *args, "--redo"), str(stage / "selected.json"), "metrics select epoch", "--retrain-stage rce")
+    assert run_cli(lever, "run", *args, "--retrain-stage", "rce").code == 0
+    assert json.loads((run_dir / "selected.json").read_text()) == before  # the repair restores the same selection
+
+
+def test_a_run_selection_edited_to_another_epoch_is_an_error_until_redone(lever, ws):
+    args = [PLANS / "baseline.toml", *TINY[:-2], "rce.epochs=2", "eval.shots=[1,2]"]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    sel = run_dir / "selected.json"
+    good = sel.read_text()
+    other = 3 - json.loads(good)["epoch"]
+    ckpt = f"{json.loads(good)['dir']}/ckpt/epoch-{other:03d}.safetensors"
+    _edit(sel, epoch=other, checkpoint=ckpt)
+    for cmd in (["evaluate", *args], ["compare", "baseline", "--baseline", "baseline"], ["report", "baseline"]):
+        error(run_cli(lever, *cmd), str(sel), "--redo")
+    listed_damaged(run_cli(lever, "runs"), "selected.json")
+    res = run_cli(lever, "run", *args, "--redo")
+    assert res.code == 0, res.text
+    assert sel.read_text() == good and run_cli(lever, "compare", "baseline", "--baseline", "baseline").code == 0
+
+
+def test_an_evaluation_pointer_to_another_plans_results_is_an_error(lever, ws):
+    """eval/selected.json pointed at another plan's evaluation would show that plan's numbers as this one's."""
+    tiny = [*TINY]
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *tiny).code == 0
+    assert run_cli(lever, "run", PLANS / "plan1.toml", *tiny, "grpo.epochs=1").code == 0
+    (base_run,) = seed_dirs(ws, "baseline")
+    (other,) = seed_dirs(ws, "plan1")
+    pointer = base_run / "eval" / "selected.json"
+    good = pointer.read_text()
+    _edit(pointer, key=f"../../../../plan1/{other.parent.name}/seed-0/eval/{eval_dir(other).name}")
+    error(run_cli(lever, "compare", "plan1", "--baseline", "baseline"), str(pointer), "not an evaluation of this run")
+    evaluated = eval_dir(base_run)
+    shutil.copytree(eval_dir(other), base_run / "eval" / eval_dir(other).name)  # another plan's results, copied in
+    _edit(pointer, key=eval_dir(other).name)
+    error(run_cli(lever, "compare", "plan1", "--baseline", "baseline"), str(pointer), "not of this run's selected checkpoint")
+    res = run_cli(lever, "evaluate", PLANS / "baseline.toml", *tiny, "--redo")  # the repair the message names
+    assert res.code == 0, res.text
+    assert pointer.read_text() == good and (evaluated / "summary.json").is_file()
+    assert run_cli(lever, "compare", "plan1", "--baseline", "baseline").code == 0
+
+
+def test_a_copied_or_flipped_checkpoint_is_detected_before_use(lever, ws):
+    args = [PLANS / "baseline.toml", *FAST]
+    assert run_cli(lever, "run", *args).code == 0
+    stage = stage_dir(ws)
+    sel = json.loads((stage / "selected.json").read_text())["epoch"]
+    other = 3 - sel
+    chosen = stage / "ckpt" / f"epoch-{sel:03d}.safetensors"
+    good = chosen.read_bytes()
+    shutil.copy(stage / "ckpt" / f"epoch-{other:03d}.safetensors", chosen)  # the other epoch's weights under this name
+    error(run_cli(lever, "evaluate", *args, "--redo"), str(chosen), "SHA-256 does not match", "--retrain-stage rce")
+    flipped = bytearray(good)
+    flipped[-3] ^= 0x01  # one bit of one weight
+    chosen.write_bytes(bytes(flipped))
+    error(run_cli(lever, "evaluate", *args, "--redo"), str(chosen), "SHA-256 does not match")
+    error(run_cli(lever, "run", *args, "--redo"), str(chosen))
+    assert run_cli(lever, "run", *args, "--retrain-stage", "rce").code == 0
+    assert chosen.read_bytes() == good  # retrained: the same weights, bit for bit
+
+
+def test_a_stage_folder_leading_outside_the_runs_folder_is_damage(lever, ws, tmp_path):
+    args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
+    assert run_cli(lever, "run", *args).code == 0
+    stage = stage_dir(ws)
+    outside = tmp_path / "elsewhere"
+    shutil.move(stage, outside)
+    stage.symlink_to(outside, target_is_directory=True)
+    error(run_cli(lever, "evaluate", *args[:-1]), "leads outside the runs folder")
+    error(run_cli(lever, "run", *args, "--redo"), "leads outside the runs folder", "--retrain-stage rce")
+    assert run_cli(lever, "run", *args, "--retrain-stage", "rce").code == 0
+    assert stage.is_dir() and not stage.is_symlink()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_fails_the_run_with_exit_2(lever, ws, monkeypatch):
+    from pathlib import Path as P
+
+    args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
+    real = P.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".epoch-002.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(P, "write_bytes", full)
+    res = run_cli(lever, "run", *args)
+    error(res, "No space left on device", "epoch-002.safetensors")
+    (run_dir,) = seed_dirs(ws, "baseline")
+    assert status(run_dir)["state"] == "failed"
+    monkeypatch.setattr(P, "write_bytes", real)
+    assert run_cli(lever, "run", *args).code == 0 and status(run_dir)["state"] == "trained"
+
+
+def test_export_refuses_a_folder_the_runs_folder_and_an_input(lever, ws, tmp_path):
+    args = [PLANS / "original" / "plan5.toml", "rce.epochs=1", "grpo.epochs=1", "rce.batch_size=16", "grpo.batch_size=16"]
+    assert run_cli(lever, "run", *args, "--no-eval").code == 0
+    error(run_cli(lever, "export", *args, "-o", tmp_path), "is a folder")
+    error(run_cli(lever, "export", *args, "-o", ws / "runs" / "x.ckpt"), "inside the runs folder")
+    from lever.runs.sources import bench_paths
+    from lever.spec.workspace import load_workspace
+
+    cands = Path(bench_paths(load_workspace(os.environ["LEVER_WORKSPACE"]), lambda m: None).candidates)
+    kept = cands.read_bytes()
+    error(run_cli(lever, "export", *args, "-o", cands), "is an input of the plan")
+    assert cands.read_bytes() == kept
+    res = run_cli(lever, "export", *args, "-o", tmp_path / "v2.ckpt")
+    assert res.code == 0 and (tmp_path / "v2.ckpt").is_file(), res.text
+
+
+def test_one_run_reads_its_candidates_and_features_once(lever, ws):
+    from lever.recipe import recipe
+
+    before = recipe.LOADS["inputs"]
+    recipe._LOADED.clear()
+    assert run_cli(lever, "run", PLANS / "baseline.toml", *TINY).code == 0  # preflight, training and evaluation
+    assert recipe.LOADS["inputs"] == before + 1
