@@ -191,3 +191,18 @@ def test_evaluate_a_plan_never_run(lever, tmp_path):
     ws.write_text('runs = "runs"\ncache = "cache"\n')
     refused(lever("--workspace", ws, "evaluate", ROOT / "plans" / "plan5.toml"), "has no selected checkpoint", "lever run")
     assert not (tmp_path / "cache").exists()  # refused before the benchmark is generated
+
+
+def test_workspace_flag_on_a_folder(lever, tmp_path):
+    refused(lever("--workspace", tmp_path, "show", ROOT / "plans" / "plan5.toml"), "is a folder without a lever.toml")
+    (tmp_path / "lever.toml").write_text('runs = "elsewhere"\n')
+    res = lever("--workspace", tmp_path, "show", ROOT / "plans" / "plan5.toml", "--json")
+    assert res.code == 0 and "elsewhere" in res.out  # a folder holding lever.toml names it
+
+
+def test_a_start_checkpoint_of_random_bytes_is_not_called_a_pickle(lever, tmp_path):
+    bad = tmp_path / "random.ckpt"
+    bad.write_bytes(bytes(range(256)) * 8)
+    res = lever("run", ROOT / "plans" / "original" / "plan5.toml", "start.kind=checkpoint", f"start.checkpoint={bad}")
+    refused(res, "is not a PyTorch checkpoint", str(bad))
+    assert "trust_pickle" not in res.err

@@ -69,14 +69,6 @@ class RunsFolder:
         """`path` as stored in a state file: relative to the runs folder."""
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
-    def resolve(self, stored: Any, where: Path, fix: str) -> Path:
-        """A path read from a state file: relative to the runs folder, never outside it."""
-        if not isinstance(stored, str) or not stored or Path(stored).is_absolute() or ".." in Path(stored).parts:
-            raise DamagedState(
-                f"{where}: path {stored!r} is not relative to the runs folder (written by an older lever?)", hint=fix
-            )
-        return self.root / stored
-
     def hashes(self, plan: str) -> list[str]:
         """The spec hashes a plan has runs under, newest first."""
         plan_dir = self.root / plan

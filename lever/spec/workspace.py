@@ -140,6 +140,13 @@ def load_workspace(flag: str | Path | None = None) -> Workspace:
         path, origin = Path(WORKSPACE_FILE), f"./{WORKSPACE_FILE}"
     if path is None:
         return Workspace()
+    if path.is_dir():
+        if not (path / WORKSPACE_FILE).is_file():
+            raise LeverError(
+                f"{origin} {path} is a folder without a {WORKSPACE_FILE}",
+                hint=f"name a workspace file, e.g. {origin if origin.startswith('$') else '--workspace'} {path / WORKSPACE_FILE}",
+            )
+        path = path / WORKSPACE_FILE  # a folder holding the workspace file names it
     if not path.is_file():
         raise LeverError(f"workspace file {path} (from {origin}) does not exist")
     try:

@@ -36,6 +36,13 @@ V3_MARKERS = ("query_proj.weight", "cand_proj.weight")
 def _load(path: Path, trust: bool) -> Any:
     if not path.is_file():
         raise LeverError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip archive, or a legacy pickle
+        raise LeverError(
+            f"checkpoint {path} is not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)",
+            hint="start.checkpoint takes the original's v2 / v3 .ckpt files, or a lever .safetensors checkpoint",
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
