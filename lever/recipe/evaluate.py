@@ -159,7 +159,7 @@ def train_and_evaluate(
         if not evaluate_it:
             return outcome, None
         # A finished evaluation is verified before it is reused; redoing it is `lever evaluate PLAN --redo`'s job.
-        ev = evaluate(replace(r, log=rep.info), progress=progress)
+        ev = evaluate(r, progress=progress)
         if fresh:
             trackers.evaluation(ev.summary)
         return outcome, ev
