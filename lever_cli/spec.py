@@ -74,7 +74,7 @@ def show(
         table.add_row(key, json.dumps(value))
     console.print(table)
     proto_table = Table("key", "value", title=f"evaluation protocol: {protocol['name']}", title_justify="left")
-    for key, value in protocol.items():
+    for key, value in flatten(protocol).items():  # the [generation] table as generation.<key>
         if key != "name":
             proto_table.add_row(key, json.dumps(value))
     console.print(proto_table)

@@ -245,3 +245,54 @@ def test_three_plans_in_one_command_load_the_vlm_once(lever, tmp_path, monkeypat
     assert res.code == 0, res.text
     assert len(list((tmp_path / "runs").glob("*/*/seed-0/eval/*/summary.json"))) == 3  # three evaluations
     assert len(loads) == 1
+
+
+def test_a_generation_setting_reaches_generate_and_the_evaluation_key(lever, real_workspace, monkeypatch, tmp_path):
+    """The protocol file's [generation] table is what `model.generate` gets, and editing one of its settings
+    (same file, same name) is a new evaluation, never the cached answers."""
+    import lever.eval.sources as sources
+    from lever.eval.protocol import resolve_protocol
+
+    ws, built = real_workspace
+    calls: list[dict] = []
+    inner = sources.make_hf_backend  # the fixture's: the tiny VLM
+
+    def backend(ws_, spec, device="cpu"):
+        be = inner(ws_, spec, device)
+        be.protocol = resolve_protocol(spec)  # as the real make_hf_backend builds it
+        real = type(be.model).generate.__get__(be.model)
+        monkeypatch.setattr(be.model, "generate", lambda **kw: calls.append(kw) or real(**kw))
+        return be
+
+    monkeypatch.setattr(sources, "make_hf_backend", backend)
+    proto = tmp_path / "mine.toml"
+    lever_toml = (ROOT / "lever" / "eval" / "protocols" / "lever.toml").read_text()
+    proto.write_text(lever_toml.replace('eos = "config"', 'eos = "config"\nlength_penalty = 0.5'))
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}"]
+    plan += ["eval.shots=[1]", f"eval.pool_size={POOL}", "eval.num_beams=2", "eval.max_new_tokens=2"]
+    plan += ["eval.max_failed=0.2", f"eval.protocol={proto}"]
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 0, res.text
+    settings = {k: v for k, v in calls[-1].items() if not isinstance(v, torch.Tensor)}
+    assert settings == {
+        "max_new_tokens": 2,
+        "num_beams": 2,
+        "pad_token_id": settings["pad_token_id"],
+        "do_sample": False,
+        "length_penalty": 0.5,
+    }
+    assert "evaluation cached" in lever("--workspace", ws, "evaluate", *plan).text
+    proto.write_text(proto.read_text().replace("length_penalty = 0.5", "length_penalty = 1.5"))
+    n = len(built)
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 0 and "evaluation cached" not in res.text and len(built) == n + 1
+    assert calls[-1]["length_penalty"] == 1.5
+    (run,) = (ws.parent / "runs" / "baseline").glob("*/seed-0")
+    evals = sorted(p.parent.name for p in (run / "eval").glob("*/summary.json"))
+    assert len(evals) == 2  # two keys, one per length penalty
+    recorded = {
+        json.loads((run / "eval" / e / "summary.json").read_text())["inputs"]["protocol"]["generation"]["length_penalty"]
+        for e in evals
+    }
+    assert recorded == {0.5, 1.5}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -124,3 +125,86 @@ def test_show_prints_the_effective_protocol(lever):
     proto = json.loads(res.out)["protocol"]
     assert proto["name"] == "lever-plus" and proto["metric"] == "vqa-latest" and proto["max_pixels"] == 200704
     assert proto["system_prompt"] == ORIGINAL_SYSTEM
+    assert proto["generation"] == {"length_penalty": 0.0, "min_new_tokens": 0, "eos": "tokenizer", "sampling": "model_config"}
+    table = lever("show", plan, "eval.protocol=lever")
+    assert table.code == 0, table.text
+    rows = {line.split()[1]: line.split()[3] for line in table.out.splitlines() if line.startswith("│ generation.")}
+    assert rows == {
+        "generation.length_penalty": "null",
+        "generation.min_new_tokens": "null",
+        "generation.eos": '"config"',
+        "generation.sampling": '"greedy"',
+    }
+
+
+@pytest.fixture(scope="module")
+def okvqa_items(tmp_path_factory):
+    from tiny_models import write_okvqa_fixture
+
+    from lever.eval.okvqa import load_okvqa
+
+    return load_okvqa(*write_okvqa_fixture(tmp_path_factory.mktemp("okvqa"), n=2), split="val")
+
+
+def _generate_kwargs(qwen, items, name: str, monkeypatch) -> dict:
+    """The keyword arguments besides the encoded batch (tensors) that reach the model's `generate` when the
+    backend answers one 1-shot request under protocol `name`."""
+    backend = HFBackend.from_pretrained_objects(*qwen, device="cpu", max_new_tokens=2, protocol=load_protocol(name))
+    seen: list[dict] = []
+    real = backend.model.generate
+
+    def spy(**kw):
+        seen.append({k: v for k, v in kw.items() if not isinstance(v, torch.Tensor)})
+        return real(**kw)
+
+    monkeypatch.setattr(backend.model, "generate", spy)
+    (resp,) = backend.answer([Request("val", items[0], [items[1]])])
+    assert not resp.failed, resp.error
+    (kw,) = seen
+    return kw
+
+
+def test_generate_gets_the_originals_settings_under_lever_plus(qwen, okvqa_items, monkeypatch):
+    """The original passed length_penalty 0.0, min_new_tokens 0 and the tokenizer's eos, and left sampling to the
+    model folder's generation_config (so no do_sample here)."""
+    tokenizer = qwen[1].tokenizer
+    kw = _generate_kwargs(qwen, okvqa_items, "lever-plus", monkeypatch)
+    assert kw == {
+        "max_new_tokens": 2,
+        "num_beams": 3,
+        "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "length_penalty": 0.0,
+        "min_new_tokens": 0,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }
+
+
+def test_generate_is_greedy_as_before_under_lever(qwen, okvqa_items, monkeypatch):
+    """lever's protocol keeps what lever always passed: no sampling; the rest from the model's generation config."""
+    kw = _generate_kwargs(qwen, okvqa_items, "lever", monkeypatch)
+    pad = qwen[1].tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert kw == {"max_new_tokens": 2, "num_beams": 3, "pad_token_id": pad, "do_sample": False}
+
+
+def test_generation_settings_are_data_and_part_of_the_identity(tmp_path):
+    plus = load_protocol("lever-plus")
+    assert plus.identity()["generation"] == {
+        "length_penalty": 0.0,
+        "min_new_tokens": 0,
+        "eos": "tokenizer",
+        "sampling": "model_config",
+    }
+    path = tmp_path / "mine.toml"
+    original = (Path(__file__).resolve().parents[1] / "lever" / "eval" / "protocols" / "lever-plus.toml").read_text()
+    path.write_text(original.replace("length_penalty = 0.0", "length_penalty = 1.0"))
+    mine = load_protocol(str(path))
+    assert mine.generation.length_penalty == 1.0 and mine.identity() != plus.identity()
+    assert {k: v for k, v in mine.identity().items() if k not in ("name", "generation")} == {
+        k: v for k, v in plus.identity().items() if k not in ("name", "generation")
+    }
+    # A protocol file without a [generation] table generates as lever always did.
+    path.write_text('demo_template = "Q: {question} A: {answer}"\nquery_template = "Q: {question} A:"\n')
+    assert load_protocol(str(path)).identity()["generation"] == load_protocol("lever").identity()["generation"]
+    path.write_text(original.replace('sampling = "model_config"', 'sampling = "sample"'))
+    with pytest.raises(LeverError, match=r"mine.toml: generation.sampling: .*'model_config'.*'greedy'"):
+        load_protocol(str(path))

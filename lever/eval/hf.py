@@ -193,9 +193,10 @@ def load_vlm(model_dir: Path, dtype: torch.dtype, attn_implementation: str, devi
 class HFBackend:
     """Answers requests with a local transformers VLM; see the module docstring for the prompt.
 
-    Generation is deterministic (do_sample=False): beam search with `num_beams`
-    beams, or greedy when num_beams == 1; other settings come from the
-    checkpoint's generation config.
+    Generation: beam search with `num_beams` beams (greedy when 1), at most `max_new_tokens`
+    new tokens, and the protocol's generation settings (`PromptProtocol.generation`: sampling
+    off or as the model folder's generation config says, length penalty, min_new_tokens, eos);
+    what neither sets comes from the checkpoint's generation config.
     """
 
     name = "hf"
@@ -289,13 +290,21 @@ class HFBackend:
             batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         return batch.to(self.device)
 
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Everything `model.generate` gets besides the encoded batch: the plan's beams and answer length, the
+        tokenizer's pad token, and the protocol's generation settings."""
+        tokenizer = self.processor.tokenizer
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "pad_token_id": tokenizer.pad_token_id,
+            **self.protocol.generation.generate_kwargs(tokenizer),
+        }
+
     def generate(self, inputs: Any) -> list[str]:
         """Generate for one encoded batch; returns the decoded new tokens of each row."""
-        pad_id = self.processor.tokenizer.pad_token_id
         with torch.inference_mode():
-            out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False, pad_token_id=pad_id
-            )  # [B, T_prompt + T_new]
+            out = self.model.generate(**inputs, **self.generate_kwargs())  # [B, T_prompt + T_new]
         new = out[:, inputs["input_ids"].shape[1] :]  # [B, T_new]
         with self._tokenizer_lock:
             return self.processor.batch_decode(new, skip_special_tokens=True)

@@ -13,9 +13,16 @@ templates, how images are sized, and the VQA accuracy variant. lever ships two i
 - `lever`: the same turn without a system prompt of its own (the chat template's default
   system message), images sized by the processor alone, the `classic` metric.
 
+A protocol also says how the VLM generates (its `[generation]` table, `GenerationSettings`):
+`lever-plus` passes what the original passed to `model.generate` (length_penalty 0.0,
+min_new_tokens 0, the tokenizer's eos token) and leaves sampling to the model folder's
+`generation_config.json`; `lever` turns sampling off (do_sample=False) and leaves the rest to
+the model's generation config, as lever always did. The beam count and the answer length are
+plan settings (`eval.num_beams`, `eval.max_new_tokens`).
+
 A plan names one with `eval.protocol` (a shipped name or a path to a TOML file of the same
 keys) and may override its `metric`, `min_pixels` and `max_pixels`. What a protocol
-resolves to is part of the evaluation's cache key.
+resolves to, its generation settings included, is part of the evaluation's cache key.
 """
 
 from __future__ import annotations
@@ -47,6 +54,27 @@ MAX_RATIO = 200  # qwen_vl_utils refuses images more elongated than this
 VQAMetric = Literal["classic", "vqa-latest", "lever-plus"]  # the names of lever.eval.vqa.VQA_METRICS
 
 
+class _GenerationFile(BaseModel):
+    """The `[generation]` table of a protocol file: what `model.generate` gets besides the beams and the length."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    length_penalty: float | None = Field(
+        None, description="Beam search length penalty passed to generate; unset = the model's generation config"
+    )
+    min_new_tokens: int | None = Field(
+        None, ge=0, description="Fewest new tokens before eos may end an answer; unset = the model's generation config"
+    )
+    eos: Literal["tokenizer", "config"] = Field(
+        "config", description="tokenizer: eos_token_id = the tokenizer's eos token; config: the model's generation config"
+    )
+    sampling: Literal["model_config", "greedy"] = Field(
+        "greedy",
+        description="greedy: do_sample=False (greedy or beam search); model_config: do_sample, temperature, top_p and "
+        "top_k as the model folder's generation_config.json sets them",
+    )
+
+
 class _ProtocolFile(BaseModel):
     """The keys of a protocol TOML file (unknown keys are errors)."""
 
@@ -62,6 +90,9 @@ class _ProtocolFile(BaseModel):
     min_pixels: int | None = Field(None, ge=1, description="qwen-vl-utils sizing: lower bound of height * width")
     max_pixels: int | None = Field(None, ge=1, description="qwen-vl-utils sizing: upper bound of height * width")
     metric: VQAMetric = Field("classic", description="VQA accuracy variant (lever.eval.vqa)")
+    generation: _GenerationFile = Field(
+        default_factory=_GenerationFile, description="How the VLM generates; absent = greedy, the model's other settings"
+    )
 
     @field_validator("demo_template", "query_template")
     @classmethod
@@ -78,6 +109,30 @@ class _ProtocolFile(BaseModel):
 
 
 @dataclass(frozen=True)
+class GenerationSettings:
+    """How the VLM generates under a protocol (see `_GenerationFile` for each field)."""
+
+    length_penalty: float | None = None
+    min_new_tokens: int | None = None
+    eos: str = "config"
+    sampling: str = "greedy"
+
+    def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        """The keyword arguments `model.generate` gets from these settings; what is left out comes from the
+        model's generation config."""
+        kw: dict[str, Any] = {}
+        if self.sampling == "greedy":
+            kw["do_sample"] = False
+        if self.length_penalty is not None:
+            kw["length_penalty"] = self.length_penalty
+        if self.min_new_tokens is not None:
+            kw["min_new_tokens"] = self.min_new_tokens
+        if self.eos == "tokenizer":
+            kw["eos_token_id"] = tokenizer.eos_token_id
+        return kw
+
+
+@dataclass(frozen=True)
 class PromptProtocol:
     """A resolved protocol; see the module docstring."""
 
@@ -89,6 +144,7 @@ class PromptProtocol:
     min_pixels: int | None
     max_pixels: int | None
     metric: str
+    generation: GenerationSettings = GenerationSettings()
 
     def messages(self, request: Request) -> list[dict[str, Any]]:
         """The chat messages: an optional system message, then one user turn of images and texts."""
@@ -107,10 +163,11 @@ class PromptProtocol:
         return image if (w, h) == (width, height) else image.resize((w, h), Image.BICUBIC)
 
     def identity(self) -> dict[str, Any]:
-        """Everything the answers depend on (the name is only a label)."""
+        """Everything the answers depend on (the name is only a label), the generation settings as a nested table."""
         return asdict(self)
 
     def digest(self) -> str:
+        """A short hash of `identity()`."""
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -137,6 +194,7 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, fact
 
 
 def shipped_protocols() -> list[str]:
+    """The names of the protocols lever ships (`lever/eval/protocols/*.toml`)."""
     return sorted(p.stem for p in SHIPPED.glob("*.toml"))
 
 
@@ -157,7 +215,8 @@ def load_protocol(ref: str) -> PromptProtocol:
     except ValidationError as e:
         raise format_validation_error(e, f"protocol file {path}", _ProtocolFile) from None
     name = ref if path.parent == SHIPPED else str(path)
-    return PromptProtocol(name=name, **spec.model_dump(exclude={"description"}))
+    fields = spec.model_dump(exclude={"description", "generation"})
+    return PromptProtocol(name=name, **fields, generation=GenerationSettings(**spec.generation.model_dump()))
 
 
 def resolve_protocol(spec: Any) -> PromptProtocol:
