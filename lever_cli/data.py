@@ -83,7 +83,8 @@ def stats(
     from lever.data.stats import data_stats
     from lever.train.predict import plan_prediction
 
-    data = load_candidates(_candidates_file(file), cache_dir=_cache_dir(cache), log=_log)
+    keep = "keep" if lp and lp.plan.data.duplicates == "keep" else "drop"  # the plan's reading of repeated sequences
+    data = load_candidates(_candidates_file(file), cache_dir=_cache_dir(cache), log=_log, duplicates=keep)
     reward = lp.plan.reward if lp else RewardSpec()
     rules = lp.plan.data.tier_rules if lp else None
     out = data_stats(data, reward.model_copy(update={"normalize": "none"}), rules)
@@ -390,6 +391,12 @@ def generate(
     random: int = typer.Option(2, "--random", help="Uniform random sequences per query"),
     retrieval: int = typer.Option(3, "--retrieval", help="Similarity-retrieval sequences per query"),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and random sequences"),
+    dedupe: str = typer.Option(
+        "set",
+        "--dedupe",
+        help="set: one sequence per set of items, from the first source of beam > retrieval > sample > random (the "
+        "original's); ordered: each ordered sequence once, [a, b] and [b, a] both kept",
+    ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="Device of the VLM (under torchrun: one GPU per rank)"),
     redo: bool = typer.Option(False, "--redo", help="Start again: overwrite OUT and drop an interrupted generation"),
 ) -> None:
@@ -408,6 +415,8 @@ def generate(
     from ._progress import CountProgress
 
     ws = workspace()
+    if dedupe not in ("set", "ordered"):
+        raise LeverError(f"--dedupe {dedupe!r} is not known", hint="use set (the original's) or ordered")
     if overrides and not plan:
         raise LeverError("--set overrides need --plan", hint="lever data generate POOLS OUT --plan baseline -s eval.num_beams=1")
     spec = load_plan(plan, overrides or (), ws.plans_dir).plan.eval if plan else EvalSpec()
@@ -422,7 +431,7 @@ def generate(
         # the weights' digest in the label: a retrained plan is another policy (no mixed resume)
         selector = (f"{lp.name} seed {seed0} {entry.stage} epoch {entry.epoch} weights {digest}", model)
     src = Sources(beams, _floats(temperatures, "--temperatures"), samples, random, retrieval)
-    opts = GenerateOptions(shots=shots, sources=src, seed=seed)
+    opts = GenerateOptions(shots=shots, sources=src, seed=seed, dedupe=dedupe)
     with CountProgress(err_console, "generating", unit="queries", enabled=ranks().is_main) as bar:
         result = generate_file(
             ws, pools_file, feats, out, opts=opts, spec=spec, policy=selector, device=device, redo=redo,

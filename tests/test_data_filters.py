@@ -173,3 +173,23 @@ def test_split_sorts_ids_as_integers():
 def test_split_refuses_to_leave_no_training_query():
     with pytest.raises(LeverError, match="leave none for training"):
         split_train_val(ids_data([1]), 0.9)
+
+
+def test_split_rounding_round_and_floor_on_seven_queries():
+    # 7 queries at val_fraction 0.2: 0.8 * 7 = 5.6 -> round 6 train / 1 val, floor (the original's int(0.8 * Q)) 5 / 2
+    d = ids_data(list(range(7)))
+    tr, va = split_train_val(d, 0.2)
+    assert d.query_ids[tr].tolist() == [0, 1, 2, 3, 4, 5] and d.query_ids[va].tolist() == [6]
+    tr, va = split_train_val(d, 0.2, "floor")
+    assert d.query_ids[tr].tolist() == [0, 1, 2, 3, 4] and d.query_ids[va].tolist() == [5, 6]
+    for rounding in ("round", "floor"):  # 800 queries: 640 / 160 either way (0.8 * 800 is whole)
+        tr, va = split_train_val(ids_data(list(range(800))), 0.2, rounding)
+        assert (len(tr), len(va)) == (640, 160)
+
+
+def test_split_rounding_and_duplicates_default_away_from_every_key():
+    # absent from a default plan's dump (spec hashes and stage keys made before them stay valid), present when set
+    assert "split_rounding" not in DataSpec().model_dump(mode="json")
+    assert "duplicates" not in DataSpec().model_dump(mode="json")
+    dumped = DataSpec(split_rounding="floor", duplicates="keep").model_dump(mode="json")
+    assert dumped["split_rounding"] == "floor" and dumped["duplicates"] == "keep"

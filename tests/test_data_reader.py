@@ -264,3 +264,19 @@ def test_two_processes_report_errors_in_either_half(tmp_path, forked, where):
     path = write(tmp_path, recs)
     with pytest.raises(LeverError, match=rf"query {key}, candidate 2: field 'pointer' is \[1, 1\]: an index repeats"):
         forked.parse_candidates(path, workers=2)
+
+
+def test_duplicates_keep_reads_every_copy_with_the_repeats_flagged(tmp_path):
+    recs = small()
+    cands = recs["20"]["pointer_candidates"]  # [0, 1], [2, 3], [3, 1]
+    cands.append(c([0, 1], 0.6))  # candidate 0 again: a repeat, kept with its own score
+    cands.append(c([1, 0], 0.0))  # the same items in another order: another sequence
+    path, cache = write(tmp_path, recs), tmp_path / "cache"
+    kept = load_candidates(path, cache_dir=cache, log=QUIET, duplicates="keep")
+    q = kept.subset(torch.tensor([1]))
+    assert q.pointers.tolist() == [[0, 1], [2, 3], [3, 1], [0, 1], [1, 0]]
+    assert q.duplicate.tolist() == [False, False, False, True, False]
+    assert q.acc.tolist()[3] == pytest.approx(0.6)
+    dropped = load_candidates(path, cache_dir=cache, log=QUIET)  # the same cached parse, read the default way
+    assert dropped.group_sizes().tolist() == [2, 4] and dropped.meta["read"]["duplicates_dropped"] == 1
+    assert torch.equal(kept.without_duplicates().pointers, dropped.pointers)

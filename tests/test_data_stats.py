@@ -178,3 +178,19 @@ def test_help_has_an_example():
     assert code == 0 and "Example" in out and "--plan" in out
     code, out = run_cli("balance", "--help")
     assert code == 0 and "Example" in out and "--group-size" in out
+
+
+def test_the_original_family_keeps_repeated_sequences_and_floors_the_split(tmp_path):
+    # 7 queries of 2 sequences; query 3 lists its sequence [0, 1] a third time (a repeated ordered sequence).
+    recs = {str(q): record([1.0, 0.0]) for q in range(1, 8)}
+    recs["3"]["pointer_candidates"].append(c(0, 0.6))
+    write_records(tmp_path / "d.json", recs)
+    plans = Path(__file__).resolve().parents[1] / "plans"
+    got = {}
+    for name in ("baseline", "original/baseline"):
+        res = invoke("stats", tmp_path / "d.json", "--plan", plans / f"{name}.toml", "--json", "--no-cache")
+        p = json.loads(res.stdout)["plan"]
+        got[name] = (p["split"]["train"], p["split"]["val"], p["stages"][0]["sequences"])
+    # lever: the repeat dropped, round(0.8 * 7) = 6 training queries of 2 sequences = 12
+    # the original: every copy kept, int(0.8 * 7) = 5 training queries, query 3 with 3 sequences = 11
+    assert got == {"baseline": (6, 1, 12), "original/baseline": (5, 2, 11)}

@@ -62,14 +62,44 @@ def test_sources_are_deduplicated_as_ordered_sequences():
     torch.manual_seed(0)
     q, pool = torch.randn(3, 8), torch.randn(3, 6, 8)
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    groups = propose(similarity_policy(q, pool), torch.randn(3, 6), 2, Sources(), gens)
+    groups = propose(similarity_policy(q, pool), torch.randn(3, 6), 2, Sources(), gens, "ordered")
     for group in groups:
         seqs = [tuple(p["pointer"]) for p in group]
         assert len(seqs) == len(set(seqs)) and all(len(set(s)) == 2 for s in seqs)
         assert [p["gen_method"] for p in group if p["gen_method"] == "beam"] == ["beam"] * 5  # beams come first, all kept
     # the two orders of one pair are two sequences
-    one = propose(similarity_policy(q[:1], pool[:1]), torch.randn(1, 6), 2, Sources(5, (), 0, 0, 0), gens[:1])[0]
+    one = propose(similarity_policy(q[:1], pool[:1]), torch.randn(1, 6), 2, Sources(5, (), 0, 0, 0), gens[:1], "ordered")[0]
     assert len(one) == 5
+
+
+def test_set_dedupe_keeps_the_higher_priority_source_of_a_permutation():
+    # Pool of 4 items, 2 shots; the similarity policy and retrieval both follow the cosines [0.9, 0.8, 0.1, 0.0]:
+    # beam 0 is [0, 1]; retrieval block 0 is [0, 1] too and block 1 is [2, 3]. One random draw per query.
+    sims = torch.tensor([[0.9, 0.8, 0.1, 0.0]])
+    step = similarity_policy(torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.9, 0.44], [0.8, 0.6], [0.1, 0.99], [0.0, 1.0]]]))
+    group = [
+        {"pointer": [1, 0], "gen_method": "sample"},
+        {"pointer": [3, 2], "gen_method": "random"},
+        {"pointer": [0, 1], "gen_method": "retrieval"},
+        {"pointer": [2, 3], "gen_method": "retrieval"},
+        {"pointer": [0, 1], "gen_method": "beam"},
+    ]
+    from lever.eval.generate import dedupe_ordered, dedupe_set
+
+    # set: {0, 1} by beam (beam > retrieval > sample), {2, 3} by retrieval (retrieval > random); proposal order kept
+    assert [(p["pointer"], p["gen_method"]) for p in dedupe_set(group)] == [([2, 3], "retrieval"), ([0, 1], "beam")]
+    # ordered: [1, 0] and [0, 1] are two prompts; the repeated [0, 1] keeps its first proposal
+    assert [p["gen_method"] for p in dedupe_ordered(group)] == ["sample", "random", "retrieval", "retrieval"]
+    # through propose: one beam [0, 1] and retrieval [0, 1], [2, 3]; set keeps the beam's [0, 1]
+    src = Sources(beams=1, temperatures=(), samples=0, random=0, retrieval=2)
+    gens = [torch.Generator().manual_seed(0)]
+    kept = propose(step, sims, 2, src, gens)[0]
+    assert [(p["pointer"], p["gen_method"]) for p in kept] == [([0, 1], "beam"), ([2, 3], "retrieval")]
+    both = propose(step, sims, 2, src, gens, "ordered")[0]
+    assert [(p["pointer"], p["gen_method"]) for p in both] == [([0, 1], "beam"), ([2, 3], "retrieval")]
+    beams2 = propose(step, sims, 2, Sources(beams=2, temperatures=(), samples=0, random=0, retrieval=0), gens, "ordered")[0]
+    assert [p["pointer"] for p in beams2] == [[0, 1], [1, 0]]  # the two orders of the best pair: two prompts
+    assert [p["pointer"] for p in propose(step, sims, 2, Sources(2, (), 0, 0, 0), gens)[0]] == [[0, 1]]  # set: one
 
 
 def test_killed_generation_resumes_to_the_uninterrupted_file(lever, ws, tmp_path):
@@ -298,3 +328,39 @@ def test_killed_embedding_resumes_at_its_last_chunk(tmp_path, monkeypatch):
     assert res["rows"] == 20 and res["computed"] == 16 and "1 of 3 chunks" in logs[0]
     assert torch.allclose(torch.load(tmp_path / "e.pt"), torch.load(tmp_path / "query_embeddings.pt"), atol=1e-5)
     assert embed_split(ws, "train", tmp_path / "again.pt", chunk=8, device="cpu")["computed"] == 0
+
+
+def test_dedupe_set_by_default_ordered_on_request_and_never_mixed_on_resume(lever, ws, tmp_path):
+    cli(lever, ws, "data", "embed", "--out", tmp_path / "f.pt")
+    cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "12")
+    files = {}
+    for mode in ("set", "ordered"):
+        files[mode] = tmp_path / f"{mode}.json"
+        extra = () if mode == "set" else ("--dedupe", "ordered")
+        cli(lever, ws, "data", "generate", tmp_path / "p.json", files[mode], "-f", tmp_path / "f.pt", *extra)
+    got = {m: json.loads(f.read_text()) for m, f in files.items()}
+    assert got["set"]["_meta"]["dedupe"] == "set" and got["ordered"]["_meta"]["dedupe"] == "ordered"
+    n_set = n_ordered = 0
+    for q in got["set"]:
+        if q == "_meta":
+            continue
+        s, o = got["set"][q]["pointer_candidates"], got["ordered"][q]["pointer_candidates"]
+        assert len({frozenset(c["pointer"]) for c in s}) == len(s)  # one sequence per set of items
+        assert {frozenset(c["pointer"]) for c in s} == {frozenset(c["pointer"]) for c in o}  # the same sets
+        n_set, n_ordered = n_set + len(s), n_ordered + len(o)
+    assert n_ordered > n_set  # beams propose both orders of a good pair
+
+    workspace, feats = load_workspace(ws), torch.load(tmp_path / "f.pt")
+
+    def kill(done, total):
+        raise KeyboardInterrupt
+
+    cut = tmp_path / "cut.json"
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(
+            workspace, tmp_path / "p.json", feats, cut, opts=GenerateOptions(chunk=4), progress=kill, log=lambda m: None
+        )
+    res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", cut, "-f", tmp_path / "f.pt", "--dedupe", "ordered")
+    assert res.code == 2 and "interrupted generation with other settings" in res.text
+    res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", cut, "-f", tmp_path / "f.pt", "--dedupe", "sets")
+    assert res.code == 2 and "--dedupe 'sets' is not known" in res.text

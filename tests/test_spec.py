@@ -61,6 +61,7 @@ def test_original_family_differs_only_in_the_faithful_settings(plans_dir):
         "model.arch", "model.dropout", "model.attn_dropout", "model.dropout_mask", "rce.batch_size", "rce.schedule",
         "rce.rewards", "grpo.batch_size", "grpo.reference", "grpo.policy_mode", "grpo.handoff", "grpo.top_k_ties",
         "grpo.advantage.normalization", "grpo.advantage.rank_ties", "grpo.kl.adaptive.cadence",
+        "data.duplicates", "data.split_rounding",
     }  # fmt: skip
 
 

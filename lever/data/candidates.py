@@ -16,7 +16,7 @@ from torch import Tensor
 from .segments import offsets_from_sizes, segment_ids, segment_sum
 
 # Per-sequence fields (first dimension S), gathered together by subset/select.
-SEQ_FIELDS = ("pointers", "correct", "acc", "gt_prob", "rel", "failed", "source", "cand_index")
+SEQ_FIELDS = ("pointers", "correct", "acc", "gt_prob", "rel", "failed", "source", "cand_index", "duplicate")
 # Per-query fields (first dimension Q).
 QUERY_FIELDS = ("query_ids", "pools", "pool_sizes", "cand_count")
 
@@ -42,6 +42,9 @@ class CandidateData:
     # read. None for data built in memory.
     cand_index: Tensor | None = None  # [S] long: position in its query's pointer_candidates list
     cand_count: Tensor | None = None  # [Q] long: length of that list in the file (duplicates included)
+    # [S] bool: a repeat of an earlier ordered sequence of its query (the reader's `duplicates="keep"`);
+    # None or all False once dropped.
+    duplicate: Tensor | None = None
 
     # ---- sizes -------------------------------------------------------------
 
@@ -93,6 +96,12 @@ class CandidateData:
         shift = self.offsets[query_index] - offsets[:-1]  # [B]
         seq_index = torch.arange(int(offsets[-1])) + torch.repeat_interleave(shift, sizes)
         return self._take(query_index, seq_index, offsets)
+
+    def without_duplicates(self) -> CandidateData:
+        """The data with every flagged repeat of an ordered sequence dropped (itself when there is none)."""
+        if self.duplicate is None or not bool(self.duplicate.any()):
+            return self
+        return self.select_sequences(~self.duplicate)
 
     def select_sequences(self, keep: Tensor) -> CandidateData:
         """Only the sequences where keep [S] is True; queries left with none are dropped."""

@@ -2,7 +2,8 @@
 
 `apply_filter` applies the plan's `DataFilter` in this order:
 
-1. skip_failed       drop failed evaluations (duplicates were already dropped at read);
+1. skip_failed       drop failed evaluations (repeated sequences were dropped before, unless
+                     the plan keeps them: data.duplicates, lever.train.plandata.split_data);
 2. require_positive  keep queries with at least one correct sequence;
 3. positive_ratio    keep queries whose share of correct sequences lies in [lo, hi];
 4. tiers             keep queries in the listed quality tiers;
@@ -109,14 +110,18 @@ def apply_filter(
     return data, rewards, report
 
 
-def split_train_val(data: CandidateData, val_fraction: float) -> tuple[Tensor, Tensor]:
-    """(train_index, val_index) query positions: ids sorted as integers, the first
-    round((1 - val_fraction) * Q) train, the rest validate (800 queries, 0.2 -> 640 / 160)."""
+def split_train_val(data: CandidateData, val_fraction: float, rounding: str = "round") -> tuple[Tensor, Tensor]:
+    """(train_index, val_index) query positions: ids sorted as integers, the first n_train train, the rest
+    validate. n_train = round((1 - val_fraction) * Q) with rounding "round" (800 queries, 0.2 -> 640 / 160),
+    int((1 - val_fraction) * Q) with "floor", the original's int(0.8 * Q) (7 queries: round 6 / 1, floor 5 / 2)."""
     if not 0.0 < val_fraction < 1.0:
         raise LeverError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if rounding not in ("round", "floor"):
+        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
     Q = data.num_queries
     order = torch.argsort(data.query_ids, stable=True)  # already sorted when read from a file
-    n_train = round((1.0 - val_fraction) * Q)
+    share = (1.0 - val_fraction) * Q
+    n_train = round(share) if rounding == "round" else int(share)
     if n_train == 0:
         raise LeverError(
             f"{data.meta.get('path', 'candidate data')}: {Q} queries with val_fraction {val_fraction} leave none for training",

@@ -12,7 +12,9 @@ Read-time rules:
 - duplicate sequences (the same ordered sequence twice in one query) are dropped,
   keeping the first (a usable evaluation wins over a failed one), and counted. Order
   is the prompt's order: [38, 5] and [5, 38] were scored separately and are two
-  sequences, both kept;
+  sequences, both kept. `duplicates="keep"` keeps every copy (the original trainer's
+  reading; `CandidateData.duplicate` flags the repeats, and the parse cache holds them
+  all, so one cached parse serves both readings);
 - failed evaluations (eval_failed, or vqa_eval_mode fallback/error) are kept and
   flagged; their vqa_correct / vqa_acc_score may be missing (read as 0). The plan's
   `skip_failed` drops them;
@@ -58,11 +60,24 @@ _FIELDS = attrgetter("pointer", "vqa_correct", "vqa_acc_score", "vqa_gt_prob", "
 
 
 @one_thread()
-def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: Log = print, workers: int = 2) -> CandidateData:
+def load_candidates(
+    path: Path | str, cache_dir: Path | str | None = None, log: Log = print, workers: int = 2, duplicates: str = "drop"
+) -> CandidateData:
     """Read, validate and (with cache_dir) cache a candidate-data JSON file.
 
     workers = 2 parses a large file (>= 64 MB) in two processes (fork); 1 = this process only.
+    duplicates: "drop" (an ordered sequence listed again in its query is read once) or "keep" (every copy,
+    the repeats flagged in `duplicate`; `CandidateData.without_duplicates` drops them later, as a plan's
+    `data.duplicates = "drop"` does).
     """
+    if duplicates not in ("drop", "keep"):
+        raise ValueError(f"duplicates must be 'drop' or 'keep', got {duplicates!r}")
+    data = _load(Path(path), cache_dir, log, workers)
+    return data if duplicates == "keep" else data.without_duplicates()
+
+
+def _load(path: Path, cache_dir: Path | str | None, log: Log, workers: int) -> CandidateData:
+    """Every listed sequence, repeats flagged (from the cache when it has the file)."""
     path = Path(path)
     if not is_input_file(path, "candidate-data file"):
         raise LeverError(f"{path}: no such candidate-data file")
@@ -82,7 +97,7 @@ def load_candidates(path: Path | str, cache_dir: Path | str | None = None, log: 
     read = data.meta["read"]
     log(
         f"{path}: {data.describe()}, read in {time.perf_counter() - t0:.1f} s "
-        f"({read['duplicates_dropped']} duplicate sequences dropped, {read['failed']} failed evaluations flagged)"
+        f"({read['duplicates_dropped']} repeated ordered sequences, {read['failed']} failed evaluations flagged)"
     )
     if cache is not None:
         write_cache(cache, data, log)
@@ -216,6 +231,7 @@ class _Parser:
             gt_prob=t(cat["gt_prob"]), rel=t(cat["rel"]), failed=t(cat["failed"]), source=t(cat["source"]),
             source_names=["unknown" if s is None else s for s in self.source_codes],
             meta=meta, cand_index=t(cat["cand_index"]), cand_count=t(cat["cand_count"]),
+            duplicate=t(cat["duplicate"]),
         )  # fmt: skip
         if np.any(np.diff(qids) < 0):
             data = data.subset(torch.from_numpy(order))  # queries sorted by id as integers
@@ -258,20 +274,21 @@ class _Chunk:
         c["missing_gt_prob"] += int(np.isnan(cols["gt_prob"][keep]).sum())
         c["missing_rel_score"] += int(np.isnan(cols["rel"][keep]).sum())
         f32 = np.float32
-        return {
+        return {  # every listed sequence, in file order; the repeats flagged (load_candidates drops them by default)
             "query_ids": np.array(self.qids, dtype=np.int64),
             "pool_flat": pool_flat,
             "pool_sizes": pool_sizes,
-            "group_sizes": np.bincount(self.seq_q[keep], minlength=len(self.qids)),
+            "group_sizes": self.ncand,
             "cand_count": self.ncand,
-            "pointers": cols["pointers"][keep],
-            "correct": cols["correct"][keep].astype(f32),
-            "acc": cols["acc"][keep].astype(f32),
-            "gt_prob": cols["gt_prob"][keep].astype(f32),
-            "rel": cols["rel"][keep].astype(f32),
-            "failed": cols["failed"][keep],
-            "source": cols["source"][keep],
-            "cand_index": self.cand_idx[keep],
+            "pointers": cols["pointers"],
+            "correct": cols["correct"].astype(f32),
+            "acc": cols["acc"].astype(f32),
+            "gt_prob": cols["gt_prob"].astype(f32),
+            "rel": cols["rel"].astype(f32),
+            "failed": cols["failed"],
+            "source": cols["source"],
+            "cand_index": self.cand_idx,
+            "duplicate": ~keep,
         }
 
     def _check_records(self) -> None:

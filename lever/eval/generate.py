@@ -8,8 +8,10 @@ Per query (its pool of K train items, `shots` items per sequence), in source ord
 - retrieval: `retrieval` blocks of the pool items most similar to the query (block b = ranks b*shots..).
 
 The policy is a trained plan's selected checkpoint, or, without one, the similarity policy
-pi_t(j) = softmax_j(cos(x_q, x_j) / 0.1) over the items not yet picked. Duplicates are dropped as
-ORDERED sequences (prompt order matters: [a, b] and [b, a] are both kept); the first source wins.
+pi_t(j) = softmax_j(cos(x_q, x_j) / 0.1) over the items not yet picked. Duplicates are dropped per
+`dedupe`: "set" (default, the original's generator) keeps one sequence per set of items, the one of the
+highest-priority source (beam > retrieval > sample > random; within a source the first proposed);
+"ordered" keeps each ordered sequence once ([a, b] and [b, a] are two prompts), the first source wins.
 Every sequence is answered by the evaluation backend with the evaluation's prompt protocol and
 scored with its VQA metric, and written in the compatibility format (docs/data.md).
 
@@ -49,6 +51,8 @@ from .vqa import normalize_answer, relevance, vqa_accuracy
 Progress = Callable[[int, int], None]  # (queries done, total)
 StepLogp = Callable[[Tensor], Tensor]  # prefix [Q, b, t] local pointers -> log-probs [Q, b, K] (picked items -inf)
 SIMILARITY_TEMPERATURE = 0.1
+DEDUPE = ("set", "ordered")
+SET_PRIORITY = ("beam", "retrieval", "sample", "random")  # the original's preference when two sources propose one set
 
 
 @dataclass(frozen=True)
@@ -125,12 +129,15 @@ def sample(step: StepLogp, n: int, steps: int, tau: float, gens: list[torch.Gene
 
 
 def propose(
-    step: StepLogp, sims: Tensor, shots: int, sources: Sources, gens: list[torch.Generator]
+    step: StepLogp, sims: Tensor, shots: int, sources: Sources, gens: list[torch.Generator], dedupe: str = "set"
 ) -> list[list[dict[str, Any]]]:
     """Per query, the deduplicated proposals {pointer, gen_method, beam_rank, beam_score, temperature} in source order.
 
-    sims [Q, K]: cosine of the query with each pool item (retrieval ranks by it).
+    sims [Q, K]: cosine of the query with each pool item (retrieval ranks by it). dedupe: "set" (`dedupe_set`)
+    or "ordered" (`dedupe_ordered`).
     """
+    if dedupe not in DEDUPE:
+        raise LeverError(f"--dedupe {dedupe!r} is not known", hint="use set (the original's) or ordered")
     n_q, k = sims.shape
     props: list[list[dict[str, Any]]] = [[] for _ in range(n_q)]
 
@@ -154,7 +161,21 @@ def propose(
     for qi in range(n_q):
         for b in range(min(sources.retrieval, k // shots)):
             add(qi, ranking[qi][b * shots : (b + 1) * shots], "retrieval")
-    return [dedupe_ordered(group) for group in props]
+    return [dedupe_ordered(group) if dedupe == "ordered" else dedupe_set(group) for group in props]
+
+
+def dedupe_set(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One proposal per SET of items, as the original's generator: of the proposals whose sorted pointers are
+    equal, the one whose source comes first in SET_PRIORITY (beam > retrieval > sample > random), the first
+    proposed within a source; the survivors stay in proposal order."""
+    rank = {m: i for i, m in enumerate(SET_PRIORITY)}
+    best: dict[tuple[int, ...], int] = {}
+    for i, p in enumerate(group):
+        key = tuple(sorted(p["pointer"]))
+        j = best.get(key)
+        if j is None or rank.get(p["gen_method"], len(rank)) < rank.get(group[j]["gen_method"], len(rank)):
+            best[key] = i
+    return [group[i] for i in sorted(best.values())]
 
 
 def dedupe_ordered(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,6 +234,7 @@ class GenerateOptions:
     sources: Sources = Sources()
     seed: int = 0
     chunk: int = 8  # queries answered between two flushes of the shard
+    dedupe: str = "set"  # "set" (one sequence per set of items, the original's) or "ordered"
 
 
 def query_generator(seed: int, query: int) -> torch.Generator:
@@ -256,6 +278,8 @@ def generate_file(
             hint="give OUT another file name",
         )
     spec = spec or EvalSpec()
+    if opts.dedupe not in DEDUPE:
+        raise LeverError(f"--dedupe {opts.dedupe!r} is not known", hint="use set (the original's) or ordered")
     items = split_items(ws, "train", log)
     if features.shape[0] != len(items):
         raise LeverError(f"features have {features.shape[0]} rows but the train split has {len(items)} items")
@@ -269,6 +293,7 @@ def generate_file(
         "shots": opts.shots,
         "sources": asdict(opts.sources),
         "seed": opts.seed,
+        "dedupe": opts.dedupe,
         "policy": policy[0],
         "metric": metric,
         "protocol": protocol.identity(),
@@ -307,7 +332,8 @@ def generate_file(
             qx, px = features[chunk], features[pool_t]  # [Q, d], [Q, K, d]
             step = similarity_policy(qx, px) if policy[1] is None else selector_policy(policy[1], qx, px)
             sims = torch.einsum("qd,qkd->qk", F.normalize(qx, dim=-1), F.normalize(px, dim=-1))
-            groups = propose(step, sims, opts.shots, opts.sources, [query_generator(opts.seed, q) for q in chunk])
+            gens = [query_generator(opts.seed, q) for q in chunk]
+            groups = propose(step, sims, opts.shots, opts.sources, gens, opts.dedupe)
             for q, group in zip(chunk, groups):
                 demos = [[items[pools[q][j]] for j in p["pointer"]] for p in group]
                 probs = _gt_probs(backend, [Request("train", items[q], d) for d in demos])

@@ -46,7 +46,8 @@ def load_inputs(sources: TrainSources, inputs: dict[str, str], ws: Workspace, lo
     """The candidate data and features of `sources`, read once per process and content."""
     key = (str(sources.candidates), inputs["candidates"], str(sources.features), inputs["features"])
     if key not in _LOADED:
-        data = load_candidates(sources.candidates, cache_dir=ws.cache_dir / "candidates", log=log)
+        # every listed sequence: each plan drops the repeats or keeps them (data.duplicates, split_data)
+        data = load_candidates(sources.candidates, cache_dir=ws.cache_dir / "candidates", log=log, duplicates="keep")
         features = load_features(sources.features)
         check_feature_rows(data, features, sources.features)
         LOADS["inputs"] += 1

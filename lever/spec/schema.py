@@ -14,9 +14,9 @@ what it says; combinations that cannot mean anything fail validation with a mess
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 # Upper bounds on counts: far above any meant value, so a slip (an extra digit, 1e10 for 1e3) is a
 # validation error naming the key instead of a run that never ends or runs out of memory.
@@ -89,6 +89,26 @@ class DataSpec(DataFilter):
         0.2, gt=0, lt=1, description="Last share of query ids (sorted as integers) held out for validation"
     )
     tier_rules: TierRules = Field(default_factory=TierRules, description="Thresholds that define the quality tiers")
+    duplicates: Literal["drop", "keep"] = Field(
+        "drop",
+        description="drop = the same ordered sequence listed twice in a query's group counts once (the first, a usable "
+        "evaluation before a failed one); keep = every listed copy is trained on, as the original's trainer",
+    )
+    split_rounding: Literal["round", "floor"] = Field(
+        "round",
+        description="Training queries of the train/val split: round((1 - val_fraction) * Q), or floor as the "
+        "original's int(0.8 * Q) (7 queries at 0.2: 6 / 1 against 5 / 2)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`duplicates` and `split_rounding` appear only when set away from their defaults, so every spec hash
+        and stage key made before they existed names the same result still."""
+        out = handler(self)
+        for name in ("duplicates", "split_rounding"):
+            if out.get(name) == type(self).model_fields[name].default:
+                out.pop(name)
+        return out
 
 
 # --------------------------------------------------------------------------- reward

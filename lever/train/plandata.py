@@ -29,11 +29,15 @@ class Split:
 
 
 def split_data(data: CandidateData, plan: Plan) -> Split:
-    """The plan's filter on raw rewards, then the train/val split (phases only narrow the training side later)."""
+    """The plan's reading of repeated sequences (`data.duplicates`: data read with duplicates="keep" has them
+    flagged), the plan's filter on raw rewards, then the train/val split (`data.split_rounding`; phases only
+    narrow the training side later)."""
+    if plan.data.duplicates == "drop":
+        data = data.without_duplicates()
     base, _, report = apply_filter(data, raw_rewards(data, plan.reward), plan.data, plan.data.tier_rules)
     if base.num_queries == 0:
         return Split(base, base, report)
-    tr, va = split_train_val(base, plan.data.val_fraction)
+    tr, va = split_train_val(base, plan.data.val_fraction, plan.data.split_rounding)
     return Split(base.subset(tr), base.subset(va), report)
 
 
