@@ -82,28 +82,51 @@ def _duration(seconds: float) -> str:
 
 
 class CountProgress:
-    """Progress of counted work (questions answered): `update(done, total)`.
+    """Progress of counted work (an evaluation's answers): `update(done, total)`.
 
-    On a terminal: a bar with the count, the rate and the time left. Elsewhere (a pipe, a log
-    file, a batch job): one plain line at the start, every `every_s` seconds, and at the end,
-    e.g. `evaluating plan5 seed 0: 384/1600 questions (24%), 3.1/s, 6m32s left`. The rate counts
-    only the work done since this process started, so a resumed job does not look faster than it is.
+    On a terminal: a bar with the count, what is counted, the rate and the time left. Elsewhere (a pipe, a log
+    file, a batch job): one plain line at the start, as soon as the first work is done (so the rate shows from
+    the first report on, not `every_s` later), then every `every_s` seconds, and at the end, e.g.
+    `evaluating plan5 seed 0: 384/1600 answers (800 questions x 2 shot counts), 24%, 3.1/s, 6m32s left`.
+
+    `groups` = (k, "questions", "shot counts") says what the total is made of: total / k of the first times k of
+    the second (shown when k divides the total). The rate counts only the work done since this process started,
+    so a resumed job does not look faster than it is.
     """
 
-    def __init__(self, console: Console, label: str, unit: str = "questions", enabled: bool = True, every_s: float = 30.0):
+    def __init__(
+        self,
+        console: Console,
+        label: str,
+        unit: str = "answers",
+        enabled: bool = True,
+        every_s: float = 30.0,
+        groups: tuple[int, str, str] | None = None,
+    ):
         self.console, self.label, self.unit, self.enabled, self.every_s = console, label, unit, enabled, every_s
+        self.groups = groups
         self.live = enabled and console.is_terminal
         self.progress: Progress | None = None
         self.start_t: float | None = None
         self.start_done = 0
         self.last_line = float("-inf")
+        self.rate_shown = False
 
     def __enter__(self) -> CountProgress:
+        """The progress itself; the live bar starts with the first report."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the live bar, if one started."""
         if self.progress is not None:
             self.progress.stop()
+
+    def what(self, total: int) -> str:
+        """What is counted: the unit, and the groups the total is made of when they divide it."""
+        if self.groups is None or self.groups[0] < 1 or total % self.groups[0]:
+            return self.unit
+        k, inner, outer = self.groups
+        return f"{self.unit} ({total // k} {inner} x {k} {outer})"
 
     def _start_bar(self) -> None:
         """The live bar starts with the first report, so bars drawn before it (training's) never overlap it."""
@@ -111,6 +134,7 @@ class CountProgress:
             TextColumn(self.label),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[what]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"),
@@ -118,9 +142,10 @@ class CountProgress:
             transient=True,
         )
         self.progress.start()
-        self.task = self.progress.add_task(self.unit, total=None, rate="", eta="")
+        self.task = self.progress.add_task(self.unit, total=None, what=self.unit, rate="", eta="")
 
     def update(self, done: int, total: int) -> None:
+        """Report `done` of `total`: redraw the bar, or print a line when one is due."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -130,12 +155,13 @@ class CountProgress:
         eta = (total - done) / rate if rate > 0 else None
         rate_s = f"{rate:.1f}/s" if done > self.start_done else ""
         eta_s = f"{_duration(eta)} left" if eta is not None else ""
+        what = self.what(total)
         if self.live:
             if self.progress is None:
                 self._start_bar()
-            self.progress.update(self.task, completed=done, total=total, rate=rate_s, eta=eta_s)
-        elif now - self.last_line >= self.every_s or done >= total:
-            self.last_line = now
-            pct = f" ({100 * done // max(total, 1)}%)"
+            self.progress.update(self.task, completed=done, total=total, what=what, rate=rate_s, eta=eta_s)
+        elif now - self.last_line >= self.every_s or done >= total or (rate_s and not self.rate_shown):
+            self.last_line, self.rate_shown = now, self.rate_shown or bool(rate_s)
+            pct = f", {100 * done // max(total, 1)}%"
             extra = "".join(f", {x}" for x in (rate_s, eta_s) if x)
-            self.console.print(f"{self.label}: {done}/{total} {self.unit}{pct}{extra}", highlight=False, soft_wrap=True)
+            self.console.print(f"{self.label}: {done}/{total} {what}{pct}{extra}", highlight=False, soft_wrap=True)

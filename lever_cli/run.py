@@ -32,10 +32,13 @@ def _log(message: str) -> None:
 
 
 def _eval_progress(lp: LoadedPlan, seed: int) -> CountProgress:
-    """Evaluation progress: a bar on a terminal, plain lines in a log; rank 0 only under torchrun."""
+    """Evaluation progress in answers (questions x shot counts): a bar on a terminal, plain lines in a log; rank 0
+    only under torchrun (which counts its own share of the answers, so the breakdown is left out there)."""
     from lever.eval.distributed import ranks
 
-    return CountProgress(err_console, f"evaluating {lp.name} seed {seed}", enabled=ranks().is_main)
+    r = ranks()
+    groups = (len(lp.plan.eval.shots), "questions", "shot counts") if r.world == 1 else None
+    return CountProgress(err_console, f"evaluating {lp.name} seed {seed}", enabled=r.is_main, groups=groups)
 
 
 def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
