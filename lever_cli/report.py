@@ -9,8 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from lever.errors import LeverError
+from lever.eval.vqa import VQA_METRICS
 from lever.report.export import export
-from lever.report.results import RunData, check_known, damage_summary, plan_runs, scan_runs
+from lever.report.results import RunData, check_known, damage_summary, plan_runs, rescore_plan, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
 from lever.report.tables import (
     TRAINING_HEADERS,
@@ -56,6 +57,12 @@ def compare(
     as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and shot row"),
     latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment of the shot table"),
     resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per delta"),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="Score every run's stored answers again with this VQA metric (classic, vqa-latest, lever-plus); "
+        "default: as each was evaluated",
+    ),
 ) -> None:
     """Per-shot accuracy of plans against a baseline, with paired 95% intervals and p-values.
 
@@ -73,12 +80,17 @@ def compare(
         raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
     if resamples < 1:
         raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
+    if metric is not None and metric not in VQA_METRICS:
+        raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
     root = runs_root()
     for p in (baseline, *plans):
         check_known(p, workspace().plans_dir, root)
     base = plan_runs(baseline, root, workspace().plans_dir)
     others = [plan_runs(p, root, workspace().plans_dir) for p in plans if plan_name(p) != base.name]
-    cmp = build_comparison(others, base, split=split, n_resamples=resamples)
+    if metric is not None:
+        for pr in (base, *others):
+            rescore_plan(pr, metric)
+    cmp = build_comparison(others, base, split=split, n_resamples=resamples, metric=metric)
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)
     elif console.is_terminal:

@@ -1,12 +1,21 @@
 """Scoring a selector: it picks demonstrations, the VLM answers, VQA accuracy per shot (which checkpoint,
 and which run it belongs to, is the recipe's business: `lever.recipe.evaluate`).
 
-Results land in the run's evaluation folder (`lever.runs.layout.EvalDir`), named by a key
-that hashes the checkpoint, every input of the evaluation world (model folders, OK-VQA
-files, image folders, features) and every eval setting, so a second evaluation with the
-same inputs is instant and a changed input is new work:
+Results land in the run's evaluation folder (`lever.runs.layout.EvalDir`), named by a key of
+two parts, so a second evaluation with the same inputs is instant and a changed input is new work:
 
-    results.jsonl   one row per (split, shots, question): demo ids, raw output, answer, accuracy
+* the generation key (`generation_key`): the checkpoint, every input of the evaluation world
+  (model folders, OK-VQA files, image folders, features, the prompt protocol) and every eval
+  setting that shapes the VLM's outputs: everything but the metric;
+* the scoring key: the metric and `SCORING_VERSION` (post-processing, what a row holds).
+
+An evaluation whose generation key matches a finished one (of this run, or of another run of
+the plan with the same seed) is not asked of the VLM again: `rescore` takes that one's stored
+raw outputs, post-processes and scores them under its own metric in seconds, and writes its own
+results.jsonl and summary.json, so both evaluations stay verifiable.
+
+    results.jsonl   one row per (split, shots, question): demo ids, raw output, answer, the human
+                    answers, accuracy
     summary.json    accuracy (percent) per split and shot count, failures, the checkpoint used,
                     the inputs, and the row count and digest of results.jsonl
 
@@ -24,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lever.errors import LeverError
+from lever.errors import DamagedState, LeverError
 from lever.io import read_jsonl
 from lever.keys import content_key
 from lever.model import SelectorBase
@@ -41,9 +50,39 @@ from .vqa import vqa_accuracy
 Progress = Callable[[int, int], None]  # (done, total) questions answered
 
 
+# What a scored row means beyond the metric: 1 = `postprocess` as of lever 0.x, rows carry the human answers.
+# Raising it gives every evaluation a new key, served by re-scoring the stored raw outputs (no VLM).
+SCORING_VERSION = 1
+
+
+def generation_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """The world's identity without the metric (the simulated world's `metric`, the protocol's `metric`):
+    what the VLM's outputs depend on."""
+    out = {k: v for k, v in identity.items() if k != "metric"}
+    if isinstance(out.get("protocol"), dict):
+        out["protocol"] = {k: v for k, v in out["protocol"].items() if k != "metric"}
+    return out
+
+
+def generation_key(ckpt_digest: str, identity: dict[str, Any], eval_settings: dict[str, Any], seed: int) -> str:
+    """What the raw outputs depend on: the weights, every input of the world and every eval setting but the
+    metric, the seed. `identity` and `eval_settings` are as a summary stores them (`inputs`, `eval`)."""
+    settings = {k: v for k, v in eval_settings.items() if k != "metric"}
+    return content_key({"ckpt": ckpt_digest, "world": generation_identity(identity), "eval": settings, "seed": seed})
+
+
 def eval_key(ckpt_digest: str, world: EvalWorld, spec: EvalSpec, seed: int) -> str:
-    """What the answers depend on: the weights, every input of the world, every eval setting, the seed."""
-    return content_key({"ckpt": ckpt_digest, "world": world.identity, "eval": spec.model_dump(mode="json"), "seed": seed})
+    """An evaluation's folder: its generation key and its scoring key (the resolved metric, SCORING_VERSION)."""
+    gen = generation_key(ckpt_digest, world.identity, spec.model_dump(mode="json"), seed)
+    return content_key({"generation": gen, "scoring": {"metric": world.protocol.metric, "version": SCORING_VERSION}})
+
+
+def scored_row(row: dict[str, Any], answers: list[str], metric: str) -> dict[str, Any]:
+    """`row` (as results.jsonl holds it) scored again from its raw output: post-processed, then VQA accuracy
+    under `metric` against `answers`; a failed question keeps its empty answer and scores 0."""
+    answer = "" if row["failed"] else postprocess(row["raw_output"])
+    accuracy = 0.0 if row["failed"] else vqa_accuracy(answer, answers, metric)
+    return {**row, "answer": answer, "answers": list(answers), "accuracy": accuracy}
 
 
 def score(
@@ -57,11 +96,13 @@ def score(
     device: str = "auto",
     log: Callable[[str], None] = print,
     progress: Progress | None = None,
+    generation: str | None = None,
 ) -> dict[str, Any]:
     """Let `model` pick demonstrations for every question and shot count of `world`, ask the backend, and write
     results.jsonl and summary.json into `ev` (resuming from its partial answers); returns the summary.
 
-    `checkpoint` is what the summary records of the weights (stage, epoch, reason, file, sha256)."""
+    `checkpoint` is what the summary records of the weights (stage, epoch, reason, file, sha256), `generation`
+    the generation key it records (what a later evaluation under another metric finds it by)."""
     r = ranks()
     backend = world.make_backend(r.device() if r.world > 1 else device)  # one process: the plan's device
     metric = world.protocol.metric
@@ -104,6 +145,7 @@ def score(
                         "demo_ids": [d.question_id for d in req.demos],
                         "raw_output": resp.raw,
                         "answer": answer,
+                        "answers": list(req.query.answers),  # what a re-scoring under another metric needs
                         "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers, metric),
                         "failed": resp.failed,
                         **({"error": resp.error} if resp.failed else {}),
@@ -127,15 +169,61 @@ def score(
             hint="fix what the errors name and run the same command again (a failure that passes, such as running out "
             "of memory, is asked again; answered questions are kept), or raise eval.max_failed to score them 0",
         )
-    summary = {
+    summary = _summary(checkpoint, world, spec, time.perf_counter() - t0, generation)
+    summary = ev.write(rows, summary)  # results, then the summary that vouches for them (its presence = complete)
+    barrier(r)
+    return summary
+
+
+def _summary(
+    checkpoint: dict[str, Any], world: EvalWorld, spec: EvalSpec, seconds: float, generation: str | None
+) -> dict[str, Any]:
+    """What summary.json says besides the splits and the rows' record."""
+    return {
         "checkpoint": checkpoint,
         "backend": world.identity["backend"],
         "inputs": world.identity,
         "eval": spec.model_dump(mode="json"),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "metric": world.protocol.metric,
+        "scoring_version": SCORING_VERSION,
+        **({"generation": generation} if generation else {}),
+        "seconds": round(seconds, 2),
         "note": "accuracy in percent over all questions; failed questions score 0",
     }
-    summary = ev.write(rows, summary)  # results, then the summary that vouches for them (its presence = complete)
+
+
+def rescore(
+    ev: EvalDir,
+    source: EvalDir,
+    source_rows: list[dict[str, Any]],
+    world: EvalWorld,
+    spec: EvalSpec,
+    checkpoint: dict[str, Any],
+    *,
+    source_name: str,
+    generation: str | None = None,
+) -> dict[str, Any]:
+    """Write into `ev` the verified rows of `source` (an evaluation with the same generation key) scored again
+    under this world's metric: no backend is asked. The human answers come from the world (so an evaluation
+    written before rows held them is re-scored too); the rows must be the questions and shot counts this
+    evaluation asks, else it is damage. Returns the summary, which names the source (`source_name`)."""
+    r = ranks()
+    if not r.is_main:
+        barrier(r)
+        return ev.read()[0]
+    t0 = time.perf_counter()
+    metric = world.protocol.metric
+    answers = {(s.name, it.question_id): it.answers for s in world.splits.values() for it in s.items}
+    want = {(name, shots) for name in world.splits for shots in spec.shots}
+    have = {(row["split"], row["shots"]) for row in source_rows}
+    missing = [row for row in source_rows if (row["split"], row["question_id"]) not in answers]
+    counts = {name: sum(1 for row in source_rows if row["split"] == name) for name in world.splits}
+    if have != want or missing or any(n != len(world.splits[k].items) * len(spec.shots) for k, n in counts.items()):
+        barrier(r)
+        raise DamagedState(f"{source.results} does not hold the questions and shot counts of its key", hint=source.fix)
+    rows = [scored_row(row, answers[(row["split"], row["question_id"])], metric) for row in source_rows]
+    summary = {**_summary(checkpoint, world, spec, time.perf_counter() - t0, generation), "rescored_from": source_name}
+    summary = ev.write(rows, summary)
     barrier(r)
     return summary
 

@@ -11,17 +11,17 @@ from typing import Any
 
 from lever.errors import DamagedState, LeverError
 from lever.eval.distributed import barrier, ranks
-from lever.eval.evaluate import Progress, eval_key, score
+from lever.eval.evaluate import Progress, eval_key, generation_key, rescore, score
 from lever.eval.sources import eval_world
 from lever.model import SelectorBase, build_selector
 from lever.records import StageEntry
 from lever.runs.layout import EvalDir, RunDir
 from lever.runs.trackers import Trackers
 from lever.train.checkpoint import checkpoint_info, epoch_digest, load_into, load_verified, state_digest
-from lever.train.stage import Reporter, SilentReporter, checkpoint_epochs, checkpoint_path
+from lever.train.stage import Reporter, SilentReporter, checkpoint_epochs, checkpoint_path, read_result
 
 from .recipe import Recipe
-from .train import RunOutcome, end, train, write_failed
+from .train import RunOutcome, end, finished_selection, train, write_failed
 
 
 @dataclass
@@ -89,6 +89,8 @@ def evaluate(
     resumes the evaluation from its partial answers); other errors (bad input, damaged results) leave
     its status alone."""
     run = r.run
+    if run.state not in ("trained", "done"):
+        _adopt_stages(r)  # a plan that differs from a trained one only in eval.*: its stages, no training
     checkpoint_for(run, epoch)  # a run that never trained fails here, before any data is read or generated
     if r.stale():  # stale, not failed: the status stays
         raise LeverError(
@@ -113,6 +115,7 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
     entry, model, digest = selected_model(r, epoch)
     world = eval_world(r.ws, spec, r.sources.features, r.log, r.loaded.features)
     ev = run.eval_dir(eval_key(digest, world, spec, r.seed))
+    generation = generation_key(digest, world.identity, spec.model_dump(mode="json"), r.seed)
     rk = ranks()
     if redo:
         if rk.is_main and ev.path.exists():
@@ -133,10 +136,96 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
             "checkpoint": entry.checkpoint,
             "sha256": entry.sha256,
         }
-        summary = score(model, ev, world, spec, r.seed, checkpoint, device=r.plan.device, log=r.log, progress=progress)
+        found = None if ev.partials() else generation_source(r, ev, entry, digest, generation)
+        if found is not None:
+            source, rows = found
+            name = run.folder.store_rel(source.path)
+            summary = rescore(ev, source, rows, world, spec, checkpoint, source_name=name, generation=generation)
+            r.log(f"evaluation: the VLM's answers of {name} re-scored with metric {world.protocol.metric} (no generation)")
+        else:
+            summary = score(
+                model,
+                ev,
+                world,
+                spec,
+                r.seed,
+                checkpoint,
+                device=r.plan.device,
+                log=r.log,
+                progress=progress,
+                generation=generation,
+            )
     if epoch is None and rk.is_main:  # the selected checkpoint's evaluation is the one tables compare; --epoch ones are extras
         run.mark_selected_eval(ev)
     return ev, summary
+
+
+def generation_source(
+    r: Recipe, ev: EvalDir, entry: StageEntry, digest: str, generation: str
+) -> tuple[EvalDir, list[dict[str, Any]]] | None:
+    """A finished evaluation whose raw outputs this one can re-score: the same checkpoint (`entry`'s SHA-256,
+    whose weights have `digest`) and the same generation key, in this run or in another run of the plan with
+    the same seed (a run made with other eval.* settings). Its rows are verified before they are used; a
+    damaged one is passed over (and named), never re-scored. None when there is none: the VLM answers."""
+    run = r.run
+    runs = [run] + [run.folder.run(r.name, h, r.seed) for h in run.folder.hashes(r.name) if h != run.spec_hash]
+    for other in runs:
+        for folder in sorted(other.eval_root.glob("*/summary.json")) if other.eval_root.is_dir() else []:
+            cand = other.eval_dir(folder.parent.name)
+            if cand.path == ev.path:
+                continue
+            try:
+                summary = cand.summary() or {}
+                ck, inputs, settings = summary.get("checkpoint") or {}, summary.get("inputs"), summary.get("eval")
+                if ck.get("sha256") != entry.sha256 or not isinstance(inputs, dict) or not isinstance(settings, dict):
+                    continue
+                if generation_key(digest, inputs, settings, r.seed) != generation:
+                    continue
+                return cand, cand.read()[1]
+            except LeverError as err:  # damaged: its outputs cannot be vouched for
+                r.log(f"evaluation: not re-scoring {cand.path}: {err.args[0]}")
+    return None
+
+
+class _Log(SilentReporter):
+    """A reporter that passes its messages to the recipe's log."""
+
+    def __init__(self, log: Any):
+        self.log = log
+
+    def info(self, message: str) -> None:
+        self.log(message)
+
+
+def _adopt_stages(r: Recipe) -> None:
+    """Record the trained stages in a run that never trained, when a trained run of the same plan and seed differs
+    from it only in eval.* settings (`lever evaluate PLAN eval.metric=vqa-latest` names a run folder of its own,
+    since the spec hash covers every setting). Stage keys do not depend on eval settings, so this is the
+    training of `lever run` finding every stage finished: its folders are verified first, so nothing is trained
+    here. Without such a run, nothing happens (and `checkpoint_for` says the run has not been trained)."""
+    run, mine = r.run, {k: v for k, v in r.lp.recipe().items() if k != "eval"}
+    for h in run.folder.hashes(r.name):
+        other = run.folder.run(r.name, h, r.seed)
+        if h == run.spec_hash or other.state not in ("trained", "done"):
+            continue
+        try:
+            spec = other.spec() or {}
+            if {k: v for k, v in spec.items() if k != "eval"} != mine:
+                continue
+            if finished_selection(replace(r, run=other)) is None:  # trained on other inputs than the files hold now
+                continue
+            stages = other.stages()
+            last = len(stages) - 1
+            if [s.stage for s in stages] != [s.name for s in r.stages] or any(
+                read_result(other.path_of(s.dir), r.plan.select, r.plan.select.epoch if i == last else None) is None
+                for i, s in enumerate(stages)
+            ):
+                continue
+        except LeverError:
+            continue
+        r.log(f"{run.path}: the plan differs from {other.path} only in eval settings; recording its trained stages")
+        train(r, _Log(r.log))
+        return
 
 
 def train_and_evaluate(

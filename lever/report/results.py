@@ -16,7 +16,7 @@ import numpy as np
 from lever.errors import DamagedState, LeverError
 from lever.keys import content_key
 from lever.records import StageEntry, Status
-from lever.runs.layout import RunDir, RunsFolder
+from lever.runs.layout import RunDir, RunsFolder, summarise
 from lever.runs.store import find_plan_runs, plan_name, split_ref
 from lever.spec.load import plan_files, suggest
 
@@ -185,6 +185,36 @@ def load_run(run_dir: Path | RunDir, plan: str | None = None) -> RunData:
         data.summary, rows = ev.read()
         data.results = parse_results(rows)
     return data
+
+
+def rescore_plan(pr: PlanRuns, metric: str) -> PlanRuns:
+    """Score every evaluated run of `pr` again with VQA metric `metric`, from the verified rows of its selected
+    evaluation: each row's raw output, post-processed, against the human answers the
+    row holds; failed questions score 0. Rows without the human answers (an evaluation from before rows held them)
+    are an error whose hint re-scores that evaluation once with `lever evaluate` (no VLM: the same raw outputs)."""
+    from lever.eval.evaluate import scored_row
+    from lever.eval.vqa import VQA_METRICS
+
+    if metric not in VQA_METRICS:
+        raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
+    for data in pr.runs:
+        if data.results is None:
+            continue
+        run = RunDir(data.path, data.plan)
+        ev = run.selected_eval()
+        if ev is None:  # selected when loaded, gone now
+            raise DamagedState(f"{run.eval_root / 'selected.json'} changed while it was read", hint=run.eval_fix)
+        summary, rows = ev.read()
+        if any(not isinstance(r.get("answers"), list) or not r["answers"] for r in rows):
+            raise LeverError(
+                f"{ev.results}: its rows do not hold the human answers (an evaluation by an older lever), so they cannot "
+                f"be scored with --metric {metric}",
+                hint=f"run `{run.command('evaluate')}` once: it re-scores the stored outputs (no VLM) into rows that do",
+            )
+        rows = [scored_row(r, r["answers"], metric) for r in rows]
+        data.results = parse_results(rows)
+        data.summary = {**summary, "metric": metric, "splits": summarise(rows)}
+    return pr
 
 
 def load_plan(plan: str, run_dirs: list[Path] | list[RunDir]) -> PlanRuns:

@@ -100,6 +100,7 @@ class Comparison:
     spec_diffs: list[SpecDiff]
     n_questions: int
     footnote: str
+    metric: str | None = None  # the VQA metric every run's stored answers were scored again with (None: as evaluated)
 
 
 # ---------------------------------------------------------------- building
@@ -215,9 +216,15 @@ def _num(x: Any) -> float | None:
 
 
 def build_comparison(
-    plans: list[PlanRuns], baseline: PlanRuns, split: str = "val", n_resamples: int = 10000, seed: int = 0
+    plans: list[PlanRuns],
+    baseline: PlanRuns,
+    split: str = "val",
+    n_resamples: int = 10000,
+    seed: int = 0,
+    metric: str | None = None,
 ) -> Comparison:
-    """The full comparison of ``plans`` against ``baseline`` on one split (baseline is column one)."""
+    """The full comparison of ``plans`` against ``baseline`` on one split (baseline is column one); ``metric``
+    names the metric the runs were re-scored with (`lever.report.results.rescore_plan`) for the footnote."""
     everyone = [baseline]
     for p in plans:
         if all(p.name != q.name for q in everyone):  # why: a plan named twice is one column
@@ -273,7 +280,10 @@ def build_comparison(
                 diffs += [SpecDiff(p.name, k, va, vb) for k, va, vb in diff_specs(baseline.spec, p.spec)]
 
     n_q = max((c.n_questions for r in rows[:-1] for c in r.cells.values()), default=0)
-    return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, footnote(split, n_q))
+    note = footnote(split, n_q)
+    if metric is not None:
+        note = f"VQA accuracy re-scored with metric {metric} from the stored answers; {note}"
+    return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, note, metric)
 
 
 def footnote(split: str, n_questions: int) -> str:
