@@ -5,6 +5,7 @@ sequences of 2 shots per query, 64-item pools, features 512, hidden 256, data re
 the compatibility format (the bundled benchmark writes it; groups are trimmed to 24).
 
     python benchmarks/bench_train.py [--device cuda] [--batch-size 32] [--reference-queries 160]
+    python benchmarks/bench_train.py --faithful [--queries 64] [--rounds 2]
 
 Prints seconds per RCE epoch and per GRPO epoch (all 24 sequences), for lever's batched
 loop (one encoding per query, many queries per step), with the selector scored by its fused
@@ -12,11 +13,22 @@ node (lever/model/fused.py, the default) and by the autograd path, and for a ref
 written here the way the original trainer worked (one query per step, the pool re-encoded
 for every sequence). The reference is timed on a subset of queries and scaled to 640. Each
 figure is the best of --epochs fresh stages (the machine's noise only ever adds time).
+
+--faithful measures the original family's settings instead (plans/original/plan7: model.arch
+lever-plus-v3, dropout 0.5 and attention dropout 0.1 with one mask per sequence, batch 1,
+grpo.policy_mode "train", grpo.reference "pre_rce"): the GRPO start pass (the policy in train
+mode and the reference in eval mode over all 640 x 24 training sequences) with its seconds, start
+ratio and peak RSS (ru_maxrss of a fresh forked process per pass), chunked as now
+(lever.train.stage.SEQUENCE_CHUNK) and unchunked as before (256 queries at once), alternated in
+the same run; then one RCE and one GRPO epoch at batch 1 on --queries training queries, scaled
+to 640.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +39,14 @@ from lever.bench import BenchConfig, ensure_bench
 from lever.data.reader import load_candidates
 from lever.model import PointerSelector, build_selector
 from lever.runs.sources import load_features
+from lever.spec import load_plan
 from lever.spec.schema import GRPOSpec, Plan, RCESpec, SelectSpec
+from lever.train import stage as stage_mod
 from lever.train.groups import Groups
 from lever.train.plandata import make_groups, split_data
 from lever.train.stage import SilentReporter, Stage, StageRunner
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def trim_groups(data, size: int):
@@ -71,6 +87,9 @@ def main() -> None:
         "--epochs", type=int, default=3, help="rounds; each times one fresh epoch of every stage and path (best is reported)"
     )
     ap.add_argument("--reference-queries", type=int, default=64, help="queries timed in the reference loop")
+    ap.add_argument("--faithful", action="store_true", help="the original family's settings at batch 1 (see above)")
+    ap.add_argument("--queries", type=int, default=64, help="--faithful: training queries timed per epoch")
+    ap.add_argument("--rounds", type=int, default=2, help="--faithful: start passes per chunking, alternated")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -81,6 +100,8 @@ def main() -> None:
         data = load_candidates(Path(paths.candidates), cache_dir=None, log=lambda m: None)
         read_s = time.perf_counter() - t0
         feats = load_features(Path(paths.features)).to(dev)
+    if args.faithful:
+        return faithful(args, data, feats)
     plan = Plan()  # the default plan's filter, split (80 / 20), rewards and model: the recipe a run uses
     split = split_data(trim_groups(data, args.group_size), plan)
     train, val = make_groups(split.train, plan, feats), make_groups(split.val, plan, feats)
@@ -120,6 +141,85 @@ def main() -> None:
     print(f"{'lever GRPO epoch (all sequences)':34}{times['grpo', True]:>10.3f}{times['grpo', False]:>10.3f}")
     print(f"{'reference RCE epoch (1 query/step)':34}{ref:>10.3f}   ({args.reference_queries} queries timed, scaled)")
     print(f"speed-up RCE: {ref / rce:.1f}x   (epochs include the validation loss)")
+
+
+def _in_child(fn, *args):
+    """Run fn(*args) in a forked process (its own peak RSS) and return its result."""
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=lambda: q.put(fn(*args)))
+    proc.start()
+    out = q.get()
+    proc.join()
+    return out
+
+
+def _start_pass(plan: Plan, train: Groups, val: Groups, d_in: int, chunk: int) -> dict:
+    """One GRPO start pass (policy in train mode, pre-RCE reference in eval mode) with SEQUENCE_CHUNK = chunk."""
+    stage_mod.SEQUENCE_CHUNK = chunk
+    torch.manual_seed(1)
+    reference = {k: v.clone() for k, v in build_selector(d_in, plan.model).state_dict().items()}
+    torch.manual_seed(0)
+    model = build_selector(d_in, plan.model)
+    stage = next(s for s in plan.stages() if s.kind == "grpo")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as d:
+        runner = StageRunner(stage, Path(d), model, train, val, 0, plan.select, SilentReporter(), None, reference)
+        t = time.perf_counter()
+        runner._reference_logprobs()
+        seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "ratio": runner.start_ratio, "rss_mb": peak / 1024, "rss_before_mb": before / 1024}
+
+
+def _epochs(plan: Plan, train: Groups, val: Groups, d_in: int) -> dict:
+    """One RCE epoch and one GRPO epoch (after its start pass) of a fresh faithful selector at the plan's batch 1."""
+    out = {}
+    for stage in plan.stages():
+        torch.manual_seed(0)
+        model = build_selector(d_in, plan.model)
+        ref = {k: v.clone() for k, v in model.state_dict().items()} if stage.kind == "grpo" else None
+        with tempfile.TemporaryDirectory() as d:
+            runner = StageRunner(stage, Path(d), model, train, val, 0, plan.select, SilentReporter(), None, ref)
+            if stage.kind == "grpo":
+                runner.logp_ref = runner._reference_logprobs()
+            t = time.perf_counter()
+            runner._epoch(1)
+            out[stage.kind] = time.perf_counter() - t
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def faithful(args, data, feats) -> None:
+    """The original family at batch 1: the start pass chunked and unchunked (same run, alternated), then epochs."""
+    plan = load_plan("original/plan7", (), ROOT / "plans").plan
+    m, g = plan.model, plan.grpo
+    split = split_data(trim_groups(data, args.group_size), plan)
+    train, val = make_groups(split.train, plan, feats), make_groups(split.val, plan, feats)
+    print(
+        f"faithful (plans/original/plan7): arch {m.arch}, dropout {m.dropout} / attention {m.attn_dropout} per "
+        f"{m.dropout_mask}, batch {plan.rce.batch_size}/{g.batch_size}, policy_mode {g.policy_mode}, reference "
+        f"{g.reference}; {train.num_queries} train queries x {args.group_size} sequences, pools {data.pools.shape[1]}"
+    )
+    d_in = feats.shape[1]
+    now = stage_mod.SEQUENCE_CHUNK
+    runs: dict[str, list[dict]] = {"unchunked (before)": [], f"chunked, {now} sequences (now)": []}
+    for _ in range(args.rounds):
+        for label, chunk in zip(runs, (10**9, now)):
+            runs[label].append(_in_child(_start_pass, plan, train, val, d_in, chunk))
+    print(f"{'GRPO start pass (train + reference)':42}{'seconds':>9}{'peak RSS MB':>13}{'RSS before':>12}{'start ratio':>13}")
+    for label, rs in runs.items():
+        best = min(rs, key=lambda r: r["seconds"])
+        rss = max(r["rss_mb"] for r in rs)
+        print(f"{label:42}{best['seconds']:>9.2f}{rss:>13.0f}{best['rss_before_mb']:>12.0f}{best['ratio']:>13.4f}")
+    sub = make_groups(split.train.subset(torch.arange(min(args.queries, split.train.num_queries))), plan, feats)
+    ep = _in_child(_epochs, plan, sub, val, d_in)
+    scale = train.num_queries / sub.num_queries
+    print(
+        f"epochs at batch 1 on {sub.num_queries} queries (scaled to {train.num_queries}): RCE {ep['rce']:.2f} s "
+        f"({ep['rce'] * scale:.1f} s), GRPO {ep['grpo']:.2f} s ({ep['grpo'] * scale:.1f} s); "
+        f"peak RSS {ep['rss_mb']:.0f} MB (validation loss included)"
+    )
 
 
 if __name__ == "__main__":

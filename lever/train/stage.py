@@ -246,14 +246,31 @@ def validation_loss(model: SelectorBase, val: Groups, batch_size: int = 256) -> 
     return total / n
 
 
+# Sequences encoded at once by a pass with one dropout mask per sequence (train mode, model.dropout_mask =
+# "sequence"): each is its own encoding of the query and its pool, so 256 queries x 24 sequences x 64 candidates
+# held 2.4 GB at hidden 256; 240 sequences (10 such queries) hold about 100 MB, near the original trainer's peak.
+SEQUENCE_CHUNK = 240
+
+
+def pass_batch(model: SelectorBase, groups: Groups, batch_size: int, train: bool) -> int:
+    """Queries per batch of a no-grad pass: `batch_size`, or fewer when every sequence is encoded on its own
+    (train mode with per-sequence dropout masks), so at most SEQUENCE_CHUNK sequences are encoded at once.
+    Eval mode and per-group masks encode each query once, and keep `batch_size`."""
+    if not (train and model.dropout_mask == "sequence"):
+        return batch_size
+    group = int(groups.data.group_sizes().max()) if groups.num_queries else 1
+    return max(1, min(batch_size, SEQUENCE_CHUNK // max(group, 1)))
+
+
 @torch.no_grad()
 def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256, train: bool = False) -> Tensor:
     """Log-probability of every sequence of `groups` under `model`: [S]. Eval mode (no
-    dropout) unless `train`."""
+    dropout) unless `train`; a train-mode pass with per-sequence dropout masks goes in
+    chunks of at most SEQUENCE_CHUNK sequences (`pass_batch`)."""
     was = model.training
     model.train(train)
     out = torch.zeros(groups.data.num_sequences, device=groups.features.device)
-    for b in groups.batches(torch.arange(groups.num_queries), batch_size):
+    for b in groups.batches(torch.arange(groups.num_queries), pass_batch(model, groups, batch_size, train)):
         logp = model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
         out[b.seq[b.mask]] = logp[b.mask]
     model.train(was)
@@ -338,6 +355,9 @@ class StageRunner:
         (grpo.policy_mode) and the reference in eval mode, as the loss sees them. It is 1
         when the reference is the stage's start without dropout; far from 1 when it is
         another model (the one before RCE) or when dropout makes the policy another one.
+        With per-sequence dropout masks the train-mode pass goes in chunks of SEQUENCE_CHUNK
+        sequences (`pass_batch`), from the stage's start-ratio seed; the eval-mode passes keep
+        256 queries a batch, so the reference log-probs the loss uses are unchanged.
         """
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         train_mode = self.s.opt.policy_mode == "train"
