@@ -140,3 +140,42 @@ def test_original_checkpoints_refused_with_the_reason(lever, ws, tmp_path):
         to_v2_keys(deep.state_dict())
     res = lever("--workspace", ws, "export", PLANS / "baseline.toml", "-o", tmp_path / "x.ckpt")
     assert res.code == 2 and "cannot be written in the original's layout" in res.text
+
+
+def test_export_to_v3_keeps_every_layer_and_a_plan_started_from_it_has_the_same_logits(lever, ws, tmp_path):
+    from lever.model import build_selector
+    from lever.recipe import Recipe
+    from lever.recipe.train import start_state
+    from lever.spec import load_plan, load_workspace
+    from lever.train.checkpoint import load_into
+
+    src = _v3_plan(tmp_path, "deep")
+    src.write_text(src.read_text().replace('dropout_mask = "group"', 'dropout_mask = "group"\nlayers = 2'))
+    cli(lever, ws, "run", src, "--no-eval")
+    v2 = lever("--workspace", ws, "export", src, "--format", "lever-plus-v2", "-o", tmp_path / "deep_v2.ckpt")
+    assert v2.code == 2 and "exactly one" in v2.text  # v2 holds one attention layer
+    out = tmp_path / "deep_v3.pt"
+    res = cli(lever, ws, "export", src, "--format", "lever-plus-v3", "-o", out)
+    assert "lever-plus-v3" in res.text
+    raw = torch.load(out, weights_only=True)  # plain types only
+    assert set(raw) == {"epoch", "phase", "model_state_dict", "kl_beta", "metrics"}  # the original's trainer's file
+    (entry,) = json.loads(next((tmp_path / "runs" / "deep").glob("*/seed-0/stages.json")).read_text())
+    assert (raw["epoch"], raw["phase"], raw["kl_beta"]) == (entry["epoch"] - 1, "rce", 0.0)  # its epochs count from 0
+    trained = load_weights(tmp_path / "runs" / entry["checkpoint"])
+    assert set(raw["model_state_dict"]) == set(trained)  # name for name, layer 1 included
+    assert "cross_attn_layers.1.in_proj_weight" in raw["model_state_dict"]
+
+    # a plan that starts from the export (start.kind = "checkpoint"), through the run's own start path
+    start = _v3_plan(tmp_path, "from_deep", f'[start]\nkind = "checkpoint"\ncheckpoint = "{out}"\n')
+    start.write_text(start.read_text().replace('dropout_mask = "group"', 'dropout_mask = "group"\nlayers = 2'))
+    lp = load_plan(start)
+    plan = lp.plan
+    a, b = build_selector(512, plan.model), build_selector(512, plan.model)
+    load_into(a, trained, "lever")
+    start_state(Recipe.build(lp, load_workspace(ws), 0, lambda m: None), b)
+    g = torch.Generator().manual_seed(0)
+    q, pool = torch.randn(3, 512, generator=g), torch.randn(3, 8, 512, generator=g)
+    a.eval(), b.eval()
+    pointers = torch.randint(0, 8, (3, 2, 2), generator=g)
+    assert torch.equal(a.log_policy(a.encode(q, pool, None), pointers), b.log_policy(b.encode(q, pool, None), pointers))
+    cli(lever, ws, "run", start, "rce.lr=1e-12", "--no-eval")  # and it trains

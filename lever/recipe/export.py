@@ -6,21 +6,24 @@ from pathlib import Path
 from typing import Any
 
 from lever.errors import LeverError
-from lever.train.checkpoint import load_verified
-from lever.train.original_ckpt import save_v2
+from lever.train.checkpoint import checkpoint_info, load_verified
+from lever.train.original_ckpt import save_v2, save_v3
 
 from .evaluate import checkpoint_for
 from .recipe import Recipe
 
-EXPORT_FORMATS = ("lever-plus-v2",)
+EXPORT_FORMATS = ("lever-plus-v2", "lever-plus-v3")
 
 
 def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
     """Write a trained plan's selected checkpoint in another project's layout; returns what was written.
 
     lever-plus-v2: the original's v2 Lightning checkpoint (lever.train.original_ckpt.save_v2), which its
-    inference reads. Only model.arch = "lever-plus-v3" maps (its weights are the original's, name for name),
-    with one attention layer (v2 has one).
+    v2 inference reads; one attention layer only (v2 has one).
+    lever-plus-v3: the original's v3 checkpoint (save_v3: model_state_dict, epoch, phase, kl_beta, metrics), which
+    its v3 loader reads exactly, any number of layers; kl_beta is the epoch's logged `kl/beta` (a GRPO stage)
+    or the plan's grpo.kl.beta.
+    Only model.arch = "lever-plus-v3" maps (its weights are the original's, name for name).
     """
     if fmt not in EXPORT_FORMATS:
         raise LeverError(f"--format {fmt!r} is not known", hint=f"use one of {', '.join(EXPORT_FORMATS)}")
@@ -33,8 +36,14 @@ def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
         )
     check_out(out, r)
     entry = checkpoint_for(r.run, None)
-    state = load_verified(r.run.path_of(entry.checkpoint), entry.sha256, r.run.retrain_fix(entry.stage))
-    save_v2(out, state, entry.epoch)
+    path, fix = r.run.path_of(entry.checkpoint), r.run.retrain_fix(entry.stage)
+    state = load_verified(path, entry.sha256, fix)
+    if fmt == "lever-plus-v2":
+        save_v2(out, state, entry.epoch)
+    else:
+        metrics = (checkpoint_info(path, fix) or {}).get("metrics") or {}
+        beta = metrics.get("kl/beta", lp.plan.grpo.kl.beta)
+        save_v3(out, state, max(entry.epoch - 1, 0), entry.kind, beta, metrics)  # its epochs count from 0
     return {"out": str(out), "stage": entry.stage, "epoch": entry.epoch, "format": fmt}
 
 

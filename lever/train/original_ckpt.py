@@ -2,7 +2,8 @@
 
 Formats, detected from the file's contents:
 
-- v3: `torch.save({"model_state_dict": {...}, "epoch": ..., ...})` (or the bare state dict), keys as
+- v3: `torch.save({"model_state_dict": {...}, "epoch", "phase", "kl_beta", "metrics"})` (its GRPO trainer's
+  per-epoch file; or the bare state dict), keys as
   `LeverPlusV3Selector`'s: input_proj.weight, cross_attn_layers.{i}.*, attn_norms.{i}.*, query_proj.weight,
   cand_proj.weight, query_update_gate.*.
 - v2: a PyTorch Lightning checkpoint `{"state_dict": {"lever_lm.pointer_selector.<key>": ...}, "epoch",
@@ -117,6 +118,23 @@ def load_original(path: Path, trust: bool = False) -> tuple[State, str]:
             hint="lever's selectors always update the query with the gate; this checkpoint cannot map onto one",
         )
     return state, fmt
+
+
+def save_v3(
+    path: Path, state: State, epoch: int = 0, phase: str = "grpo", kl_beta: float = 0.0, metrics: dict[str, float] | None = None
+) -> None:
+    """Write the selector as the original's v3 checkpoint, the dict its GRPO trainer saves per epoch: `epoch` (its
+    0-based epoch index), `phase` ("rce" / "grpo"), `model_state_dict` (LeverPlusV3Selector's names, unchanged),
+    `kl_beta` and `metrics`. Its v3 loader (`load_v3_from_grpo_checkpoint`) reads `model_state_dict` name for name,
+    every layer included, and restores `kl_beta`; plain types only, so it loads with weights_only too."""
+    ckpt = {
+        "epoch": int(epoch),
+        "phase": str(phase),
+        "model_state_dict": {k: v.detach().float().contiguous() for k, v in state.items()},
+        "kl_beta": float(kl_beta),
+        "metrics": {str(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)},
+    }
+    atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))
 
 
 def save_v2(path: Path, state: State, epoch: int = 0) -> None:
