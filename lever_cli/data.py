@@ -307,10 +307,33 @@ def _default_features(out: Path | None) -> Path:
     )
 
 
+def _embed_target(split: str, out: Path | None) -> Path:
+    """Where `data embed` writes: --out, else features.main for train and its `.val` sibling for val; the
+    training features are never the target of another split."""
+    if split not in ("train", "val"):
+        raise LeverError(f"--split {split!r} is not known", hint="use train or val")
+    ws = workspace()
+    main = ws.path(ws.features["main"]) if "main" in ws.features else None
+    if split == "train":
+        return _default_features(out)
+    if out is None:
+        if main is None:
+            raise LeverError("no output file: pass --out FILE", hint="lever data embed --split val --out val_features.pt")
+        return main.with_name(f"{main.stem}.val{main.suffix}")
+    if main is not None and out.resolve() == main.resolve():
+        raise LeverError(
+            f"--out {out} is the workspace's training features (features.main): the val split's features would replace them",
+            hint=f"write them elsewhere, e.g. --out {main.with_name(f'{main.stem}.val{main.suffix}')}",
+        )
+    return out
+
+
 @data_app.command("embed")
 def embed(
     split: str = typer.Option("train", "--split", help="train (the features file training reads) or val"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Features file to write (default: the workspace's features.main)"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Features file to write (default: features.main for train, NAME.val.pt beside it for val)"
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Items per CLIP forward pass"),
     device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu, cuda, cuda:N"),
 ) -> None:
@@ -318,7 +341,8 @@ def embed(
 
     emb = normalise(mean(normalise(image), normalise(question))) with the workspace's models.clip.
     Chunks are cached by the model's and the items' files: a killed run resumes, a second run only copies.
-    On the bundled benchmark (no images) the simulated world's features are written.
+    On the bundled benchmark (no images) the simulated world's features are written. --split val writes
+    beside the training features (features.main query_embeddings.pt -> query_embeddings.val.pt), never over them.
 
     Example: [bold]lever -w lever.toml data embed --out cache/query_embeddings.pt[/]
     """
@@ -326,7 +350,7 @@ def embed(
 
     from ._progress import CountProgress
 
-    target = _default_features(out)
+    target = _embed_target(split, out)
     with CountProgress(err_console, f"embedding {split}", unit="items") as bar:
         result = embed_split(workspace(), split, target, batch_size=batch_size, device=device, progress=bar.update, log=_log)
     console.print(f"wrote {result['out']}: [{result['rows']}, {result['dim']}]", highlight=False)

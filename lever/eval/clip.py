@@ -57,12 +57,17 @@ def _pooled(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _try_image(item: Item) -> Any | None:
+def _try_image(item: Item, unreadable: list[Item] | None = None) -> Any | None:
+    """The item's image, or None (no image, or a file that cannot be read or decoded: appended to `unreadable`
+    when given, else a warning)."""
     if item.image is None:
         return None
     try:
         return load_image(item.image)
     except OSError as e:
+        if unreadable is not None:
+            unreadable.append(item)
+            return None
         warnings.warn(
             f"question {item.question_id}: image {item.image} unreadable ({e}); using its question embedding alone", stacklevel=3
         )
@@ -70,10 +75,13 @@ def _try_image(item: Item) -> Any | None:
 
 
 @torch.no_grad()
-def clip_features(items: list[Item], model: ModelSpec, batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+def clip_features(
+    items: list[Item], model: ModelSpec, batch_size: int = 64, device: str = "cpu", unreadable: list[Item] | None = None
+) -> torch.Tensor:
     """CLIP embedding of each item, [N, d], rows in the order of `items`.
 
-    emb = normalise(mean(normalise(img), normalise(txt))); question only when there is no image.
+    emb = normalise(mean(normalise(img), normalise(txt))); question only when there is no image or it cannot be
+    read (each such item is appended to `unreadable` when given, else warned about one by one).
     """
     clip, processor = load_clip(model, device)
     rows = []
@@ -84,7 +92,7 @@ def clip_features(items: list[Item], model: ModelSpec, batch_size: int = 64, dev
             _pooled(clip.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])), dim=-1
         )  # [b, d]
         emb = txt.clone()
-        images = [_try_image(it) for it in chunk]
+        images = [_try_image(it, unreadable) for it in chunk]
         has = [j for j, im in enumerate(images) if im is not None]
         if has:
             pix = processor(images=[images[j] for j in has], return_tensors="pt")["pixel_values"].to(device)

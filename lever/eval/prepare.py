@@ -67,6 +67,9 @@ def embed_split(
     OK-VQA: CLIP features (lever.eval.clip) of the workspace's `models.clip`, computed in chunks of
     `chunk` items that are kept in the cache (keyed by the model's files and the items' files), so a
     killed run resumes at its last finished chunk and a second run with the same inputs only copies.
+    An image that is missing or does not decode leaves its item the question's embedding alone; they are
+    counted (each chunk keeps its list) and reported in one line. When no image file exists (checked
+    before CLIP loads) or every image is unreadable, a LeverError, and nothing is written.
     The bundled benchmark has no images: its features are its simulated world's and are copied.
     """
     items = split_items(ws, split, log)
@@ -85,11 +88,17 @@ def embed_split(
     model_dir = ws.path(ws.models.clip)
     if not (model_dir / "config.json").is_file():
         raise LeverError(f"workspace {ws.source}: models.clip = {ws.models.clip!r} is not a model folder with a config.json")
+    with_image = [it for it in items if it.image is not None]
+    if with_image and not any(Path(it.image).is_file() for it in with_image):  # a stat each: cheap, before CLIP loads
+        raise LeverError(
+            f"none of the {len(with_image)} {split} images exists (e.g. {with_image[0].image})",
+            hint=f"check okvqa.{split}_images in the workspace {ws.source}",
+        )
     key = cache_key(items, model_dir)
     folder = ws.cache_dir / "embed" / f"{key[:24]}-{chunk}"  # chunk files are named by their first row
     folder.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(items), chunk))
-    todo = [s for s in starts if not (folder / f"{s:08d}.pt").is_file()]
+    todo = [s for s in starts if not _chunk_done(folder, s)]
     if todo:
         dev = str(resolve_device(device))
         model = load_clip(model_dir, dev)
@@ -97,13 +106,35 @@ def embed_split(
         if done:
             log(f"embed: resuming, {done} of {len(starts)} chunks already in the cache")
         for s in todo:
-            feats = clip_features(items[s : s + chunk], model, batch_size=batch_size, device=dev)
+            bad: list[Item] = []
+            feats = clip_features(items[s : s + chunk], model, batch_size=batch_size, device=dev, unreadable=bad)
             atomic_write(folder / f"{s:08d}.pt", lambda tmp, f=feats: torch.save(f, tmp))
-            if progress:
+            write_json(folder / f"{s:08d}.json", {"unreadable": [it.image for it in bad]})  # after the features: a chunk
+            if progress:  # counts as done once both are there
                 progress(min(s + chunk, len(items)), len(items))
+    unreadable = [img for s in starts for img in json.loads((folder / f"{s:08d}.json").read_text())["unreadable"]]
+    if with_image and len(unreadable) == len(with_image):
+        raise LeverError(
+            f"all {len(unreadable)} {split} images are unreadable (missing or not decodable, e.g. {unreadable[0]}): "
+            "the features would be the questions' alone; nothing was written",
+            hint=f"check okvqa.{split}_images in the workspace {ws.source} and the image files",
+        )
+    if unreadable:
+        log(
+            f"embed: {len(unreadable)} of {len(with_image)} {split} images unreadable (missing or not decodable, e.g. "
+            f"{', '.join(unreadable[:3])}): those items use their question embedding alone"
+        )
     feats = torch.cat([torch.load(folder / f"{s:08d}.pt", weights_only=True) for s in starts])  # [N, d]
     atomic_write(out, lambda tmp: torch.save(feats, tmp))
-    return {"out": str(out), "rows": feats.shape[0], "dim": feats.shape[1], "computed": len(todo) * chunk, "cache": str(folder)}
+    return {
+        "out": str(out), "rows": feats.shape[0], "dim": feats.shape[1], "computed": len(todo) * chunk,
+        "cache": str(folder), "unreadable": len(unreadable),
+    }  # fmt: skip
+
+
+def _chunk_done(folder: Path, start: int) -> bool:
+    """Whether the embed cache holds the chunk at `start`: its features and its list of unreadable images."""
+    return (folder / f"{start:08d}.pt").is_file() and (folder / f"{start:08d}.json").is_file()
 
 
 # --------------------------------------------------------------------------- pools
