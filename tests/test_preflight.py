@@ -205,3 +205,43 @@ def test_features_from_another_clip_model(lever, real_ws, tiny_processor):
     torch.save(clip_features(items, tiny_clip(seed=1)), root / "query_embeddings.pt")  # same width, another model
     res = run_real(lever, real_ws)
     refused_before_training(res, root / "runs", "not in the space of the CLIP model", "cosine similarity")
+
+
+def test_a_missing_weight_shard_is_named_before_training_and_before_generation(lever, real_ws, tiny_processor):
+    vlm = real_ws.parent / "vlm"
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": shards[0], "model.norm.weight": shards[1], "x": shards[1]}}
+    (vlm / "model.safetensors.index.json").write_text(json.dumps(index))
+    (vlm / shards[0]).write_bytes(b"")  # the first shard downloaded, the second not
+    needles = ("1 of the 2 weight files that model.safetensors.index.json names are missing", shards[1], "models.vlm")
+    refused_before_training(run_real(lever, real_ws), real_ws.parent / "runs", *needles)
+    # `lever data generate` runs the same check before any model loads
+    feats = real_ws.parent / "query_embeddings.pt"
+    pools = real_ws.parent / "p.json"
+    assert lever("--workspace", real_ws, "data", "pools", pools, "-f", feats, "--k", "4", "-n", "3").code == 0
+    res = lever("--workspace", real_ws, "data", "generate", pools, real_ws.parent / "g.json", "-f", feats)
+    assert res.code == 2 and all(n in res.text for n in needles) and "Traceback" not in res.text, res.text
+    assert not (real_ws.parent / "g.json.parts").exists()
+
+
+def test_images_that_do_not_decode_count_within_the_failure_budget(lever, real_ws, tiny_processor, tmp_path):
+    from lever.recipe import Recipe, preflight
+    from lever.spec import load_plan, load_workspace
+
+    text = real_ws.read_text()
+    shared = Path(text.split('val_images = "')[1].split('"')[0])
+    images = tmp_path / "val_images"
+    shutil.copytree(shared, images)
+    victim = images / "COCO_val2014_000000000501.jpg"
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG: it exists and does not decode
+    real_ws.write_text(text.replace(str(shared), str(images)))
+    # 1 of 6 missing (question 3) + 1 of the 5 present not decoding = 2 of 6 = 33% > 20%
+    res = run_real(lever, real_ws)
+    refused_before_training(
+        res, real_ws.parent / "runs", "1 of 6 val images are missing and 1 of the 5 decoded do not decode", "33.3% fail",
+        "COCO_val2014_000000000501.jpg",
+    )  # fmt: skip
+    logs: list[str] = []
+    plan = load_plan(PLANS / "baseline.toml", [*REAL, "eval.max_failed=0.4"])  # within a 40% budget: a warning
+    preflight(Recipe.build(plan, load_workspace(real_ws), 0, log=logs.append))
+    assert any("1 of the 5 decoded do not decode (33.3% fail)" in m for m in logs), logs

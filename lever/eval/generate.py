@@ -280,6 +280,10 @@ def generate_file(
     spec = spec or EvalSpec()
     if opts.dedupe not in DEDUPE:
         raise LeverError(f"--dedupe {opts.dedupe!r} is not known", hint="use set (the original's) or ordered")
+    if backend is None and not ws.is_bundled and ws.models.vlm:  # the preflight's check: a missing shard named now
+        from .preflight import check_weight_files
+
+        check_weight_files(ws.path(ws.models.vlm), "models.vlm")
     items = split_items(ws, "train", log)
     if features.shape[0] != len(items):
         raise LeverError(f"features have {features.shape[0]} rows but the train split has {len(items)} items")
