@@ -18,7 +18,7 @@ figure is the best of --epochs fresh stages (the machine's noise only ever adds 
 lever-plus-v3, dropout 0.5 and attention dropout 0.1 with one mask per sequence, batch 1,
 grpo.policy_mode "train", grpo.reference "pre_rce"): the GRPO start pass (the policy in train
 mode and the reference in eval mode over all 640 x 24 training sequences) with its seconds, start
-ratio and peak RSS (ru_maxrss of a fresh forked process per pass), chunked as now
+ratio and peak RSS (ru_maxrss of a fresh process per pass), chunked as now
 (lever.train.stage.SEQUENCE_CHUNK) and unchunked as before (256 queries at once), alternated in
 the same run; then one RCE and one GRPO epoch at batch 1 on --queries training queries, scaled
 to 640.
@@ -27,8 +27,10 @@ to 640.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--faithful", action="store_true", help="the original family's settings at batch 1 (see above)")
     ap.add_argument("--queries", type=int, default=64, help="--faithful: training queries timed per epoch")
     ap.add_argument("--rounds", type=int, default=2, help="--faithful: start passes per chunking, alternated")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)  # --faithful: one measurement (internal)
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -143,15 +146,11 @@ def main() -> None:
     print(f"speed-up RCE: {ref / rce:.1f}x   (epochs include the validation loss)")
 
 
-def _in_child(fn, *args):
-    """Run fn(*args) in a forked process (its own peak RSS) and return its result."""
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    proc = ctx.Process(target=lambda: q.put(fn(*args)))
-    proc.start()
-    out = q.get()
-    proc.join()
-    return out
+def _in_child(args, what: str) -> dict:
+    """Run this script again for one measurement (`--child what`: a fresh process, its own peak RSS); its JSON."""
+    cmd = [sys.executable, __file__, "--faithful", "--child", what, "--queries", str(args.queries)]
+    cmd += ["--group-size", str(args.group_size)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
 def _start_pass(plan: Plan, train: Groups, val: Groups, d_in: int, chunk: int) -> dict:
@@ -202,18 +201,22 @@ def faithful(args, data, feats) -> None:
         f"{g.reference}; {train.num_queries} train queries x {args.group_size} sequences, pools {data.pools.shape[1]}"
     )
     d_in = feats.shape[1]
+    sub = make_groups(split.train.subset(torch.arange(min(args.queries, split.train.num_queries))), plan, feats)
+    if args.child:  # one measurement in this fresh process
+        out = _epochs(plan, sub, val, d_in) if args.child == "epochs" else _start_pass(plan, train, val, d_in, int(args.child))
+        print(json.dumps(out))
+        return
     now = stage_mod.SEQUENCE_CHUNK
     runs: dict[str, list[dict]] = {"unchunked (before)": [], f"chunked, {now} sequences (now)": []}
     for _ in range(args.rounds):
         for label, chunk in zip(runs, (10**9, now)):
-            runs[label].append(_in_child(_start_pass, plan, train, val, d_in, chunk))
+            runs[label].append(_in_child(args, str(chunk)))
     print(f"{'GRPO start pass (train + reference)':42}{'seconds':>9}{'peak RSS MB':>13}{'RSS before':>12}{'start ratio':>13}")
     for label, rs in runs.items():
         best = min(rs, key=lambda r: r["seconds"])
         rss = max(r["rss_mb"] for r in rs)
         print(f"{label:42}{best['seconds']:>9.2f}{rss:>13.0f}{best['rss_before_mb']:>12.0f}{best['ratio']:>13.4f}")
-    sub = make_groups(split.train.subset(torch.arange(min(args.queries, split.train.num_queries))), plan, feats)
-    ep = _in_child(_epochs, plan, sub, val, d_in)
+    ep = _in_child(args, "epochs")
     scale = train.num_queries / sub.num_queries
     print(
         f"epochs at batch 1 on {sub.num_queries} queries (scaled to {train.num_queries}): RCE {ep['rce']:.2f} s "
