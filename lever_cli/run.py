@@ -17,10 +17,15 @@ from ._progress import CountProgress, RichReporter
 
 def _plans(args: list[str], overrides: list[str] | None) -> list[LoadedPlan]:
     """Every plan named (all validated before any work), with the overrides applied to each."""
+    return _plans_and_overrides(args, overrides)[0]
+
+
+def _plans_and_overrides(args: list[str], overrides: list[str] | None) -> tuple[list[LoadedPlan], list[str]]:
+    """Every plan named (all validated before any work), with the overrides applied to each; and the overrides."""
     refs, sets = plan_args(args, overrides)
     if not refs:
         raise LeverError("no plan given", hint="lever run plans/plan5.toml")
-    return [load_plan(ref, sets, workspace().plans_dir) for ref in refs]
+    return [load_plan(ref, sets, workspace().plans_dir) for ref in refs], sets
 
 
 def _log(message: str) -> None:
@@ -76,6 +81,12 @@ def run(
     retrain_stage: str | None = typer.Option(
         None, "--retrain-stage", metavar="NAME", help="Delete this stage's folder and train it again (implies --redo)"
     ),
+    baseline: bool = typer.Option(
+        True,
+        "--baseline/--no-baseline",
+        help="Also run the plans folder's baseline when its runs for these seeds and settings are missing "
+        "(it shares the RCE stage: only its evaluation is new), for the comparison table",
+    ),
 ) -> None:
     """Train a plan (RCE, GRPO, curriculum phases) into its run directory, then evaluate it and compare with the baseline.
 
@@ -83,23 +94,50 @@ def run(
     interrupted run resumes from its last finished epoch; a changed spec gets a new run directory.
     A damaged run file is repaired with --redo, a damaged stage with --retrain-stage NAME.
     Stages shared with other plans (same data, settings, seed and start) are trained once and reused.
+    The baseline of the plan's folder runs too when it has no evaluated runs for the same seeds and overrides
+    (its grpo.*, phases and select.* overrides left out); --no-baseline skips it.
 
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
-    from lever.recipe import preflight, recipes, train_and_evaluate
+    from lever.recipe import plan_baseline, preflight, recipes, train_and_evaluate
 
-    plans = _plans(plan, overrides)
+    plans, sets = _plans_and_overrides(plan, overrides)
     todo = recipes(plans, workspace(), seed, err_console.print)  # one recipe per plan and seed, built once
-    for lp in plans:
+    # The baseline with these overrides: the table's reference (even with --no-baseline: never one of other settings)
+    base = None
+    if evaluate:
+        try:
+            base = plan_baseline(plans, sets, workspace(), seed, err_console.print)
+        except LeverError:
+            if baseline:  # the error says --no-baseline skips it
+                raise
+    if base is not None and not baseline:
+        base.todo = []
+    if base is not None and base.todo:
+        seeds = ", ".join(str(r.seed) for r in base.todo)
+        left_out = f" (without {' '.join(base.skipped)})" if base.skipped else ""
+        err_console.print(
+            f"{base.lp.name}: no evaluated run for seed {seeds} with these settings{left_out}; running it too, for "
+            "the comparison table (--no-baseline skips it)",
+            highlight=False,
+        )
+        todo = todo + base.todo  # last: it reuses the stages the plans trained (or retrained) before it
+    for lp in plans + ([base.lp] if base is not None and base.todo else []):
         preflight(next(r for r in todo if r.lp is lp), evaluate)  # what would fail after training fails now
     reporter = RichReporter(err_console)
     for r in todo:
         if r.seed == todo[[x.lp for x in todo].index(r.lp)].seed:  # a plan's first seed: its header
             err_console.print(f"[bold]{r.name}[/] [dim]{r.lp.hash}[/]  {r.plan.description}", highlight=False)
+        mine = base is None or all(r is not b for b in base.todo)  # --redo, --retrain-stage: the plans named
         with _eval_progress(r.lp, r.seed) as bar:
             outcome, ev = train_and_evaluate(
-                r, reporter, evaluate_it=evaluate, redo=redo, retrain_stage=retrain_stage, progress=bar.update
+                r,
+                reporter,
+                evaluate_it=evaluate,
+                redo=redo and mine,
+                retrain_stage=retrain_stage if mine else None,
+                progress=bar.update,
             )
         sel = outcome.selected
         err_console.print(f"selected: {sel.stage} epoch {sel.epoch} ({sel.reason})  run: {outcome.run.path}", highlight=False)
@@ -107,18 +145,20 @@ def run(
             _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
     if evaluate and others:
-        _baseline_table(others, next((lp.hash for lp in plans if lp.name == "baseline"), None))
+        ref = next((lp for lp in plans if lp.name == "baseline"), base.lp if base is not None else None)
+        _baseline_table(others, ref.name if ref else "baseline", ref.hash if ref else None)
 
 
-def _baseline_table(plans: list[LoadedPlan], base_hash: str | None) -> None:
-    """The plans against the baseline (the one run in this command, else the baseline plan file's runs), when evaluated."""
+def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | None) -> None:
+    """The plans against the baseline (the one named or run in this command, else the baseline plan file's runs),
+    when evaluated."""
     from lever.report.results import plan_runs
     from lever.report.tables import build_comparison, render_rich
 
     root, plans_dir = workspace().runs_dir, workspace().plans_dir
-    base = plan_runs("baseline", root, plans_dir, base_hash)
+    base = plan_runs(base_name, root, plans_dir, base_hash)
     if base.missing:
-        err_console.print(f"no comparison table: baseline {base.missing} ({base.command})", highlight=False)
+        err_console.print(f"no comparison table: {base_name} {base.missing} ({base.command})", highlight=False)
         return
     mine = [plan_runs(lp.name, root, plans_dir, lp.hash) for lp in plans]
     for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):

@@ -4,6 +4,7 @@
     preflight.py  what a recipe will need, checked before any training
     train.py      the stages into their folders, the run's record (resume, reuse, redo)
     evaluate.py   the verified checkpoint, its evaluation folder, scoring through lever.eval, the record
+    baseline.py   the baseline a plan is compared with, and its runs `lever run PLAN` does first
     sweep.py      a grid of derived plans x seeds through one executor
     export.py     the selected checkpoint in another project's layout
 
@@ -11,6 +12,7 @@ It sits above every other layer (spec, data, model, train, runs, eval, report); 
 calls one function here or in a lower layer, and renders.
 """
 
+from .baseline import Baseline, plan_baseline
 from .evaluate import Evaluated, checkpoint_for, evaluate, selected_model, train_and_evaluate
 from .export import EXPORT_FORMATS, export_checkpoint
 from .preflight import preflight
@@ -20,6 +22,7 @@ from .train import RunOutcome, finished, train
 
 __all__ = [
     "EXECUTORS",
+    "Baseline",
     "EXPORT_FORMATS",
     "Evaluated",
     "Recipe",
@@ -29,6 +32,7 @@ __all__ = [
     "evaluate",
     "export_checkpoint",
     "finished",
+    "plan_baseline",
     "preflight",
     "recipes",
     "run_sweep",

@@ -1,0 +1,82 @@
+"""The baseline a plan is compared with, and whether `lever run PLAN` has to run it first.
+
+The comparison table of `lever run PLAN` sets the plan against the `baseline` plan file of
+the same plans folder (`plans/baseline.toml` for `plans/plan5.toml`, `plans/original/baseline.toml`
+for `plans/original/plan5.toml`). On a fresh runs folder that baseline has no runs, so
+`lever run PLAN` runs it too, first (`--no-baseline` skips it). It costs little: a plan
+extending the baseline shares its RCE stage (same stage key), which is trained once and reused,
+so the baseline adds only its evaluation.
+
+The baseline gets the command's overrides, so that it shares the plan's RCE stage and is
+evaluated on the same questions and shot counts, except the overrides of what it does not
+run or select by: `grpo.*` and `phases` (it has no GRPO stage; `grpo.epochs=3` would give it
+one) and `select.*` (they pick the plan's final stage's epoch). A plan that starts from the
+baseline itself (`start.kind=plan start.plan=baseline`) shares no stage with it: the baseline
+then gets only the `eval.*` and `seeds` overrides (its stages are those the plan started from). It runs for the seeds the plan
+runs (`--seed`, else each plan's seeds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lever.errors import LeverError
+from lever.spec import LoadedPlan, Workspace, load_plan
+from lever.spec.load import parse_override, plan_name
+
+from .recipe import Recipe
+from .train import finished
+
+BASELINE = "baseline"  # the file stem of a plans folder's baseline plan
+NOT_SHARED = ("grpo", "phases", "select")  # override roots that do not apply to the baseline (module docstring)
+
+
+@dataclass
+class Baseline:
+    """The baseline of a command's plans: the plan (with the overrides that apply to it) and its seed runs
+    that are not finished (trained and evaluated on today's inputs), which `lever run` runs after the plans."""
+
+    lp: LoadedPlan
+    todo: list[Recipe]
+    skipped: list[str]  # the command's overrides left out for the baseline
+
+
+def baseline_overrides(overrides: list[str], name: str = BASELINE) -> tuple[list[str], list[str]]:
+    """(the overrides that apply to the baseline `name`, those left out): everything but `grpo.*`, `phases` and
+    `select.*`; only `eval.*` and `seeds` when they start the plan from the baseline itself (`start.plan=baseline`:
+    the plan shares no stage with it, it continues from the baseline as the baseline file defines it)."""
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    from_itself = any(keys == ["start", "plan"] and value == name for _, keys, value in parsed)
+    kept, skipped = [], []
+    for text, keys, _ in parsed:
+        left_out = keys[0] not in ("eval", "seeds") if from_itself else keys[0] in NOT_SHARED
+        (skipped if left_out else kept).append(text)
+    return kept, skipped
+
+
+def plan_baseline(
+    plans: list[LoadedPlan], overrides: list[str], ws: Workspace, seed: int | None, log: Callable[[str], None] = print
+) -> Baseline | None:
+    """The baseline to compare `plans` with, and its runs still to do; None when one of the plans is a baseline
+    file itself (the table uses `baseline` as before) or the first plan's folder has no baseline file.
+
+    The baseline is the `baseline.toml` beside the first plan, with the overrides that apply to it
+    (`baseline_overrides`); its runs are one per seed the plans run (`seed`, else each plan's seeds)."""
+    if not plans or any(lp.path.stem == BASELINE for lp in plans):
+        return None
+    path = plans[0].path.parent / f"{BASELINE}.toml"
+    if not path.is_file():
+        return None
+    kept, skipped = baseline_overrides(overrides, plan_name(path, ws.plans_dir))
+    try:
+        lp = load_plan(path, kept, ws.plans_dir)
+    except LeverError as err:
+        skip = "or run with --no-baseline (then no comparison table unless the baseline has runs)"
+        raise LeverError(
+            f"the baseline for the comparison table does not take this command's overrides: {err.args[0]}",
+            hint=f"{err.hint}; {skip}" if err.hint else skip,
+        ) from None
+    seeds = [seed] if seed is not None else list(dict.fromkeys(s for p in plans for s in p.plan.seeds))
+    todo = [r for r in (Recipe.build(lp, ws, s, log) for s in seeds) if not finished(r)]
+    return Baseline(lp, todo, skipped)
