@@ -478,6 +478,7 @@ def _edit(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
+@pytest.mark.slow
 def test_a_stage_selection_edited_to_another_epoch_is_an_error_until_retrained(lever, ws):
     """A stage's selected.json names another epoch (and that epoch's digest): a plan reusing the stage would
     evaluate the edited epoch while printing the selected one's value. The stage's own metrics disagree."""
@@ -536,6 +537,7 @@ def test_an_evaluation_pointer_to_another_plans_results_is_an_error(lever, ws):
     assert run_cli(lever, "compare", "plan1", "--baseline", "baseline").code == 0
 
 
+@pytest.mark.slow
 def test_a_copied_or_flipped_checkpoint_is_detected_before_use(lever, ws):
     args = [PLANS / "baseline.toml", *FAST]
     assert run_cli(lever, "run", *args).code == 0
@@ -555,6 +557,7 @@ def test_a_copied_or_flipped_checkpoint_is_detected_before_use(lever, ws):
     assert chosen.read_bytes() == good  # retrained: the same weights, bit for bit
 
 
+@pytest.mark.slow
 def test_a_stage_folder_leading_outside_the_runs_folder_is_damage(lever, ws, tmp_path):
     args = [PLANS / "baseline.toml", *FAST, "--no-eval"]
     assert run_cli(lever, "run", *args).code == 0
@@ -589,19 +592,17 @@ def test_a_full_disk_while_saving_a_checkpoint_fails_the_run_with_exit_2(lever, 
 
 
 def test_export_refuses_a_folder_the_runs_folder_and_an_input(lever, ws, tmp_path):
-    args = [PLANS / "original" / "plan5.toml", "rce.epochs=1", "grpo.epochs=1", "rce.batch_size=16", "grpo.batch_size=16"]
-    assert run_cli(lever, "run", *args, "--no-eval").code == 0
-    error(run_cli(lever, "export", *args, "-o", tmp_path), "is a folder")
-    error(run_cli(lever, "export", *args, "-o", ws / "runs" / "x.ckpt"), "inside the runs folder")
+    """Refused before any checkpoint is read (a successful export: tests/test_sft_checkpoints.py)."""
     from lever.runs.sources import bench_paths
     from lever.spec.workspace import load_workspace
 
+    args = [PLANS / "original" / "plan5.toml"]
+    error(run_cli(lever, "export", *args, "-o", tmp_path), "is a folder")
+    error(run_cli(lever, "export", *args, "-o", ws / "runs" / "x.ckpt"), "inside the runs folder")
     cands = Path(bench_paths(load_workspace(os.environ["LEVER_WORKSPACE"]), lambda m: None).candidates)
     kept = cands.read_bytes()
     error(run_cli(lever, "export", *args, "-o", cands), "is an input of the plan")
     assert cands.read_bytes() == kept
-    res = run_cli(lever, "export", *args, "-o", tmp_path / "v2.ckpt")
-    assert res.code == 0 and (tmp_path / "v2.ckpt").is_file(), res.text
 
 
 def test_one_run_reads_its_candidates_and_features_once(lever, ws):
