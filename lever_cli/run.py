@@ -100,36 +100,18 @@ def run(
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     """
-    from lever.recipe import plan_baseline, preflight, recipes, train_and_evaluate
+    from lever.recipe import preflight, run_order, train_and_evaluate
 
     plans, sets = _plans_and_overrides(plan, overrides)
-    todo = recipes(plans, workspace(), seed, err_console.print)  # one recipe per plan and seed, built once
-    # The baseline with these overrides: the table's reference (even with --no-baseline: never one of other settings)
-    base = None
-    if evaluate:
-        try:
-            base = plan_baseline(plans, sets, workspace(), seed, err_console.print)
-        except LeverError:
-            if baseline:  # the error says --no-baseline skips it
-                raise
-    if base is not None and not baseline:
-        base.todo = []
-    if base is not None and base.todo:
-        seeds = ", ".join(str(r.seed) for r in base.todo)
-        left_out = f" (without {' '.join(base.skipped)})" if base.skipped else ""
-        err_console.print(
-            f"{base.lp.name}: no evaluated run for seed {seeds} with these settings{left_out}; running it too, for "
-            "the comparison table (--no-baseline skips it)",
-            highlight=False,
-        )
-        todo = todo + base.todo  # last: it reuses the stages the plans trained (or retrained) before it
-    for lp in plans + ([base.lp] if base is not None and base.todo else []):
-        preflight(next(r for r in todo if r.lp is lp), evaluate)  # what would fail after training fails now
+    order = run_order(plans, sets, workspace(), seed, evaluate=evaluate, with_baseline=baseline, log=err_console.print)
+    for r in order.todo:
+        if order.first_seed(r):
+            preflight(r, evaluate)  # what would fail after training fails now
     reporter = RichReporter(err_console)
-    for r in todo:
-        if r.seed == todo[[x.lp for x in todo].index(r.lp)].seed:  # a plan's first seed: its header
+    for r in order.todo:
+        if order.first_seed(r):
             err_console.print(f"[bold]{r.name}[/] [dim]{r.lp.hash}[/]  {r.plan.description}", highlight=False)
-        mine = base is None or all(r is not b for b in base.todo)  # --redo, --retrain-stage: the plans named
+        mine = order.named(r)
         with _eval_progress(r.lp, r.seed) as bar:
             outcome, ev = train_and_evaluate(
                 r,
@@ -145,8 +127,7 @@ def run(
             _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
     if evaluate and others:
-        ref = next((lp for lp in plans if lp.name == "baseline"), base.lp if base is not None else None)
-        _baseline_table(others, ref.name if ref else "baseline", ref.hash if ref else None)
+        _baseline_table(others, *order.reference())
 
 
 def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | None) -> None:

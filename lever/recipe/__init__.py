@@ -12,7 +12,7 @@ It sits above every other layer (spec, data, model, train, runs, eval, report); 
 calls one function here or in a lower layer, and renders.
 """
 
-from .baseline import Baseline, plan_baseline
+from .baseline import Baseline, RunOrder, plan_baseline, run_order
 from .evaluate import Evaluated, checkpoint_for, evaluate, selected_model, train_and_evaluate
 from .export import EXPORT_FORMATS, export_checkpoint
 from .preflight import preflight
@@ -26,6 +26,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "Evaluated",
     "Recipe",
+    "RunOrder",
     "RunOutcome",
     "SweepRun",
     "checkpoint_for",
@@ -35,6 +36,7 @@ __all__ = [
     "plan_baseline",
     "preflight",
     "recipes",
+    "run_order",
     "run_sweep",
     "selected_model",
     "train",

@@ -25,7 +25,7 @@ from lever.errors import LeverError
 from lever.spec import LoadedPlan, Workspace, load_plan
 from lever.spec.load import parse_override, plan_name
 
-from .recipe import Recipe
+from .recipe import Recipe, recipes
 from .train import finished
 
 BASELINE = "baseline"  # the file stem of a plans folder's baseline plan
@@ -80,3 +80,59 @@ def plan_baseline(
     seeds = [seed] if seed is not None else list(dict.fromkeys(s for p in plans for s in p.plan.seeds))
     todo = [r for r in (Recipe.build(lp, ws, s, log) for s in seeds) if not finished(r)]
     return Baseline(lp, todo, skipped)
+
+
+@dataclass
+class RunOrder:
+    """What `lever run PLAN...` does, in order: the plans' recipes, then the baseline's runs still to do."""
+
+    plans: list[LoadedPlan]
+    todo: list[Recipe]  # every seed run, the baseline's last (it reuses the stages the plans trained)
+    base: Baseline | None  # the baseline the table compares with, when it comes from the plans folder
+
+    def named(self, r: Recipe) -> bool:
+        """Whether `r` is a run of a plan the command named (--redo and --retrain-stage act on those only)."""
+        return self.base is None or all(r is not b for b in self.base.todo)
+
+    def first_seed(self, r: Recipe) -> bool:
+        """Whether `r` is its plan's first run in the order (where its header is printed)."""
+        return next(x for x in self.todo if x.lp is r.lp) is r
+
+    def reference(self) -> tuple[str, str | None]:
+        """The baseline of the comparison table: a baseline the command named, else the plans folder's, by (name, hash)."""
+        ref = next((lp for lp in self.plans if lp.name == BASELINE), self.base.lp if self.base is not None else None)
+        return (ref.name, ref.hash) if ref is not None else (BASELINE, None)
+
+
+def run_order(
+    plans: list[LoadedPlan],
+    overrides: list[str],
+    ws: Workspace,
+    seed: int | None,
+    *,
+    evaluate: bool,
+    with_baseline: bool,
+    log: Callable[[str], None] = print,
+) -> RunOrder:
+    """The recipes of `lever run`: one per plan and seed, then (when evaluating, unless `with_baseline` is off) the
+    plans folder's baseline runs that are missing. A baseline that cannot take the overrides is an error only when
+    it would run (`with_baseline`); otherwise the table looks for one with the same settings."""
+    todo = recipes(plans, ws, seed, log)
+    base = None
+    if evaluate:
+        try:
+            base = plan_baseline(plans, overrides, ws, seed, log)
+        except LeverError:
+            if with_baseline:  # the error says --no-baseline skips it
+                raise
+    if base is not None and not with_baseline:
+        base.todo = []
+    if base is not None and base.todo:
+        seeds = ", ".join(str(r.seed) for r in base.todo)
+        left_out = f" (without {' '.join(base.skipped)})" if base.skipped else ""
+        log(
+            f"{base.lp.name}: no evaluated run for seed {seeds} with these settings{left_out}; running it too, for "
+            "the comparison table (--no-baseline skips it)"
+        )
+        todo = todo + base.todo
+    return RunOrder(plans, todo, base)
