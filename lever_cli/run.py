@@ -143,7 +143,8 @@ def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | No
         return
     mine = [plan_runs(lp.name, root, plans_dir, lp.hash) for lp in plans]
     for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):
-        render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
+        if any(split in r.splits() for r in base.runs):  # a split the baseline is not evaluated on has no deltas
+            render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
 
 
 def evaluate(
