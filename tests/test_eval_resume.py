@@ -40,14 +40,14 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
     (eval_dir,) = sorted(p for p in (tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*") if p.is_dir())
     assert not (eval_dir / "summary.json").exists()
     partial = (eval_dir / "partial-0.jsonl").read_text()
-    assert len(partial.splitlines()) == 8  # two chunks of 4 answers (batch size 1 x 4) were kept
+    assert len(partial.splitlines()) == 5  # two chunks were kept: one batch (1 answer), then four batches (4)
     # A kill in the middle of a line: that line is dropped, the rest is kept.
     (eval_dir / "partial-0.jsonl").write_text(partial + '{"_pos": 8, "spl')
 
     monkeypatch.setattr(sources.SimBackend, "answer", real)
     res = lever("--workspace", ws, "evaluate", *plan)
     assert res.code == 0, res.text
-    assert "resuming, 8 of 80 answers" in res.text
+    assert "resuming, 5 of 80 answers" in res.text
     resumed = (eval_dir / "results.jsonl").read_text()
     assert not list(eval_dir.glob("partial-*"))
     shutil.rmtree(eval_dir)
@@ -67,15 +67,15 @@ def test_failed_answers_stop_the_evaluation_and_are_asked_again(lever, tmp_path,
     real = sources.SimBackend.answer
     calls = {"n": 0}
 
-    def first_chunk_fails(self, requests):  # a transient fault (out of memory, say) on the first 16 of 40 questions
+    def first_chunk_fails(self, requests):  # a transient fault (out of memory, say) on the first 4 of 40 questions
         calls["n"] += 1
         out = real(self, requests)
         return [Response("", failed=True, error="CUDA out of memory") for _ in out] if calls["n"] == 1 else out
 
     monkeypatch.setattr(sources.SimBackend, "answer", first_chunk_fails)
     res = lever("--workspace", ws, "evaluate", *plan)
-    assert res.code == 2 and "16 of 40 answers failed (40.0%, above eval.max_failed = 1.0%)" in res.err
+    assert res.code == 2 and "4 of 40 answers failed (10.0%, above eval.max_failed = 1.0%)" in res.err
     assert "CUDA out of memory" in res.err and "Traceback" not in res.err
     monkeypatch.setattr(sources.SimBackend, "answer", real)
     res = lever("--workspace", ws, "evaluate", *plan)
-    assert res.code == 0 and "resuming, 24 of 40 answers" in res.text  # the 16 failed ones are asked again
+    assert res.code == 0 and "resuming, 36 of 40 answers" in res.text  # the 4 failed ones are asked again

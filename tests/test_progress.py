@@ -72,3 +72,12 @@ def test_disabled_progress_prints_nothing():
     with CountProgress(Console(file=out, force_terminal=False), "x", enabled=False, every_s=0) as bar:
         bar.update(1, 2)
     assert out.getvalue() == ""
+
+
+def test_the_first_progress_report_comes_after_one_batch_of_answers():
+    from lever.eval.evaluate import chunk_bounds
+
+    assert chunk_bounds(0, 8) == []
+    assert chunk_bounds(5, 8) == [(0, 5)]
+    assert chunk_bounds(50, 8) == [(0, 8), (8, 40), (40, 50)]  # one batch, then four batches at a time
+    assert chunk_bounds(9, 1) == [(0, 1), (1, 5), (5, 9)]

@@ -127,13 +127,12 @@ def score(
     mine = [(p, req) for p, req in enumerate(todo) if r.mine(p) and p not in done]
     if done and r.is_main:
         log(f"evaluation: resuming, {len(done)} of {len(todo)} answers already in {ev.path}")
-    step = spec.batch_size * 4  # answers between two partial writes (and progress reports)
     before, total = len(rows), len(rows) + len(mine)
     if progress and mine:
         progress(before, total)  # the total is known before the first answer
     with open_partial(ev.partial(r.rank)) as partial:
-        for s in range(0, len(mine), step):
-            chunk = mine[s : s + step]
+        for s, end in chunk_bounds(len(mine), spec.batch_size):
+            chunk = mine[s:end]
             for (pos, req), resp in zip(chunk, backend.answer([req for _, req in chunk])):
                 answer = "" if resp.failed else postprocess(resp.raw)
                 rows.append(
@@ -154,7 +153,7 @@ def score(
                 partial.write(json.dumps(rows[-1]) + "\n")
             partial.flush()  # a kill loses at most the chunk being answered
             if progress:
-                progress(before + min(s + step, len(mine)), total)
+                progress(before + end, total)
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)
@@ -226,6 +225,13 @@ def rescore(
     summary = ev.write(rows, summary)
     barrier(r)
     return summary
+
+
+def chunk_bounds(n: int, batch: int) -> list[tuple[int, int]]:
+    """(start, end) of the answer chunks between two partial writes and progress reports: one batch first, so a
+    rate shows from the first seconds, then four batches at a time."""
+    starts = [0, *range(min(batch, n), n, 4 * batch)] if n else []
+    return list(zip(starts, [*starts[1:], n]))
 
 
 def read_partials(ev: EvalDir) -> dict[int, dict[str, Any]]:
