@@ -84,6 +84,12 @@ class StageEntry:
     reason: str
     version: int = VERSION
 
+    @classmethod
+    def of(cls, sel: StageSelection, kind: str, key: str, dir: str, checkpoint: str) -> StageEntry:
+        """A run's entry for a finished stage: its own selection, with where the stage and its checkpoint are."""
+        same = ("stage", "epoch", "metric", "mode", "value", "reason", "sha256")
+        return cls(kind=kind, key=key, dir=dir, checkpoint=checkpoint, **{k: getattr(sel, k) for k in same})
+
     def check(self, where: Path, fix: str) -> None:
         for name in (self.dir, self.checkpoint):
             if not name or Path(name).is_absolute() or ".." in Path(name).parts:

@@ -271,6 +271,21 @@ def test_moved_and_copied_runs_folders_work_and_read_only_themselves(lever, ws, 
     error(run_cli(lever, "run", *args), "is missing", "--redo")
 
 
+def _stop_mid_stage(ws: Path, overrides: list, sig: int) -> tuple[int, str]:
+    """Start `lever run baseline` in a subprocess, send it `sig` once its RCE stage has finished an epoch; (exit code, stderr)."""
+    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml")]
+    proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        files = sorted((ws / "runs" / "_stages").glob("rce-*/metrics.jsonl"))
+        if files and len(read_jsonl(files[0])) >= 2:  # epoch 1's resume marker is written before epoch 2 starts
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
 # ---------------------------------------------------------------- faults end cleanly
 
 
@@ -368,17 +383,8 @@ def test_ctrl_c_in_process_marks_the_run_interrupted(lever, ws, monkeypatch):
 @pytest.mark.slow
 def test_ctrl_c_marks_the_run_interrupted_and_the_next_run_resumes(lever, ws, tmp_path):
     overrides = [*FAST, "rce.epochs=12", "--no-eval"]  # room to interrupt mid-stage
-    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml")]
-    proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # interrupt mid-stage
-        files = sorted((ws / "runs" / "_stages").glob("rce-*/metrics.jsonl"))
-        if files and len(read_jsonl(files[0])) >= 2:  # epoch 1's resume marker is written before epoch 2 starts
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    code, err = _stop_mid_stage(ws, overrides, signal.SIGINT)
+    assert code == 130, err
     assert "Traceback" not in err and "interrupted" in err
     (run_dir,) = seed_dirs(ws, "baseline")
     assert status(run_dir)["state"] == "interrupted"
@@ -420,18 +426,9 @@ def test_sigterm_in_process_is_handled_like_ctrl_c(lever, ws, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_marks_the_run_interrupted_and_the_next_run_resumes(lever, ws):
-    overrides = [*FAST, "rce.epochs=12", "--no-eval"]  # room to stop mid-stage
-    cmd = [sys.executable, "-m", "lever_cli", "--workspace", os.environ["LEVER_WORKSPACE"], "run", str(PLANS / "baseline.toml")]
-    proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # stop it mid-stage, as `kill` or a scheduler's time limit would
-        files = sorted((ws / "runs" / "_stages").glob("rce-*/metrics.jsonl"))
-        if files and len(read_jsonl(files[0])) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    overrides = [*FAST, "rce.epochs=12", "--no-eval"]  # room to stop mid-stage, as `kill` or a time limit would
+    code, err = _stop_mid_stage(ws, overrides, signal.SIGTERM)
+    assert code == 143, err
     assert "Traceback" not in err and "terminated" in err
     (run_dir,) = seed_dirs(ws, "baseline")
     assert status(run_dir)["state"] == "interrupted"

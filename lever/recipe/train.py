@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lever import __version__
+from lever.data.filters import stage_filter
 from lever.data.stats import FLAT, FLAT_SHARE
 from lever.device import resolve_device
 from lever.errors import DamagedState, LeverError, RunFailed
@@ -222,7 +223,8 @@ def finished(r: Recipe) -> bool:
     try:
         if r.run.state != "done":
             return False
-        return finished_selection(r) is not None and r.run.selected_eval() is not None
+        sel = finished_selection(r)
+        return sel is not None and r.run.selected_eval(sel) is not None
     except LeverError:
         return False
 
@@ -236,7 +238,8 @@ def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None) -> str:
         stage.epochs,
         stage.lr,
         stage.opt.model_dump(mode="json"),
-        stage.data.model_dump(mode="json") if stage.data is not None else None,
+        # a phase's effective filter (the plan's with the phase's changes), as stage keys always held it
+        stage_filter(plan.data, stage.data).model_dump(mode="json") if stage.data is not None else None,
         plan.data.model_dump(mode="json"),
         plan.reward.model_dump(mode="json"),
         plan.model.model_dump(mode="json"),
@@ -299,22 +302,8 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
                     raise DamagedState(err.args[0], hint=retrain_fix) from None
                 raise
         model.load_state_dict(weights)
-        dir_ = folder.store_rel(stage_dir)
-        entries.append(
-            StageEntry(
-                stage=stage.name,
-                kind=stage.kind,
-                key=key,
-                dir=dir_,
-                checkpoint=folder.store_rel(checkpoint_path(stage_dir, sel.epoch)),
-                sha256=sel.sha256,
-                epoch=sel.epoch,
-                metric=sel.metric,
-                mode=sel.mode,
-                value=sel.value,
-                reason=sel.reason,
-            )
-        )
+        checkpoint = folder.store_rel(checkpoint_path(stage_dir, sel.epoch))
+        entries.append(StageEntry.of(sel, stage.kind, key, folder.store_rel(stage_dir), checkpoint))
         all_rows += rows
         record = run.write_stages(entries, all_rows)
         prev_key = key

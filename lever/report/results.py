@@ -179,7 +179,7 @@ def load_run(run_dir: Path | RunDir, plan: str | None = None) -> RunData:
         metrics=run.metrics(),
         selected=run.selected(),
     )
-    ev = run.selected_eval()
+    ev = run.selected_eval(data.selected)
     if ev is not None:
         data.eval_key = ev.key
         data.summary, rows = ev.read()
@@ -201,7 +201,7 @@ def rescore_plan(pr: PlanRuns, metric: str) -> PlanRuns:
         if data.results is None:
             continue
         run = RunDir(data.path, data.plan)
-        ev = run.selected_eval()
+        ev = run.selected_eval(data.selected)
         if ev is None:  # selected when loaded, gone now
             raise DamagedState(f"{run.eval_root / 'selected.json'} changed while it was read", hint=run.eval_fix)
         summary, rows = ev.read()

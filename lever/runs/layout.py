@@ -354,7 +354,7 @@ class RunDir:
     def eval_dir(self, key: str) -> EvalDir:
         return EvalDir(self.eval_root / key, self.eval_fix)
 
-    def selected_eval(self) -> EvalDir | None:
+    def selected_eval(self, selected: StageEntry | None = None) -> EvalDir | None:
         """The finished evaluation of the selected checkpoint, named by eval/selected.json (None when there is none).
 
         Verified: the key names a folder of this run, and its summary names the run's selected checkpoint
@@ -366,7 +366,7 @@ class RunDir:
         ev = self.eval_dir(parse(EvalPointer, data, where, self.eval_fix).key)
         if not ev.complete:
             return None
-        sel = self.selected()
+        sel = selected or self.selected()  # a selection the caller already verified is not read again
         ck = (ev.summary() or {}).get("checkpoint")
         if sel is None or not isinstance(ck, dict) or ck.get("sha256") != sel.sha256:
             raise DamagedState(
