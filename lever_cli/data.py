@@ -15,6 +15,7 @@ from lever.io import stat_input
 from lever.spec import load_plan
 from lever.spec.load import format_validation_error
 from lever.spec.schema import RewardSpec
+from lever.spec.workspace import DEFAULT_DATASET
 
 from ._common import OverrideOpt, workspace
 from ._console import console, err_console
@@ -241,6 +242,16 @@ def balance(
         None, "--pool-size", help="Restrict candidate pools to K items (used items first), remapping pointers"
     ),
     tiers: str | None = typer.Option(None, "--tiers", help="Keep only these quality tiers, e.g. high,medium"),
+    positive_share: float | None = typer.Option(
+        None,
+        "--positive-share",
+        help="Sub-sample each group towards this share of correct sequences (0 < s < 1), e.g. 0.5; one-outcome groups are dropped",
+    ),
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        help="A named recipe of the original: balanced-v3 = keep queries with 40-60%% correct sequences (docs/datasets.md)",
+    ),
     reward_mode: str = typer.Option(
         "hard_plus_soft",
         "--reward-mode",
@@ -256,11 +267,12 @@ def balance(
 ) -> None:
     """Write a balanced copy of a candidate-data file: same format, fewer uninformative groups.
 
-    Steps, in order: drop failed evaluations, restrict pools, fix group sizes, keep tiers,
-    keep a positive-ratio band, drop uniform-reward groups. OUT gets a _meta.balance record
-    and is written atomically.
+    Steps, in order: drop failed evaluations, restrict pools, fix group sizes, a target positive
+    share, keep tiers, keep a positive-ratio band, drop uniform-reward groups. OUT gets a
+    _meta.balance record and is written atomically.
 
     Example: [bold]lever data balance rl_data_k64_v3.json rl_data_k64_v3_balanced.json --positive-ratio 0.1,0.9 --group-size 16[/]
+    or the original's Balanced V3: [bold]lever data balance rl_data_vqav2.json rl_data_balanced_v3.json --recipe balanced-v3[/]
     """
     from lever.data.balance import BalanceOptions, balance_file
 
@@ -268,12 +280,19 @@ def balance(
         reward = RewardSpec(mode=reward_mode, hard_weight=hard_weight, soft_weight=soft_weight, rel_weight=rel_weight)
     except ValidationError as err:
         raise format_validation_error(err, "reward options", RewardSpec) from None
-    opts = BalanceOptions(
+    chosen = dict(
         drop_failed=drop_failed, drop_uniform=drop_uniform, positive_ratio=_band(positive_ratio),
         group_size=group_size, pool_size=pool_size,
         tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()) if tiers is not None else None,
-        reward=reward, seed=seed,
+        reward=reward, seed=seed, positive_share=positive_share,
     )  # fmt: skip
+    if recipe is None:
+        opts = BalanceOptions(**chosen)
+    else:
+        if positive_ratio != "0,1":
+            raise LeverError(f"--recipe {recipe} sets the positive-ratio band itself", hint="drop --positive-ratio")
+        chosen.pop("positive_ratio")
+        opts = BalanceOptions.from_recipe(recipe, **chosen)
     result = balance_file(src, out, opts, force=force, cache_dir=_cache_dir(cache), log=_log)
     if as_json:
         typer.echo(json.dumps(result))
@@ -294,28 +313,39 @@ def balance(
 # --------------------------------------------------------------------------- embed, pools, generate
 
 
-def _default_features(out: Path | None) -> Path:
-    """OUT as given, else the workspace's `features.main` file."""
+DatasetOpt = typer.Option(
+    DEFAULT_DATASET,
+    "--dataset",
+    "-d",
+    help="The workspace's dataset: okvqa (its okvqa, candidates and features tables) or NAME of a datasets.NAME table "
+    "(docs/datasets.md)",
+)
+
+
+def _default_features(out: Path | None, dataset: str = DEFAULT_DATASET) -> Path:
+    """OUT as given, else the `main` features file of the workspace's dataset."""
     if out is not None:
         return out
-    ws = workspace()
-    if "main" in ws.features:
-        return ws.path(ws.features["main"])
+    ds = workspace().dataset(dataset)
+    if "main" in ds.features:
+        return workspace().path(ds.features["main"])
+    table = "[features]" if ds.is_default else f"[datasets.{dataset}] features"
     raise LeverError(
-        'no output file: pass --out FILE, or name one in the workspace as [features] main = "..."',
+        f'no output file: pass --out FILE, or name one in the workspace as {table} main = "..."',
         hint="lever data embed --out features.pt",
     )
 
 
-def _embed_target(split: str, out: Path | None) -> Path:
-    """Where `data embed` writes: --out, else features.main for train and its `.val` sibling for val; the
-    training features are never the target of another split."""
+def _embed_target(split: str, out: Path | None, dataset: str = DEFAULT_DATASET) -> Path:
+    """Where `data embed` writes: --out, else the dataset's features.main for train and its `.val` sibling for
+    val; the training features are never the target of another split."""
     if split not in ("train", "val"):
         raise LeverError(f"--split {split!r} is not known", hint="use train or val")
     ws = workspace()
-    main = ws.path(ws.features["main"]) if "main" in ws.features else None
+    features = ws.dataset(dataset).features
+    main = ws.path(features["main"]) if "main" in features else None
     if split == "train":
-        return _default_features(out)
+        return _default_features(out, dataset)
     if out is None:
         if main is None:
             raise LeverError("no output file: pass --out FILE", hint="lever data embed --split val --out val_features.pt")
@@ -336,6 +366,7 @@ def embed(
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Items per CLIP forward pass"),
     device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu, cuda, cuda:N"),
+    dataset: str = DatasetOpt,
 ) -> None:
     """CLIP features of a split: one float tensor [N, d], row i = item i (sorted question id).
 
@@ -344,15 +375,18 @@ def embed(
     On the bundled benchmark (no images) the simulated world's features are written. --split val writes
     beside the training features (features.main query_embeddings.pt -> query_embeddings.val.pt), never over them.
 
-    Example: [bold]lever -w lever.toml data embed --out cache/query_embeddings.pt[/]
+    Example: [bold]lever -w lever.toml data embed --out cache/query_embeddings.pt[/]   or, for a
+    datasets.vqav2 table, [bold]lever data embed --dataset vqav2[/] (writes its features.main)
     """
     from lever.eval.prepare import embed_split
 
     from ._progress import CountProgress
 
-    target = _embed_target(split, out)
+    target = _embed_target(split, out, dataset)
     with CountProgress(err_console, f"embedding {split}", unit="items") as bar:
-        result = embed_split(workspace(), split, target, batch_size=batch_size, device=device, progress=bar.update, log=_log)
+        result = embed_split(
+            workspace(), split, target, batch_size=batch_size, device=device, progress=bar.update, log=_log, dataset=dataset
+        )
     console.print(f"wrote {result['out']}: [{result['rows']}, {result['dim']}]", highlight=False)
 
 
@@ -365,6 +399,7 @@ def pools(
     method: str = typer.Option("similar", "--method", help="similar (the K nearest by cosine) or random"),
     seed: int = typer.Option(0, "--seed", help="Seed of the query draw and of random pools"),
     check: Path | None = typer.Option(None, "--check", help="Only check an existing pools file (lever's or the original's)"),
+    dataset: str = DatasetOpt,
 ) -> None:
     """For every training query a pool of K train items, never the query itself: {query row: [K rows]}.
 
@@ -375,7 +410,7 @@ def pools(
     from lever.eval.prepare import make_pools, read_pools, write_pools
     from lever.runs.sources import load_features
 
-    feats = load_features(_default_features(features))
+    feats = load_features(_default_features(features, dataset))
     if check is not None:
         got = read_pools(check, feats.shape[0])
         console.print(f"{check}: {len(got)} pools of {len(next(iter(got.values())))} items, valid", highlight=False)
@@ -423,6 +458,7 @@ def generate(
     ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="Device of the VLM (under torchrun: one GPU per rank)"),
     redo: bool = typer.Option(False, "--redo", help="Start again: overwrite OUT and drop an interrupted generation"),
+    dataset: str = DatasetOpt,
 ) -> None:
     """Candidate sequences for every query of a pools file, answered and scored by the evaluation backend.
 
@@ -444,7 +480,7 @@ def generate(
     if overrides and not plan:
         raise LeverError("--set overrides need --plan", hint="lever data generate POOLS OUT --plan baseline -s eval.num_beams=1")
     spec = load_plan(plan, overrides or (), ws.plans_dir).plan.eval if plan else EvalSpec()
-    feats = load_features(_default_features(features))
+    feats = load_features(_default_features(features, dataset))
     selector = ("similarity", None)
     if policy:
         lp = load_plan(policy, (), ws.plans_dir)
@@ -459,7 +495,7 @@ def generate(
     with CountProgress(err_console, "generating", unit="queries", enabled=ranks().is_main) as bar:
         result = generate_file(
             ws, pools_file, feats, out, opts=opts, spec=spec, policy=selector, device=device, redo=redo,
-            progress=bar.update, log=_log,
+            progress=bar.update, log=_log, dataset=dataset,
         )  # fmt: skip
     if ranks().is_main:
         console.print(f"wrote {result['out']}: {result['queries']} queries, {result['sequences']} sequences", highlight=False)

@@ -338,3 +338,60 @@ vlm = "vlm"
 clip = "clip"
 """)
     return ws, clip_pair, qwen_pair
+
+
+# VQAv2-format fixture: (question, question_type, answer_type, ten human answers). The first three are
+# hand-made for the metric tests (tests/test_datasets.py works their scores out by hand); the rest are generic.
+VQAV2_QUESTIONS = [
+    ("Is there a dog in the picture?", "is there a", "yes/no", ["yes"] * 10),
+    ("How many wheels does it have?", "how many", "number", ["2", "2", "two"] + ["3"] * 7),
+    ("What color is the bus?", "what color is the", "other", ["red"] + ["blue"] * 9),
+]
+
+
+def vqav2_answers(i: int) -> tuple[str, str, str, list[str]]:
+    """Question i of the VQAv2 fixture: (question, question_type, answer_type, ten answers)."""
+    if i < len(VQAV2_QUESTIONS):
+        return VQAV2_QUESTIONS[i]
+    return (QUESTIONS[i % len(QUESTIONS)], "what is the", "other", [f"ans{i}"] * 4 + [f"alt{i}"] * 3 + ["other"] * 3)
+
+
+def write_vqav2_fixture(root: Path, n: int = 6, split: str = "val2014") -> tuple[Path, Path, Path]:
+    """Official-format VQAv2 files for n questions (written newest first), plus COCO-named images.
+
+    Question i: image_id 9000 + i, question_id (9000 + i) * 1000 + 1 (VQAv2 numbers a question by its image
+    and its position on it), ten answers with answer_id 1..10 and answer_confidence, the annotation's
+    answer_type, question_type and multiple_choice_answer (the most frequent answer), as VQAv2 ships them.
+    Returns (questions path, annotations path, image folder).
+    """
+    from collections import Counter
+
+    root.mkdir(parents=True, exist_ok=True)
+    image_dir = root / "images"
+    image_dir.mkdir(exist_ok=True)
+    questions, annotations = [], []
+    for i in reversed(range(n)):
+        image_id = 9000 + i
+        qid = image_id * 1000 + 1
+        question, qtype, atype, answers = vqav2_answers(i)
+        questions.append({"image_id": image_id, "question": question, "question_id": qid})
+        annotations.append(
+            {
+                "question_type": qtype,
+                "multiple_choice_answer": Counter(answers).most_common(1)[0][0],
+                "answers": [
+                    {"answer": a, "answer_confidence": ("yes", "maybe", "no")[k % 3], "answer_id": k + 1}
+                    for k, a in enumerate(answers)
+                ],
+                "image_id": image_id,
+                "answer_type": atype,
+                "question_id": qid,
+            }
+        )
+        random_image(image_dir / f"COCO_{split}_{image_id:012d}.jpg", seed=100 + i)
+    info = {"info": {}, "license": {}, "data_subtype": split, "data_type": "mscoco"}
+    qpath = root / f"v2_OpenEnded_mscoco_{split}_questions.json"
+    apath = root / f"v2_mscoco_{split}_annotations.json"
+    qpath.write_text(json.dumps({**info, "task_type": "Open-Ended", "questions": questions}))
+    apath.write_text(json.dumps({**info, "annotations": annotations}))
+    return qpath, apath, image_dir

@@ -11,11 +11,16 @@
 3. group_size N    drop groups smaller than N; sub-sample larger ones to N, stratified by
                    outcome: the positive share is kept (rounded, and at least one of each
                    outcome when the group has both), picks are seeded;
-4. tiers           keep queries in the listed quality tiers;
-5. positive_ratio  keep queries whose share of correct sequences lies in [lo, hi];
-6. drop_uniform    drop groups whose rewards are all equal (no advantage signal).
+4. positive_share s  sub-sample each group towards a positive share of s (`share_keep`): the
+                   outcome above its share loses sequences (seeded), the other keeps all;
+                   groups with one outcome only are dropped;
+5. tiers           keep queries in the listed quality tiers;
+6. positive_ratio  keep queries whose share of correct sequences lies in [lo, hi];
+7. drop_uniform    drop groups whose rewards are all equal (no advantage signal).
 
-Steps 4-6 judge the groups as they will be written. `write_balanced` writes the
+Steps 5-7 judge the groups as they will be written. `RECIPES` names the original project's
+settings: `balanced-v3` is its "Balanced V3" filter (queries with 40-60% positive candidates,
+docs/datasets.md). `write_balanced` writes the
 compatibility format from the input file's own bytes: every kept candidate is copied
 as it was read (re-encoded only when its pointer is remapped), plus a `_meta.balance`
 record, to a temp file that replaces OUT only when complete.
@@ -49,6 +54,10 @@ _MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 _encode = msgspec.json.Encoder().encode
 
+# Named settings of the original project (docs/datasets.md). Balanced V3: of the train queries it scored
+# (20 two-shot candidates each), it kept those with a positive share in [0.4, 0.6] (both bounds kept).
+RECIPES: dict[str, dict[str, Any]] = {"balanced-v3": {"positive_ratio": (0.4, 0.6)}}
+
 
 @dataclass
 class BalanceOptions:
@@ -63,6 +72,15 @@ class BalanceOptions:
     reward: RewardSpec = field(default_factory=RewardSpec)
     tier_rules: TierRules = field(default_factory=TierRules)
     seed: int = 0
+    positive_share: float | None = None  # target share of correct sequences per group (step 4), in (0, 1)
+    recipe: str | None = None  # the RECIPES entry these options were made from (recorded, `from_recipe`)
+
+    @classmethod
+    def from_recipe(cls, name: str, **changes: Any) -> BalanceOptions:
+        """The options of a named recipe (RECIPES), with `changes` on top; an unknown name is an error."""
+        if name not in RECIPES:
+            raise LeverError(f"balance recipe {name!r} is not known", hint=f"choose from {', '.join(RECIPES)}")
+        return cls(**{**RECIPES[name], **changes, "recipe": name})
 
     def __post_init__(self) -> None:
         lo, hi = self.positive_ratio
@@ -74,6 +92,11 @@ class BalanceOptions:
             raise LeverError(f"group size must be >= 1, got {self.group_size}")
         if self.pool_size is not None and self.pool_size < 1:
             raise LeverError(f"pool size must be >= 1, got {self.pool_size}")
+        if self.positive_share is not None and not 0.0 < self.positive_share < 1.0:
+            raise LeverError(
+                f"positive share {self.positive_share} is invalid",
+                hint="use a share strictly between 0 and 1, e.g. 0.5 (a group of one outcome gives no signal)",
+            )
         bad = [t for t in self.tiers or () if t not in TIERS]
         if bad or (self.tiers is not None and not self.tiers):
             raise LeverError(f"unknown tiers {bad or '(none)'}", hint=f"choose from {', '.join(TIERS)}")
@@ -142,7 +165,6 @@ def stratified_keep(data: CandidateData, N: int, seed: int) -> Tensor:
     N - (n - p); the k positives and N - k negatives are drawn uniformly (seeded).
     Groups of at most N are kept whole (the caller drops the smaller ones).
     """
-    seg = data.seq_query()
     n = data.group_sizes()
     p = data.positives()
     k = torch.round(N * p.double() / n.double()).long()
@@ -150,9 +172,34 @@ def stratified_keep(data: CandidateData, N: int, seed: int) -> Tensor:
     k = torch.where(both, k.clamp(1, N - 1), k)
     k = torch.minimum(k, p)
     k = torch.maximum(k, N - (n - p))
-    outcome = data.correct.long()  # [S]
     quota = torch.stack([N - k, k], 1)  # [Q, 2]: negatives, positives
     quota = torch.where((n <= N).unsqueeze(1), n.unsqueeze(1), quota)  # keep small groups whole
+    return _keep_quota(data, quota, seed)
+
+
+def share_keep(data: CandidateData, share: float, seed: int) -> Tensor:
+    """keep [S]: each group sub-sampled towards a positive share of `share` (0 < share < 1).
+
+    Per group, p positives and m negatives. Both > 0: when p / (p + m) > share, every negative is kept
+    and k = clamp(round(share * m / (1 - share)), 1, p) positives (drawn uniformly, seeded); otherwise
+    every positive and j = clamp(round(p * (1 - share) / share), 1, m) negatives. Groups of one outcome
+    (p = 0 or m = 0) are dropped: no subset of them has a share between 0 and 1.
+    Example, share 0.5: 2 positives and 8 negatives keep 2 + 2; 6 and 3 keep 3 + 3; 3 and 1 keep 1 + 1.
+    """
+    p = data.positives()  # [Q]
+    m = data.group_sizes() - p  # [Q]
+    k = torch.round(share * m.double() / (1 - share)).long().clamp(min=1)
+    j = torch.round(p.double() * (1 - share) / share).long().clamp(min=1)
+    over = p.double() / (p + m).double().clamp_min(1) > share  # [Q] too many positives
+    quota = torch.where(over.unsqueeze(1), torch.stack([m, torch.minimum(k, p)], 1), torch.stack([torch.minimum(j, m), p], 1))
+    quota = torch.where(((p > 0) & (m > 0)).unsqueeze(1), quota, 0)  # [Q, 2]: negatives, positives
+    return _keep_quota(data, quota, seed)
+
+
+def _keep_quota(data: CandidateData, quota: Tensor, seed: int) -> Tensor:
+    """keep [S]: per query, quota[q, 0] negatives and quota[q, 1] positives drawn uniformly (seeded generator)."""
+    seg = data.seq_query()
+    outcome = data.correct.long()  # [S]
     cls = seg * 2 + outcome  # [S] (query, outcome) class
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(data.num_sequences, generator=g)
@@ -187,6 +234,8 @@ def balance_data(data: CandidateData, opts: BalanceOptions) -> tuple[CandidateDa
         N = opts.group_size
         step(f"group size >= {N}", per_query(data.group_sizes() >= N))
         step(f"sub-sample to {N}", stratified_keep(data, N, opts.seed))
+    if opts.positive_share is not None:
+        step(f"positive share {opts.positive_share:g}", share_keep(data, opts.positive_share, opts.seed))
     if opts.tiers is not None and set(opts.tiers) != set(TIERS):
         tier = quality_tiers(data, raw_rewards(data, opts.reward), opts.tier_rules)
         wanted = torch.tensor([TIERS.index(t) for t in opts.tiers])
@@ -220,6 +269,7 @@ def brief(data: CandidateData, opts: BalanceOptions) -> dict[str, Any]:
         "pool_size_max": int(data.pool_sizes.max()),
         "failed": int(data.failed.sum()),
         "positive_ratio_mean": round(float(positive_ratio(data).mean()), 4),
+        "positive_share": round(float(pos.sum()) / data.num_sequences, 4),  # of all sequences in the file
         "all_negative": int((pos == 0).sum()),
         "all_positive": int((pos == sizes).sum()),
         "mixed": int(((pos > 0) & (pos < sizes)).sum()),

@@ -41,6 +41,7 @@ from lever.io import atomic_write, read_jsonl, write_json
 from lever.keys import content_key
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
+from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Backend, Item, Request
 from .distributed import barrier, ranks
@@ -264,11 +265,12 @@ def generate_file(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     backend: Backend | None = None,
+    dataset: str = DEFAULT_DATASET,
 ) -> dict[str, Any]:
     """Generate and score candidates for every query of the pools file and write OUT; returns a short report.
 
-    features [N, d]: the train items' features (row i = train item i). policy: ("similarity", None) or
-    (a label, a selector model). `backend` replaces the workspace's (tests, benchmarks).
+    features [N, d]: the train items' features (row i = train item i of `dataset`). policy: ("similarity", None)
+    or (a label, a selector model). `backend` replaces the workspace's (tests, benchmarks).
     """
     from .prepare import read_pools, split_items
 
@@ -284,7 +286,7 @@ def generate_file(
         from .preflight import check_weight_files
 
         check_weight_files(ws.path(ws.models.vlm), "models.vlm")
-    items = split_items(ws, "train", log)
+    items = split_items(ws, "train", log, dataset)
     if features.shape[0] != len(items):
         raise LeverError(f"features have {features.shape[0]} rows but the train split has {len(items)} items")
     pools = read_pools(pools_path, len(items))
@@ -302,6 +304,7 @@ def generate_file(
         "metric": metric,
         "protocol": protocol.identity(),
         "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype", "attn_implementation")},
+        **({} if dataset == DEFAULT_DATASET else {"dataset": dataset}),  # okvqa's settings are those made before datasets
     }
     settings = json.loads(json.dumps(settings))  # as it reads back from settings.json (tuples become lists)
     r = ranks()
@@ -328,7 +331,7 @@ def generate_file(
     if done and r.is_main:
         log(f"generate: resuming, {len(done)} of {len(queries)} queries already done in {parts}")
     if mine and backend is None:
-        backend = make_backend(ws, spec, r.device() if r.world > 1 else device, log)
+        backend = make_backend(ws, spec, r.device() if r.world > 1 else device, log, dataset)
     with open_partial(parts / f"shard-{r.rank}.jsonl") as shard:
         for s in range(0, len(mine), opts.chunk):
             chunk = mine[s : s + opts.chunk]
@@ -386,7 +389,9 @@ def merge_parts(parts: Path, out: Path, queries: list[int], settings: dict[str, 
     return {"out": str(out), "queries": len(queries), "sequences": seqs}
 
 
-def make_backend(ws: Workspace, spec: EvalSpec, device: str, log: Callable[[str], None] = print) -> Backend:
+def make_backend(
+    ws: Workspace, spec: EvalSpec, device: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET
+) -> Backend:
     """The evaluation backend of the workspace: the simulated VLM on the bundled benchmark, else transformers."""
     if ws.is_bundled:
         from lever.bench import SimVLM
@@ -397,5 +402,5 @@ def make_backend(ws: Workspace, spec: EvalSpec, device: str, log: Callable[[str]
         return SimBackend(SimVLM.load(bench_paths(ws, log)))
     from .sources import check_eval_files, make_hf_backend
 
-    check_eval_files(ws, spec.model_copy(update={"splits": ["train"]}))
+    check_eval_files(ws, spec.model_copy(update={"splits": ["train"]}), dataset)
     return make_hf_backend(ws, spec, device)

@@ -1,8 +1,12 @@
-"""Reader for the official OK-VQA files: questions JSON, annotations JSON, COCO image folder.
+"""Reader for datasets in the VQA format (OK-VQA, VQAv2): questions JSON, annotations JSON, COCO image folder.
 
 questions:   {"questions": [{"image_id", "question", "question_id"}, ...]}
 annotations: {"annotations": [{"question_id", "image_id", "answers": [{"answer", ...}], ...}, ...]}
 images:      COCO_<split>2014_<image_id:012d>.jpg, in the folder or in its <split>2014/ subfolder.
+
+OK-VQA and VQAv2 share this layout (both ten human answers per question; VQAv2's annotations also
+hold `answer_type`, `question_type` and `multiple_choice_answer`, which scoring does not read: the
+VQA accuracy uses the ten answers alone). `load_vqa` is the generic name; `load_okvqa` the historic one.
 
 Items come sorted by question_id, cut to `limit`, with `index` = position after sorting.
 A missing image file is not an error here: that question fails at answer time.
@@ -25,10 +29,10 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
     """Read an OK-VQA JSON file and return its list under `key`."""
     if not path.is_file():
         raise LeverError(
-            f"OK-VQA file {path} does not exist", hint="download the official OK-VQA questions/annotations JSON files"
+            f"VQA-format file {path} does not exist", hint="download the dataset's official questions/annotations JSON files"
         )
     try:
-        data = json.loads(read_text(path, "OK-VQA file"))
+        data = json.loads(read_text(path, "VQA-format file"))
     except json.JSONDecodeError as e:
         raise LeverError(
             f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
@@ -36,13 +40,13 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise LeverError(
-            f"{path} has no list under the key {key!r}", hint=f'expected the official OK-VQA shape {{"{key}": [...]}}'
+            f"{path} has no list under the key {key!r}", hint=f'expected the official VQA-format shape {{"{key}": [...]}}'
         )
     return data[key]
 
 
 def question_count(path: Path) -> int:
-    """How many questions an OK-VQA questions file holds."""
+    """How many questions a VQA-format questions file holds."""
     return len(_read_json(Path(path), "questions"))
 
 
@@ -62,13 +66,13 @@ def _image_path(image_dir: Path, image_id: int, split: str) -> str:
 def load_okvqa(
     questions_path: str | Path, annotations_path: str | Path, image_dir: str | Path | None, split: str, limit: int | None = None
 ) -> list[Item]:
-    """Load OK-VQA questions with their 10 human answers, sorted by question_id, first `limit`.
+    """Load VQA-format questions (OK-VQA, VQAv2) with their 10 human answers, sorted by question_id, first `limit`.
 
     `split` is "train"/"val" (or "train2014"/"val2014") and picks the COCO file names.
     `image_dir` None gives items without images.
     """
     if split not in _SPLITS:
-        raise LeverError(f"OK-VQA split {split!r} is not known", hint=f"use one of {', '.join(_SPLITS)}")
+        raise LeverError(f"VQA split {split!r} is not known", hint=f"use one of {', '.join(_SPLITS)}")
     if limit is not None and limit < 1:
         raise LeverError(f"limit = {limit} is not valid", hint="limit must be >= 1, or unset for all questions")
     questions_path, annotations_path = Path(questions_path), Path(annotations_path)
@@ -107,3 +111,6 @@ def load_okvqa(
         image = None if image_dir is None else _image_path(Path(image_dir), image_id, split)
         items.append(Item(index=index, question_id=qid, image_id=image_id, question=question, answers=answers[qid], image=image))
     return items
+
+
+load_vqa = load_okvqa  # the reader is the VQA format's, whichever dataset's files it reads

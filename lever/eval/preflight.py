@@ -21,13 +21,20 @@ from torch import Tensor
 from lever.errors import LeverError
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
+from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Item
-from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, split_sizes
+from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, dataset_files, split_sizes
 
 
 def check_eval(
-    ws: Workspace, spec: EvalSpec, features: Tensor, features_path: Path, where: str, log: Callable[[str], None] = print
+    ws: Workspace,
+    spec: EvalSpec,
+    features: Tensor,
+    features_path: Path,
+    where: str,
+    log: Callable[[str], None] = print,
+    dataset: str = DEFAULT_DATASET,
 ) -> None:
     """Raise a LeverError for the first thing an evaluation with `spec` will need in `ws` but cannot have.
 
@@ -35,9 +42,10 @@ def check_eval(
     there are, the train features against the OK-VQA train questions and the CLIP width, that the VLM's
     processor and model class load, missing images within eval.max_failed, and that the workspace's CLIP
     model re-embeds a few train rows as the features file has them. `where` prefixes count errors (the plan file).
+    `dataset`: the plan's data.dataset, whose files are checked.
     """
-    check_eval_files(ws, spec)
-    sizes = split_sizes(ws, log)
+    check_eval_files(ws, spec, dataset)
+    sizes = split_sizes(ws, log, dataset)
     check_eval_counts(spec, sizes, where)
     if ws.is_bundled:
         return
@@ -55,7 +63,7 @@ def check_eval(
     check_vlm(ws.path(ws.models.vlm))
     check_weight_files(ws.path(ws.models.vlm), "models.vlm")
     check_weight_files(ws.path(ws.models.clip), "models.clip")
-    train_items = check_missing_images(ws, spec, log)
+    train_items = check_missing_images(ws, spec, log, dataset)
     from .clip import check_clip_space
 
     clip_dir, st = ws.path(ws.models.clip), features_path.stat()
@@ -104,7 +112,9 @@ def decodes(path: str) -> bool:
         return False
 
 
-def check_missing_images(ws: Workspace, spec: EvalSpec, log: Callable[[str], None] = print) -> list[Item]:
+def check_missing_images(
+    ws: Workspace, spec: EvalSpec, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET
+) -> list[Item]:
     """Count the images missing or not decoding among the eval questions and the demonstration candidates; a
     share above `eval.max_failed` of either is an error naming the first files (each fails questions later).
 
@@ -113,7 +123,7 @@ def check_missing_images(ws: Workspace, spec: EvalSpec, log: Callable[[str], Non
     """
     from .okvqa import load_okvqa
 
-    o = ws.okvqa
+    o = dataset_files(ws, dataset)
     train = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
     groups = {"train (demonstration candidates)": train}
     if "val" in spec.splits:

@@ -22,6 +22,7 @@ from lever.device import resolve_device
 from lever.errors import LeverError
 from lever.io import atomic_write, write_json
 from lever.spec import Workspace
+from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Item
 from .select import random_pools, similar_pools
@@ -29,10 +30,13 @@ from .select import random_pools, similar_pools
 Progress = Callable[[int, int], None]  # (done, total)
 
 
-def split_items(ws: Workspace, split: str, log: Callable[[str], None] = print) -> list[Item]:
-    """Every item of `split` ("train" or "val") in row order: the bundled benchmark's, or the workspace's OK-VQA files."""
+def split_items(ws: Workspace, split: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET) -> list[Item]:
+    """Every item of `split` ("train" or "val") in row order: the bundled benchmark's, or the files of the
+    workspace's dataset `dataset` (okvqa: the [okvqa] table; another name: its [datasets.NAME] table)."""
     if split not in ("train", "val"):
         raise LeverError(f"split {split!r} is not known", hint="use train or val")
+    if ws.is_bundled and dataset != DEFAULT_DATASET:
+        ws.dataset(dataset)  # the bundled benchmark has no other dataset: the error names the name
     if ws.is_bundled:
         from lever.runs.sources import bench_paths
 
@@ -40,11 +44,11 @@ def split_items(ws: Workspace, split: str, log: Callable[[str], None] = print) -
 
         paths = bench_paths(ws, log)
         return _items(paths.items_train if split == "train" else paths.items_val)
-    if ws.okvqa is None:
+    if ws.dataset(dataset).files is None:
         raise LeverError(f"workspace {ws.source} has no [okvqa] table: the OK-VQA files are needed")
     from .okvqa import load_okvqa
 
-    o = ws.okvqa.model_dump()
+    o = ws.dataset(dataset).files.files()
     return load_okvqa(ws.path(o[f"{split}_questions"]), ws.path(o[f"{split}_annotations"]), ws.path(o[f"{split}_images"]), split)
 
 
@@ -61,8 +65,10 @@ def embed_split(
     chunk: int = 1024,
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
+    dataset: str = DEFAULT_DATASET,
 ) -> dict[str, Any]:
-    """Write the `[N, d]` features of a split to `out` (torch.save'd float tensor, row i = item i).
+    """Write the `[N, d]` features of a split of the workspace's dataset `dataset` to `out` (torch.save'd float
+    tensor, row i = item i).
 
     OK-VQA: CLIP features (lever.eval.clip) of the workspace's `models.clip`, computed in chunks of
     `chunk` items that are kept in the cache (keyed by the model's files and the items' files), so a
@@ -72,7 +78,7 @@ def embed_split(
     before CLIP loads) or every image is unreadable, a LeverError, and nothing is written.
     The bundled benchmark has no images: its features are its simulated world's and are copied.
     """
-    items = split_items(ws, split, log)
+    items = split_items(ws, split, log, dataset)
     if ws.is_bundled:
         from lever.runs.sources import bench_paths
 
@@ -92,7 +98,7 @@ def embed_split(
     if with_image and not any(Path(it.image).is_file() for it in with_image):  # a stat each: cheap, before CLIP loads
         raise LeverError(
             f"none of the {len(with_image)} {split} images exists (e.g. {with_image[0].image})",
-            hint=f"check okvqa.{split}_images in the workspace {ws.source}",
+            hint=f"check {ws.dataset(dataset).table}.{split}_images in the workspace {ws.source}",
         )
     key = cache_key(items, model_dir)
     folder = ws.cache_dir / "embed" / f"{key[:24]}-{chunk}"  # chunk files are named by their first row
@@ -117,7 +123,7 @@ def embed_split(
         raise LeverError(
             f"all {len(unreadable)} {split} images are unreadable (missing or not decodable, e.g. {unreadable[0]}): "
             "the features would be the questions' alone; nothing was written",
-            hint=f"check okvqa.{split}_images in the workspace {ws.source} and the image files",
+            hint=f"check {ws.dataset(dataset).table}.{split}_images in the workspace {ws.source} and the image files",
         )
     if unreadable:
         log(

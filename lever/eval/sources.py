@@ -16,6 +16,7 @@ from lever.errors import LeverError
 from lever.keys import file_digest, model_fingerprint, path_fingerprint
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
+from lever.spec.workspace import DEFAULT_DATASET, OKVQAPaths
 
 from .backend import Backend, Item, Request, Response
 from .protocol import PromptProtocol, resolve_protocol
@@ -86,11 +87,21 @@ def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor
     return [items[i] for i in order], feats[order], torch.tensor(order)
 
 
-def check_eval_files(ws: Workspace, spec: EvalSpec) -> None:
+def dataset_files(ws: Workspace, dataset: str = DEFAULT_DATASET) -> OKVQAPaths:
+    """The VQA-format files of a workspace's dataset; a LeverError when it names none."""
+    ds = ws.dataset(dataset)
+    if ds.files is None:
+        raise LeverError(f"workspace {ws.source} has no [okvqa] table: evaluation needs the OK-VQA files")
+    return ds.files
+
+
+def check_eval_files(ws: Workspace, spec: EvalSpec, dataset: str = DEFAULT_DATASET) -> None:
     """Cheap checks that an evaluation can start (protocol, backend, files, image folders and model folders exist)."""
     resolve_protocol(spec)  # a bad protocol file or setting fails here
     backend = ws.backend if spec.backend == "auto" else spec.backend
     if ws.is_bundled:
+        if dataset != DEFAULT_DATASET:
+            ws.dataset(dataset)  # the bundled benchmark has no other dataset: the error names the name
         if backend != "sim":
             raise LeverError(
                 f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'"
@@ -98,15 +109,14 @@ def check_eval_files(ws: Workspace, spec: EvalSpec) -> None:
         return
     if backend == "sim":
         raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
-    if ws.okvqa is None:
-        raise LeverError(f"workspace {ws.source} has no [okvqa] table: evaluation needs the OK-VQA files")
-    for key, value in ws.okvqa.model_dump().items():
+    table = ws.dataset(dataset).table
+    for key, value in dataset_files(ws, dataset).files().items():
         needed = key.startswith("train") or "val" in spec.splits  # train files hold the demonstrations
         if needed and not ws.path(value).exists():
-            raise LeverError(f"workspace {ws.source}: okvqa.{key} = {value!r} does not exist")
+            raise LeverError(f"workspace {ws.source}: {table}.{key} = {value!r} does not exist")
         if needed and key.endswith("_images") and not ws.path(value).is_dir():
             raise LeverError(
-                f"workspace {ws.source}: okvqa.{key} = {value!r} is not a folder", hint="point it at the COCO image folder"
+                f"workspace {ws.source}: {table}.{key} = {value!r} is not a folder", hint="point it at the COCO image folder"
             )
     for key in ("vlm", "clip"):
         value = getattr(ws.models, key)
@@ -126,7 +136,7 @@ def check_okvqa_rows(features: Tensor, path: Path, n_train: int) -> None:
         )
 
 
-def split_sizes(ws: Workspace, log: Callable[[str], None] = print) -> dict[str, int]:
+def split_sizes(ws: Workspace, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET) -> dict[str, int]:
     """How many questions each eval split has ('train' = the demonstration candidates), read without features or images."""
     if ws.is_bundled:
         from lever.runs.sources import bench_paths
@@ -135,7 +145,7 @@ def split_sizes(ws: Workspace, log: Callable[[str], None] = print) -> dict[str, 
         return {"train": len(_items(paths.items_train)), "val": len(_items(paths.items_val))}
     from .okvqa import question_count
 
-    o = ws.okvqa
+    o = dataset_files(ws, dataset)
     return {"train": question_count(ws.path(o.train_questions)), "val": question_count(ws.path(o.val_questions))}
 
 
@@ -161,16 +171,17 @@ def eval_world(
     train_features_path: Path | None,
     log: Callable[[str], None] = print,
     train_features: Tensor | None = None,
+    dataset: str = DEFAULT_DATASET,
 ) -> EvalWorld:
-    """Items, features and backend for the plan's eval settings in this workspace.
+    """Items, features and backend for the plan's eval settings in this workspace, on its dataset `dataset`.
 
     `train_features`: the tensor of `train_features_path`, when the caller has it loaded already."""
-    check_eval_files(ws, spec)
-    check_eval_counts(spec, split_sizes(ws, log))
+    check_eval_files(ws, spec, dataset)
+    check_eval_counts(spec, split_sizes(ws, log, dataset))
     protocol = resolve_protocol(spec)
     if ws.is_bundled:
         return _bench_world(ws, spec, protocol, log, (train_features_path, train_features))
-    return _okvqa_world(ws, spec, protocol, train_features_path, log, train_features)
+    return _okvqa_world(ws, spec, protocol, train_features_path, log, train_features, dataset)
 
 
 def _bench_world(
@@ -214,13 +225,14 @@ def _okvqa_world(
     train_features_path: Path | None,
     log: Callable[[str], None],
     train_features: Tensor | None = None,
+    dataset: str = DEFAULT_DATASET,
 ) -> EvalWorld:
     from lever.runs.sources import load_features
 
     from .clip import cached_clip_features
     from .okvqa import load_okvqa
 
-    o = ws.okvqa
+    o = dataset_files(ws, dataset)
     train_items = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
     if train_features_path is None:
         raise LeverError("evaluation needs the train features file (data.features)")
@@ -230,9 +242,8 @@ def _okvqa_world(
     if "val" in spec.splits:
         items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
         clip_device = str(resolve_device("auto"))  # the GPU when there is one: embedding 800 images is real work
-        feats = cached_clip_features(
-            items, ws.path(ws.models.clip), ws.cache_dir / "clip" / f"val-{len(items)}.pt", device=clip_device
-        )
+        folder = ws.cache_dir / "clip" if dataset == DEFAULT_DATASET else ws.cache_dir / "clip" / dataset
+        feats = cached_clip_features(items, ws.path(ws.models.clip), folder / f"val-{len(items)}.pt", device=clip_device)
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
     if "train" in spec.splits:
         n = spec.questions  # check_eval_counts: at most the train questions
@@ -242,24 +253,28 @@ def _okvqa_world(
         train_feats,
         splits,
         lambda device: make_hf_backend(ws, spec, device),
-        {**okvqa_identity(ws, spec, train_features_path), "protocol": protocol.identity()},
+        {**okvqa_identity(ws, spec, train_features_path, dataset), "protocol": protocol.identity()},
         protocol,
     )
 
 
-def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path) -> dict[str, Any]:
-    """Every input an OK-VQA evaluation reads, by content: model folders (config and weight hashes), the
-    OK-VQA files (digests), the image folders (a hash of their listing) and the train features."""
+def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path, dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
+    """Every input an evaluation on a VQA-format dataset reads, by content: model folders (config and weight
+    hashes), the dataset's files (digests), the image folders (a hash of their listing) and the train features.
+    Another dataset than okvqa adds its name (okvqa's keys stay those made before datasets had names)."""
     memo = ws.digest_memo
-    o = ws.okvqa.model_dump()
+    o = dataset_files(ws, dataset).files()
     used = [k for k in o if k.startswith("train") or "val" in spec.splits]
-    return {
+    out = {
         "backend": "hf",
         "vlm": model_fingerprint(ws.path(ws.models.vlm), memo),
         "clip": model_fingerprint(ws.path(ws.models.clip), memo),
         "okvqa": {k: path_fingerprint(ws.path(o[k]), memo) for k in used},
         "features": file_digest(train_features_path, memo)[:16],
     }
+    if dataset != DEFAULT_DATASET:
+        out["dataset"], out["files"] = dataset, out.pop("okvqa")
+    return out
 
 
 def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Backend:

@@ -113,7 +113,7 @@ def evaluate(
 def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | None) -> tuple[EvalDir, dict[str, Any]]:
     run, spec = r.run, r.plan.eval
     entry, model, digest = selected_model(r, epoch)
-    world = eval_world(r.ws, spec, r.sources.features, r.log, r.loaded.features)
+    world = eval_world(r.ws, spec, r.sources.features, r.log, r.loaded.features, r.plan.data.dataset)
     ev = run.eval_dir(eval_key(digest, world, spec, r.seed))
     generation = generation_key(digest, world.identity, spec.model_dump(mode="json"), r.seed)
     rk = ranks()

@@ -19,4 +19,4 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
     loaded = r.loaded
     if evaluate:
-        check_eval(r.ws, r.plan.eval, loaded.features, r.sources.features, f"{r.lp.path}: ", r.log)
+        check_eval(r.ws, r.plan.eval, loaded.features, r.sources.features, f"{r.lp.path}: ", r.log, r.plan.data.dataset)

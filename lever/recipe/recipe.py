@@ -88,7 +88,8 @@ class Recipe:
     @cached_property
     def sources(self) -> TrainSources:
         """The candidate data and features files (the bundled benchmark is generated here the first time)."""
-        return resolve_train_sources(self.ws, self.plan.data.candidates, self.plan.data.features, self.log)
+        data = self.plan.data
+        return resolve_train_sources(self.ws, data.candidates, data.features, self.log, data.dataset)
 
     @cached_property
     def inputs(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ from lever.data.candidates import CandidateData
 from lever.errors import LeverError
 from lever.io import is_input_file, stat_input
 from lever.spec import Workspace
+from lever.spec.workspace import DEFAULT_DATASET
 
 # Candidate-data names the bundled benchmark provides. `k64` is the same ragged file as
 # `main` (the log's k64_v3 data); `balanced` drops its uniform-reward groups.
@@ -54,10 +55,18 @@ def _lookup(kind: str, ref: str, table: dict[str, str], ws: Workspace) -> Path:
     )
 
 
-def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Callable[[str], None] = print) -> TrainSources:
-    """Map the plan's data.candidates / data.features to files."""
+def resolve_train_sources(
+    ws: Workspace, candidates: str, features: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET
+) -> TrainSources:
+    """Map the plan's data.candidates / data.features to files, looked up in the tables of its data.dataset."""
     if not ws.is_bundled:
-        return TrainSources(_lookup("candidates", candidates, ws.candidates, ws), _lookup("features", features, ws.features, ws))
+        ds = ws.dataset(dataset)
+        return TrainSources(_lookup("candidates", candidates, ds.candidates, ws), _lookup("features", features, ds.features, ws))
+    if dataset != DEFAULT_DATASET:
+        raise LeverError(
+            f"data.dataset = '{dataset}': the bundled benchmark is one simulated dataset, not '{dataset}'",
+            hint=f"configure a workspace with a [datasets.{dataset}] table (docs/datasets.md)",
+        )
     direct = Path(candidates)
     if direct.suffix == ".json" and is_input_file(direct, "candidate-data file"):
         cand = direct

@@ -99,13 +99,20 @@ class DataSpec(DataFilter):
         description="Training queries of the train/val split: round((1 - val_fraction) * Q), or floor as the "
         "original's int(0.8 * Q) (7 queries at 0.2: 6 / 1 against 5 / 2)",
     )
+    dataset: str = Field(
+        "okvqa",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The workspace's dataset (docs/datasets.md): okvqa = its [okvqa], [candidates] and [features] "
+        "tables; another name = its [datasets.NAME] table, whose candidate data and features the names above look up, "
+        "whose train split holds the demonstrations and whose val split is evaluated",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """`duplicates` and `split_rounding` appear only when set away from their defaults, so every spec hash
-        and stage key made before they existed names the same result still."""
+        """`duplicates`, `split_rounding` and `dataset` appear only when set away from their defaults, so every spec
+        hash and stage key made before they existed names the same result still."""
         out = handler(self)
-        for name in ("duplicates", "split_rounding"):
+        for name in ("duplicates", "split_rounding", "dataset"):
             if out.get(name) == type(self).model_fields[name].default:
                 out.pop(name)
         return out

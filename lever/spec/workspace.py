@@ -29,16 +29,31 @@ Example `lever.toml` for a real OK-VQA setup::
     [models]
     vlm = "models/Qwen2.5-VL-3B-Instruct"
     clip = "models/clip-vit-base-patch32"
+
+Another dataset in the same VQA format (VQAv2) is a `[datasets.NAME]` table with the same six
+files and its own candidate data and features, chosen by a plan's `data.dataset = "NAME"`
+(docs/datasets.md)::
+
+    [datasets.vqav2]
+    train_questions = "vqav2/v2_OpenEnded_mscoco_train2014_questions.json"
+    train_annotations = "vqav2/v2_mscoco_train2014_annotations.json"
+    train_images = "coco/train2014"
+    val_questions = "vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
+    val_annotations = "vqav2/v2_mscoco_val2014_annotations.json"
+    val_images = "coco/val2014"
+    candidates = { balanced_v3 = "results/vqav2/rl_data_balanced_v3.json" }
+    features = { main = "results/vqav2/query_embeddings.pt" }
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lever.errors import LeverError
 from lever.io import read_text
@@ -53,6 +68,7 @@ else:  # pragma: no cover
 WORKSPACE_ENV = "LEVER_WORKSPACE"
 WORKSPACE_FILE = "lever.toml"
 RUNS_ENV = "LEVER_RUNS"
+DEFAULT_DATASET = "okvqa"  # the dataset of the top-level [okvqa], [candidates] and [features] tables
 
 
 class _Strict(BaseModel):
@@ -68,6 +84,41 @@ class OKVQAPaths(_Strict):
     val_questions: str = Field(description="OK-VQA val questions JSON")
     val_annotations: str = Field(description="OK-VQA val annotations JSON")
     val_images: str = Field(description="COCO val2014 image folder")
+
+    def files(self) -> dict[str, str]:
+        """The six files and folders, by key (train_questions, ..., val_images)."""
+        return {k: getattr(self, k) for k in OKVQAPaths.model_fields}
+
+
+class DatasetPaths(OKVQAPaths):
+    """A dataset in the VQA format (VQAv2's or OK-VQA's layout: questions and annotations JSON, COCO images per
+    split), with the candidate data and features made from its train split."""
+
+    train_questions: str = Field(description="Train questions JSON ({'questions': [...]})")
+    train_annotations: str = Field(description="Train annotations JSON ({'annotations': [...]}, ten answers each)")
+    train_images: str = Field(description="Train image folder (COCO_train2014_<image_id>.jpg)")
+    val_questions: str = Field(description="Val questions JSON")
+    val_annotations: str = Field(description="Val annotations JSON")
+    val_images: str = Field(description="Val image folder (COCO_val2014_<image_id>.jpg)")
+    candidates: dict[str, str] = Field(default_factory=dict, description="Candidate-data names -> JSON files of this dataset")
+    features: dict[str, str] = Field(
+        default_factory=dict, description="Feature names -> [N_train, d] tensor files of this dataset"
+    )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset of a workspace as the commands see it: its files, candidate data and features (`Workspace.dataset`)."""
+
+    name: str
+    table: str  # where it is configured, for messages: "okvqa" or "datasets.vqav2"
+    files: OKVQAPaths | None  # None: the workspace names no files for it (the bundled benchmark, or not yet)
+    candidates: dict[str, str]
+    features: dict[str, str]
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT_DATASET
 
 
 class ModelPaths(_Strict):
@@ -94,15 +145,44 @@ class Workspace(_Strict):
     candidates: dict[str, str] = Field(default_factory=dict, description="Candidate-data names -> JSON files")
     features: dict[str, str] = Field(default_factory=dict, description="Feature names -> [N_train, d] tensor files")
     okvqa: OKVQAPaths | None = Field(None, description="OK-VQA files for evaluation")
+    datasets: dict[str, DatasetPaths] = Field(
+        default_factory=dict,
+        description="Other datasets in the VQA format (e.g. vqav2), by name; a plan picks one with data.dataset",
+    )
     models: ModelPaths = Field(default_factory=ModelPaths, description="Model directories")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list,
         description="Trackers every run also logs to: TensorBoard event files, W&B offline (optional extras)",
     )
 
+    @model_validator(mode="after")
+    def _dataset_names(self) -> Workspace:
+        for name in self.datasets:
+            if name == DEFAULT_DATASET:
+                raise ValueError(
+                    f"datasets.{DEFAULT_DATASET}: '{DEFAULT_DATASET}' is the dataset of the [okvqa], [candidates] and "
+                    "[features] tables; give this one another name"
+                )
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"datasets.{name}: a dataset name holds letters, digits, '_' and '-' only")
+        return self
+
     @property
     def is_bundled(self) -> bool:
-        return not self.candidates
+        return not self.candidates and not self.datasets
+
+    def dataset(self, name: str = DEFAULT_DATASET) -> Dataset:
+        """The dataset `name`: the top-level tables for 'okvqa', else `[datasets.NAME]` (an unknown name is an error)."""
+        if name == DEFAULT_DATASET:
+            return Dataset(name, "okvqa", self.okvqa, self.candidates, self.features)
+        if name not in self.datasets:
+            known = ", ".join([DEFAULT_DATASET, *sorted(self.datasets)])
+            raise LeverError(
+                f"dataset '{name}' is not in the workspace ({self.source})",
+                hint=f"datasets defined: {known}; add a [datasets.{name}] table (docs/datasets.md)",
+            )
+        d = self.datasets[name]
+        return Dataset(name, f"datasets.{name}", d, d.candidates, d.features)
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()

@@ -1,0 +1,213 @@
+"""Datasets in the VQA format (docs/datasets.md): a VQAv2 fixture read and scored with the official metric, the
+dataset in every key it shapes, the workspace's [datasets.NAME] tables, and balancing to a positive share."""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+import torch
+from data_cli import run_cli
+from tiny_models import VQAV2_QUESTIONS, write_vqav2_fixture
+
+from lever.errors import LeverError
+from lever.eval.okvqa import load_vqa
+from lever.eval.sources import okvqa_identity
+from lever.eval.vqa import vqa_accuracy
+from lever.runs.sources import resolve_train_sources
+from lever.spec import load_plan, load_workspace
+from lever.spec.schema import EvalSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = lambda msg: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def vqav2(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Six VQAv2-format val questions with images (tests/tiny_models.py)."""
+    return write_vqav2_fixture(tmp_path_factory.mktemp("vqav2"), n=6, split="val2014")
+
+
+def test_vqav2_fixture_reads_sorted_with_its_ten_answers(vqav2):
+    qpath, apath, images = vqav2
+    raw = {a["question_id"]: a for a in json.loads(apath.read_text())["annotations"]}
+    assert {a["answer_type"] for a in raw.values()} == {"yes/no", "number", "other"}  # the VQAv2 fields are there
+    items = load_vqa(qpath, apath, images, "val")
+    assert [it.question_id for it in items] == [(9000 + i) * 1000 + 1 for i in range(6)]  # sorted (written reversed)
+    assert [it.index for it in items] == list(range(6))
+    for it in items:
+        assert it.answers == [a["answer"] for a in raw[it.question_id]["answers"]] and len(it.answers) == 10
+        assert Path(it.image).is_file() and it.image.endswith(f"COCO_val2014_{it.image_id:012d}.jpg")
+    assert items[1].question == VQAV2_QUESTIONS[1][0]
+    assert [it.question_id for it in load_vqa(qpath, apath, None, "val", limit=2)] == [9000001, 9001001]
+
+
+def test_official_accuracy_by_hand():
+    """acc = mean over the 10 annotators i of min(1, #{j != i: a_j == pred} / 3), worked out by hand."""
+    other = [f"x{k}" for k in range(10)]
+    # m of 10 humans gave the prediction. Leaving out one of the m leaves m - 1 matches, leaving out one
+    # of the other 10 - m leaves m:  acc = (m * min(1, (m-1)/3) + (10-m) * min(1, m/3)) / 10.
+    by_hand = {
+        0: 0.0,
+        1: (1 * 0 + 9 * (1 / 3)) / 10,  # 0.3
+        2: (2 * (1 / 3) + 8 * (2 / 3)) / 10,  # 0.6
+        3: (3 * (2 / 3) + 7 * 1) / 10,  # 0.9: not 1.0; min(#humans / 3, 1) alone would say 1.0
+        4: (4 * 1 + 6 * 1) / 10,  # 1.0
+        10: 1.0,
+    }
+    for m, want in by_hand.items():
+        answers = ["cat"] * m + other[m:]
+        for metric in ("classic", "vqa-latest", "lever-plus"):
+            assert vqa_accuracy("cat", answers, metric) == pytest.approx(want), (m, metric)
+    assert by_hand[1] == pytest.approx(0.3) and by_hand[3] == pytest.approx(0.9)
+
+
+def test_vqav2_fixture_scored_with_the_official_metric(vqav2):
+    """The fixture's hand-made questions under the official metric (the reference code's latest revision,
+    `vqa-latest`), its older revision (`classic`) and the original project's (`lever-plus`)."""
+    yes, wheels, bus = load_vqa(*vqav2, "val")[:3]
+    # ten "yes": identical answers are compared unnormalised by vqa-latest, so "Yes" misses all ten
+    assert [vqa_accuracy("Yes", yes.answers, m) for m in ("classic", "vqa-latest", "lever-plus")] == [1.0, 0.0, 1.0]
+    # "2", "2", "two", 7 x "3": "two" becomes "2" when the answers are normalised (vqa-latest, lever-plus):
+    # 3 matches -> (3 * 2/3 + 7 * 1) / 10 = 0.9; classic normalises only their punctuation: 2 matches ->
+    # (2 * 1/3 + 8 * 2/3) / 10 = 0.6
+    assert vqa_accuracy("2", wheels.answers, "vqa-latest") == pytest.approx(0.9)
+    assert vqa_accuracy("two", wheels.answers, "vqa-latest") == pytest.approx(0.9)  # the prediction normalised too
+    assert vqa_accuracy("2", wheels.answers, "classic") == pytest.approx(0.6)
+    assert vqa_accuracy("3", wheels.answers, "vqa-latest") == 1.0
+    # one "red" of ten: (1 * 0 + 9 * 1/3) / 10 = 0.3; "The blue." normalises to "blue" (9 of 10: 1.0)
+    assert vqa_accuracy("red", bus.answers, "vqa-latest") == pytest.approx(0.3)
+    assert vqa_accuracy("The blue.", bus.answers, "vqa-latest") == 1.0
+
+
+def _real_workspace(root: Path, fixture: tuple[Path, Path, Path], vqav2_table: str = "vqav2") -> Path:
+    """A workspace whose [okvqa] table and [datasets.<vqav2_table>] table name the same files, with model folders."""
+    q, a, images = fixture
+    files = "\n".join(
+        f'{s}_{k} = "{v}"' for s in ("train", "val") for k, v in (("questions", q), ("annotations", a), ("images", images))
+    )
+    for name in ("vlm", "clip"):
+        (root / name).mkdir(exist_ok=True)
+        (root / name / "config.json").write_text("{}")
+    torch.save(torch.randn(6, 4), root / "feats.pt")
+    torch.save(torch.randn(6, 4), root / "feats_v2.pt")
+    (root / "cands.json").write_text("{}")
+    (root / "cands_v2.json").write_text("{}")
+    ws = root / "lever.toml"
+    ws.write_text(
+        f'backend = "hf"\n[candidates]\nmain = "cands.json"\n[features]\nmain = "feats.pt"\n[okvqa]\n{files}\n'
+        f'[datasets.{vqav2_table}]\n{files}\ncandidates = {{ main = "cands_v2.json" }}\nfeatures = {{ main = "feats_v2.pt" }}\n'
+        '[models]\nvlm = "vlm"\nclip = "clip"\n'
+    )
+    return ws
+
+
+def test_the_dataset_is_in_every_key_it_shapes(vqav2, tmp_path):
+    ws = load_workspace(_real_workspace(tmp_path, vqav2))
+    # the plan: data.dataset is in the spec hash (and so in every stage key, which holds the data section);
+    # okvqa, the default, leaves today's hashes as they were
+    base = load_plan(ROOT / "plans" / "baseline.toml")
+    assert load_plan(ROOT / "plans" / "baseline.toml", ["data.dataset=okvqa"]).hash == base.hash
+    v2 = load_plan(ROOT / "plans" / "baseline.toml", ["data.dataset=vqav2"])
+    assert (
+        v2.hash != base.hash and "dataset" not in base.plan.data.model_dump() and v2.plan.data.model_dump()["dataset"] == "vqav2"
+    )
+    # the data names are looked up in the dataset's own tables
+    assert resolve_train_sources(ws, "main", "main", QUIET).candidates == tmp_path / "cands.json"
+    got = resolve_train_sources(ws, "main", "main", QUIET, "vqav2")
+    assert (got.candidates, got.features) == (tmp_path / "cands_v2.json", tmp_path / "feats_v2.pt")
+    # the evaluation: the same files under another dataset name are another evaluation
+    spec = EvalSpec()
+    ok = okvqa_identity(ws, spec, tmp_path / "feats.pt")
+    other = okvqa_identity(ws, spec, tmp_path / "feats.pt", "vqav2")
+    assert set(ok) == {"backend", "vlm", "clip", "okvqa", "features"}  # okvqa's evaluation keys are unchanged
+    assert other["dataset"] == "vqav2" and other["files"] == ok["okvqa"] and other != ok
+
+
+def test_workspace_dataset_errors_name_the_key(lever, vqav2, tmp_path, monkeypatch):
+    ws = load_workspace(_real_workspace(tmp_path, vqav2))
+    with pytest.raises(LeverError, match="dataset 'vqa2' is not in the workspace") as err:
+        resolve_train_sources(ws, "main", "main", QUIET, "vqa2")
+    assert "okvqa, vqav2" in err.value.hint
+    reserved = _real_workspace(tmp_path, vqav2, vqav2_table="okvqa")
+    res = lever("--workspace", reserved, "show", ROOT / "plans" / "baseline.toml")
+    assert res.code == 2 and "datasets.okvqa" in res.err and "Traceback" not in res.text
+    # the bundled benchmark has no other dataset: refused before anything is generated or trained
+    (tmp_path / "bundled").mkdir()
+    monkeypatch.chdir(tmp_path / "bundled")  # no workspace file here
+    res = lever("run", ROOT / "plans" / "baseline.toml", "data.dataset=vqav2", "--no-baseline")
+    assert res.code == 2 and "data.dataset = 'vqav2'" in res.err and "bundled benchmark" in res.err
+    assert not (tmp_path / "bundled" / "runs").exists() and not (tmp_path / "bundled" / ".lever-cache").exists()
+
+
+# --------------------------------------------------------------------------- balance
+
+
+def _hand_made(path: Path, groups: list[tuple[int, int]]) -> Path:
+    """One query per (positives, negatives): pools of 8 items, distinct 2-item pointers; positives score 1.0."""
+    recs: dict = {"_meta": {"created_at": "test"}}
+    for q, (p, m) in enumerate(groups):
+        pairs = list(combinations(range(8), 2))[: p + m]
+        cands = [
+            {"pointer": list(ptr), "pointer_global": [10 * q + i for i in ptr], "gen_method": "random",
+             "vqa_pred_answer": "x", "vqa_correct": int(k < p), "vqa_acc_score": 1.0 if k < p else 0.0,
+             "vqa_eval_mode": "vqaEval", "eval_failed": False}
+            for k, ptr in enumerate(pairs)
+        ]  # fmt: skip
+        recs[str(q)] = {"query": {"query_id": q, "question_id": 1000 + q}, "candidate_pool_ids": [10 * q + i for i in range(8)],
+                        "pointer_candidates": cands}  # fmt: skip
+    path.write_text(json.dumps(recs))
+    return path
+
+
+def _outcomes(path: Path) -> dict[str, tuple[int, int]]:
+    data = json.loads(path.read_text())
+    return {k: (sum(c["vqa_correct"] for c in v["pointer_candidates"]), sum(1 - c["vqa_correct"] for c in v["pointer_candidates"]))
+            for k, v in data.items() if k != "_meta"}  # fmt: skip
+
+
+def test_balance_reaches_the_target_positive_share(tmp_path):
+    src = _hand_made(tmp_path / "in.json", [(2, 8), (6, 3), (3, 1), (0, 5), (4, 4), (5, 0)])
+    out = tmp_path / "out.json"
+    code, text = run_cli("balance", src, out, "--positive-share", "0.5", "--json", "--no-cache")
+    assert code == 0, text
+    # by hand: (2, 8) keeps both positives and 2 of 8 negatives; (6, 3) all 3 negatives and 3 positives;
+    # (3, 1) 1 + 1; (4, 4) is at 0.5 already; one-outcome groups (0, 5) and (5, 0) have no share to reach
+    assert _outcomes(out) == {"0": (2, 2), "1": (3, 3), "2": (1, 1), "4": (4, 4)}
+    report = json.loads(text.strip().splitlines()[-1])  # the JSON line (the read's log lines come first)
+    assert report["after"]["positive_share"] == 0.5
+    assert report["before"]["positive_share"] == round(20 / 41, 4)  # 2+6+3+0+4+5 positives of 41
+    kept = json.loads(out.read_text())
+    given = json.loads(src.read_text())
+    for key, rec in kept.items():
+        if key != "_meta":
+            assert all(c in given[key]["pointer_candidates"] for c in rec["pointer_candidates"])  # a subset, as read
+    assert kept["_meta"]["balance"]["options"]["positive_share"] == 0.5
+    again = tmp_path / "again.json"
+    run_cli("balance", src, again, "--positive-share", "0.5", "--no-cache")
+    drop_meta = lambda d: {k: v for k, v in d.items() if k != "_meta"}  # noqa: E731
+    assert drop_meta(json.loads(again.read_text())) == drop_meta(kept)  # seeded: the same draw again
+    # a quarter: (2, 8) keeps its 2 positives and round(2 * 0.75 / 0.25) = 6 negatives; (6, 3) its 3 negatives
+    # and round(0.25 * 3 / 0.75) = 1 positive; (3, 1) keeps at least one positive; (4, 4) 4 negatives + round(4/3) = 1
+    code, text = run_cli("balance", src, tmp_path / "quarter.json", "--positive-share", "0.25", "--no-cache")
+    assert code == 0, text
+    assert _outcomes(tmp_path / "quarter.json") == {"0": (2, 6), "1": (1, 3), "2": (1, 1), "4": (1, 4)}
+    code, text = run_cli("balance", src, tmp_path / "bad.json", "--positive-share", "1")
+    assert code == 2 and "strictly between 0 and 1" in text
+
+
+def test_balanced_v3_recipe_keeps_the_original_band(tmp_path):
+    src = _hand_made(tmp_path / "in.json", [(2, 8), (6, 3), (4, 4), (2, 3), (3, 2), (0, 5)])
+    out = tmp_path / "out.json"
+    code, text = run_cli("balance", src, out, "--recipe", "balanced-v3", "--no-cache")
+    assert code == 0, text
+    # shares 0.2, 0.67, 0.5, 0.4, 0.6, 0: the original kept 0.4 <= share <= 0.6, both bounds in
+    assert _outcomes(out) == {"2": (4, 4), "3": (2, 3), "4": (3, 2)}
+    bal = json.loads(out.read_text())["_meta"]["balance"]
+    assert bal["options"]["recipe"] == "balanced-v3" and bal["options"]["positive_ratio"] == [0.4, 0.6]
+    code, text = run_cli("balance", src, tmp_path / "x.json", "--recipe", "balanced-v3", "--positive-ratio", "0.1,0.9")
+    assert code == 2 and "drop --positive-ratio" in text
+    code, text = run_cli("balance", src, tmp_path / "y.json", "--recipe", "balanced-v9")
+    assert code == 2 and "balanced-v3" in text
