@@ -250,7 +250,7 @@ def balance(
     recipe: str | None = typer.Option(
         None,
         "--recipe",
-        help="A named recipe of the original: balanced-v3 = keep queries with 40-60%% correct sequences (docs/datasets.md)",
+        help="A named recipe of the original: balanced-v3 = keep queries with 40 to 60 percent correct sequences (docs/datasets.md)",
     ),
     reward_mode: str = typer.Option(
         "hard_plus_soft",
