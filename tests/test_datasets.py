@@ -142,6 +142,18 @@ def test_workspace_dataset_errors_name_the_key(lever, vqav2, tmp_path, monkeypat
     assert not (tmp_path / "bundled" / "runs").exists() and not (tmp_path / "bundled" / ".lever-cache").exists()
 
 
+def test_data_commands_take_the_dataset(lever, vqav2, tmp_path):
+    """--dataset picks the dataset's own features.main (here a [6, 4] file apart from okvqa's)."""
+    ws = _real_workspace(tmp_path, vqav2)
+    torch.save(torch.randn(9, 4), tmp_path / "feats.pt")  # okvqa's features: another row count
+    res = lever("--workspace", ws, "data", "pools", tmp_path / "p.json", "--dataset", "vqav2", "--k", 2, "-n", 3)
+    assert res.code == 0, res.text
+    pools = json.loads((tmp_path / "p.json").read_text())
+    assert len(pools) == 3 and all(0 <= r < 6 for pool in pools.values() for r in pool)
+    res = lever("--workspace", ws, "data", "pools", tmp_path / "q.json", "-d", "vqa2")
+    assert res.code == 2 and "dataset 'vqa2' is not in the workspace" in res.err
+
+
 # --------------------------------------------------------------------------- balance
 
 
