@@ -62,6 +62,7 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
     summary, rows = _selected_rows(first)
     assert [r["raw_output"] for r in rows] == RAW and [r["accuracy"] for r in rows] == CLASSIC
     assert all(r["answers"] == ["yes"] * 10 for r in rows)
+    assert all(len(r["demo_answers"]) == 1 and isinstance(r["demo_answers"][0], str) for r in rows)  # as shown
     assert summary["splits"]["val"]["1"]["accuracy"] == 75.0 and summary["metric"] == "classic"
 
     import lever.eval.sources as sources
@@ -83,6 +84,7 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
         summary, rows = _selected_rows(run)
         assert [r["accuracy"] for r in rows] == want and summary["splits"]["val"]["1"]["accuracy"] == pct
         assert [r["raw_output"] for r in rows] == RAW and summary["metric"] == metric
+        assert [r["demo_answers"] for r in rows] == [r["demo_answers"] for r in _selected_rows(first)[1]]
         assert summary["rescored_from"].startswith("baseline/") and summary["generation"]
     # The first evaluation is untouched, and a second evaluate under a re-scored metric is served from its folder.
     assert [r["accuracy"] for r in _selected_rows(first)[1]] == CLASSIC

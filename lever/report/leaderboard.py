@@ -285,21 +285,22 @@ def build_leaderboard(
             "`lever evaluate PLAN` once re-scores the stored outputs into rows that hold them (no VLM)"
         )
     n_q = max((c.n_questions for c in columns), default=0)
-    return Leaderboard(split, rows, columns, alpha, metric, notes, footnote(split, n_q, alpha, metric))
+    seeds = any(r.n_seeds > 1 for r in rows)
+    return Leaderboard(split, rows, columns, alpha, metric, notes, footnote(split, n_q, alpha, metric, seeds))
 
 
 def _lacks_texts(results, split: str) -> bool:
     return any(qr.demo_answers is None for qr in ((results or {}).get(split) or {}).values())
 
 
-def footnote(split: str, n_questions: int, alpha: float, metric: str | None) -> str:
+def footnote(split: str, n_questions: int, alpha: float, metric: str | None, seeds: bool = False) -> str:
     size = f"{n_questions} questions, " if n_questions else ""
     scored = f"re-scored with metric {metric}; " if metric else ""
     return (
         f"VQA accuracy (%) on {split}, {size}{scored}[95% bootstrap interval over questions]; "
         f"* = best: above every other plan in a paired sign-flip test over the same questions, Holm-corrected, "
         f"alpha = {alpha:g}; ~ = tied for best: not significantly below the best after Holm (no plan is "
-        "significantly best); ± = std over seeds."
+        "significantly best)" + ("; ± = std over seeds." if seeds else ".")
     )
 
 
