@@ -1,4 +1,4 @@
-"""Report commands: compare, report, runs."""
+"""Report commands: compare, leaderboard, report, runs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rich.table import Table
 from lever.errors import LeverError
 from lever.eval.vqa import VQA_METRICS
 from lever.report.export import export
-from lever.report.leaderboard import build_leaderboard, check_evaluated, evaluated_plans
 from lever.report.leaderboard import export as export_leaderboard
+from lever.report.leaderboard import load_leaderboard
 from lever.report.leaderboard import render_plain as leaderboard_plain
 from lever.report.results import RunData, check_known, damage_summary, plan_runs, rescore_plan, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
@@ -148,32 +148,9 @@ def leaderboard(
         raise LeverError(f"--alpha {alpha} must lie between 0 and 1", hint="the default is 0.05")
     if metric is not None and metric not in VQA_METRICS:
         raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
-    root, plans_dir = runs_root(), workspace().plans_dir
-    notes: list[str] = []
-    if plans:
-        for p in plans:
-            check_known(p, plans_dir, root)
-        found, names = [], set()
-        for p in plans:
-            pr = plan_runs(p, root, plans_dir)
-            if pr.name not in names:  # a plan named twice is one row
-                found.append(pr)
-                names.add(pr.name)
-        check_evaluated(found, split)
-    else:
-        found, skipped = evaluated_plans(root, plans_dir, split)
-        if not found:
-            raise LeverError(
-                f"no plan under {root} has evaluated runs of its plan file as it is now, on {split}"
-                + "".join(f"\n  {line}" for line in skipped),
-                hint="run one (lever run plans/plan5.toml), or name runs of another spec hash as plan@HASH "
-                "(lever runs lists them)",
-            )
-        notes += [f"not shown: {line}" for line in skipped]
-    if metric is not None:
-        for pr in found:
-            rescore_plan(pr, metric)
-    lb = build_leaderboard(found, split, alpha=alpha, n_resamples=resamples, metric=metric, notes=notes)
+    lb = load_leaderboard(
+        plans or [], runs_root(), workspace().plans_dir, split, metric=metric, alpha=alpha, n_resamples=resamples
+    )
     typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb), nl=False)
 
 

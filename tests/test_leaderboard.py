@@ -192,13 +192,12 @@ def test_cli_leaderboard_formats_and_errors(cli, runs: Path):  # noqa: F811
         assert isinstance(res.exception, LeverError) and message in str(res.exception), (args, res.exception)
 
 
-def test_cli_leaderboard_refuses_plans_without_common_questions(cli, runs: Path):  # noqa: F811
-    from lever.errors import LeverError
-
+def test_cli_leaderboard_refuses_plans_without_common_questions(lever, runs: Path, monkeypatch):  # noqa: F811
+    """Through the real entry point: exit 2, one screen, no traceback."""
     run = RunDir(write_run(runs, "plan8", 0, spec=PLAN5_SPEC, accs=None))
-    rows = [{**r, "question_id": r["question_id"] + 100} for r in eval_rows({1: [1] * 10})]
-    write_eval(run, rows)
-    res = cli("leaderboard", "baseline", "plan8", "--resamples", "500")
-    assert isinstance(res.exception, LeverError) and "answered no question in common (baseline 10, plan8 10)" in str(
-        res.exception
-    )
+    write_eval(run, [{**r, "question_id": r["question_id"] + 100} for r in eval_rows({1: [1] * 10})])
+    monkeypatch.setenv("LEVER_RUNS", str(runs))
+    monkeypatch.chdir(runs.parent)
+    res = lever("leaderboard", "baseline", "plan8", "--resamples", "500")
+    assert res.code == 2 and "answered no question in common (baseline 10, plan8 10)" in res.err
+    assert "Traceback" not in res.err and len(res.err.splitlines()) < 25

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from lever.spec.load import plan_files, plan_name
 
 from .copying import copy_flags, percent, vote_accuracy
 from .export import _clean, _csv_value, _md_table, latex_escape
-from .results import PlanRuns, QuestionResults, plan_runs
+from .results import PlanRuns, QuestionResults, check_known, plan_runs, rescore_plan
 from .significance import holm, mean_ci, paired_permutation_pvalue
 from .tables import plain_grid
 
@@ -89,7 +90,7 @@ class Leaderboard:
 # ---------------------------------------------------------------- which plans
 
 
-def evaluated_plans(root, plans_dir, split: str) -> tuple[list[PlanRuns], list[str]]:
+def evaluated_plans(root: Path, plans_dir: Path, split: str) -> tuple[list[PlanRuns], list[str]]:
     """Every plan (a file in the plans folder, or runs in the runs folder) whose current runs are evaluated on
     `split`, and one line for each plan with runs that are not shown (why, and how to name them)."""
     names = sorted({plan_name(p, plans_dir) for p in plan_files(plans_dir)} | set(RunsFolder(root).plans()))
@@ -113,10 +114,51 @@ def check_evaluated(plans: list[PlanRuns], split: str) -> None:
         if pr.missing is not None:
             bad.append(f"{pr.name}: {pr.missing}" + (f" — {pr.command}" if pr.command else ""))
         elif not any(r.shots(split) for r in pr.evaluated_runs):
-            cmd = f"lever evaluate plans/{pr.name}.toml eval.splits='[\"{split}\"]'"
-            bad.append(f"{pr.name}: not evaluated on {split} — {cmd}")
+            bad.append(f"{pr.name}: not evaluated on {split} (the plan's eval.splits)")
     if bad:
         raise LeverError("nothing to show for " + "; ".join(bad), hint="run what each names, or leave the plan out")
+
+
+def leaderboard_plans(refs: list[str], root: Path, plans_dir: Path, split: str) -> tuple[list[PlanRuns], list[str]]:
+    """The plans a leaderboard ranks and its notes: `refs` (names, files, plan@HASH; a plan named twice is one row),
+    each known and evaluated on `split`, else an error; with no refs, every evaluated plan (`evaluated_plans`)."""
+    if not refs:
+        found, skipped = evaluated_plans(root, plans_dir, split)
+        if not found:
+            raise LeverError(
+                f"no plan under {root} has evaluated runs of its plan file as it is now, on {split}"
+                + "".join(f"\n  {line}" for line in skipped),
+                hint="run one (lever run plans/plan5.toml), or name runs of another spec hash as plan@HASH "
+                "(lever runs lists them)",
+            )
+        return found, [f"not shown: {line}" for line in skipped]
+    for ref in refs:
+        check_known(ref, plans_dir, root)
+    found: list[PlanRuns] = []
+    for ref in refs:
+        pr = plan_runs(ref, root, plans_dir)
+        if all(pr.name != q.name for q in found):
+            found.append(pr)
+    check_evaluated(found, split)
+    return found, []
+
+
+def load_leaderboard(
+    refs: list[str],
+    root: Path,
+    plans_dir: Path,
+    split: str = "val",
+    *,
+    metric: str | None = None,
+    alpha: float = ALPHA,
+    n_resamples: int = 10000,
+) -> Leaderboard:
+    """What `lever leaderboard` shows: the plans (`leaderboard_plans`), re-scored with `metric` when given."""
+    plans, notes = leaderboard_plans(refs, root, plans_dir, split)
+    if metric is not None:
+        for pr in plans:
+            rescore_plan(pr, metric)
+    return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes)
 
 
 # ---------------------------------------------------------------- building
