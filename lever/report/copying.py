@@ -24,7 +24,7 @@ import numpy as np
 
 from lever.eval.vqa import normalize_answer, vqa_accuracy
 
-from .results import QuestionResults
+from .results import QuestionResults, RunData
 
 
 def majority_vote(demo_answers: list[str]) -> str | None:
@@ -75,3 +75,8 @@ def percent(values: np.ndarray | None) -> float | None:
         return None
     defined = values[~np.isnan(values)]
     return float(defined.mean() * 100.0) if defined.size else None
+
+
+def lacks_texts(run: RunData, split: str) -> bool:
+    """True when some of the run's rows on `split` do not record the demonstrations' answers (an older evaluation)."""
+    return any(qr.demo_answers is None for qr in ((run.results or {}).get(split) or {}).values())

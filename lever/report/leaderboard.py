@@ -29,7 +29,7 @@ from lever.errors import LeverError
 from lever.runs.layout import RunsFolder
 from lever.spec.load import plan_files, plan_name
 
-from .copying import copy_flags, percent, vote_accuracy
+from .copying import copy_flags, lacks_texts, percent, vote_accuracy
 from .export import _clean, _csv_value, _md_table, latex_escape
 from .results import PlanRuns, QuestionResults, check_known, plan_runs, rescore_plan
 from .significance import holm, mean_ci, paired_permutation_pvalue
@@ -320,7 +320,7 @@ def build_leaderboard(
                 row.failed += qr.n_failed
                 row.answered += qr.n
         rows.append(row)
-    lacking = [pr.name for pr in plans if any(_lacks_texts(r.results, split) for r in pr.evaluated_runs)]
+    lacking = [pr.name for pr in plans if any(lacks_texts(r, split) for r in pr.evaluated_runs)]
     if lacking:
         notes.append(
             f"no copy rate or majority vote for {', '.join(lacking)}: their rows predate the demonstrations' answers; "
@@ -329,10 +329,6 @@ def build_leaderboard(
     n_q = max((c.n_questions for c in columns), default=0)
     seeds = any(r.n_seeds > 1 for r in rows)
     return Leaderboard(split, rows, columns, alpha, metric, notes, footnote(split, n_q, alpha, metric, seeds))
-
-
-def _lacks_texts(results, split: str) -> bool:
-    return any(qr.demo_answers is None for qr in ((results or {}).get(split) or {}).values())
 
 
 def footnote(split: str, n_questions: int, alpha: float, metric: str | None, seeds: bool = False) -> str:

@@ -15,7 +15,7 @@ from lever.data.stats import FLAT
 from lever.runs.layout import RunDir
 from lever.spec import diff_specs
 
-from .copying import copy_flags, percent, vote_accuracy
+from .copying import copy_flags, lacks_texts, percent, vote_accuracy
 from .results import PlanRuns, QuestionResults, RunData, selected_metrics
 from .significance import paired_test
 
@@ -177,15 +177,15 @@ def _cell(view: _PlanView, label: int | str) -> Cell:
 def beyond_copying(runs: list[RunData], split: str, shots: int) -> tuple[float | None, float | None]:
     """(copy rate, majority-vote accuracy) in percent at one shot count, mean over the seed runs; None where a run's
     rows do not record the demonstrations' answers or no question had a demonstration."""
-    per_run = []
-    for run in runs:
-        qr = run.question_results(split, shots)
-        per_run.append((None, None) if qr is None else (percent(copy_flags(qr)), percent(vote_accuracy(qr))))
-    out = []
-    for i in (0, 1):
-        vals = [v[i] for v in per_run]
-        out.append(float(np.mean(vals)) if vals and all(v is not None for v in vals) else None)
-    return out[0], out[1]
+    qrs = [run.question_results(split, shots) for run in runs]
+    copy = [None if qr is None else percent(copy_flags(qr)) for qr in qrs]
+    vote = [None if qr is None else percent(vote_accuracy(qr)) for qr in qrs]
+    return _mean_all(copy), _mean_all(vote)
+
+
+def _mean_all(values: list[float | None]) -> float | None:
+    """The mean over seeds; None when a seed has no value (a mean over some seeds would be another number)."""
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
 def _mean_defined(values: list[float | None]) -> float | None:
@@ -314,18 +314,13 @@ def build_comparison(
     note = footnote(split, n_q)
     if metric is not None:
         note = f"VQA accuracy re-scored with metric {metric} from the stored answers; {note}"
-    copy_missing = [
-        f"{p.name}: run `{RunDir(r.path).command('evaluate')}` once (re-scores the stored outputs, no VLM)"
-        for p in everyone
-        for r in p.evaluated_runs[:1]
-        if any(_lacks_texts(r, split) for r in p.evaluated_runs)
-    ]
+    copy_missing = []
+    for p in everyone:
+        lacking = [r for r in p.evaluated_runs if lacks_texts(r, split)]
+        if lacking:
+            cmd = RunDir(lacking[0].path).command("evaluate")
+            copy_missing.append(f"{p.name}: run `{cmd}` once (re-scores the stored outputs, no VLM)")
     return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, note, metric, copy_missing)
-
-
-def _lacks_texts(run: RunData, split: str) -> bool:
-    """True when some of the run's rows on `split` do not record the demonstrations' answers."""
-    return any(qr.demo_answers is None for qr in ((run.results or {}).get(split) or {}).values())
 
 
 def footnote(split: str, n_questions: int) -> str:
