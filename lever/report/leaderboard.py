@@ -357,8 +357,8 @@ def _header(col: Column) -> str:
 
 
 def _cell(e: Entry | None, style: str = "plain") -> str:
-    """`58.10 [54.6, 61.5]` with the column's mark: plain `*` best, `~` tied; markdown bold / italic; latex
-    bold / underlined."""
+    """`58.10 [54.6, 61.5]` with the column's mark: plain `*` best, `~` tied; markdown bold / italic; latex bold /
+    underlined."""
     if e is None:
         return "—" if style != "latex" else "--"
     acc = f"{e.accuracy:.2f}" + (f"±{e.std:.2f}" if e.std is not None else "")
@@ -367,10 +367,9 @@ def _cell(e: Entry | None, style: str = "plain") -> str:
         acc = acc.replace("±", r" $\pm$ ")
         acc = {"best": f"\\textbf{{{acc}}}", "tied": f"\\underline{{{acc}}}"}.get(e.mark, acc)
         return f"{acc} {{\\scriptsize {interval}}}"
-    mark = {"best": "*", "tied": "~"}.get(e.mark, "")
-    if style == "markdown":
-        acc = {"best": f"**{acc}**", "tied": f"_{acc}_"}.get(e.mark, acc)
-    return f"{acc}{mark} {interval}"
+    if style == "markdown":  # no `~` mark here: GitHub reads a pair of single tildes as strikethrough
+        return {"best": f"**{acc}**", "tied": f"_{acc}_"}.get(e.mark, acc) + f" {interval}"
+    return acc + {"best": "*", "tied": "~"}.get(e.mark, "") + f" {interval}"
 
 
 def table(lb: Leaderboard, style: str = "plain") -> tuple[list[str], list[list[str]]]:
@@ -418,7 +417,7 @@ def render_plain(lb: Leaderboard) -> str:
 
 
 def to_markdown(lb: Leaderboard) -> str:
-    note = lb.footnote.replace("* = best", "bold* = best").replace("~ = tied", "italic~ = tied")
+    note = lb.footnote.replace("* = best", "bold = best").replace("~ = tied", "italic = tied")
     parts = [f"### {title(lb)}", "", _md_table(*table(lb, "markdown"), numeric=True), "", f"_{note}_"]
     copying = copy_table(lb)
     if copying:
