@@ -201,3 +201,41 @@ def test_cli_leaderboard_refuses_plans_without_common_questions(lever, runs: Pat
     res = lever("leaderboard", "baseline", "plan8", "--resamples", "500")
     assert res.code == 2 and "answered no question in common (baseline 10, plan8 10)" in res.err
     assert "Traceback" not in res.err and len(res.err.splitlines()) < 25
+
+
+# ---------------------------------------------------------------- end to end on the bundled benchmark
+
+
+@pytest.mark.slow
+def test_leaderboard_of_two_plan_files_end_to_end(lever, tmp_path: Path, monkeypatch):
+    """Two plan files of a workspace's own plans folder, trained and evaluated by `lever run`, ranked by default."""
+    from workspaces import bench_workspace
+
+    ws = bench_workspace(tmp_path)
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    base = Path(__file__).resolve().parents[1] / "plans" / "baseline.toml"
+    (plans / "small.toml").write_text(
+        f'description = "baseline, small"\nextends = "{base}"\n[rce]\nepochs = 2\nbatch_size = 16\n'
+        "[eval]\nquestions = 40\nshots = [1, 2]\n"
+    )
+    (plans / "small_random.toml").write_text('description = "random pools"\nextends = "small.toml"\n[eval]\npool = "random"\n')
+    monkeypatch.chdir(tmp_path)
+    res = lever("--workspace", ws, "run", "small", "small_random", "--no-baseline")
+    assert res.code == 0, res.text
+    res = lever("--workspace", ws, "leaderboard", "--json", "--resamples", "1000")
+    assert res.code == 0, res.text
+    board = json.loads(res.out)
+    assert [p["name"] for p in board["plans"]] == ["small", "small_random"]
+    assert [c["label"] for c in board["columns"]] == ["1", "2", "mean"]
+    for col in board["columns"]:
+        entries = col["entries"]
+        assert col["n_questions"] == 40 and set(entries) == {"small", "small_random"}
+        best = max(entries, key=lambda k: entries[k]["accuracy"])
+        assert col["best"] == best and entries[best]["mark"] in ("best", "tied")
+        other = entries[next(k for k in entries if k != best)]
+        assert other["p_holm"] == pytest.approx(other["p"])  # one test per column: Holm changes nothing
+        assert entries[best]["mark"] == ("best" if other["p"] < 0.05 else "tied")
+        assert all(0 <= e["copy_rate"] <= 100 and 0 <= e["majority_vote"] <= 100 for e in entries.values())
+    res = lever("--workspace", ws, "leaderboard", "small", "--latex", "--metric", "vqa-latest", "--resamples", "200")
+    assert res.code == 0 and r"\begin{tabular}{lrrr}" in res.out and "re-scored with metric vqa-latest" in res.out
