@@ -1,4 +1,4 @@
-"""Report commands: compare, report, runs."""
+"""Report commands: compare, leaderboard, report, runs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from rich.table import Table
 from lever.errors import LeverError
 from lever.eval.vqa import VQA_METRICS
 from lever.report.export import export
+from lever.report.leaderboard import export as export_leaderboard
+from lever.report.leaderboard import load_leaderboard
+from lever.report.leaderboard import render_plain as leaderboard_plain
 from lever.report.results import RunData, check_known, damage_summary, plan_runs, rescore_plan, scan_runs
 from lever.report.sparkline import plot_curves, spark_rows
 from lever.report.tables import (
@@ -97,6 +100,58 @@ def compare(
         render_rich(cmp, console)
     else:
         typer.echo(render_plain(cmp), nl=False)
+
+
+def leaderboard(
+    plans: list[str] = typer.Argument(
+        None,
+        help="Plans to rank: names as in plans/ (plan5, original/plan5) or files; plan5@HASH picks the runs of one "
+        "spec hash. Default: every plan whose current runs are evaluated",
+    ),
+    split: str = typer.Option("val", "--split", help="Which evaluation split: val or train"),
+    as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON (copy rate and majority vote included)"),
+    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables"),
+    as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and column"),
+    latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment"),
+    resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per interval and test"),
+    alpha: float = typer.Option(0.05, "--alpha", help="Family-wise error rate of each column's Holm-corrected tests"),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="Score every run's stored answers again with this VQA metric (classic, vqa-latest, lever-plus); "
+        "default: as each was evaluated",
+    ),
+) -> None:
+    """Plans by shot count: accuracy with its 95% interval, the best plan marked only where the data say so.
+
+    Rows are plans; columns are the shot counts and the mean over the shot counts with demonstrations that all share.
+
+    A cell is the accuracy over the column's questions (seeds averaged per question) [95% bootstrap interval].
+
+    Per column the most accurate plan is tested against each other plan (paired sign-flip test, Holm-corrected):
+    * = it beats every other plan; otherwise ~ marks the plans not significantly below it (the tied group).
+
+    A second table: copy rate and the accuracy of a model-free majority vote over the chosen demonstrations' answers.
+
+    Plans that answered different questions are compared on the questions all of them answered (a note says so).
+
+    Example: [bold]lever leaderboard baseline plan5 original/plan5 --markdown[/]
+    """
+    if split not in SPLITS:
+        raise LeverError(f"--split {split!r} is not a split", hint=f"use one of: {', '.join(SPLITS)}")
+    formats = [f for f, on in (("json", as_json), ("markdown", markdown), ("csv", as_csv), ("latex", latex)) if on]
+    if len(formats) > 1:
+        raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
+    if resamples < 1:
+        raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
+    if not 0.0 < alpha < 1.0:
+        raise LeverError(f"--alpha {alpha} must lie between 0 and 1", hint="the default is 0.05")
+    if metric is not None and metric not in VQA_METRICS:
+        raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
+    lb = load_leaderboard(
+        plans or [], runs_root(), workspace().plans_dir, split, metric=metric, alpha=alpha, n_resamples=resamples
+    )
+    typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb), nl=False)
 
 
 def _pct(x: float | None) -> str:
@@ -225,7 +280,8 @@ def runs() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``compare``, ``report`` and ``runs`` to a Typer app."""
+    """Add ``compare``, ``leaderboard``, ``report`` and ``runs`` to a Typer app."""
     app.command("compare")(compare)
+    app.command("leaderboard")(leaderboard)
     app.command("report")(report)
     app.command("runs")(runs)

@@ -62,6 +62,16 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
     summary, rows = _selected_rows(first)
     assert [r["raw_output"] for r in rows] == RAW and [r["accuracy"] for r in rows] == CLASSIC
     assert all(r["answers"] == ["yes"] * 10 for r in rows)
+    assert all(len(r["demo_answers"]) == 1 and isinstance(r["demo_answers"][0], str) for r in rows)  # as shown
+    # Rows written before they held the demonstrations' answers: a re-scoring takes them from the train items.
+    from lever.runs.layout import RunDir
+
+    shown = [r["demo_answers"] for r in rows]
+    ev = RunDir(first).selected_eval()
+    ev.write(
+        [{k: v for k, v in r.items() if k != "demo_answers"} for r in rows],
+        {k: v for k, v in summary.items() if k not in ("splits", "results")},
+    )
     assert summary["splits"]["val"]["1"]["accuracy"] == 75.0 and summary["metric"] == "classic"
 
     import lever.eval.sources as sources
@@ -83,6 +93,7 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
         summary, rows = _selected_rows(run)
         assert [r["accuracy"] for r in rows] == want and summary["splits"]["val"]["1"]["accuracy"] == pct
         assert [r["raw_output"] for r in rows] == RAW and summary["metric"] == metric
+        assert [r["demo_answers"] for r in rows] == shown
         assert summary["rescored_from"].startswith("baseline/") and summary["generation"]
     # The first evaluation is untouched, and a second evaluate under a re-scored metric is served from its folder.
     assert [r["accuracy"] for r in _selected_rows(first)[1]] == CLASSIC

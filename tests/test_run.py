@@ -369,6 +369,42 @@ def test_several_seeds_compare_with_mean_and_std(lever, ws):
     assert out.code == 0, out.text
     assert "±" in out.out and f"plan10@{p10}*" in out.out and "* plan10: overrides seeds=[0,1]" in out.out
 
+    # lever leaderboard on the same runs: by default every evaluated plan (the workspace's folder has no plan files,
+    # so each plan's only spec hash), ranked on the same 30 questions; named by hash, the same two rows.
+    out = run_cli(lever, "leaderboard", "--resamples", "500")
+    assert out.code == 0, out.text
+    assert [line.split()[0] for line in out.out.splitlines()[3:5]] == ["baseline", "plan10"]
+    out = run_cli(lever, "leaderboard", f"plan10@{p10}", f"baseline@{base}", "--json", "--resamples", "500")
+    assert out.code == 0, out.text
+    board = json.loads(out.out)
+    (col,) = board["columns"]  # one shot count, so no mean column
+    assert col["label"] == "2" and col["n_questions"] == 30 and set(col["entries"]) == {"plan10", "baseline"}
+    assert {e["mark"] for e in col["entries"].values()} <= {"best", "tied", ""} and col["best"] in col["entries"]
+    # Copy rate and majority vote, recomputed here from each seed's stored rows (answers, demonstrations' answers).
+    from lever.eval.vqa import normalize_answer, vqa_accuracy
+    from lever.report.copying import majority_vote
+    from lever.runs.layout import RunDir
+
+    for plan in ("plan10", "baseline"):
+        copy, vote = [], []
+        for d in seed_dirs(ws, plan):
+            summary, rows = RunDir(d).selected_eval().read()
+            rows = [r for r in rows if r["split"] == "val"]
+            assert all(len(r["demo_answers"]) == len(r["demo_ids"]) == 2 for r in rows)
+            answered = [r for r in rows if not r["failed"]]
+            copy.append(
+                sum(normalize_answer(r["answer"]) in map(normalize_answer, r["demo_answers"]) for r in answered) / len(answered)
+            )
+            vote.append(
+                sum(vqa_accuracy(majority_vote(r["demo_answers"]), r["answers"], summary["metric"]) for r in rows) / len(rows)
+            )
+        entry = col["entries"][plan]
+        assert entry["copy_rate"] == pytest.approx(100 * sum(copy) / 2) and entry["majority_vote"] == pytest.approx(
+            100 * sum(vote) / 2
+        )
+    out = run_cli(lever, "compare", f"plan10@{p10}", "--baseline", f"baseline@{base}", "--resamples", "200")
+    assert "Beyond copying (%) on val" in out.out and "plan10 copy" in out.out
+
 
 def test_tables_use_the_selected_checkpoint_after_evaluating_another_epoch(lever, ws):
     from lever.runs.layout import RunDir

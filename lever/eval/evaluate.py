@@ -14,8 +14,8 @@ the plan with the same seed) is not asked of the VLM again: `rescore` takes that
 raw outputs, post-processes and scores them under its own metric in seconds, and writes its own
 results.jsonl and summary.json, so both evaluations stay verifiable.
 
-    results.jsonl   one row per (split, shots, question): demo ids, raw output, answer, the human
-                    answers, accuracy
+    results.jsonl   one row per (split, shots, question): demo ids, the demonstrations' answers as the
+                    prompt shows them (`demo_answers`), raw output, answer, the human answers, accuracy
     summary.json    accuracy (percent) per split and shot count, failures, the checkpoint used,
                     the inputs, and the row count and digest of results.jsonl
 
@@ -40,7 +40,7 @@ from lever.model import SelectorBase
 from lever.runs.layout import EvalDir
 from lever.spec.schema import EvalSpec
 
-from .backend import Request
+from .backend import Request, demo_answer
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
 from .select import random_pools, select_demos, similar_pools
@@ -50,9 +50,10 @@ from .vqa import vqa_accuracy
 Progress = Callable[[int, int], None]  # (done, total) questions answered
 
 
-# What a scored row means beyond the metric: 1 = `postprocess` as of lever 0.x, rows carry the human answers.
+# What a scored row means beyond the metric: 1 = `postprocess` as of lever 0.x, rows carry the human answers;
+# 2 = rows also carry the demonstrations' answers as the prompt shows them (`demo_answers`: copy rate, majority vote).
 # Raising it gives every evaluation a new key, served by re-scoring the stored raw outputs (no VLM).
-SCORING_VERSION = 1
+SCORING_VERSION = 2
 
 
 def generation_identity(identity: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def score(
                         "shots": len(req.demos),
                         "question_id": req.query.question_id,
                         "demo_ids": [d.question_id for d in req.demos],
+                        "demo_answers": [demo_answer(d) for d in req.demos],  # as the prompt shows them
                         "raw_output": resp.raw,
                         "answer": answer,
                         "answers": list(req.query.answers),  # what a re-scoring under another metric needs
@@ -205,7 +207,8 @@ def rescore(
     """Write into `ev` the verified rows of `source` (an evaluation with the same generation key) scored again
     under this world's metric: no backend is asked. The human answers come from the world (so an evaluation
     written before rows held them is re-scored too); the rows must be the questions and shot counts this
-    evaluation asks, else it is damage. Returns the summary, which names the source (`source_name`)."""
+    evaluation asks, else it is damage. The demonstrations' answers (`demo_answers`) come from the world's train
+    items when the source rows predate them. Returns the summary, which names the source (`source_name`)."""
     r = ranks()
     if not r.is_main:
         barrier(r)
@@ -215,12 +218,21 @@ def rescore(
     answers = {(s.name, it.question_id): it.answers for s in world.splits.values() for it in s.items}
     want = {(name, shots) for name in world.splits for shots in spec.shots}
     have = {(row["split"], row["shots"]) for row in source_rows}
+    train = {it.question_id: it for it in world.train_items}
     missing = [row for row in source_rows if (row["split"], row["question_id"]) not in answers]
+    missing += [row for row in source_rows if "demo_answers" not in row and not set(row["demo_ids"]) <= train.keys()]
     counts = {name: sum(1 for row in source_rows if row["split"] == name) for name in world.splits}
     if have != want or missing or any(n != len(world.splits[k].items) * len(spec.shots) for k, n in counts.items()):
         barrier(r)
         raise DamagedState(f"{source.results} does not hold the questions and shot counts of its key", hint=source.fix)
-    rows = [scored_row(row, answers[(row["split"], row["question_id"])], metric) for row in source_rows]
+    rows = [
+        scored_row(
+            row if "demo_answers" in row else {**row, "demo_answers": [demo_answer(train[q]) for q in row["demo_ids"]]},
+            answers[(row["split"], row["question_id"])],
+            metric,
+        )
+        for row in source_rows
+    ]
     summary = {**_summary(checkpoint, world, spec, time.perf_counter() - t0, generation), "rescored_from": source_name}
     summary = ev.write(rows, summary)
     barrier(r)

@@ -10,9 +10,12 @@ from dataclasses import asdict
 from typing import Any
 
 from .tables import (
+    COPY_NOTE,
     DIFF_HEADERS,
     TRAINING_HEADERS,
     Comparison,
+    copy_missing_lines,
+    copy_table,
     diff_table,
     failures_line,
     missing_lines,
@@ -43,6 +46,8 @@ CSV_COLUMNS = [
     "within_noise",
     "best",
     "missing",
+    "copy_rate",
+    "majority_vote",
 ]
 
 
@@ -104,6 +109,8 @@ def to_csv(cmp: Comparison) -> str:
                     "within_noise": c.within_noise,
                     "best": c.best,
                     "missing": col.missing or "",
+                    "copy_rate": c.copy_rate,
+                    "majority_vote": c.majority_vote,
                 }
             )
             w.writerow({k: _csv_value(v) for k, v in line.items()})
@@ -128,6 +135,11 @@ def to_markdown(cmp: Comparison) -> str:
     parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
     if failures_line(cmp):
         parts += ["", failures_line(cmp)]
+    copying = copy_table(cmp)
+    if copying:
+        parts += ["", f"### Beyond copying (%) on {cmp.split}", "", _md_table(*copying, numeric=True), "", f"_{COPY_NOTE}_"]
+    if copy_missing_lines(cmp):
+        parts += ["", *copy_missing_lines(cmp)]
     if cmp.training:
         parts += ["", "### Training (selected checkpoint)", "", _md_table(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:

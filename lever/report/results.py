@@ -28,6 +28,12 @@ class QuestionResults:
     question_ids: np.ndarray  # [n] int64, sorted, unique
     accuracy: np.ndarray  # [n] float64 in [0, 1] (VQA accuracy is fractional)
     failed: np.ndarray  # [n] bool
+    # What copy rate and majority vote need (`lever.report.copying`); None when the rows do not record it
+    # (an evaluation by a lever before rows held the demonstrations' answers).
+    answers: list[str] | None = None  # [n] the post-processed answer
+    demo_answers: list[list[str]] | None = None  # [n][shots] the chosen demonstrations' answers, as the prompt shows them
+    human: list[list[str]] | None = None  # [n][10] the human answers
+    metric: str | None = None  # the VQA metric the rows were scored with
 
     @property
     def n(self) -> int:
@@ -143,21 +149,27 @@ class PlanRuns:
         return next((r.overrides for r in self.runs if r.overrides), [])
 
 
-def parse_results(rows: list[dict]) -> Results:
-    """Group verified results.jsonl rows into split -> shots -> QuestionResults."""
-    grouped: dict[str, dict[int, dict[int, tuple[float, bool]]]] = {}
+def parse_results(rows: list[dict], metric: str | None = None) -> Results:
+    """Group verified results.jsonl rows into split -> shots -> QuestionResults; `metric` is the one they were
+    scored with. The texts copy rate and majority vote need are kept when every row of a group has them."""
+    grouped: dict[str, dict[int, dict[int, dict]]] = {}
     for row in rows:
-        split, shots, qid, acc = str(row["split"]), int(row["shots"]), int(row["question_id"]), float(row["accuracy"])
-        grouped.setdefault(split, {}).setdefault(shots, {})[qid] = (acc, bool(row.get("failed", False)))
+        grouped.setdefault(str(row["split"]), {}).setdefault(int(row["shots"]), {})[int(row["question_id"])] = row
     out: Results = {}
     for split, by_shots in grouped.items():
         out[split] = {}
         for shots, by_q in by_shots.items():
             qids = np.array(sorted(by_q), dtype=np.int64)
+            ordered = [by_q[q] for q in qids.tolist()]
+            texts = all(isinstance(r.get("demo_answers"), list) and isinstance(r.get("answers"), list) for r in ordered)
             out[split][shots] = QuestionResults(
                 question_ids=qids,
-                accuracy=np.array([by_q[q][0] for q in qids.tolist()], dtype=np.float64),
-                failed=np.array([by_q[q][1] for q in qids.tolist()], dtype=bool),
+                accuracy=np.array([float(r["accuracy"]) for r in ordered], dtype=np.float64),
+                failed=np.array([bool(r.get("failed", False)) for r in ordered], dtype=bool),
+                answers=[str(r.get("answer", "")) for r in ordered] if texts else None,
+                demo_answers=[list(r["demo_answers"]) for r in ordered] if texts else None,
+                human=[list(r["answers"]) for r in ordered] if texts else None,
+                metric=metric,
             )
     return out
 
@@ -183,7 +195,7 @@ def load_run(run_dir: Path | RunDir, plan: str | None = None) -> RunData:
     if ev is not None:
         data.eval_key = ev.key
         data.summary, rows = ev.read()
-        data.results = parse_results(rows)
+        data.results = parse_results(rows, data.summary.get("metric"))
     return data
 
 
@@ -212,7 +224,7 @@ def rescore_plan(pr: PlanRuns, metric: str) -> PlanRuns:
                 hint=f"run `{run.command('evaluate')}` once: it re-scores the stored outputs (no VLM) into rows that do",
             )
         rows = [scored_row(r, r["answers"], metric) for r in rows]
-        data.results = parse_results(rows)
+        data.results = parse_results(rows, metric)
         data.summary = {**summary, "metric": metric, "splits": summarise(rows)}
     return pr
 

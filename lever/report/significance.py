@@ -142,3 +142,29 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_resamples: int = 10000, seed: in
     p = paired_permutation_pvalue(a, b, n_permutations=n_resamples, seed=seed)
     p_mc = mcnemar_pvalue(np.asarray(a) > 0, np.asarray(b) > 0)
     return PairedTest(n, delta, lo, hi, p, p_mc)
+
+
+def mean_ci(x: np.ndarray, n_resamples: int = 10000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """Mean accuracy of one vector in percent, with its percentile bootstrap interval over questions.
+
+    The paired bootstrap of `x` against zeros: resample question indices with replacement R times,
+    mean*_r = 100 * mean(x[idx_r]); (lo, hi) = the alpha/2 and 1 - alpha/2 quantiles of mean*.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    return paired_bootstrap_ci(np.zeros_like(x), x, n_resamples=n_resamples, alpha=alpha, seed=seed)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values of m tests, in the order given.
+
+    Sort ascending, p_(1) <= ... <= p_(m); adjusted p_(i) = min(1, max_{j <= i} (m - j + 1) * p_(j)).
+    Rejecting where the adjusted p < alpha keeps the chance of any false rejection among the m at most alpha.
+    """
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 
 from lever.data.stats import FLAT
+from lever.runs.layout import RunDir
 from lever.spec import diff_specs
 
-from .results import PlanRuns, QuestionResults, selected_metrics
+from .copying import copy_flags, lacks_texts, percent, vote_accuracy
+from .results import PlanRuns, QuestionResults, RunData, selected_metrics
 from .significance import paired_test
 
 ADV_STD_FLOOR = FLAT  # below this at the selected epoch, GRPO had almost no signal
@@ -36,6 +38,8 @@ class Cell:
     p: float | None = None  # paired sign-flip permutation test
     p_mcnemar: float | None = None
     best: bool = False
+    copy_rate: float | None = None  # percent of answers equal to a chosen demonstration's answer (lever.report.copying)
+    majority_vote: float | None = None  # percent: VQA accuracy of a majority vote over the demonstrations' answers
 
     @property
     def within_noise(self) -> bool | None:
@@ -101,6 +105,7 @@ class Comparison:
     n_questions: int
     footnote: str
     metric: str | None = None  # the VQA metric every run's stored answers were scored again with (None: as evaluated)
+    copy_missing: list[str] = field(default_factory=list)  # plans whose rows lack the demonstrations' answers: the fix
 
 
 # ---------------------------------------------------------------- building
@@ -158,12 +163,35 @@ def _cell(view: _PlanView, label: int | str) -> Cell:
     if not accs:
         return Cell()
     vec = view.vector(label)
-    return Cell(
+    cell = Cell(
         accuracy=float(np.mean(accs)),
         std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
         n_seeds=len(accs),
         n_questions=int(vec[0].shape[0]) if vec is not None else 0,
     )
+    if label != AVG:  # the average row's are filled from the shot rows
+        cell.copy_rate, cell.majority_vote = beyond_copying(view.runs, view.split, int(label))
+    return cell
+
+
+def beyond_copying(runs: list[RunData], split: str, shots: int) -> tuple[float | None, float | None]:
+    """(copy rate, majority-vote accuracy) in percent at one shot count, mean over the seed runs; None where a run's
+    rows do not record the demonstrations' answers or no question had a demonstration."""
+    qrs = [run.question_results(split, shots) for run in runs]
+    copy = [None if qr is None else percent(copy_flags(qr)) for qr in qrs]
+    vote = [None if qr is None else percent(vote_accuracy(qr)) for qr in qrs]
+    return _mean_all(copy), _mean_all(vote)
+
+
+def _mean_all(values: list[float | None]) -> float | None:
+    """The mean over seeds; None when a seed has no value (a mean over some seeds would be another number)."""
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def _mean_defined(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (the shot counts with demonstrations); None when none are."""
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def _fill_delta(cell: Cell, base: Cell, vb: tuple | None, vp: tuple | None, n_resamples: int, seed: int) -> None:
@@ -247,6 +275,9 @@ def build_comparison(
         for c in cells.values():
             c.best = top is not None and c.accuracy is not None and c.accuracy >= top - 1e-9
         rows.append(ShotRow(str(label), cells))
+    for name, cell in rows[-1].cells.items():  # the average row: over the shot counts that have a value
+        cell.copy_rate = _mean_defined([r.cells[name].copy_rate for r in rows[:-1]])
+        cell.majority_vote = _mean_defined([r.cells[name].majority_vote for r in rows[:-1]])
 
     columns = []
     for p in everyone:
@@ -283,7 +314,13 @@ def build_comparison(
     note = footnote(split, n_q)
     if metric is not None:
         note = f"VQA accuracy re-scored with metric {metric} from the stored answers; {note}"
-    return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, note, metric)
+    copy_missing = []
+    for p in everyone:
+        lacking = [r for r in p.evaluated_runs if lacks_texts(r, split)]
+        if lacking:
+            cmd = RunDir(lacking[0].path).command("evaluate")
+            copy_missing.append(f"{p.name}: run `{cmd}` once (re-scores the stored outputs, no VLM)")
+    return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, note, metric, copy_missing)
 
 
 def footnote(split: str, n_questions: int) -> str:
@@ -378,6 +415,34 @@ def shot_table(cmp: Comparison, rich: bool = False) -> tuple[list[str], list[lis
     return headers, body
 
 
+COPY_NOTE = (
+    "copy = % of answers equal (VQA-normalised) to one of the chosen demonstrations' answers; "
+    "vote = VQA accuracy (%) of a model-free majority vote over those answers; compare with the accuracy above."
+)
+
+
+def copy_table(cmp: Comparison) -> tuple[list[str], list[list[str]]] | None:
+    """Headers and rows of the beyond-copying table (copy rate and majority vote per plan and shot row); None when no
+    plan has them."""
+    cols = [c for c in cmp.plans if any(r.cells[c.name].copy_rate is not None for r in cmp.rows)]
+    if not cols:
+        return None
+    headers = ["shots"] + [h for c in cols for h in (f"{c.name} copy", f"{c.name} vote")]
+    body = [
+        [row.label] + [_pct2(x) for c in cols for x in (row.cells[c.name].copy_rate, row.cells[c.name].majority_vote)]
+        for row in cmp.rows
+    ]
+    return headers, body
+
+
+def copy_missing_lines(cmp: Comparison) -> list[str]:
+    return [f"No copy rate for {line}" for line in cmp.copy_missing]
+
+
+def _pct2(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 TRAINING_HEADERS = ["plan", "seed", "state", "selected", "reason", "val loss", "PPO loss", "KL", "adv std", "flags"]
 
 
@@ -456,6 +521,10 @@ def render_plain(cmp: Comparison) -> str:
     parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote, runs_line(cmp)]
     if failures_line(cmp):
         parts.append(failures_line(cmp))
+    copying = copy_table(cmp)
+    if copying:
+        parts += ["", f"Beyond copying (%) on {cmp.split}", plain_grid(*copying), COPY_NOTE]
+    parts += copy_missing_lines(cmp)
     if cmp.training:
         parts += ["", "Training (selected checkpoint)", plain_grid(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:
@@ -479,6 +548,12 @@ def render_rich(cmp: Comparison, console: Any) -> None:
         # why: rules set the average and the improved count apart from the shot rows
         t.add_row(*line, end_section=i >= len(body) - 3, style="italic" if i == len(body) - 1 else None)
     console.print(t)
+    copying = copy_table(cmp)
+    if copying:
+        console.print(_rich_table(f"Beyond copying (%) on {cmp.split}", *copying))
+        console.print(f"[dim]{escape(COPY_NOTE)}[/]", highlight=False)
+    for line in copy_missing_lines(cmp):
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     if cmp.training:
         console.print(_rich_table("Training (selected checkpoint)", TRAINING_HEADERS, training_table(cmp)))
     if cmp.spec_diffs:

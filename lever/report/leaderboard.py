@@ -1,0 +1,481 @@
+"""The leaderboard: plans x shot counts, each cell the accuracy with its 95% interval, and which plan is best.
+
+Per column (a shot count, or the mean over the shot counts with demonstrations), the plan with the highest
+accuracy is tested against every other plan with the paired sign-flip test over the same questions (what
+`lever compare` uses). The m = plans - 1 p-values are Holm-corrected (`significance.holm`). When every
+corrected p is below alpha, the best plan is marked `best`: it beats each of the others. Otherwise the
+plans not significantly below the best, the best included, are marked `tied`: the data cannot tell them
+apart. A column with one plan marks nothing.
+
+Plans answered over different question sets (another `eval.questions`, a failed evaluation redone with
+other settings) are compared on the questions all of them answered in that column, and a note says so;
+with no question in common the leaderboard refuses.
+
+Every number comes from the runs' stored per-question results (`lever.report.results`); seeds are
+averaged per question, as `lever compare` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lever.errors import LeverError
+from lever.runs.layout import RunsFolder
+from lever.spec.load import plan_files, plan_name
+
+from .copying import copy_flags, lacks_texts, percent, vote_accuracy
+from .export import _clean, _csv_value, _md_table, latex_escape
+from .results import PlanRuns, QuestionResults, check_known, plan_runs, rescore_plan
+from .significance import holm, mean_ci, paired_permutation_pvalue
+from .tables import plain_grid
+
+ALPHA = 0.05
+MEAN = "mean"
+
+
+@dataclass
+class Entry:
+    """One plan in one column."""
+
+    accuracy: float  # percent, over the column's questions, seeds averaged per question
+    lo: float  # 95% percentile bootstrap interval of the accuracy, over questions
+    hi: float
+    n_questions: int
+    n_seeds: int
+    std: float | None = None  # of the seeds' accuracies (sample std); None with one seed
+    p: float | None = None  # paired sign-flip test against the column's best (None for the best itself)
+    p_holm: float | None = None  # the same, Holm-corrected over the column's m tests
+    mark: str = ""  # "best" | "tied" | ""
+    copy_rate: float | None = None  # percent of answers equal to a chosen demonstration's answer
+    majority_vote: float | None = None  # percent: VQA accuracy of a majority vote over the demonstrations' answers
+
+
+@dataclass
+class Column:
+    label: str  # "1", "2", ... or "mean"
+    shots: list[int]  # the shot counts it averages (one for a shot column)
+    entries: dict[str, Entry]  # plan -> entry; a plan not evaluated at these shots is absent
+    best: str | None = None
+    n_questions: int = 0  # the questions every plan of the column answered
+    note: str | None = None  # set when plans answered different questions
+
+
+@dataclass
+class Row:
+    name: str
+    spec_hash: str | None
+    overrides: list[str] = field(default_factory=list)
+    n_seeds: int = 0
+    failed: int = 0  # failed answers (scored 0) on the split, over seeds and shot counts
+    answered: int = 0
+
+
+@dataclass
+class Leaderboard:
+    split: str
+    plans: list[Row]
+    columns: list[Column]
+    alpha: float
+    metric: str | None  # the metric the stored answers were scored again with (None: as evaluated)
+    notes: list[str] = field(default_factory=list)
+    footnote: str = ""
+
+
+# ---------------------------------------------------------------- which plans
+
+
+def evaluated_plans(root: Path, plans_dir: Path, split: str) -> tuple[list[PlanRuns], list[str]]:
+    """Every plan (a file in the plans folder, or runs in the runs folder) whose current runs are evaluated on
+    `split`, and one line for each plan with runs that are not shown (why, and how to name them)."""
+    names = sorted({plan_name(p, plans_dir) for p in plan_files(plans_dir)} | set(RunsFolder(root).plans()))
+    shown, skipped = [], []
+    for name in names:
+        if not RunsFolder(root).hashes(name):
+            continue  # a plan file never run: nothing to say
+        pr = plan_runs(name, root, plans_dir)
+        if pr.missing is None and any(r.shots(split) for r in pr.evaluated_runs):
+            shown.append(pr)
+        else:
+            why = pr.missing or f"not evaluated on {split}"
+            skipped.append(f"{name}: {why} ({pr.command})" if pr.command else f"{name}: {why}")
+    return shown, skipped
+
+
+def check_evaluated(plans: list[PlanRuns], split: str) -> None:
+    """Raise when a named plan has nothing to show on `split`: a leaderboard with holes is not one a paper prints."""
+    bad = []
+    for pr in plans:
+        if pr.missing is not None:
+            bad.append(f"{pr.name}: {pr.missing}" + (f" — {pr.command}" if pr.command else ""))
+        elif not any(r.shots(split) for r in pr.evaluated_runs):
+            bad.append(f"{pr.name}: not evaluated on {split} (the plan's eval.splits)")
+    if bad:
+        raise LeverError("nothing to show for " + "; ".join(bad), hint="run what each names, or leave the plan out")
+
+
+def leaderboard_plans(refs: list[str], root: Path, plans_dir: Path, split: str) -> tuple[list[PlanRuns], list[str]]:
+    """The plans a leaderboard ranks and its notes: `refs` (names, files, plan@HASH; a plan named twice is one row),
+    each known and evaluated on `split`, else an error; with no refs, every evaluated plan (`evaluated_plans`)."""
+    if not refs:
+        found, skipped = evaluated_plans(root, plans_dir, split)
+        if not found:
+            raise LeverError(
+                f"no plan under {root} has evaluated runs of its plan file as it is now, on {split}"
+                + "".join(f"\n  {line}" for line in skipped),
+                hint="run one (lever run plans/plan5.toml), or name runs of another spec hash as plan@HASH "
+                "(lever runs lists them)",
+            )
+        return found, [f"not shown: {line}" for line in skipped]
+    for ref in refs:
+        check_known(ref, plans_dir, root)
+    found: list[PlanRuns] = []
+    for ref in refs:
+        pr = plan_runs(ref, root, plans_dir)
+        if all(pr.name != q.name for q in found):
+            found.append(pr)
+    check_evaluated(found, split)
+    return found, []
+
+
+def load_leaderboard(
+    refs: list[str],
+    root: Path,
+    plans_dir: Path,
+    split: str = "val",
+    *,
+    metric: str | None = None,
+    alpha: float = ALPHA,
+    n_resamples: int = 10000,
+) -> Leaderboard:
+    """What `lever leaderboard` shows: the plans (`leaderboard_plans`), re-scored with `metric` when given."""
+    plans, notes = leaderboard_plans(refs, root, plans_dir, split)
+    if metric is not None:
+        for pr in plans:
+            rescore_plan(pr, metric)
+    return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes)
+
+
+# ---------------------------------------------------------------- building
+
+
+def _matrix(pr: PlanRuns, split: str, shots: list[int], values) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids [n], values [seeds, n]): `values(qr)` per seed, averaged over `shots`, on the questions every seed
+    answered at every shot count; None when a seed lacks one of the shot counts or `values` gives None."""
+    per_seed = []
+    for run in pr.evaluated_runs:
+        qrs = [run.question_results(split, s) for s in shots]
+        if any(q is None or q.n == 0 for q in qrs):
+            return None
+        vals = [values(q) for q in qrs]
+        if any(v is None for v in vals):
+            return None
+        per_seed.append(list(zip(qrs, vals)))
+    if not per_seed:
+        return None
+    ids = per_seed[0][0][0].question_ids
+    for seed in per_seed:
+        for qr, _ in seed:
+            ids = np.intersect1d(ids, qr.question_ids)
+    rows = []
+    for seed in per_seed:
+        stacked = np.stack([v[np.searchsorted(qr.question_ids, ids)] for qr, v in seed])  # [shots, n]
+        defined = (~np.isnan(stacked)).sum(axis=0)  # [n]; NaN entries (no demonstration, failed) are left out
+        total = np.where(np.isnan(stacked), 0.0, stacked).sum(axis=0)
+        rows.append(np.where(defined > 0, total / np.maximum(defined, 1), np.nan))
+    return ids, np.stack(rows)  # [n], [seeds, n]
+
+
+def _accuracy(qr: QuestionResults) -> np.ndarray:
+    return qr.accuracy
+
+
+def _restricted_percent(m: tuple[np.ndarray, np.ndarray] | None, ids: np.ndarray) -> float | None:
+    """Mean over seeds of each seed's percent (defined entries) on the questions `ids`; None when undefined."""
+    if m is None:
+        return None
+    own, vals = m
+    keep = np.isin(own, ids)
+    per_seed = [percent(v[keep]) for v in vals]
+    return float(np.mean(per_seed)) if all(p is not None for p in per_seed) else None
+
+
+def build_column(
+    plans: list[PlanRuns], split: str, label: str, shots: list[int], alpha: float, n_resamples: int, seed: int
+) -> Column:
+    """One column: each plan's entry on the questions all plans answered, the best, the Holm-corrected marks."""
+    col = Column(label, shots, {})
+    mats = {pr.name: _matrix(pr, split, shots, _accuracy) for pr in plans}
+    mats = {k: v for k, v in mats.items() if v is not None}
+    if not mats:
+        return col
+    common = None
+    for ids, _ in mats.values():
+        common = ids if common is None else np.intersect1d(common, ids)
+    sizes = {k: int(ids.shape[0]) for k, (ids, _) in mats.items()}
+    if common.size == 0:
+        raise LeverError(
+            f"shots {label}: the plans answered no question in common ({', '.join(f'{k} {n}' for k, n in sizes.items())})",
+            hint="evaluate them on the same questions (eval.questions, eval.splits), or name fewer plans",
+        )
+    if any(n != common.size for n in sizes.values()):
+        col.note = (
+            f"shots {label}: plans answered different questions ({', '.join(f'{k} {n}' for k, n in sizes.items())}); "
+            f"every plan is scored on the {common.size} all of them answered"
+        )
+    col.n_questions = int(common.size)
+    vectors = {}
+    by_name = {pr.name: pr for pr in plans}
+    for name, (ids, vals) in mats.items():
+        keep = np.isin(ids, common)
+        vals = vals[:, keep]  # [seeds, common]
+        vec = vals.mean(axis=0)  # seeds averaged per question
+        vectors[name] = vec
+        acc, lo, hi = mean_ci(vec, n_resamples=n_resamples, seed=seed)
+        seeds = vals.mean(axis=1) * 100.0
+        col.entries[name] = Entry(
+            accuracy=acc,
+            lo=lo,
+            hi=hi,
+            n_questions=int(vec.shape[0]),
+            n_seeds=int(vals.shape[0]),
+            std=float(np.std(seeds, ddof=1)) if seeds.shape[0] > 1 else None,
+            copy_rate=_restricted_percent(_matrix(by_name[name], split, shots, copy_flags), common),
+            majority_vote=_restricted_percent(_matrix(by_name[name], split, shots, vote_accuracy), common),
+        )
+    mark_column(col, vectors, alpha, n_resamples, seed)
+    return col
+
+
+def mark_column(col: Column, vectors: dict[str, np.ndarray], alpha: float, n_resamples: int, seed: int) -> None:
+    """The best entry (highest accuracy; the first on an exact tie), its paired test against every other, Holm."""
+    if len(col.entries) < 2:
+        return
+    best = max(col.entries, key=lambda k: col.entries[k].accuracy)  # max keeps the first of equals
+    col.best = best
+    others = [k for k in col.entries if k != best]
+    ps = [paired_permutation_pvalue(vectors[best], vectors[k], n_permutations=n_resamples, seed=seed) for k in others]
+    for k, p, adj in zip(others, ps, holm(ps)):
+        col.entries[k].p, col.entries[k].p_holm = p, adj
+    for k, mark in marks(best, dict(zip(others, holm(ps))), alpha).items():
+        col.entries[k].mark = mark
+
+
+def marks(best: str, p_holm: dict[str, float], alpha: float = ALPHA) -> dict[str, str]:
+    """What each plan of a column is marked, from the best plan and the others' Holm-corrected p-values against it.
+
+    Every adjusted p below alpha: {best: "best"}. Otherwise the best and every plan whose adjusted p is not
+    below alpha (not significantly worse than the best): "tied".
+    """
+    tied = [k for k, p in p_holm.items() if not p < alpha]
+    if not tied:
+        return {best: "best"}
+    return {best: "tied", **{k: "tied" for k in tied}}
+
+
+def mean_shots(plans: list[PlanRuns], split: str) -> list[int]:
+    """The shot counts of the mean column: those >= 1 that every plan with demonstrations was evaluated at."""
+    sets = [{s for r in pr.evaluated_runs for s in r.shots(split) if s >= 1} for pr in plans]
+    sets = [s for s in sets if s]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def shots_label(shots: list[int]) -> str:
+    """[1, 2, 3, 4] -> "1-4"; [1, 2, 4] -> "1,2,4"."""
+    if len(shots) > 2 and shots == list(range(shots[0], shots[-1] + 1)):
+        return f"{shots[0]}-{shots[-1]}"
+    return ",".join(map(str, shots))
+
+
+def build_leaderboard(
+    plans: list[PlanRuns],
+    split: str = "val",
+    *,
+    alpha: float = ALPHA,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    metric: str | None = None,
+    notes: list[str] | None = None,
+) -> Leaderboard:
+    """The leaderboard of `plans` (evaluated on `split`): a column per shot count and one for their mean."""
+    shots = sorted({s for pr in plans for r in pr.evaluated_runs for s in r.shots(split)})
+    columns = [build_column(plans, split, str(s), [s], alpha, n_resamples, seed) for s in shots]
+    notes = list(notes or [])
+    avg = mean_shots(plans, split)
+    if len(avg) > 1:
+        columns.append(build_column(plans, split, MEAN, avg, alpha, n_resamples, seed))
+    elif len(shots) > 1:
+        notes.append("no mean column: the plans share fewer than two shot counts with demonstrations")
+    notes += [c.note for c in columns if c.note]
+    rows = []
+    for pr in plans:
+        row = Row(pr.name, pr.spec_hash, pr.overrides, len(pr.evaluated_runs))
+        for run in pr.evaluated_runs:
+            for qr in ((run.results or {}).get(split) or {}).values():
+                row.failed += qr.n_failed
+                row.answered += qr.n
+        rows.append(row)
+    lacking = [pr.name for pr in plans if any(lacks_texts(r, split) for r in pr.evaluated_runs)]
+    if lacking:
+        notes.append(
+            f"no copy rate or majority vote for {', '.join(lacking)}: their rows predate the demonstrations' answers; "
+            "`lever evaluate PLAN` once re-scores the stored outputs into rows that hold them (no VLM)"
+        )
+    n_q = max((c.n_questions for c in columns), default=0)
+    seeds = any(r.n_seeds > 1 for r in rows)
+    return Leaderboard(split, rows, columns, alpha, metric, notes, footnote(split, n_q, alpha, metric, seeds))
+
+
+def footnote(split: str, n_questions: int, alpha: float, metric: str | None, seeds: bool = False) -> str:
+    size = f"{n_questions} questions, " if n_questions else ""
+    scored = f"re-scored with metric {metric}; " if metric else ""
+    return (
+        f"VQA accuracy (%) on {split}, {size}{scored}[95% bootstrap interval over questions]; "
+        f"* = best: above every other plan in a paired sign-flip test over the same questions, Holm-corrected, "
+        f"alpha = {alpha:g}; ~ = tied for best: not significantly below the best after Holm (no plan is "
+        "significantly best)" + ("; ± = std over seeds." if seeds else ".")
+    )
+
+
+# ---------------------------------------------------------------- rendering
+
+FORMATS = ("json", "markdown", "csv", "latex")
+COPY_NOTE = (
+    "copy = % of answers equal (VQA-normalised) to one of the chosen demonstrations' answers; vote = VQA accuracy (%) "
+    "of a model-free majority vote over those answers (ties: the one shown first). An accuracy near the vote with a "
+    "high copy rate means the selector's gain is the demonstrations' answers, not the model's use of them."
+)
+
+
+def _header(col: Column) -> str:
+    return f"mean {shots_label(col.shots)}" if col.label == MEAN else col.label
+
+
+def _cell(e: Entry | None, style: str = "plain") -> str:
+    """`58.10 [54.6, 61.5]` with the column's mark: plain `*` best, `~` tied; markdown bold / italic; latex bold /
+    underlined."""
+    if e is None:
+        return "—" if style != "latex" else "--"
+    acc = f"{e.accuracy:.2f}" + (f"±{e.std:.2f}" if e.std is not None else "")
+    interval = f"[{e.lo:.1f}, {e.hi:.1f}]"
+    if style == "latex":
+        acc = acc.replace("±", r" $\pm$ ")
+        acc = {"best": f"\\textbf{{{acc}}}", "tied": f"\\underline{{{acc}}}"}.get(e.mark, acc)
+        return f"{acc} {{\\scriptsize {interval}}}"
+    if style == "markdown":  # no `~` mark here: GitHub reads a pair of single tildes as strikethrough
+        return {"best": f"**{acc}**", "tied": f"_{acc}_"}.get(e.mark, acc) + f" {interval}"
+    return acc + {"best": "*", "tied": "~"}.get(e.mark, "") + f" {interval}"
+
+
+def table(lb: Leaderboard, style: str = "plain") -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the accuracy table."""
+    headers = ["plan"] + [_header(c) for c in lb.columns]
+    return headers, [[r.name] + [_cell(c.entries.get(r.name), style) for c in lb.columns] for r in lb.plans]
+
+
+def copy_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]] | None:
+    """Headers and rows of copy rate / majority vote per plan and column; None when no plan has them."""
+    if all(e.copy_rate is None for c in lb.columns for e in c.entries.values()):
+        return None
+
+    def cell(e: Entry | None) -> str:
+        if e is None or (e.copy_rate is None and e.majority_vote is None):
+            return "—"
+        return " / ".join("—" if x is None else f"{x:.1f}" for x in (e.copy_rate, e.majority_vote))
+
+    headers = ["plan"] + [f"{_header(c)} copy / vote" for c in lb.columns]
+    return headers, [[r.name] + [cell(c.entries.get(r.name)) for c in lb.columns] for r in lb.plans]
+
+
+def _runs_line(lb: Leaderboard) -> str:
+    parts = [f"{r.name}@{r.spec_hash}" + ("*" if r.overrides else "") + (f" ({r.n_seeds} seeds)" if r.n_seeds > 1 else "")
+             for r in lb.plans]  # fmt: skip
+    lines = ["Runs: " + ", ".join(parts)]
+    lines += [f"* {r.name}: overrides {' '.join(r.overrides)}" for r in lb.plans if r.overrides]
+    failed = [f"{r.name} {r.failed} of {r.answered}" for r in lb.plans if r.failed]
+    if failed:
+        lines.append("Failed answers, scored 0: " + ", ".join(failed))
+    return "\n".join(lines)
+
+
+def title(lb: Leaderboard) -> str:
+    return f"Leaderboard: accuracy (%) on {lb.split} by shot count"
+
+
+def render_plain(lb: Leaderboard) -> str:
+    parts = [title(lb), plain_grid(*table(lb)), lb.footnote]
+    copying = copy_table(lb)
+    if copying:
+        parts += ["", f"Beyond copying (%) on {lb.split}", plain_grid(*copying), COPY_NOTE]
+    parts += ["", _runs_line(lb), *(f"note: {n}" for n in lb.notes)]
+    return "\n".join(parts) + "\n"
+
+
+def to_markdown(lb: Leaderboard) -> str:
+    note = lb.footnote.replace("* = best", "bold = best").replace("~ = tied", "italic = tied")
+    parts = [f"### {title(lb)}", "", _md_table(*table(lb, "markdown"), numeric=True), "", f"_{note}_"]
+    copying = copy_table(lb)
+    if copying:
+        parts += ["", f"### Beyond copying (%) on {lb.split}", "", _md_table(*copying, numeric=True), "", f"_{COPY_NOTE}_"]
+    parts += ["", _runs_line(lb), *(f"\nNote: {n}" for n in lb.notes)]
+    return "\n".join(parts) + "\n"
+
+
+def to_latex(lb: Leaderboard) -> str:
+    """A booktabs tabular of the accuracy table: bold = best (Holm), underlined = tied for best."""
+    headers, rows = table(lb, "latex")
+    lines = [
+        f"% {latex_escape(lb.footnote)}",
+        "% bold = best (above every other plan, paired sign-flip test, Holm); underlined = tied for best",
+        *(f"% note: {latex_escape(n)}" for n in lb.notes),
+        f"\\begin{{tabular}}{{l{'r' * len(lb.columns)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in headers) + r" \\",
+        r"\midrule",
+        *(" & ".join([latex_escape(r[0]), *r[1:]]) + r" \\" for r in rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = [
+    "split", "plan", "spec_hash", "column", "shots", "accuracy", "ci_lo", "ci_hi", "std", "n_seeds", "n_questions",
+    "p_vs_best", "p_holm", "mark", "copy_rate", "majority_vote",
+]  # fmt: skip
+
+
+def to_csv(lb: Leaderboard) -> str:
+    """Long format: one line per (plan, column) with an entry."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in lb.plans:
+        for c in lb.columns:
+            e = c.entries.get(r.name)
+            if e is None:
+                continue
+            line = _clean(
+                {
+                    "split": lb.split, "plan": r.name, "spec_hash": r.spec_hash, "column": c.label,
+                    "shots": " ".join(map(str, c.shots)), "accuracy": e.accuracy, "ci_lo": e.lo, "ci_hi": e.hi,
+                    "std": e.std, "n_seeds": e.n_seeds, "n_questions": e.n_questions, "p_vs_best": e.p,
+                    "p_holm": e.p_holm, "mark": e.mark, "copy_rate": e.copy_rate, "majority_vote": e.majority_vote,
+                }
+            )  # fmt: skip
+            w.writerow({k: _csv_value(v) for k, v in line.items()})
+    return buf.getvalue()
+
+
+def to_json(lb: Leaderboard) -> str:
+    return json.dumps(_clean(asdict(lb)), indent=2, allow_nan=False) + "\n"
+
+
+def export(lb: Leaderboard, fmt: str) -> str:
+    """Render `lb` in one of FORMATS."""
+    return {"json": to_json, "markdown": to_markdown, "csv": to_csv, "latex": to_latex}[fmt](lb)
