@@ -118,7 +118,8 @@ def check_missing_images(ws: Workspace, spec: EvalSpec, log: Callable[[str], Non
     groups = {"train (demonstration candidates)": train}
     if "val" in spec.splits:
         groups["val"] = load_okvqa(
-            ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions
+            ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val",
+            None if spec.questions == "all" else spec.questions,
         )
     for name, items in groups.items():
         present = [it.image for it in items if it.image is not None and Path(it.image).is_file()]

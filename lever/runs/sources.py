@@ -79,6 +79,17 @@ def resolve_train_sources(ws: Workspace, candidates: str, features: str, log: Ca
     return TrainSources(cand, feat)
 
 
+def resolve_features(ws: Workspace, features: str, log: Callable[[str], None] = print) -> Path:
+    """Map the plan's data.features to a file, without the candidate data (a plan that trains nothing)."""
+    if not ws.is_bundled:
+        return _lookup("features", features, ws.features, ws)
+    if features == "main":
+        return Path(bench_paths(ws, log).features)
+    if is_input_file(Path(features), "features file"):
+        return Path(features)
+    raise LeverError(f"data.features = '{features}': the bundled benchmark provides 'main'")
+
+
 def load_features(path: Path) -> torch.Tensor:
     """One float tensor [N_train, d] saved with torch.save (tensors only are unpickled)."""
     if not is_input_file(path, "features file"):
