@@ -113,7 +113,11 @@ def test_selector_settings_are_validated_and_the_default_keeps_every_hash(plans_
     plan = Plan.model_validate({"selector": {"kind": "similar"}, "rce": {"epochs": 0}})  # nothing to train, no error
     assert plan.stages() == []
     zero = load_plan(PLANS / "baselines" / "zero_shot.toml")
-    assert zero.plan.eval.shots == [0] and zero.recipe()["selector"] == {"kind": "zero-shot", "features": "both", "order": "most-similar-last"}
+    assert zero.plan.eval.shots == [0] and zero.recipe()["selector"] == {
+        "kind": "zero-shot",
+        "features": "both",
+        "order": "most-similar-last",
+    }
 
 
 def test_a_selector_record_verifies_itself(tmp_path):

@@ -304,7 +304,9 @@ def _okvqa_views(ws: Workspace, part: str, train_items: list[Item], train_feats:
     clip_dir = ws.path(ws.models.clip)
 
     def view(name: str, items: list[Item]) -> Tensor:
-        return cached_clip_features(items, clip_dir, ws.cache_dir / "clip" / f"{name}-{part}-{len(items)}.pt", device=device, part=part)
+        return cached_clip_features(
+            items, clip_dir, ws.cache_dir / "clip" / f"{name}-{part}-{len(items)}.pt", device=device, part=part
+        )
 
     train = view("train", train_items)
     return train, {name: train[: len(sp.items)] if name == "train" else view(name, sp.items) for name, sp in splits.items()}
