@@ -149,7 +149,8 @@ def test_a_baseline_plan_runs_end_to_end_through_the_cli(lever, ws):
     # the run is listed and compared like a trained one; its record is checked against its spec
     listed = run_cli(lever, "runs")
     assert listed.code == 0 and "baselines/similar_both" in listed.out
-    table = run_cli(lever, "compare", "baselines/similar_both", "--baseline", "baselines/similar_both", *quick)
+    named = f"baselines/similar_both@{run_dir.parent.name}"  # the run made with overrides
+    table = run_cli(lever, "compare", named, "--baseline", named)
     assert table.code == 0, table.text
     again = run_cli(lever, "run", PLANS / "baselines" / "similar_both.toml", *quick, "--no-baseline")
     assert again.code == 0 and "already trained" in again.text and "evaluation cached" in again.text

@@ -438,7 +438,8 @@ class SelectorSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SelectorSpec:
-        extra = sorted({"features", "order"} & self.model_fields_set)
+        defaults = type(self).model_fields
+        extra = [k for k in ("features", "order") if getattr(self, k) != defaults[k].default]
         if self.kind != "similar" and extra:
             raise ValueError(f"{', '.join(extra)} only apply to kind = 'similar' (kind is '{self.kind}')")
         return self
