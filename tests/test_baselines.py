@@ -154,6 +154,11 @@ def test_a_baseline_plan_runs_end_to_end_through_the_cli(lever, ws):
     assert table.code == 0, table.text
     again = run_cli(lever, "run", PLANS / "baselines" / "similar_both.toml", *quick, "--no-baseline")
     assert again.code == 0 and "already trained" in again.text and "evaluation cached" in again.text
+    plan = [PLANS / "baselines" / "similar_both.toml", *quick]
+    no_epochs = run_cli(lever, "evaluate", *plan, "--epoch", "1")
+    assert no_epochs.code == 2 and "trains nothing" in no_epochs.text
+    no_weights = run_cli(lever, "export", *plan, "--format", "lever-plus-v3", "-o", ws / "x.pt")
+    assert no_weights.code == 2 and "no checkpoint" in no_weights.text
     (run_dir / "selected.json").write_text(json.dumps({**selected, "key": selector_key({"kind": "random"})}))
     broken = run_cli(lever, "runs")
     assert "does not name the selector" in broken.text
