@@ -191,7 +191,7 @@ def test_clip_cache_does_not_count_a_missing_image(tmp_path):
     (tmp_path / "clip" / "config.json").write_text("{}")
     calls = []
 
-    def features(items_, model, batch_size=64, device="cpu"):
+    def features(items_, model, batch_size=64, device="cpu", part="both"):
         calls.append(1)
         return clip_features(items_, pair)
 
