@@ -99,7 +99,7 @@ def test_each_selector_picks_from_the_pool_by_its_rule():
 
 def test_selector_settings_are_validated_and_the_default_keeps_every_hash(plans_dir):
     assert load_plan(plans_dir / "plan5.toml").hash == load_plan(plans_dir / "plan5.toml", ["selector.kind=learned"]).hash
-    with pytest.raises(ValueError, match="only apply to kind = 'similar'"):
+    with pytest.raises(ValueError, match="order applies to kind = 'similar' only"):
         SelectorSpec(kind="random", order="most-similar-first")
     with pytest.raises(ValueError, match="set eval.shots = \\[0\\]"):
         Plan.model_validate({"selector": {"kind": "zero-shot"}})

@@ -441,7 +441,8 @@ class SelectorSpec(Strict):
         defaults = type(self).model_fields
         extra = [k for k in ("features", "order") if getattr(self, k) != defaults[k].default]
         if self.kind != "similar" and extra:
-            raise ValueError(f"{', '.join(extra)} only apply to kind = 'similar' (kind is '{self.kind}')")
+            verb = "applies" if len(extra) == 1 else "apply"
+            raise ValueError(f"{' and '.join(extra)} {verb} to kind = 'similar' only (kind is '{self.kind}')")
         return self
 
     @property
