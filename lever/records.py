@@ -4,6 +4,7 @@
     StageSelection  _stages/<stage>/selected.json a finished stage's chosen epoch (its presence = the stage is done)
     StageEntry      <run>/stages.json (a list)    each stage of a run: its folder and its selection
                     <run>/selected.json           the run's selection: the final stage's entry
+    SelectorChoice  <run>/selected.json           a run that trains nothing: the baseline selector it evaluates
     EvalPointer     <run>/eval/selected.json      which evaluation is the selected checkpoint's
 
 Every path a record stores is relative to the runs folder (`StageEntry.dir`, `StageEntry.checkpoint`);
@@ -23,10 +24,12 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from lever.errors import DamagedState
+from lever.keys import content_key
 
 VERSION = 2  # 2: checkpoint digests in every record that names a checkpoint; paths relative to the runs folder
 STATES = ("running", "trained", "done", "failed", "interrupted")
 EVAL_KEY = re.compile(r"^[0-9a-f]{12}$")  # an evaluation folder's name: a content key, never a path
+BASELINE_SELECTORS = ("zero-shot", "random", "similar")  # selector.kind of the plans that train nothing
 
 R = TypeVar("R")
 
@@ -96,6 +99,45 @@ class StageEntry:
                 raise DamagedState(f"{where}: path {name!r} is not relative to the runs folder", hint=fix)
         if not self.checkpoint.startswith(self.dir + "/"):
             raise DamagedState(f"{where}: checkpoint {self.checkpoint} is not in its stage folder {self.dir}", hint=fix)
+
+
+@dataclass
+class SelectorChoice:
+    """A run that trains nothing: the baseline selector that picks its demonstrations (the run's selected.json).
+
+    `key` names the selector's settings (`selector_key`); its evaluations record it where a trained run's record
+    the checkpoint's SHA-256, and `RunDir.selected` checks it against the run's spec.json. Tables read the same
+    attributes as of a StageEntry: `stage` is the selector, `epoch` and `value` are None."""
+
+    selector: str  # one of BASELINE_SELECTORS
+    key: str  # selector_key(the spec's `selector` table)
+    reason: str  # the selector in words: "similar by image, most similar last"
+    version: int = VERSION
+
+    kind = "selector"
+    epoch = None
+    value = None
+    metric = None
+
+    @property
+    def stage(self) -> str:
+        return self.selector
+
+    @property
+    def sha256(self) -> str:
+        """What an evaluation of this run records as its selector's identity (a trained run's: the checkpoint's digest)."""
+        return self.key
+
+    def check(self, where: Path, fix: str) -> None:
+        if self.selector not in BASELINE_SELECTORS:
+            raise DamagedState(f"{where}: selector {self.selector!r} is not one of {', '.join(BASELINE_SELECTORS)}", hint=fix)
+        if not re.match(r"^[0-9a-f]{16}$", self.key):
+            raise DamagedState(f"{where}: {self.key!r} is not a selector key (16 hex digits)", hint=fix)
+
+
+def selector_key(settings: dict[str, Any]) -> str:
+    """The content key of a baseline selector's settings (the `selector` table of a resolved spec)."""
+    return content_key({"selector": settings}, length=16)
 
 
 @dataclass

@@ -199,6 +199,8 @@ def report(
         ]
         if rows:
             _show(f"seed-{run.seed} ({run.state})", ["metric", "stage", "curve", "first", "last", "min", "max"], rows)
+        elif run.selected is not None and run.selected.epoch is None:  # a baseline selector trains nothing
+            typer.echo(f"seed-{run.seed} ({run.state}): selector {run.selected.stage} trains nothing, so no curves")
         else:
             typer.echo(f"seed-{run.seed} ({run.state}): no metrics.jsonl yet")
     trows = [
@@ -206,7 +208,7 @@ def report(
             t.plan,
             str(t.seed),
             t.state,
-            f"{t.stage} {t.epoch}" if t.stage else "—",
+            (f"{t.stage} {t.epoch}" if t.epoch is not None else t.stage) if t.stage else "—",
             t.reason or "—",
             fmt_num(t.val_loss),
             fmt_num(t.ppo_loss),
@@ -260,7 +262,7 @@ def runs() -> None:
             rows.append([name, r.spec_hash[:12], str(r.seed), r.state, *blank, damage_summary(r), "—"])
             continue
         sel = r.selected
-        selected = f"{sel.stage} {sel.epoch}" if sel else "—"
+        selected = (f"{sel.stage} {sel.epoch}" if sel.epoch is not None else sel.stage) if sel else "—"  # baseline: no epoch
         accs = [_pct(r.accuracy("val", s)) for s in shots]
         flags = ", ".join(r.status.flags if r.status else []) or "—"
         mark = "*" if r.overrides else ""

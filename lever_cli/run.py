@@ -52,7 +52,8 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
     if not ranks().is_main:
         return
     ck = summary["checkpoint"]
-    console.print(f"[bold]{lp.name}[/] seed {seed}: {ck['stage']} epoch {ck['epoch']} ({ck['reason']})", highlight=False)
+    picked = f"selector {ck['selector']}" if "selector" in ck else f"{ck['stage']} epoch {ck['epoch']}"  # a baseline: no epoch
+    console.print(f"[bold]{lp.name}[/] seed {seed}: {picked} ({ck['reason']})", highlight=False)
     table = Table()
     splits = summary["splits"]
     table.add_column("shots")
@@ -122,7 +123,8 @@ def run(
                 progress=bar.update,
             )
         sel = outcome.selected
-        err_console.print(f"selected: {sel.stage} epoch {sel.epoch} ({sel.reason})  run: {outcome.run.path}", highlight=False)
+        picked = f"{sel.stage} epoch {sel.epoch}" if sel.epoch is not None else f"selector {sel.stage}"
+        err_console.print(f"selected: {picked} ({sel.reason})  run: {outcome.run.path}", highlight=False)
         if ev is not None:
             _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]

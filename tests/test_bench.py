@@ -153,6 +153,17 @@ def test_logit_matches_hand_computation() -> None:
     assert vlm.logit("val", torch.tensor([0]), torch.tensor([[1]])).item() == pytest.approx(-1.05)
 
 
+def test_logit_at_zero_and_beyond_four_shots_matches_hand_computation() -> None:
+    vlm = SimVLM(_tiny_state())
+    # No demonstrations: 0.25 - 0.5 + ZERO_SHOT_BIAS (-0.6) = -0.85 (no shot bias, no demonstration term)
+    assert vlm.logit("val", torch.tensor([0]), torch.zeros(1, 0, dtype=torch.long)).item() == pytest.approx(-0.85)
+    # Item 0 four times: value 3.0 at weights 1/8 + 1/4 + 1/2 + 1 = 1.875 -> 5.625; 6 pairs of cos 1, each
+    #   (1 - 0.5) / (1 - 0.5) = 1, times 2.0 = 12; shot bias -0.5 (the list's last): -0.25 - 0.5 + 2 * (5.625 - 12)
+    assert vlm.logit("val", torch.tensor([0]), torch.zeros(1, 4, dtype=torch.long)).item() == pytest.approx(-13.5)
+    # Five times: weights sum 1.9375 -> 5.8125; 10 pairs rescaled to 4 shots' 6 -> 6, times 2.0 = 12 (unscaled: 20)
+    assert vlm.logit("val", torch.tensor([0]), torch.zeros(1, 5, dtype=torch.long)).item() == pytest.approx(-13.125)
+
+
 def test_score_fields_follow_the_decision() -> None:
     vlm = SimVLM(_tiny_state())
     s = vlm.score("val", 0, [1, 0])

@@ -191,7 +191,7 @@ def test_clip_cache_does_not_count_a_missing_image(tmp_path):
     (tmp_path / "clip" / "config.json").write_text("{}")
     calls = []
 
-    def features(items_, model, batch_size=64, device="cpu"):
+    def features(items_, model, batch_size=64, device="cpu", part="both"):
         calls.append(1)
         return clip_features(items_, pair)
 
@@ -296,3 +296,25 @@ def test_a_generation_setting_reaches_generate_and_the_evaluation_key(lever, rea
         for e in evals
     }
     assert recorded == {0.5, 1.5}
+
+
+@pytest.mark.slow
+def test_the_real_path_runs_0_and_8_shots_for_a_trained_and_a_baseline_selector(lever, real_workspace):
+    ws, _ = real_workspace
+    common = [f"eval.questions={N_VAL}", "eval.shots=[0,8]", f"eval.pool_size={POOL}", "eval.batch_size=4"]
+    common += ["eval.num_beams=1", "eval.max_new_tokens=3", "eval.max_failed=0.2"]  # val question 3 has no image
+    trained = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16", *common]
+    res = lever("--workspace", ws, "run", *trained)
+    assert res.code == 0, res.text
+    # similar by the image embedding alone: CLIP's image features, computed and cached beside the item features
+    res = lever("--workspace", ws, "run", ROOT / "plans" / "baselines" / "similar_image.toml", *common, "--no-baseline")
+    assert res.code == 0, res.text
+    assert any((ws.parent / "cache" / "clip").glob("train-image-*.pt"))
+    rows = {}
+    for plan in ("baseline", "baselines/similar_image"):
+        (summary,) = (ws.parent / "runs" / plan).glob("*/seed-0/eval/*/summary.json")
+        rows[plan] = [json.loads(line) for line in (summary.parent / "results.jsonl").read_text().splitlines()]
+        assert len(rows[plan]) == 2 * N_VAL
+        assert all(len(r["demo_ids"]) == r["shots"] for r in rows[plan])  # 8 shots: beyond the trained 2
+    zero = [{r["question_id"]: r["raw_output"] for r in rows[p] if r["shots"] == 0} for p in rows]
+    assert zero[0] == zero[1]  # no demonstrations: the same prompt, the same answer, whatever the selector

@@ -6,8 +6,12 @@ so the simple exact-match VQA accuracy below agrees with the official normalisin
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
 
 # answer type -> (answer vocabulary, question templates)
 ANSWER_TYPES: dict[str, tuple[list[str], list[str]]] = {
@@ -120,3 +124,18 @@ def _dice(a: str, b: str) -> float:
 def _bigrams(s: str) -> frozenset[str]:
     s = f" {s} "
     return frozenset(s[i : i + 2] for i in range(len(s) - 1))
+
+
+def question_embedding(questions: Sequence[str], dim: int) -> torch.Tensor:
+    """A model-free text embedding of each question, [n, dim]: the normalised sum of one fixed random unit vector
+    per lower-cased word (seeded by the word), so questions sharing words lie closer. The world has no text
+    encoder; this stands in for CLIP's question embedding (`selector.features = "question"`)."""
+    vecs: dict[str, torch.Tensor] = {}
+    out = torch.zeros(len(questions), dim)
+    for i, text in enumerate(questions):
+        for word in text.lower().replace("?", " ").split():
+            if word not in vecs:
+                g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
+                vecs[word] = F.normalize(torch.randn(dim, generator=g), dim=0)
+            out[i] += vecs[word]
+    return F.normalize(out, dim=-1)

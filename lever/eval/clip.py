@@ -2,7 +2,8 @@
 
 emb(item) = normalise( (normalise(image_emb) + normalise(question_emb)) / 2 ),  d = projection dim
 (512 for ViT-B/32). An item without an image, or whose image file cannot be read
-(a warning says so), gets its normalised question embedding alone.
+(a warning says so), gets its normalised question embedding alone. `part` = "image" or
+"question" gives one of the two embeddings alone (what a `similar` selector may rank by).
 """
 
 from __future__ import annotations
@@ -76,7 +77,12 @@ def _try_image(item: Item, unreadable: list[Item] | None = None) -> Any | None:
 
 @torch.no_grad()
 def clip_features(
-    items: list[Item], model: ModelSpec, batch_size: int = 64, device: str = "cpu", unreadable: list[Item] | None = None
+    items: list[Item],
+    model: ModelSpec,
+    batch_size: int = 64,
+    device: str = "cpu",
+    unreadable: list[Item] | None = None,
+    part: str = "both",
 ) -> torch.Tensor:
     """CLIP embedding of each item, [N, d], rows in the order of `items`.
 
@@ -92,12 +98,12 @@ def clip_features(
             _pooled(clip.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])), dim=-1
         )  # [b, d]
         emb = txt.clone()
-        images = [_try_image(it, unreadable) for it in chunk]
+        images = [_try_image(it, unreadable) for it in chunk] if part != "question" else []
         has = [j for j, im in enumerate(images) if im is not None]
         if has:
             pix = processor(images=[images[j] for j in has], return_tensors="pt")["pixel_values"].to(device)
             img = F.normalize(_pooled(clip.get_image_features(pixel_values=pix)), dim=-1)  # [b_img, d]
-            emb[has] = (img + txt[has]) / 2
+            emb[has] = img if part == "image" else (img + txt[has]) / 2
         rows.append(F.normalize(emb, dim=-1).float().cpu())
     if not rows:
         return torch.zeros(0, clip.config.projection_dim)
@@ -115,15 +121,21 @@ def _image_stamp(image: str | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def cache_key(items: list[Item], model_dir: str | Path) -> str:
-    """Hash of the model folder's files and, per item, (question_id, image_id, the image file's size and mtime)."""
+def cache_key(items: list[Item], model_dir: str | Path, part: str = "both") -> str:
+    """Hash of the model folder's files and, per item, (question_id, image_id, the image file's size and mtime);
+    and the part, when it is not both embeddings."""
     ids = [[it.question_id, it.image_id, _image_stamp(it.image)] for it in items]
     model = model_fingerprint(Path(model_dir)) if Path(model_dir).is_dir() else str(model_dir)
-    return content_key({"model": model, "items": ids}, length=64)
+    return content_key({"model": model, "items": ids, **({"part": part} if part != "both" else {})}, length=64)
 
 
 def cached_clip_features(
-    items: list[Item], model_dir: str | Path, cache_path: str | Path, batch_size: int = 64, device: str = "cpu"
+    items: list[Item],
+    model_dir: str | Path,
+    cache_path: str | Path,
+    batch_size: int = 64,
+    device: str = "cpu",
+    part: str = "both",
 ) -> torch.Tensor:
     """clip_features, computed once: reused while the cache's key matches, else recomputed and rewritten.
 
@@ -131,7 +143,7 @@ def cached_clip_features(
     file then moved into place (lever.io.atomic_write), so a crash never leaves half a file.
     """
     cache_path = Path(cache_path)
-    key = cache_key(items, model_dir)
+    key = cache_key(items, model_dir, part)
     if cache_path.is_file():
         try:
             cached = torch.load(cache_path, map_location="cpu", weights_only=True)
@@ -139,7 +151,7 @@ def cached_clip_features(
                 return cached["features"]
         except Exception as e:  # unreadable cache: recompute rather than fail
             warnings.warn(f"feature cache {cache_path} unreadable ({e}); recomputing", stacklevel=2)
-    feats = clip_features(items, model_dir, batch_size=batch_size, device=device)
+    feats = clip_features(items, model_dir, batch_size=batch_size, device=device, part=part)
     atomic_write(cache_path, lambda tmp: torch.save({"key": key, "model": str(model_dir), "features": feats}, tmp))
     return feats
 

@@ -33,18 +33,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from lever.errors import DamagedState, LeverError
 from lever.io import read_jsonl
 from lever.keys import content_key
 from lever.model import SelectorBase
 from lever.runs.layout import EvalDir
-from lever.spec.schema import EvalSpec
+from lever.spec.schema import EvalSpec, SelectorSpec
 
 from .backend import Request, demo_answer
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
-from .select import random_pools, select_demos, similar_pools
-from .sources import EvalWorld
+from .select import fixed_pools, prompt_order, random_picks, random_pools, select_demos, similar_picks, similar_pools
+from .sources import EvalSplit, EvalWorld
 from .vqa import vqa_accuracy
 
 Progress = Callable[[int, int], None]  # (done, total) questions answered
@@ -86,21 +89,70 @@ def scored_row(row: dict[str, Any], answers: list[str], metric: str) -> dict[str
     return {**row, "answer": answer, "answers": list(answers), "accuracy": accuracy}
 
 
+def pools_for(split: EvalSplit, world: EvalWorld, spec: EvalSpec, seed: int, features: str | None = None) -> Tensor:
+    """The candidate pool of each question of `split` (`eval.pool`): [M, K] global train rows. A `similar` pool is
+    the nearest by the `features` a similar selector ranks by (None: the item features the learned selector reads)."""
+    if spec.pool == "fixed":
+        return fixed_pools(len(split.items), len(world.train_items), spec.pool_size, seed, split.self_rows)
+    if spec.pool == "random":
+        ids = [it.question_id for it in split.items]
+        return random_pools(ids, len(world.train_items), spec.pool_size, seed, split.self_rows)
+    if features is None:
+        return similar_pools(split.features, world.train_features, spec.pool_size, split.self_rows)
+    train, queries = world.features(features)
+    return similar_pools(queries[split.name], train, spec.pool_size, split.self_rows)
+
+
+def choose_demos(
+    model: SelectorBase | None, world: EvalWorld, spec: EvalSpec, seed: int, selector: SelectorSpec | None = None
+) -> dict[str, Tensor]:
+    """Per split, every question's demonstrations for the largest shot count, ranked: [M, max shots] global train
+    rows (`demos_at` puts the first s of them in prompt order). The trained `model` decodes greedily over each pool;
+    a baseline selector (`selector.kind`) picks without training: none, random (seeded per question) or the most
+    similar."""
+    sel = selector or SelectorSpec()
+    steps = max(spec.shots)
+    features = sel.features if sel.kind == "similar" else None
+    out: dict[str, Tensor] = {}
+    for name, split in world.splits.items():
+        if steps == 0 or sel.kind == "zero-shot":
+            out[name] = torch.zeros(len(split.items), 0, dtype=torch.long)
+            continue
+        pools = pools_for(split, world, spec, seed, features)  # [M, K]
+        if sel.kind == "random":
+            out[name] = random_picks([it.question_id for it in split.items], pools, steps, seed)
+        elif sel.kind == "similar":
+            train, queries = world.features(sel.features)
+            out[name] = similar_picks(queries[name], train, pools, steps)
+        else:
+            assert model is not None, "a learned selector needs its model"
+            out[name] = select_demos(model, split.features, world.train_features, pools, steps)
+    return out
+
+
+def demos_at(ranked: Tensor, shots: int, selector: SelectorSpec | None = None) -> Tensor:
+    """The s-shot demonstrations [M, s] of ranked picks, in prompt order (a `similar` selector's `order`)."""
+    sel = selector or SelectorSpec()
+    return prompt_order(ranked, shots, sel.order if sel.kind == "similar" else "most-similar-first")
+
+
 def score(
-    model: SelectorBase,
+    model: SelectorBase | None,
     ev: EvalDir,
     world: EvalWorld,
     spec: EvalSpec,
     seed: int,
     checkpoint: dict[str, Any],
     *,
+    selector: SelectorSpec | None = None,
     device: str = "auto",
     log: Callable[[str], None] = print,
     progress: Progress | None = None,
     generation: str | None = None,
 ) -> dict[str, Any]:
-    """Let `model` pick demonstrations for every question and shot count of `world`, ask the backend, and write
-    results.jsonl and summary.json into `ev` (resuming from its partial answers); returns the summary.
+    """Let `model` (or a baseline `selector`, without a model) pick demonstrations for every question and shot count
+    of `world`, ask the backend, and write results.jsonl and summary.json into `ev` (resuming from its partial
+    answers); returns the summary.
 
     `checkpoint` is what the summary records of the weights (stage, epoch, reason, file, sha256), `generation`
     the generation key it records (what a later evaluation under another metric finds it by)."""
@@ -110,17 +162,12 @@ def score(
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     todo: list[Request] = []  # every request, in a fixed order: position p goes to rank p % world
+    ranked = choose_demos(model, world, spec, seed, selector)  # split -> [M, max shots]
     for split in world.splits.values():
-        if spec.pool == "similar":
-            pools = similar_pools(split.features, world.train_features, spec.pool_size, split.self_rows)
-        else:
-            pools = random_pools(
-                [it.question_id for it in split.items], len(world.train_items), spec.pool_size, seed, split.self_rows
-            )
-        picks = select_demos(model, split.features, world.train_features, pools, max(spec.shots))  # [M, max shots]
         for shots in spec.shots:
+            demos = demos_at(ranked[split.name], shots, selector)  # [M, shots] in prompt order
             for i, item in enumerate(split.items):
-                todo.append(Request(split.name, item, [world.train_items[j] for j in picks[i, :shots].tolist()]))
+                todo.append(Request(split.name, item, [world.train_items[j] for j in demos[i].tolist()]))
     # Answers already given by an interrupted evaluation (any rank, any world size) are kept; failed ones
     # (a missing image, say) are asked again, so fixing the files and re-running finishes the evaluation.
     done = {pos: row for pos, row in read_partials(ev).items() if not row.get("failed")}

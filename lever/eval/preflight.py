@@ -127,9 +127,8 @@ def check_missing_images(
     train = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
     groups = {"train (demonstration candidates)": train}
     if "val" in spec.splits:
-        groups["val"] = load_okvqa(
-            ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions
-        )
+        limit = None if spec.questions == "all" else spec.questions
+        groups["val"] = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", limit)
     for name, items in groups.items():
         present = [it.image for it in items if it.image is not None and Path(it.image).is_file()]
         missing = [it.image for it in items if it.image is not None and not Path(it.image).is_file()]

@@ -1,8 +1,13 @@
-"""Demonstration selection at inference: a pool of K train items per question, then greedy decoding.
+"""Demonstration selection at inference: a pool of K train items per question, then a selector's picks.
 
-Each eval question gets its *own* pool (the original used one fixed pool for every
-question, which capped shots 3-4): the K train items nearest to it by feature
-cosine similarity, or a seeded random draw. A train-split question never sees itself.
+By default each eval question gets its *own* pool (`eval.pool`): the K train items nearest to it
+by feature cosine similarity, or a seeded random draw. `fixed` is the original's pool: one seeded
+draw of K train items for every question (which capped its shots at 3-4). A train-split question
+never sees itself.
+
+The selectors (`selector.kind`): the trained pointer network decodes greedily (`select_demos`);
+the baselines train nothing: `random_picks` (seeded per question) and `similar_picks` (RICES: the
+pool's most similar items), arranged in the prompt by `prompt_order`; zero-shot picks none.
 """
 
 from __future__ import annotations
@@ -62,3 +67,47 @@ def select_demos(model: SelectorBase, queries: Tensor, train: Tensor, pools: Ten
         local = model.decode(enc, steps, greedy=True)  # [B, steps]
         out.append(pool.gather(1, local).cpu())
     return torch.cat(out)
+
+
+def fixed_pools(n_questions: int, n_train: int, k: int, seed: int, exclude: Tensor | None = None) -> Tensor:
+    """The original's evaluation pool: one seeded random draw of k train rows, the same for every question: [M, k].
+
+    A train-split question whose own row (`exclude`) is in the draw gets the draw's next row in its place, so it
+    never sees itself; every other question has exactly the one pool."""
+    g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:fixed".encode()))
+    draw = torch.randperm(n_train, generator=g)[: k + 1]  # [k + 1]: the pool, then the stand-in
+    pools = draw[:k].expand(n_questions, k).clone()  # [M, k]
+    if exclude is not None:
+        hit = pools == exclude[:, None]  # [M, k]
+        pools[hit] = draw[k]
+    return pools
+
+
+def random_picks(question_ids: list[int], pools: Tensor, steps: int, seed: int) -> Tensor:
+    """`steps` distinct items of each question's pool in a random order, seeded by (seed, question id): [M, steps].
+
+    The draw depends on the question alone, so a question gets the same picks in any order, chunk or run;
+    the s-shot demonstrations are the first s."""
+    rows = []
+    for i, qid in enumerate(question_ids):
+        g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:pick:{qid}".encode()))
+        rows.append(pools[i, torch.randperm(pools.shape[1], generator=g)[:steps]])
+    return torch.stack(rows) if rows else torch.zeros(0, steps, dtype=torch.long)
+
+
+def similar_picks(queries: Tensor, train: Tensor, pools: Tensor, steps: int) -> Tensor:
+    """The `steps` items of each question's pool most similar to it by cosine, most similar first: [M, steps].
+
+    queries [M, d], train [N, d], pools [M, K] global train rows. Ties go to the earlier pool position."""
+    q = F.normalize(queries.float(), dim=-1)  # [M, d]
+    cand = F.normalize(train.float(), dim=-1)[pools]  # [M, K, d]
+    sim = torch.einsum("md,mkd->mk", q, cand)  # [M, K]
+    order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[:, :steps]  # [M, steps]
+    return pools.gather(1, order)
+
+
+def prompt_order(ranked: Tensor, shots: int, order: str = "most-similar-first") -> Tensor:
+    """The s-shot demonstrations of ranked picks [M, >= s] in prompt order: the first s, reversed for
+    `most-similar-last` (the best-ranked one next to the question)."""
+    demos = ranked[:, :shots]
+    return demos.flip(1) if order == "most-similar-last" else demos

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,17 @@ class EvalWorld:
     ]  # (device) -> backend  # built only when answers are needed (not for a cached evaluation)
     identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
     protocol: PromptProtocol  # the plan's prompt protocol and metric, resolved once
+    # (part) -> (train [N, d], {split: [M, d]}): the features a `similar` selector ranks by (selector.features)
+    views: Callable[[str], tuple[Tensor, dict[str, Tensor]]] | None = None
+    _views: dict[str, tuple[Tensor, dict[str, Tensor]]] = field(default_factory=dict, repr=False)
+
+    def features(self, part: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """Train and per-split features of `part` (selector.features: both, image or question), computed once."""
+        if part not in self._views:
+            if self.views is None:
+                raise LeverError(f"this evaluation world has no {part} features")
+            self._views[part] = self.views(part)
+        return self._views[part]
 
 
 class SimBackend:
@@ -149,10 +160,15 @@ def split_sizes(ws: Workspace, log: Callable[[str], None] = print, dataset: str 
     return {"train": question_count(ws.path(o.train_questions)), "val": question_count(ws.path(o.val_questions))}
 
 
+def question_count(spec: EvalSpec, size: int) -> int:
+    """How many questions of a split of `size` the evaluation asks: eval.questions, or all of them ('all')."""
+    return size if spec.questions == "all" else spec.questions
+
+
 def check_eval_counts(spec: EvalSpec, sizes: dict[str, int], where: str = "") -> None:
     """eval.questions must fit every split it evaluates, eval.pool_size the train items; `sizes` from split_sizes."""
     for split in spec.splits:
-        if spec.questions > sizes[split]:
+        if spec.questions != "all" and spec.questions > sizes[split]:
             raise LeverError(
                 f"{where}eval.questions = {spec.questions}, but the {split} split has {sizes[split]} questions",
                 hint=f"set eval.questions to at most {sizes[split]}",
@@ -196,10 +212,11 @@ def _bench_world(
     train_feats = loaded[1] if same else load_features(Path(paths.features))
     splits: dict[str, EvalSplit] = {}
     if "val" in spec.splits:
-        items, feats, _ = _first(_items(paths.items_val), load_features(Path(paths.val_features)), spec.questions)
+        val_items = _items(paths.items_val)
+        items, feats, _ = _first(val_items, load_features(Path(paths.val_features)), question_count(spec, len(val_items)))
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
     if "train" in spec.splits:
-        items, feats, rows = _first(train_items, train_feats, spec.questions)
+        items, feats, rows = _first(train_items, train_feats, question_count(spec, len(train_items)))
         splits["train"] = EvalSplit("train", items, feats, rows)
     return EvalWorld(
         train_items,
@@ -207,9 +224,35 @@ def _bench_world(
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
         # The simulated VLM reads no prompt: of the protocol, only the metric shapes its numbers.
-        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": protocol.metric},
+        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": protocol.metric}
+        | sim_behaviour(spec.shots),
         protocol,
+        lambda part: _bench_views(part, train_items, train_feats, splits),
     )
+
+
+def sim_behaviour(shots: list[int]) -> dict[str, int]:
+    """The simulated VLM's behaviour version, in the key of an evaluation that asks a shot count outside 1..4 (its
+    zero-shot and beyond-4 behaviour is `lever.bench.vlm.BEHAVIOUR`'s); evaluations at 1..4 keep their keys."""
+    from lever.bench.vlm import BEHAVIOUR
+
+    return {"vlm": BEHAVIOUR} if any(not 1 <= s <= 4 for s in shots) else {}
+
+
+def _bench_views(part: str, train_items: list[Item], train_feats: Tensor, splits: dict[str, EvalSplit]):
+    """The bundled benchmark's features by part: its item features stand for the image embedding (the world has
+    no images), a model-free embedding of the question text for the question's, and `both` is their normalised
+    mean, as CLIP's item features are (lever.eval.clip)."""
+    from lever.bench.text import question_embedding
+
+    def view(feats: Tensor, items: list[Item]) -> Tensor:
+        image = torch.nn.functional.normalize(feats.float(), dim=-1)
+        if part == "image":
+            return image
+        question = question_embedding([it.question for it in items], feats.shape[1])
+        return question if part == "question" else torch.nn.functional.normalize(image + question, dim=-1)
+
+    return view(train_feats, train_items), {name: view(sp.features, sp.items) for name, sp in splits.items()}
 
 
 def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
@@ -239,14 +282,15 @@ def _okvqa_world(
     train_feats = load_features(train_features_path) if train_features is None else train_features
     check_okvqa_rows(train_feats, train_features_path, len(train_items))
     splits: dict[str, EvalSplit] = {}
+    folder = ws.cache_dir / "clip" if dataset == DEFAULT_DATASET else ws.cache_dir / "clip" / dataset
     if "val" in spec.splits:
-        items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", spec.questions)
+        limit = None if spec.questions == "all" else spec.questions
+        items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", limit)
         clip_device = str(resolve_device("auto"))  # the GPU when there is one: embedding 800 images is real work
-        folder = ws.cache_dir / "clip" if dataset == DEFAULT_DATASET else ws.cache_dir / "clip" / dataset
         feats = cached_clip_features(items, ws.path(ws.models.clip), folder / f"val-{len(items)}.pt", device=clip_device)
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
     if "train" in spec.splits:
-        n = spec.questions  # check_eval_counts: at most the train questions
+        n = question_count(spec, len(train_items))  # check_eval_counts: at most the train questions
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
     return EvalWorld(
         train_items,
@@ -255,7 +299,28 @@ def _okvqa_world(
         lambda device: make_hf_backend(ws, spec, device),
         {**okvqa_identity(ws, spec, train_features_path, dataset), "protocol": protocol.identity()},
         protocol,
+        lambda part: _okvqa_views(ws, part, train_items, train_feats, splits, folder),
     )
+
+
+def _okvqa_views(
+    ws: Workspace, part: str, train_items: list[Item], train_feats: Tensor, splits: dict[str, EvalSplit], folder: Path
+):
+    """A VQA-format dataset's features by part: `both` = the item features (the features file, and the val questions' CLIP
+    embeddings: the mean of image and question); `image` and `question` = CLIP's image or question embedding
+    alone, computed once per split and cached in the dataset's CLIP cache `folder` (on the GPU when there is one)."""
+    if part == "both":
+        return train_feats, {name: sp.features for name, sp in splits.items()}
+    from .clip import cached_clip_features
+
+    device = str(resolve_device("auto"))
+    clip_dir = ws.path(ws.models.clip)
+
+    def view(name: str, items: list[Item]) -> Tensor:
+        return cached_clip_features(items, clip_dir, folder / f"{name}-{part}-{len(items)}.pt", device=device, part=part)
+
+    train = view("train", train_items)
+    return train, {name: train[: len(sp.items)] if name == "train" else view(name, sp.items) for name, sp in splits.items()}
 
 
 def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path, dataset: str = DEFAULT_DATASET) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from lever.eval.distributed import barrier, ranks
 from lever.eval.evaluate import Progress, eval_key, generation_key, rescore, score
 from lever.eval.sources import eval_world
 from lever.model import SelectorBase, build_selector
-from lever.records import StageEntry
+from lever.records import SelectorChoice, StageEntry
 from lever.runs.layout import EvalDir, RunDir
 from lever.runs.trackers import Trackers
 from lever.train.checkpoint import checkpoint_info, epoch_digest, load_into, load_verified, state_digest
@@ -33,8 +33,9 @@ class Evaluated:
     summary: dict[str, Any]
 
 
-def checkpoint_for(run: RunDir, epoch: int | None) -> StageEntry:
-    """The run's verified selection, or epoch `epoch` of its final stage (recorded as a hand pick)."""
+def checkpoint_for(run: RunDir, epoch: int | None) -> StageEntry | SelectorChoice:
+    """The run's verified selection, or epoch `epoch` of its final stage (recorded as a hand pick); a plan that
+    trains nothing gives its baseline selector (and has no epochs)."""
     state = run.state
     selected = run.selected() if state in ("trained", "done") else None
     if selected is None and state in ("trained", "done"):
@@ -46,6 +47,8 @@ def checkpoint_for(run: RunDir, epoch: int | None) -> StageEntry:
         )
     if epoch is None:
         return selected
+    if isinstance(selected, SelectorChoice):
+        raise LeverError(f"--epoch {epoch}: {run.plan} trains nothing (selector '{selected.selector}'), so it has no epochs")
     stage_dir = run.path_of(selected.dir)
     path = checkpoint_path(stage_dir, epoch)
     if not path.is_file():
@@ -70,6 +73,11 @@ def selected_model(r: Recipe, epoch: int | None = None, dim: int | None = None) 
     """The run's selected (or `epoch`) checkpoint loaded into the plan's selector, its file verified against
     its recorded SHA-256: (entry, model in eval mode, digest of the weights)."""
     entry = checkpoint_for(r.run, epoch)
+    if isinstance(entry, SelectorChoice):
+        raise LeverError(
+            f"{r.lp.path}: selector.kind = '{entry.selector}' trains nothing, so the plan has no checkpoint",
+            hint="name a plan with a trained selector (selector.kind = 'learned')",
+        )
     state = load_verified(r.run.path_of(entry.checkpoint), entry.sha256, r.run.retrain_fix(entry.stage))
     model = build_selector(dim, r.plan.model) if dim is not None else r.model()
     load_into(model, state, entry.checkpoint)
@@ -90,7 +98,10 @@ def evaluate(
     its status alone."""
     run = r.run
     if run.state not in ("trained", "done"):
-        _adopt_stages(r)  # a plan that differs from a trained one only in eval.*: its stages, no training
+        if r.trains:
+            _adopt_stages(r)  # a plan that differs from a trained one only in eval.*: its stages, no training
+        else:
+            train(r, _Log(r.log))  # a baseline selector: recording it is all its "training" is
     checkpoint_for(run, epoch)  # a run that never trained fails here, before any data is read or generated
     if r.stale():  # stale, not failed: the status stays
         raise LeverError(
@@ -110,10 +121,20 @@ def evaluate(
     return Evaluated(run, ev, summary)
 
 
+def _identity(entry: StageEntry | SelectorChoice) -> str:
+    """The field of an evaluation's `checkpoint` record that names what picked its demonstrations: the checkpoint's
+    SHA-256, or a baseline selector's key."""
+    return "key" if isinstance(entry, SelectorChoice) else "sha256"
+
+
 def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | None) -> tuple[EvalDir, dict[str, Any]]:
     run, spec = r.run, r.plan.eval
-    entry, model, digest = selected_model(r, epoch)
-    world = eval_world(r.ws, spec, r.sources.features, r.log, r.loaded.features, r.plan.data.dataset)
+    if r.trains:
+        entry, model, digest = selected_model(r, epoch)
+    else:  # a baseline selector: no weights; its key stands where the weights' digest stands in the evaluation's key
+        entry, model = checkpoint_for(run, epoch), None
+        digest = entry.sha256
+    world = eval_world(r.ws, spec, r.features_file, r.log, r.train_features, r.plan.data.dataset)
     ev = run.eval_dir(eval_key(digest, world, spec, r.seed))
     generation = generation_key(digest, world.identity, spec.model_dump(mode="json"), r.seed)
     rk = ranks()
@@ -123,19 +144,22 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
         barrier(rk)
     if ev.complete:
         summary, _ = ev.read()
-        if (summary.get("checkpoint") or {}).get("sha256") != entry.sha256:
+        if (summary.get("checkpoint") or {}).get(_identity(entry)) != entry.sha256:
             raise DamagedState(f"{ev.summary_file} is not an evaluation of {entry.checkpoint}", hint=run.eval_fix)
         r.log(f"evaluation cached in {ev.path}")
     else:
-        checkpoint = {
-            "stage": entry.stage,
-            "epoch": entry.epoch,
-            "metric": entry.metric,
-            "value": entry.value,
-            "reason": entry.reason,
-            "checkpoint": entry.checkpoint,
-            "sha256": entry.sha256,
-        }
+        if isinstance(entry, SelectorChoice):
+            checkpoint: dict[str, Any] = {"selector": entry.selector, "reason": entry.reason, "key": entry.key}
+        else:
+            checkpoint = {
+                "stage": entry.stage,
+                "epoch": entry.epoch,
+                "metric": entry.metric,
+                "value": entry.value,
+                "reason": entry.reason,
+                "checkpoint": entry.checkpoint,
+                "sha256": entry.sha256,
+            }
         found = None if ev.partials() else generation_source(r, ev, entry, digest, generation)
         if found is not None:
             source, rows = found
@@ -150,6 +174,7 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
                 spec,
                 r.seed,
                 checkpoint,
+                selector=r.plan.selector,
                 device=r.plan.device,
                 log=r.log,
                 progress=progress,
@@ -161,7 +186,7 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
 
 
 def generation_source(
-    r: Recipe, ev: EvalDir, entry: StageEntry, digest: str, generation: str
+    r: Recipe, ev: EvalDir, entry: StageEntry | SelectorChoice, digest: str, generation: str
 ) -> tuple[EvalDir, list[dict[str, Any]]] | None:
     """A finished evaluation whose raw outputs this one can re-score: the same checkpoint (`entry`'s SHA-256,
     whose weights have `digest`) and the same generation key, in this run or in another run of the plan with
@@ -177,7 +202,7 @@ def generation_source(
             try:
                 summary = cand.summary() or {}
                 ck, inputs, settings = summary.get("checkpoint") or {}, summary.get("inputs"), summary.get("eval")
-                if ck.get("sha256") != entry.sha256 or not isinstance(inputs, dict) or not isinstance(settings, dict):
+                if ck.get(_identity(entry)) != entry.sha256 or not isinstance(inputs, dict) or not isinstance(settings, dict):
                     continue
                 if generation_key(digest, inputs, settings, r.seed) != generation:
                     continue

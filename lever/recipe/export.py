@@ -28,6 +28,11 @@ def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
     if fmt not in EXPORT_FORMATS:
         raise LeverError(f"--format {fmt!r} is not known", hint=f"use one of {', '.join(EXPORT_FORMATS)}")
     lp = r.lp
+    if not r.trains:
+        raise LeverError(
+            f"plan {lp.name} has selector.kind = '{lp.plan.selector.kind}': it trains nothing, so it has no checkpoint",
+            hint="export a plan with a trained selector (selector.kind = 'learned')",
+        )
     if lp.plan.model.arch != "lever-plus-v3":
         raise LeverError(
             f"plan {lp.name} has model.arch = '{lp.plan.model.arch}': lever's selector has other layers than the "

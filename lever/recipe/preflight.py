@@ -13,10 +13,11 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
 
     Training: the selection metric and the data files (checked when the recipe was built), the start
     checkpoint, the candidate data and features read and their rows checked (read once: training uses
-    the same). With `evaluate`: the evaluation's inputs (`lever.eval.preflight.check_eval`).
+    the same; a plan that trains nothing reads only its features). With `evaluate`: the evaluation's inputs
+    (`lever.eval.preflight.check_eval`).
     """
-    if r.plan.start.kind == "checkpoint":
+    if r.trains and r.plan.start.kind == "checkpoint":
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
-    loaded = r.loaded
+    features = r.train_features  # with the candidate data when the plan trains (a baseline selector reads none)
     if evaluate:
-        check_eval(r.ws, r.plan.eval, loaded.features, r.sources.features, f"{r.lp.path}: ", r.log, r.plan.data.dataset)
+        check_eval(r.ws, r.plan.eval, features, r.features_file, f"{r.lp.path}: ", r.log, r.plan.data.dataset)

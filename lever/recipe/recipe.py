@@ -23,7 +23,7 @@ from lever.errors import LeverError
 from lever.keys import file_digest
 from lever.model import SelectorBase, build_selector
 from lever.runs.layout import RunDir, RunsFolder
-from lever.runs.sources import TrainSources, check_feature_rows, load_features, resolve_train_sources
+from lever.runs.sources import TrainSources, check_feature_rows, load_features, resolve_features, resolve_train_sources
 from lever.spec import LoadedPlan, Plan, Workspace
 from lever.spec.schema import Stage
 from lever.train.plandata import Split, split_data
@@ -58,7 +58,10 @@ def load_inputs(sources: TrainSources, inputs: dict[str, str], ws: Workspace, lo
 
 
 def check_select_metric(plan: Plan, where: Path) -> None:
-    """Fail before any work when select.metric is not logged by every stage of the plan."""
+    """Fail before any work when select.metric is not logged by every stage of the plan (a plan without stages
+    selects no epoch)."""
+    if not plan.stages():
+        return
     logged = set.intersection(*(set(STAGE_METRICS[s.kind]) for s in plan.stages()))
     if plan.select.metric not in logged:
         raise LeverError(
@@ -93,12 +96,32 @@ class Recipe:
 
     @cached_property
     def inputs(self) -> dict[str, str]:
-        """The content keys of the data files: part of every stage key, recorded in the run's provenance."""
+        """The content keys of the data files: part of every stage key, recorded in the run's provenance (a plan
+        that trains nothing reads no candidate data: only its features)."""
         memo = self.ws.digest_memo
+        if not self.trains:
+            return {"features": file_digest(self.features_file, memo)[:16]}
         return {
             "candidates": file_digest(self.sources.candidates, memo)[:16],
             "features": file_digest(self.sources.features, memo)[:16],
         }
+
+    @property
+    def trains(self) -> bool:
+        """Whether the plan trains a selector (`selector.kind = "learned"`); a baseline selector has no stage."""
+        return self.plan.selector.trains
+
+    @cached_property
+    def features_file(self) -> Path:
+        """The train features file (data.features); a plan that trains nothing resolves no candidate data."""
+        if self.trains:
+            return self.sources.features
+        return resolve_features(self.ws, self.plan.data.features, self.log, self.plan.data.dataset)
+
+    @cached_property
+    def train_features(self) -> Tensor:
+        """The train features [N_train, d] (read once with the candidate data when the plan trains)."""
+        return self.loaded.features if self.trains else load_features(self.features_file)
 
     @property
     def plan(self) -> Plan:

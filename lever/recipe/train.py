@@ -30,7 +30,7 @@ from lever.errors import DamagedState, LeverError, RunFailed
 from lever.io import file_lock
 from lever.keys import content_key
 from lever.model import SelectorBase
-from lever.records import StageEntry
+from lever.records import SelectorChoice, StageEntry, selector_key
 from lever.runs.layout import RunDir
 from lever.spec import load_plan
 from lever.spec.schema import Stage
@@ -56,7 +56,7 @@ from .recipe import Recipe
 class RunOutcome:
     run: RunDir
     state: str  # "trained" | "already"
-    selected: StageEntry
+    selected: StageEntry | SelectorChoice  # a baseline selector for a plan that trains nothing
 
 
 # Where a run's provenance finds the job that ran it (set by a sweep's executor, or by Slurm).
@@ -139,8 +139,8 @@ def provenance(r: Recipe, device: torch.device) -> dict[str, Any]:
         "plan_file": str(r.lp.path),
         "overrides": r.lp.overrides,
         "spec_hash": r.lp.hash,
-        "candidates_file": str(r.sources.candidates),
-        "features_file": str(r.sources.features),
+        "candidates_file": str(r.sources.candidates) if r.trains else None,  # a baseline selector reads none
+        "features_file": str(r.features_file),
         "inputs": r.inputs,
         **r.inputs,
     }
@@ -166,7 +166,7 @@ def train(r: Recipe, reporter: Reporter | None = None, *, redo: bool = False, re
                     rep.info(f"{r.name} (seed {r.seed}) already trained in {run.path}; nothing to do")
                     return RunOutcome(run, "already", done)
             try:
-                return _train(r, rep, retrain_stage)
+                return _train(r, rep, retrain_stage) if r.trains else _choose(r, rep)
             except KeyboardInterrupt:
                 end(run, "interrupted", "stopped by Ctrl-C or SIGTERM; `lever run` on the plan resumes it")
                 raise
@@ -196,7 +196,7 @@ def write_failed(run: RunDir, err: OSError) -> LeverError:
     return LeverError(message, hint="free some space (or fix the folder's permissions) and run the same command again")
 
 
-def finished_selection(r: Recipe, rep: Reporter | None = None) -> StageEntry | None:
+def finished_selection(r: Recipe, rep: Reporter | None = None) -> StageEntry | SelectorChoice | None:
     """The run's verified selection when it finished with the inputs it would use now; None when it must (re)train."""
     rep = rep or SilentReporter()
     run = r.run
@@ -311,6 +311,28 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
     run.write_selected(entries[-1])
     run.set_status("trained", _flags(all_rows, entries), None, metrics=record)
     return RunOutcome(run, "trained", entries[-1])
+
+
+def baseline_choice(r: Recipe) -> SelectorChoice:
+    """The record of a plan whose selector trains nothing: the selector, its key and what it does in words."""
+    sel = r.plan.selector
+    reason = {
+        "zero-shot": "no demonstrations",
+        "random": "random items of each question's pool, seeded per question",
+        "similar": f"the pool's most similar items by {sel.features} features, {sel.order.replace('-', ' ')}",
+    }[sel.kind]
+    return SelectorChoice(sel.kind, selector_key(r.lp.recipe()["selector"]), reason)
+
+
+def _choose(r: Recipe, rep: Reporter) -> RunOutcome:
+    """A plan whose selector trains nothing: its run records the selector (no stage, no checkpoint, no metrics)."""
+    run = r.run
+    run.write_start(r.lp.recipe(), provenance(r, torch.device("cpu")))
+    choice = baseline_choice(r)
+    run.write_selected(choice)
+    run.set_status("trained")
+    rep.info(f"{r.name}: selector '{choice.selector}' ({choice.reason}); nothing to train")
+    return RunOutcome(run, "trained", choice)
 
 
 def _flags(rows: list[dict[str, Any]], entries: list[StageEntry]) -> list[str]:

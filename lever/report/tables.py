@@ -134,8 +134,12 @@ class _PlanView:
     def __init__(self, plan: PlanRuns, split: str, shots: list[int]):
         self.runs = plan.evaluated_runs
         self.split, self.shots = split, shots
+        # A zero-shot plan (only 0 shots evaluated) is the same prompt at any shot count: each row compares with it.
+        self.zero_only = bool(self.runs) and all(r.shots(split) == [0] for r in self.runs)
 
     def seed_accuracies(self, label: int | str) -> list[float]:
+        if self.zero_only:
+            label = 0
         accs = []
         for run in self.runs:
             if label == AVG:
@@ -149,6 +153,8 @@ class _PlanView:
         return accs
 
     def vector(self, label: int | str) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.zero_only:
+            label = 0
         if label == AVG:
             vs = [self.vector(s) for s in self.shots]
             return _avg_vector(vs) if vs and all(v is not None for v in vs) else None  # type: ignore[arg-type]
@@ -449,7 +455,7 @@ TRAINING_HEADERS = ["plan", "seed", "state", "selected", "reason", "val loss", "
 def training_table(cmp: Comparison) -> list[list[str]]:
     out = []
     for t in cmp.training:
-        sel = f"{t.stage} {t.epoch}" if t.stage is not None else "—"
+        sel = (f"{t.stage} {t.epoch}" if t.epoch is not None else t.stage) if t.stage is not None else "—"
         flags = ", ".join(t.flags) + (f" ({t.message})" if t.message else "")
         out.append(
             [

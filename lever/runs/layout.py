@@ -26,7 +26,7 @@ from typing import Any
 
 from lever.errors import DamagedState
 from lever.io import check_rows, read_rows, read_state, write_json, write_rows
-from lever.records import EvalPointer, RowsRecord, StageEntry, Status, parse, to_json
+from lever.records import EvalPointer, RowsRecord, SelectorChoice, StageEntry, Status, parse, selector_key, to_json
 from lever.train.stage import checkpoint_path, read_result
 
 STAGES = "_stages"
@@ -305,12 +305,19 @@ class RunDir:
             raise DamagedState(f"{path} leads outside the runs folder {self.folder.root} (to {path.resolve()})", hint=self.fix)
         return path
 
-    def selected(self) -> StageEntry | None:
+    def selected(self) -> StageEntry | SelectorChoice | None:
         """selected.json (None when the run has not finished training), cross-checked: it must be the final entry of
-        stages.json and agree with the stage's own record (epoch, value, checkpoint digest)."""
+        stages.json and agree with the stage's own record (epoch, value, checkpoint digest). A run that trains nothing
+        holds its baseline selector (SelectorChoice), whose key must be that of the selector in spec.json."""
         data = self._read(self.selected_file)
         if data is None:
             return None
+        if isinstance(data, dict) and "selector" in data:
+            choice = parse(SelectorChoice, data, self.selected_file, self.fix)
+            settings = (self.spec() or {}).get("selector")
+            if not isinstance(settings, dict) or selector_key(settings) != choice.key:
+                raise DamagedState(f"{self.selected_file} does not name the selector of {self.spec_file}", hint=self.fix)
+            return choice
         sel = parse(StageEntry, data, self.selected_file, self.fix)
         stages = self.stages()
         if not stages or stages[-1] != sel:
@@ -354,7 +361,7 @@ class RunDir:
     def eval_dir(self, key: str) -> EvalDir:
         return EvalDir(self.eval_root / key, self.eval_fix)
 
-    def selected_eval(self, selected: StageEntry | None = None) -> EvalDir | None:
+    def selected_eval(self, selected: StageEntry | SelectorChoice | None = None) -> EvalDir | None:
         """The finished evaluation of the selected checkpoint, named by eval/selected.json (None when there is none).
 
         Verified: the key names a folder of this run, and its summary names the run's selected checkpoint
@@ -368,7 +375,8 @@ class RunDir:
             return None
         sel = selected or self.selected()  # a selection the caller already verified is not read again
         ck = (ev.summary() or {}).get("checkpoint")
-        if sel is None or not isinstance(ck, dict) or ck.get("sha256") != sel.sha256:
+        field = "key" if isinstance(sel, SelectorChoice) else "sha256"  # a baseline selector's evaluation names its key
+        if sel is None or not isinstance(ck, dict) or ck.get(field) != sel.sha256:
             raise DamagedState(
                 f"{where} names the evaluation {ev.path}, which is not of this run's selected checkpoint", hint=self.eval_fix
             )
@@ -399,7 +407,7 @@ class RunDir:
         write_json(self.stages_file, [to_json(e) for e in entries])
         return RowsRecord(**write_rows(self.metrics_file, rows))
 
-    def write_selected(self, selected: StageEntry) -> None:
+    def write_selected(self, selected: StageEntry | SelectorChoice) -> None:
         write_json(self.selected_file, to_json(selected))
 
     def mark_selected_eval(self, ev: EvalDir) -> None:

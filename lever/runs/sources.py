@@ -88,6 +88,20 @@ def resolve_train_sources(
     return TrainSources(cand, feat)
 
 
+def resolve_features(ws: Workspace, features: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET) -> Path:
+    """Map the plan's data.features to a file, without the candidate data (a plan that trains nothing), looked up
+    in the tables of its data.dataset."""
+    if not ws.is_bundled:
+        return _lookup("features", features, ws.dataset(dataset).features, ws)
+    if dataset != DEFAULT_DATASET:
+        resolve_train_sources(ws, "main", features, log, dataset)  # the bundled benchmark's error for another dataset
+    if features == "main":
+        return Path(bench_paths(ws, log).features)
+    if is_input_file(Path(features), "features file"):
+        return Path(features)
+    raise LeverError(f"data.features = '{features}': the bundled benchmark provides 'main'")
+
+
 def load_features(path: Path) -> torch.Tensor:
     """One float tensor [N_train, d] saved with torch.save (tensors only are unpickled)."""
     if not is_input_file(path, "features file"):

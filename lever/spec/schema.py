@@ -30,6 +30,7 @@ MAX_SEEDS = 1_000  # runs per plan (seeds)
 MAX_SEED = 2**32 - 1  # a seed value: what numpy and torch generators take
 MAX_TOKENS = 65_536  # eval.max_new_tokens
 MAX_BEAMS = 1_024  # eval.num_beams
+MAX_SHOTS = 8  # demonstrations per prompt (eval.shots)
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
@@ -417,19 +418,67 @@ class SelectSpec(Strict):
     )
 
 
+SELECTORS = ("learned", "zero-shot", "random", "similar")  # selector.kind; all but `learned` train nothing
+
+
+class SelectorSpec(Strict):
+    """Who picks each question's demonstrations at evaluation (docs/evaluation.md, Selectors).
+
+    `learned` is the plan's trained pointer network; the others need no training, so a plan that
+    names one has no stage: `zero-shot` (no demonstrations), `random` (k of the question's pool, seeded
+    per question) and `similar` (the k of the pool most similar to the question: RICES)."""
+
+    kind: Literal["learned", "zero-shot", "random", "similar"] = Field(
+        "learned",
+        description="learned = the trained selector; zero-shot, random, similar = baselines that train nothing",
+    )
+    features: Literal["both", "image", "question"] = Field(
+        "both",
+        description="kind = similar: cosine over the image and question embedding together (the item features), the "
+        "image embedding, or the question text embedding; eval.pool = 'similar' then builds the pool by the same features",
+    )
+    order: Literal["most-similar-last", "most-similar-first"] = Field(
+        "most-similar-last",
+        description="kind = similar: the most similar demonstration next to the question (last, as OpenFlamingo's "
+        "RICES), or first",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SelectorSpec:
+        defaults = type(self).model_fields
+        extra = [k for k in ("features", "order") if getattr(self, k) != defaults[k].default]
+        if self.kind != "similar" and extra:
+            verb = "applies" if len(extra) == 1 else "apply"
+            raise ValueError(f"{' and '.join(extra)} {verb} to kind = 'similar' only (kind is '{self.kind}')")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether the plan trains a selector (only `learned` does)."""
+        return self.kind == "learned"
+
+
 class EvalSpec(Strict):
     """ICL evaluation of the selected checkpoint (docs/evaluation.md)."""
 
-    shots: list[int] = Field([1, 2, 3, 4], min_length=1, description="Numbers of demonstrations to evaluate, each 1..8")
-    questions: int = Field(
-        800, ge=1, le=MAX_QUESTIONS, description=f"First N eval questions by question_id (at most {MAX_QUESTIONS:_})"
+    shots: list[int] = Field(
+        [1, 2, 3, 4],
+        min_length=1,
+        description=f"Numbers of demonstrations to evaluate, each 0..{MAX_SHOTS} (0 = zero-shot; beyond the trained "
+        "length = extrapolation)",
+    )
+    questions: int | Literal["all"] = Field(
+        800,
+        description=f"First N eval questions by question_id (at most {MAX_QUESTIONS:_}), or 'all' for the whole split",
     )
     splits: list[Literal["val", "train"]] = Field(["val"], min_length=1, description="Eval splits")
     backend: Literal["auto", "sim", "hf"] = Field(
         "auto", description="auto = the workspace's backend (sim on the bundled benchmark)"
     )
-    pool: Literal["random", "similar"] = Field(
-        "similar", description="Per-question candidate pool: seeded random draw or nearest by feature similarity"
+    pool: Literal["random", "similar", "fixed"] = Field(
+        "similar",
+        description="Candidate pool: per question, a seeded random draw or the nearest by feature similarity; "
+        "fixed = the original's, one seeded random draw shared by every question",
     )
     pool_size: int = Field(64, ge=1, le=MAX_POOL, description=f"K: candidates per question (at most {MAX_POOL:_})")
     batch_size: int = Field(8, ge=1, le=MAX_BATCH, description=f"VLM generation batch size (at most {MAX_BATCH:_})")
@@ -466,9 +515,11 @@ class EvalSpec(Strict):
 
     @model_validator(mode="after")
     def _shots(self) -> EvalSpec:
-        bad = [s for s in self.shots if not 1 <= s <= 8]
+        bad = [s for s in self.shots if not 0 <= s <= MAX_SHOTS]
         if bad:
-            raise ValueError(f"shots must each be in 1..8, got {bad}")
+            raise ValueError(f"shots must each be in 0..{MAX_SHOTS}, got {bad}")
+        if isinstance(self.questions, int) and not 1 <= self.questions <= MAX_QUESTIONS:
+            raise ValueError(f"questions must be 1..{MAX_QUESTIONS:_} or 'all', got {self.questions}")
         if len(set(self.shots)) != len(self.shots):
             raise ValueError(f"shots must not repeat, got {self.shots}")
         if max(self.shots) > self.pool_size:
@@ -515,6 +566,10 @@ class Plan(Strict):
         default_factory=list, description="Curriculum: GRPO phases in order, each from the previous one's selection"
     )
     select: SelectSpec = Field(default_factory=SelectSpec, description="Checkpoint selection rule")
+    selector: SelectorSpec = Field(
+        default_factory=SelectorSpec,
+        description="Who picks the demonstrations: the trained selector, or a baseline that trains nothing",
+    )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation")
 
     @model_validator(mode="after")
@@ -528,6 +583,10 @@ class Plan(Strict):
             raise ValueError(f"phase names must be unique, got {names}")
         if {"sft", "rce", "grpo"} & set(names):
             raise ValueError("phase names 'sft', 'rce' and 'grpo' are reserved for the stages")
+        if self.selector.kind == "zero-shot" and self.eval.shots != [0]:
+            raise ValueError(f"selector.kind = 'zero-shot' shows no demonstrations: set eval.shots = [0] (got {self.eval.shots})")
+        if not self.selector.trains:  # a baseline selector: its training settings are not used
+            return self
         if self.sft.epochs == 0 and self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
             raise ValueError("nothing to train: sft.epochs, rce.epochs, grpo.epochs are 0 and there are no phases")
         final = self.stage_names()[-1]
@@ -541,7 +600,10 @@ class Plan(Strict):
         return self
 
     def stages(self) -> list[Stage]:
-        """The stages in execution order: sft, rce, then grpo or the curriculum phases (the one place this order lives)."""
+        """The stages in execution order: sft, rce, then grpo or the curriculum phases (the one place this order lives);
+        none for a selector that trains nothing (`selector.kind` other than 'learned')."""
+        if not self.selector.trains:
+            return []
         floor = self.reward.normalize_std_floor
         out = [Stage("sft", "sft", self.sft.epochs, self.sft, self.sft.lr, floor)] if self.sft.epochs else []
         if self.rce.epochs:
