@@ -4,7 +4,6 @@ bundled benchmark per option family (slow tier)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -241,14 +240,36 @@ def test_reference_syncs_every_n_steps(tmp_path, monkeypatch):
 
 # ---- stored values per option family: a short GRPO run on the small bundled benchmark (slow) ----
 
+# Values from a reference run (seed 0, CPU): GRPO epochs 1-2 of plan5 (top-3, then top-5) with FAST overrides, batch 16.
+# val/loss is stable to float rounding; losses/ppo and kl/value are means of values near 0, which other CPUs' kernels
+# move by a few per cent (see test_run's STORED_GRPO); counts and entropies are exact or near it.
+PPO_KL = 0.1
 FAMILIES = {
-    # values from a reference run (seed 0, CPU): grpo epochs 1-2 of plan5 with FAST overrides
-    "aggregation": (["grpo.loss_agg='seq-mean-token-sum-norm'", "grpo.advantage.scale_rewards='batch'"], {}),
-    "ratio": (["grpo.ratio_level='sequence'", "grpo.clip_c=3.0"], {}),
-    "kl": (["grpo.kl.estimator='k2'", "grpo.kl.in_reward=true"], {}),
-    "reference": (["grpo.reference='sync'", "grpo.ref_sync_steps=5", "grpo.ref_sync_alpha=0.5"], {}),
-    "entropy": (["grpo.ratio_level='token'", "grpo.entropy_coef=0.01"], {}),
-    "filter": (["grpo.filter_groups=true"], {}),
+    "aggregation": (
+        ["grpo.loss_agg='seq-mean-token-sum-norm'", "grpo.advantage.scale_rewards='batch'"],
+        {"val/loss": ([7.247001, 7.247182], 1e-5), "losses/ppo": ([7.220234e-06, -1.789588e-04], PPO_KL)},
+    ),
+    "ratio": (
+        ["grpo.ratio_level='sequence'", "grpo.clip_c=3.0"],
+        {"losses/ppo": ([4.780168e-06, -6.395935e-05], PPO_KL), "policy/clip_frac_c": ([0.0, 0.0], 0)},
+    ),
+    "kl": (
+        ["grpo.kl.estimator='k2'", "grpo.kl.in_reward=true"],
+        {"kl/value": ([1.493562e-07, 2.481327e-06], PPO_KL), "losses/kl": ([0.0, 0.0], 0)},
+    ),
+    "reference": (
+        ["grpo.reference='sync'", "grpo.ref_sync_steps=5", "grpo.ref_sync_alpha=0.5"],
+        {"kl/value": ([4.377216e-07, 2.339731e-06], PPO_KL)},  # without sync: 6.5e-07, 6.8e-06
+    ),
+    "entropy": (
+        ["grpo.ratio_level='token'", "grpo.entropy_coef=0.01"],
+        {"policy/entropy": ([3.499071, 3.507253], 1e-4), "losses/entropy": ([-0.03499071, -0.03507253], 1e-4)},
+    ),
+    "filter": (
+        ["grpo.filter_groups=true"],
+        # the groups whose top-3 (top-5) rewards are equal: the ones test_run's adv/zero_frac counts
+        {"adv/skipped_frac": ([93 / 96, 89 / 96], 1e-9), "losses/ppo": ([8.049607e-05, -2.268934e-03], PPO_KL)},
+    ),
 }
 
 
@@ -266,6 +287,5 @@ def test_option_family_matches_stored_values(lever, tmp_path, monkeypatch, famil
     assert res.code == 0, res.text
     (run_dir,) = seed_dirs(tmp_path, "plan5")
     grpo = [r for r in metrics(run_dir) if r["stage"] == "grpo"]
-    print(family, json.dumps(grpo))
-    for key, values in stored.items():
-        assert [r[key] for r in grpo] == pytest.approx(values, rel=1e-3), key
+    for key, (values, rel) in stored.items():
+        assert [r[key] for r in grpo] == pytest.approx(values, rel=rel, abs=1e-12), key
