@@ -428,7 +428,8 @@ class GRPOSpec(OptimSpec):
     def _schedule(self) -> GRPOSpec:
         sync = {"ref_sync_steps", "ref_sync_alpha"} & self.model_fields_set
         if sync and self.reference != "sync":
-            raise ValueError(f"{', '.join(sorted(sync))} only apply with reference = 'sync' (reference is '{self.reference}')")
+            name = "rce" if self.reference == "stage_start" else self.reference
+            raise ValueError(f"{', '.join(sorted(sync))} only apply with reference = 'sync' (reference is '{name}')")
         if self.kl.in_reward and self.kl.beta == 0:
             raise ValueError("kl.in_reward needs kl.beta > 0: a KL taken from the reward at beta 0 changes nothing")
         starts = [s.from_epoch for s in self.top_k_schedule]
