@@ -272,7 +272,7 @@ def test_ppo_every_query_weighs_the_same():
     assert stats["clip_frac"] == pytest.approx(1 / 3)
 
 
-def test_kl_k1_k3():
+def test_kl_k1_k2_k3():
     # log ratios [ln 2, 0, ln 0.5]
     # k1: mean(ln2, 0, -ln2) = 0
     # k3: (2 - 1 - ln2) + 0 + (0.5 - 1 + ln2) = 0.5 -> mean 1/6
@@ -284,8 +284,10 @@ def test_kl_k1_k3():
     # single value: ratio 2 -> k3 = 1 - ln 2 = 0.3068528
     assert kl_to_reference(logp_new[:, :1], ref[:, :1], m[:, :1], "k3").item() == pytest.approx(0.3068528)
     assert kl_to_reference(ref, ref, m, "k3").item() == 0.0
+    # k2 = (log ratio)^2 / 2: (ln2^2 / 2 + 0 + ln2^2 / 2) / 3 = ln2^2 / 3
+    assert kl_to_reference(logp_new, ref, m, "k2").item() == pytest.approx(math.log(2) ** 2 / 3)
     with pytest.raises(LeverError):
-        kl_to_reference(logp_new, ref, m, "k2")  # type: ignore[arg-type]
+        kl_to_reference(logp_new, ref, m, "k4")  # type: ignore[arg-type]
 
 
 def test_adapt_beta_branches_and_bounds():

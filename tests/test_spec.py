@@ -68,7 +68,7 @@ def test_original_family_differs_only_in_the_faithful_settings(plans_dir):
 def test_validate_all_plans(lever, plans_dir):
     res = lever("validate", *plan_files(plans_dir))
     assert res.code == 0, res.text
-    assert res.out.count("ok") == len(PLAN_NAMES)
+    assert sum(line.startswith("ok ") for line in res.out.splitlines()) == len(PLAN_NAMES)  # "ok" is in "token" too
 
 
 @pytest.mark.parametrize("name", PLAN_NAMES)

@@ -201,6 +201,29 @@ class SelectorBase(nn.Module):
         logp = self.sequence_logprobs(enc, pointers.reshape(B * G, 1, L), seq_mask.reshape(B * G, 1))  # [B*G, 1]
         return logp.view(B, G)
 
+    def score_picks(
+        self, query: Tensor, pool: Tensor, pool_mask: Tensor, pointers: Tensor, seq_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """log p of every pick and the distribution it was drawn from: ([B, G, L], [B, G, L, K]).
+
+        The same encoding and dropout masks as `score_sequences` (whose value is the picks' sum), through
+        autograd: per-pick ratios and entropies need the parts the fused node does not return. 0 (a
+        distribution of zeros) where seq_mask is False.
+        """
+        B, G, L = pointers.shape
+        if not (self.training and self.dropout_mask == "sequence"):
+            dist = self.log_policy(self.encode(query, pool, pool_mask), pointers, seq_mask)  # [B, G, L, K]
+        else:  # a mask per sequence: every sequence is its own encoding, as in score_sequences
+            pool_mask = self._inputs(query, pool, pool_mask)
+            q, c = self.project(query), self.project(pool)
+            enc = self.attend(q.repeat_interleave(G, 0), c.repeat_interleave(G, 0), pool_mask.repeat_interleave(G, 0))
+            dist = self.log_policy(enc, pointers.reshape(B * G, 1, L), seq_mask.reshape(B * G, 1)).view(B, G, L, -1)
+        real = seq_mask.unsqueeze(-1)  # [B, G, 1]
+        picks = dist.gather(-1, _real_only(pointers, seq_mask).unsqueeze(-1)).squeeze(-1)  # [B, G, L]
+        picks = torch.where(real, picks, torch.zeros_like(picks))
+        dist = torch.where(real.unsqueeze(-1), dist, torch.zeros_like(dist))
+        return picks, dist
+
     # ---- one decoding step, shared by training and inference ---------------
 
     def _step_logp(self, q: Tensor, cand: Tensor, blocked: Tensor) -> Tensor:

@@ -16,7 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # Upper bounds on counts: far above any meant value, so a slip (an extra digit, 1e10 for 1e3) is a
 # validation error naming the key instead of a run that never ends or runs out of memory.
@@ -40,6 +48,15 @@ class Strict(BaseModel):
     and NaN or infinite numbers are errors (no setting here can mean them)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def omit_defaults(model: BaseModel, out: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Drop `names` from a section's dump while they hold their defaults: keys added after plans were
+    hashed, so every spec hash and stage key made before they existed names the same result still."""
+    for name in names:
+        if name in out and out[name] == type(model).model_fields[name].default:
+            out.pop(name)
+    return out
 
 
 # --------------------------------------------------------------------------- data
@@ -263,10 +280,25 @@ class AdaptiveKL(Strict):
 class KLSpec(Strict):
     """KL penalty to the frozen reference policy."""
 
-    beta: float = Field(0.0, ge=0, description="Coefficient of the KL term (0 = no penalty; KL is still logged)")
-    estimator: Literal["k1", "k3"] = Field("k3", description="k3 = ratio - 1 - log ratio; k1 = log ratio")
+    beta: float = Field(
+        0.0, ge=0, description="Coefficient of the KL term (0 = no penalty; KL is still logged); TRL beta, verl kl_loss_coef"
+    )
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3",
+        description="k3 = ratio - 1 - log ratio; k2 = (log ratio)^2 / 2; k1 = log ratio (verl kl_loss_type "
+        "low_var_kl / mse / kl, OpenRLHF --algo.kl.estimator); per term of grpo.ratio_level",
+    )
     adaptive: AdaptiveKL = Field(default_factory=AdaptiveKL, description="Adaptive beta")
     max_kl: float = Field(50.0, gt=0, description="Guardrail: stop the run when an epoch's mean KL exceeds this")
+    in_reward: bool = Field(
+        False,
+        description="false = beta * KL is a term of the loss (verl use_kl_loss); true = it is taken from each sequence's "
+        "reward before the advantages, without gradient (verl use_kl_in_reward; OpenRLHF without --algo.kl.use_loss)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return omit_defaults(self, handler(self), ("in_reward",))
 
 
 class AdvantageSpec(Strict):
@@ -287,6 +319,21 @@ class AdvantageSpec(Strict):
         "then `kind` over the kept values (the floor in z units)",
     )
     group_clip: float = Field(3.0, gt=0, description="normalization = original: clamp of the first, whole-group z-score")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="kind zscore: divide by the group's std (group), the std of every reward of the step's batch "
+        "(batch), or not at all (none, Dr. GRPO); TRL scale_rewards, verl norm_adv_by_std_in_grpo (none = false)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return omit_defaults(self, handler(self), ("scale_rewards",))
+
+    @model_validator(mode="after")
+    def _scale(self) -> AdvantageSpec:
+        if self.scale_rewards != "group" and self.kind != "zscore":
+            raise ValueError(f"scale_rewards = '{self.scale_rewards}' applies to kind = 'zscore' only (kind is '{self.kind}')")
+        return self
 
 
 class CurriculumStep(Strict):
@@ -310,9 +357,50 @@ class GRPOSpec(OptimSpec):
     ppo_clip: bool = Field(True, description="Clip the ratio to [1 - eps_low, 1 + eps_high] in the policy loss")
     eps_low: float = Field(0.2, gt=0, lt=1, description="Lower clip epsilon")
     eps_high: float = Field(0.2, gt=0, lt=1, description="Upper clip epsilon")
-    reference: Literal["stage_start", "pre_rce"] = Field(
+    reference: Literal["rce", "stage_start", "pre_rce", "sync"] = Field(
         "stage_start",
-        description="Frozen policy for the ratio and the KL: the checkpoint this GRPO stage starts from, or the model before RCE (the original's choice)",
+        description="Policy of the ratio and the KL: rce = the checkpoint this GRPO stage starts from, frozen (also spelled "
+        "stage_start, its name in resolved specs); pre_rce = the model before RCE, frozen (the original's choice); "
+        "sync = starts as rce, then every ref_sync_steps steps ref <- (1 - ref_sync_alpha) ref + ref_sync_alpha policy "
+        "(TRL sync_ref_model)",
+    )
+    ref_sync_steps: int = Field(
+        512, ge=1, le=MAX_STEPS, description="reference = sync: optimiser steps between syncs (TRL ref_model_sync_steps)"
+    )
+    ref_sync_alpha: float = Field(
+        0.6, gt=0, le=1, description="reference = sync: weight of the policy in the mix (TRL ref_model_mixup_alpha)"
+    )
+    ratio_level: Literal["joint", "token", "sequence"] = Field(
+        "joint",
+        description="What one PPO ratio covers: joint = the whole sequence, p_new(seq) / p_ref(seq), the product of its "
+        "picks' ratios (lever's unit); token = each pick (TRL importance_sampling_level token, verl loss_mode vanilla); "
+        "sequence = GSPO, the geometric mean of the picks' ratios (TRL importance_sampling_level sequence, verl "
+        "loss_mode gspo, OpenRLHF --actor.policy_loss_type gspo)",
+    )
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = Field(
+        "seq-mean-token-mean",
+        description="How terms make the batch's loss (verl loss_agg_mode): seq-mean-token-mean = mean over a sequence's "
+        "terms, then its group, then queries (TRL loss_type grpo); token-mean = mean over every term (DAPO, TRL dapo); "
+        "seq-mean-token-sum-norm = sum of every term / (batch_size x largest group x terms per sequence) (Dr. GRPO, TRL "
+        "dr_grpo)",
+    )
+    clip_c: float | None = Field(
+        None,
+        gt=1,
+        description="Dual clip: a negative-advantage term's loss is at most -clip_c * A (verl clip_ratio_c, OpenRLHF "
+        "--actor.dual_clip); unset = off",
+    )
+    entropy_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Entropy bonus: loss -= entropy_coef x the entropy of the policy's distribution at each pick, "
+        "aggregated as loss_agg (TRL entropy_coef, verl entropy_coeff, OpenRLHF --actor.entropy_coef)",
+    )
+    filter_groups: bool = Field(
+        False,
+        description="Leave groups whose trained sequences all have the same reward out of the loss (DAPO dynamic "
+        "sampling, offline: verl algorithm.filter_groups, OpenRLHF --algo.dynamic_filtering_enable); share logged "
+        "as adv/skipped_frac",
     )
     kl: KLSpec = Field(default_factory=KLSpec, description="KL penalty to the frozen reference")
     top_k_schedule: list[CurriculumStep] = Field(
@@ -334,14 +422,34 @@ class GRPOSpec(OptimSpec):
         description="This stage starts from the previous stage's selected epoch, or from its last epoch (the original)",
     )
 
+    @field_validator("reference")
+    @classmethod
+    def _reference_name(cls, value: str) -> str:
+        # "rce" is written "stage_start", the name every spec hash and stage key was made with
+        return "stage_start" if value == "rce" else value
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return omit_defaults(self, handler(self), GRPO_ADDED)
+
     @model_validator(mode="after")
     def _schedule(self) -> GRPOSpec:
+        sync = {"ref_sync_steps", "ref_sync_alpha"} & self.model_fields_set
+        if sync and self.reference != "sync":
+            name = "rce" if self.reference == "stage_start" else self.reference
+            raise ValueError(f"{', '.join(sorted(sync))} only apply with reference = 'sync' (reference is '{name}')")
+        if self.kl.in_reward and self.kl.beta == 0:
+            raise ValueError("kl.in_reward needs kl.beta > 0: a KL taken from the reward at beta 0 changes nothing")
         starts = [s.from_epoch for s in self.top_k_schedule]
         if starts != sorted(set(starts)):
             raise ValueError(f"top_k_schedule from_epoch values must be strictly increasing, got {starts}")
         if self.kl.adaptive.enabled and self.kl.beta == 0:
             raise ValueError("kl.adaptive.enabled needs kl.beta > 0: an adaptive beta that starts at 0 never moves")
         return self
+
+
+# GRPO keys added after plans were hashed: omitted from dumps at their defaults (see omit_defaults).
+GRPO_ADDED = ("ref_sync_steps", "ref_sync_alpha", "ratio_level", "loss_agg", "clip_c", "entropy_coef", "filter_groups")
 
 
 class DataOverride(Strict):

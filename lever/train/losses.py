@@ -121,12 +121,15 @@ def group_advantages(
     std_floor: float = 0.1,
     ties: Literal["average", "first"] = "average",
     clip: float | None = 5.0,
+    scale: Literal["group", "batch", "none"] = "group",
 ) -> Tensor:
     """Per-group advantages A [B, G]; padded entries are 0.
 
     rank:     A = 1 - 2 * rank / (n - 1)   (best +1, worst -1; n = 1 -> 0; ties per `ties`)
     zscore:   A = (r - mean) / max(std, std_floor), std the sample std (divisor n - 1;
-              a group of one has std 0, so the floor applies and A = 0)
+              a group of one has std 0, so the floor applies and A = 0); `scale` (TRL scale_rewards)
+              says whose std: group = the group's (above), batch = the sample std of every real
+              reward of the batch, none = no division (A = r - mean, Dr. GRPO)
     centered: A = r - mean
     then A = clamp(A, -clip, clip) unless clip is None.
     """
@@ -137,9 +140,13 @@ def group_advantages(
     elif kind in ("zscore", "centered"):
         mean = group_mean(rewards, mask).unsqueeze(-1)  # [B, 1]
         adv = rewards - mean
-        if kind == "zscore":
+        if kind == "zscore" and scale == "group":
             var = masked_fill0(adv**2, mask).sum(-1, keepdim=True) / (n - 1).clamp_min(1)
             adv = adv / var.sqrt().clamp_min(std_floor)
+        elif kind == "zscore" and scale == "batch":
+            adv = adv / rewards[mask].std().nan_to_num(0.0).clamp_min(std_floor)  # one real reward: std NaN -> floor
+        elif kind == "zscore" and scale != "none":
+            raise LeverError(f"unknown advantage scale {scale!r}", hint="use 'group', 'batch' or 'none'")
     else:
         raise LeverError(f"unknown advantage kind {kind!r}", hint="use 'rank', 'zscore' or 'centered'")
     if clip is not None:
@@ -219,6 +226,7 @@ def two_stage_advantages(
     ties: Literal["index", "topk"] = "topk",
     rank_ties: Literal["average", "first"] = "average",
     compact: bool = False,
+    scale: Literal["group", "batch", "none"] = "group",
 ) -> tuple[Tensor, Tensor]:
     """GRPO's advantages: (A, kept [B, G] bool), the original's two stages or lever's one.
 
@@ -226,7 +234,8 @@ def two_stage_advantages(
        group_clip None skips this stage (lever's normalisation: z = r);
     2. kept = the top-k of the group by z (top_k_mask with `ties`; k None = all real sequences);
     3. A = group_advantages(z over the kept sequences, kind, std_floor, clip): for zscore,
-       A = (z - mean_kept) / max(std_kept, std_floor), so the floor is in z units.
+       A = (z - mean_kept) / max(std_kept, std_floor), so the floor is in z units (`scale`: whose std,
+       see group_advantages).
     A is [B, G] and 0 outside `kept`; with `compact` (and k given) it is in the layout
     Batch.keep(kept) gives (kept sequences first, re-padded, see kept_first): the one the
     trainer scores, so its sums run over exactly the values the step sees.
@@ -237,7 +246,17 @@ def two_stage_advantages(
     if compact and k is not None:
         idx = kept_first(kept)
         z_used, kept_used = z.gather(1, idx), kept.gather(1, idx)
-    return group_advantages(z_used, kept_used, kind, std_floor, rank_ties, clip), kept
+    return group_advantages(z_used, kept_used, kind, std_floor, rank_ties, clip, scale), kept
+
+
+def uniform_groups(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Groups whose real sequences all have the same reward: [B] bool (an empty group is not uniform).
+
+    Such a group has no signal (every advantage is 0); DAPO's dynamic sampling drops it from the loss.
+    """
+    hi = rewards.masked_fill(~mask, float("-inf")).amax(-1)
+    lo = rewards.masked_fill(~mask, float("inf")).amin(-1)
+    return mask.any(-1) & (hi == lo)
 
 
 # ---- RCE -----------------------------------------------------------------------
@@ -267,6 +286,108 @@ def top1_ce_loss(logp: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
 # ---- GRPO ----------------------------------------------------------------------
 
 
+LossAgg = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+RatioLevel = Literal["joint", "token", "sequence"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def ratio_terms(
+    logp_new: Tensor, logp_ref: Tensor, mask: Tensor, level: RatioLevel = "joint", picks: int = 1
+) -> tuple[Tensor, Tensor]:
+    """log ratio of each loss term and the terms' mask: ([B, G, T], [B, G, T] bool).
+
+    A term is what one ratio covers. logp_new/logp_ref are per sequence [B, G] for joint and sequence,
+    per pick [B, G, L] for token; mask [B, G] is the real sequences; `picks` = L, the picks per sequence.
+    With d_t = log p_new_t - log p_ref_t:
+      joint:    T = 1, log r = sum_t d_t = log p_new(seq) - log p_ref(seq)   (a sequence is one action)
+      sequence: T = 1, log s = (1 / L) sum_t d_t   (GSPO: s is the geometric mean of the per-pick ratios)
+      token:    T = L, log r_t = d_t   (one term per pick)
+    The reference carries no gradient; padding gets log ratio 0 (ratio 1).
+    """
+    if level == "token":
+        tmask = mask.unsqueeze(-1).expand_as(logp_new)  # [B, G, L]
+        return masked_fill0(logp_new - logp_ref.detach(), tmask), tmask
+    if level not in ("joint", "sequence"):
+        raise LeverError(f"unknown ratio level {level!r}", hint="use 'joint', 'token' or 'sequence'")
+    log_ratio = masked_fill0(logp_new - logp_ref.detach(), mask)  # [B, G]
+    if level == "sequence":
+        log_ratio = log_ratio / picks
+    return log_ratio.unsqueeze(-1), mask.unsqueeze(-1)
+
+
+def clipped_policy_terms(
+    log_ratio: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    clip: bool = True,
+    clip_c: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Per-term clipped policy-gradient loss: [B, G, T], 0 on padding; and its statistics.
+
+    log_ratio [B, G, T] and mask [B, G, T] from `ratio_terms`; adv [B, G] is each sequence's advantage,
+    shared by its terms. With ratio = exp(log_ratio):
+      l = -min(ratio * A, clamp(ratio, 1 - eps_low, 1 + eps_high) * A)     (clip False: l = -ratio * A)
+      dual clip (clip_c = c > 1, verl clip_ratio_c): where A < 0, l = min(l, -c * A), so a negative term's
+      loss is bounded however far the ratio has grown.
+    stats: clip_frac = share of real terms whose clipped term was taken (no gradient), clip_frac_pos the
+    same among terms with A > 0 (from the counts n_pos, n_pos_clipped), clip_frac_c = share of real terms
+    the dual clip bounded, ratio_mean = mean ratio over real terms.
+    """
+    A = adv.unsqueeze(-1).expand_as(log_ratio)  # [B, G, T]
+    ratio = log_ratio.exp()
+    surr = ratio * A
+    if clip:
+        surr_clip = ratio.clamp(1 - eps_low, 1 + eps_high) * A
+        obj = torch.minimum(surr, surr_clip)
+        clipped = (surr_clip < surr) & mask
+    else:
+        obj = surr
+        clipped = torch.zeros_like(mask)
+    dual = torch.zeros_like(mask)
+    if clip_c is not None:
+        floor = clip_c * A
+        dual = (A < 0) & (floor > obj) & mask
+        obj = torch.where(A < 0, torch.maximum(obj, floor), obj)
+    n = max(int(mask.sum()), 1)
+    pos = (A > 0) & mask
+    n_pos, n_pos_clipped = float(pos.sum()), float((clipped & pos).sum())
+    stats = {
+        "clip_frac": float(clipped.sum()) / n,
+        "clip_frac_pos": n_pos_clipped / max(n_pos, 1.0),
+        "clip_frac_c": float(dual.sum()) / n,
+        "n_pos": n_pos,
+        "n_pos_clipped": n_pos_clipped,
+        "ratio_mean": float(masked_fill0(ratio.detach(), mask).sum()) / n,
+    }
+    return masked_fill0(-obj, mask), stats
+
+
+def aggregate(terms: Tensor, mask: Tensor, mode: LossAgg = "seq-mean-token-mean", norm: float | None = None) -> Tensor:
+    """A batch's loss from per-term values: [B, G, T] (mask [B, G, T]) -> scalar (verl loss_agg_mode).
+
+    seq-mean-token-mean (lever's default): the mean over each sequence's terms, then over each group's
+                         sequences, then over queries: every query weighs the same, whatever its group size
+                         (with equal groups this is verl's seq-mean-token-mean and TRL's "grpo")
+    token-mean (DAPO):   sum of every real term / their number: every term weighs the same
+    seq-mean-token-sum-norm (Dr. GRPO): sum of every real term / norm, a constant (the caller's: sequences
+                         per step x terms per sequence), so no group's or sequence's length rescales its terms
+    """
+    if mode == "seq-mean-token-mean":
+        per_seq = masked_fill0(terms, mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [B, G]
+        return masked_mean(per_seq, mask.any(-1))
+    if mode == "token-mean":
+        return masked_fill0(terms, mask).sum() / mask.sum().clamp_min(1)
+    if mode == "seq-mean-token-sum-norm":
+        if not norm or norm <= 0:
+            raise LeverError("loss aggregation seq-mean-token-sum-norm needs a positive constant norm")
+        return masked_fill0(terms, mask).sum() / norm
+    raise LeverError(
+        f"unknown loss aggregation {mode!r}", hint="use 'seq-mean-token-mean', 'token-mean' or 'seq-mean-token-sum-norm'"
+    )
+
+
 def ppo_loss(
     logp_new: Tensor,
     logp_old: Tensor,
@@ -276,7 +397,8 @@ def ppo_loss(
     eps_high: float = 0.2,
     clip: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped policy-gradient loss.
+    """Clipped policy-gradient loss with one term per sequence, averaged per group then per query
+    (`clipped_policy_terms` at the joint ratio level, aggregated seq-mean-token-mean).
 
     ratio_i = exp(logp_new_i - logp_old_i)
     l_i = -min(ratio_i * A_i, clamp(ratio_i, 1 - eps_low, 1 + eps_high) * A_i)
@@ -288,52 +410,53 @@ def ppo_loss(
     1 + eps_high: the policy can no longer raise them), from the counts n_pos and
     n_pos_clipped; ratio_mean = mean ratio over real sequences.
     """
-    log_ratio = masked_fill0(logp_new - logp_old.detach(), mask)  # padding -> ratio 1
-    ratio = log_ratio.exp()  # [B, G]
-    surr = ratio * adv
-    if clip:
-        surr_clip = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
-        obj = torch.minimum(surr, surr_clip)
-        clipped = (surr_clip < surr) & mask
-    else:
-        obj = surr
-        clipped = torch.zeros_like(mask)
-    loss = masked_mean(-obj, mask)
-    n = max(int(mask.sum()), 1)
-    pos = (adv > 0) & mask
-    n_pos, n_pos_clipped = float(pos.sum()), float((clipped & pos).sum())
-    stats = {
-        "clip_frac": float(clipped.sum()) / n,
-        "clip_frac_pos": n_pos_clipped / max(n_pos, 1.0),
-        "n_pos": n_pos,
-        "n_pos_clipped": n_pos_clipped,
-        "ratio_mean": float(masked_fill0(ratio.detach(), mask).sum()) / n,
-    }
-    return loss, stats
+    log_ratio, tmask = ratio_terms(logp_new, logp_old, mask, "joint")
+    terms, stats = clipped_policy_terms(log_ratio, adv, tmask, eps_low, eps_high, clip)
+    return aggregate(terms, tmask), stats
+
+
+def kl_terms(log_ratio: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """Per-term KL estimate from log ratio = log p_new - log p_ref (any shape), as the original defines
+    the ratio (docs/training.md):
+      k1 = log ratio
+      k2 = (log ratio)^2 / 2          (>= 0; verl kl_loss_type "mse")
+      k3 = ratio - 1 - log ratio       (>= 0, 0 only when new = ref)
+    Note: Schulman's k3 puts the inverse ratio p_ref / p_new there; the domain's form is
+    kept so KL figures match the log's.
+    """
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return log_ratio.exp() - 1 - log_ratio
+    raise LeverError(f"unknown KL estimator {estimator!r}", hint="use 'k1', 'k2' or 'k3'")
 
 
 def kl_to_reference(
     logp_new: Tensor,
     logp_ref: Tensor,
     mask: Tensor,
-    estimator: Literal["k1", "k3"] = "k3",
+    estimator: KLEstimator = "k3",
 ) -> Tensor:
-    """KL penalty against the frozen reference, averaged like `ppo_loss`.
-
-    With ratio = exp(logp_new - logp_ref) (as the original defines it; docs/training.md):
-      k1 = log ratio
-      k3 = ratio - 1 - log ratio   (>= 0, 0 only when new = ref)
-    Note: Schulman's k3 puts the inverse ratio p_ref / p_new there; the domain's form is
-    kept so KL figures match the log's.
-    """
+    """KL penalty against the frozen reference, averaged like `ppo_loss`: the mean over queries of the
+    mean over each group's real sequences of kl_terms(log p_new(seq) - log p_ref(seq))."""
     log_ratio = masked_fill0(logp_new - logp_ref.detach(), mask)
-    if estimator == "k1":
-        per_seq = log_ratio
-    elif estimator == "k3":
-        per_seq = log_ratio.exp() - 1 - log_ratio
-    else:
-        raise LeverError(f"unknown KL estimator {estimator!r}", hint="use 'k1' or 'k3'")
-    return masked_mean(per_seq, mask)
+    return masked_mean(kl_terms(log_ratio, estimator), mask)
+
+
+def kl_penalized_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """KL in the reward (verl use_kl_in_reward): r' = r - beta * KL_i, KL_i [B, G] the sequence's KL
+    estimate (its terms summed), carrying no gradient; padded entries 0."""
+    return masked_fill0(rewards - beta * kl.detach(), mask)
+
+
+def pick_entropy(logp: Tensor) -> Tensor:
+    """Entropy of each pick's distribution: logp [..., K] log-probabilities (blocked candidates -inf)
+    -> H [...] = -sum_k p_k log p_k, a blocked candidate contributing 0."""
+    p = logp.exp()
+    finite = torch.where(p > 0, logp, torch.zeros_like(logp))  # not p * where(..): 0 * -inf would be NaN in the grads
+    return -(p * finite).sum(-1)
 
 
 def adapt_beta(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -277,6 +277,25 @@ def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256, tra
     return out
 
 
+@torch.no_grad()
+def all_pick_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256) -> Tensor:
+    """log p of every pick of every sequence of `groups` under `model`, eval mode: [S, L] (rows sum to
+    `all_logprobs`'s values). For GRPO's per-pick ratio (grpo.ratio_level = "token")."""
+    was = model.training
+    model.eval()
+    out = torch.zeros(groups.data.num_sequences, groups.data.pointers.shape[-1], device=groups.features.device)
+    for b in groups.batches(torch.arange(groups.num_queries), batch_size):
+        picks, _ = model.score_picks(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
+        out[b.seq[b.mask]] = picks[b.mask]
+    model.train(was)
+    return out
+
+
+def mix_weights(ref: State, policy: State, alpha: float) -> State:
+    """TRL's reference sync: ref <- (1 - alpha) * ref + alpha * policy, entry by entry (floating tensors)."""
+    return {k: (1 - alpha) * v + alpha * policy[k].to(v.device) if v.is_floating_point() else v.clone() for k, v in ref.items()}
+
+
 def rce_rewards(b: Batch, kind: str, std_floor: float) -> Tensor:
     """The rewards RCE weights by (rce.rewards): "raw" = the clipped rewards before any
     normalisation, whatever reward.normalize says; "normalized" = their group z-score
@@ -324,6 +343,8 @@ class StageRunner:
         self.step = 0
         self.beta = stage.opt.kl.beta if isinstance(stage.opt, GRPOSpec) else 0.0
         self.logp_ref: Tensor | None = None
+        self.picks_ref: Tensor | None = None  # GRPO, ratio_level token: [S, L] per-pick log p under the reference
+        self.ref_weights: State | None = None  # GRPO, reference sync: the reference's weights as synced so far
         self.start_ratio = float("nan")  # GRPO: mean exp(logp_start - logp_ref) over the training sequences
 
     # ------------------------------------------------------------------ setup / resume
@@ -338,6 +359,8 @@ class StageRunner:
             self.optim.load_state_dict(state["optim"])
             self.step, self.beta = int(state["step"]), float(state["beta"])
             done = int(state["epoch"])
+            if "reference" in state:  # reference sync: the reference as it stood after that epoch
+                self._set_reference(state["reference"])
         except Exception as err:  # cut, foreign or edited: never guess where training stood
             raise DamagedState(f"{path} is damaged ({type(err).__name__}: {err})") from None
         rows = [r for r in stage_rows(self.dir) if r["epoch"] <= done]
@@ -373,12 +396,47 @@ class StageRunner:
         self.start_ratio = float((start - logp).exp().mean())
         return logp
 
+    def _setup_reference(self) -> None:
+        """The reference's log-probs before the first step: per sequence (`_reference_logprobs`, which also
+        measures the start ratio), per pick for ratio_level token, and its weights when it is synced."""
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        self.logp_ref = self._reference_logprobs()
+        if opt.ratio_level == "token" or opt.reference == "sync":
+            start = self.reference if self.reference is not None else state_of(self.model)
+            self.ref_weights = {k: v.detach().clone() for k, v in start.items()}
+            if opt.ratio_level == "token":
+                self.picks_ref = self._under(self.ref_weights, all_pick_logprobs)
+
+    def _under(self, weights: State, score: Any) -> Tensor:
+        """score(model, train groups) with the model holding `weights` (eval mode); the model's own weights back after."""
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(weights)
+        try:
+            return score(self.model, self.train)
+        finally:
+            self.model.load_state_dict(current)
+
+    def _set_reference(self, weights: State) -> None:
+        """Make `weights` the reference: its log-probs (per sequence, and per pick for ratio_level token) again."""
+        self.ref_weights = {k: v.detach().clone() for k, v in weights.items()}
+        self.logp_ref = self._under(self.ref_weights, all_logprobs)
+        if self.s.opt.ratio_level == "token":
+            self.picks_ref = self._under(self.ref_weights, all_pick_logprobs)
+
+    def _sync_reference(self) -> None:
+        """reference = sync (TRL sync_ref_model): every ref_sync_steps optimiser steps,
+        ref <- (1 - alpha) ref + alpha policy (mix_weights), and the reference's log-probs again."""
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        if opt.reference == "sync" and self.step % opt.ref_sync_steps == 0:
+            assert self.ref_weights is not None
+            self._set_reference(mix_weights(self.ref_weights, state_of(self.model), opt.ref_sync_alpha))
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.s.kind == "grpo":  # from the stage's start weights, so before a resume replaces them
-            self.logp_ref = self._reference_logprobs()
+            self._setup_reference()
         first, rows = self._resume()
         for epoch in range(first, self.s.epochs + 1):
             row = self._epoch(epoch)
@@ -401,6 +459,7 @@ class StageRunner:
                     "step": self.step,
                     "beta": self.beta,
                     "epoch": epoch,
+                    **({"reference": self.ref_weights} if self.s.kind == "grpo" and self.s.opt.reference == "sync" else {}),
                 },
             )
             self.rep.epoch_end(self.s.name, row)
@@ -457,6 +516,8 @@ class StageRunner:
                 _check_finite(norms[-1], "the gradient norm", self.s.name, epoch, i)
                 self.optim.step()
                 self.step += 1
+                if self.s.kind == "grpo":
+                    self._sync_reference()
                 if i == 1 and self.s.kind == "grpo":
                     row_first = logs["policy/ratio_mean"]
                 if self.s.kind == "grpo" and self.s.opt.kl.adaptive.enabled and self.s.opt.kl.adaptive.cadence == "step":
@@ -470,7 +531,10 @@ class StageRunner:
         # Counts (keys starting with "_") are summed, not averaged: the share of positive-advantage
         # terms clipped is over the whole epoch, not a mean of per-step shares.
         pos, pos_clipped = acc.pop("_pos", 0.0), acc.pop("_pos_clipped", 0.0)
+        groups, skipped = acc.pop("_groups", 0.0), acc.pop("_skipped", None)
         row.update({k: v / n for k, v in acc.items()})
+        if skipped is not None:  # grpo.filter_groups: share of the epoch's groups left out of the loss
+            row["adv/skipped_frac"] = skipped / groups if groups else 0.0
         if self.s.kind == "grpo":
             row["policy/clip_frac_pos"] = pos_clipped / pos if pos else 0.0
         if advs:
@@ -513,26 +577,94 @@ class StageRunner:
         # over the kept ones (in z units); "lever": top-k and advantages on the stage's rewards.
         original = a.normalization == "original"
         rewards, group_clip = (b.raw, a.group_clip) if original else (b.rewards, None)
+        token = opt.ratio_level == "token"
+        picks = token or opt.entropy_coef > 0  # per-pick log-probs and distributions (the autograd path)
+        scored = None
+        if opt.kl.in_reward:
+            # KL in the reward (verl use_kl_in_reward): every sequence of the group is scored first, its KL to
+            # the reference taken from its reward, without gradient, before the advantages and the top-k.
+            scored = self._score(b, picks)
+            kl_seq = L.kl_terms(self._ratio_terms(b, scored, "kl")[0], opt.kl.estimator).sum(-1)  # [B, G]
+            rewards = L.kl_penalized_rewards(rewards, kl_seq, b.mask, self.beta)
         adv, kept = L.two_stage_advantages(
-            rewards, b.mask, k, group_clip, a.kind, a.std_floor, a.clip, opt.top_k_ties, a.rank_ties, compact=True
-        )
-        if k is not None:
+            rewards, b.mask, k, group_clip, a.kind, a.std_floor, a.clip, opt.top_k_ties, a.rank_ties, compact=True,
+            scale=a.scale_rewards,
+        )  # fmt: skip
+        idx = L.kept_first(kept) if k is not None else None
+        data_rewards = b.raw if original else b.rewards  # uniform groups are judged on the data's rewards
+        if idx is not None:
             b = b.keep(kept)  # the layout `adv` is in
+            data_rewards = data_rewards.gather(1, idx)
+            if scored is not None:
+                scored = tuple(_take(x, idx) for x in scored)
+        adv_mask = (adv.detach().cpu(), b.mask.cpu())  # the advantages as the data gives them (adv/* metrics)
         mask = b.mask
-        logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, mask)
-        logp_ref = self.logp_ref[b.seq] * mask  # [B, G]
-        ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
-        kl = L.kl_to_reference(logp, logp_ref, mask, opt.kl.estimator)
-        loss = ppo + self.beta * kl
+        logs: dict[str, float] = {}
+        if opt.filter_groups:  # DAPO dynamic sampling, offline: a group whose rewards are all equal teaches nothing
+            uniform = L.uniform_groups(data_rewards, mask)  # [B]
+            logs.update({"_groups": float(mask.any(-1).sum()), "_skipped": float(uniform.sum())})
+            mask = mask & ~uniform.unsqueeze(-1)
+            b = replace(b, mask=mask)
+        if scored is None:
+            scored = self._score(b, picks)
+        log_ratio, tmask = self._ratio_terms(b, scored, opt.ratio_level)  # [B, G, T]
+        terms, st = L.clipped_policy_terms(log_ratio, adv, tmask, opt.eps_low, opt.eps_high, opt.ppo_clip, opt.clip_c)
+        # A per-term weight (an off-policy correction) multiplies `terms` here, before the aggregation.
+        norm = opt.batch_size * self._largest_group(k) * tmask.shape[-1]  # seq-mean-token-sum-norm's constant
+        ppo = L.aggregate(terms, tmask, opt.loss_agg, norm)
+        kl_ratio, kl_mask = self._ratio_terms(b, scored, "kl")
+        kl = L.aggregate(
+            L.kl_terms(kl_ratio, opt.kl.estimator), kl_mask, opt.loss_agg, norm / tmask.shape[-1] * kl_mask.shape[-1]
+        )
+        loss = ppo if opt.kl.in_reward else ppo + self.beta * kl
+        if opt.entropy_coef > 0:
+            pmask = mask.unsqueeze(-1).expand_as(scored[1])  # [B, G, L]
+            entropy = L.aggregate(L.pick_entropy(scored[2]), pmask, opt.loss_agg, norm / tmask.shape[-1] * pmask.shape[-1])
+            loss = loss - opt.entropy_coef * entropy
+            logs.update({"losses/entropy": -opt.entropy_coef * entropy.item(), "policy/entropy": entropy.item()})
+        if opt.clip_c is not None:
+            logs["policy/clip_frac_c"] = st["clip_frac_c"]
         kl_value = kl.item()
-        logs = {
-            "losses/ppo": ppo.item(),
-            "losses/kl": self.beta * kl_value,
-            "kl/value": kl_value,
-            "policy/clip_frac": st["clip_frac"],
-            "_pos": st["n_pos"],
-            "_pos_clipped": st["n_pos_clipped"],
-            "policy/ratio_mean": st["ratio_mean"],
-            "train/loss": loss.item(),
-        }
-        return loss, logs, (adv.detach().cpu(), mask.cpu())
+        logs.update(
+            {
+                "losses/ppo": ppo.item(),
+                "losses/kl": 0.0 if opt.kl.in_reward else self.beta * kl_value,
+                "kl/value": kl_value,
+                "policy/clip_frac": st["clip_frac"],
+                "_pos": st["n_pos"],
+                "_pos_clipped": st["n_pos_clipped"],
+                "policy/ratio_mean": st["ratio_mean"],
+                "train/loss": loss.item(),
+            }
+        )
+        return loss, logs, adv_mask
+
+    def _score(self, b: Batch, picks: bool) -> tuple[Tensor, ...]:
+        """The policy's log p of the batch's sequences [B, G]; with `picks` also per pick [B, G, L] and each
+        pick's distribution [B, G, L, K] (the autograd path, Selector.score_picks)."""
+        if not picks:
+            return (self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, b.mask),)
+        per_pick, dist = self.model.score_picks(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
+        return per_pick.sum(-1), per_pick, dist
+
+    def _ratio_terms(self, b: Batch, scored: tuple[Tensor, ...], level: str) -> tuple[Tensor, Tensor]:
+        """log ratio to the reference per loss term and the terms' mask, [B, G, T] (L.ratio_terms); level "kl"
+        is the KL's terms: per pick for ratio_level token, else per sequence."""
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        if level == "kl":
+            level = "token" if opt.ratio_level == "token" else "joint"
+        if level == "token":
+            assert self.picks_ref is not None
+            return L.ratio_terms(scored[1], self.picks_ref[b.seq], b.mask, "token")
+        logp_ref = self.logp_ref[b.seq] * b.mask  # [B, G]
+        return L.ratio_terms(scored[0], logp_ref, b.mask, level, b.pointers.shape[-1])  # type: ignore[arg-type]
+
+    def _largest_group(self, k: int | None) -> int:
+        """The most sequences a group trains on in this stage (at most k with a top-k curriculum)."""
+        largest = int(self.train.data.group_sizes().max())
+        return largest if k is None else min(k, largest)
+
+
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, G, ...] gathered along G by idx [B, G'] (Batch.keep's layout)."""
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
