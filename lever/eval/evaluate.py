@@ -43,7 +43,7 @@ from lever.spec.schema import EvalSpec
 from .backend import Request
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
-from .select import random_pools, select_demos, similar_pools
+from .select import demo_rows, random_pools, select_demos, similar_pools
 from .sources import EvalWorld
 from .vqa import vqa_accuracy
 
@@ -109,6 +109,8 @@ def score(
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     todo: list[Request] = []  # every request, in a fixed order: position p goes to rank p % world
+    caps: list[int] = []  # the shot count each request was asked at (a selector with STOP may use fewer)
+    stops = getattr(model, "heads_cfg", None) is not None and model.heads_cfg.stop
     for split in world.splits.values():
         if spec.pool == "similar":
             pools = similar_pools(split.features, world.train_features, spec.pool_size, split.self_rows)
@@ -119,7 +121,8 @@ def score(
         picks = select_demos(model, split.features, world.train_features, pools, max(spec.shots))  # [M, max shots]
         for shots in spec.shots:
             for i, item in enumerate(split.items):
-                todo.append(Request(split.name, item, [world.train_items[j] for j in picks[i, :shots].tolist()]))
+                todo.append(Request(split.name, item, [world.train_items[j] for j in demo_rows(picks[i], shots)]))
+                caps.append(shots)
     # Answers already given by an interrupted evaluation (any rank, any world size) are kept; failed ones
     # (a missing image, say) are asked again, so fixing the files and re-running finishes the evaluation.
     done = {pos: row for pos, row in read_partials(ev).items() if not row.get("failed")}
@@ -139,7 +142,8 @@ def score(
                     {
                         "_pos": pos,
                         "split": req.split,
-                        "shots": len(req.demos),
+                        "shots": caps[pos],
+                        **({"shots_used": len(req.demos)} if stops else {}),  # the demonstrations its prompt held
                         "question_id": req.query.question_id,
                         "demo_ids": [d.question_id for d in req.demos],
                         "raw_output": resp.raw,
