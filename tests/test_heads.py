@@ -234,3 +234,35 @@ def test_stop_ends_a_selection_and_the_evaluation_counts_shots():
     assert cells["4"]["shots_used"] == 3.0 and cells["4"]["stopped_early"] == 50.0  # 2 and 4 demonstrations
     plain = [{"split": "val", "shots": 1, "accuracy": 1.0, "failed": False}]  # a selector without STOP: as before
     assert summarise(plain) == {"val": {"1": {"accuracy": 100.0, "n": 1, "failed": 0}}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", ["original/v4_5", "original/v4_10"])
+def test_v4_plans_run_end_to_end_and_a_stop_plan_counts_shots(lever, tmp_path, monkeypatch, plan):
+    """`lever run plans/original/v4_*.toml`, shortened, on the (small) bundled benchmark, then `lever compare`."""
+    import json
+    from pathlib import Path
+
+    from workspaces import bench_workspace
+
+    root = Path(__file__).resolve().parents[1]
+    ws = bench_workspace(tmp_path)
+    monkeypatch.chdir(root)
+    cut = ["rce.epochs=1", "grpo.epochs=1", "rce.batch_size=16", "grpo.batch_size=16", "eval.questions=30", 'eval.splits=["val"]']
+    res = lever("--workspace", ws, "run", root / "plans" / f"{plan}.toml", *cut, "--no-baseline")
+    assert res.code == 0, res.text
+    (summary,) = (tmp_path / "runs" / plan).glob("*/seed-0/eval/*/summary.json")
+    cells = json.loads(summary.read_text())["splits"]["val"]
+    assert sorted(cells) == ["1", "2", "3", "4"] and all(c["n"] == 30 for c in cells.values())
+    rows = [json.loads(line) for line in (summary.parent / "results.jsonl").read_text().splitlines()]
+    if plan.endswith("v4_10"):
+        assert all(0 <= r["shots_used"] <= r["shots"] and len(r["demo_ids"]) == r["shots_used"] for r in rows)
+        for s, c in cells.items():
+            used = [r["shots_used"] for r in rows if r["shots"] == int(s)]
+            assert c["shots_used"] == round(sum(used) / len(used), 3)
+        out = lever(
+            "--workspace", ws, "compare", root / "plans" / f"{plan}.toml", "--baseline", root / "plans" / f"{plan}.toml", *cut
+        )
+        assert out.code == 0 and "Demonstrations used" in out.text, out.text
+    else:
+        assert all("shots_used" not in r and len(r["demo_ids"]) == r["shots"] for r in rows)

@@ -127,7 +127,13 @@ def test_original_checkpoints_refused_with_the_reason(lever, ws, tmp_path):
     torch.save({k: v for k, v in state.items() if "gate" not in k}, no_gate)
     # The original's V2 before its V4-1 (no gate, no GRU): a static query, model.update = "none".
     assert head_settings(load_original(no_gate)[0])["update"] == "none"
-    res = lever("--workspace", ws, "run", _v3_plan(tmp_path, "ng", f'[start]\nkind = "checkpoint"\ncheckpoint = "{no_gate}"\n'), "--no-eval")
+    res = lever(
+        "--workspace",
+        ws,
+        "run",
+        _v3_plan(tmp_path, "ng", f'[start]\nkind = "checkpoint"\ncheckpoint = "{no_gate}"\n'),
+        "--no-eval",
+    )
     assert res.code == 2 and 'model.update = "none"' in res.text, res.text
     other = tmp_path / "other.pth"
     torch.save({"weights": torch.zeros(2)}, other)

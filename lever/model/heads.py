@@ -102,9 +102,3 @@ def add_heads(sel: nn.Module, hidden: int, cfg: HeadConfig) -> None:
     if cfg.stop:
         sel.stop_token = nn.Parameter(torch.randn(1, hidden) * 0.02)
 
-
-def head_parameters(sel: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the V4 heads (never part of a backbone: freezing leaves them trainable)."""
-    names = ("decoder_gru", "step_emb", "attn_Wq", "attn_Wc", "attn_v", "bilinear")
-    out = [p for n in names if hasattr(sel, n) for p in getattr(sel, n).parameters()]
-    return out + [getattr(sel, n) for n in ("div_lambda", "stop_token") if hasattr(sel, n)]

@@ -482,7 +482,11 @@ def render_plain(cmp: Comparison) -> str:
     headers, body = shot_table(cmp)
     parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote, runs_line(cmp)]
     if cmp.shots_used:
-        parts += ["", "Demonstrations used (a selector with STOP may use fewer than its shot count)", plain_grid(*shots_used_table(cmp))]
+        parts += [
+            "",
+            "Demonstrations used (a selector with STOP may use fewer than its shot count)",
+            plain_grid(*shots_used_table(cmp)),
+        ]
     if failures_line(cmp):
         parts.append(failures_line(cmp))
     if cmp.training:
@@ -509,7 +513,9 @@ def render_rich(cmp: Comparison, console: Any) -> None:
         t.add_row(*line, end_section=i >= len(body) - 3, style="italic" if i == len(body) - 1 else None)
     console.print(t)
     if cmp.shots_used:
-        console.print(_rich_table("Demonstrations used (a selector with STOP may use fewer than its shot count)", *shots_used_table(cmp)))
+        console.print(
+            _rich_table("Demonstrations used (a selector with STOP may use fewer than its shot count)", *shots_used_table(cmp))
+        )
     if cmp.training:
         console.print(_rich_table("Training (selected checkpoint)", TRAINING_HEADERS, training_table(cmp)))
     if cmp.spec_diffs:

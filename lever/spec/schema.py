@@ -185,7 +185,9 @@ class ModelSpec(Strict):
         "none",
         description="mmr = subtract softplus(div_lambda[t]) x the candidate's similarity to what was picked (V4-3)",
     )
-    mmr_reduction: Literal["max", "mean"] = Field("max", description="diversity mmr: redundancy is the max or the mean similarity")
+    mmr_reduction: Literal["max", "mean"] = Field(
+        "max", description="diversity mmr: redundancy is the max or the mean similarity"
+    )
     div_lambda_init: float = Field(0.1, description="diversity mmr: initial div_lambda (softplus(0.1) = 0.74)")
     stop: bool = Field(
         False,
