@@ -260,9 +260,8 @@ def test_v4_plans_run_end_to_end_and_a_stop_plan_counts_shots(lever, tmp_path, m
         for s, c in cells.items():
             used = [r["shots_used"] for r in rows if r["shots"] == int(s)]
             assert c["shots_used"] == round(sum(used) / len(used), 3)
-        out = lever(
-            "--workspace", ws, "compare", root / "plans" / f"{plan}.toml", "--baseline", root / "plans" / f"{plan}.toml", *cut
-        )
+        named = f"{plan}@{summary.parents[3].name}"  # the runs of this spec hash (made with overrides)
+        out = lever("--workspace", ws, "compare", named, "--baseline", named)
         assert out.code == 0 and "Demonstrations used" in out.text, out.text
     else:
         assert all("shots_used" not in r and len(r["demo_ids"]) == r["shots"] for r in rows)
