@@ -18,6 +18,7 @@ from .tables import (
     missing_lines,
     runs_line,
     shot_table,
+    shots_used_table,
     training_table,
 )
 
@@ -128,6 +129,8 @@ def to_markdown(cmp: Comparison) -> str:
     parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
     if failures_line(cmp):
         parts += ["", failures_line(cmp)]
+    if cmp.shots_used:
+        parts += ["", "### Demonstrations used", "", _md_table(*shots_used_table(cmp))]
     if cmp.training:
         parts += ["", "### Training (selected checkpoint)", "", _md_table(TRAINING_HEADERS, training_table(cmp))]
     if cmp.spec_diffs:
