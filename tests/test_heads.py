@@ -265,3 +265,19 @@ def test_v4_plans_run_end_to_end_and_a_stop_plan_counts_shots(lever, tmp_path, m
         assert out.code == 0 and "Demonstrations used" in out.text, out.text
     else:
         assert all("shots_used" not in r and len(r["demo_ids"]) == r["shots"] for r in rows)
+
+
+def test_a_v4_checkpoint_names_the_heads_its_plan_must_set():
+    from pathlib import Path
+
+    from lever.errors import LeverError
+    from lever.model import build_selector
+    from lever.recipe.train import check_heads
+    from lever.spec import load_plan
+
+    plans = Path(__file__).resolve().parents[1] / "plans" / "original"
+    v45, v410 = (load_plan(plans / f"{n}.toml").plan.model for n in ("v4_5", "v4_10"))
+    state = build_selector(16, v45).state_dict()
+    check_heads(state, v45, "v4_5.pt")  # the plan it was trained with: fits
+    with pytest.raises(LeverError, match='holds a selector with model.scoring = "additive", model.stop = false'):
+        check_heads(state, v410, "v4_5.pt")

@@ -101,4 +101,3 @@ def add_heads(sel: nn.Module, hidden: int, cfg: HeadConfig) -> None:
         sel.div_lambda = nn.Parameter(torch.full((cfg.steps,), float(cfg.div_lambda_init)))
     if cfg.stop:
         sel.stop_token = nn.Parameter(torch.randn(1, hidden) * 0.02)
-
