@@ -109,7 +109,7 @@ def test_original_checkpoints_refused_with_the_reason(lever, ws, tmp_path):
     from lever.errors import LeverError
     from lever.model import build_selector
     from lever.spec import load_plan
-    from lever.train.original_ckpt import load_original, to_v2_keys
+    from lever.train.original_ckpt import head_settings, load_original, to_v2_keys
 
     plan = load_plan(_v3_plan(tmp_path, "v3")).plan
     state = {k: v.detach() for k, v in build_selector(512, plan.model).state_dict().items()}
@@ -125,8 +125,16 @@ def test_original_checkpoints_refused_with_the_reason(lever, ws, tmp_path):
 
     no_gate = tmp_path / "nogate.pth"
     torch.save({k: v for k, v in state.items() if "gate" not in k}, no_gate)
-    with pytest.raises(LeverError, match="no query_update_gate"):
-        load_original(no_gate)
+    # The original's V2 before its V4-1 (no gate, no GRU): a static query, model.update = "none".
+    assert head_settings(load_original(no_gate)[0])["update"] == "none"
+    res = lever(
+        "--workspace",
+        ws,
+        "run",
+        _v3_plan(tmp_path, "ng", f'[start]\nkind = "checkpoint"\ncheckpoint = "{no_gate}"\n'),
+        "--no-eval",
+    )
+    assert res.code == 2 and 'model.update = "none"' in res.text, res.text
     other = tmp_path / "other.pth"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(LeverError, match="not one of the original's selector checkpoints"):

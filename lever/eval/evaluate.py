@@ -46,7 +46,7 @@ from lever.spec.schema import EvalSpec, SelectorSpec
 from .backend import Request, demo_answer
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
-from .select import fixed_pools, prompt_order, random_picks, random_pools, select_demos, similar_picks, similar_pools
+from .select import demo_rows, fixed_pools, prompt_order, random_picks, random_pools, select_demos, similar_picks, similar_pools
 from .sources import EvalSplit, EvalWorld
 from .vqa import vqa_accuracy
 
@@ -163,11 +163,14 @@ def score(
     rows: list[dict[str, Any]] = []
     todo: list[Request] = []  # every request, in a fixed order: position p goes to rank p % world
     ranked = choose_demos(model, world, spec, seed, selector)  # split -> [M, max shots]
+    caps: list[int] = []  # the shot count each request was asked at (a selector with STOP may use fewer)
+    stops = getattr(model, "heads_cfg", None) is not None and model.heads_cfg.stop
     for split in world.splits.values():
         for shots in spec.shots:
             demos = demos_at(ranked[split.name], shots, selector)  # [M, shots] in prompt order
             for i, item in enumerate(split.items):
-                todo.append(Request(split.name, item, [world.train_items[j] for j in demos[i].tolist()]))
+                todo.append(Request(split.name, item, [world.train_items[j] for j in demo_rows(demos[i], shots)]))
+                caps.append(shots)
     # Answers already given by an interrupted evaluation (any rank, any world size) are kept; failed ones
     # (a missing image, say) are asked again, so fixing the files and re-running finishes the evaluation.
     done = {pos: row for pos, row in read_partials(ev).items() if not row.get("failed")}
@@ -187,7 +190,8 @@ def score(
                     {
                         "_pos": pos,
                         "split": req.split,
-                        "shots": len(req.demos),
+                        "shots": caps[pos],
+                        **({"shots_used": len(req.demos)} if stops else {}),  # the demonstrations its prompt held
                         "question_id": req.query.question_id,
                         "demo_ids": [d.question_id for d in req.demos],
                         "demo_answers": [demo_answer(d) for d in req.demos],  # as the prompt shows them

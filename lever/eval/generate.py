@@ -101,7 +101,10 @@ def selector_policy(model: Any, query: Tensor, pool: Tensor) -> StepLogp:
     def step(prefix: Tensor) -> Tensor:
         q, b, t = prefix.shape
         pointers = torch.cat([prefix, torch.zeros(q, b, 1, dtype=torch.long)], dim=2)  # the last step's label is unused
-        return model.log_policy(enc, pointers)[:, :, t, :].float()  # [Q, b, K]
+        logp = model.log_policy(enc, pointers)[:, :, t, :]  # [Q, b, K], or K + 1 with a STOP candidate last
+        if logp.shape[-1] > pool.shape[1]:  # candidate sequences have every step: the policy given no STOP
+            logp = logp[..., : pool.shape[1]].log_softmax(-1)
+        return logp.float()
 
     return step
 

@@ -55,7 +55,9 @@ def select_demos(model: SelectorBase, queries: Tensor, train: Tensor, pools: Ten
     """Greedy picks for every question: [M, steps] global train rows, in prompt order.
 
     Greedy decoding is deterministic, so the first s picks of a `steps`-long decode are
-    exactly the s-shot selection: one decode serves every shot count.
+    exactly the s-shot selection: one decode serves every shot count. A selector with a
+    STOP candidate (model.stop) may end a selection early: its row is -1 from there on
+    (`demo_rows` drops them), so s is a cap and the prompt may hold fewer demonstrations.
     """
     model.eval()
     dev = next(model.parameters()).device
@@ -64,8 +66,9 @@ def select_demos(model: SelectorBase, queries: Tensor, train: Tensor, pools: Ten
         q = queries[s : s + batch_size].to(dev)  # [B, d]
         pool = pools[s : s + batch_size].to(dev)  # [B, K]
         enc = model.encode(q, train[pool], None)
-        local = model.decode(enc, steps, greedy=True)  # [B, steps]
-        out.append(pool.gather(1, local).cpu())
+        local = model.decode(enc, steps, greedy=True)  # [B, steps], -1 after a STOP
+        rows = pool.gather(1, local.clamp(min=0))  # [B, steps]
+        out.append(torch.where(local >= 0, rows, torch.full_like(rows, -1)).cpu())
     return torch.cat(out)
 
 
@@ -111,3 +114,9 @@ def prompt_order(ranked: Tensor, shots: int, order: str = "most-similar-first") 
     `most-similar-last` (the best-ranked one next to the question)."""
     demos = ranked[:, :shots]
     return demos.flip(1) if order == "most-similar-last" else demos
+
+
+def demo_rows(picks: Tensor, shots: int) -> list[int]:
+    """The train rows of one question's `shots`-shot selection: its first `shots` picks up to a STOP (-1)."""
+    rows = picks[:shots].tolist()
+    return rows[: rows.index(-1)] if -1 in rows else rows

@@ -40,6 +40,7 @@ def applies(model: PointerSelector, query: Tensor) -> bool:
     """True when the fused node computes what the autograd path would, up to float rounding (module docstring)."""
     return (
         model.fused
+        and model.heads_cfg.plain  # the V4 heads train through autograd
         and torch.is_grad_enabled()
         and query.dtype == torch.float32
         and model.input_proj.weight.dtype == torch.float32

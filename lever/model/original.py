@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .heads import HeadConfig, add_heads
 from .selector import Encoded, SelectorBase, near_identity
 
 
@@ -47,6 +48,7 @@ class LeverPlusV3Selector(SelectorBase):
         score_temperature: float = 0.1,
         attn_dropout: float = 0.1,
         dropout_mask: str = "sequence",
+        head_config: HeadConfig = HeadConfig(),
     ):
         super().__init__()
         self._settings(d_in, hidden, layers, heads, dropout, score_temperature, attn_dropout, dropout_mask)
@@ -59,13 +61,16 @@ class LeverPlusV3Selector(SelectorBase):
         self.query_proj = nn.Linear(hidden, hidden, bias=False)
         self.cand_proj = nn.Linear(hidden, hidden, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.query_update_gate = nn.Linear(2 * hidden, hidden)
+        if head_config.update == "gate":  # the original's V4-1 (its V2 since then); V4-2 and later have a GRU instead
+            self.query_update_gate = nn.Linear(2 * hidden, hidden)
         if isinstance(self.input_proj, nn.Linear):
             nn.init.xavier_uniform_(self.input_proj.weight)
         near_identity(self.query_proj)
         near_identity(self.cand_proj)
-        nn.init.xavier_uniform_(self.query_update_gate.weight)
-        nn.init.zeros_(self.query_update_gate.bias)
+        if head_config.update == "gate":
+            nn.init.xavier_uniform_(self.query_update_gate.weight)
+            nn.init.zeros_(self.query_update_gate.bias)
+        add_heads(self, hidden, head_config)
 
     def gate_layer(self) -> nn.Linear:
         return self.query_update_gate

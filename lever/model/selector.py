@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fused
+from .heads import HeadConfig, add_heads
 
 
 @dataclass
@@ -147,6 +148,7 @@ class SelectorBase(nn.Module):
             score_temperature=self.score_temperature,
             attn_dropout=self.attn_dropout_p,
             dropout_mask=self.dropout_mask,
+            head_config=self.heads_cfg,
         )
 
     def backbone_parameters(self) -> list[nn.Parameter]:
@@ -226,54 +228,119 @@ class SelectorBase(nn.Module):
 
     # ---- one decoding step, shared by training and inference ---------------
 
-    def _step_logp(self, q: Tensor, cand: Tensor, blocked: Tensor) -> Tensor:
-        """log_softmax_k( <q, c_k> / T ), blocked k at -inf. q [B, G, h] -> [B, G, K].
+    heads_cfg: HeadConfig = HeadConfig()
 
+    def _candidates(self, enc: Encoded) -> tuple[Tensor, Tensor]:
+        """The pickable candidates and what is blocked before any pick: ([B, K', h], [B, K'] bool).
+
+        K' = K, or K + 1 with the STOP candidate last (model.stop; never blocked, it is no pool item).
+        """
+        if not self.heads_cfg.stop:
+            return enc.cand, ~enc.pool_mask
+        B, h = enc.cand.shape[0], enc.cand.shape[-1]
+        stop = F.normalize(self.stop_token, dim=-1).to(enc.cand.dtype).expand(B, 1, h)  # [B, 1, h]
+        free = torch.zeros(B, 1, dtype=torch.bool, device=enc.cand.device)
+        return torch.cat([enc.cand, stop], dim=1), torch.cat([~enc.pool_mask, free], dim=1)
+
+    def _row(self, t: int) -> int:
+        """The per-step table row of step t: a step past the table reuses its last row."""
+        return min(t, self.heads_cfg.steps - 1)
+
+    def _scores(self, q: Tensor, cand: Tensor, t: int) -> Tensor:
+        """Step t's scores before masking: q [B, G, h], cand [B, K', h] -> [B, G, K'] (heads.py has the formulas)."""
+        cfg = self.heads_cfg
+        if cfg.step_emb:
+            q = F.normalize(q + self.step_emb.weight[self._row(t)], dim=-1)
+        if cfg.scoring == "additive":
+            mix = torch.tanh(self.attn_Wq(q).unsqueeze(2) + self.attn_Wc(cand).unsqueeze(1))  # [B, G, K', h]
+            return self.attn_v(mix).squeeze(-1) / self.score_temperature
+        if cfg.scoring == "bilinear":
+            return torch.einsum("bgi,ij,bkj->bgk", q, self.bilinear.weight[0], cand) / self.score_temperature
+        return torch.einsum("bgh,bkh->bgk", q, cand) / self.score_temperature  # [B, G, K']
+
+    def _step_logp(self, q: Tensor, cand: Tensor, blocked: Tensor, t: int = 0, redundancy: Tensor | None = None) -> Tensor:
+        """log_softmax_k(scores), blocked k at -inf. q [B, G, h] -> [B, G, K'].
+
+        redundancy [B, G, K'] (diversity mmr, t > 0) is subtracted, weighted by softplus(div_lambda[t]).
         Computed in at least float32 so half/bfloat16 models give stable log-probs.
         """
-        scores = torch.einsum("bgh,bkh->bgk", q, cand) / self.score_temperature  # [B, G, K]
+        scores = self._scores(q, cand, t)  # [B, G, K']
+        if redundancy is not None:
+            scores = scores - F.softplus(self.div_lambda[self._row(t)]) * redundancy
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         return scores.masked_fill(blocked, float("-inf")).log_softmax(-1)
 
     def _advance(self, q: Tensor, cand: Tensor, picked: Tensor) -> Tensor:
-        """g = sigmoid(W [q; c] + b), q <- normalise(g*q + (1-g)*c) for the picked c.
-
-        q [B, G, h], cand [B, K, h], picked [B, G] long -> [B, G, h].
+        """The query state after a pick (model.update): gate g = sigmoid(W [q; c] + b), q <- normalise(g*q + (1-g)*c);
+        gru q <- normalise(GRUCell(c, q)); none q stays. q [B, G, h], cand [B, K', h], picked [B, G] long -> [B, G, h].
         """
+        update = self.heads_cfg.update
+        if update == "none":
+            return q
         rows = torch.arange(cand.shape[0], device=cand.device).unsqueeze(1)  # [B, 1]
         chosen = cand[rows, picked]  # [B, G, h]
+        if update == "gru":
+            h = q.shape[-1]
+            return F.normalize(self.decoder_gru(chosen.reshape(-1, h), q.reshape(-1, h)).view(q.shape), dim=-1)
         g = torch.sigmoid(self.gate_layer()(torch.cat([q, chosen], dim=-1)))  # [B, G, h]
         return F.normalize(g * q + (1 - g) * chosen, dim=-1)
+
+    def _redundancy(self, cand: Tensor, picked: Tensor, state: tuple[Tensor, Tensor] | None, t: int):
+        """MMR redundancy after t + 1 picks: (running max, running sum) of <c_k, c_picked>, and the one step t + 1 uses.
+
+        cand [B, K', h], picked [B, G] -> ([B, G, K'], [B, G, K']), [B, G, K'] (max, or sum / (t + 1) for "mean").
+        """
+        rows = torch.arange(cand.shape[0], device=cand.device).unsqueeze(1)  # [B, 1]
+        sim = torch.einsum("bkh,bgh->bgk", cand, cand[rows, picked])  # [B, G, K']
+        hi, total = (sim, sim) if state is None else (torch.maximum(state[0], sim), state[1] + sim)
+        use = hi if self.heads_cfg.mmr_reduction == "max" else total / (t + 1)
+        return (hi, total), use
 
     # ---- teacher forcing ---------------------------------------------------
 
     def log_policy(self, enc: Encoded, pointers: Tensor, seq_mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced per-step distributions: [B, G, L, K] log-probs.
+        """Teacher-forced per-step distributions: [B, G, L, K'] log-probs (K' = K, or K + 1 with STOP last).
 
         Step t's distribution conditions on pointers[..., :t]. The query state is
         expanded (a view) to [B, G, h]; candidates are never copied per sequence.
         Padded sequences (seq_mask False) may hold garbage pointers: their labels are
         replaced by 0 and they do not block picked items, so every row keeps a finite
-        entry and no NaN can reach the gradients.
+        entry and no NaN can reach the gradients. A label equal to K (STOP) ends its
+        sequence: later steps put all their mass on STOP, as the original forces them.
         """
         B, G, L = pointers.shape
-        K = enc.cand.shape[1]
+        cand, blocked0 = self._candidates(enc)
+        K = cand.shape[1]
         if L < 1:
             raise ValueError("pointers need at least one step")
         if seq_mask is None:
             seq_mask = torch.ones(B, G, dtype=torch.bool, device=pointers.device)
         pointers = _real_only(pointers, seq_mask)
         q = enc.q.unsqueeze(1).expand(B, G, enc.q.shape[-1])  # [B, G, h], no copy
-        blocked = (~enc.pool_mask).unsqueeze(1).expand(B, G, K)  # [B, G, K]
+        blocked = blocked0.unsqueeze(1).expand(B, G, K)  # [B, G, K]
+        stop = self.heads_cfg.stop
+        ended = torch.zeros(B, G, dtype=torch.bool, device=pointers.device) if stop else None
+        mmr, redundancy = None, None
         steps = []
         for t in range(L):
-            steps.append(self._step_logp(q, enc.cand, blocked))  # [B, G, K]
+            logp = self._step_logp(q, cand, blocked, t, redundancy)  # [B, G, K]
+            if stop and bool(ended.any()):
+                only_stop = torch.full((K,), float("-inf"), dtype=logp.dtype, device=logp.device)
+                only_stop[K - 1] = 0.0
+                logp = torch.where(ended.unsqueeze(-1), only_stop, logp)
+            steps.append(logp)
             label = pointers[..., t]  # [B, G]
-            # Only real sequences block what they picked (out of place: autograd keeps `blocked`).
+            # Only real sequences block what they picked (out of place: autograd keeps `blocked`); STOP stays free.
             picked = F.one_hot(label, K).bool() & seq_mask.unsqueeze(-1)
+            if stop:
+                picked[..., K - 1] = False
+                ended = ended | (label == K - 1)
             blocked = blocked | picked
             if t + 1 < L:
-                q = self._advance(q, enc.cand, label)
+                if self.heads_cfg.diversity == "mmr":
+                    mmr, redundancy = self._redundancy(cand, label, mmr, t)
+                q_next = self._advance(q, cand, label)
+                q = torch.where(ended.unsqueeze(-1), q, q_next) if stop else q_next
         return torch.stack(steps, dim=2)  # [B, G, L, K]
 
     def sequence_logprobs(self, enc: Encoded, pointers: Tensor, seq_mask: Tensor) -> Tensor:
@@ -303,25 +370,34 @@ class SelectorBase(nn.Module):
 
         greedy: argmax of the step scores; else sample from softmax(scores / temperature)
         with `generator`. Any number of steps up to the smallest real pool size.
+        With a STOP candidate (model.stop) a selection may end early: the STOP pick and
+        every step after it are -1 (no demonstration), so `steps` is a cap.
         """
         B, K = enc.pool_mask.shape
         n_real = int(enc.pool_mask.sum(-1).min())
         if steps < 1 or steps > n_real:
             raise ValueError(f"steps must be in 1..{n_real} (smallest real pool), got {steps}")
+        cand, blocked = self._candidates(enc)  # [B, K', h], [B, K']
+        Kc = cand.shape[1]
         q = enc.q.unsqueeze(1)  # [B, 1, h]
-        blocked = (~enc.pool_mask).unsqueeze(1)  # [B, 1, K]
+        blocked = blocked.unsqueeze(1)  # [B, 1, K']
+        ended = torch.zeros(B, 1, dtype=torch.bool, device=q.device)
+        mmr, redundancy = None, None
         picks = []
         for t in range(steps):
-            logp = self._step_logp(q, enc.cand, blocked)  # [B, 1, K]
+            logp = self._step_logp(q, cand, blocked, t, redundancy)  # [B, 1, K']
             if greedy:
                 label = logp.argmax(-1)  # [B, 1]
             else:
-                probs = (logp / temperature).softmax(-1).squeeze(1)  # [B, K]
+                probs = (logp / temperature).softmax(-1).squeeze(1)  # [B, K']
                 label = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
-            picks.append(label)
-            blocked = blocked | F.one_hot(label, K).bool()
+            ended = ended | (label == K)  # only a STOP candidate has index K
+            picks.append(torch.where(ended, torch.full_like(label, -1), label))
+            blocked = blocked | F.one_hot(label, Kc).bool()
             if t + 1 < steps:
-                q = self._advance(q, enc.cand, label)
+                if self.heads_cfg.diversity == "mmr":
+                    mmr, redundancy = self._redundancy(cand, label, mmr, t)
+                q = torch.where(ended.unsqueeze(-1), q, self._advance(q, cand, label))
         return torch.cat(picks, dim=1)  # [B, steps]
 
 
@@ -354,6 +430,7 @@ class PointerSelector(SelectorBase):
         dropout_mask: str = "group",
         proj_bias: bool = True,
         init: str = "default",
+        head_config: HeadConfig = HeadConfig(),
     ):
         super().__init__()
         self._settings(d_in, hidden, layers, heads, dropout, score_temperature, attn_dropout, dropout_mask)
@@ -366,13 +443,16 @@ class PointerSelector(SelectorBase):
         self.dropout = nn.Dropout(dropout)
         self.query_proj = nn.Linear(hidden, hidden, bias=proj_bias)
         self.cand_proj = nn.Linear(hidden, hidden, bias=proj_bias)
-        self.gate = nn.Linear(2 * hidden, hidden)
+        if head_config.update == "gate":
+            self.gate = nn.Linear(2 * hidden, hidden)
         if init == "xavier":
             nn.init.xavier_uniform_(self.input_proj.weight)
-            nn.init.xavier_uniform_(self.gate.weight)
-            nn.init.zeros_(self.gate.bias)
+            if head_config.update == "gate":
+                nn.init.xavier_uniform_(self.gate.weight)
+                nn.init.zeros_(self.gate.bias)
         near_identity(self.query_proj)
         near_identity(self.cand_proj)
+        add_heads(self, hidden, head_config)
         self.param_names = [name for name, _ in self.named_parameters()]  # fused.py's gradient order
 
     # Train through the one-node forward and backward of lever/model/fused.py where it applies (the

@@ -23,7 +23,8 @@ def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
     lever-plus-v3: the original's v3 checkpoint (save_v3: model_state_dict, epoch, phase, kl_beta, metrics), which
     its v3 loader reads exactly, any number of layers; kl_beta is the epoch's logged `kl/beta` (a GRPO stage)
     or the plan's grpo.kl.beta.
-    Only model.arch = "lever-plus-v3" maps (its weights are the original's, name for name).
+    Only model.arch = "lever-plus-v3" maps (its weights are the original's, name for name), its V4 heads included:
+    their parameters keep the original's names, and the file carries the `model_type` its V4 trainers write.
     """
     if fmt not in EXPORT_FORMATS:
         raise LeverError(f"--format {fmt!r} is not known", hint=f"use one of {', '.join(EXPORT_FORMATS)}")

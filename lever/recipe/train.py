@@ -12,6 +12,7 @@ next `lever run` of the plan resumes a run that did not finish.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -33,10 +34,10 @@ from lever.model import SelectorBase
 from lever.records import SelectorChoice, StageEntry, selector_key
 from lever.runs.layout import RunDir
 from lever.spec import load_plan
-from lever.spec.schema import Stage
+from lever.spec.schema import ModelSpec, Stage
 from lever.threads import thread_settings
 from lever.train.checkpoint import State, load_into, load_verified, load_weights, state_digest
-from lever.train.original_ckpt import load_original
+from lever.train.original_ckpt import head_settings, load_original
 from lever.train.plandata import make_groups, stage_train_data
 from lever.train.stage import (
     Reporter,
@@ -83,6 +84,7 @@ def start_state(r: Recipe, model: SelectorBase) -> tuple[State | None, str]:
                     hint="set model.arch = 'lever-plus-v3' with the checkpoint's hidden / layers / heads (docs/architecture.md)",
                 )
             state, _ = load_original(path, st.trust_pickle)
+            check_heads(state, r.plan.model, st.checkpoint)
     else:
         # A plan names its start plan like `extends`: next to itself first, then in the workspace's plans folder.
         here = r.lp.path.parent
@@ -102,6 +104,18 @@ def start_state(r: Recipe, model: SelectorBase) -> tuple[State | None, str]:
         state = load_verified(other_run.path_of(entry.checkpoint), entry.sha256, other_run.retrain_fix(name))
     load_into(model, state, f"start ({st.kind})")  # fails here, clearly, before any run directory exists
     return state, f"weights:{state_digest(state)}"
+
+
+def check_heads(state: State, model: ModelSpec, name: str) -> None:
+    """An original checkpoint's V4 heads (read from its key names) must be the plan's model.* head settings."""
+    wrong = {k: v for k, v in head_settings(state).items() if getattr(model, k) != v}
+    if wrong:
+        sets = ", ".join(f"model.{k} = {json.dumps(v)}" for k, v in wrong.items())
+        have = ", ".join(f"model.{k} = {json.dumps(getattr(model, k))}" for k in wrong)
+        raise LeverError(
+            f"start.checkpoint = '{name}' holds a selector with {sets}; the plan has {have}",
+            hint="set the plan's model section to the checkpoint's heads (docs/selector.md)",
+        )
 
 
 # --------------------------------------------------------------------------- the run

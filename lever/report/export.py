@@ -21,6 +21,7 @@ from .tables import (
     missing_lines,
     runs_line,
     shot_table,
+    shots_used_table,
     training_table,
 )
 
@@ -135,6 +136,8 @@ def to_markdown(cmp: Comparison) -> str:
     parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
     if failures_line(cmp):
         parts += ["", failures_line(cmp)]
+    if cmp.shots_used:
+        parts += ["", "### Demonstrations used", "", _md_table(*shots_used_table(cmp))]
     copying = copy_table(cmp)
     if copying:
         parts += ["", f"### Beyond copying (%) on {cmp.split}", "", _md_table(*copying, numeric=True), "", f"_{COPY_NOTE}_"]

@@ -117,6 +117,14 @@ class RunData:
             return float(entry["accuracy"])
         return None
 
+    def shots_used(self, split: str, shots: int) -> tuple[float, float] | None:
+        """(mean demonstrations used, percent of selections that stopped early) for (split, shots), from summary.json;
+        None unless the selector can stop before its shot count (model.stop)."""
+        entry = (((self.summary or {}).get("splits") or {}).get(split) or {}).get(str(shots))
+        if isinstance(entry, dict) and isinstance(entry.get("shots_used"), (int, float)):
+            return float(entry["shots_used"]), float(entry.get("stopped_early", 0.0))
+        return None
+
     def question_results(self, split: str, shots: int) -> QuestionResults | None:
         if not self.results:
             return None

@@ -106,6 +106,8 @@ class Comparison:
     footnote: str
     metric: str | None = None  # the VQA metric every run's stored answers were scored again with (None: as evaluated)
     copy_missing: list[str] = field(default_factory=list)  # plans whose rows lack the demonstrations' answers: the fix
+    # plan -> shot count -> (mean demonstrations used, % stopped early), for plans whose selector can stop (model.stop)
+    shots_used: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- building
@@ -326,7 +328,34 @@ def build_comparison(
         if lacking:
             cmd = RunDir(lacking[0].path).command("evaluate")
             copy_missing.append(f"{p.name}: run `{cmd}` once (re-scores the stored outputs, no VLM)")
-    return Comparison(split, baseline.name, columns, rows, training, diffs, n_q, note, metric, copy_missing)
+    return Comparison(
+        split, baseline.name, columns, rows, training, diffs, n_q, note, metric, copy_missing, shots_used(everyone, split, shots)
+    )
+
+
+def shots_used(plans: list[PlanRuns], split: str, shots: list[int]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per plan that can stop early: per shot count, the mean over seeds of (demonstrations used, % stopped early)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for p in plans:
+        per = {}
+        for s in shots:
+            vals = [v for run in p.evaluated_runs if (v := run.shots_used(split, s)) is not None]
+            if vals:
+                per[str(s)] = (float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals])))
+        if per:
+            out[p.name] = per
+    return out
+
+
+def shots_used_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Mean demonstrations used per shot count (the shot count is a cap for a selector with STOP) and the share of
+    selections that stopped early; empty when no plan can stop."""
+    labels = [r.label for r in cmp.rows if r.label != AVG]
+    body = [
+        [name, *(f"{per[k][0]:.2f} ({per[k][1]:.0f}% early)" if k in per else "" for k in labels)]
+        for name, per in cmp.shots_used.items()
+    ]
+    return ["shots used", *labels], body
 
 
 def footnote(split: str, n_questions: int) -> str:
@@ -525,6 +554,12 @@ def render_plain(cmp: Comparison) -> str:
     """The whole comparison as plain text (for pipes and files)."""
     headers, body = shot_table(cmp)
     parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote, runs_line(cmp)]
+    if cmp.shots_used:
+        parts += [
+            "",
+            "Demonstrations used (a selector with STOP may use fewer than its shot count)",
+            plain_grid(*shots_used_table(cmp)),
+        ]
     if failures_line(cmp):
         parts.append(failures_line(cmp))
     copying = copy_table(cmp)
@@ -554,6 +589,10 @@ def render_rich(cmp: Comparison, console: Any) -> None:
         # why: rules set the average and the improved count apart from the shot rows
         t.add_row(*line, end_section=i >= len(body) - 3, style="italic" if i == len(body) - 1 else None)
     console.print(t)
+    if cmp.shots_used:
+        console.print(
+            _rich_table("Demonstrations used (a selector with STOP may use fewer than its shot count)", *shots_used_table(cmp))
+        )
     copying = copy_table(cmp)
     if copying:
         console.print(_rich_table(f"Beyond copying (%) on {cmp.split}", *copying))

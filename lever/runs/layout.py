@@ -177,16 +177,23 @@ class EvalDir:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Accuracy (percent, 2 decimals), questions and failures per split and shot count."""
+    """Accuracy (percent, 2 decimals), questions and failures per split and shot count; with rows of a selector that
+    can stop early (`shots_used`), also the mean demonstrations used and the share of selections that stopped early."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         cell = out.setdefault(r["split"], {}).setdefault(str(r["shots"]), {"accuracy": 0.0, "n": 0, "failed": 0})
         cell["accuracy"] += r["accuracy"]
         cell["n"] += 1
         cell["failed"] += int(r["failed"])
+        if "shots_used" in r:
+            cell["shots_used"] = cell.get("shots_used", 0) + r["shots_used"]
+            cell["stopped_early"] = cell.get("stopped_early", 0) + int(r["shots_used"] < r["shots"])
     for split in out.values():
         for cell in split.values():
             cell["accuracy"] = round(100.0 * cell["accuracy"] / max(cell["n"], 1), 2)
+            if "shots_used" in cell:
+                cell["shots_used"] = round(cell["shots_used"] / max(cell["n"], 1), 3)
+                cell["stopped_early"] = round(100.0 * cell["stopped_early"] / max(cell["n"], 1), 2)
     return out
 
 

@@ -187,12 +187,56 @@ class ModelSpec(Strict):
         "xavier = xavier-uniform for both and a zero gate bias, as the original",
     )
     score_temperature: float = Field(0.1, gt=0, description="Scores are cosine / this")
+    # The original's V4 heads (docs/selector.md); any combination, either architecture.
+    update: Literal["gate", "gru", "none"] = Field(
+        "gate",
+        description="How the query state follows a pick: gate = g q + (1 - g) c (the original's V4-1 query_update_gate); "
+        "gru = a GRUCell on the picked candidate (V4-2 decoder_gru); none = a static query (the original's V2 before V4-1)",
+    )
+    step_emb: bool = Field(False, description="Add a learned per-step vector to the query state before scoring (V4-2 step_emb)")
+    steps: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Rows of the per-step tables (step_emb, div_lambda); a later step reuses the last row (the original: "
+        "its data's sequence length, 2)",
+    )
+    scoring: Literal["dot", "additive", "bilinear"] = Field(
+        "dot",
+        description="Score of a candidate: dot = cosine / T; additive = v . tanh(W_q q + W_c c) / T (V4-5 attn_Wq, attn_Wc, "
+        "attn_v); bilinear = q^T W c / T (V4-5 bilinear)",
+    )
+    diversity: Literal["none", "mmr"] = Field(
+        "none",
+        description="mmr = subtract softplus(div_lambda[t]) x the candidate's similarity to what was picked (V4-3)",
+    )
+    mmr_reduction: Literal["max", "mean"] = Field(
+        "max", description="diversity mmr: redundancy is the max or the mean similarity"
+    )
+    div_lambda_init: float = Field(0.1, description="diversity mmr: initial div_lambda (softplus(0.1) = 0.74)")
+    stop: bool = Field(
+        False,
+        description="A learned STOP candidate (V4-10 stop_token): a selection may end before its shot count, which is then a cap",
+    )
 
     @model_validator(mode="after")
     def _heads(self) -> ModelSpec:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The V4 head settings appear only when set away from their defaults, so every spec hash made before they
+        existed names the same result still."""
+        out = handler(self)
+        for name in HEAD_FIELDS:
+            if out.get(name) == type(self).model_fields[name].default:
+                out.pop(name)
+        return out
+
+
+HEAD_FIELDS = ("update", "step_emb", "steps", "scoring", "diversity", "mmr_reduction", "div_lambda_init", "stop")
 
 
 # --------------------------------------------------------------------------- stages

@@ -1,11 +1,14 @@
-"""The original project's selector checkpoints, both ways (arch "lever-plus-v3" only; lever/model/original.py).
+"""The original project's selector checkpoints, both ways (arch "lever-plus-v3" only; lever/model/original.py), its V4
+heads included (lever/model/heads.py: their parameters keep the original's names, so they map unchanged).
 
 Formats, detected from the file's contents:
 
 - v3: `torch.save({"model_state_dict": {...}, "epoch", "phase", "kl_beta", "metrics"})` (its GRPO trainer's
   per-epoch file; or the bare state dict), keys as
   `LeverPlusV3Selector`'s: input_proj.weight, cross_attn_layers.{i}.*, attn_norms.{i}.*, query_proj.weight,
-  cand_proj.weight, query_update_gate.*.
+  cand_proj.weight, query_update_gate.* (or a V4 head's: decoder_gru.*, step_emb.weight, div_lambda, attn_W*, attn_v.weight,
+  bilinear.weight, stop_token). Its V4 trainers add `model_type` (v4_2 ... v4_10) and a few flags; lever writes them
+  too and reads the heads from the key names (`head_settings`).
 - v2: a PyTorch Lightning checkpoint `{"state_dict": {"lever_lm.pointer_selector.<key>": ...}, "epoch",
   "global_step", "pytorch-lightning_version", "hyper_parameters"}` of a ONE-layer selector, where layer 0's
   keys are named cross_attn.* and attn_norm.* (the key mapping of the original's
@@ -112,12 +115,43 @@ def load_original(path: Path, trust: bool = False) -> tuple[State, str]:
             "or a v3 one (model_state_dict with query_proj / cand_proj / cross_attn_layers.* keys)",
         )
     state = {k: v.detach().float().contiguous() for k, v in state.items()}
-    if not any(k.startswith("query_update_gate.") for k in state):
-        raise LeverError(
-            f"checkpoint {path} ({fmt}) has no query_update_gate: a selector without the query-update gate",
-            hint="lever's selectors always update the query with the gate; this checkpoint cannot map onto one",
-        )
     return state, fmt
+
+
+def head_settings(state: State) -> dict[str, Any]:
+    """The model.* head settings (lever/model/heads.py) that a V4 state dict's keys and shapes imply.
+
+    query_update_gate -> update gate, decoder_gru -> gru (else none); step_emb -> step_emb, its rows -> steps;
+    div_lambda -> diversity mmr (its length -> steps); attn_Wq / bilinear -> scoring; stop_token -> stop. What
+    no key shows (mmr_reduction, div_lambda_init) is not returned.
+    """
+    out: dict[str, Any] = {
+        "update": "gate" if "query_update_gate.weight" in state else "gru" if "decoder_gru.weight_ih" in state else "none",
+        "step_emb": "step_emb.weight" in state,
+        "scoring": "additive" if "attn_Wq.weight" in state else "bilinear" if "bilinear.weight" in state else "dot",
+        "diversity": "mmr" if "div_lambda" in state else "none",
+        "stop": "stop_token" in state,
+    }
+    rows = state["step_emb.weight"].shape[0] if "step_emb.weight" in state else state.get("div_lambda", torch.zeros(0)).shape[0]
+    if rows:
+        out["steps"] = int(rows)
+    return out
+
+
+def original_model_type(state: State) -> dict[str, Any]:
+    """What the original's V4 trainers write beside `model_state_dict` (its loaders detect the model by these or
+    by the key names): model_type v4_2 / v4_3 / v4_5 (+ attention_type) / v4_10 (+ use_gru, use_step_emb), nothing
+    for its v3 (the gate, dot scores)."""
+    h = head_settings(state)
+    if h["stop"]:
+        return {"model_type": "v4_10", "use_gru": h["update"] == "gru", "use_step_emb": h["step_emb"]}
+    if h["scoring"] != "dot":
+        return {"model_type": "v4_5", "attention_type": h["scoring"]}
+    if h["diversity"] == "mmr":
+        return {"model_type": "v4_3"}
+    if h["update"] == "gru" or h["step_emb"]:
+        return {"model_type": "v4_2"}
+    return {}
 
 
 def save_v3(
@@ -133,6 +167,7 @@ def save_v3(
         "model_state_dict": {k: v.detach().float().contiguous() for k, v in state.items()},
         "kl_beta": float(kl_beta),
         "metrics": {str(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)},
+        **original_model_type(state),
     }
     atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))
 
@@ -145,5 +180,6 @@ def save_v2(path: Path, state: State, epoch: int = 0) -> None:
         "pytorch-lightning_version": "2.0.0",
         "state_dict": to_v2_keys(state),
         "hyper_parameters": {"lr": 1e-4, "weight_decay": 0.001, "warm_steps": 0.05},
+        **original_model_type(state),  # as its convert_v4_*_to_v2_format scripts mark a V4 selector
     }
     atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))
