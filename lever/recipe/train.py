@@ -33,7 +33,7 @@ from lever.model import SelectorBase
 from lever.records import StageEntry
 from lever.runs.layout import RunDir
 from lever.spec import load_plan
-from lever.spec.schema import Stage
+from lever.spec.schema import Stage, keyed_grpo
 from lever.threads import thread_settings
 from lever.train.checkpoint import State, load_into, load_verified, load_weights, state_digest
 from lever.train.original_ckpt import load_original
@@ -237,7 +237,7 @@ def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None) -> str:
         stage.kind,
         stage.epochs,
         stage.lr,
-        stage.opt.model_dump(mode="json"),
+        keyed_grpo(stage.opt.model_dump(mode="json")),  # the off-policy keys only when on
         # a phase's effective filter (the plan's with the phase's changes), as stage keys always held it
         stage_filter(plan.data, stage.data).model_dump(mode="json") if stage.data is not None else None,
         plan.data.model_dump(mode="json"),

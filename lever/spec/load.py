@@ -19,7 +19,7 @@ from lever.errors import LeverError
 from lever.io import read_text
 from lever.keys import content_key
 
-from .schema import Plan
+from .schema import Plan, keyed_grpo
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -308,6 +308,7 @@ def recipe_dict(plan: Plan) -> dict[str, Any]:
     out["start"].pop("trust_pickle")
     if plan.sft.epochs == 0:
         out.pop("sft")
+    out["grpo"] = keyed_grpo(out["grpo"])  # the off-policy keys only when on
     return out
 
 

@@ -325,6 +325,24 @@ class GRPOSpec(OptimSpec):
         "selected",
         description="This stage starts from the previous stage's selected epoch, or from its last epoch (the original)",
     )
+    # Off-policy correction (docs/training.md): the candidates come from other policies (beam, samples, random).
+    off_policy: Literal["none", "truncated_is"] = Field(
+        "none",
+        description="none = every sequence's term counts as on-policy; truncated_is = weight each sequence's policy "
+        "term by min(pi_old / pi_behaviour, is_cap), detached, from the data's behaviour log-probs (lever data "
+        "generate writes them; verl rollout_correction.rollout_is, TRL vllm_importance_sampling_correction)",
+    )
+    is_cap: float = Field(
+        2.0,
+        gt=0,
+        description="Cap C of the truncated importance weight min(rho, C) (verl rollout_is_threshold, TRL "
+        "vllm_importance_sampling_cap; both default 2.0)",
+    )
+    is_level: Literal["token", "sequence"] = Field(
+        "token",
+        description="token = the mean over picks of min(rho_t, C); sequence = min(prod_t rho_t, C) (verl rollout_is "
+        "= token | sequence, TRL token_truncate | sequence_truncate)",
+    )
 
     @model_validator(mode="after")
     def _schedule(self) -> GRPOSpec:
@@ -334,6 +352,17 @@ class GRPOSpec(OptimSpec):
         if self.kl.adaptive.enabled and self.kl.beta == 0:
             raise ValueError("kl.adaptive.enabled needs kl.beta > 0: an adaptive beta that starts at 0 never moves")
         return self
+
+
+OFF_POLICY_KEYS = ("off_policy", "is_cap", "is_level")
+
+
+def keyed_grpo(grpo: dict[str, Any]) -> dict[str, Any]:
+    """A GRPO table as plan hashes and stage keys hold it: without the off-policy keys while off_policy is
+    "none", so plans and stages made before the option keep their hash and key."""
+    if grpo.get("off_policy", "none") == "none":
+        return {k: v for k, v in grpo.items() if k not in OFF_POLICY_KEYS}
+    return grpo
 
 
 class DataOverride(Strict):

@@ -277,6 +277,23 @@ def all_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256, tra
     return out
 
 
+@torch.no_grad()
+def all_pick_logprobs(model: SelectorBase, groups: Groups, batch_size: int = 256) -> Tensor:
+    """Log-probability of every pick of every sequence of `groups` under `model`, eval mode: [S, L]
+    (teacher-forced, pick t after the sequence's first t picks; a row sums to `all_logprobs`)."""
+    was = model.training
+    model.eval()
+    d = groups.data
+    out = torch.zeros(d.num_sequences, d.shots, device=groups.features.device)
+    for b in groups.batches(torch.arange(groups.num_queries), batch_size):
+        enc = model.encode(b.query, b.pool, b.pool_mask)
+        labels = torch.where(b.mask.unsqueeze(-1), b.pointers, torch.zeros_like(b.pointers))  # [B, G, L]
+        per_pick = model.log_policy(enc, labels, b.mask).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [B, G, L]
+        out[b.seq[b.mask]] = per_pick[b.mask].float()
+    model.train(was)
+    return out
+
+
 def rce_rewards(b: Batch, kind: str, std_floor: float) -> Tensor:
     """The rewards RCE weights by (rce.rewards): "raw" = the clipped rewards before any
     normalisation, whatever reward.normalize says; "normalized" = their group z-score
@@ -324,6 +341,10 @@ class StageRunner:
         self.step = 0
         self.beta = stage.opt.kl.beta if isinstance(stage.opt, GRPOSpec) else 0.0
         self.logp_ref: Tensor | None = None
+        # GRPO off_policy = "truncated_is": behaviour log-probs [S] (sequence level) or [S, L] (token level), and
+        # for token level the reference's per-pick log-probs [S, L]
+        self.logp_behaviour: Tensor | None = None
+        self.pick_logp_ref: Tensor | None = None
         self.start_ratio = float("nan")  # GRPO: mean exp(logp_start - logp_ref) over the training sequences
 
     # ------------------------------------------------------------------ setup / resume
@@ -373,12 +394,46 @@ class StageRunner:
         self.start_ratio = float((start - logp).exp().mean())
         return logp
 
+    def _behaviour_setup(self) -> None:
+        """The data's behaviour log-probs on the device and, at token level, the reference's per-pick log-probs
+        (under the reference weights, eval mode, as `logp_ref`)."""
+        token = self.s.opt.is_level == "token"
+        d, dev = self.train.data, self.train.features.device
+        if not d.has_behaviour(steps=token):
+            raise RunFailed(
+                f"{self.s.name}: grpo.off_policy = {self.s.opt.off_policy!r} needs behaviour log-probs"
+                f"{' per pick' if token else ''}, and the training data has none; regenerate it with `lever data generate`"
+            )
+        self.logp_behaviour = (d.behaviour_steps if token else d.behaviour_logp).to(dev)
+        if token:
+            current = {k: v.clone() for k, v in self.model.state_dict().items()}
+            if self.reference is not None:
+                self.model.load_state_dict(self.reference)
+            self.pick_logp_ref = all_pick_logprobs(self.model, self.train)
+            self.model.load_state_dict(current)
+
+    def _off_policy(self, adv: Tensor, b: Batch, logp_ref: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The advantages the policy term uses: A_i * w_i with w the truncated importance weights
+        (L.truncated_is_weights; grpo.off_policy), or A itself when off. Scaling A by w > 0 scales the
+        clipped term -min(r A, clip(r) A) by w, so the PPO loss is unchanged in form; the KL is not weighted."""
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        if opt.off_policy == "none":
+            return adv, {}
+        if opt.is_level == "token":
+            old = self.pick_logp_ref[b.seq]  # [B, G, L]
+        else:
+            old = logp_ref  # [B, G]: the ratio's own reference log-probs
+        w, stats = L.truncated_is_weights(old, self.logp_behaviour[b.seq], b.mask, opt.is_cap, opt.is_level)
+        return adv * w, stats
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.s.kind == "grpo":  # from the stage's start weights, so before a resume replaces them
             self.logp_ref = self._reference_logprobs()
+            if self.s.opt.off_policy != "none":
+                self._behaviour_setup()
         first, rows = self._resume()
         for epoch in range(first, self.s.epochs + 1):
             row = self._epoch(epoch)
@@ -521,7 +576,8 @@ class StageRunner:
         mask = b.mask
         logp = self.model.score_sequences(b.query, b.pool, b.pool_mask, b.pointers, mask)
         logp_ref = self.logp_ref[b.seq] * mask  # [B, G]
-        ppo, st = L.ppo_loss(logp, logp_ref, adv, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
+        adv_pg, is_logs = self._off_policy(adv, b, logp_ref)  # adv, weighted by grpo.off_policy
+        ppo, st = L.ppo_loss(logp, logp_ref, adv_pg, mask, opt.eps_low, opt.eps_high, opt.ppo_clip)
         kl = L.kl_to_reference(logp, logp_ref, mask, opt.kl.estimator)
         loss = ppo + self.beta * kl
         kl_value = kl.item()
@@ -534,5 +590,6 @@ class StageRunner:
             "_pos_clipped": st["n_pos_clipped"],
             "policy/ratio_mean": st["ratio_mean"],
             "train/loss": loss.item(),
+            **is_logs,
         }
         return loss, logs, (adv.detach().cpu(), mask.cpu())
