@@ -53,12 +53,13 @@ def test_generated_behaviour_logps_are_the_proposing_policys_scores():
             if method == "random":
                 assert steps == pytest.approx([math.log(1 / 6), math.log(1 / 5)], abs=1e-6)
                 continue
-            per_step = model.log_policy(model.encode(query[qi : qi + 1], pool[qi : qi + 1]), ptr)[0, 0]  # [L, K], the policy's own distributions
+            q1, p1 = query[qi : qi + 1], pool[qi : qi + 1]
+            per_step = model.log_policy(model.encode(q1, p1), ptr)[0, 0]  # [L, K]: the policy's own distributions
             tau = p["temperature"] or 1.0
             want = [float((per_step[t] / tau).log_softmax(-1)[p["pointer"][t]]) for t in range(shots)]
             assert steps == pytest.approx(want, abs=1e-5), (method, tau)
             if tau == 1.0:  # beams and tau-1 samples: the policy's score of the ordered sequence
-                score = model.score_sequences(query[qi : qi + 1], pool[qi : qi + 1], None, ptr, torch.ones(1, 1, dtype=torch.bool))
+                score = model.score_sequences(q1, p1, None, ptr, torch.ones(1, 1, dtype=torch.bool))
                 assert beh == pytest.approx(float(score), abs=1e-5)
                 if method == "beam":
                     assert beh == pytest.approx(p["beam_score"], abs=1e-4)
@@ -78,7 +79,8 @@ def test_uniform_draw_and_the_similarity_policy_by_hand():
     assert beam["behaviour_step_logps"] == pytest.approx([10 - math.log(z0), 9 - math.log(z1)], abs=1e-5)
     # the bundled benchmark's generator scores its sequences the same way
     logits = torch.tensor([[10.0, 9.0, 0.0]])
-    assert bench_step_logps(logits, torch.tensor([[[0, 1]]]))[0, 0].tolist() == pytest.approx(beam["behaviour_step_logps"], abs=1e-5)
+    bench = bench_step_logps(logits, torch.tensor([[[0, 1]]]))[0, 0]
+    assert bench.tolist() == pytest.approx(beam["behaviour_step_logps"], abs=1e-5)
 
 
 def test_set_dedupe_keeps_the_kept_sources_own_logp():
@@ -236,3 +238,39 @@ def test_truncated_is_on_data_without_behaviour_logps_fails_before_training(leve
     for needle in (str(old), "grpo.off_policy = 'truncated_is'", "behaviour_step_logps", "lever data generate"):
         assert needle in res.text, res.text
     assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- a short GRPO run (slow tier)
+
+# plan5 with these overrides on the small bundled benchmark (seed 0, CPU), token and sequence level. The weights
+# depend on the data and on the policy after RCE, not on GRPO's noisy first steps (see test_run.py's STORED_GRPO).
+OFF = ["rce.epochs=2", "rce.batch_size=16", "grpo.epochs=2", "grpo.off_policy=truncated_is", "--no-eval"]
+STORED_IS = {
+    "token": {
+        "is/weight_mean": [0.782711, 0.846705],
+        "is/capped_frac": [0.0367590, 0.0728600],
+        # retrieval sequences (weight 1): 19 of the 288 kept in epoch 1 (top-3), 55 of 480 in epoch 2 (top-5)
+        "is/deterministic_frac": [19 / 288, 55 / 480],
+    },
+    "sequence": {
+        "is/weight_mean": [0.604420, 0.703552],
+        "is/capped_frac": [0.0220134, 0.0354746],
+        "is/deterministic_frac": [19 / 288, 55 / 480],
+    },
+}
+
+
+@pytest.mark.slow
+def test_grpo_with_truncated_is_matches_stored_values(lever, tmp_path, monkeypatch):
+    from lever.io import read_jsonl
+
+    monkeypatch.chdir(ROOT)
+    ws = bench_workspace(tmp_path)
+    for level, stored in STORED_IS.items():
+        res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *OFF, f"grpo.is_level={level}")
+        assert res.code == 0, res.text
+        spec = load_plan(PLANS / "plan5.toml", [*OFF[:-1], f"grpo.is_level={level}"])
+        run_dir = tmp_path / "runs" / "plan5" / spec.hash / "seed-0"
+        rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "grpo"]
+        for key, values in stored.items():
+            assert [r[key] for r in rows] == pytest.approx(values, rel=1e-4), (level, key)

@@ -247,7 +247,6 @@ class _Parser:
             data = data.subset(torch.from_numpy(order))  # queries sorted by id as integers
         return data
 
-
     def _check_behaviour(self, cat: dict[str, np.ndarray], qids: np.ndarray, offsets: np.ndarray) -> None:
         """Once any sequence of the file has a behaviour log-prob (or per-pick list), every sequence of a
         non-deterministic source needs one: a file half with them would weight half its sequences."""
@@ -408,7 +407,9 @@ class _Chunk:
             lens[has] = np.fromiter(map(len, given), dtype=np.int64, count=len(given))
             self.fail(has & (lens != L), "behaviour_step_logps", lambda k: f"has {lens[k]} values, 'pointer' has {L}")
             full[has] = np.array(given, dtype=np.float64).reshape(-1, L)
-            self.fail(has & np.isnan(total), "behaviour_step_logps", lambda k: "is given without 'behaviour_logp'", BEHAVIOUR_HINT)
+            self.fail(
+                has & np.isnan(total), "behaviour_step_logps", lambda k: "is given without 'behaviour_logp'", BEHAVIOUR_HINT
+            )
         for field, x in (("behaviour_logp", total), ("behaviour_step_logps", full)):
             bad = x > 0 if x.ndim == 1 else (x > 0).any(1)
             self.fail(bad, field, lambda k, x=x: f"is {x[k].tolist()}: a log-probability is <= 0", BEHAVIOUR_HINT)
