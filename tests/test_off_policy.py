@@ -206,6 +206,22 @@ def test_weighted_loss_is_the_weighted_terms_and_weights_one_are_todays_loss():
     assert weighted.item() == pytest.approx(L.masked_mean(w * terms, mask).item(), abs=1e-6)
 
 
+def test_reference_pick_logprobs_sum_to_the_sequence_logprobs(tmp_path):
+    """Token level's pi_old per pick (all_pick_logprobs) adds up to the sequence log-probs the PPO ratio uses."""
+    from lever.train.groups import Groups
+    from lever.train.stage import all_logprobs, all_pick_logprobs
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(synthetic_records(queries=4, group=6, pool=8, shots=3, seed=2)))
+    data = parse_candidates(path)
+    torch.manual_seed(0)
+    groups = Groups(data, torch.zeros(data.num_sequences), torch.zeros(data.num_sequences), torch.randn(200, 8))
+    model = PointerSelector(d_in=8, hidden=8)
+    picks = all_pick_logprobs(model, groups, batch_size=3)  # [S, L], ragged batches
+    assert picks.shape == (data.num_sequences, 3) and (picks < 0).all()
+    assert torch.allclose(picks.sum(-1), all_logprobs(model, groups), atol=1e-5)
+
+
 # --------------------------------------------------------------------------- the plan and the preflight
 
 
