@@ -148,9 +148,9 @@ def _render_stats(s: dict[str, Any]) -> None:
     for name, n in s["tiers"].items():
         t.add_row(name, str(n), _bar(n, s["queries"]))
     console.print(t)
-    t = _table("sources (gen_method)", "source", "sequences")
+    t = _table("sources (gen_method)", "source", "sequences", "with behaviour log-prob")
     for name, n in s["sources"].items():
-        t.add_row(name, str(n))
+        t.add_row(name, str(n), str(s["behaviour_logps"].get(name, 0)))
     console.print(t)
     if "plan" in s:
         _render_plan(s["plan"])

@@ -233,6 +233,8 @@ def test_candidate_data_follows_the_compatibility_format(small: BenchPaths) -> N
         "beam_rank",
         "beam_score",
         "temperature",
+        "behaviour_logp",
+        "behaviour_step_logps",
         "vqa_pred_answer",
         "vqa_correct",
         "vqa_acc_score",
@@ -260,8 +262,14 @@ def test_candidate_data_follows_the_compatibility_format(small: BenchPaths) -> N
             modes.add(c["vqa_eval_mode"])
             assert (c["temperature"] is not None) == (c["gen_method"] == "sample")
             assert (c["beam_rank"] is not None) == (c["gen_method"] == "beam")
+            # behaviour log-probs: null only for retrieval; a uniform draw of 2 of 64 is log(1/64 * 1/63)
+            assert (c["behaviour_logp"] is None) == (c["gen_method"] == "retrieval")
+            if c["gen_method"] == "random":
+                assert c["behaviour_step_logps"] == [round(-math.log(64), 6), round(-math.log(63), 6)]
+            if c["gen_method"] == "beam":
+                assert c["behaviour_logp"] == pytest.approx(c["beam_score"], abs=1e-4)
             if not c["eval_failed"]:
-                assert vlm.score("train", qid, c["pointer_global"]) == {k: c[k] for k in fields[6:11]}
+                assert vlm.score("train", qid, c["pointer_global"]) == {k: c[k] for k in fields[8:13]}
     assert methods == {"beam", "retrieval", "sample", "random"}
     assert "vqaEval" in modes
 

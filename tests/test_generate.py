@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -142,8 +143,13 @@ def test_killed_generation_resumes_to_the_uninterrupted_file(lever, ws, tmp_path
     }
     assert all(keys <= c.keys() for c in cands)
     assert {c["gen_method"] for c in cands} == {"beam", "sample", "random", "retrieval"}
+    # behaviour log-probs: null only for retrieval; a uniform draw from a pool of 16 is log(1/16 * 1/15)
+    assert all((c["behaviour_logp"] is None) == (c["gen_method"] == "retrieval") for c in cands)
+    rnd = [c["behaviour_logp"] for c in cands if c["gen_method"] == "random"]
+    assert rnd and rnd == pytest.approx([math.log(1 / 16 / 15)] * len(rnd), abs=1e-6)
     stats = json.loads(cli(lever, ws, "data", "stats", whole, "--json", "--no-cache").out)
     assert stats["queries"] == 40 and stats["read"]["duplicates_dropped"] == 0
+    assert stats["behaviour_logps"] == {**stats["sources"], "retrieval": 0}
 
     changed = cli(lever, ws, "data", "generate", tmp_path / "p.json", whole, "-f", tmp_path / "f.pt", "--redo", "--random", "0")
     assert "wrote" in changed.text and len(json.loads(whole.read_text())["_meta"]["sources"]) == 5

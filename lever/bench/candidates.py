@@ -4,10 +4,15 @@ Per training query: a pool of K train items (the `pool_near` nearest by feature 
 ones, shuffled; never the query itself), candidate sequences from a similarity policy
 pi(j) = softmax_j(cos(x_q, x_j) / policy_scale) (beam search, retrieval blocks, temperature samples)
 and uniform random ones, deduplicated by index set, each scored by the simulated VLM.
+
+Every sequence carries its behaviour log-probability (docs/data.md), per pick and summed: beam, log pi(seq);
+sample at tau, sum_t log softmax(logits / tau)[pick_t] over the unchosen items; random, the uniform ordered
+draw -sum_t log(K - t); retrieval (and the enumerated top-up of tiny pools) is deterministic: null.
 """
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from typing import Any, NamedTuple
 
@@ -28,6 +33,7 @@ class Proposal(NamedTuple):
     beam_rank: int | None = None
     beam_score: float | None = None
     temperature: float | None = None
+    behaviour: tuple[float, ...] | None = None  # per-pick log-probs under the proposing distribution (None: deterministic)
 
 
 def make_candidates(cfg: BenchConfig, world: World, vlm: SimVLM) -> dict[str, Any]:
@@ -134,6 +140,23 @@ def sample_sequences(logits: torch.Tensor, n: int, steps: int, tau: float, g: to
     return (logits[:, None, :] / tau + gumbel).topk(steps, dim=2).indices
 
 
+def step_logps(logits: torch.Tensor, seqs: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Per-pick log-probs [Q, n, steps] of sequences seqs [Q, n, steps] under softmax(logits / tau) over the items
+    not yet chosen (logits [Q, K]): the distribution beam search (tau 1) and sample_sequences draw from."""
+    n_q, n, steps = seqs.shape
+    masked = (logits / tau)[:, None, :].expand(n_q, n, logits.shape[1]).clone()  # [Q, n, K]
+    out = []
+    for t in range(steps):
+        out.append(masked.log_softmax(-1).gather(2, seqs[:, :, t : t + 1]).squeeze(2))
+        masked.scatter_(2, seqs[:, :, t : t + 1], -float("inf"))
+    return torch.stack(out, dim=2)
+
+
+def uniform_logps(k: int, steps: int) -> tuple[float, ...]:
+    """Per-pick log-probs of a uniform ordered draw of `steps` distinct items of K: log 1 / (K - t)."""
+    return tuple(-math.log(k - t) for t in range(steps))
+
+
 def _random_sequences(n_q: int, n: int, k: int, steps: int, g: torch.Generator) -> torch.Tensor:
     """n uniform sequences [Q, n, steps] of distinct pointers into a K-item pool."""
     return torch.rand(n_q, n, k, generator=g).topk(steps, dim=2).indices
@@ -145,21 +168,29 @@ def _sources(cfg: BenchConfig, logits: torch.Tensor, g: torch.Generator) -> list
     props: list[list[Proposal]] = [[] for _ in range(n_q)]
     if cfg.beam_width:
         seqs, score = beam_search(logits, cfg.beam_width, cfg.shots)
-        for qi, (ss, sc) in enumerate(zip(seqs.tolist(), score.tolist())):
-            props[qi] += [Proposal(tuple(s), "beam", r, round(c, 4)) for r, (s, c) in enumerate(zip(ss, sc))]
+        behs = step_logps(logits, seqs).tolist()
+        for qi, (ss, sc, bb) in enumerate(zip(seqs.tolist(), score.tolist(), behs)):
+            props[qi] += [
+                Proposal(tuple(s), "beam", r, round(c, 4), behaviour=tuple(b)) for r, (s, c, b) in enumerate(zip(ss, sc, bb))
+            ]
     ranking = logits.argsort(dim=1, descending=True).tolist()  # [Q, K] most similar first
     for qi in range(n_q):
         blocks = min(cfg.retrieval, k // cfg.shots)
         props[qi] += [Proposal(tuple(ranking[qi][b * cfg.shots : (b + 1) * cfg.shots]), "retrieval") for b in range(blocks)]
     for tau in cfg.temperatures:
         counts = torch.randint(cfg.samples_min, cfg.samples_max + 1, (n_q,), generator=g).tolist()
-        seqs = sample_sequences(logits, cfg.samples_max, cfg.shots, tau, g).tolist()
+        drawn = sample_sequences(logits, cfg.samples_max, cfg.shots, tau, g)
+        seqs, behs = drawn.tolist(), step_logps(logits, drawn, tau).tolist()
         for qi in range(n_q):
-            props[qi] += [Proposal(tuple(s), "sample", temperature=tau) for s in seqs[qi][: counts[qi]]]
+            props[qi] += [
+                Proposal(tuple(s), "sample", temperature=tau, behaviour=tuple(b))
+                for s, b in zip(seqs[qi][: counts[qi]], behs[qi])
+            ]
     counts = torch.randint(cfg.random_min, cfg.random_max + 1, (n_q,), generator=g).tolist()
     seqs = _random_sequences(n_q, cfg.random_max, k, cfg.shots, g).tolist()
+    uniform = uniform_logps(k, cfg.shots)
     for qi in range(n_q):
-        props[qi] += [Proposal(tuple(s), "random") for s in seqs[qi][: counts[qi]]]
+        props[qi] += [Proposal(tuple(s), "random", behaviour=uniform) for s in seqs[qi][: counts[qi]]]
     return props
 
 
@@ -179,12 +210,12 @@ def _dedupe(cfg: BenchConfig, proposals: list[Proposal], fill: list[list[int]]) 
     for s in fill:
         if len(group) >= cfg.group_min:
             break
-        add(Proposal(tuple(s), "random"))
-    if len(group) < cfg.group_min:  # tiny pools: enumerate the remaining sets in order
+        add(Proposal(tuple(s), "random", behaviour=uniform_logps(cfg.pool_size, cfg.shots)))
+    if len(group) < cfg.group_min:  # tiny pools: enumerate the remaining sets in order (deterministic)
         for s in combinations(range(cfg.pool_size), cfg.shots):
             if len(group) >= cfg.group_min:
                 break
-            add(Proposal(s, "random"))
+            add(Proposal(s, "enumerated"))
     return group[: cfg.group_max]
 
 
@@ -199,6 +230,8 @@ def _record(
         "beam_rank": prop.beam_rank,
         "beam_score": prop.beam_score,
         "temperature": prop.temperature,
+        "behaviour_logp": None if prop.behaviour is None else round(sum(prop.behaviour), 6),
+        "behaviour_step_logps": None if prop.behaviour is None else [round(x, 6) for x in prop.behaviour],
         **score,
         "vqa_eval_mode": "vqaEval",
         "eval_failed": False,
@@ -227,5 +260,6 @@ def _meta(cfg: BenchConfig) -> dict[str, Any]:
         "generator_version": GENERATOR_VERSION,
         "pool": f"{cfg.pool_near} nearest by feature cosine + {cfg.pool_size - cfg.pool_near} random train items",
         "sources": ["beam", "retrieval", "sample", "random"],
+        "behaviour_logps": "per sequence and per pick, under the proposing distribution; null for retrieval",
         "settings": cfg.model_dump(),
     }

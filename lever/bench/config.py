@@ -18,7 +18,7 @@ from lever.spec.load import format_validation_error
 BENCH_DOCS = "see docs/benchmark.md for the benchmark settings and their ranges"
 
 # Bump when the generator changes what it writes for the same settings: old cache entries stop matching.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: behaviour log-probs per sequence (docs/benchmark.md)
 
 
 class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):

@@ -18,7 +18,7 @@ from lever.keys import file_sha256  # noqa: F401  (the parse cache's key; re-exp
 
 from .candidates import CandidateData
 
-CACHE_VERSION = 5  # 5: every listed sequence, repeats flagged; 4: repeated query keys and scores outside [0, 1] are refused; 3: duplicates are ordered sequences
+CACHE_VERSION = 6  # 6: behaviour log-probs; 5: every listed sequence, repeats flagged; 4: repeated query keys and scores outside [0, 1] are refused; 3: duplicates are ordered sequences
 Log = Callable[[str], Any]
 
 
@@ -27,7 +27,7 @@ def cache_path(cache_dir: Path | str, digest: str) -> Path:
 
 
 _TENSORS = ("query_ids", "pools", "pool_sizes", "offsets", "pointers", "correct", "acc", "gt_prob", "rel",
-            "failed", "source", "cand_index", "cand_count", "duplicate")  # fmt: skip
+            "failed", "source", "cand_index", "cand_count", "duplicate", "behaviour_logp", "behaviour_steps")  # fmt: skip
 
 
 def write_cache(cache: Path, data: CandidateData, log: Log) -> None:

@@ -16,9 +16,12 @@ from torch import Tensor
 from .segments import offsets_from_sizes, segment_ids, segment_sum
 
 # Per-sequence fields (first dimension S), gathered together by subset/select.
-SEQ_FIELDS = ("pointers", "correct", "acc", "gt_prob", "rel", "failed", "source", "cand_index", "duplicate")
+SEQ_FIELDS = ("pointers", "correct", "acc", "gt_prob", "rel", "failed", "source", "cand_index", "duplicate",
+              "behaviour_logp", "behaviour_steps")  # fmt: skip
 # Per-query fields (first dimension Q).
 QUERY_FIELDS = ("query_ids", "pools", "pool_sizes", "cand_count")
+# Sources (gen_method) that propose their sequence deterministically: no behaviour log-probability (null).
+DETERMINISTIC_SOURCES = frozenset({"retrieval", "enumerated"})
 
 
 @dataclass
@@ -45,6 +48,16 @@ class CandidateData:
     # [S] bool: a repeat of an earlier ordered sequence of its query (the reader's `duplicates="keep"`);
     # None or all False once dropped.
     duplicate: Tensor | None = None
+    # Behaviour log-probabilities (`behaviour_logp`, `behaviour_step_logps`): the log-probability of each
+    # sequence under the distribution that proposed it (docs/data.md), NaN for a deterministic source
+    # (retrieval). None when the file has none (files made before `lever data generate` wrote them).
+    behaviour_logp: Tensor | None = None  # [S] float32, summed over the picks
+    behaviour_steps: Tensor | None = None  # [S, L] float32, per pick
+
+    def has_behaviour(self, steps: bool = False) -> bool:
+        """Whether the data holds behaviour log-probabilities (per pick too, with `steps`)."""
+        x = self.behaviour_steps if steps else self.behaviour_logp
+        return x is not None and bool(torch.isfinite(x).any())
 
     # ---- sizes -------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class Cand(msgspec.Struct, gc=False):
     vqa_eval_mode: str | None = None
     gen_method: str | None = None
     pointer_global: list[int] | None = None
+    behaviour_logp: int | float | None = None
+    behaviour_step_logps: list[int | float] | None = None
 
 
 class QueryInfo(msgspec.Struct, gc=False):

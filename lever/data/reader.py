@@ -20,7 +20,10 @@ Read-time rules:
   `skip_failed` drops them;
 - vqa_gt_prob / vqa_rel_score are optional (NaN where missing, counted) and lie in
   [0, 1]; the reward mode that needs them refuses data without them;
-- a query key given twice is an error (a JSON object would keep the last record).
+- a query key given twice is an error (a JSON object would keep the last record);
+- behaviour log-probabilities (`behaviour_logp`, `behaviour_step_logps`) are optional: finite, <= 0, the
+  per-pick list as long as the sequence and summing to the total; null only for a deterministic source
+  (retrieval) once any sequence of the file has one. A file without them reads as before (None).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from lever.errors import LeverError
 from lever.io import check_readable, is_input_file
 
 from .cache import cache_path, file_sha256, read_cache, write_cache
-from .candidates import CandidateData
+from .candidates import DETERMINISTIC_SOURCES, CandidateData
 from .rawjson import CAND_HINT, RECORD_HINT, RawFile, Record, decode_json, decode_record
 from .segments import one_thread
 
@@ -56,7 +59,12 @@ FAILED_MODES = frozenset({"fallback", "error"})
 Log = Callable[[str], Any]
 
 _FIELDS = attrgetter("pointer", "vqa_correct", "vqa_acc_score", "vqa_gt_prob", "vqa_rel_score", "eval_failed",
-                     "vqa_eval_mode", "gen_method", "pointer_global")  # fmt: skip
+                     "vqa_eval_mode", "gen_method", "pointer_global", "behaviour_logp", "behaviour_step_logps")  # fmt: skip
+BEHAVIOUR_HINT = (
+    "a sequence's behaviour_logp is its log-probability (<= 0) under the policy that proposed it, null only for a "
+    "deterministic source (retrieval); `lever data generate` writes them"
+)
+STEP_SUM_TOL = 1e-3  # |sum(behaviour_step_logps) - behaviour_logp| allowed (values are written rounded)
 
 
 @one_thread()
@@ -224,18 +232,38 @@ class _Parser:
         pools[rows, cols] = cat["pool_flat"]
         offsets = np.zeros(len(qids) + 1, dtype=np.int64)
         np.cumsum(cat["group_sizes"], out=offsets[1:])
+        self._check_behaviour(cat, qids, offsets)
         t = torch.from_numpy
+        beh = {k: t(cat[k]) if np.isfinite(cat[k]).any() else None for k in ("behaviour_logp", "behaviour_steps")}
         data = CandidateData(
             query_ids=t(qids), pools=t(pools), pool_sizes=t(sizes), offsets=t(offsets),
             pointers=t(cat["pointers"]), correct=t(cat["correct"]), acc=t(cat["acc"]),
             gt_prob=t(cat["gt_prob"]), rel=t(cat["rel"]), failed=t(cat["failed"]), source=t(cat["source"]),
             source_names=["unknown" if s is None else s for s in self.source_codes],
             meta=meta, cand_index=t(cat["cand_index"]), cand_count=t(cat["cand_count"]),
-            duplicate=t(cat["duplicate"]),
+            duplicate=t(cat["duplicate"]), **beh,
         )  # fmt: skip
         if np.any(np.diff(qids) < 0):
             data = data.subset(torch.from_numpy(order))  # queries sorted by id as integers
         return data
+
+    def _check_behaviour(self, cat: dict[str, np.ndarray], qids: np.ndarray, offsets: np.ndarray) -> None:
+        """Once any sequence of the file has a behaviour log-prob (or per-pick list), every sequence of a
+        non-deterministic source needs one: a file half with them would weight half its sequences."""
+        names = np.array([s in DETERMINISTIC_SOURCES for s in self.source_codes], dtype=bool)
+        random = ~names[cat["source"]]  # [S] proposed by a policy or a draw
+        for key, field in (("behaviour_logp", "behaviour_logp"), ("behaviour_steps", "behaviour_step_logps")):
+            x = cat[key] if cat[key].ndim == 1 else cat[key][:, 0]
+            given = np.isfinite(x)
+            missing = np.flatnonzero(random & ~given)
+            if given.any() and len(missing):
+                r = int(missing[0])
+                q = int(np.searchsorted(offsets, r, side="right")) - 1
+                raise LeverError(
+                    f"{self.path}: query {int(qids[q])}, candidate {int(cat['cand_index'][r])}: field '{field}' is missing, "
+                    f"but other sequences of the file have one ({len(missing)} sequences of non-deterministic sources lack it)",
+                    hint=BEHAVIOUR_HINT + " for every sequence",
+                )
 
 
 class _Chunk:
@@ -289,6 +317,8 @@ class _Chunk:
             "source": cols["source"],
             "cand_index": self.cand_idx,
             "duplicate": ~keep,
+            "behaviour_logp": cols["behaviour_logp"].astype(f32),
+            "behaviour_steps": cols["behaviour_steps"].astype(f32),
         }
 
     def _check_records(self) -> None:
@@ -323,7 +353,7 @@ class _Chunk:
     def _columns(self) -> dict[str, np.ndarray]:
         """Per-candidate fields -> arrays; missing scores are errors unless the evaluation failed."""
         rows = list(map(_FIELDS, self.cands))  # one C call per candidate, then transpose
-        ptrs, correct, acc, gt, rel, flags, modes, sources, pg = zip(*rows)
+        ptrs, correct, acc, gt, rel, flags, modes, sources, pg, beh, beh_steps = zip(*rows)
         failed = np.array(flags, dtype=bool)  # None -> False
         failed |= np.fromiter(map(FAILED_MODES.__contains__, modes), dtype=bool, count=len(modes))
         scores = {}
@@ -353,6 +383,7 @@ class _Chunk:
             pg_lens[has_pg] = np.fromiter(map(len, given), dtype=np.int64, count=len(given))
             self.fail(pg_lens != L, "pointer_global", lambda k: f"has {pg_lens[k]} indices, 'pointer' has {L}")
             pg_full[has_pg] = _int64(given, len(given) * L, self.where(0) + "..: field 'pointer_global'").reshape(-1, L)
+        beh_total, beh_full = self._behaviour(beh, beh_steps, L)
         code = self.p.source_codes
         for name in set(sources):
             code.setdefault(name, len(code))
@@ -361,7 +392,33 @@ class _Chunk:
             "pointers": pointers, "correct": scores["vqa_correct"], "acc": scores["vqa_acc_score"],
             "gt_prob": scores["vqa_gt_prob"], "rel": scores["vqa_rel_score"], "failed": failed,
             "source": source, "has_pg": has_pg, "pointer_global": pg_full,
+            "behaviour_logp": beh_total, "behaviour_steps": beh_full,
         }  # fmt: skip
+
+    def _behaviour(self, beh: tuple, steps: tuple, L: int) -> tuple[np.ndarray, np.ndarray]:
+        """behaviour_logp [Sc] and behaviour_step_logps [Sc, L] (NaN where null), checked: finite (JSON holds no
+        NaN or Infinity), <= 0, L picks summing to the total."""
+        total = self._floats("behaviour_logp", beh)
+        full = np.full((len(steps), L), np.nan)
+        has = np.fromiter(map(is_not, steps, repeat(None)), dtype=bool, count=len(steps))
+        if has.any():
+            given = [v for v in steps if v is not None]
+            lens = np.zeros(len(steps), dtype=np.int64)
+            lens[has] = np.fromiter(map(len, given), dtype=np.int64, count=len(given))
+            self.fail(has & (lens != L), "behaviour_step_logps", lambda k: f"has {lens[k]} values, 'pointer' has {L}")
+            full[has] = np.array(given, dtype=np.float64).reshape(-1, L)
+            self.fail(
+                has & np.isnan(total), "behaviour_step_logps", lambda k: "is given without 'behaviour_logp'", BEHAVIOUR_HINT
+            )
+        for field, x in (("behaviour_logp", total), ("behaviour_step_logps", full)):
+            bad = x > 0 if x.ndim == 1 else (x > 0).any(1)
+            self.fail(bad, field, lambda k, x=x: f"is {x[k].tolist()}: a log-probability is <= 0", BEHAVIOUR_HINT)
+        off = np.abs(full.sum(1) - total) > STEP_SUM_TOL * np.maximum(1.0, np.abs(total))
+        self.fail(
+            has & off, "behaviour_step_logps",
+            lambda k: f"sums to {full[k].sum():g}, but 'behaviour_logp' is {total[k]:g}: the total is the sum of the picks",
+        )  # fmt: skip
+        return total, full
 
     def _floats(self, field: str, values: tuple) -> np.ndarray:
         try:

@@ -75,6 +75,8 @@ def data_stats(data: CandidateData, reward: RewardSpec | None = None, rules: Tie
             "histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
         },  # fmt: skip
         "sources": {name: int(n) for name, n in zip(data.source_names, src)},
+        # sequences with a behaviour log-prob per source (grpo.off_policy needs them; retrieval has none)
+        "behaviour_logps": {name: int(n) for name, n in zip(data.source_names, _with_behaviour(data))},
         "read": meta.get("read", {}),
         "failed": {"sequences": int(data.failed.sum()), "queries_all_failed": int((failed_per_q == sizes).sum())},
         "outcomes": {
@@ -88,3 +90,11 @@ def data_stats(data: CandidateData, reward: RewardSpec | None = None, rules: Tie
         "tiers": {name: int((tier == i).sum()) for i, name in enumerate(TIERS)},
         "tier_rules": rules.model_dump(),
     }
+
+
+def _with_behaviour(data: CandidateData) -> list[int]:
+    """Per source code, the sequences with a behaviour log-probability (all 0 when the file has none)."""
+    if data.behaviour_logp is None:
+        return [0] * len(data.source_names)
+    has = torch.isfinite(data.behaviour_logp).long()
+    return torch.zeros(len(data.source_names), dtype=torch.long).index_add_(0, data.source, has).tolist()

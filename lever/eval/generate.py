@@ -15,6 +15,13 @@ highest-priority source (beam > retrieval > sample > random; within a source the
 Every sequence is answered by the evaluation backend with the evaluation's prompt protocol and
 scored with its VQA metric, and written in the compatibility format (docs/data.md).
 
+Each sequence also carries its behaviour log-probability, the log-probability of the ordered sequence under
+the distribution that proposed it, per pick (`behaviour_step_logps`) and summed (`behaviour_logp`): beam, the
+policy's log pi(seq); sample at temperature tau, the tempered distribution it was drawn from,
+sum_t log softmax(log pi_t / tau)[pick_t] (the policy's own log pi(seq) at tau = 1); random, the uniform draw
+without replacement, -sum_t log(K - t); retrieval is deterministic: null. `--dedupe set` keeps a sequence with
+its own source's value. GRPO's `off_policy = "truncated_is"` weights by them (docs/training.md).
+
 Random draws come from one generator per query (seeded by the seed and the query row), so the
 output does not depend on chunking, resumption or the number of ranks. Crash safety: every
 chunk of queries is appended to `OUT.parts/shard-<rank>.jsonl` and flushed; a rerun skips the
@@ -24,6 +31,7 @@ queries any shard holds; rank 0 merges the shards into OUT (atomically) and remo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import zlib
@@ -132,39 +140,76 @@ def sample(step: StepLogp, n: int, steps: int, tau: float, gens: list[torch.Gene
     return seqs
 
 
+def step_logps(step: StepLogp, seqs: Tensor, tau: float = 1.0) -> Tensor:
+    """Per-pick log-probs [Q, n, L] of sequences seqs [Q, n, L] under softmax(log pi_t / tau), teacher-forced:
+    pick t is scored after the prefix seqs[..., :t]. tau = 1 gives the policy's own log pi_t(pick_t)."""
+    out = []
+    for t in range(seqs.shape[2]):
+        logp = step(seqs[:, :, :t])  # [Q, n, K]
+        if tau != 1.0:
+            logp = (logp / tau).log_softmax(-1)
+        out.append(logp.gather(2, seqs[:, :, t : t + 1]).squeeze(2))
+    return torch.stack(out, dim=2)
+
+
+def uniform_step_logps(k: int, shots: int) -> list[float]:
+    """Per-pick log-probs of a uniform draw of `shots` distinct items of K, in order: log 1 / (K - t)."""
+    return [-math.log(k - t) for t in range(shots)]
+
+
+def behaviour(steps: list[float] | None) -> dict[str, Any]:
+    """A proposal's behaviour fields: the per-pick log-probs and their sum (None for a deterministic source)."""
+    if steps is None:
+        return {"behaviour_logp": None, "behaviour_step_logps": None}
+    return {"behaviour_logp": round(sum(steps), 6), "behaviour_step_logps": [round(x, 6) for x in steps]}
+
+
 def propose(
     step: StepLogp, sims: Tensor, shots: int, sources: Sources, gens: list[torch.Generator], dedupe: str = "set"
 ) -> list[list[dict[str, Any]]]:
-    """Per query, the deduplicated proposals {pointer, gen_method, beam_rank, beam_score, temperature} in source order.
+    """Per query, the deduplicated proposals {pointer, gen_method, beam_rank, beam_score, temperature,
+    behaviour_logp, behaviour_step_logps} in source order.
 
     sims [Q, K]: cosine of the query with each pool item (retrieval ranks by it). dedupe: "set" (`dedupe_set`)
-    or "ordered" (`dedupe_ordered`).
+    or "ordered" (`dedupe_ordered`). The behaviour fields: see the module's docstring.
     """
     if dedupe not in DEDUPE:
         raise LeverError(f"--dedupe {dedupe!r} is not known", hint="use set (the original's) or ordered")
     n_q, k = sims.shape
     props: list[list[dict[str, Any]]] = [[] for _ in range(n_q)]
 
-    def add(qi: int, seq: list[int], method: str, rank: int | None = None, score: float | None = None, tau: float | None = None):
-        props[qi].append({"pointer": seq, "gen_method": method, "beam_rank": rank, "beam_score": score, "temperature": tau})
+    def add(
+        qi: int,
+        seq: list[int],
+        method: str,
+        beh: list[float] | None,
+        rank: int | None = None,
+        score: float | None = None,
+        tau: float | None = None,
+    ):
+        rec = {"pointer": seq, "gen_method": method, "beam_rank": rank, "beam_score": score, "temperature": tau}
+        props[qi].append({**rec, **behaviour(beh)})
 
     if sources.beams:
         seqs, scores = beam_search(step, n_q, k, sources.beams, shots)
-        for qi, (ss, sc) in enumerate(zip(seqs.tolist(), scores.tolist())):
-            for r, (s, c) in enumerate(zip(ss, sc)):
-                add(qi, s, "beam", r, round(c, 4))
+        behs = step_logps(step, seqs).tolist()
+        for qi, (ss, sc, bb) in enumerate(zip(seqs.tolist(), scores.tolist(), behs)):
+            for r, (s, c, b) in enumerate(zip(ss, sc, bb)):
+                add(qi, s, "beam", b, r, round(c, 4))
     for tau in sources.temperatures:
         if sources.samples:
-            for qi, ss in enumerate(sample(step, sources.samples, shots, tau, gens, k).tolist()):
-                for s in ss:
-                    add(qi, s, "sample", tau=tau)
+            seqs = sample(step, sources.samples, shots, tau, gens, k)
+            for qi, (ss, bb) in enumerate(zip(seqs.tolist(), step_logps(step, seqs, tau).tolist())):
+                for s, b in zip(ss, bb):
+                    add(qi, s, "sample", b, tau=tau)
+    uniform = uniform_step_logps(k, shots)
     for qi, g in enumerate(gens):
         for _ in range(sources.random):
-            add(qi, torch.randperm(k, generator=g)[:shots].tolist(), "random")
+            add(qi, torch.randperm(k, generator=g)[:shots].tolist(), "random", uniform)
     ranking = sims.argsort(dim=1, descending=True).tolist()
     for qi in range(n_q):
         for b in range(min(sources.retrieval, k // shots)):
-            add(qi, ranking[qi][b * shots : (b + 1) * shots], "retrieval")
+            add(qi, ranking[qi][b * shots : (b + 1) * shots], "retrieval", None)
     return [dedupe_ordered(group) if dedupe == "ordered" else dedupe_set(group) for group in props]
 
 
@@ -304,6 +349,7 @@ def generate_file(
         "seed": opts.seed,
         "dedupe": opts.dedupe,
         "policy": policy[0],
+        "behaviour_logps": True,  # the records carry them (an interrupted generation without them is not resumed)
         "metric": metric,
         "protocol": protocol.identity(),
         "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype", "attn_implementation")},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lever.errors import LeverError
 from lever.eval.preflight import check_eval
 from lever.io import check_readable
 
@@ -19,5 +20,23 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
     if r.trains and r.plan.start.kind == "checkpoint":
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
     features = r.train_features  # with the candidate data when the plan trains (a baseline selector reads none)
+    check_behaviour(r)
     if evaluate:
         check_eval(r.ws, r.plan.eval, features, r.features_file, f"{r.lp.path}: ", r.log, r.plan.data.dataset)
+
+
+def check_behaviour(r: Recipe) -> None:
+    """grpo.off_policy = "truncated_is" weights by the data's behaviour log-probs (per pick at is_level "token"):
+    a data file without them is refused now, not after the RCE stage has trained."""
+    grpo = r.plan.grpo
+    if grpo.off_policy == "none" or not any(s.kind == "grpo" for s in r.stages):
+        return
+    token = grpo.is_level == "token"
+    if not r.loaded.data.has_behaviour(steps=token):
+        what = "per-pick behaviour log-probs ('behaviour_step_logps')" if token else "behaviour log-probs ('behaviour_logp')"
+        raise LeverError(
+            f"{r.lp.path}: grpo.off_policy = {grpo.off_policy!r} (is_level {grpo.is_level!r}) needs {what}, "
+            f"and the candidate data {r.sources.candidates} holds none",
+            hint="regenerate the data with `lever data generate` (it records each sequence's behaviour log-probs), "
+            'or set grpo.off_policy = "none"',
+        )

@@ -465,6 +465,24 @@ class GRPOSpec(OptimSpec):
         "selected",
         description="This stage starts from the previous stage's selected epoch, or from its last epoch (the original)",
     )
+    # Off-policy correction (docs/training.md): the candidates come from other policies (beam, samples, random).
+    off_policy: Literal["none", "truncated_is"] = Field(
+        "none",
+        description="none = every sequence's term counts as on-policy; truncated_is = weight each sequence's policy "
+        "term by min(pi_old / pi_behaviour, is_cap), detached, from the data's behaviour log-probs (lever data "
+        "generate writes them; verl rollout_correction.rollout_is, TRL vllm_importance_sampling_correction)",
+    )
+    is_cap: float = Field(
+        2.0,
+        gt=0,
+        description="Cap C of the truncated importance weight min(rho, C) (verl rollout_is_threshold, TRL "
+        "vllm_importance_sampling_cap; both default 2.0)",
+    )
+    is_level: Literal["token", "sequence"] = Field(
+        "token",
+        description="token = the mean over picks of min(rho_t, C); sequence = min(prod_t rho_t, C) (verl rollout_is "
+        "= token | sequence, TRL token_truncate | sequence_truncate)",
+    )
 
     @field_validator("reference")
     @classmethod
@@ -482,6 +500,9 @@ class GRPOSpec(OptimSpec):
         if sync and self.reference != "sync":
             name = "rce" if self.reference == "stage_start" else self.reference
             raise ValueError(f"{', '.join(sorted(sync))} only apply with reference = 'sync' (reference is '{name}')")
+        weights = {"is_cap", "is_level"} & self.model_fields_set
+        if weights and self.off_policy == "none":
+            raise ValueError(f"{', '.join(sorted(weights))} only apply with off_policy = 'truncated_is' (off_policy is 'none')")
         if self.kl.in_reward and self.kl.beta == 0:
             raise ValueError("kl.in_reward needs kl.beta > 0: a KL taken from the reward at beta 0 changes nothing")
         starts = [s.from_epoch for s in self.top_k_schedule]
@@ -493,7 +514,18 @@ class GRPOSpec(OptimSpec):
 
 
 # GRPO keys added after plans were hashed: omitted from dumps at their defaults (see omit_defaults).
-GRPO_ADDED = ("ref_sync_steps", "ref_sync_alpha", "ratio_level", "loss_agg", "clip_c", "entropy_coef", "filter_groups")
+GRPO_ADDED = (
+    "ref_sync_steps",
+    "ref_sync_alpha",
+    "ratio_level",
+    "loss_agg",
+    "clip_c",
+    "entropy_coef",
+    "filter_groups",
+    "off_policy",
+    "is_cap",
+    "is_level",
+)
 
 
 class DataOverride(Strict):

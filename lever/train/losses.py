@@ -476,3 +476,60 @@ def adapt_beta(
     elif kl < low:
         beta = beta / factor
     return float(min(max(beta, beta_min), beta_max))
+
+
+def truncated_is_weights(
+    logp_old: Tensor,
+    logp_behaviour: Tensor,
+    mask: Tensor,
+    cap: float = 2.0,
+    level: Literal["token", "sequence"] = "token",
+) -> tuple[Tensor, dict[str, float]]:
+    """Truncated importance weights of off-policy sequences: w [B, G], detached (no gradient).
+
+    logp_old: log pi_old of each pick [B, G, L] (or, at sequence level, of each sequence [B, G]), where
+    pi_old is the policy the PPO ratio is taken against (grpo.reference); logp_behaviour: the same under
+    the behaviour policy mu that proposed the sequence (the data's behaviour log-probs), NaN where the
+    source is deterministic (retrieval).
+
+      sequence: w_i = min(rho_i, C),  rho_i = pi_old(y_i) / mu(y_i) = exp(sum_t (logp_old_it - logp_mu_it))
+      token:    w_i = (1 / L) sum_t min(rho_it, C),  rho_it = exp(logp_old_it - logp_mu_it)
+
+    C = `cap`; min(exp(x), C) is computed as exp(min(x, log C)), so no ratio overflows. A sequence without
+    a behaviour log-prob (NaN: a deterministic source) gets w = 1: it was not drawn from any distribution,
+    so there is no ratio to correct, and it counts as it does without the correction. Padding gets 0.
+    lever's GRPO terms are per sequence, so at token level the pick weights enter as their mean: the value
+    each pick's term carries under token-mean aggregation of verl's token-level rollout correction.
+    The names elsewhere: verl `algorithm.rollout_correction.rollout_is` (token | sequence) with
+    `rollout_is_threshold` (C, default 2.0); TRL `vllm_importance_sampling_correction` with
+    `vllm_importance_sampling_cap` (C) and its token_/sequence_truncate modes.
+    stats: is/weight_mean (over real sequences), is/capped_frac (share of weighted real sequences whose
+    sequence ratio, or any pick ratio, reached C), is/deterministic_frac (share of real sequences with w = 1
+    for lack of a behaviour log-prob).
+    """
+    if level not in ("token", "sequence"):
+        raise LeverError(f"unknown importance-sampling level {level!r}", hint="use 'token' or 'sequence'")
+    if cap <= 0:
+        raise LeverError(f"importance-sampling cap {cap} must be > 0")
+    log_cap = torch.log(torch.tensor(float(cap), dtype=torch.float64)).item()
+    log_rho = (logp_old.detach() - logp_behaviour.detach()).double()  # [B, G, L] or [B, G]
+    if level == "sequence":
+        if log_rho.dim() == 3:
+            log_rho = log_rho.sum(-1)  # [B, G]
+        w = log_rho.clamp(max=log_cap).exp()
+        capped = log_rho >= log_cap
+    else:
+        if log_rho.dim() != 3:
+            raise LeverError("token-level importance weights need per-pick log-probs [B, G, L]")
+        w = log_rho.clamp(max=log_cap).exp().mean(-1)  # [B, G]
+        capped = (log_rho >= log_cap).any(-1)
+    known = torch.isfinite(w) & mask  # NaN: no behaviour log-prob
+    w = torch.where(known, w, torch.ones_like(w))
+    w = masked_fill0(w, mask).to(logp_old.dtype)
+    n = max(int(mask.sum()), 1)
+    stats = {
+        "is/weight_mean": float(w.sum()) / n,
+        "is/capped_frac": float((capped & known).sum()) / max(int(known.sum()), 1),
+        "is/deterministic_frac": float((mask & ~known).sum()) / n,
+    }
+    return w, stats

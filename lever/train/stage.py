@@ -345,6 +345,7 @@ class StageRunner:
         self.logp_ref: Tensor | None = None
         self.picks_ref: Tensor | None = None  # GRPO, ratio_level token: [S, L] per-pick log p under the reference
         self.ref_weights: State | None = None  # GRPO, reference sync: the reference's weights as synced so far
+        self.logp_behaviour: Tensor | None = None  # GRPO off_policy: behaviour log-probs [S] or, at is_level token, [S, L]
         self.start_ratio = float("nan")  # GRPO: mean exp(logp_start - logp_ref) over the training sequences
 
     # ------------------------------------------------------------------ setup / resume
@@ -401,11 +402,17 @@ class StageRunner:
         measures the start ratio), per pick for ratio_level token, and its weights when it is synced."""
         opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
         self.logp_ref = self._reference_logprobs()
-        if opt.ratio_level == "token" or opt.reference == "sync":
+        if self._per_pick() or opt.reference == "sync":
             start = self.reference if self.reference is not None else state_of(self.model)
             self.ref_weights = {k: v.detach().clone() for k, v in start.items()}
-            if opt.ratio_level == "token":
+            if self._per_pick():
                 self.picks_ref = self._under(self.ref_weights, all_pick_logprobs)
+
+    def _per_pick(self) -> bool:
+        """Whether GRPO needs the reference's per-pick log-probs: a per-pick ratio (ratio_level token) or
+        per-pick importance weights (off_policy truncated_is at is_level token)."""
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        return opt.ratio_level == "token" or (opt.off_policy != "none" and opt.is_level == "token")
 
     def _under(self, weights: State, score: Any) -> Tensor:
         """score(model, train groups) with the model holding `weights` (eval mode); the model's own weights back after."""
@@ -420,7 +427,7 @@ class StageRunner:
         """Make `weights` the reference: its log-probs (per sequence, and per pick for ratio_level token) again."""
         self.ref_weights = {k: v.detach().clone() for k, v in weights.items()}
         self.logp_ref = self._under(self.ref_weights, all_logprobs)
-        if self.s.opt.ratio_level == "token":
+        if self._per_pick():
             self.picks_ref = self._under(self.ref_weights, all_pick_logprobs)
 
     def _sync_reference(self) -> None:
@@ -431,12 +438,41 @@ class StageRunner:
             assert self.ref_weights is not None
             self._set_reference(mix_weights(self.ref_weights, state_of(self.model), opt.ref_sync_alpha))
 
+    def _behaviour_setup(self) -> None:
+        """The data's behaviour log-probs on the device (grpo.off_policy; preflight refused data without them)."""
+        token = self.s.opt.is_level == "token"
+        d, dev = self.train.data, self.train.features.device
+        if not d.has_behaviour(steps=token):
+            raise RunFailed(
+                f"{self.s.name}: grpo.off_policy = {self.s.opt.off_policy!r} needs behaviour log-probs"
+                f"{' per pick' if token else ''}, and the training data has none; regenerate it with `lever data generate`"
+            )
+        self.logp_behaviour = (d.behaviour_steps if token else d.behaviour_logp).to(dev)
+
+    def _off_policy(self, adv: Tensor, b: Batch) -> tuple[Tensor, dict[str, float]]:
+        """The advantages the policy term uses: A_i * w_i with w the truncated importance weights
+        (L.truncated_is_weights; grpo.off_policy), or A itself when off. Scaling A by w > 0 scales the
+        clipped (and dual-clipped) term by w, so the PPO loss is unchanged in form; the KL is not weighted."""
+        opt: GRPOSpec = self.s.opt  # type: ignore[assignment]
+        if opt.off_policy == "none":
+            return adv, {}
+        assert self.logp_behaviour is not None
+        if opt.is_level == "token":
+            assert self.picks_ref is not None
+            old = self.picks_ref[b.seq]  # [B, G, L]: the reference's per-pick log-probs
+        else:
+            old = self.logp_ref[b.seq] * b.mask  # [B, G]: the ratio's own reference log-probs
+        w, stats = L.truncated_is_weights(old, self.logp_behaviour[b.seq], b.mask, opt.is_cap, opt.is_level)
+        return adv * w, stats
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.s.kind == "grpo":  # from the stage's start weights, so before a resume replaces them
             self._setup_reference()
+            if self.s.opt.off_policy != "none":
+                self._behaviour_setup()
         first, rows = self._resume()
         for epoch in range(first, self.s.epochs + 1):
             row = self._epoch(epoch)
@@ -605,11 +641,12 @@ class StageRunner:
             logs.update({"_groups": float(mask.any(-1).sum()), "_skipped": float(uniform.sum())})
             mask = mask & ~uniform.unsqueeze(-1)
             b = replace(b, mask=mask)
+        adv, is_logs = self._off_policy(adv, b)  # weighted by grpo.off_policy (w > 0: the same as weighting the terms)
+        logs.update(is_logs)
         if scored is None:
             scored = self._score(b, picks)
         log_ratio, tmask = self._ratio_terms(b, scored, opt.ratio_level)  # [B, G, T]
         terms, st = L.clipped_policy_terms(log_ratio, adv, tmask, opt.eps_low, opt.eps_high, opt.ppo_clip, opt.clip_c)
-        # A per-term weight (an off-policy correction) multiplies `terms` here, before the aggregation.
         norm = opt.batch_size * self._largest_group(k) * tmask.shape[-1]  # seq-mean-token-sum-norm's constant
         ppo = L.aggregate(terms, tmask, opt.loss_agg, norm)
         kl_ratio, kl_mask = self._ratio_terms(b, scored, "kl")
