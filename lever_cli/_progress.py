@@ -33,12 +33,19 @@ def fmt(value: Any) -> str:
 
 
 class RichReporter:
-    """Implements lever.train.stage.Reporter on a rich console (stderr)."""
+    """Implements lever.train.stage.Reporter on a rich console (stderr).
+
+    On a terminal: a bar per epoch, then the epoch's one-line summary. Elsewhere (a log file, a pipe, a batch
+    job): the summary line alone, ending with the stage's count and time left from the epochs timed so far,
+    e.g. `grpo  12  val 7.5  ...  s 1.8  12/50, 1m08s left` (no bars, whose redraws would leave blank lines)."""
 
     def __init__(self, console: Console):
         self.console = console
         self.progress: Progress | None = None
         self.task = None
+        self.stage: tuple[str, int] | None = None  # (name, epoch count) of the stage being run
+        self.epochs = 0  # its epoch count
+        self.timed: list[float] = []  # the seconds of the stage's epochs run in this process
 
     def info(self, message: str) -> None:
         self.console.print(message, highlight=False)
@@ -48,6 +55,10 @@ class RichReporter:
 
     def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None:
         self._close()
+        if (stage, epochs) != self.stage or epoch == 1:  # a new stage (or one started again)
+            self.stage, self.epochs, self.timed = (stage, epochs), epochs, []
+        if not self.console.is_terminal:
+            return
         self.progress = Progress(
             TextColumn(f"{stage} epoch {epoch}/{epochs}"),
             BarColumn(),
@@ -66,7 +77,12 @@ class RichReporter:
     def epoch_end(self, stage: str, row: dict[str, Any]) -> None:
         self._close()
         parts = [f"{label} {fmt(row[key])}" for key, label in SUMMARY if key in row]
-        self.console.print(f"[bold]{stage}[/] {row['epoch']:>3}  " + "  ".join(parts), highlight=False)
+        line = f"[bold]{stage}[/] {row['epoch']:>3}  " + "  ".join(parts)
+        if not self.console.is_terminal and isinstance(row.get("time/epoch_s"), (int, float)) and self.epochs:
+            self.timed.append(float(row["time/epoch_s"]))
+            left = (self.epochs - row["epoch"]) * sum(self.timed) / len(self.timed)
+            line += f"  {row['epoch']}/{self.epochs}, {_duration(left)} left"
+        self.console.print(line, highlight=False, soft_wrap=True)
 
     def _close(self) -> None:
         if self.progress is not None:

@@ -44,6 +44,9 @@ def test_which_baseline(ws, tmp_path):
     original = load_plan(PLANS / "original" / "plan5.toml", QUICK)
     assert plan_baseline([original], QUICK, workspace, None).lp.path == PLANS / "original" / "baseline.toml"
     assert plan_baseline([load_plan(PLANS / "baseline.toml"), plan5], [], workspace, None) is None  # named: used as is
+    similar = load_plan(PLANS / "baselines" / "similar_both.toml")  # trains nothing: no RCE stage to share
+    assert plan_baseline([similar, plan5], QUICK, workspace, None).lp.path == PLANS / "baseline.toml"
+    assert plan_baseline([similar], [], workspace, None) is None
     alone = tmp_path / "mine.toml"  # a plan file in a folder without a baseline
     alone.write_text(f'description = "mine"\nextends = "{PLANS / "plan5.toml"}"\n')
     assert plan_baseline([load_plan(alone)], [], workspace, None) is None

@@ -81,3 +81,21 @@ def test_the_first_progress_report_comes_after_one_batch_of_answers():
     assert chunk_bounds(5, 8) == [(0, 5)]
     assert chunk_bounds(50, 8) == [(0, 8), (8, 40), (40, 50)]  # one batch, then four batches at a time
     assert chunk_bounds(9, 1) == [(0, 1), (1, 5), (5, 9)]
+
+
+def test_training_in_a_log_file_prints_one_line_per_epoch_with_the_stage_time_left():
+    out = io.StringIO()
+    reporter = progress_mod.RichReporter(Console(file=out, force_terminal=False, width=200))
+    for stage, epochs, seconds in (("rce", 3, [2.0, 4.0, 3.0]), ("grpo", 4, [1.0, 3.0])):
+        for epoch, s in enumerate(seconds, start=1):
+            reporter.epoch_start(stage, epoch, epochs, steps=10)
+            reporter.step()
+            reporter.epoch_end(stage, {"epoch": epoch, "val/loss": 7.5, "time/epoch_s": s})
+    # no bar redraws (no blank lines); time left = epochs left x the stage's mean epoch time so far
+    assert out.getvalue().splitlines() == [
+        "rce   1  val 7.5  s 2  1/3, 4s left",  # 2 left x 2 s
+        "rce   2  val 7.5  s 4  2/3, 3s left",  # 1 left x 3 s
+        "rce   3  val 7.5  s 3  3/3, 0s left",
+        "grpo   1  val 7.5  s 1  1/4, 3s left",  # a new stage: its own times (3 left x 1 s)
+        "grpo   2  val 7.5  s 3  2/4, 4s left",  # 2 left x 2 s
+    ]

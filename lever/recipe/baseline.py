@@ -61,11 +61,13 @@ def plan_baseline(
     """The baseline to compare `plans` with, and its runs still to do; None when one of the plans is a baseline
     file itself (the table uses `baseline` as before) or the first plan's folder has no baseline file.
 
-    The baseline is the `baseline.toml` beside the first plan, with the overrides that apply to it
+    The baseline is the `baseline.toml` beside the first plan that trains (a selector that trains nothing, such
+    as `plans/baselines/similar_both`, has no RCE stage to share), with the overrides that apply to it
     (`baseline_overrides`); its runs are one per seed the plans run (`seed`, else each plan's seeds)."""
-    if not plans or any(lp.path.stem == BASELINE for lp in plans):
+    anchor = next((lp for lp in plans if lp.plan.selector.trains), None)
+    if anchor is None or any(lp.path.stem == BASELINE for lp in plans):
         return None
-    path = plans[0].path.parent / f"{BASELINE}.toml"
+    path = anchor.path.parent / f"{BASELINE}.toml"
     if not path.is_file():
         return None
     kept, skipped = baseline_overrides(overrides, plan_name(path, ws.plans_dir))
