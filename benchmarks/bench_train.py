@@ -26,8 +26,9 @@ to 640.
 --faithful --full times the whole run instead: plans/original/plan5 (the issue's "plan5-like"
 run) at --rce-epochs RCE + --grpo-epochs GRPO epochs (5 + 5) on all 640 x 24 training
 sequences, batch 1, one thread, through StageRunner.run (the GRPO start pass, checkpoints and
-validation included), in a fresh process per run: CPU seconds, peak RSS, the GRPO reference
-pass (start ratio + reference log-probs) and the last losses. --before DIR runs the same
+validation included), in a fresh process per run: CPU seconds, peak RSS, the GRPO start's two
+passes (the reference log-probs in eval mode, the original's pass; the policy in train mode for
+the start ratio, lever's diagnostic) and the last losses. --before DIR runs the same
 process on another checkout's `lever` (a worktree of an earlier commit), alternated with this
 one, --rounds times each: before and after from the same run. It prints the floor: the
 arithmetic the original architecture must do (its dropout comes before the candidate
@@ -271,16 +272,16 @@ def _whole_child(args) -> dict:
     torch.manual_seed(0)
     model = build_selector(feats.shape[1], plan.model)
     pre_rce = {k: v.clone() for k, v in model.state_dict().items()}
-    ref_s: list[float] = []
-    timed = StageRunner._reference_logprobs
+    passes = {True: 0.0, False: 0.0}  # CPU seconds of the GRPO start: the train-mode policy pass, the eval-mode reference
+    timed = stage_mod.all_logprobs
 
-    def reference_logprobs(self):
+    def all_logprobs(model, groups, batch_size=256, train=False):
         t = time.process_time()
-        out = timed(self)
-        ref_s.append(time.process_time() - t)
+        out = timed(model, groups, batch_size, train)
+        passes[train] += time.process_time() - t
         return out
 
-    StageRunner._reference_logprobs = reference_logprobs
+    stage_mod.all_logprobs = all_logprobs
     out: dict = {"rss_start_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     t0, w0 = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -291,7 +292,8 @@ def _whole_child(args) -> dict:
             out[f"{stage.kind}_loss"] = rows[-1]["train/loss"]
             if stage.kind == "grpo":
                 out["start_ratio"] = runner.start_ratio
-    out.update(cpu_s=time.process_time() - t0, wall_s=time.perf_counter() - w0, reference_s=sum(ref_s))
+    out.update(cpu_s=time.process_time() - t0, wall_s=time.perf_counter() - w0)
+    out.update(reference_s=passes[False], start_pass_s=passes[True])
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -358,7 +360,14 @@ def whole_run(args) -> None:
         data = load_candidates(Path(tmp) / "candidates.json", cache_dir=None, log=lambda m: None)
         feats = load_features(Path(tmp) / "features.pt")
         cmd = [sys.executable, __file__, "--faithful", "--full", "--child", "whole", "--data", tmp]
-        cmd += ["--rce-epochs", str(args.rce_epochs), "--grpo-epochs", str(args.grpo_epochs), "--group-size", str(args.group_size)]
+        cmd += [
+            "--rce-epochs",
+            str(args.rce_epochs),
+            "--grpo-epochs",
+            str(args.grpo_epochs),
+            "--group-size",
+            str(args.group_size),
+        ]
         trees = {"now": str(ROOT)}
         if args.before:
             trees = {"before": str(Path(args.before).resolve()), **trees}
@@ -376,15 +385,16 @@ def whole_run(args) -> None:
         f"{split.train.num_queries} train / {split.val.num_queries} val queries x {args.group_size} sequences, "
         f"pools {data.pools.shape[1]}; best of {args.rounds} (alternated), peak RSS the largest"
     )
-    print(f"{'':8}{'CPU s':>8}{'wall s':>8}{'peak RSS MiB':>13}{'reference s':>13}{'start ratio':>13}{'RCE loss':>12}{'GRPO loss':>12}")
+    head = f"{'':8}{'CPU s':>8}{'wall s':>8}{'peak RSS MiB':>13}{'reference s':>12}{'start pass s':>13}{'start ratio':>12}"
+    print(head + f"{'RCE loss':>11}{'GRPO loss':>11}")
     best = {}
     for label, rs in runs.items():
         b = best[label] = min(rs, key=lambda r: r["cpu_s"])
         rss = max(r["rss_mb"] for r in rs)
-        ref = min(r["reference_s"] for r in rs)
+        ref, start = min(r["reference_s"] for r in rs), min(r["start_pass_s"] for r in rs)
         print(
-            f"{label:8}{b['cpu_s']:>8.1f}{b['wall_s']:>8.1f}{rss:>13.0f}{ref:>13.2f}{b['start_ratio']:>13.5f}"
-            f"{b['rce_loss']:>12.6f}{b['grpo_loss']:>12.6f}"
+            f"{label:8}{b['cpu_s']:>8.1f}{b['wall_s']:>8.1f}{rss:>13.0f}{ref:>12.2f}{start:>13.2f}{b['start_ratio']:>12.5f}"
+            f"{b['rce_loss']:>11.6f}{b['grpo_loss']:>11.6f}"
         )
     fl = floor_seconds(plan, split.train.num_queries, split.val.num_queries, args.group_size, data.pools.shape[1], feats.shape[1])
     now = best["now"]["cpu_s"]
