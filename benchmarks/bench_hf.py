@@ -6,11 +6,19 @@ with 640x480 images, reporting questions per second.
 
     python benchmarks/bench_hf.py [--questions 32] [--shots 0 1 2 4] [--threads N] [--real-size]
     python benchmarks/bench_hf.py --plans 3   # model loads and seconds for `lever run A B C`'s backends
+    python benchmarks/bench_hf.py --coco [--questions 8] [--threads 2]
+
+--coco: the tiny model with Qwen2.5-VL's default pixel limits on 640x480 (COCO-size) images, which
+the processor resizes to 644x476 (391 visual tokens each): seconds per question at 1-4 shots (the
+evaluation), scored sequences per second at 2 shots (`data generate`: an answer and the ground
+truth's probability per sequence), the share of the time in image preprocessing and in the vision
+encoder, and the peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -120,6 +128,77 @@ def plan_loads(n_plans: int) -> None:
             print(f"  {label:18} {len(loads)} weight loads, {time.perf_counter() - t0:.3f} s for {n_plans} plans")
 
 
+class Clock:
+    """Seconds spent inside wrapped callables (image preprocessing, the vision encoder)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+        return timed
+
+
+def coco(args) -> None:
+    """The tiny Qwen2.5-VL on COCO-size images (see the module docstring)."""
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+
+    model, processor = tiny_qwen()
+    processor.image_processor = Qwen2VLImageProcessorPil()  # the default pixel limits (56*56 .. 28*28*1280)
+    clock = Clock()
+    images = processor.image_processor
+    images.preprocess = clock.wrap("image preprocessing", images.preprocess)
+    model.model.visual.forward = clock.wrap("vision encoder", model.model.visual.forward)
+    shots = [s for s in args.shots if s > 0] or [1, 2, 3, 4]
+    with tempfile.TemporaryDirectory() as tmp:
+        n_items = args.questions + max(shots)
+        q, a, image_dir = write_okvqa_fixture(Path(tmp), n=n_items)
+        for i in range(n_items):  # COCO-sized images: 640x480
+            random_image(image_dir / f"COCO_val2014_{500 + i:012d}.jpg", seed=i, size=(480, 640))
+        items = load_okvqa(q, a, image_dir, split="val")
+        grid = images(images=[Image.open(items[0].image).convert("RGB")])["image_grid_thw"][0]
+        h, w = int(grid[1]) * 14, int(grid[2]) * 14
+        tokens = int(grid.prod()) // 4  # patches merged 2x2
+        print(
+            f"tiny Qwen2.5-VL on cpu, {torch.get_num_threads()} torch threads, 640x480 images resized to {w}x{h}: "
+            f"{int(grid.prod())} patches, {tokens} visual tokens each; {args.questions} questions, 5 new tokens, 3 beams, batch 8"
+        )
+        print(f"{'':24}{'s/question':>11}{'questions/s':>13}{'preprocess':>12}{'vision':>9}{'rest':>7}")
+        for k in shots:
+            reqs = [Request("val", items[i], items[i + 1 : i + 1 + k]) for i in range(args.questions)]
+            backend = HFBackend.from_pretrained_objects(model, processor, "cpu", 8, 5, 3)
+            backend.answer(reqs[:1])  # warm-up
+            clock.seconds.clear()
+            t0 = time.perf_counter()
+            out = backend.answer(reqs)
+            dt = time.perf_counter() - t0
+            assert not any(r.failed for r in out)
+            pre, vis = clock.seconds.get("image preprocessing", 0.0), clock.seconds.get("vision encoder", 0.0)
+            print(
+                f"{f'evaluation, {k} shots':24}{dt / len(reqs):>11.2f}{len(reqs) / dt:>13.2f}{pre / dt:>12.0%}{vis / dt:>9.0%}{1 - (pre + vis) / dt:>7.0%}"
+            )
+        reqs = [Request("val", items[i], items[i + 1 : i + 3]) for i in range(args.questions)]  # 2-shot sequences
+        backend = HFBackend.from_pretrained_objects(model, processor, "cpu", 8, 5, 3)
+        clock.seconds.clear()
+        t0 = time.perf_counter()
+        backend.answer(reqs)
+        backend.gt_probs(reqs)
+        dt = time.perf_counter() - t0
+        pre, vis = clock.seconds.get("image preprocessing", 0.0), clock.seconds.get("vision encoder", 0.0)
+        print(
+            f"{'data generate, 2 shots':24}{dt / len(reqs):>11.2f}{len(reqs) / dt:>13.2f}{pre / dt:>12.0%}{vis / dt:>9.0%}{1 - (pre + vis) / dt:>7.0%}"
+            "   (per scored sequence: answer + ground-truth probability)"
+        )
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=32)
@@ -127,6 +206,7 @@ def main() -> None:
     ap.add_argument("--real-size", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--plans", type=int, default=0, help="only count VLM loads for this many plans' backends")
+    ap.add_argument("--coco", action="store_true", help="the tiny model on COCO-size images (see above)")
     args = ap.parse_args()
     if args.plans:
         print(f"tiny Qwen2.5-VL from a model folder, {args.plans} plans' backends")
@@ -134,6 +214,8 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.coco:
+        return coco(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         n_items = args.questions + max(args.shots)

@@ -22,13 +22,31 @@ ratio and peak RSS (ru_maxrss of a fresh process per pass), chunked as now
 (lever.train.stage.SEQUENCE_CHUNK) and unchunked as before (256 queries at once), alternated in
 the same run; then one RCE and one GRPO epoch at batch 1 on --queries training queries, scaled
 to 640.
+
+--faithful --full times the whole run instead: plans/original/plan5 (the issue's "plan5-like"
+run) at --rce-epochs RCE + --grpo-epochs GRPO epochs (5 + 5) on all 640 x 24 training
+sequences, batch 1, one thread, through StageRunner.run (the GRPO start pass, checkpoints and
+validation included), in a fresh process per run: CPU seconds, peak RSS, the GRPO start's two
+passes (the reference log-probs in eval mode, the original's pass; the policy in train mode for
+the start ratio, lever's diagnostic) and the last losses. --before DIR runs the same
+process on another checkout's `lever` (a worktree of an earlier commit), alternated with this
+one, --rounds times each: before and after from the same run. It prints the floor: the
+arithmetic the original architecture must do (its dropout comes before the candidate
+projection, so every sequence projects its own K candidates: K*h*h multiply-adds forward, and
+one more such product per trained matrix backward) and its dropout draws (K*h + h + heads*K
+per train-mode sequence), in seconds at this machine's one-thread GEMM and random-number rates
+measured in the same process; and the original trainer's figures it is compared against.
+
+    python benchmarks/bench_train.py --faithful --full [--before DIR] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +61,7 @@ from lever.model import PointerSelector, build_selector
 from lever.runs.sources import load_features
 from lever.spec import load_plan
 from lever.spec.schema import GRPOSpec, Plan, RCESpec, SelectSpec
+from lever.train import losses as L
 from lever.train import stage as stage_mod
 from lever.train.groups import Groups
 from lever.train.plandata import make_groups, split_data
@@ -92,10 +111,17 @@ def main() -> None:
     ap.add_argument("--faithful", action="store_true", help="the original family's settings at batch 1 (see above)")
     ap.add_argument("--queries", type=int, default=64, help="--faithful: training queries timed per epoch")
     ap.add_argument("--rounds", type=int, default=2, help="--faithful: start passes per chunking, alternated")
+    ap.add_argument("--full", action="store_true", help="--faithful: the whole run (see above)")
+    ap.add_argument("--rce-epochs", type=int, default=5, help="--faithful --full: RCE epochs")
+    ap.add_argument("--grpo-epochs", type=int, default=5, help="--faithful --full: GRPO epochs")
+    ap.add_argument("--before", default="", help="--faithful --full: a checkout whose lever is timed alternately")
+    ap.add_argument("--data", default="", help=argparse.SUPPRESS)  # --full child: the parent's benchmark data
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)  # --faithful: one measurement (internal)
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
+    if args.faithful and args.full:
+        return whole_run(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = ensure_bench(Path(tmp), BenchConfig(group_min=args.group_size), log=lambda m: None)
@@ -211,7 +237,7 @@ def faithful(args, data, feats) -> None:
     for _ in range(args.rounds):
         for label, chunk in zip(runs, (10**9, now)):
             runs[label].append(_in_child(args, str(chunk)))
-    print(f"{'GRPO start pass (train + reference)':42}{'seconds':>9}{'peak RSS MB':>13}{'RSS before':>12}{'start ratio':>13}")
+    print(f"{'GRPO start pass (train + reference)':42}{'seconds':>9}{'peak RSS MiB':>13}{'RSS before':>12}{'start ratio':>13}")
     for label, rs in runs.items():
         best = min(rs, key=lambda r: r["seconds"])
         rss = max(r["rss_mb"] for r in rs)
@@ -223,6 +249,172 @@ def faithful(args, data, feats) -> None:
         f"({ep['rce'] * scale:.1f} s), GRPO {ep['grpo']:.2f} s ({ep['grpo'] * scale:.1f} s); "
         f"peak RSS {ep['rss_mb']:.0f} MB (validation loss included)"
     )
+
+
+# --------------------------------------------------------------------------- the whole faithful run
+
+# The original trainer on this benchmark's data (800 queries x 24 sequences, pools of 64, batch 1, one thread), measured
+# beside lever's code of the time: 242 s CPU against lever's 192 s, peak RSS 416 MiB, its reference log-probs 9.1 s.
+ORIGINAL = {"cpu_s": 242.0, "lever_then_cpu_s": 192.0, "rss_mb": 416.0, "reference_s": 9.1}
+WHOLE_PLAN = "original/plan5"
+
+
+def _whole_child(args) -> dict:
+    """One whole run in this process (one thread): RCE then GRPO through StageRunner.run; CPU seconds and peak RSS."""
+    torch.set_num_threads(1)
+    data = load_candidates(Path(args.data) / "candidates.json", cache_dir=None, log=lambda m: None)
+    feats = load_features(Path(args.data) / "features.pt")
+    plan = load_plan(WHOLE_PLAN, (), ROOT / "plans").plan
+    plan = plan.model_copy(update={"rce": plan.rce.model_copy(update={"epochs": args.rce_epochs})})
+    plan = plan.model_copy(update={"grpo": plan.grpo.model_copy(update={"epochs": args.grpo_epochs})})
+    split = split_data(trim_groups(data, args.group_size), plan)
+    train, val = make_groups(split.train, plan, feats), make_groups(split.val, plan, feats)
+    torch.manual_seed(0)
+    model = build_selector(feats.shape[1], plan.model)
+    pre_rce = {k: v.clone() for k, v in model.state_dict().items()}
+    passes = {True: 0.0, False: 0.0}  # CPU seconds of the GRPO start: the train-mode policy pass, the eval-mode reference
+    timed = stage_mod.all_logprobs
+
+    def all_logprobs(model, groups, batch_size=256, train=False):
+        t = time.process_time()
+        out = timed(model, groups, batch_size, train)
+        passes[train] += time.process_time() - t
+        return out
+
+    stage_mod.all_logprobs = all_logprobs
+    out: dict = {"rss_start_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    t0, w0 = time.process_time(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        for stage in plan.stages():
+            ref = pre_rce if stage.kind == "grpo" else None
+            runner = StageRunner(stage, Path(d) / stage.name, model, train, val, 0, plan.select, SilentReporter(), None, ref)
+            rows = runner.run().rows
+            out[f"{stage.kind}_loss"] = rows[-1]["train/loss"]
+            if stage.kind == "grpo":
+                out["start_ratio"] = runner.start_ratio
+    out.update(cpu_s=time.process_time() - t0, wall_s=time.perf_counter() - w0)
+    out.update(reference_s=passes[False], start_pass_s=passes[True])
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def floor_seconds(plan: Plan, train_queries: int, val_queries: int, G: int, K: int, d: int) -> dict:
+    """The arithmetic and the dropout draws the original architecture must do in the whole run, and their
+    seconds at this machine's one-thread rates (a GEMM of a step's shape, rand in float64), measured here.
+
+    Per train-mode sequence (dropout mask per sequence): its own K candidates through the candidate
+    projection, K*h*h multiply-adds, plus one such product backward per trained matrix (the projection's
+    weight; the candidates' gradient when the input projection trains); K*h + h + heads*K dropout draws.
+    Per query: the input projection of its K + 1 items, (K + 1)*d*h (x2 with its weight's gradient). Eval-mode
+    passes (the reference, validation) encode each query once. Everything else is O(K*h) per sequence.
+    """
+    m, h = plan.model, plan.model.hidden
+    unit = K * h * h  # multiply-adds of one candidate projection
+    proj = (K + 1) * d * h
+    macs, draws = 0.0, 0.0
+    for stage in plan.stages():
+        frozen = stage.opt.freeze_backbone
+        back = 0 if frozen else 2  # the candidate projection's weight, and the candidates' gradient
+        per_epoch = []
+        for epoch in range(1, stage.epochs + 1):
+            k = G
+            if stage.kind == "grpo":
+                sched = [(c.from_epoch, c.top_k) for c in stage.opt.top_k_schedule]
+                k = min(L.top_k_for_epoch(sched, epoch) or G, G)
+            per_epoch.append(k)
+            macs += train_queries * (k * unit * (1 + back) + proj * (1 if frozen else 2))
+            macs += val_queries * (unit + proj)  # validation loss, eval mode
+        draws += sum(per_epoch) * train_queries * (K * h + h + m.heads * K * m.layers)
+        if stage.kind == "grpo":  # the start pass: the policy in train mode per sequence, the reference per query
+            macs += train_queries * (G * unit + 2 * proj + unit)
+            draws += train_queries * G * (K * h + h + m.heads * K * m.layers)
+    torch.set_num_threads(1)
+    a, w = torch.randn(G * K, h), torch.randn(h, h)
+    reps = 20
+    a @ w
+    t = time.process_time()
+    for _ in range(reps):
+        a @ w
+    gemm = 2 * G * K * h * h * reps / (time.process_time() - t)  # FLOP/s
+    n = G * K * h
+    torch.rand(n, dtype=torch.float64)
+    t = time.process_time()
+    for _ in range(reps):
+        torch.rand(n, dtype=torch.float64)
+    draw = (time.process_time() - t) / (reps * n)
+    flops = 2 * macs
+    return {"tflop": flops / 1e12, "gflops": gemm / 1e9, "draws_m": draws / 1e6, "draw_ns": draw * 1e9,
+            "seconds": flops / gemm + draws * draw}  # fmt: skip
+
+
+def whole_run(args) -> None:
+    """The whole faithful run, this lever and (--before) another checkout's, alternated; then the floor."""
+    if args.child == "whole":
+        print(json.dumps(_whole_child(args)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LEVER_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = ensure_bench(Path(tmp), BenchConfig(group_min=args.group_size), log=lambda m: None)
+        shutil.copy(paths.candidates, Path(tmp) / "candidates.json")
+        shutil.copy(paths.features, Path(tmp) / "features.pt")
+        data = load_candidates(Path(tmp) / "candidates.json", cache_dir=None, log=lambda m: None)
+        feats = load_features(Path(tmp) / "features.pt")
+        cmd = [sys.executable, __file__, "--faithful", "--full", "--child", "whole", "--data", tmp]
+        cmd += [
+            "--rce-epochs",
+            str(args.rce_epochs),
+            "--grpo-epochs",
+            str(args.grpo_epochs),
+            "--group-size",
+            str(args.group_size),
+        ]
+        trees = {"now": str(ROOT)}
+        if args.before:
+            trees = {"before": str(Path(args.before).resolve()), **trees}
+        runs: dict[str, list[dict]] = {k: [] for k in trees}
+        for _ in range(args.rounds):
+            for label, tree in trees.items():
+                res = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**env, "PYTHONPATH": tree})
+                runs[label].append(json.loads(res.stdout.splitlines()[-1]))
+    plan = load_plan(WHOLE_PLAN, (), ROOT / "plans").plan
+    plan = plan.model_copy(update={"rce": plan.rce.model_copy(update={"epochs": args.rce_epochs})})
+    plan = plan.model_copy(update={"grpo": plan.grpo.model_copy(update={"epochs": args.grpo_epochs})})
+    split = split_data(trim_groups(data, args.group_size), plan)
+    print(
+        f"whole run: plans/{WHOLE_PLAN}, {args.rce_epochs} RCE + {args.grpo_epochs} GRPO epochs, batch 1, one thread; "
+        f"{split.train.num_queries} train / {split.val.num_queries} val queries x {args.group_size} sequences, "
+        f"pools {data.pools.shape[1]}; best of {args.rounds} (alternated), peak RSS the largest"
+    )
+    head = f"{'':8}{'CPU s':>8}{'wall s':>8}{'peak RSS MiB':>13}{'reference s':>12}{'start pass s':>13}{'start ratio':>12}"
+    print(head + f"{'RCE loss':>11}{'GRPO loss':>11}")
+    best = {}
+    for label, rs in runs.items():
+        b = best[label] = min(rs, key=lambda r: r["cpu_s"])
+        rss = max(r["rss_mb"] for r in rs)
+        ref, start = min(r["reference_s"] for r in rs), min(r["start_pass_s"] for r in rs)
+        print(
+            f"{label:8}{b['cpu_s']:>8.1f}{b['wall_s']:>8.1f}{rss:>13.0f}{ref:>12.2f}{start:>13.2f}{b['start_ratio']:>12.5f}"
+            f"{b['rce_loss']:>11.6f}{b['grpo_loss']:>11.6f}"
+        )
+    fl = floor_seconds(plan, split.train.num_queries, split.val.num_queries, args.group_size, data.pools.shape[1], feats.shape[1])
+    now = best["now"]["cpu_s"]
+    print(
+        f"floor: {fl['tflop']:.2f} TFLOP at {fl['gflops']:.1f} GFLOP/s (one thread, a step's GEMM) + {fl['draws_m']:.0f} M "
+        f"dropout draws at {fl['draw_ns']:.1f} ns = {fl['seconds']:.1f} s; now = {now / fl['seconds']:.2f}x the floor"
+    )
+    o = ORIGINAL
+    line = (
+        f"the original trainer (measured earlier beside lever's then {o['lever_then_cpu_s']:.0f} s): {o['cpu_s']:.0f} s CPU, "
+        f"{o['rss_mb']:.0f} MiB, reference {o['reference_s']} s; targets: CPU <= {o['cpu_s'] / 2:.0f} s, "
+        f"RSS <= {1.2 * o['rss_mb']:.0f} MiB, reference <= {o['reference_s']} s"
+    )
+    print(line)
+    if "before" in best:
+        ratio = now / best["before"]["cpu_s"]
+        print(
+            f"now / before = {ratio:.2f} (same run); scaled to that measurement: {o['lever_then_cpu_s'] * ratio:.0f} s, "
+            f"{o['cpu_s'] / (o['lever_then_cpu_s'] * ratio):.2f}x less CPU than the original trainer"
+        )
 
 
 if __name__ == "__main__":

@@ -195,11 +195,7 @@ class SelectorBase(nn.Module):
         B, G, L = pointers.shape
         pool_mask = self._inputs(query, pool, pool_mask)
         q, c = self.project(query), self.project(pool)  # once per query: nothing random comes before
-        enc = self.attend(
-            q.repeat_interleave(G, 0),  # [B*G, h]
-            c.repeat_interleave(G, 0),  # [B*G, K, h]
-            pool_mask.repeat_interleave(G, 0),  # [B*G, K]
-        )
+        enc = self.attend_each(q, c, pool_mask, G)  # B*G encodings
         logp = self.sequence_logprobs(enc, pointers.reshape(B * G, 1, L), seq_mask.reshape(B * G, 1))  # [B*G, 1]
         return logp.view(B, G)
 
@@ -217,14 +213,19 @@ class SelectorBase(nn.Module):
             dist = self.log_policy(self.encode(query, pool, pool_mask), pointers, seq_mask)  # [B, G, L, K]
         else:  # a mask per sequence: every sequence is its own encoding, as in score_sequences
             pool_mask = self._inputs(query, pool, pool_mask)
-            q, c = self.project(query), self.project(pool)
-            enc = self.attend(q.repeat_interleave(G, 0), c.repeat_interleave(G, 0), pool_mask.repeat_interleave(G, 0))
+            enc = self.attend_each(self.project(query), self.project(pool), pool_mask, G)
             dist = self.log_policy(enc, pointers.reshape(B * G, 1, L), seq_mask.reshape(B * G, 1)).view(B, G, L, -1)
         real = seq_mask.unsqueeze(-1)  # [B, G, 1]
         picks = dist.gather(-1, _real_only(pointers, seq_mask).unsqueeze(-1)).squeeze(-1)  # [B, G, L]
         picks = torch.where(real, picks, torch.zeros_like(picks))
         dist = torch.where(real.unsqueeze(-1), dist, torch.zeros_like(dist))
         return picks, dist
+
+    def attend_each(self, q: Tensor, c: Tensor, pool_mask: Tensor, G: int) -> Encoded:
+        """G encodings of each query, each with its own dropout draws: q [B, h], c [B, K, h] -> Encoded of
+        B*G rows (query b's copies at rows b*G .. b*G + G - 1). Here: `attend` on G copies; an architecture
+        may compute the same thing without copying (original.py)."""
+        return self.attend(q.repeat_interleave(G, 0), c.repeat_interleave(G, 0), pool_mask.repeat_interleave(G, 0))
 
     # ---- one decoding step, shared by training and inference ---------------
 
