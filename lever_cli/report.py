@@ -49,6 +49,22 @@ def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
         typer.echo(f"{title}\n{plain_grid(headers, rows)}")
 
 
+def _table_options(
+    split: str, resamples: int, metric: str | None, as_json: bool, markdown: bool, as_csv: bool, latex: bool
+) -> list[str]:
+    """Check the options `compare` and `leaderboard` share; the output format asked for ([] = a table)."""
+    if split not in SPLITS:
+        raise LeverError(f"--split {split!r} is not a split", hint=f"use one of: {', '.join(SPLITS)}")
+    formats = [f for f, on in (("json", as_json), ("markdown", markdown), ("csv", as_csv), ("latex", latex)) if on]
+    if len(formats) > 1:
+        raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
+    if resamples < 1:
+        raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
+    if metric is not None and metric not in VQA_METRICS:
+        raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
+    return formats
+
+
 def compare(
     plans: list[str] = typer.Argument(
         ..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files; plan5@HASH picks the runs of one spec hash"
@@ -76,15 +92,7 @@ def compare(
 
     Example: [bold]lever compare plan5 plan7 plan7_1 --baseline baseline --split val[/]
     """
-    if split not in SPLITS:
-        raise LeverError(f"--split {split!r} is not a split", hint=f"use one of: {', '.join(SPLITS)}")
-    formats = [f for f, on in (("json", as_json), ("markdown", markdown), ("csv", as_csv), ("latex", latex)) if on]
-    if len(formats) > 1:
-        raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
-    if resamples < 1:
-        raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
-    if metric is not None and metric not in VQA_METRICS:
-        raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
+    formats = _table_options(split, resamples, metric, as_json, markdown, as_csv, latex)
     root = runs_root()
     for p in (baseline, *plans):
         check_known(p, workspace().plans_dir, root)
@@ -137,17 +145,9 @@ def leaderboard(
 
     Example: [bold]lever leaderboard baseline plan5 original/plan5 --markdown[/]
     """
-    if split not in SPLITS:
-        raise LeverError(f"--split {split!r} is not a split", hint=f"use one of: {', '.join(SPLITS)}")
-    formats = [f for f, on in (("json", as_json), ("markdown", markdown), ("csv", as_csv), ("latex", latex)) if on]
-    if len(formats) > 1:
-        raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
-    if resamples < 1:
-        raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
+    formats = _table_options(split, resamples, metric, as_json, markdown, as_csv, latex)
     if not 0.0 < alpha < 1.0:
         raise LeverError(f"--alpha {alpha} must lie between 0 and 1", hint="the default is 0.05")
-    if metric is not None and metric not in VQA_METRICS:
-        raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
     lb = load_leaderboard(
         plans or [], runs_root(), workspace().plans_dir, split, metric=metric, alpha=alpha, n_resamples=resamples
     )
