@@ -113,7 +113,7 @@ def test_a_bad_protocol_fails_before_training(lever, tmp_path, monkeypatch):
     plan = Path(__file__).resolve().parents[1] / "plans" / "plan5.toml"
     res = lever("run", plan, "eval.protocol=nosuch", "rce.epochs=1", "grpo.epochs=1")
     assert res.code == 2 and "eval.protocol = 'nosuch'" in res.err and "lever-plus" in res.err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / ".lever-cache").exists()  # nothing generated
 
 
 def test_show_prints_the_effective_protocol(lever):

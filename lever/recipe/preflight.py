@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lever.errors import LeverError
 from lever.eval.preflight import check_eval
+from lever.eval.sources import check_eval_files
 from lever.io import check_readable
 
 from .recipe import Recipe
@@ -17,6 +18,8 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
     the same; a plan that trains nothing reads only its features). With `evaluate`: the evaluation's inputs
     (`lever.eval.preflight.check_eval`).
     """
+    if evaluate:  # the protocol and eval files first: a bad setting fails before any data is read or generated
+        check_eval_files(r.ws, r.plan.eval, r.plan.data.dataset)
     if r.trains and r.plan.start.kind == "checkpoint":
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
     features = r.train_features  # with the candidate data when the plan trains (a baseline selector reads none)
