@@ -128,7 +128,13 @@ def run(
         if ev is not None:
             _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
-    if evaluate and others:
+    if evaluate and others and order.base is None and not any(lp.plan.selector.trains for lp in plans):
+        err_console.print(  # plans/baselines/* alone: no RCE baseline shares anything with them
+            "no comparison table: these plans train nothing; `lever leaderboard` ranks them beside any other, "
+            "`lever compare PLAN --baseline baselines/zero_shot` sets one against another",
+            highlight=False,
+        )
+    elif evaluate and others:
         _baseline_table(others, *order.reference())
 
 

@@ -131,7 +131,8 @@ def _avg_vector(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
 
 
 class _PlanView:
-    """Per-row numbers of one plan on one split: seed accuracies and the per-question vector."""
+    """Per-row numbers of one plan on one split: seed accuracies and the per-question vector; `shots` are the
+    shot counts the average row averages."""
 
     def __init__(self, plan: PlanRuns, split: str, shots: list[int]):
         self.runs = plan.evaluated_runs
@@ -267,7 +268,10 @@ def build_comparison(
             everyone.append(p)
     shots = sorted({s for p in everyone for r in p.evaluated_runs for s in r.shots(split)}) or [1, 2, 3, 4]
     labels: list[int | str] = [*shots, AVG]
-    views = {p.name: _PlanView(p, split, shots) for p in everyone}
+    # the average is over the shot counts with demonstrations (as the leaderboard's mean): a zero-shot plan in the
+    # table adds a 0 row but no plan without a 0-shot result loses its average
+    averaged = [s for s in shots if s > 0] or shots
+    views = {p.name: _PlanView(p, split, averaged) for p in everyone}
 
     rows = []
     for label in labels:
@@ -297,7 +301,7 @@ def build_comparison(
             overrides=p.overrides,
             missing=p.missing,
             command=p.command,
-            n_shots=len(shots),
+            n_shots=sum(r.cells[p.name].accuracy is not None and r.cells[baseline.name].accuracy is not None for r in rows[:-1]),
         )
         for run in p.evaluated_runs:
             for res in ((run.results or {}).get(split) or {}).values():
