@@ -62,11 +62,7 @@ def resolve_train_sources(
     if not ws.is_bundled:
         ds = ws.dataset(dataset)
         return TrainSources(_lookup("candidates", candidates, ds.candidates, ws), _lookup("features", features, ds.features, ws))
-    if dataset != DEFAULT_DATASET:
-        raise LeverError(
-            f"data.dataset = '{dataset}': the bundled benchmark is one simulated dataset, not '{dataset}'",
-            hint=f"configure a workspace with a [datasets.{dataset}] table (docs/datasets.md)",
-        )
+    ws.dataset(dataset)  # the bundled benchmark has one dataset: another name is an error
     direct = Path(candidates)
     if direct.suffix == ".json" and is_input_file(direct, "candidate-data file"):
         cand = direct
@@ -93,8 +89,7 @@ def resolve_features(ws: Workspace, features: str, log: Callable[[str], None] = 
     in the tables of its data.dataset."""
     if not ws.is_bundled:
         return _lookup("features", features, ws.dataset(dataset).features, ws)
-    if dataset != DEFAULT_DATASET:
-        resolve_train_sources(ws, "main", features, log, dataset)  # the bundled benchmark's error for another dataset
+    ws.dataset(dataset)  # the bundled benchmark has one dataset: another name is an error
     if features == "main":
         return Path(bench_paths(ws, log).features)
     if is_input_file(Path(features), "features file"):

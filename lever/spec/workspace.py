@@ -175,6 +175,11 @@ class Workspace(_Strict):
         """The dataset `name`: the top-level tables for 'okvqa', else `[datasets.NAME]` (an unknown name is an error)."""
         if name == DEFAULT_DATASET:
             return Dataset(name, "okvqa", self.okvqa, self.candidates, self.features)
+        if self.is_bundled:
+            raise LeverError(
+                f"data.dataset = '{name}': the bundled benchmark is one simulated dataset, not '{name}'",
+                hint=f"configure a workspace with a [datasets.{name}] table (docs/datasets.md)",
+            )
         if name not in self.datasets:
             known = ", ".join([DEFAULT_DATASET, *sorted(self.datasets)])
             raise LeverError(
