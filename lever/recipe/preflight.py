@@ -19,7 +19,10 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
     (`lever.eval.preflight.check_eval`).
     """
     if evaluate:  # the protocol and eval files first: a bad setting fails before any data is read or generated
-        check_eval_files(r.ws, r.plan.eval, r.plan.data.dataset)
+        try:
+            check_eval_files(r.ws, r.plan.eval, r.plan.data.dataset)
+        except LeverError as err:  # named with the plan whose settings ask for them
+            raise LeverError(f"{r.lp.path}: {err.args[0]}", hint=err.hint) from None
     if r.trains and r.plan.start.kind == "checkpoint":
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
     features = r.train_features  # with the candidate data when the plan trains (a baseline selector reads none)
