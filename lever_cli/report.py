@@ -123,6 +123,12 @@ def leaderboard(
     latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment"),
     resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per interval and test"),
     alpha: float = typer.Option(0.05, "--alpha", help="Family-wise error rate of each column's Holm-corrected tests"),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help="Rank the plans of this dataset (data.dataset, e.g. vqav2); default: the plans' one dataset",
+    ),
     metric: str | None = typer.Option(
         None,
         "--metric",
@@ -141,7 +147,8 @@ def leaderboard(
 
     A second table: copy rate and the accuracy of a model-free majority vote over the chosen demonstrations' answers.
 
-    Plans that answered different questions are compared on the questions all of them answered (a note says so).
+    Plans that answered different questions are compared on the questions all of them answered (a note says so);
+    plans of different datasets (data.dataset) are never paired: --dataset picks one.
 
     Example: [bold]lever leaderboard baseline plan5 original/plan5 --markdown[/]
     """
@@ -149,7 +156,14 @@ def leaderboard(
     if not 0.0 < alpha < 1.0:
         raise LeverError(f"--alpha {alpha} must lie between 0 and 1", hint="the default is 0.05")
     lb = load_leaderboard(
-        plans or [], runs_root(), workspace().plans_dir, split, metric=metric, alpha=alpha, n_resamples=resamples
+        plans or [],
+        runs_root(),
+        workspace().plans_dir,
+        split,
+        metric=metric,
+        alpha=alpha,
+        n_resamples=resamples,
+        dataset=dataset,
     )
     typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb), nl=False)
 

@@ -239,3 +239,28 @@ def test_leaderboard_of_two_plan_files_end_to_end(lever, tmp_path: Path, monkeyp
         assert all(0 <= e["copy_rate"] <= 100 and 0 <= e["majority_vote"] <= 100 for e in entries.values())
     res = lever("--workspace", ws, "leaderboard", "small", "--latex", "--metric", "vqa-latest", "--resamples", "200")
     assert res.code == 0 and r"\begin{tabular}{lrrr}" in res.out and "re-scored with metric vqa-latest" in res.out
+
+
+def test_plans_of_different_datasets_are_never_paired():
+    from types import SimpleNamespace
+
+    from lever.errors import LeverError
+    from lever.report.leaderboard import one_dataset
+    from lever.report.results import PlanRuns
+
+    def plan(name: str, dataset: str | None) -> PlanRuns:  # the spec leaves data.dataset out at its default
+        data = {"candidates": "main"} if dataset is None else {"candidates": "main", "dataset": dataset}
+        return PlanRuns(name, runs=[SimpleNamespace(spec={"data": data})])
+
+    ok, v2, v2b = plan("plan5", None), plan("vqav2/baseline", "vqav2"), plan("vqav2/balanced_v3", "vqav2")
+    both = [ok, plan("baseline", None)]
+    assert one_dataset(both, None, named=False) == (both, [])  # one dataset: every plan, no note
+    kept, notes = one_dataset([ok, v2, v2b], "vqav2", named=False)  # every evaluated plan: the others are noted
+    assert [p.name for p in kept] == ["vqav2/baseline", "vqav2/balanced_v3"] and notes == ["not shown: plan5 (dataset okvqa)"]
+    with pytest.raises(LeverError, match="different datasets") as err:  # no --dataset: one would pair ids of two
+        one_dataset([ok, v2], None, named=False)
+    assert "--dataset okvqa" in err.value.hint
+    with pytest.raises(LeverError, match=r"plan5 \(okvqa\) answered another dataset"):  # named: an error, not a drop
+        one_dataset([ok, v2], "vqav2", named=True)
+    with pytest.raises(LeverError, match="no evaluated plan answered it"):
+        one_dataset([ok], "vqav2", named=False)

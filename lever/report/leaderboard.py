@@ -28,6 +28,7 @@ import numpy as np
 from lever.errors import LeverError
 from lever.runs.layout import RunsFolder
 from lever.spec.load import plan_files, plan_name
+from lever.spec.workspace import DEFAULT_DATASET
 
 from .copying import copy_flags, lacks_texts, percent, vote_accuracy
 from .export import _clean, _csv_value, _md_table, latex_escape
@@ -143,6 +144,36 @@ def leaderboard_plans(refs: list[str], root: Path, plans_dir: Path, split: str) 
     return found, []
 
 
+def dataset_of(pr: PlanRuns) -> str:
+    """The dataset a plan's runs answered (its data.dataset; okvqa when the spec leaves it at the default)."""
+    return ((pr.spec or {}).get("data") or {}).get("dataset", DEFAULT_DATASET)
+
+
+def one_dataset(plans: list[PlanRuns], dataset: str | None, named: bool) -> tuple[list[PlanRuns], list[str]]:
+    """The plans of one dataset, and a note per plan left out: question ids of two datasets are not the same
+    questions, so a leaderboard never pairs them. `dataset` None: the plans' one dataset (an error when they span
+    several). Plans the user named (`named`) that are of another dataset are an error, not left out."""
+    found = sorted({dataset_of(pr) for pr in plans})
+    if dataset is None:
+        if len(found) > 1:
+            by = "; ".join(f"{d}: {', '.join(pr.name for pr in plans if dataset_of(pr) == d)}" for d in found)
+            raise LeverError(
+                f"these plans answered questions of different datasets ({by}); their questions cannot be paired",
+                hint=f"rank one dataset at a time: --dataset {found[0]} (or name plans of one dataset)",
+            )
+        return plans, []
+    other = [pr for pr in plans if dataset_of(pr) != dataset]
+    if named and other:
+        raise LeverError(
+            f"--dataset {dataset}: {', '.join(f'{pr.name} ({dataset_of(pr)})' for pr in other)} answered another dataset",
+            hint="leave those plans out, or drop --dataset",
+        )
+    kept = [pr for pr in plans if dataset_of(pr) == dataset]
+    if not kept:
+        raise LeverError(f"--dataset {dataset}: no evaluated plan answered it", hint=f"datasets with runs: {', '.join(found)}")
+    return kept, [f"not shown: {pr.name} (dataset {dataset_of(pr)})" for pr in other]
+
+
 def load_leaderboard(
     refs: list[str],
     root: Path,
@@ -152,9 +183,13 @@ def load_leaderboard(
     metric: str | None = None,
     alpha: float = ALPHA,
     n_resamples: int = 10000,
+    dataset: str | None = None,
 ) -> Leaderboard:
-    """What `lever leaderboard` shows: the plans (`leaderboard_plans`), re-scored with `metric` when given."""
+    """What `lever leaderboard` shows: the plans (`leaderboard_plans`) of one dataset (`one_dataset`), re-scored
+    with `metric` when given."""
     plans, notes = leaderboard_plans(refs, root, plans_dir, split)
+    plans, left_out = one_dataset(plans, dataset, named=bool(refs))
+    notes = notes + left_out
     if metric is not None:
         for pr in plans:
             rescore_plan(pr, metric)
