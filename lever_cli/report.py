@@ -49,6 +49,15 @@ def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
         typer.echo(f"{title}\n{plain_grid(headers, rows)}")
 
 
+# `--metric` of compare and leaderboard: tables re-scored from the stored answers
+METRIC_OPTION = typer.Option(
+    None,
+    "--metric",
+    help="Score every run's stored answers again with this VQA metric (classic, vqa-latest, lever-plus); "
+    "default: as each was evaluated",
+)
+
+
 def _table_options(
     split: str, resamples: int, metric: str | None, as_json: bool, markdown: bool, as_csv: bool, latex: bool
 ) -> list[str]:
@@ -76,12 +85,7 @@ def compare(
     as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and shot row"),
     latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment of the shot table"),
     resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per delta"),
-    metric: str | None = typer.Option(
-        None,
-        "--metric",
-        help="Score every run's stored answers again with this VQA metric (classic, vqa-latest, lever-plus); "
-        "default: as each was evaluated",
-    ),
+    metric: str | None = METRIC_OPTION,
 ) -> None:
     """Per-shot accuracy of plans against a baseline, with paired 95% intervals and p-values.
 
@@ -129,12 +133,7 @@ def leaderboard(
         "-d",
         help="Rank the plans of this dataset (data.dataset, e.g. vqav2); default: the plans' one dataset",
     ),
-    metric: str | None = typer.Option(
-        None,
-        "--metric",
-        help="Score every run's stored answers again with this VQA metric (classic, vqa-latest, lever-plus); "
-        "default: as each was evaluated",
-    ),
+    metric: str | None = METRIC_OPTION,
 ) -> None:
     """Plans by shot count: accuracy with its 95% interval, the best plan marked only where the data say so.
 
