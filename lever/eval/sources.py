@@ -249,17 +249,14 @@ def _bench_views(
     from lever.bench.text import question_embedding
 
     def view(feats: Tensor, items: list[Item]) -> Tensor:
-        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        unit = torch.nn.functional.normalize
+        feats = unit(feats.float(), dim=-1)
         question = question_embedding([it.question for it in items], feats.shape[1])
-        if part == "question":
-            return question
-        if item_features == "both":
-            return (
-                feats
-                if part == "both"
-                else torch.nn.functional.normalize(2 * (feats * question).sum(-1, keepdim=True) * feats - question, dim=-1)
-            )
-        return feats if part == "image" else torch.nn.functional.normalize(feats + question, dim=-1)
+        if item_features == "image":
+            image, both = feats, unit(feats + question, dim=-1)
+        else:  # feats = normalise(i + q) with |i| = 1: i = 2 (feats . q) feats - q
+            image, both = unit(2 * (feats * question).sum(-1, keepdim=True) * feats - question, dim=-1), feats
+        return {"image": image, "question": question, "both": both}[part]
 
     return view(train_feats, train_items), {name: view(sp.features, sp.items) for name, sp in splits.items()}
 
