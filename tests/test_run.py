@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from workspaces import SMALL_BENCH, bench_workspace  # noqa: E402
+from workspaces import SMALL_BENCH_IMAGE, bench_workspace  # noqa: E402
 
 from lever.io import read_jsonl
 
@@ -85,8 +85,7 @@ def test_small_plan_trains_and_is_reproducible(lever, ws, tmp_path):
 # gradients are rounding noise by a full learning rate, so the two paths' KL differ by ~2% (their
 # gradients agree to 2e-6 step by step), and across CPUs (other SIMD kernels: an AMD EPYC without AVX-512
 # gives 1.4217e-05 and 1.1335e-04) by up to 6%. The advantages come from the data alone.
-# On the image-only features of the benchmark's generator 2 (`[bench] item_features = "image"`), where the
-# advantages below were worked out by hand (with the default features no top-3 group is mixed).
+# On generator 2's image-only features (workspaces.SMALL_BENCH_IMAGE), where the advantages below were worked out.
 GRPO_B1 = ["grpo.epochs=2", "grpo.batch_size=1", "--no-eval"]
 STORED_GRPO = {"val/loss": ([7.248096, 7.248311], 1e-4), "kl/value": ([1.405945e-05, 1.070446e-04], 0.1)}
 
@@ -94,7 +93,7 @@ STORED_GRPO = {"val/loss": ([7.248096, 7.248311], 1e-4), "kl/value": ([1.405945e
 @pytest.fixture
 def ws_image(tmp_path, monkeypatch):
     """The small benchmark with generator 2's image-only item features."""
-    path = bench_workspace(tmp_path, SMALL_BENCH + 'item_features = "image"\n')
+    path = bench_workspace(tmp_path, SMALL_BENCH_IMAGE)
     monkeypatch.setenv("LEVER_WORKSPACE", str(path))
     monkeypatch.chdir(ROOT)
     return tmp_path
