@@ -153,7 +153,7 @@ def test_a_baseline_plan_runs_end_to_end_through_the_cli(lever, ws):
     table = run_cli(lever, "compare", named, "--baseline", named)
     assert table.code == 0, table.text
     # against a zero-shot baseline: its one 0-shot result at every row; the average is over the shot counts with
-    # demonstrations (2 and 6), and "improved" counts the rows both plans have
+    # demonstrations (2 and 6), and "improved" counts the rows the average spans (not 0 shots, the same prompt)
     zero = run_cli(lever, "run", PLANS / "baselines" / "zero_shot.toml", "eval.questions=30", "--no-baseline")
     assert zero.code == 0 and "no comparison table: these plans train nothing" in zero.text, zero.text
     (zero_dir,) = seed_dirs(ws, "baselines/zero_shot")
@@ -165,7 +165,7 @@ def test_a_baseline_plan_runs_end_to_end_through_the_cli(lever, ws):
     base = {r["label"]: r["cells"]["baselines/zero_shot"]["accuracy"] for r in cmp["rows"]}
     assert base["avg"] == base["0"] == base["2"] == base["6"]
     (col,) = [c for c in cmp["plans"] if not c["baseline"]]
-    assert col["n_shots"] == 3  # rows 0, 2 and 6: both plans have a value in each
+    assert col["n_shots"] == 2  # rows 2 and 6: the zero-shot baseline has its one result there too
     again = run_cli(lever, "run", PLANS / "baselines" / "similar_both.toml", *quick, "--no-baseline")
     assert again.code == 0 and "already trained" in again.text and "evaluation cached" in again.text
     plan = [PLANS / "baselines" / "similar_both.toml", *quick]
@@ -176,3 +176,26 @@ def test_a_baseline_plan_runs_end_to_end_through_the_cli(lever, ws):
     (run_dir / "selected.json").write_text(json.dumps({**selected, "key": selector_key({"kind": "random"})}))
     broken = run_cli(lever, "runs")
     assert "does not name the selector" in broken.text
+
+
+def test_bench_item_features_hold_the_question_and_the_views_match_generator_2s(tmp_path):
+    """The default item features are normalise(image + question) (as CLIP's); every view a `similar` selector ranks
+    by is the same as with generator 2's image-only features, and the image view is recovered from them exactly."""
+    from workspaces import SMALL_BENCH, bench_workspace
+
+    from lever.eval.sources import eval_world
+    from lever.spec.workspace import load_workspace
+
+    spec = EvalSpec(questions=20)
+    worlds = {}
+    for name, extra in (("both", ""), ("image", 'item_features = "image"\n')):
+        (tmp_path / name).mkdir()
+        ws = load_workspace(bench_workspace(tmp_path / name, SMALL_BENCH + extra))
+        worlds[name] = eval_world(ws, spec, None, log=lambda m: None)
+    both, image = worlds["both"], worlds["image"]
+    assert not torch.allclose(both.train_features, image.train_features)  # the selector reads other features
+    for part in ("both", "image", "question"):
+        (tb, vb), (ti, vi) = both.features(part), image.features(part)
+        assert torch.allclose(tb, ti, atol=1e-5) and torch.allclose(vb["val"], vi["val"], atol=1e-5), part
+    assert torch.allclose(both.train_features, both.features("both")[0])  # the selector's input is the `both` view
+    assert torch.allclose(image.train_features, image.features("image")[0])

@@ -277,9 +277,9 @@ FAMILIES = {
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_option_family_matches_stored_values(lever, tmp_path, monkeypatch, family):
     from test_run import FAST, PLANS, metrics, seed_dirs
-    from workspaces import bench_workspace
+    from workspaces import SMALL_BENCH_IMAGE, bench_workspace
 
-    monkeypatch.setenv("LEVER_WORKSPACE", str(bench_workspace(tmp_path)))
+    monkeypatch.setenv("LEVER_WORKSPACE", str(bench_workspace(tmp_path, SMALL_BENCH_IMAGE)))
     overrides, stored = FAMILIES[family]
     res = lever(
         "--workspace", os.environ["LEVER_WORKSPACE"], "run", PLANS / "plan5.toml", *FAST, "grpo.epochs=2", *overrides, "--no-eval"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_cli import run_cli as data_cli
-from workspaces import bench_workspace  # noqa: E402
+from workspaces import SMALL_BENCH_IMAGE, bench_workspace  # noqa: E402
 
 from lever.bench.candidates import step_logps as bench_step_logps
 from lever.bench.candidates import uniform_logps
@@ -286,7 +286,7 @@ def test_grpo_with_truncated_is_matches_stored_values(lever, tmp_path, monkeypat
     from lever.io import read_jsonl
 
     monkeypatch.chdir(ROOT)
-    ws = bench_workspace(tmp_path)
+    ws = bench_workspace(tmp_path, SMALL_BENCH_IMAGE)
     for level, stored in STORED_IS.items():
         res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *OFF, f"grpo.is_level={level}")
         assert res.code == 0, res.text

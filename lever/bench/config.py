@@ -7,7 +7,7 @@ Invalid settings raise `LeverError` naming the key, the value and the valid rang
 from __future__ import annotations
 
 from math import comb
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -18,7 +18,7 @@ from lever.spec.load import format_validation_error
 BENCH_DOCS = "see docs/benchmark.md for the benchmark settings and their ranges"
 
 # Bump when the generator changes what it writes for the same settings: old cache entries stop matching.
-GENERATOR_VERSION = 2  # 2: behaviour log-probs per sequence (docs/benchmark.md)
+GENERATOR_VERSION = 3  # 2: behaviour log-probs per sequence; 3: item_features (docs/benchmark.md)
 
 
 class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
@@ -30,6 +30,12 @@ class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
     n_queries: int = Field(800, description="Training queries with candidate data (a subset of the train items).")
     n_val: int = Field(800, description="Val eval questions.")
     dim: int = Field(512, description="Feature dimension (CLIP ViT-B/32 gives 512).")
+    item_features: Literal["both", "image"] = Field(
+        "both",
+        description="What an item's features (the selector's input) hold: both = the normalised sum of the image "
+        "stand-in and the question-text embedding, as CLIP's item features on the real path; image = the image "
+        "stand-in only (generator 2's features: with it, candidate data and accuracies are generator 2's).",
+    )
 
     # -- candidate data -----------------------------------------------------------------------
     pool_size: int = Field(64, description="Candidate pool size K per training query.")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import GENERATOR_VERSION, BenchConfig
-from .text import ANSWER_TYPES, near_miss, text_similarity, vocabulary, vqa_accuracy
+from .text import ANSWER_TYPES, near_miss, question_embedding, text_similarity, vocabulary, vqa_accuracy
 
 N_WRONG = 3  # wrong answer options per question
 N_DISTINCT_PROBS = [0.2, 0.35, 0.3, 0.15]  # how many distinct human answers a question has (1..4)
@@ -113,6 +113,8 @@ def make_world(cfg: BenchConfig) -> World:
             item, row = _question(i, ids_[i], types[int(atype[i])], fav[i], u[i], word_perm[i], cut_perm[i], annot_perm[i])
             items.append(item)
             rows.append(row)
+        if cfg.item_features == "both":  # as CLIP's item features: the image's and the question's, normalised sum
+            features = F.normalize(features + question_embedding([it["question"] for it in items], cfg.dim), dim=-1)
         latent = {
             "h": h.float(),
             "type": atype,

@@ -204,7 +204,7 @@ def _bench_world(
     ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, log: Callable[[str], None], loaded: tuple[Path | None, Tensor | None]
 ) -> EvalWorld:
     from lever.bench import SimVLM
-    from lever.runs.sources import bench_paths, load_features
+    from lever.runs.sources import bench_config, bench_paths, load_features
 
     paths = bench_paths(ws, log)
     train_items = _items(paths.items_train)
@@ -227,7 +227,7 @@ def _bench_world(
         {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": protocol.metric}
         | sim_behaviour(spec.shots),
         protocol,
-        lambda part: _bench_views(part, train_items, train_feats, splits),
+        lambda part: _bench_views(part, train_items, train_feats, splits, bench_config(ws).item_features),
     )
 
 
@@ -239,18 +239,24 @@ def sim_behaviour(shots: list[int]) -> dict[str, int]:
     return {"vlm": BEHAVIOUR} if any(not 1 <= s <= 4 for s in shots) else {}
 
 
-def _bench_views(part: str, train_items: list[Item], train_feats: Tensor, splits: dict[str, EvalSplit]):
-    """The bundled benchmark's features by part: its item features stand for the image embedding (the world has
-    no images), a model-free embedding of the question text for the question's, and `both` is their normalised
-    mean, as CLIP's item features are (lever.eval.clip)."""
+def _bench_views(
+    part: str, train_items: list[Item], train_feats: Tensor, splits: dict[str, EvalSplit], item_features: str
+):  # fmt: skip
+    """The bundled benchmark's features by part, as CLIP's on the real path (lever.eval.clip): the world has an
+    image stand-in i and a model-free embedding q of the question text (both unit vectors); `both` is their
+    normalised sum. The item features hold `both` (item_features = "both"; the image view is then recovered
+    exactly: b = (i + q) / |i + q| with |i| = 1 gives i = 2 (b . q) b - q) or i alone ("image")."""
     from lever.bench.text import question_embedding
 
     def view(feats: Tensor, items: list[Item]) -> Tensor:
-        image = torch.nn.functional.normalize(feats.float(), dim=-1)
-        if part == "image":
-            return image
+        unit = torch.nn.functional.normalize
+        feats = unit(feats.float(), dim=-1)
         question = question_embedding([it.question for it in items], feats.shape[1])
-        return question if part == "question" else torch.nn.functional.normalize(image + question, dim=-1)
+        if item_features == "image":
+            image, both = feats, unit(feats + question, dim=-1)
+        else:  # feats = normalise(i + q) with |i| = 1: i = 2 (feats . q) feats - q
+            image, both = unit(2 * (feats * question).sum(-1, keepdim=True) * feats - question, dim=-1), feats
+        return {"image": image, "question": question, "both": both}[part]
 
     return view(train_feats, train_items), {name: view(sp.features, sp.items) for name, sp in splits.items()}
 

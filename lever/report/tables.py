@@ -291,6 +291,8 @@ def build_comparison(
         cell.copy_rate = _mean_defined([r.cells[name].copy_rate for r in rows[:-1]])
         cell.majority_vote = _mean_defined([r.cells[name].majority_vote for r in rows[:-1]])
 
+    # "improved" counts the shot rows the average spans: not the average, and not 0 shots (the same prompt for all)
+    counted = [r for r in rows[:-1] if int(r.label) in averaged]
     columns = []
     for p in everyone:
         col = PlanColumn(
@@ -301,7 +303,7 @@ def build_comparison(
             overrides=p.overrides,
             missing=p.missing,
             command=p.command,
-            n_shots=sum(r.cells[p.name].accuracy is not None and r.cells[baseline.name].accuracy is not None for r in rows[:-1]),
+            n_shots=sum(r.cells[p.name].accuracy is not None and r.cells[baseline.name].accuracy is not None for r in counted),
         )
         for run in p.evaluated_runs:
             for res in ((run.results or {}).get(split) or {}).values():
@@ -309,7 +311,7 @@ def build_comparison(
                 col.answered += res.n
         if col.missing is None and all(r.cells[p.name].accuracy is None for r in rows):
             col.missing, col.command = f"not evaluated on {split}", f"lever evaluate plans/{p.name}.toml"
-        for r in rows[:-1]:  # shot rows only, not the average
+        for r in counted:
             c = r.cells[p.name]
             col.improved += int(c.delta is not None and c.delta > 0)
             col.improved_significant += int(c.delta is not None and c.delta > 0 and c.lo is not None and c.lo > 0)

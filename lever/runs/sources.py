@@ -25,12 +25,18 @@ class TrainSources:
     features: Path
 
 
+def bench_config(ws: Workspace):
+    """The bundled benchmark's settings of this workspace (its `[bench]` table over the defaults)."""
+    from lever.bench import BenchConfig
+
+    return BenchConfig.parse(ws.bench, where=f"{ws.source}: [bench]") if ws.bench else BenchConfig()
+
+
 def bench_paths(ws: Workspace, log: Callable[[str], None] = print):
     """Generate (once) and return the bundled benchmark of this workspace's settings."""
-    from lever.bench import BenchConfig, ensure_bench
+    from lever.bench import ensure_bench
 
-    cfg = BenchConfig.parse(ws.bench, where=f"{ws.source}: [bench]") if ws.bench else BenchConfig()
-    return ensure_bench(ws.cache_dir, cfg, log=log)
+    return ensure_bench(ws.cache_dir, bench_config(ws), log=log)
 
 
 def _balanced(paths, log: Callable[[str], None]) -> Path:
