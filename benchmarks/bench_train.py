@@ -37,7 +37,24 @@ one more such product per trained matrix backward) and its dropout draws (K*h + 
 per train-mode sequence), in seconds at this machine's one-thread GEMM and random-number rates
 measured in the same process; and the original trainer's figures it is compared against.
 
-    python benchmarks/bench_train.py --faithful --full [--before DIR] [--rounds 2]
+--original DIR runs the original project's own trainer (DIR: a checkout of yunsoft2019/Lever-Plus; its
+lever_lm/workflows/grpo_post_train.py, code unchanged) in the same run, alternated with lever's runs: the same data
+(the benchmark's candidate file with each query's first 24 sequences, in the original's JSON format, which the bundled
+benchmark writes; the features tensor as its --img_emb), the flags `original_args` derives from the plan (it refuses a
+plan whose settings the original fixes otherwise, e.g. its top-3-then-top-5 curriculum), --device cpu, in a fresh
+process with OMP_NUM_THREADS=MKL_NUM_THREADS=1, torch.set_num_threads(1) and seed 0 (a small `python -c` runner,
+ORIGINAL_RUNNER, that then calls its main()). The runner times its GRPOTrainer.train (the CPU s column) and
+compute_old_log_probs (its reference pass) from outside, and reads from its datasets and epochs the queries, sequences,
+epochs and last losses it trained on; os.wait4 gives the whole process's CPU and peak RSS. It prints "now / original
+(same run)"; without --original the comparison falls back to a figure measured once earlier (labelled so).
+
+What the original needs beyond lever's environment: faiss-cpu, more-itertools, loguru, omegaconf and datasets (pip,
+into a separate environment that shares lever's torch, e.g. a venv with a .pth file naming lever's site-packages;
+--original-python names its python). Its VLM interfaces (open_mmicl.interface, imported at module level through
+lever_lm/utils.py and never called by the trainer) get a stand-in module, so open_clip, open_flamingo, qwen_vl_utils,
+openicl and torchvision are not needed.
+
+    python benchmarks/bench_train.py --faithful --full [--before DIR] [--original DIR [--original-python PY]] [--rounds 2]
 """
 
 from __future__ import annotations
