@@ -42,8 +42,8 @@ lever_lm/workflows/grpo_post_train.py, code unchanged) in the same run, alternat
 (the benchmark's candidate file with each query's first 24 sequences, in the original's JSON format, which the bundled
 benchmark writes; the features tensor as its --img_emb), the flags `original_args` derives from the plan (it refuses a
 plan whose settings the original fixes otherwise, e.g. its top-3-then-top-5 curriculum), --device cpu, in a fresh
-process with OMP_NUM_THREADS=MKL_NUM_THREADS=1, torch.set_num_threads(1) and seed 0 (a small `python -c` runner,
-ORIGINAL_RUNNER, that then calls its main()). The runner times its GRPOTrainer.train (the CPU s column) and
+process with OMP_NUM_THREADS=MKL_NUM_THREADS=1, torch.set_num_threads(1) and torch.manual_seed(--seed) (a small
+`python -c` runner, ORIGINAL_RUNNER, that then calls its main()). The runner times its GRPOTrainer.train (the CPU s column) and
 compute_old_log_probs (its reference pass) from outside, and reads from its datasets and epochs the queries, sequences,
 epochs and last losses it trained on; os.wait4 gives the whole process's CPU and peak RSS. It prints "now / original
 (same run)"; without --original the comparison falls back to a figure measured once earlier (labelled so).
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument(
         "--original", default="", help="--faithful --full: a checkout of the original project, its trainer timed alternately"
     )
+    ap.add_argument("--seed", type=int, default=0, help="--faithful --full: the seed of every run (lever's and the original's)")
     ap.add_argument("--original-python", default="", help="--original: the Python that runs it (default: this one)")
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)  # --full child: the parent's benchmark data
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)  # --faithful: one measurement (internal)
@@ -375,15 +376,16 @@ def original_candidates(src: Path, dst: Path, size: int) -> None:
     dst.write_text(json.dumps(out))
 
 
-# Runs the original's trainer in this process: one thread, seed 0; its training methods timed and counted from outside
-# (its code unchanged); the last stdout line is ORIGINAL-RESULT {json}. Its VLM interfaces (open_mmicl.interface,
-# imported at module level through lever_lm/utils.py, never called by the trainer) get a stand-in module, so the VLM
-# packages they import (open_clip, open_flamingo, qwen_vl_utils, openicl, torchvision) need not be installed.
+# Runs the original's trainer in this process: one thread, the seed its first argument; its training methods timed and
+# counted from outside (its code unchanged); the last stdout line is ORIGINAL-RESULT {json}. Its VLM interfaces
+# (open_mmicl.interface, imported at module level through lever_lm/utils.py, never called by the trainer) get a stand-in
+# module, so the VLM packages they import (open_clip, open_flamingo, qwen_vl_utils, openicl, torchvision) need not be
+# installed.
 ORIGINAL_RUNNER = r"""
 import json, resource, sys, time, types
 import torch
 torch.set_num_threads(1)
-torch.manual_seed(0)
+torch.manual_seed(int(sys.argv.pop(1)))  # the benchmark's --seed; the rest are the trainer's flags
 
 class Absent(types.ModuleType):
     def __getattr__(self, name):
@@ -447,7 +449,7 @@ def _whole_child(args) -> dict:
     plan = _whole_plan(args)
     split = split_data(trim_groups(data, args.group_size), plan)
     train, val = make_groups(split.train, plan, feats), make_groups(split.val, plan, feats)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = build_selector(feats.shape[1], plan.model)
     pre_rce = {k: v.clone() for k, v in model.state_dict().items()}
     passes = {True: 0.0, False: 0.0}  # CPU seconds of the GRPO start: the train-mode policy pass, the eval-mode reference
@@ -466,7 +468,9 @@ def _whole_child(args) -> dict:
     with tempfile.TemporaryDirectory() as d:
         for stage in plan.stages():
             ref = pre_rce if stage.kind == "grpo" else None
-            runner = StageRunner(stage, Path(d) / stage.name, model, train, val, 0, plan.select, SilentReporter(), None, ref)
+            runner = StageRunner(
+                stage, Path(d) / stage.name, model, train, val, args.seed, plan.select, SilentReporter(), None, ref
+            )
             rows = runner.run().rows
             out[f"{stage.kind}_loss"] = rows[-1]["train/loss"]
             out[f"{stage.kind}_epochs"] = len(rows)
@@ -561,7 +565,7 @@ def whole_run(args) -> None:
         feats = load_features(Path(tmp) / "features.pt")
         cmd = [sys.executable, __file__, "--faithful", "--full", "--child", "whole", "--data", tmp]
         cmd += ["--rce-epochs", str(args.rce_epochs), "--grpo-epochs", str(args.grpo_epochs)]
-        cmd += ["--group-size", str(args.group_size)]
+        cmd += ["--group-size", str(args.group_size), "--seed", str(args.seed)]
         if original is not None:
             # The same data: the first --group-size sequences per query in the original's JSON format; the features
             # tensor [items, d] is what its --img_emb loads (torch.load, rows indexed by item id).
@@ -571,11 +575,12 @@ def whole_run(args) -> None:
                 args.original_python or sys.executable,
                 "-c",
                 ORIGINAL_RUNNER,
+                str(args.seed),
                 "--beam_data",
                 str(Path(tmp) / "original.json"),
             ]
             ocmd += ["--img_emb", str(Path(tmp) / "features.pt"), "--output_dir", str(out_dir), "--device", "cpu", *flags]
-            print("the original trainer: " + " ".join([ORIGINAL_SCRIPT, *ocmd[3:]]).replace(tmp, "DATA"), flush=True)
+            print("the original trainer: " + " ".join([ORIGINAL_SCRIPT, *ocmd[4:]]).replace(tmp, "DATA"), flush=True)
         for _ in range(args.rounds):
             for label, tree in trees.items():
                 text, cpu, rss = _run_child(cmd, {**env, "PYTHONPATH": tree})
@@ -593,7 +598,7 @@ def whole_run(args) -> None:
         f"whole run: plans/{WHOLE_PLAN}, {args.rce_epochs} RCE + {args.grpo_epochs} GRPO epochs, batch 1, one thread; "
         f"{split.train.num_queries} train / {split.val.num_queries} val queries x {args.group_size} sequences "
         f"({split.train.num_sequences} training sequences once failed evaluations are skipped), pools "
-        f"{data.pools.shape[1]}; best of {args.rounds} (alternated), peak RSS the largest"
+        f"{data.pools.shape[1]}; seed {args.seed}; best of {args.rounds} (alternated), peak RSS the largest"
     )
     head = f"{'':10}{'CPU s':>8}{'process':>9}{'wall s':>8}{'peak RSS MiB':>13}{'at start':>9}{'reference s':>12}{'start pass s':>13}"
     print(head + f"{'start ratio':>12}{'RCE loss':>11}{'GRPO loss':>11}{'val loss':>10}")
