@@ -5,7 +5,9 @@ Generative model (docs/benchmark.md has the full story):
     item latent   h_i = normalise(c_{z_i} + spread * e_i)       z_i ~ U(T), e_i ~ N(0, I/d_lat)
     answer type   a_i = dominant(z_i) with prob coupling, else U(types)
     quality       q_i ~ N(0, 1), or harmful_quality with prob harmful_share
-    feature       x_i = normalise(common*mu + P h_i + tv*E[a_i] + qv*q_i*w + noise*n_i)
+    image stand-in x_i = normalise(common*mu + P h_i + tv*E[a_i] + qv*q_i*w + noise*n_i)
+    feature       f_i = normalise(x_i + t_i), t_i the question text's embedding (item_features "both", the default;
+                  as CLIP's item features), or x_i ("image")
 """
 
 from __future__ import annotations
