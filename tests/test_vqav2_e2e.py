@@ -12,7 +12,7 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import save_model_dir, tiny_clip, tiny_qwen, write_vqav2_fixture  # noqa: E402
+from tiny_models import save_workspace_models, tiny_clip, tiny_qwen, write_vqav2_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, POOL, QUERIES = 24, 5, 6, 10
@@ -24,9 +24,7 @@ def write_vqav2_workspace(root: Path) -> tuple[Path, tuple, tuple]:
     tq, ta, ti = write_vqav2_fixture(root / "vqav2_train", n=N_TRAIN, split="train2014")
     vq, va, vi = write_vqav2_fixture(root / "vqav2_val", n=N_VAL, split="val2014")
     clip_pair, qwen_pair = tiny_clip(), tiny_qwen()
-    save_model_dir(root / "clip", *clip_pair)
-    clip_pair[0].save_pretrained(root / "clip")
-    save_model_dir(root / "vlm", *qwen_pair)
+    save_workspace_models(root, clip_pair, qwen_pair)
     ws = root / "lever.toml"
     ws.write_text(f"""runs = "runs"
 cache = "cache"

@@ -280,6 +280,14 @@ def okvqa_candidates(train_ids: list[int], pool: int = 8) -> dict:
     return out
 
 
+def save_workspace_models(root: Path, clip_pair: tuple, qwen_pair: tuple) -> None:
+    """root/clip (config, processor and weights: the preflight re-embeds a few train rows) and root/vlm (config
+    and processor), as a workspace's [models] names them."""
+    save_model_dir(root / "clip", *clip_pair)
+    clip_pair[0].save_pretrained(root / "clip")
+    save_model_dir(root / "vlm", *qwen_pair)
+
+
 def save_model_dir(path: Path, model: Any, processor: Any) -> Path:
     """A model folder as a user has it, without the weights: config.json and the processor files.
 
@@ -315,9 +323,7 @@ def write_okvqa_workspace(root: Path, n_train: int = 30, n_val: int = 6, pool: i
     train_items = load_okvqa(tq, ta, ti, "train", None)
     torch.save(clip_features(train_items, clip_pair), root / "query_embeddings.pt")
     (root / "rl_data.json").write_text(json.dumps(okvqa_candidates([it.question_id for it in train_items], pool)))
-    save_model_dir(root / "clip", *clip_pair)
-    clip_pair[0].save_pretrained(root / "clip")  # CLIP's weights too: the preflight re-embeds a few train rows
-    save_model_dir(root / "vlm", *qwen_pair)
+    save_workspace_models(root, clip_pair, qwen_pair)
     ws = root / "lever.toml"
     ws.write_text(f"""runs = "runs"
 cache = "cache"
