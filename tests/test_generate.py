@@ -73,31 +73,67 @@ def test_sources_are_deduplicated_as_ordered_sequences():
     assert len(one) == 5
 
 
-def test_set_dedupe_keeps_the_higher_priority_source_of_a_permutation():
-    # Pool of 4 items, 2 shots; the similarity policy and retrieval both follow the cosines [0.9, 0.8, 0.1, 0.0]:
-    # beam 0 is [0, 1]; retrieval block 0 is [0, 1] too and block 1 is [2, 3]. One random draw per query.
-    sims = torch.tensor([[0.9, 0.8, 0.1, 0.0]])
-    step = similarity_policy(torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.9, 0.44], [0.8, 0.6], [0.1, 0.99], [0.0, 1.0]]]))
-    group = [
-        {"pointer": [1, 0], "gen_method": "sample"},
-        {"pointer": [3, 2], "gen_method": "random"},
-        {"pointer": [0, 1], "gen_method": "retrieval"},
-        {"pointer": [2, 3], "gen_method": "retrieval"},
-        {"pointer": [0, 1], "gen_method": "beam"},
-    ]
+def test_set_dedupe_keeps_the_first_seen_position_and_the_higher_priority_source():
+    """The original's generator: proposals in the order beam, sample, retrieval, random, then one per set of items,
+    kept where the set was first proposed and holding its highest-priority proposal (beam > retrieval > sample >
+    random): a dict keyed by the sorted pointers whose value a higher priority replaces."""
     from lever.eval.generate import dedupe_ordered, dedupe_set
 
-    # set: {0, 1} by beam (beam > retrieval > sample), {2, 3} by retrieval (retrieval > random); proposal order kept
-    assert [(p["pointer"], p["gen_method"]) for p in dedupe_set(group)] == [([2, 3], "retrieval"), ([0, 1], "beam")]
-    # ordered: [1, 0] and [0, 1] are two prompts; the repeated [0, 1] keeps its first proposal
-    assert [p["gen_method"] for p in dedupe_ordered(group)] == ["sample", "random", "retrieval", "retrieval"]
-    # through propose: one beam [0, 1] and retrieval [0, 1], [2, 3]; set keeps the beam's [0, 1]
-    src = Sources(beams=1, temperatures=(), samples=0, random=0, retrieval=2)
+    group = [
+        {"pointer": [0, 1], "gen_method": "beam"},
+        {"pointer": [3, 2], "gen_method": "sample"},  # {2, 3}: retrieval proposes it later and takes this place
+        {"pointer": [4, 0], "gen_method": "sample"},
+        {"pointer": [2, 3], "gen_method": "retrieval"},
+        {"pointer": [1, 0], "gen_method": "retrieval"},  # {0, 1}: the beam's stays
+        {"pointer": [0, 4], "gen_method": "random"},  # {0, 4}: the sample's stays
+        {"pointer": [5, 1], "gen_method": "random"},
+    ]
+    kept = [(p["pointer"], p["gen_method"]) for p in dedupe_set(group)]
+    assert kept == [([0, 1], "beam"), ([2, 3], "retrieval"), ([4, 0], "sample"), ([5, 1], "random")]
+    # ordered: every ordered sequence once, the first proposal of a repeated one
+    assert [p["pointer"] for p in dedupe_ordered(group)] == [[0, 1], [3, 2], [4, 0], [2, 3], [1, 0], [0, 4], [5, 1]]
+    assert len(dedupe_ordered(group + group[:3])) == 7
+
+
+def test_retrieval_is_a_sliding_window_over_similarity_ranks():
+    """The original's retrieve_pointer_by_similarity: sequence r = similarity ranks r .. r+shots-1."""
+    from lever.eval.generate import retrieval_windows
+
+    sims = torch.tensor([[0.1, 0.9, 0.0, 0.8, 0.7]])  # ranks: items 1, 3, 4, 0, 2
+    assert retrieval_windows(sims, 2, 3) == [[[1, 3], [3, 4], [4, 0]]]
+    assert retrieval_windows(sims, 3, 2) == [[[1, 3, 4], [3, 4, 0]]]
+    assert retrieval_windows(sims, 2, 10) == [[[1, 3], [3, 4], [4, 0], [0, 2]]]  # K - shots + 1 windows fit
+    src = Sources(beams=0, temperatures=(), samples=0, random=0, retrieval=3)
+    step = similarity_policy(torch.randn(1, 4), torch.randn(1, 5, 4))
+    got = propose(step, sims, 2, src, [torch.Generator().manual_seed(0)])[0]
+    assert [(p["pointer"], p["gen_method"], p["behaviour_logp"]) for p in got] == [
+        ([1, 3], "retrieval", None),
+        ([3, 4], "retrieval", None),
+        ([4, 0], "retrieval", None),
+    ]
+
+
+def test_propose_orders_sources_as_the_original_and_dedupes_by_set():
+    # Pool of 4 items, 2 shots; the similarity policy and retrieval both follow the cosines [0.9, 0.8, 0.1, 0.0].
+    sims = torch.tensor([[0.9, 0.8, 0.1, 0.0]])
+    step = similarity_policy(torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.9, 0.44], [0.8, 0.6], [0.1, 0.99], [0.0, 1.0]]]))
     gens = [torch.Generator().manual_seed(0)]
+    # a near-greedy sample proposes [0, 1] first; retrieval's window [0, 1] outranks it in its place, then [1, 2]
+    src = Sources(beams=0, temperatures=(0.01,), samples=1, random=0, retrieval=2)
     kept = propose(step, sims, 2, src, gens)[0]
-    assert [(p["pointer"], p["gen_method"]) for p in kept] == [([0, 1], "beam"), ([2, 3], "retrieval")]
+    assert [(p["pointer"], p["gen_method"]) for p in kept] == [([0, 1], "retrieval"), ([1, 2], "retrieval")]
+    assert kept[0]["behaviour_logp"] is None  # the kept proposal carries its own source's fields
     both = propose(step, sims, 2, src, gens, "ordered")[0]
-    assert [(p["pointer"], p["gen_method"]) for p in both] == [([0, 1], "beam"), ([2, 3], "retrieval")]
+    assert [(p["pointer"], p["gen_method"]) for p in both] == [([0, 1], "sample"), ([1, 2], "retrieval")]
+    # one beam [0, 1] and retrieval [0, 1], [1, 2]: set keeps the beam's [0, 1]
+    src = Sources(beams=1, temperatures=(), samples=0, random=0, retrieval=2)
+    kept = propose(step, sims, 2, src, gens)[0]
+    assert [(p["pointer"], p["gen_method"]) for p in kept] == [([0, 1], "beam"), ([1, 2], "retrieval")]
+    # random comes after retrieval: a random draw of retrieval's set is dropped, and retrieval's position is first
+    src = Sources(beams=0, temperatures=(), samples=0, random=40, retrieval=1)
+    kept = propose(step, sims, 2, src, gens, "ordered")[0]
+    assert (kept[0]["pointer"], kept[0]["gen_method"]) == ([0, 1], "retrieval") and len(kept) == 12  # 4 x 3 sequences
+    assert {p["gen_method"] for p in kept[1:]} == {"random"}
     beams2 = propose(step, sims, 2, Sources(beams=2, temperatures=(), samples=0, random=0, retrieval=0), gens, "ordered")[0]
     assert [p["pointer"] for p in beams2] == [[0, 1], [1, 0]]  # the two orders of the best pair: two prompts
     assert [p["pointer"] for p in propose(step, sims, 2, Sources(2, (), 0, 0, 0), gens)[0]] == [[0, 1]]  # set: one
@@ -370,3 +406,27 @@ def test_dedupe_set_by_default_ordered_on_request_and_never_mixed_on_resume(leve
     assert res.code == 2 and "interrupted generation with other settings" in res.text
     res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", cut, "-f", tmp_path / "f.pt", "--dedupe", "sets")
     assert res.code == 2 and "--dedupe 'sets' is not known" in res.text
+
+
+def test_generate_answers_without_sampling_on_the_tiny_qwen(lever, tmp_path, monkeypatch):
+    """`data generate` under lever-plus passes do_sample=False to the VLM's generate (the original's generator),
+    where its evaluation leaves sampling to the model folder's generation config; the real backend is built
+    (only the model loader is replaced) and the kwargs are captured at `generate`."""
+    pytest.importorskip("transformers")
+    from tiny_models import write_okvqa_workspace
+
+    import lever.eval.hf as hf
+
+    ws, _, (qwen, processor) = write_okvqa_workspace(tmp_path, n_train=8, n_val=2, pool=4)
+    monkeypatch.setattr(hf, "load_vlm", lambda *a, **k: (qwen, processor))
+    seen: list[dict] = []
+    real = qwen.generate
+    monkeypatch.setattr(qwen, "generate", lambda **kw: seen.append(kw) or real(**kw))
+    pools = tmp_path / "p.json"
+    pools.write_text(json.dumps({"0": [1, 2, 3, 4]}))
+    out = tmp_path / "g.json"
+    src = ("--beams", "1", "--samples", "0", "--random", "0", "--retrieval", "1")
+    cli(lever, ws, "data", "generate", pools, out, "--device", "cpu", *src)
+    assert seen and all(kw["do_sample"] is False for kw in seen)
+    assert {(kw["num_beams"], kw["length_penalty"], kw["min_new_tokens"]) for kw in seen} == {(3, 0.0, 0)}
+    assert json.loads(out.read_text())["_meta"]["protocol"]["generation"]["sampling"] == "greedy"

@@ -41,7 +41,7 @@ def real_workspace(tmp_path, monkeypatch):
     # Qwen2.5-VL's own processor needs torchvision; the tiny image-only one stands in for it.
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: qwen_processor)
 
-    def backend(ws_, spec, device="cpu"):
+    def backend(ws_, spec, device="cpu", protocol=None):
         built.append(spec)
         return HFBackend.from_pretrained_objects(
             qwen_model,
@@ -50,6 +50,7 @@ def real_workspace(tmp_path, monkeypatch):
             batch_size=spec.batch_size,
             max_new_tokens=spec.max_new_tokens,
             num_beams=spec.num_beams,
+            protocol=protocol,
         )
 
     monkeypatch.setattr(sources, "make_hf_backend", backend)
@@ -257,9 +258,9 @@ def test_a_generation_setting_reaches_generate_and_the_evaluation_key(lever, rea
     calls: list[dict] = []
     inner = sources.make_hf_backend  # the fixture's: the tiny VLM
 
-    def backend(ws_, spec, device="cpu"):
+    def backend(ws_, spec, device="cpu", protocol=None):
         be = inner(ws_, spec, device)
-        be.protocol = resolve_protocol(spec)  # as the real make_hf_backend builds it
+        be.protocol = protocol or resolve_protocol(spec)  # as the real make_hf_backend builds it
         real = type(be.model).generate.__get__(be.model)
         monkeypatch.setattr(be.model, "generate", lambda **kw: calls.append(kw) or real(**kw))
         return be

@@ -194,6 +194,9 @@ def test_generation_settings_are_data_and_part_of_the_identity(tmp_path):
         "eos": "tokenizer",
         "sampling": "model_config",
     }
+    # data generate answers as the original's generator: no sampling; the evaluations' identity is unchanged by it
+    assert plus.generation.candidate_sampling == "greedy"
+    assert plus.for_candidates().identity()["generation"] == {**plus.identity()["generation"], "sampling": "greedy"}
     path = tmp_path / "mine.toml"
     original = (Path(__file__).resolve().parents[1] / "lever" / "eval" / "protocols" / "lever-plus.toml").read_text()
     path.write_text(original.replace("length_penalty = 0.0", "length_penalty = 1.0"))

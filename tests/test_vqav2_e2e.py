@@ -59,9 +59,11 @@ def test_vqav2_data_commands_then_run_and_evaluate(lever, tmp_path, monkeypatch)
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
     built = []
 
-    def backend(ws_, spec, device="cpu"):
+    def backend(ws_, spec, device="cpu", protocol=None):
         built.append(spec)
-        return HFBackend.from_pretrained_objects(qwen, processor, "cpu", spec.batch_size, spec.max_new_tokens, spec.num_beams)
+        return HFBackend.from_pretrained_objects(
+            qwen, processor, "cpu", spec.batch_size, spec.max_new_tokens, spec.num_beams, protocol=protocol
+        )
 
     monkeypatch.setattr(sources, "make_hf_backend", backend)
 

@@ -1,17 +1,19 @@
 """`lever data generate`: candidate sequences for every query of a pools file, scored by the VLM.
 
-Per query (its pool of K train items, `shots` items per sequence), in source order:
+Per query (its pool of K train items, `shots` items per sequence), in the original generator's source order:
 
 - beam: the `beams` best sequences of the policy by beam search (sum of step log-probs);
 - sample: for each temperature tau, `samples` sequences drawn step by step from softmax(log pi / tau);
-- random: `random` uniform sequences of distinct pool items;
-- retrieval: `retrieval` blocks of the pool items most similar to the query (block b = ranks b*shots..).
+- retrieval: `retrieval` sliding windows over the pool items ranked by similarity to the query (sequence r =
+  ranks r, r+1, ..., r+shots-1: [0, 1], [1, 2], [2, 3] at 2 shots), as the original's retrieve_pointer_by_similarity;
+- random: `random` uniform sequences of distinct pool items.
 
 The policy is a trained plan's selected checkpoint, or, without one, the similarity policy
 pi_t(j) = softmax_j(cos(x_q, x_j) / 0.1) over the items not yet picked. Duplicates are dropped per
-`dedupe`: "set" (default, the original's generator) keeps one sequence per set of items, the one of the
-highest-priority source (beam > retrieval > sample > random; within a source the first proposed);
-"ordered" keeps each ordered sequence once ([a, b] and [b, a] are two prompts), the first source wins.
+`dedupe`: "set" (default, the original's generator) keeps one sequence per set of items: the set stays where
+it was first proposed and holds the proposal of its highest-priority source (beam > retrieval > sample >
+random; within a source the first proposed); "ordered" keeps each ordered sequence once ([a, b] and [b, a]
+are two prompts), the first proposal wins.
 Every sequence is answered by the evaluation backend with the evaluation's prompt protocol and
 scored with its VQA metric, and written in the compatibility format (docs/data.md).
 
@@ -190,6 +192,7 @@ def propose(
         rec = {"pointer": seq, "gen_method": method, "beam_rank": rank, "beam_score": score, "temperature": tau}
         props[qi].append({**rec, **behaviour(beh)})
 
+    # 1. beam, 2. sample, 3. retrieval, 4. random: the original generator's order, which `dedupe_set` keeps
     if sources.beams:
         seqs, scores = beam_search(step, n_q, k, sources.beams, shots)
         behs = step_logps(step, seqs).tolist()
@@ -202,29 +205,38 @@ def propose(
             for qi, (ss, bb) in enumerate(zip(seqs.tolist(), step_logps(step, seqs, tau).tolist())):
                 for s, b in zip(ss, bb):
                     add(qi, s, "sample", b, tau=tau)
+    for qi, window in enumerate(retrieval_windows(sims, shots, sources.retrieval)):
+        for seq in window:
+            add(qi, seq, "retrieval", None)
     uniform = uniform_step_logps(k, shots)
     for qi, g in enumerate(gens):
         for _ in range(sources.random):
             add(qi, torch.randperm(k, generator=g)[:shots].tolist(), "random", uniform)
-    ranking = sims.argsort(dim=1, descending=True).tolist()
-    for qi in range(n_q):
-        for b in range(min(sources.retrieval, k // shots)):
-            add(qi, ranking[qi][b * shots : (b + 1) * shots], "retrieval", None)
     return [dedupe_ordered(group) if dedupe == "ordered" else dedupe_set(group) for group in props]
 
 
+def retrieval_windows(sims: Tensor, shots: int, n: int) -> list[list[list[int]]]:
+    """Per query, `n` sequences of pool items by similarity rank, as the original's retrieve_pointer_by_similarity:
+    sequence r holds ranks r .. r+shots-1 (a sliding window: [0, 1], [1, 2], [2, 3] at 2 shots), most similar
+    first. sims [Q, K]; at most K - shots + 1 windows fit a pool."""
+    ranking = sims.argsort(dim=1, descending=True, stable=True).tolist()  # [Q, K]: pool positions, most similar first
+    count = min(n, sims.shape[1] - shots + 1)
+    return [[ranks[r : r + shots] for r in range(count)] for ranks in ranking]
+
+
 def dedupe_set(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One proposal per SET of items, as the original's generator: of the proposals whose sorted pointers are
-    equal, the one whose source comes first in SET_PRIORITY (beam > retrieval > sample > random), the first
-    proposed within a source; the survivors stay in proposal order."""
+    """One proposal per SET of items, as the original's generator: the sets in the order they were first
+    proposed, each holding the proposal of its highest-priority source in SET_PRIORITY (beam > retrieval >
+    sample > random; of one source, the first proposed). A later proposal of higher priority replaces the
+    kept one in place (the original keeps a dict keyed by the sorted pointers)."""
     rank = {m: i for i, m in enumerate(SET_PRIORITY)}
-    best: dict[tuple[int, ...], int] = {}
-    for i, p in enumerate(group):
+    kept: dict[tuple[int, ...], dict[str, Any]] = {}  # insertion order = first-seen order of each set
+    for p in group:
         key = tuple(sorted(p["pointer"]))
-        j = best.get(key)
-        if j is None or rank.get(p["gen_method"], len(rank)) < rank.get(group[j]["gen_method"], len(rank)):
-            best[key] = i
-    return [group[i] for i in sorted(best.values())]
+        have = kept.get(key)
+        if have is None or rank.get(p["gen_method"], len(rank)) < rank.get(have["gen_method"], len(rank)):
+            kept[key] = p
+    return list(kept.values())
 
 
 def dedupe_ordered(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -340,7 +352,7 @@ def generate_file(
     pools = read_pools(pools_path, len(items))
     k = len(next(iter(pools.values())))
     opts.sources.check(opts.shots, k)
-    protocol = resolve_protocol(spec)
+    protocol = resolve_protocol(spec).for_candidates()  # sampling as the protocol's candidate_sampling says
     metric = protocol.metric
     settings = {
         "pools": content_key(pools),
@@ -348,6 +360,9 @@ def generate_file(
         "sources": asdict(opts.sources),
         "seed": opts.seed,
         "dedupe": opts.dedupe,
+        # the original generator's source order and sliding retrieval windows (lever's older files: blocks, random
+        # before retrieval); an interrupted generation of the older kind is not resumed with this one
+        "proposals": "beam,sample,retrieval-sliding,random",
         "policy": policy[0],
         "behaviour_logps": True,  # the records carry them (an interrupted generation without them is not resumed)
         "metric": metric,
@@ -452,4 +467,4 @@ def make_backend(
     from .sources import check_eval_files, make_hf_backend
 
     check_eval_files(ws, spec.model_copy(update={"splits": ["train"]}), dataset)
-    return make_hf_backend(ws, spec, device)
+    return make_hf_backend(ws, spec, device, resolve_protocol(spec).for_candidates())

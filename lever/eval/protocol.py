@@ -16,8 +16,9 @@ templates, how images are sized, and the VQA accuracy variant. lever ships two i
 A protocol also says how the VLM generates (its `[generation]` table, `GenerationSettings`):
 `lever-plus` passes what the original passed to `model.generate` (length_penalty 0.0,
 min_new_tokens 0, the tokenizer's eos token) and leaves sampling to the model folder's
-`generation_config.json`; `lever` turns sampling off (do_sample=False) and leaves the rest to
-the model's generation config, as lever always did. The beam count and the answer length are
+`generation_config.json` in evaluation, but turns it off (do_sample=False) for the answers
+`lever data generate` scores, as the original's generator does (`candidate_sampling`); `lever`
+turns sampling off in both and leaves the rest to the model's generation config, as lever always did. The beam count and the answer length are
 plan settings (`eval.num_beams`, `eval.max_new_tokens`).
 
 A plan names one with `eval.protocol` (a shipped name or a path to a TOML file of the same
@@ -73,6 +74,11 @@ class _GenerationFile(BaseModel):
         description="greedy: do_sample=False (greedy or beam search); model_config: do_sample, temperature, top_p and "
         "top_k as the model folder's generation_config.json sets them",
     )
+    candidate_sampling: Literal["model_config", "greedy"] = Field(
+        "greedy",
+        description="The same choice for the answers `lever data generate` scores (the original's generator passes "
+        "do_sample=False with its beams, where its evaluation leaves sampling to the model folder)",
+    )
 
 
 class _ProtocolFile(BaseModel):
@@ -116,6 +122,7 @@ class GenerationSettings:
     min_new_tokens: int | None = None
     eos: str = "config"
     sampling: str = "greedy"
+    candidate_sampling: str = "greedy"  # `lever data generate`'s sampling (`PromptProtocol.for_candidates`)
 
     def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
         """The keyword arguments `model.generate` gets from these settings; what is left out comes from the
@@ -162,9 +169,18 @@ class PromptProtocol:
         h, w = smart_resize(height, width, self.min_pixels or 4 * 28 * 28, self.max_pixels or 16384 * 28 * 28)
         return image if (w, h) == (width, height) else image.resize((w, h), Image.BICUBIC)
 
+    def for_candidates(self) -> PromptProtocol:
+        """The protocol `lever data generate` answers with: sampling as `candidate_sampling` says."""
+        return replace(self, generation=replace(self.generation, sampling=self.generation.candidate_sampling))
+
     def identity(self) -> dict[str, Any]:
-        """Everything the answers depend on (the name is only a label), the generation settings as a nested table."""
-        return asdict(self)
+        """Everything the answers depend on (the name is only a label), the generation settings as a nested table.
+
+        `candidate_sampling` is left out: it shapes only `data generate`'s answers, whose identity holds
+        `for_candidates()`'s (its `sampling`), so evaluations keep their keys."""
+        out = asdict(self)
+        del out["generation"]["candidate_sampling"]
+        return out
 
     def digest(self) -> str:
         """A short hash of `identity()`."""

@@ -348,8 +348,9 @@ def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path, dat
     return out
 
 
-def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Backend:
-    """The transformers backend for the workspace's VLM directory and the plan's generation settings."""
+def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto", protocol: PromptProtocol | None = None) -> Backend:
+    """The transformers backend for the workspace's VLM directory and the plan's generation settings; `protocol`
+    replaces the plan's resolved one (`data generate` answers with `PromptProtocol.for_candidates()`)."""
     if not ws.models.vlm:
         raise LeverError(f"workspace {ws.source}: [models] vlm is needed for the hf backend")
     from .hf import HFBackend
@@ -361,6 +362,6 @@ def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto") -> Back
         max_new_tokens=spec.max_new_tokens,
         num_beams=spec.num_beams,
         dtype=spec.dtype,
-        protocol=resolve_protocol(spec),
+        protocol=protocol or resolve_protocol(spec),
         attn_implementation=spec.attn_implementation,
     )
