@@ -51,6 +51,28 @@ def test_two_shot_prompt_renders_byte_for_byte(qwen, name):
     assert backend.render(Request("val", items[0], [items[1], items[2]])) == GOLDEN[name]
 
 
+def _original_text(question: str, answer: str) -> str:
+    """A text part as the original builds it: its template "Question:<Q> Short answer:<A>" filled in (openicl's
+    PromptTemplate; the query's <A> empty), then `item.strip(" ")` in its Qwen2VLInterface.prepare_input."""
+    return "Question:<Q> Short answer:<A>".replace("<Q>", question).replace("<A>", answer).strip(" ")
+
+
+def test_text_parts_are_stripped_of_spaces_as_the_original_strips_them(qwen):
+    """Surrounding spaces in questions and answers: lever-plus sends the original's text parts byte for byte
+    (spaces only: a tab stays), `lever` keeps its earlier text."""
+    questions, answers = [" What is 0? ", "What is 1? ", " What is 2?"], ["ans0", "ans1 ", "ans2\t "]
+    items = [Item(i, 100 + i, 10 + i, questions[i], [answers[i]] * 10, image=f"{i}.jpg") for i in range(3)]
+    request = Request("val", items[0], [items[1], items[2]])
+    turn = "".join(IMG + _original_text(questions[i], answers[i]) for i in (1, 2)) + IMG + _original_text(questions[0], "")
+    assert "Short answer:ans1" + IMG in turn and "Short answer:ans2\t" + IMG in turn  # the hand-worked parts
+    plus = HFBackend.from_pretrained_objects(*qwen, device="cpu", protocol=load_protocol("lever-plus"))
+    expected = f"<|im_start|>system\n{ORIGINAL_SYSTEM}<|im_end|>\n<|im_start|>user\n{turn}<|im_end|>\n<|im_start|>assistant\n"
+    assert plus.render(request).encode() == expected.encode()
+    old = HFBackend.from_pretrained_objects(*qwen, device="cpu", protocol=load_protocol("lever"))
+    assert "Short answer:ans1 " + IMG in old.render(request)  # lever's protocol: the templates' text as it was
+    assert load_protocol("lever-plus").identity()["strip_text"] == "spaces" and "strip_text" not in load_protocol("lever").identity()
+
+
 def test_default_protocol_is_the_originals():
     proto = resolve_protocol(EvalSpec())
     assert proto.name == "lever-plus" and proto.metric == "lever-plus" and proto.image_sizing == "qwen-vl-utils"

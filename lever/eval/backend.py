@@ -93,18 +93,25 @@ QUERY_TEMPLATE = "Question:{question} Short answer:"
 
 
 def build_prompt_parts(
-    request: Request, demo_template: str = DEMO_TEMPLATE, query_template: str = QUERY_TEMPLATE
+    request: Request, demo_template: str = DEMO_TEMPLATE, query_template: str = QUERY_TEMPLATE, strip: str | None = None
 ) -> list[dict[str, Any]]:
     """The content of one user message: image, text, image, text, ... (docs/evaluation.md).
 
     Each demo gives its image then `Question:<q> Short answer:<a>` (a = demo_answer);
     the query gives its image then `Question:<q> Short answer:`. An item without an
-    image gives only its text. The templates come from the prompt protocol.
+    image gives only its text. The templates come from the prompt protocol. `strip`: characters
+    stripped from both ends of each text part, an empty one left out (the original: `text.strip(" ")`).
     """
     parts: list[dict[str, Any]] = []
+
+    def text(t: str) -> None:
+        t = t if strip is None else t.strip(strip)
+        if t or strip is None:
+            parts.append({"type": "text", "text": t})
+
     for demo in request.demos:
         parts += _image_part(demo)
-        parts.append({"type": "text", "text": demo_template.format(question=demo.question, answer=demo_answer(demo))})
+        text(demo_template.format(question=demo.question, answer=demo_answer(demo)))
     parts += _image_part(request.query)
-    parts.append({"type": "text", "text": query_template.format(question=request.query.question)})
+    text(query_template.format(question=request.query.question))
     return parts

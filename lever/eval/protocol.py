@@ -96,6 +96,11 @@ class _ProtocolFile(BaseModel):
     min_pixels: int | None = Field(None, ge=1, description="qwen-vl-utils sizing: lower bound of height * width")
     max_pixels: int | None = Field(None, ge=1, description="qwen-vl-utils sizing: upper bound of height * width")
     metric: VQAMetric = Field("classic", description="VQA accuracy variant (lever.eval.vqa)")
+    strip_text: Literal["spaces", "none"] = Field(
+        "none",
+        description="spaces: each text part loses its leading and trailing spaces (an empty one is left out), as the "
+        "original's prepare_input strips them; none: the text parts as the templates make them",
+    )
     generation: _GenerationFile = Field(
         default_factory=_GenerationFile, description="How the VLM generates; absent = greedy, the model's other settings"
     )
@@ -152,10 +157,12 @@ class PromptProtocol:
     max_pixels: int | None
     metric: str
     generation: GenerationSettings = GenerationSettings()
+    strip_text: str = "none"
 
     def messages(self, request: Request) -> list[dict[str, Any]]:
         """The chat messages: an optional system message, then one user turn of images and texts."""
-        parts = build_prompt_parts(request, self.demo_template, self.query_template)
+        strip = " " if self.strip_text == "spaces" else None
+        parts = build_prompt_parts(request, self.demo_template, self.query_template, strip)
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*system, {"role": "user", "content": parts}]
 
@@ -177,9 +184,12 @@ class PromptProtocol:
         """Everything the answers depend on (the name is only a label), the generation settings as a nested table.
 
         `candidate_sampling` is left out: it shapes only `data generate`'s answers, whose identity holds
-        `for_candidates()`'s (its `sampling`), so evaluations keep their keys."""
+        `for_candidates()`'s (its `sampling`), so evaluations keep their keys. `strip_text = "none"` (what every
+        protocol did before the setting existed) is left out too, so those protocols keep their keys."""
         out = asdict(self)
         del out["generation"]["candidate_sampling"]
+        if out["strip_text"] == "none":
+            del out["strip_text"]
         return out
 
     def digest(self) -> str:
