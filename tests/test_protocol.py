@@ -70,7 +70,9 @@ def test_text_parts_are_stripped_of_spaces_as_the_original_strips_them(qwen):
     assert plus.render(request).encode() == expected.encode()
     old = HFBackend.from_pretrained_objects(*qwen, device="cpu", protocol=load_protocol("lever"))
     assert "Short answer:ans1 " + IMG in old.render(request)  # lever's protocol: the templates' text as it was
-    assert load_protocol("lever-plus").identity()["strip_text"] == "spaces" and "strip_text" not in load_protocol("lever").identity()
+    assert (
+        load_protocol("lever-plus").identity()["strip_text"] == "spaces" and "strip_text" not in load_protocol("lever").identity()
+    )
 
 
 def test_default_protocol_is_the_originals():
