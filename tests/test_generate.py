@@ -293,17 +293,12 @@ def test_embed_pools_generate_with_tiny_clip_and_qwen(lever, tmp_path, monkeypat
     from tiny_models import write_okvqa_workspace
 
     import lever.eval.clip as clip_mod
-    import lever.eval.sources as sources
-    from lever.eval.hf import HFBackend
+    import lever.eval.hf as hf
 
     ws, clip_pair, (qwen, processor) = write_okvqa_workspace(tmp_path, n_train=20, n_val=4, pool=6)
     monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
-    monkeypatch.setattr(
-        sources,
-        "make_hf_backend",
-        lambda ws_, spec, device="cpu": HFBackend.from_pretrained_objects(qwen, processor, "cpu", 4, 3, 1),
-    )
+    monkeypatch.setattr(hf, "load_vlm", lambda *a, **k: (qwen, processor))  # the real backend, the tiny model
     feats = tmp_path / "emb.pt"
     res = cli(lever, ws, "data", "embed", "--out", feats, "--device", "cpu")
     assert "[20, 16]" in res.text
