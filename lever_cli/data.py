@@ -498,4 +498,7 @@ def generate(
             progress=bar.update, log=_log, dataset=dataset,
         )  # fmt: skip
     if ranks().is_main:
-        console.print(f"wrote {result['out']}: {result['queries']} queries, {result['sequences']} sequences", highlight=False)
+        calls = f" (VLM calls {result['vlm_calls']}, cache hits {result['cache_hits']})" if "vlm_calls" in result else ""
+        console.print(
+            f"wrote {result['out']}: {result['queries']} queries, {result['sequences']} sequences{calls}", highlight=False
+        )

@@ -14,7 +14,8 @@ pi_t(j) = softmax_j(cos(x_q, x_j) / 0.1) over the items not yet picked. Duplicat
 it was first proposed and holds the proposal of its highest-priority source (beam > retrieval > sample >
 random; within a source the first proposed); "ordered" keeps each ordered sequence once ([a, b] and [b, a]
 are two prompts), the first proposal wins.
-Every sequence is answered by the evaluation backend with the evaluation's prompt protocol and
+Every sequence is answered by the evaluation backend with the evaluation's prompt protocol (through the
+workspace's reward cache, `lever.eval.reward_cache`: a prompt answered before is not asked again) and
 scored with its VQA metric, and written in the compatibility format (docs/data.md).
 
 Each sequence also carries its behaviour log-probability, the log-probability of the ordered sequence under
@@ -57,6 +58,7 @@ from .backend import Backend, Item, Request
 from .distributed import barrier, ranks
 from .postprocess import postprocess
 from .protocol import resolve_protocol
+from .reward_cache import cached_backend, scoring_identity
 from .vqa import normalize_answer, relevance, vqa_accuracy
 
 Progress = Callable[[int, int], None]  # (queries done, total)
@@ -394,8 +396,12 @@ def generate_file(
     mine = [q for p, q in enumerate(queries) if r.mine(p) and q not in done]
     if done and r.is_main:
         log(f"generate: resuming, {len(done)} of {len(queries)} queries already done in {parts}")
-    if mine and backend is None:
-        backend = make_backend(ws, spec, r.device() if r.world > 1 else device, log, dataset)
+    if mine and backend is None:  # the workspace's VLM, behind its reward cache (each prompt answered once)
+        backend = cached_backend(
+            make_backend(ws, spec, r.device() if r.world > 1 else device, log, dataset),
+            ws.cache_dir,
+            scoring_identity(ws, spec, log, dataset),
+        )
     with open_partial(parts / f"shard-{r.rank}.jsonl") as shard:
         for s in range(0, len(mine), opts.chunk):
             chunk = mine[s : s + opts.chunk]
@@ -418,9 +424,11 @@ def generate_file(
             if progress:
                 progress(min(s + opts.chunk, len(mine)), len(mine))
     barrier(r)
+    counts = getattr(backend, "counts", None)  # the reward cache's: VLM calls and cache hits of this process
+    calls = {} if counts is None else {"vlm_calls": counts.calls, "cache_hits": counts.hits}
     if not r.is_main:
-        return {"out": str(out), "queries": len(queries)}
-    return merge_parts(parts, out, queries, settings)
+        return {"out": str(out), "queries": len(queries), **calls}
+    return {**merge_parts(parts, out, queries, settings), **calls}
 
 
 def _entry(query: Item, pool: list[int], cands: list[dict[str, Any]]) -> dict[str, Any]:

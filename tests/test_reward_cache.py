@@ -1,0 +1,140 @@
+"""The reward cache: each prompt answered once, shared by processes, verified on read."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sqlite3
+from pathlib import Path
+
+import pytest
+from workspaces import bench_workspace
+
+from lever.errors import DamagedState
+from lever.eval.backend import Item, Request, Response
+from lever.eval.reward_cache import CachedBackend, RewardCache, prompt_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def item(i: int) -> Item:
+    return Item(index=i, question_id=1000 + i, image_id=i, question=f"q{i}", answers=["a"])
+
+
+class Counting:
+    """A backend whose answer names its prompt, counting the prompts it is asked."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.asked = 0
+
+    def answer(self, requests: list[Request]) -> list[Response]:
+        self.asked += len(requests)
+        return [Response(prompt_key(r)[2] or "none", failed=r.query.index == 99) for r in requests]
+
+    def gt_probs(self, requests: list[Request]) -> list[float]:
+        return [0.25 + len(r.demos) / 10 for r in requests]
+
+
+def requests(q: int, demo_lists: list[list[int]]) -> list[Request]:
+    return [Request("train", item(q), [item(d) for d in demos]) for demos in demo_lists]
+
+
+def test_each_prompt_is_answered_once_and_read_back_equal(tmp_path):
+    inner = Counting()
+    cache = RewardCache(tmp_path / "r.sqlite")
+    ns = cache.namespace({"backend": "counting"})
+    backend = CachedBackend(inner, cache, ns)
+    reqs = requests(1, [[2, 3], [3, 2], [2, 3], [4]])  # [2, 3] twice in one batch; [3, 2] is another prompt
+    fresh = [r.raw for r in backend.answer(reqs)]
+    assert fresh == ["1002,1003", "1003,1002", "1002,1003", "1004"]
+    assert inner.asked == 4 and backend.counts.calls == 4 and backend.counts.hits == 0
+    again = CachedBackend(inner, RewardCache(tmp_path / "r.sqlite"), ns)  # another process would see the same
+    assert [r.raw for r in again.answer(reqs)] == fresh
+    assert inner.asked == 4 and again.counts.calls == 0 and again.counts.hits == 4
+    assert again.gt_probs(reqs[:1]) == [pytest.approx(0.45)] and again.gt_probs(reqs[:1]) == [pytest.approx(0.45)]
+    assert again.counts.calls == 0  # gt probs are stored beside the answers
+    # another identity (another VLM, protocol or world) shares nothing
+    other = CachedBackend(inner, cache, cache.namespace({"backend": "other"}))
+    other.answer(reqs[:1])
+    assert other.counts.calls == 1 and inner.asked == 5
+    # a failed answer is never stored: it is asked again
+    failing = requests(99, [[1]])
+    backend.answer(failing)
+    backend.answer(failing)
+    assert inner.asked == 7
+
+
+def _writer(path: str, start: int, n: int) -> None:
+    cache = RewardCache(path)
+    ns = cache.namespace({"backend": "counting"})
+    backend = CachedBackend(Counting(), cache, ns)
+    for s in range(start, start + n, 10):  # many small transactions, interleaved with the other writer's
+        backend.answer(requests(1, [[d] for d in range(s, s + 10)]))
+
+
+def test_two_writer_processes_at_once(tmp_path):
+    path = str(tmp_path / "r.sqlite")
+    RewardCache(path)  # created before, as the workspace's is
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, start, 400)) for start in (0, 200)]  # 200..399 written by both
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    cache = RewardCache(path)
+    assert cache.count() == 600
+    ns = cache.namespace({"backend": "counting"})
+    keys = [prompt_key(r) for r in requests(1, [[d] for d in range(600)])]
+    got = cache.get(ns, "answer", keys)
+    assert [got[k] for k in keys] == [str(1000 + d) for d in range(600)]
+
+
+def test_a_damaged_cache_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "r.sqlite"
+    cache = RewardCache(path)
+    backend = CachedBackend(Counting(), cache, cache.namespace({"backend": "counting"}))
+    backend.answer(requests(1, [[2], [3]]))
+    with sqlite3.connect(path) as conn:  # an edit that bypasses the checksum
+        conn.execute("UPDATE answers SET value = '\"wrong\"' WHERE demos = '1003'")
+    with pytest.raises(DamagedState, match=r"r\.sqlite is damaged.*query 1001 .*\[1003\] fails its checksum"):
+        backend.answer(requests(1, [[3]]))
+    garbage = tmp_path / "g.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DamagedState, match=r"g\.sqlite is damaged"):
+        RewardCache(garbage)
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("lever.eval.reward_cache.CACHE_FILE", str(tmp_path / "rewards.sqlite"))  # this test's own
+    return bench_workspace(tmp_path)
+
+
+def test_data_generate_twice_makes_no_vlm_call_and_a_damaged_cache_is_exit_2(lever, ws, tmp_path):
+    def cli(*args):
+        res = lever("--workspace", ws, *args)
+        assert res.code == 0, res.text
+        return res
+
+    cli("data", "embed", "--out", tmp_path / "f.pt")
+    cli("data", "pools", tmp_path / "p.json", "-f", tmp_path / "f.pt", "--k", "16", "-n", "12")
+    first = cli("data", "generate", tmp_path / "p.json", tmp_path / "a.json", "-f", tmp_path / "f.pt")
+    data = json.loads((tmp_path / "a.json").read_text())
+    n = sum(len(v["pointer_candidates"]) for k, v in data.items() if k != "_meta")
+    assert f"VLM calls {n}, cache hits 0" in first.text
+    second = cli("data", "generate", tmp_path / "p.json", tmp_path / "b.json", "-f", tmp_path / "f.pt")
+    assert f"VLM calls 0, cache hits {n}" in second.text
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()  # a cached reward = a fresh one
+
+    with sqlite3.connect(tmp_path / "rewards.sqlite") as conn:
+        conn.execute("UPDATE answers SET crc = crc + 1")
+    from lever.eval import reward_cache
+
+    reward_cache._OPEN.clear()
+    res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", tmp_path / "c.json", "-f", tmp_path / "f.pt")
+    assert res.code == 2 and "rewards.sqlite is damaged" in res.text and "Traceback" not in res.text
+    assert not (tmp_path / "c.json").exists()
