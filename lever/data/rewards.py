@@ -26,7 +26,16 @@ from .segments import segment_ids, segment_sum
 
 def raw_rewards(data: CandidateData, spec: RewardSpec) -> Tensor:
     """The mode's formula on every sequence, clipped to spec.clip, not normalised: [S] float32."""
-    hard, acc = data.correct.double(), data.acc.double()  # [S]
+    where = data.meta.get("path", "candidate data")
+    return reward_of(data.correct, data.acc, data.gt_prob, data.rel, data.failed, spec, where)
+
+
+def reward_of(
+    correct: Tensor, acc: Tensor, gt_prob: Tensor, rel: Tensor, failed: Tensor, spec: RewardSpec, where: str = "the scores"
+) -> Tensor:
+    """The mode's formula on scored sequences [S] (the scorer's fields as CandidateData holds them: gt_prob and
+    rel NaN where missing), clipped to spec.clip: [S] float32. Candidate data and fresh VLM scores alike."""
+    hard, acc = correct.double(), acc.double()  # [S]
     h, s, w_rel = spec.hard_weight, spec.soft_weight, spec.rel_weight
     if spec.mode == "hard_plus_soft":
         r = h * hard + s * acc
@@ -34,8 +43,8 @@ def raw_rewards(data: CandidateData, spec: RewardSpec) -> Tensor:
         r = torch.where(hard > 0, 2 * h + s * acc, s * acc)
     elif spec.mode == "hard_plus_gtprob_plus_rel":
         # a failed evaluation may lack these scores: 0, like its missing vqa_correct / vqa_acc_score
-        gt = _score(data, "gt_prob", "vqa_gt_prob", ~data.failed)
-        rs = _score(data, "rel", "vqa_rel_score", ~data.failed & (hard == 0))  # only negatives use it
+        gt = _score(gt_prob, "vqa_gt_prob", ~failed, where)
+        rs = _score(rel, "vqa_rel_score", ~failed & (hard == 0), where)  # only negatives use it
         r = h * hard + s * gt + w_rel * (1 - hard) * rs
     elif spec.mode == "hard_only":
         r = h * hard
@@ -70,15 +79,14 @@ def group_zscore(r: Tensor, offsets: Tensor, std_floor: float) -> Tensor:
     return (dev / var.sqrt().clamp_min(std_floor)[seg]).to(r.dtype)
 
 
-def _score(data: CandidateData, attr: str, field: str, used: Tensor) -> Tensor:
+def _score(values: Tensor, field: str, used: Tensor, where: str) -> Tensor:
     """An optional score as float64, refusing data where a sequence that needs it lacks it (NaN)."""
-    x = getattr(data, attr).double()
+    x = values.double()
     missing = torch.isnan(x)
     n = int((missing & used).sum())
     if n:
         raise LeverError(
-            f"{data.meta.get('path', 'candidate data')}: reward mode hard_plus_gtprob_plus_rel needs '{field}', "
-            f"missing on {n} of {data.num_sequences} sequences",
+            f"{where}: reward mode hard_plus_gtprob_plus_rel needs '{field}', missing on {n} of {len(x)} sequences",
             hint="use a reward mode without it (hard_plus_soft, separated, hard_only, soft_only) or regenerate the data with it",
         )
     return x.nan_to_num(0.0)

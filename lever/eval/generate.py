@@ -259,13 +259,17 @@ def dedupe_ordered(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def score_records(
     backend: Backend, metric: str, query: Item, demos: list[list[Item]], gt_probs: list[float | None]
 ) -> list[dict[str, Any]]:
-    """The scorer's fields of each sequence: answer, VQA accuracy by `metric`, gt prob, relevance."""
-    requests = [Request("train", query, d) for d in demos]
-    answers_norm = [normalize_answer(a) for a in query.answers]
+    """The scorer's fields of each sequence of one query (`score_requests`)."""
+    return score_requests(backend, metric, [Request("train", query, d) for d in demos], gt_probs)
+
+
+def score_requests(backend: Backend, metric: str, requests: list[Request], gt_probs: list[float | None]) -> list[dict[str, Any]]:
+    """The scorer's fields of each request, answered in one call: answer, VQA accuracy by `metric`, gt prob, relevance."""
     out = []
-    for resp, p in zip(backend.answer(requests), gt_probs):
+    for req, resp, p in zip(requests, backend.answer(requests), gt_probs):
+        answers_norm = [normalize_answer(a) for a in req.query.answers]
         pred = "" if resp.failed else postprocess(resp.raw)
-        acc = 0.0 if resp.failed else vqa_accuracy(pred, query.answers, metric)
+        acc = 0.0 if resp.failed else vqa_accuracy(pred, req.query.answers, metric)
         rec = {
             "vqa_raw_generation": resp.raw,
             "vqa_pred_answer": pred,

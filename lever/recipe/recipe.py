@@ -20,12 +20,13 @@ from torch import Tensor
 from lever.data.candidates import CandidateData
 from lever.data.reader import load_candidates
 from lever.errors import LeverError
+from lever.eval.rollout import Scoring
 from lever.keys import file_digest
 from lever.model import SelectorBase, build_selector
 from lever.runs.layout import RunDir, RunsFolder
 from lever.runs.sources import TrainSources, check_feature_rows, load_features, resolve_features, resolve_train_sources
 from lever.spec import LoadedPlan, Plan, Workspace
-from lever.spec.schema import Stage
+from lever.spec.schema import REWARD_METRICS, Stage
 from lever.train.plandata import Split, split_data
 from lever.train.stage import STAGE_METRICS
 
@@ -63,6 +64,7 @@ def check_select_metric(plan: Plan, where: Path) -> None:
     if not plan.stages():
         return
     logged = set.intersection(*(set(STAGE_METRICS[s.kind]) for s in plan.stages()))
+    logged |= set(REWARD_METRICS)  # logged by every stage when select.metric names one (lever.eval.rollout)
     if plan.select.metric not in logged:
         raise LeverError(
             f"{where}: select.metric = '{plan.select.metric}' is not logged by every stage of this plan",
@@ -142,6 +144,15 @@ class Recipe:
         if split.train.num_queries == 0:
             raise LeverError(f"{self.lp.path}: the plan's data filter leaves no training queries ({split.report})")
         return split
+
+    @cached_property
+    def scoring(self) -> Scoring:
+        """How training asks the VLM (val/reward, refresh rounds, online GRPO): the workspace's backend behind the
+        reward cache, the plan's protocol, metric and reward (built once; the VLM loads on its first answer)."""
+        from lever.eval.rollout import build_scoring
+
+        plan = self.plan
+        return build_scoring(self.ws, plan.eval, plan.reward, plan.device, self.log, plan.data.dataset)
 
     def model(self, device: torch.device | str = "cpu") -> SelectorBase:
         """The plan's selector (`model.arch`), freshly initialised (seed the RNG first)."""

@@ -24,10 +24,12 @@ from typing import Any
 import torch
 
 from lever import __version__
+from lever.data.candidates import CandidateData
 from lever.data.filters import stage_filter
 from lever.data.stats import FLAT, FLAT_SHARE
 from lever.device import resolve_device
 from lever.errors import DamagedState, LeverError, RunFailed
+from lever.eval.rollout import RewardValidator
 from lever.io import file_lock
 from lever.keys import content_key
 from lever.model import SelectorBase
@@ -244,8 +246,10 @@ def finished(r: Recipe) -> bool:
 
 
 def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None) -> str:
-    """The content key of a stage: everything its result depends on, including the stage before it."""
+    """The content key of a stage: everything its result depends on, including the stage before it (and, when its
+    rows hold the VLM-scored validation metrics, the VLM's identity and the plan's metric)."""
     plan = r.plan
+    extra = [{"val_reward": r.scoring.identity, "metric": r.scoring.metric}] if plan.select.logs_reward else []
     return content_key(
         prev_key,
         stage.kind,
@@ -263,6 +267,7 @@ def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None) -> str:
         plan.select.mode,
         pin,
         plan.grpo.reference if stage.kind == "grpo" else None,
+        *extra,
     )
 
 
@@ -272,6 +277,7 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
     split = r.split
     feats = r.loaded.features.to(device)
     val_groups = make_groups(split.val, plan, feats)
+    validate = reward_validator(r, split.val, feats) if plan.select.logs_reward else None
     torch.manual_seed(derive_seed(seed, "init"))
     model = r.model(device)
     _, prev_key = start_state(r, model)  # loads the start weights into the model
@@ -302,7 +308,7 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
                 if result is None:
                     ref = pre_rce if (stage.kind == "grpo" and plan.grpo.reference == "pre_rce") else None
                     groups = make_groups(train_d, plan, feats)
-                    StageRunner(stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref).run()
+                    StageRunner(stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref, validate).run()
                     result = read_result(stage_dir, plan.select, pin)
                 else:
                     rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
@@ -325,6 +331,11 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
     run.write_selected(entries[-1])
     run.set_status("trained", _flags(all_rows, entries), None, metrics=record)
     return RunOutcome(run, "trained", entries[-1])
+
+
+def reward_validator(r: Recipe, val: CandidateData, feats: torch.Tensor) -> RewardValidator:
+    """val/reward and val/accuracy of the policy's greedy selection on the validation queries (select.reward)."""
+    return RewardValidator(r.scoring, val, feats, int(val.pointers.shape[-1]) if val.num_sequences else 1)
 
 
 def baseline_choice(r: Recipe) -> SelectorChoice:

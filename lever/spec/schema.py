@@ -592,14 +592,34 @@ class StartSpec(Strict):
         return self
 
 
+# Validation metrics scored by the VLM (lever.eval.rollout.RewardValidator), logged when select asks for them.
+REWARD_METRICS = ("val/reward", "val/accuracy")
+
+
 class SelectSpec(Strict):
     """Which epoch's checkpoint is a stage's result."""
 
-    metric: str = Field("val/loss", description="A metric name from metrics.jsonl")
+    metric: str = Field("val/loss", description="A metric name from metrics.jsonl (val/reward: see `reward`)")
     mode: Literal["min", "max"] = Field("min", description="Lowest or highest value wins (ties: earliest epoch)")
     epoch: int | None = Field(
         None, ge=1, le=MAX_EPOCHS, description="Pin the final stage's selection to this epoch (a hand pick, recorded as such)"
     )
+    reward: bool = Field(
+        False,
+        description="Log val/reward and val/accuracy every epoch: the policy's greedy selection on the validation queries "
+        "scored by the workspace's VLM (through the reward cache); on whenever metric names one of them",
+    )
+
+    @model_validator(mode="after")
+    def _reward_is_maximised(self) -> SelectSpec:
+        if self.metric in REWARD_METRICS and self.mode != "max":
+            raise ValueError(f"metric = '{self.metric}' is selected by its highest value: set mode = 'max'")
+        return self
+
+    @property
+    def logs_reward(self) -> bool:
+        """Whether every epoch logs the VLM-scored validation metrics (REWARD_METRICS)."""
+        return self.reward or self.metric in REWARD_METRICS
 
 
 SELECTORS = ("learned", "zero-shot", "random", "similar")  # selector.kind; all but `learned` train nothing

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,6 +103,9 @@ class Reporter(Protocol):
     def epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self) -> None: ...
     def epoch_end(self, stage: str, row: dict[str, Any]) -> None: ...
+
+
+Validator = Callable[[SelectorBase], dict[str, float]]  # the model after an epoch -> more validation metrics
 
 
 class SilentReporter:
@@ -328,8 +332,10 @@ class StageRunner:
         reporter: Reporter,
         pin_epoch: int | None = None,
         reference: State | None = None,
+        validate: Validator | None = None,
     ):
         self.s, self.dir, self.model, self.train, self.val = stage, stage_dir, model, train, val
+        self.validate = validate  # more validation metrics per epoch (val/reward: lever.eval.rollout)
         self.seed, self.select, self.rep, self.pin = seed, select, reporter, pin_epoch
         self.reference = reference  # GRPO: weights of the frozen policy (ratio and KL)
         opt = stage.opt
@@ -582,6 +588,8 @@ class StageRunner:
                 a = self.s.opt.kl.adaptive
                 self.beta = L.adapt_beta(self.beta, row["kl/value"], a.low, a.high, a.factor, a.beta_min, a.beta_max)
         row["val/loss"] = validation_loss(self.model, self.val)
+        if self.validate is not None:
+            row.update(self.validate(self.model))
         row["optim/lr"] = lr_at(self.step - 1, self.total_steps, self.s.opt, self.peak_lr)
         row["optim/grad_norm"] = sum(norms) / n
         row["time/epoch_s"] = time.perf_counter() - t0
