@@ -225,9 +225,10 @@ def cached_backend(inner: Backend, cache_dir: Path, identity: dict[str, Any]) ->
 
 
 def scoring_identity(ws: Any, spec: Any, log: Any = print, dataset: str | None = None) -> dict[str, Any]:
-    """What an answer depends on besides its prompt key: on the bundled benchmark the simulated world's files
-    and behaviour (it reads no prompt text); on the real path the VLM's weights, the prompt protocol (without
-    its metric), the generation settings and the dataset's files (question ids are the dataset's)."""
+    """What a candidate's answer depends on besides its prompt key: on the bundled benchmark the simulated world's
+    files and behaviour (it reads no prompt text); on the real path the VLM's weights, the prompt protocol as
+    `lever data generate` answers with it (`PromptProtocol.for_candidates`, without its metric), the generation
+    settings and the dataset's files (question ids are the dataset's)."""
     from lever.keys import file_digest, model_fingerprint, path_fingerprint
     from lever.spec.workspace import DEFAULT_DATASET
 
@@ -246,7 +247,7 @@ def scoring_identity(ws: Any, spec: Any, log: Any = print, dataset: str | None =
         }
     from .sources import dataset_files
 
-    protocol = {k: v for k, v in resolve_protocol(spec).identity().items() if k != "metric"}
+    protocol = {k: v for k, v in resolve_protocol(spec).for_candidates().identity().items() if k != "metric"}
     files = dataset_files(ws, dataset or DEFAULT_DATASET).files()
     return {
         "backend": "hf",
