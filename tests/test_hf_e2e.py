@@ -215,16 +215,67 @@ def test_failures_beyond_the_budget_stop_the_evaluation(lever, real_workspace):
     plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}"]
     plan += ["eval.shots=[1]", f"eval.pool_size={POOL}", "eval.num_beams=1", "eval.max_new_tokens=2"]
     assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0  # the default budget: 1%
-    res = lever("--workspace", ws, "evaluate", *plan)
-    assert res.code == 2 and "1 of 6 answers failed" in res.err and "COCO_val2014_000000000503.jpg" in res.err
+    res = lever("--workspace", ws, "evaluate", *plan)  # the preflight finds it before any answer
+    assert res.code == 2 and "1 of 6 val images are missing" in res.err and "COCO_val2014_000000000503.jpg" in res.err
     (run,) = (root / "runs" / "baseline").glob("*/seed-0")
-    assert RunDir(run).selected_eval() is None  # nothing that looks finished
+    assert RunDir(run).selected_eval() is None and not list(run.glob("eval/*/partial-*"))  # nothing answered
+    assert RunDir(run).state == "trained" and RunDir(run).eval_status()["state"] == "failed"
     vi = root / "okvqa_val" / "images"
     shutil.copy(next(vi.glob("*.jpg")), vi / "COCO_val2014_000000000503.jpg")  # the image is restored
     res = lever("--workspace", ws, "evaluate", *plan)  # the image folder changed: a new evaluation
     assert res.code == 0, res.text
     _, rows = RunDir(run).selected_eval().read()
     assert len(rows) == N_VAL and not any(r["failed"] for r in rows)
+
+
+def test_evaluate_checks_its_inputs_first_and_never_touches_the_training_status(lever, real_workspace, monkeypatch):
+    """`lever evaluate` runs `lever run`'s preflight before any answer (a missing weight shard, an image that does not
+    decode: exit 2, no VLM built, the finished run stays `done` with its evaluation), takes the run's lock, and
+    after Ctrl-C names the interrupted evaluation (never "not finished training")."""
+    from lever.io import file_lock
+
+    ws, built = real_workspace
+    root = ws.parent
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16", f"eval.questions={N_VAL}"]
+    plan += ["eval.shots=[1]", f"eval.pool_size={POOL}", "eval.num_beams=1", "eval.max_new_tokens=2", "eval.max_failed=0.2"]
+    assert lever("--workspace", ws, "run", *plan).code == 0
+    (run_dir,) = (root / "runs" / "baseline").glob("*/seed-0")
+    run = RunDir(run_dir)
+    results = run.selected_eval().results.read_bytes()
+    assert run.state == "done" and len(built) == 1
+
+    index = root / "vlm" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a.weight": "model-00001-of-00002.safetensors"}}))
+    res = lever("--workspace", ws, "evaluate", *plan, "--redo")
+    assert res.code == 2 and "model-00001-of-00002.safetensors" in res.err and "missing" in res.err, res.text
+    assert "free some space" not in res.err and len(built) == 1  # the real cause; no VLM was built
+    assert run.state == "done" and run.selected_eval().results.read_bytes() == results  # the redo deleted nothing
+    index.unlink()
+
+    image = sorted((root / "okvqa_val" / "images").glob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes()[:200])  # truncated: 2 of 6 val images fail, above eval.max_failed
+    res = lever("--workspace", ws, "evaluate", *plan, "--redo")
+    assert res.code == 2 and "do not decode" in res.err and image.name in res.err, res.text
+    assert len(built) == 1 and run.state == "done" and run.eval_status()["state"] == "failed"
+    shutil.copy(sorted((root / "okvqa_val" / "images").glob("*.jpg"))[1], image)
+
+    with file_lock(run.lock, wait=False, what="test"):  # a training or another evaluation of the run holds it
+        res = lever("--workspace", ws, "evaluate", *plan, "--redo")
+    assert res.code == 1 and "is being run by" in res.err and run.selected_eval().results.read_bytes() == results
+
+    import lever.eval.hf as hf
+
+    def ctrl_c(self, requests):
+        raise KeyboardInterrupt
+
+    real = hf.HFBackend.answer
+    monkeypatch.setattr(hf.HFBackend, "answer", ctrl_c)
+    res = lever("--workspace", ws, "evaluate", *plan, "--redo")
+    assert res.code == 130 and run.state == "done" and run.eval_status()["state"] == "interrupted"
+    monkeypatch.setattr(hf.HFBackend, "answer", real)
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 0 and "its last evaluation did not finish (interrupted: stopped by Ctrl-C" in res.text, res.text
+    assert run.state == "done" and run.eval_status() is None
 
 
 @pytest.mark.slow

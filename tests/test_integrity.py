@@ -326,12 +326,15 @@ def test_full_disk_while_evaluating_is_a_clear_error(lever, ws, monkeypatch):
 
     monkeypatch.setattr(layout, "write_rows", full)
     error(run_cli(lever, "evaluate", *args), "No space left on device", "results.jsonl")
-    assert status(run_dir)["state"] == "failed" and not list((run_dir / "eval").glob("*/summary.json"))
+    assert not list((run_dir / "eval").glob("*/summary.json"))
+    assert status(run_dir)["state"] == "trained"  # an evaluation's failure is its own: the training status stays
+    assert json.loads((run_dir / "eval" / "status.json").read_text())["state"] == "failed"
     monkeypatch.undo()
     monkeypatch.setenv("LEVER_WORKSPACE", str(ws / "lever.toml"))
     res = run_cli(lever, "run", *args)
     assert res.code == 0 and "resuming" in res.text  # the partial answers were kept
-    assert status(run_dir)["state"] == "done"
+    assert "its last evaluation did not finish (failed: could not write" in res.text
+    assert status(run_dir)["state"] == "done" and not (run_dir / "eval" / "status.json").exists()
 
 
 def test_full_disk_while_generating_the_benchmark_is_a_clear_error(lever, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,6 +14,7 @@ from lever.errors import DamagedState, LeverError
 from lever.eval.distributed import barrier, ranks
 from lever.eval.evaluate import Progress, eval_key, generation_key, rescore, score
 from lever.eval.sources import eval_world
+from lever.io import file_lock
 from lever.model import SelectorBase, build_selector
 from lever.records import SelectorChoice, StageEntry
 from lever.runs.layout import EvalDir, RunDir
@@ -20,8 +22,9 @@ from lever.runs.trackers import Trackers
 from lever.train.checkpoint import checkpoint_info, epoch_digest, load_into, load_verified, state_digest
 from lever.train.stage import Reporter, SilentReporter, checkpoint_epochs, checkpoint_path, read_result
 
+from .preflight import eval_preflight
 from .recipe import Recipe
-from .train import RunOutcome, end, finished_selection, train, write_failed
+from .train import RunOutcome, finished_selection, train
 
 
 @dataclass
@@ -90,12 +93,16 @@ def evaluate(
     epoch: int | None = None,
     redo: bool = False,
     progress: Progress | None = None,
+    preflight: bool = True,
 ) -> Evaluated:
     """Evaluate a trained seed run (its selected checkpoint, or `epoch` of its final stage); the run becomes `done`.
 
-    Ctrl-C marks the run `interrupted` and a failed write marks it `failed` (the next `lever run`
-    resumes the evaluation from its partial answers); other errors (bad input, damaged results) leave
-    its status alone."""
+    It holds the run's lock (one evaluation or training of a run at a time). Before the VLM answers anything
+    the evaluation's inputs are checked as `lever run`'s preflight checks them (model folders and their weight
+    files, every eval image decoded). An evaluation has its own state: Ctrl-C, a failed write or a bad input
+    never change the run's training status; how it ended is kept in eval/status.json, and the next evaluation
+    names it and resumes from the partial answers. `preflight=False`: the caller checked the inputs already
+    (`lever run`, before training)."""
     run = r.run
     if run.state not in ("trained", "done"):
         if r.trains:
@@ -108,17 +115,40 @@ def evaluate(
             f"{run.path} was trained on other candidate data or features than the plan's files hold now",
             hint=f"train it again first: {run.command('run')}",
         )
+    main = ranks().is_main
     try:
-        ev, summary = _evaluate(r, epoch, redo, progress)
-    except KeyboardInterrupt:
-        if epoch is None:  # an extra --epoch evaluation says nothing about the run itself
-            end(run, "interrupted", "evaluation stopped by Ctrl-C or SIGTERM; `lever run` on the plan resumes it")
-        raise
-    except OSError as err:
-        raise write_failed(run, err) from None
-    if epoch is None and ranks().is_main:
-        run.set_state("done")
+        with file_lock(run.lock, wait=False, what=f"run {run.path}") if main else nullcontext():
+            last = run.eval_status() if main else None
+            if last:
+                r.log(f"{run.path}: its last evaluation did not finish ({last['state']}: {last.get('message')})")
+            try:
+                ev, summary = _evaluate(r, epoch, redo, progress, preflight)
+            except KeyboardInterrupt:
+                _eval_end(run, "interrupted", "stopped by Ctrl-C or SIGTERM; the same command resumes it from its answers")
+                raise
+            except LeverError as err:
+                _eval_end(run, "failed", str(err))
+                raise
+            if main:
+                run.set_eval_status(None)
+                if epoch is None:
+                    run.set_state("done")
+    except OSError as err:  # a full disk or a read-only folder; the run's training status stays
+        message = f"could not write {err.filename or run.eval_root}: {err.strerror or err}"
+        _eval_end(run, "failed", message)
+        raise LeverError(
+            message, hint="free some space (or fix the folder's permissions) and run the same command again"
+        ) from None
     return Evaluated(run, ev, summary)
+
+
+def _eval_end(run: RunDir, state: str, message: str) -> None:
+    """Record how an unfinished evaluation ended (rank 0; a disk that refuses it leaves the message to the user)."""
+    if ranks().is_main:
+        try:
+            run.set_eval_status(state, message)
+        except OSError:
+            pass
 
 
 def _identity(entry: StageEntry | SelectorChoice) -> str:
@@ -127,7 +157,9 @@ def _identity(entry: StageEntry | SelectorChoice) -> str:
     return "key" if isinstance(entry, SelectorChoice) else "sha256"
 
 
-def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | None) -> tuple[EvalDir, dict[str, Any]]:
+def _evaluate(
+    r: Recipe, epoch: int | None, redo: bool, progress: Progress | None, preflight: bool
+) -> tuple[EvalDir, dict[str, Any]]:
     run, spec = r.run, r.plan.eval
     if r.trains:
         entry, model, digest = selected_model(r, epoch)
@@ -138,10 +170,36 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
     ev = run.eval_dir(eval_key(digest, world, spec, r.seed))
     generation = generation_key(digest, world.identity, spec.model_dump(mode="json"), r.seed)
     rk = ranks()
+    found = None
+    if redo or not ev.complete:
+        found = generation_source(r, ev, entry, digest, generation) if redo or not ev.partials() else None
+        if found is None and preflight:  # the VLM will answer: its inputs are checked first (a redo's answers stay)
+            eval_preflight(r)
     if redo:
         if rk.is_main and ev.path.exists():
             shutil.rmtree(ev.path)
         barrier(rk)
+    try:
+        return ev, _answer(r, ev, entry, model, world, epoch, found, generation, progress)
+    except OSError as err:  # a write that failed names its file; else the evaluation's folder
+        if not err.filename:
+            err.filename = str(ev.path)
+        raise
+
+
+def _answer(
+    r: Recipe,
+    ev: EvalDir,
+    entry: StageEntry | SelectorChoice,
+    model: SelectorBase | None,
+    world: Any,
+    epoch: int | None,
+    found: tuple[EvalDir, list[dict[str, Any]]] | None,
+    generation: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The evaluation's summary: served from `ev` when finished, re-scored from `found`, or answered by the VLM."""
+    run, spec, rk = r.run, r.plan.eval, ranks()
     if ev.complete:
         summary, _ = ev.read()
         if (summary.get("checkpoint") or {}).get(_identity(entry)) != entry.sha256:
@@ -160,7 +218,6 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
                 "checkpoint": entry.checkpoint,
                 "sha256": entry.sha256,
             }
-        found = None if ev.partials() else generation_source(r, ev, entry, digest, generation)
         if found is not None:
             source, rows = found
             name = run.folder.store_rel(source.path)
@@ -182,7 +239,7 @@ def _evaluate(r: Recipe, epoch: int | None, redo: bool, progress: Progress | Non
             )
     if epoch is None and rk.is_main:  # the selected checkpoint's evaluation is the one tables compare; --epoch ones are extras
         run.mark_selected_eval(ev)
-    return ev, summary
+    return summary
 
 
 def generation_source(
@@ -273,7 +330,7 @@ def train_and_evaluate(
         if not evaluate_it:
             return outcome, None
         # A finished evaluation is verified before it is reused; redoing it is `lever evaluate PLAN --redo`'s job.
-        ev = evaluate(r, progress=progress)
+        ev = evaluate(r, progress=progress, preflight=False)  # `lever run`'s preflight checked its inputs
         if fresh:
             trackers.evaluation(ev.summary)
         return outcome, ev

@@ -25,10 +25,21 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
             raise LeverError(f"{r.lp.path}: {err.args[0]}", hint=err.hint) from None
     if r.trains and r.plan.start.kind == "checkpoint":
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
-    features = r.train_features  # with the candidate data when the plan trains (a baseline selector reads none)
+    r.train_features  # noqa: B018  the candidate data read and checked when the plan trains (a baseline selector reads none)
     check_behaviour(r)
     if evaluate:
-        check_eval(r.ws, r.plan.eval, features, r.features_file, f"{r.lp.path}: ", r.log, r.plan.data.dataset)
+        eval_preflight(r)
+
+
+def eval_preflight(r: Recipe) -> None:
+    """The evaluation's inputs (`lever.eval.preflight.check_eval`: model folders and their weight files, eval
+    images decoded, the features against the CLIP model): `lever run` checks them before training, `lever
+    evaluate` before the VLM answers."""
+    try:
+        check_eval_files(r.ws, r.plan.eval, r.plan.data.dataset)
+    except LeverError as err:  # named with the plan whose settings ask for them
+        raise LeverError(f"{r.lp.path}: {err.args[0]}", hint=err.hint) from None
+    check_eval(r.ws, r.plan.eval, r.train_features, r.features_file, f"{r.lp.path}: ", r.log, r.plan.data.dataset)
 
 
 def check_behaviour(r: Recipe) -> None:

@@ -3,6 +3,7 @@
     <runs>/<plan>/<spec hash>/seed-<seed>/        a plan's run (RunDir)
         spec.json  provenance.json  status.json  stages.json  metrics.jsonl  selected.json
         eval/selected.json                        which evaluation is the selected checkpoint's
+        eval/status.json                          how an unfinished evaluation ended (absent once one finishes)
         eval/<key>/                               one evaluation (EvalDir): results.jsonl summary.json partial-<rank>.jsonl
     <runs>/<plan>/<spec hash>/report/             PNG training curves (`lever report`)
     <runs>/<plan>/<spec hash>/.seed-<seed>.lock   held while the run trains
@@ -231,6 +232,7 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     selected_file = property(lambda self: self.path / "selected.json")
     eval_root = property(lambda self: self.path / "eval")
+    eval_status_file = property(lambda self: self.path / "eval" / "status.json")
 
     @property
     def report_dir(self) -> Path:
@@ -416,6 +418,22 @@ class RunDir:
 
     def write_selected(self, selected: StageEntry | SelectorChoice) -> None:
         write_json(self.selected_file, to_json(selected))
+
+    def eval_status(self) -> dict[str, Any] | None:
+        """How the run's last evaluation ended when it did not finish (eval/status.json: state, message), else None.
+        An evaluation has its own state: a failed or interrupted one never changes the run's training status."""
+        try:
+            data = read_state(self.eval_status_file, "")
+        except DamagedState:
+            return None  # only a message to show: a damaged one is overwritten by the next evaluation's end
+        return data if isinstance(data, dict) and isinstance(data.get("state"), str) else None
+
+    def set_eval_status(self, state: str | None, message: str = "") -> None:
+        """Record how an evaluation ended (`interrupted`, `failed`), or forget it (None: it finished)."""
+        if state is None:
+            self.eval_status_file.unlink(missing_ok=True)
+        else:
+            write_json(self.eval_status_file, {"state": state, "message": message})
 
     def mark_selected_eval(self, ev: EvalDir) -> None:
         """Record which evaluation is the selected checkpoint's (the one tables compare)."""
