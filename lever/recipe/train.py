@@ -52,6 +52,7 @@ from lever.train.stage import (
     read_result,
 )
 
+from .onpolicy import refresh_round, refresh_settings
 from .recipe import Recipe
 
 
@@ -245,11 +246,14 @@ def finished(r: Recipe) -> bool:
         return False
 
 
-def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None) -> str:
+def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None, refresh: dict[str, Any] | None = None) -> str:
     """The content key of a stage: everything its result depends on, including the stage before it (and, when its
-    rows hold the VLM-scored validation metrics, the VLM's identity and the plan's metric)."""
+    rows hold the VLM-scored validation metrics, the VLM's identity and the plan's metric; for a refresh round,
+    what its groups depend on: `lever.recipe.onpolicy.refresh_settings`)."""
     plan = r.plan
-    extra = [{"val_reward": r.scoring.identity, "metric": r.scoring.metric}] if plan.select.logs_reward else []
+    extra: list[Any] = [{"val_reward": r.scoring.identity, "metric": r.scoring.metric}] if plan.select.logs_reward else []
+    if refresh is not None:
+        extra.append({"refresh": refresh})
     return content_key(
         prev_key,
         stage.kind,
@@ -295,7 +299,8 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
         if train_d.num_queries == 0:
             raise LeverError(f"{r.lp.path}: stage '{stage.name}' has no training queries after its data filter")
         pin = plan.select.epoch if last else None
-        key = stage_key(r, stage, prev_key, pin)
+        refresh = refresh_settings(r, stage, model) if stage.refresh else None  # the model holds the hand-off weights
+        key = stage_key(r, stage, prev_key, pin, refresh)
         stage_dir = folder.stage(stage.name, key)
         retrain_fix = run.retrain_fix(stage.name)
         with file_lock(folder.stage_lock(stage.name, key), wait=True, what=f"stage {stage.name}-{key}", on_wait=rep.info):
@@ -307,6 +312,8 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
                 result = read_result(stage_dir, plan.select, pin)
                 if result is None:
                     ref = pre_rce if (stage.kind == "grpo" and plan.grpo.reference == "pre_rce") else None
+                    if stage.refresh:  # new groups from the selector as it stands now, scored by the VLM
+                        train_d = refresh_round(r, stage, model, train_d, stage_dir, rep)
                     groups = make_groups(train_d, plan, feats)
                     StageRunner(stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref, validate).run()
                     result = read_result(stage_dir, plan.select, pin)

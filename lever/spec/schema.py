@@ -734,6 +734,30 @@ class EvalSpec(Strict):
 # --------------------------------------------------------------------------- plan
 
 
+class RefreshSpec(Strict):
+    """Refresh rounds: after the plan's last stage, new groups for the training queries from the current selector,
+    scored by the workspace's VLM (docs/training.md, On-policy). `lever data generate --policy` in the run."""
+
+    rounds: int = Field(0, ge=0, le=100, description="Refresh rounds (0 = none); round r trains a GRPO stage 'grpo_r<r>'")
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="GRPO epochs on each round's groups")
+    beams: int = Field(0, ge=0, le=MAX_GROUP, description="The selector's beam-search sequences per query")
+    temperatures: list[Annotated[float, Field(gt=0)]] = Field(
+        [1.0], max_length=8, description="Sampling temperatures (each gives `samples` sequences per query)"
+    )
+    samples: int = Field(16, ge=0, le=MAX_GROUP, description="Sequences sampled from the selector per temperature and query")
+    random: int = Field(0, ge=0, le=MAX_GROUP, description="Uniform random sequences per query")
+    retrieval: int = Field(0, ge=0, le=MAX_GROUP, description="Similarity-retrieval blocks per query")
+    dedupe: Literal["set", "ordered"] = Field(
+        "set", description="As `lever data generate --dedupe`: one sequence per set of items (the original's), or per order"
+    )
+
+    @model_validator(mode="after")
+    def _proposes(self) -> RefreshSpec:
+        if self.rounds and self.beams + self.samples * len(self.temperatures) + self.random + self.retrieval == 0:
+            raise ValueError("refresh.rounds > 0 but no source proposes a sequence: set samples (or beams, random, retrieval)")
+        return self
+
+
 @dataclass(frozen=True)
 class Stage:
     """One compiled stage of a plan: what to run and with which optimiser settings (`Plan.stages()`)."""
@@ -745,6 +769,7 @@ class Stage:
     lr: float
     std_floor: float = 0.1  # rce.rewards = "normalized": z-score floor (reward.normalize_std_floor)
     data: DataOverride | None = None  # a curriculum phase's filter changes (None = the plan's filter)
+    refresh: int = 0  # a refresh round's number: its groups come from the selector (0 = the plan's data)
 
 
 class Plan(Strict):
@@ -768,6 +793,9 @@ class Plan(Strict):
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO stage")
     phases: list[Phase] = Field(
         default_factory=list, description="Curriculum: GRPO phases in order, each from the previous one's selection"
+    )
+    refresh: RefreshSpec = Field(
+        default_factory=RefreshSpec, description="Refresh rounds: GRPO on new groups the current selector proposes"
     )
     select: SelectSpec = Field(default_factory=SelectSpec, description="Checkpoint selection rule")
     selector: SelectorSpec = Field(
@@ -794,8 +822,7 @@ class Plan(Strict):
         if self.sft.epochs == 0 and self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
             raise ValueError("nothing to train: sft.epochs, rce.epochs, grpo.epochs are 0 and there are no phases")
         final = self.stage_names()[-1]
-        stage_epochs = {"sft": self.sft.epochs, "rce": self.rce.epochs, "grpo": self.grpo.epochs}
-        epochs = self.phases[-1].epochs if self.phases else stage_epochs[final]
+        epochs = self.stages()[-1].epochs
         if self.select.epoch is not None and self.select.epoch > epochs:
             raise ValueError(
                 f"select.epoch = {self.select.epoch} pins an epoch the final stage '{final}' does not have "
@@ -817,6 +844,8 @@ class Plan(Strict):
             out.append(Stage(ph.name, "grpo", ph.epochs, opt, ph.lr or self.grpo.lr, floor, ph.data))
         if self.grpo.epochs and not self.phases:
             out.append(Stage("grpo", "grpo", self.grpo.epochs, self.grpo, self.grpo.lr, floor))
+        for r in range(1, self.refresh.rounds + 1):  # each from the stage before's hand-off weights
+            out.append(Stage(f"grpo_r{r}", "grpo", self.refresh.epochs, self.grpo, self.grpo.lr, floor, refresh=r))
         return out
 
     def stage_names(self) -> list[str]:

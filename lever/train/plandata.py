@@ -41,6 +41,15 @@ def split_data(data: CandidateData, plan: Plan) -> Split:
     return Split(base.subset(tr), base.subset(va), report)
 
 
+def refreshed_data(data: CandidateData, plan: Plan) -> CandidateData:
+    """A refresh round's groups (training queries only) as training sees them: the plan's reading of repeated
+    sequences and its filter, as `split_data` applies them to the plan's own data (no split)."""
+    if plan.data.duplicates == "drop":
+        data = data.without_duplicates()
+    kept, _, _ = apply_filter(data, raw_rewards(data, plan.reward), plan.data, plan.data.tier_rules)
+    return kept
+
+
 def stage_train_data(train: CandidateData, plan: Plan, stage: Stage) -> tuple[CandidateData, dict[str, Any] | None]:
     """A stage's training queries: the plan's, narrowed by the stage's own filter (a curriculum phase's `data`)."""
     if stage.data is None:

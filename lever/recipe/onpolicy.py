@@ -1,0 +1,96 @@
+"""On-policy data for a recipe's stages: refresh rounds (docs/training.md, On-policy).
+
+A refresh round (`refresh.rounds`, stage `grpo_r<r>`) trains GRPO on new groups for the plan's training
+queries, proposed by the selector as it stands after the stage before (its hand-off weights): `lever data
+generate --policy` run inside the stage, on each query's own pool (the data's), with the round's sources
+(samples at the set temperatures, the beam, random, retrieval), deduplicated as `data generate` does, every
+sequence scored by the workspace's VLM through the reward cache with the plan's protocol and metric, and each
+with its behaviour log-probability (for `grpo.off_policy`). The plan's data filter then applies as to the
+plan's own data; the validation queries (and `val/loss`) stay the plan's.
+
+The round's data is `<stage folder>/data/candidates.json`, in the compatibility format (`lever data stats`
+reads it); the stage key holds what it depends on (the hand-off weights' digest, the round's sources, the
+VLM and protocol identity), so it is reused with the stage, and a killed generation resumes from its parts.
+`data/refresh.json` records what the round cost (VLM calls, cache hits, seconds).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from lever.data.candidates import CandidateData
+from lever.data.reader import load_candidates
+from lever.errors import LeverError
+from lever.eval.generate import GenerateOptions, Sources, generate_file
+from lever.io import read_state, write_json
+from lever.model import SelectorBase
+from lever.spec.schema import Stage
+from lever.train.checkpoint import state_digest, state_of
+from lever.train.plandata import refreshed_data
+from lever.train.stage import Reporter, derive_seed
+
+from .recipe import Recipe
+
+
+def refresh_settings(r: Recipe, stage: Stage, model: SelectorBase) -> dict[str, Any]:
+    """What a refresh round's groups depend on besides the stage before: the weights that propose them, the
+    round's sources, the VLM and protocol identity, the metric (part of the round's stage key)."""
+    rf = r.plan.refresh.model_dump(mode="json", exclude={"rounds", "epochs"})
+    return {
+        "round": stage.refresh,
+        "weights": state_digest(state_of(model)),
+        "sources": rf,
+        "scoring": r.scoring.identity,
+        "metric": r.scoring.metric,
+    }
+
+
+def max_calls(rf: Any, queries: int, k: int, shots: int) -> int:
+    """The most prompts a round can send to the VLM: every source's sequences for every query (before
+    deduplication and the cache)."""
+    return queries * (rf.beams + rf.samples * len(rf.temperatures) + rf.random + min(rf.retrieval, k // shots))
+
+
+def refresh_round(
+    r: Recipe, stage: Stage, model: SelectorBase, train: CandidateData, stage_dir: Path, rep: Reporter
+) -> CandidateData:
+    """The round's training groups: generated into the stage folder (or reused, or resumed), then the plan's filter."""
+    folder = stage_dir / "data"
+    out = folder / "candidates.json"
+    if not out.is_file():
+        rf = r.plan.refresh
+        shots = int(train.pointers.shape[-1])
+        pools = {int(q): p[: int(n)].tolist() for q, p, n in zip(train.query_ids, train.pools, train.pool_sizes)}
+        if len({len(p) for p in pools.values()}) > 1:
+            raise LeverError(f"{r.lp.path}: refresh rounds need the data's pools to be of one size")
+        k = len(next(iter(pools.values())))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "pools.json", {str(q): p for q, p in pools.items()})
+        src = Sources(rf.beams, tuple(rf.temperatures), rf.samples, rf.random, rf.retrieval)
+        opts = GenerateOptions(shots=shots, sources=src, seed=derive_seed(r.seed, stage.name, "refresh"), dedupe=rf.dedupe)
+        rep.info(
+            f"{stage.name}: refreshing {len(pools)} groups with the selector after the stage before: at most "
+            f"{max_calls(rf, len(pools), k, shots):,} VLM calls (fewer after deduplication and the reward cache)"
+        )
+        before = r.scoring.counts.copy()
+        policy = copy.deepcopy(model).cpu()  # proposals are drawn on the CPU (seeded per query)
+        label = f"{r.name} seed {r.seed} {stage.name} weights {state_digest(state_of(model))}"
+        report = generate_file(
+            r.ws, folder / "pools.json", r.loaded.features, out, opts=opts, spec=r.plan.eval, policy=(label, policy),
+            backend=r.scoring.backend, log=rep.info, dataset=r.plan.data.dataset,
+        )  # fmt: skip
+        spent = r.scoring.counts.since(before)
+        write_json(folder / "refresh.json", {**report, "out": out.name, **spent.metrics("vlm")})
+        rep.info(
+            f"{stage.name}: {report['sequences']:,} sequences for {report['queries']} queries "
+            f"({spent.calls:,} VLM calls, {spent.hits:,} cache hits)"
+        )
+    data = load_candidates(out, cache_dir=r.ws.cache_dir / "candidates", log=lambda m: None, duplicates="keep")
+    return refreshed_data(data, r.plan)
+
+
+def refresh_cost(stage_dir: Path) -> dict[str, Any] | None:
+    """What a finished round recorded of its generation (None when it has none)."""
+    return read_state(stage_dir / "data" / "refresh.json", fix="")
