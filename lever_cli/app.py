@@ -17,6 +17,7 @@ from . import report, run, spec, sweep
 from ._common import set_workspace_flag
 from ._console import err_console
 from .data import data_app
+from .plot import plot_app
 
 app = typer.Typer(
     name="lever",
@@ -53,6 +54,7 @@ run.register(app)
 sweep.register(app)
 report.register(app)
 app.add_typer(data_app, name="data")
+app.add_typer(plot_app, name="plot")
 
 
 _TERMINATED = threading.Event()

@@ -150,9 +150,29 @@ def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | No
         err_console.print(f"no comparison table: {base_name} {base.missing} ({base.command})", highlight=False)
         return
     mine = [plan_runs(lp.name, root, plans_dir, lp.hash) for lp in plans]
-    for split in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits):
-        if any(split in r.splits() for r in base.runs):  # a split the baseline is not evaluated on has no deltas
-            render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
+    splits = [
+        sp for sp in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits) if any(sp in r.splits() for r in base.runs)
+    ]
+    for split in splits:  # a split the baseline is not evaluated on has no deltas
+        render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
+    if splits:
+        _shot_figures(mine, base, splits[0])
+
+
+def _shot_figures(plans: list, base, split: str) -> None:
+    """Each plan's shot curve beside its baseline's, as a PNG next to the plan's runs (with the plot extra)."""
+    from lever.report import figures
+    from lever.runs.layout import RunDir
+
+    if not figures.has_matplotlib():
+        err_console.print("no shot-curve figure: matplotlib is not installed (pip install 'lever[plot]')", highlight=False)
+        return
+    for pr in plans:
+        if pr.missing or pr.name == base.name or not any(split in r.splits() for r in pr.evaluated_runs):
+            continue
+        path = RunDir(pr.runs[0].path).report_dir / f"shots_{split}.png"
+        figures.draw(figures.plan_shot_curves(pr, base, split), path)
+        err_console.print(f"figure: {path}", highlight=False)
 
 
 def evaluate(

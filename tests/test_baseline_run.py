@@ -70,6 +70,9 @@ def test_run_plan_runs_the_baseline_and_shows_the_comparison(lever, ws):
     # the baseline 40 val questions at 2 shot counts.
     assert "evaluating plan5 seed 0: 160/160 answers (80 questions x 2 shot counts), 100%" in res.err
     assert "evaluating baseline seed 0: 80/80 answers (40 questions x 2 shot counts), 100%" in res.err
+    # with the plot extra: the shot curve of the plan and its baseline, beside the plan's runs, its path printed
+    figure = plan_run.parent / "report" / "shots_val.png"
+    assert f"figure: {figure}" in res.err and figure.read_bytes().startswith(b"\x89PNG")
     again = run_cli(lever, "run", PLANS / "plan5.toml", *QUICK)
     assert again.code == 0 and "running it too" not in again.text and "Accuracy (%) on val vs baseline" in again.out
     # --no-baseline: another setting, so no baseline runs for it, and no table.
