@@ -10,12 +10,13 @@ from rich.table import Table
 
 from lever.errors import LeverError
 from lever.eval.vqa import VQA_METRICS
+from lever.report import figures
 from lever.report.export import export
 from lever.report.leaderboard import export as export_leaderboard
 from lever.report.leaderboard import load_leaderboard
 from lever.report.leaderboard import render_plain as leaderboard_plain
 from lever.report.results import RunData, check_known, damage_summary, plan_runs, rescore_plan, scan_runs
-from lever.report.sparkline import plot_curves, spark_rows
+from lever.report.sparkline import spark_rows
 from lever.report.tables import (
     TRAINING_HEADERS,
     build_comparison,
@@ -186,9 +187,9 @@ def report(
     plan: str = typer.Argument(
         ..., help="A plan name (plan5) or file (plans/plan5.toml); plan5@HASH for the runs of one spec hash"
     ),
-    out: Path | None = typer.Option(None, "--out", help="Folder for PNG curves (default: <run>/report)"),
+    out: Path | None = typer.Option(None, "--out", help="Folder for curves.png (default: <runs>/PLAN/HASH/report)"),
 ) -> None:
-    """Training curves of one plan: sparklines per metric here, PNG files if matplotlib is installed.
+    """Training curves of one plan: sparklines per metric here, and curves.png (every logged metric, every seed) with the plot extra.
 
     Also the selected checkpoint of each seed and its accuracies per split and shot count.
 
@@ -237,14 +238,13 @@ def report(
         _show("Accuracy (%)", ["seed", "split", "shots", "accuracy", "questions", "failed"], acc)
     else:
         typer.echo(f"not evaluated: run `{pr.command}`")
-    series = {f"seed-{r.seed}": r.metrics for r in pr.runs if r.metrics}
-    if series:
-        out_dir = out or RunDir(pr.runs[0].path).report_dir
-        written = plot_curves(series, out_dir, {f"seed-{r.seed}": r.selected for r in pr.runs})
-        if written is None:
-            typer.echo("PNG curves skipped: matplotlib is not installed (pip install matplotlib)")
-        else:
-            typer.echo(f"wrote {len(written)} PNG curves to {out_dir}")
+    if any(r.metrics for r in pr.runs):
+        if not figures.has_matplotlib():
+            typer.echo("figure skipped: matplotlib is not installed (pip install 'lever[plot]')")
+            return
+        data = figures.training_curves([pr], figures.logged_metrics([pr]))
+        path = figures.draw(data, (out or RunDir(pr.runs[0].path).report_dir) / "curves.png")
+        typer.echo(f"wrote {path} ({len(data.panels)} metrics)")
 
 
 def runs() -> None:

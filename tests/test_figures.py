@@ -99,6 +99,8 @@ def test_training_curves_panels_selected_epoch_and_stages(runs: Path):  # noqa: 
     fig = figures.render(data)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [label for _, label in data.panels]
     assert list(_lines(fig)["curve:plan5:0:kl/value"].get_ydata()) == [0.02, 0.05, 0.08]
+    # `lever report` draws every logged metric: the panels' first, then the others as they appear
+    assert figures.logged_metrics([plan_runs(runs, "baseline")]) == ["val/loss", "losses/rce", "rce/tau"]
     # a metric by name, one a later trainer logs included, is one list entry (or --metric)
     only = figures.training_curves([plan_runs(runs, "plan5")], ["adv/std", "no/such"])
     assert [k for k, _ in only.panels] == ["adv/std"] and all(c.metric == "adv/std" for c in only.curves)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from lever.keys import content_key
 from lever.records import RowsRecord, StageEntry, StageSelection
 from lever.report.export import CSV_COLUMNS, to_csv, to_json, to_latex, to_markdown
 from lever.report.results import load_plan, load_run, scan_runs
-from lever.report.sparkline import BARS, plot_curves, spark_rows, sparkline
+from lever.report.sparkline import BARS, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
 from lever.runs.layout import RunDir, RunsFolder
 from lever.runs.store import find_plan_runs
@@ -429,19 +430,6 @@ def test_spark_rows_per_metric_and_stage():
     assert len(r.spark) == 3
 
 
-def test_plot_curves_without_matplotlib(monkeypatch, tmp_path: Path):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    assert plot_curves({"seed-0": PLAN5_METRICS}, tmp_path / "png") is None
-
-
-def test_plot_curves_writes_pngs(tmp_path: Path):
-    pytest.importorskip("matplotlib")
-    written = plot_curves({"seed-0": PLAN5_METRICS}, tmp_path / "png", {"seed-0": PLAN5_SELECTED})
-    assert sorted(p.name for p in written) == ["adv_std.png", "kl_value.png", "losses_ppo.png", "val_loss.png"]
-
-
 # ---------------------------------------------------------------- CLI
 
 
@@ -496,7 +484,11 @@ def test_cli_report(cli, tmp_path: Path):
     assert res.exit_code == 0, res.output
     assert "val/loss" in res.output and "grpo 2" in res.output and "near-zero advantages" in res.output
     assert any(b in res.output for b in BARS)
-    assert "PNG curves skipped" in res.output or "PNG curves to" in res.output
+    png = tmp_path / "png" / "curves.png"
+    if importlib.util.find_spec("matplotlib"):  # every logged metric in one figure
+        assert f"wrote {png} (4 metrics)" in res.output and png.read_bytes().startswith(b"\x89PNG")
+    else:
+        assert "figure skipped: matplotlib is not installed (pip install 'lever[plot]')" in res.output
     res = cli("report", "plan6")
     assert "not evaluated: run `lever evaluate plans/plan6.toml`" in res.output
     res = cli("report", "plan9")

@@ -23,6 +23,7 @@ from lever.errors import LeverError
 
 from .leaderboard import MEAN, Leaderboard, build_leaderboard
 from .results import PlanRuns
+from .sparkline import metric_keys
 from .tables import AVG, Comparison
 
 FORMATS = (".png", ".pdf", ".svg")
@@ -176,6 +177,14 @@ def plan_shot_curves(plan: PlanRuns, base: PlanRuns, split: str, n_resamples: in
     """The shot curve of one plan and its baseline: what `lever plot shots PLAN BASELINE` draws (the leaderboard of
     the two, at the leaderboard's default resamples)."""
     return shot_curves(build_leaderboard([base, plan], split, n_resamples=n_resamples), base.name)
+
+
+def logged_metrics(plans: list[PlanRuns]) -> list[str]:
+    """Every numeric metric the plans' runs logged: CURVE_METRICS' first, in its order, then the others as they
+    first appear (what `lever report` draws)."""
+    found = list(dict.fromkeys(k for pr in plans for run in pr.runs for k in metric_keys(run.metrics or [])))
+    known = [k for k, _ in CURVE_METRICS]
+    return [k for k in known if k in found] + [k for k in found if k not in known]
 
 
 def figure_json(data: ShotFigure | CurvesFigure) -> dict:

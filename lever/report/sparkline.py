@@ -1,14 +1,11 @@
-"""Training curves: unicode sparklines for the terminal, PNG plots when matplotlib is installed."""
+"""Training curves as unicode sparklines for the terminal (the figures are lever.report.figures)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from lever.records import StageEntry
 
 BARS = "▁▂▃▄▅▆▇█"
 SKIP_KEYS = {"stage", "epoch"}
@@ -83,51 +80,3 @@ def spark_rows(metrics: list[dict], width: int = 40) -> list[SparkRow]:
             got = [v for v in vals if v is not None]
             rows.append(SparkRow(key, stage, sparkline(vals, width), got[0], got[-1], min(got), max(got)))
     return rows
-
-
-def plot_curves(
-    series: dict[str, list[dict]], out_dir: Path, selected: dict[str, StageEntry | None] | None = None
-) -> list[Path] | None:
-    """One PNG per metric, a line per run (label -> metrics rows); None when matplotlib is absent.
-
-    The x axis counts epochs across stages in file order; dotted lines mark stage changes
-    and a dot marks each run's selected epoch.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # why: no display needed, works headless
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for rows in series.values():
-        keys += [k for k in metric_keys(rows) if k not in keys]
-    written = []
-    for key in keys:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for label, rows in series.items():
-            xs = [i + 1 for i, r in enumerate(rows) if _finite(r.get(key))]
-            ys = [float(r[key]) for r in rows if _finite(r.get(key))]
-            if not xs:
-                continue
-            ax.plot(xs, ys, marker=".", label=label)
-            sel = (selected or {}).get(label)
-            for i, r in enumerate(rows):
-                if sel is not None and (r.get("stage"), r.get("epoch")) == (sel.stage, sel.epoch) and _finite(r.get(key)):
-                    ax.plot([i + 1], [float(r[key])], "o", color="black")
-            for i in range(1, len(rows)):
-                if rows[i].get("stage") != rows[i - 1].get("stage"):
-                    ax.axvline(i + 0.5, linestyle=":", color="grey")
-        ax.set_title(key)
-        ax.set_xlabel("epoch (all stages)")
-        if len(series) > 1:
-            ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = out_dir / (key.replace("/", "_") + ".png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
