@@ -39,6 +39,8 @@ DPI = 150  # PNG resolution: sharp at those widths, tens of kilobytes a file
 # a new metric is one line here.
 CURVE_METRICS: list[tuple[str, str]] = [
     ("val/loss", "validation loss"),
+    ("val/reward", "validation reward (greedy)"),
+    ("val/accuracy", "validation accuracy (greedy)"),
     ("losses/rce", "RCE loss"),
     ("losses/ppo", "GRPO loss"),
     ("reward/mean", "reward mean"),
