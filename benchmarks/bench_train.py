@@ -19,7 +19,7 @@ lever-plus-v3, dropout 0.5 and attention dropout 0.1 with one mask per sequence,
 grpo.policy_mode "train", grpo.reference "pre_rce"): the GRPO start pass (the policy in train
 mode and the reference in eval mode over all 640 x 24 training sequences) with its seconds, start
 ratio and peak RSS (ru_maxrss of a fresh process per pass), chunked as now
-(lever.train.stage.SEQUENCE_CHUNK) and unchunked as before (256 queries at once), alternated in
+(lever.train.passes.SEQUENCE_CHUNK) and unchunked as before (256 queries at once), alternated in
 the same run; then one RCE and one GRPO epoch at batch 1 on --queries training queries, scaled
 to 640.
 
@@ -78,8 +78,9 @@ from lever.model import PointerSelector, build_selector
 from lever.runs.sources import load_features
 from lever.spec import load_plan
 from lever.spec.schema import GRPOSpec, Plan, RCESpec, SelectSpec
+from lever.train import grpo as grpo_mod
 from lever.train import losses as L
-from lever.train import stage as stage_mod
+from lever.train import passes as passes_mod
 from lever.train.groups import Groups
 from lever.train.plandata import make_groups, split_data
 from lever.train.stage import SilentReporter, Stage, StageRunner
@@ -168,8 +169,7 @@ def main() -> None:
         opt = RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
         with tempfile.TemporaryDirectory() as d:
             runner = StageRunner(Stage(kind, kind, 1, opt, opt.lr), Path(d), model, train, val, 0, SelectSpec(), SilentReporter())
-            if kind == "grpo":
-                runner.logp_ref = runner._reference_logprobs()
+            runner.objective.start()  # GRPO: the reference's log-probs (untimed)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -203,7 +203,7 @@ def _in_child(args, what: str) -> dict:
 
 def _start_pass(plan: Plan, train: Groups, val: Groups, d_in: int, chunk: int) -> dict:
     """One GRPO start pass (policy in train mode, pre-RCE reference in eval mode) with SEQUENCE_CHUNK = chunk."""
-    stage_mod.SEQUENCE_CHUNK = chunk
+    passes_mod.SEQUENCE_CHUNK = chunk
     torch.manual_seed(1)
     reference = {k: v.clone() for k, v in build_selector(d_in, plan.model).state_dict().items()}
     torch.manual_seed(0)
@@ -213,10 +213,15 @@ def _start_pass(plan: Plan, train: Groups, val: Groups, d_in: int, chunk: int) -
     with tempfile.TemporaryDirectory() as d:
         runner = StageRunner(stage, Path(d), model, train, val, 0, plan.select, SilentReporter(), None, reference)
         t = time.perf_counter()
-        runner._reference_logprobs()
+        runner.objective.reference.start()
         seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "ratio": runner.start_ratio, "rss_mb": peak / 1024, "rss_before_mb": before / 1024}
+    return {
+        "seconds": seconds,
+        "ratio": runner.objective.reference.start_ratio,
+        "rss_mb": peak / 1024,
+        "rss_before_mb": before / 1024,
+    }
 
 
 def _epochs(plan: Plan, train: Groups, val: Groups, d_in: int) -> dict:
@@ -228,8 +233,7 @@ def _epochs(plan: Plan, train: Groups, val: Groups, d_in: int) -> dict:
         ref = {k: v.clone() for k, v in model.state_dict().items()} if stage.kind == "grpo" else None
         with tempfile.TemporaryDirectory() as d:
             runner = StageRunner(stage, Path(d), model, train, val, 0, plan.select, SilentReporter(), None, ref)
-            if stage.kind == "grpo":
-                runner.logp_ref = runner._reference_logprobs()
+            runner.objective.start()  # GRPO: the reference's log-probs (untimed)
             t = time.perf_counter()
             runner._epoch(1)
             out[stage.kind] = time.perf_counter() - t
@@ -254,7 +258,7 @@ def faithful(args, data, feats) -> None:
         out = _epochs(plan, sub, val, d_in) if args.child == "epochs" else _start_pass(plan, train, val, d_in, int(args.child))
         print(json.dumps(out))
         return
-    now = stage_mod.SEQUENCE_CHUNK
+    now = passes_mod.SEQUENCE_CHUNK
     runs: dict[str, list[dict]] = {"unchunked (before)": [], f"chunked, {now} sequences (now)": []}
     for _ in range(args.rounds):
         for label, chunk in zip(runs, (10**9, now)):
@@ -453,7 +457,7 @@ def _whole_child(args) -> dict:
     model = build_selector(feats.shape[1], plan.model)
     pre_rce = {k: v.clone() for k, v in model.state_dict().items()}
     passes = {True: 0.0, False: 0.0}  # CPU seconds of the GRPO start: the train-mode policy pass, the eval-mode reference
-    timed = stage_mod.all_logprobs
+    timed = grpo_mod.all_logprobs
 
     def all_logprobs(model, groups, batch_size=256, train=False):
         t = time.process_time()
@@ -461,7 +465,7 @@ def _whole_child(args) -> dict:
         passes[train] += time.process_time() - t
         return out
 
-    stage_mod.all_logprobs = all_logprobs
+    grpo_mod.all_logprobs = all_logprobs
     out: dict = {"rss_start_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     out.update(train_queries=train.num_queries, train_sequences=split.train.num_sequences)
     t0, w0 = time.process_time(), time.perf_counter()
@@ -476,7 +480,7 @@ def _whole_child(args) -> dict:
             out[f"{stage.kind}_epochs"] = len(rows)
             out["val_loss"] = rows[-1]["val/loss"]
             if stage.kind == "grpo":
-                out["start_ratio"] = runner.start_ratio
+                out["start_ratio"] = runner.objective.reference.start_ratio
     out.update(cpu_s=time.process_time() - t0, wall_s=time.perf_counter() - w0)
     out.update(reference_s=passes[False], start_pass_s=passes[True])
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

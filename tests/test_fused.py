@@ -138,7 +138,10 @@ def test_fused_equals_autograd_through_the_grpo_loss(tmp_path, policy_mode):
     runner = StageRunner(
         Stage("grpo", "grpo", 1, opt, opt.lr), tmp_path / "s", model, groups, groups, 0, SelectSpec(), SilentReporter()
     )
-    runner.logp_ref = runner._reference_logprobs() + 0.1 * torch.randn(data.num_sequences)  # ratios away from 1
+    objective = runner.objective
+    objective.start()
+    objective.reference.logp = objective.reference.logp + 0.1 * torch.randn(data.num_sequences)  # ratios away from 1
+    objective.begin_epoch(1)
     model.train(policy_mode == "train")
     assert fused_mod.applies(model, groups.features)
     for b in groups.batches(torch.arange(groups.num_queries), 2):
@@ -147,7 +150,7 @@ def test_fused_equals_autograd_through_the_grpo_loss(tmp_path, policy_mode):
             model.fused = use
             model.zero_grad(set_to_none=True)
             torch.manual_seed(7)  # the same dropout draws
-            loss, _, _ = runner._grpo_loss(b, 1)
+            loss, _ = objective.loss(b, 0)
             loss.backward()
             grads.append({n: p.grad for n, p in model.named_parameters()})
         for name, grad in grads[1].items():

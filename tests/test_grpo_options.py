@@ -17,10 +17,11 @@ from lever.errors import LeverError
 from lever.model import PointerSelector
 from lever.spec import load_plan
 from lever.spec.load import spec_hash, validate_plan
-from lever.spec.schema import GRPOSpec, KLSpec, RewardSpec, SelectSpec
+from lever.spec.schema import AdaptiveKL, GRPOSpec, KLSpec, RewardSpec, SelectSpec
+from lever.train import grpo, stage
 from lever.train import losses as L
-from lever.train import stage
 from lever.train.groups import Groups
+from lever.train.passes import all_logprobs
 
 
 def t(x) -> torch.Tensor:
@@ -127,6 +128,29 @@ def test_kl_terms_and_kl_in_reward():
     assert L.group_advantages(r2, m, "centered").tolist() == [pytest.approx([0.0, 0.05, -0.05], abs=1e-6)]
 
 
+def test_kl_controllers_by_hand():
+    fixed = grpo.kl_controller(KLSpec(beta=0.1))
+    fixed.update(99.0, "step")
+    fixed.update(99.0, "epoch")
+    assert fixed.value == 0.1 and fixed.state() == {"beta": 0.1}
+    rule = AdaptiveKL(enabled=True, cadence="step", low=0.01, high=0.1, factor=2.0, beta_min=0.03, beta_max=0.3)
+    ada = grpo.kl_controller(KLSpec(beta=0.1, adaptive=rule))
+    ada.update(1.0, "epoch")  # not its cadence: unchanged
+    assert ada.value == 0.1
+    ada.update(1.0, "step")  # KL above high: x2
+    assert ada.value == pytest.approx(0.2)
+    ada.update(1.0, "step")  # x2 = 0.4, clamped to beta_max
+    assert ada.value == pytest.approx(0.3)
+    ada.update(0.05, "step")  # inside [low, high]: unchanged
+    assert ada.value == pytest.approx(0.3)
+    for _ in range(4):  # KL below low: / 2 each time, then clamped to beta_min
+        ada.update(0.0, "step")
+    assert ada.value == pytest.approx(0.03)
+    resumed = grpo.kl_controller(KLSpec(beta=0.1, adaptive=rule))
+    resumed.load(ada.state())  # resume.pt's beta
+    assert resumed.value == ada.value
+
+
 # ---- entropy, uniform groups -----------------------------------------------------------
 
 
@@ -218,14 +242,14 @@ def test_reference_syncs_every_n_steps(tmp_path, monkeypatch):
         stage.SilentReporter(),
     )
     syncs = []
-    real = stage.mix_weights
+    real = grpo.mix_weights
 
     def spy(ref, policy, alpha):
         out = real(ref, policy, alpha)
         syncs.append((runner.step, ref, policy, out))
         return out
 
-    monkeypatch.setattr(stage, "mix_weights", spy)
+    monkeypatch.setattr(grpo, "mix_weights", spy)
     runner.run()
     assert [s[0] for s in syncs] == [2, 4, 6]  # 3 steps an epoch, 2 epochs: every second step
     assert torch.equal(syncs[0][1]["gate.weight"], start["gate.weight"])  # it starts as the stage's start (rce)
@@ -235,7 +259,7 @@ def test_reference_syncs_every_n_steps(tmp_path, monkeypatch):
             assert nxt[1] is not out and torch.equal(nxt[1]["gate.weight"], out["gate.weight"])  # mixes accumulate
     # the reference's log-probs are those of the last mix
     model.load_state_dict(syncs[-1][3])
-    assert torch.allclose(runner.logp_ref, stage.all_logprobs(model, groups))
+    assert torch.allclose(runner.objective.reference.logp, all_logprobs(model, groups))
 
 
 # ---- stored values per option family: a short GRPO run on the small bundled benchmark (slow) ----

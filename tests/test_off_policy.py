@@ -210,7 +210,7 @@ def test_weighted_loss_is_the_weighted_terms_and_weights_one_are_todays_loss():
 def test_reference_pick_logprobs_sum_to_the_sequence_logprobs(tmp_path):
     """Token level's pi_old per pick (all_pick_logprobs) adds up to the sequence log-probs the PPO ratio uses."""
     from lever.train.groups import Groups
-    from lever.train.stage import all_logprobs, all_pick_logprobs
+    from lever.train.passes import all_logprobs, all_pick_logprobs
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps(synthetic_records(queries=4, group=6, pool=8, shots=3, seed=2)))

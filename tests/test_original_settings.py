@@ -14,8 +14,11 @@ from lever.model import LeverPlusV3Selector, PointerSelector, build_selector
 from lever.spec.schema import AdaptiveKL, GRPOSpec, KLSpec, ModelSpec, RCESpec, RewardSpec, SelectSpec
 from lever.train import losses as L
 from lever.train.checkpoint import load_weights, save_weights, state_of
+from lever.train.folder import handoff_checkpoint
 from lever.train.groups import Batch, Groups
-from lever.train.stage import SilentReporter, Stage, StageRunner, grpo_flags, handoff_checkpoint, lr_scale, rce_rewards
+from lever.train.grpo import grpo_flags
+from lever.train.objectives import rce_rewards
+from lever.train.stage import SilentReporter, Stage, StageRunner, lr_scale
 
 
 def batch(raw: list[list[float]], rewards: list[list[float]]) -> Batch:

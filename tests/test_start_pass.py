@@ -10,7 +10,7 @@ from lever.data.rewards import compute_rewards, raw_rewards
 from lever.data.synthetic import synthetic_records, write_records
 from lever.model import build_selector
 from lever.spec.schema import ModelSpec, RewardSpec
-from lever.train import stage
+from lever.train import passes
 from lever.train.groups import Groups
 
 
@@ -31,11 +31,11 @@ def _model(mask: str):
 def test_a_per_sequence_train_pass_encodes_at_most_a_chunk(tmp_path, monkeypatch):
     g = _groups(tmp_path)
     group = int(g.data.group_sizes().max())
-    monkeypatch.setattr(stage, "SEQUENCE_CHUNK", 2 * group + 1)  # two queries' sequences fit, three do not
+    monkeypatch.setattr(passes, "SEQUENCE_CHUNK", 2 * group + 1)  # two queries' sequences fit, three do not
     model = _model("sequence")
-    assert stage.pass_batch(model, g, 256, train=True) == 2
-    assert stage.pass_batch(model, g, 256, train=False) == 256  # eval mode: one encoding per query
-    assert stage.pass_batch(_model("group"), g, 256, train=True) == 256  # one mask per group: one encoding per query
+    assert passes.pass_batch(model, g, 256, train=True) == 2
+    assert passes.pass_batch(model, g, 256, train=False) == 256  # eval mode: one encoding per query
+    assert passes.pass_batch(_model("group"), g, 256, train=True) == 256  # one mask per group: one encoding per query
     seen = []
     real = type(model).score_sequences
 
@@ -45,12 +45,12 @@ def test_a_per_sequence_train_pass_encodes_at_most_a_chunk(tmp_path, monkeypatch
 
     monkeypatch.setattr(type(model), "score_sequences", spy)
     torch.manual_seed(0)
-    train = stage.all_logprobs(model, g, train=True)
+    train = passes.all_logprobs(model, g, train=True)
     assert seen == [(True, 2)] * (g.num_queries // 2) and torch.isfinite(train).all()
     seen.clear()
-    ev = stage.all_logprobs(model, g)
+    ev = passes.all_logprobs(model, g)
     assert seen == [(False, g.num_queries)]
     # Dropout makes the train-mode pass another policy; the eval-mode pass does not depend on the chunking.
     assert not torch.allclose(train, ev)
-    monkeypatch.setattr(stage, "SEQUENCE_CHUNK", 10**6)
-    assert torch.equal(stage.all_logprobs(model, g), ev)
+    monkeypatch.setattr(passes, "SEQUENCE_CHUNK", 10**6)
+    assert torch.equal(passes.all_logprobs(model, g), ev)

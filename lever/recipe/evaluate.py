@@ -20,7 +20,8 @@ from lever.records import SelectorChoice, StageEntry
 from lever.runs.layout import EvalDir, RunDir
 from lever.runs.trackers import Trackers
 from lever.train.checkpoint import checkpoint_info, epoch_digest, load_into, load_verified, state_digest
-from lever.train.stage import Reporter, SilentReporter, checkpoint_epochs, checkpoint_path, read_result
+from lever.train.folder import checkpoint_epochs, checkpoint_path, read_result
+from lever.train.stage import Reporter, SilentReporter
 
 from .preflight import eval_preflight
 from .recipe import Recipe

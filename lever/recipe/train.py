@@ -39,18 +39,12 @@ from lever.spec import load_plan
 from lever.spec.schema import ModelSpec, Stage
 from lever.threads import thread_settings
 from lever.train.checkpoint import State, load_into, load_verified, load_weights, state_digest
+from lever.train.folder import checkpoint_path, handoff_checkpoint, read_result
+from lever.train.groups import derive_seed
+from lever.train.grpo import grpo_flags
 from lever.train.original_ckpt import head_settings, load_original
 from lever.train.plandata import make_groups, stage_train_data
-from lever.train.stage import (
-    Reporter,
-    SilentReporter,
-    StageRunner,
-    checkpoint_path,
-    derive_seed,
-    grpo_flags,
-    handoff_checkpoint,
-    read_result,
-)
+from lever.train.stage import Reporter, SilentReporter, StageRunner
 
 from .onpolicy import refresh_round, refresh_settings
 from .recipe import Recipe

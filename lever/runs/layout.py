@@ -7,7 +7,7 @@
         eval/<key>/                               one evaluation (EvalDir): results.jsonl summary.json partial-<rank>.jsonl
     <runs>/<plan>/<spec hash>/report/             PNG training curves (`lever report`)
     <runs>/<plan>/<spec hash>/.seed-<seed>.lock   held while the run trains
-    <runs>/_stages/<stage>-<key>/                 a stage's epochs (its files are lever.train.stage's)
+    <runs>/_stages/<stage>-<key>/                 a stage's epochs (its files are lever.train.folder's)
     <runs>/_sweeps/<key>.json                     a sweep's record: its plan, grid, seeds and members (lever.runs.sweep)
     <runs>/_sweeps/<key>/                         its jobs' logs (and submitit's folder)
 
@@ -28,7 +28,7 @@ from typing import Any
 from lever.errors import DamagedState
 from lever.io import check_rows, read_rows, read_state, write_json, write_rows
 from lever.records import EvalPointer, RowsRecord, SelectorChoice, StageEntry, Status, parse, selector_key, to_json
-from lever.train.stage import checkpoint_path, read_result
+from lever.train.folder import checkpoint_path, read_result
 
 STAGES = "_stages"
 SWEEPS = "_sweeps"

@@ -1,8 +1,17 @@
-"""Training groups on the device: candidate data + rewards + features, served as padded batches."""
+"""Training groups on the device: candidate data + rewards + features, served as padded batches; a stage's batch source.
+
+The epoch loop (`lever.train.stage`) takes its batches from a `Source` and hands them to its objective
+(`lever.train.objectives`): `OfflineSource` serves the data's groups in a seeded order. A source that samples
+groups from the current policy (on-policy GRPO) is another `Source` whose batches carry the same fields.
+"""
 
 from __future__ import annotations
 
+import math
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -103,3 +112,35 @@ class Groups:
     def batches(self, order: Tensor, batch_size: int):
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A stable 31-bit seed from the run seed and a path of names (stage, epoch)."""
+    return zlib.crc32(":".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
+
+
+class Source(Protocol):
+    """Where a stage's training batches come from, epoch by epoch.
+
+    `steps_per_epoch` batches an epoch (the learning-rate schedule's length is epochs x steps_per_epoch);
+    `batches(epoch)` yields them. The epoch loop seeds dropout per (seed, stage, epoch) before it asks, so a
+    source that draws (samples from the policy, shuffles) takes its own seed from `derive_seed` and stays
+    bit-identical across a resume. A batch's `seq` indexes the tables the objective keeps over the stage's
+    training sequences (reference and behaviour log-probs)."""
+
+    steps_per_epoch: int
+
+    def batches(self, epoch: int) -> Iterator[Batch]: ...
+
+
+class OfflineSource:
+    """The data's groups, every query once an epoch, in an order seeded by (seed, stage, epoch), `batch_size` at a time."""
+
+    def __init__(self, groups: Groups, batch_size: int, seed: int, stage: str):
+        self.groups, self.batch_size, self.seed, self.stage = groups, batch_size, seed, stage
+        self.steps_per_epoch = math.ceil(groups.num_queries / batch_size)
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.stage, epoch, "order"))
+        order = torch.randperm(self.groups.num_queries, generator=gen)
+        return self.groups.batches(order, self.batch_size)
