@@ -313,3 +313,32 @@ def test_option_family_matches_stored_values(lever, tmp_path, monkeypatch, famil
     grpo = [r for r in metrics(run_dir) if r["stage"] == "grpo"]
     for key, (values, rel) in stored.items():
         assert [r[key] for r in grpo] == pytest.approx(values, rel=rel, abs=1e-12), key
+
+
+# ---- the prediction is what training computes (lever data stats --plan) ---------------------------------------
+
+
+@pytest.mark.parametrize("options", [[], ["grpo.advantage.scale_rewards='none'"], ["grpo.advantage.scale_rewards='batch'"]])
+def test_the_prediction_equals_the_first_grpo_epoch(lever, tmp_path, monkeypatch, options):
+    """`lever data stats --plan` predicts adv/std and the zero and flat shares epoch 1 logs: Dr. GRPO (scale_rewards
+    none, whose advantages are in reward units) included, and batch scaling (each batch's own std)."""
+    import json
+
+    from test_run import PLANS, seed_dirs
+    from workspaces import SMALL_BENCH_IMAGE, bench_workspace
+
+    ws = str(bench_workspace(tmp_path, SMALL_BENCH_IMAGE))
+    overrides = ["rce.epochs=1", "rce.batch_size=16", "grpo.epochs=1", *options]
+    res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *overrides, "--no-eval")
+    assert res.code == 0, res.text
+    (run_dir,) = seed_dirs(tmp_path, "plan5")
+    (row,) = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["stage"] == "grpo"]
+    sets = [a for o in overrides for a in ("-s", o)]
+    res = lever("--workspace", ws, "data", "stats", "main", "--plan", PLANS / "plan5.toml", "--json", *sets)
+    assert res.code == 0, res.text
+    (stage,) = json.loads(res.out)["plan"]["stages"]
+    first = stage["advantages"][0]
+    assert first["epoch"] == 1 and first["top_k"] == 3  # plan 5's curriculum: top-3 in epoch 1
+    assert first["adv_std"] == pytest.approx(row["adv/std"], rel=1e-5)
+    assert (first["zero_share"], first["flat_share"]) == (row["adv/zero_frac"], row["adv/flat_frac"])
+    assert first["adv_max"] == pytest.approx(row["adv/max"], rel=1e-6)

@@ -35,3 +35,28 @@ def test_no_lower_layer_imports_a_higher_one():
                 if name.startswith("lever.") and RANK[layer(name)] > RANK[own]:
                     bad.append(f"{rel} imports {name}")
     assert bad == []
+
+
+def test_the_trainer_never_branches_on_a_stage_kind():
+    """Under lever/train/ no code compares a kind to a stage kind's name, nor tests a spec class with isinstance: what a
+    stage kind does is its objective's (lever.train.objectives), chosen once by make_objective."""
+    kinds = {"sft", "rce", "grpo"}
+    bad = []
+    for path in sorted((LEVER / "train").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        spec_names = {
+            a.asname or a.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lever.spec")
+            for a in node.names
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(x, ast.Constant) and x.value in kinds for x in sides):
+                    bad.append(f"{path.name}:{node.lineno} compares with a stage kind")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "issubclass"):
+                used = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)} if len(node.args) > 1 else set()
+                if used & spec_names:
+                    bad.append(f"{path.name}:{node.lineno} tests a spec class")
+    assert bad == []

@@ -11,12 +11,14 @@ from lever.errors import LeverError
 from lever.train.losses import (
     adapt_beta,
     advantage_stats,
+    aggregate,
+    clipped_policy_terms,
     group_advantages,
     kept_first,
-    kl_to_reference,
+    kl_terms,
     linear_schedule,
     masked_mean,
-    ppo_loss,
+    ratio_terms,
     rce_loss,
     top1_ce_loss,
     top_k_for_epoch,
@@ -25,6 +27,20 @@ from lever.train.losses import (
 )
 
 PAD = 99.0  # garbage in padded slots: must never show up in a result
+
+
+def ppo_loss(logp_new, logp_old, adv, mask, eps_low=0.2, eps_high=0.2, clip=True):
+    """GRPO's policy term at its defaults (ratio_level joint, loss_agg seq-mean-token-mean, no dual clip): the
+    functions `lever.train.grpo.GRPOObjective.policy_loss` calls, in its order."""
+    log_ratio, tmask = ratio_terms(logp_new, logp_old, mask, "joint")
+    terms, stats = clipped_policy_terms(log_ratio, adv, tmask, eps_low, eps_high, clip)
+    return aggregate(terms, tmask), stats
+
+
+def kl_to_reference(logp_new, logp_ref, mask, estimator="k3"):
+    """GRPO's KL term at its defaults (per sequence, seq-mean-token-mean), as `GRPOObjective.policy_loss` takes it."""
+    log_ratio, tmask = ratio_terms(logp_new, logp_ref, mask, "joint")
+    return aggregate(kl_terms(log_ratio, estimator), tmask)
 
 
 def padded(groups: list[list[float]], fill: float = PAD) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +172,15 @@ def test_advantage_stats_over_an_epoch_counts_groups():
     assert s["adv/mean"] == pytest.approx(0.0)
     assert s["adv/std"] == pytest.approx(math.sqrt(0.4))
     assert s["adv/max"] == pytest.approx(1.0)
-    assert advantage_stats([]) == {"adv/mean": 0.0, "adv/std": 0.0, "adv/max": 0.0, "adv/zero_frac": 0.0}
+    assert advantage_stats([]) == {"adv/mean": 0.0, "adv/std": 0.0, "adv/max": 0.0, "adv/zero_frac": 0.0, "adv/flat_frac": 0.0}
+
+
+def test_advantage_stats_flat_groups():
+    # max |A| per group: 1, 0.005, 0 (padding 99 never counts) -> zero (<= 1e-8) 1 of 3, flat (< 0.01) 2 of 3
+    a, m = padded([[1, -1], [0.005, -0.005], [0, 0]])
+    s = advantage_stats([(a, m)])
+    assert s["adv/zero_frac"] == pytest.approx(1 / 3) and s["adv/flat_frac"] == pytest.approx(2 / 3)
+    assert advantage_stats([(a, m)], flat=0.001)["adv/flat_frac"] == pytest.approx(1 / 3)
 
 
 def test_lever_advantages_in_the_trainers_layout():

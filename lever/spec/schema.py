@@ -848,6 +848,10 @@ class Plan(Strict):
             out.append(Stage(f"grpo_r{r}", "grpo", self.refresh.epochs, self.grpo, self.grpo.lr, floor, refresh=r))
         return out
 
+    def grpo_stages(self) -> list[Stage]:
+        """The GRPO stages in order: `grpo`, or the curriculum phases (none for a plan without GRPO)."""
+        return [s for s in self.stages() if s.kind == "grpo"]
+
     def stage_names(self) -> list[str]:
         """Stage names in execution order: 'sft', 'rce', 'grpo', or the phase names."""
         return [s.name for s in self.stages()]

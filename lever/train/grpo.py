@@ -45,6 +45,7 @@ GRPO_METRICS = (
     "adv/std",
     "adv/max",
     "adv/zero_frac",
+    "adv/flat_frac",
     "policy/clip_frac",
     "policy/clip_frac_pos",
     "policy/ratio_mean",
@@ -170,6 +171,14 @@ class AdvantageRule:
             compact=True, scale=self.scale,
         )  # fmt: skip
         return adv, kept, (L.kept_first(kept) if k is not None else None)
+
+    def batch(self, b: Batch, k: int | None, rewards: Tensor | None = None) -> tuple[Tensor, Batch, Tensor | None]:
+        """(A, the batch in A's layout, idx): a batch's advantages at top-k `k`, from `rewards` (default: the rule's
+        own, `self.rewards`); with a top-k the batch is its kept sequences, re-padded (Batch.keep), and idx the gather
+        index that moves any other [B, G] tensor of the batch into that layout. Training and `lever data stats --plan`
+        (lever.train.predict) both call this."""
+        adv, kept, idx = self(self.rewards(b.raw, b.rewards) if rewards is None else rewards, b.mask, k)
+        return adv, (b if idx is None else b.keep(kept)), idx
 
 
 @dataclass
@@ -395,10 +404,9 @@ class GRPOObjective:
             scored = self.score(b)
             kl_seq = L.kl_terms(self.ratio_terms(b, scored, self.kl_level)[0], self.kl_estimator).sum(-1)  # [B, G]
             rewards = L.kl_penalized_rewards(rewards, kl_seq, b.mask, self.kl.value)
-        adv, kept, idx = self.rule(rewards, b.mask, self._k)
         data_rewards = self.rule.rewards(b.raw, b.rewards)  # uniform groups are judged on the data's rewards
+        adv, b, idx = self.rule.batch(b, self._k, rewards)  # b: the layout `adv` is in
         if idx is not None:
-            b = b.keep(kept)  # the layout `adv` is in
             data_rewards = data_rewards.gather(1, idx)
             if scored is not None:
                 scored = tuple(_take(x, idx) for x in scored)

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lever.data.stats import FLAT
 from lever.errors import LeverError
 
 # ---- masked helpers ---------------------------------------------------------
@@ -154,23 +155,25 @@ def group_advantages(
     return masked_fill0(adv, mask)
 
 
-def advantage_stats(steps: list[tuple[Tensor, Tensor]], eps: float = 1e-8) -> dict[str, float]:
+def advantage_stats(steps: list[tuple[Tensor, Tensor]], eps: float = 1e-8, flat: float = FLAT) -> dict[str, float]:
     """An epoch row's advantage figures from its steps' (A [B, G], mask [B, G]) pairs.
 
     Over every real sequence of the epoch: adv/mean, adv/std (population), adv/max;
     adv/zero_frac = share of the epoch's non-empty groups whose advantages are all |A| <= eps
-    (groups that teach nothing, e.g. all rewards equal): a count over the whole epoch, not a
-    mean of per-step shares. No real sequence gives zeros.
+    (groups that teach nothing, e.g. all rewards equal), adv/flat_frac = the same with all |A| < `flat`
+    (groups that teach almost nothing; lever.data.stats.FLAT): counts over the whole epoch, not means of
+    per-step shares. No real sequence gives zeros.
     """
     vals = torch.cat([a[m] for a, m in steps]) if steps else torch.zeros(0)
     if vals.numel() == 0:
-        return {"adv/mean": 0.0, "adv/std": 0.0, "adv/max": 0.0, "adv/zero_frac": 0.0}
-    flat = torch.cat([((a.abs() <= eps) | ~m).all(-1)[m.any(-1)] for a, m in steps])  # per non-empty group
+        return {"adv/mean": 0.0, "adv/std": 0.0, "adv/max": 0.0, "adv/zero_frac": 0.0, "adv/flat_frac": 0.0}
+    spread = torch.cat([masked_fill0(a.abs(), m).amax(-1)[m.any(-1)] for a, m in steps])  # max |A| per non-empty group
     return {
         "adv/mean": vals.mean().item(),
         "adv/std": vals.std(unbiased=False).item(),
         "adv/max": vals.max().item(),
-        "adv/zero_frac": flat.float().mean().item(),
+        "adv/zero_frac": (spread <= eps).float().mean().item(),
+        "adv/flat_frac": (spread < flat).float().mean().item(),
     }
 
 
@@ -388,33 +391,6 @@ def aggregate(terms: Tensor, mask: Tensor, mode: LossAgg = "seq-mean-token-mean"
     )
 
 
-def ppo_loss(
-    logp_new: Tensor,
-    logp_old: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    clip: bool = True,
-) -> tuple[Tensor, dict[str, float]]:
-    """Clipped policy-gradient loss with one term per sequence, averaged per group then per query
-    (`clipped_policy_terms` at the joint ratio level, aggregated seq-mean-token-mean).
-
-    ratio_i = exp(logp_new_i - logp_old_i)
-    l_i = -min(ratio_i * A_i, clamp(ratio_i, 1 - eps_low, 1 + eps_high) * A_i)
-          (clip False: l_i = -ratio_i * A_i)
-    loss = mean over queries of the mean of l_i over the group's real sequences.
-    stats: clip_frac = share of real sequences whose clipped term was the one taken
-    (ratio outside the range on the side that matters for the sign of A): those carry no
-    gradient; clip_frac_pos = the same share among sequences with A > 0 (ratio above
-    1 + eps_high: the policy can no longer raise them), from the counts n_pos and
-    n_pos_clipped; ratio_mean = mean ratio over real sequences.
-    """
-    log_ratio, tmask = ratio_terms(logp_new, logp_old, mask, "joint")
-    terms, stats = clipped_policy_terms(log_ratio, adv, tmask, eps_low, eps_high, clip)
-    return aggregate(terms, tmask), stats
-
-
 def kl_terms(log_ratio: Tensor, estimator: KLEstimator = "k3") -> Tensor:
     """Per-term KL estimate from log ratio = log p_new - log p_ref (any shape), as the original defines
     the ratio (docs/training.md):
@@ -431,18 +407,6 @@ def kl_terms(log_ratio: Tensor, estimator: KLEstimator = "k3") -> Tensor:
     if estimator == "k3":
         return log_ratio.exp() - 1 - log_ratio
     raise LeverError(f"unknown KL estimator {estimator!r}", hint="use 'k1', 'k2' or 'k3'")
-
-
-def kl_to_reference(
-    logp_new: Tensor,
-    logp_ref: Tensor,
-    mask: Tensor,
-    estimator: KLEstimator = "k3",
-) -> Tensor:
-    """KL penalty against the frozen reference, averaged like `ppo_loss`: the mean over queries of the
-    mean over each group's real sequences of kl_terms(log p_new(seq) - log p_ref(seq))."""
-    log_ratio = masked_fill0(logp_new - logp_ref.detach(), mask)
-    return masked_mean(kl_terms(log_ratio, estimator), mask)
 
 
 def kl_penalized_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:

@@ -1,9 +1,12 @@
 """What a plan's reward, filter and advantage settings make of candidate data, before any training.
 
-`plan_prediction` follows the run's own recipe (`lever.train.plandata.split_data`, the stages'
-filters) and computes advantages exactly like GRPO training does
-(`lever.train.losses.group_advantages`), so a plan whose groups carry almost no signal is
-caught before any epoch is spent.
+`plan_prediction` follows the run's own recipe (`lever.train.plandata`: the plan's filter, the split, the stages'
+filters, the groups and their rewards) and computes each GRPO stage's advantages with the functions training calls:
+the batches of the stage's epoch (`lever.train.groups.OfflineSource`, the run's first seed), the stage's
+`AdvantageRule.batch` and `losses.advantage_stats`. So its adv std, zero and flat shares are the ones that epoch
+logs (adv/std, adv/zero_frac, adv/flat_frac), and a plan whose groups carry almost no signal is caught before
+any epoch is spent. One thing it cannot know: the policy's KL, so with grpo.kl.in_reward it predicts the
+advantages of a KL of 0 (the first step's, when the reference is the stage's start).
 """
 
 from __future__ import annotations
@@ -11,76 +14,56 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from lever.data.candidates import CandidateData
-from lever.data.rewards import compute_rewards, raw_rewards
 from lever.data.segments import one_thread
-from lever.data.stats import FLAT, FLAT_SHARE, ZERO, value_summary
+from lever.data.stats import FLAT, FLAT_SHARE, value_summary
 from lever.spec.schema import Plan, Stage
-from lever.train.losses import group_advantages, group_zscore_clamped, top_k_mask
 
-from .plandata import split_data, stage_train_data
+from . import losses as L
+from .groups import Groups, OfflineSource
+from .grpo import AdvantageRule
+from .plandata import make_groups, split_data, stage_train_data
 
 
 def advantage_prediction(
-    data: CandidateData,
-    rewards: Tensor,
-    adv: Any,
-    top_k: int | None = None,
-    chunk: int = 4096,
-    ties: str = "index",
-    raw: Tensor | None = None,
+    groups: Groups, rule: AdvantageRule, batch_size: int, seed: int, stage: str, epoch: int
 ) -> dict[str, Any]:
-    """Advantages as GRPO computes them, over every group (in chunks of `chunk` groups).
-
-    adv is the plan's AdvantageSpec; top_k keeps each group's k best sequences first
-    (the beam curriculum, ties per grpo.top_k_ties), as training does; with
-    adv.normalization = "original" the first stage z-scores the raw rewards `raw`. Returns groups, zero_share (all |A| <= 1e-8),
-    flat_share (max |A| < FLAT), adv_std (population, over all sequences), adv_max,
-    mean_spread (mean over groups of max |A|).
-    """
-    n = s1 = s2 = 0.0
-    a_max = float("-inf")
-    zero = flat = 0
-    spread_sum = 0.0
-    Q = data.num_queries
-    for start in range(0, Q, chunk):
-        idx = torch.arange(start, min(Q, start + chunk))
-        r, mask = data.padded(idx, rewards.double())  # [B, G]
-        if adv.normalization == "original":
-            r = group_zscore_clamped(data.padded(idx, (rewards if raw is None else raw).double())[0], mask, adv.group_clip)
-        mask = top_k_mask(r, mask, top_k, ties)
-        A = group_advantages(r, mask, adv.kind, std_floor=adv.std_floor, ties=adv.rank_ties, clip=adv.clip)  # [B, G]
-        vals = A[mask]
-        n += vals.numel()
-        s1 += float(vals.sum())
-        s2 += float((vals * vals).sum())
-        a_max = max(a_max, float(vals.max()))
-        spread = A.abs().amax(-1)  # [B] padded entries are 0
-        zero += int((spread <= ZERO).sum())
-        flat += int((spread < FLAT).sum())
-        spread_sum += float(spread.sum())
-    if Q == 0:
-        return {
-            "groups": 0,
-            "top_k": top_k,
-            "zero_share": 0.0,
-            "flat_share": 0.0,
-            "adv_std": 0.0,
-            "adv_max": 0.0,
-            "mean_spread": 0.0,
-        }
-    mean = s1 / n
+    """A GRPO stage's advantages in `epoch`, as training computes them: the epoch's batches (seed, stage, batch_size),
+    its top-k and `rule`. Returns groups, top_k, epoch, zero_share (= adv/zero_frac: every |A| <= 1e-8), flat_share
+    (= adv/flat_frac: every |A| < FLAT), adv_std (= adv/std, population), adv_max (= adv/max) and mean_spread (mean
+    over groups of max |A|)."""
+    k = rule.top_k(epoch)
+    steps = []
+    for b in OfflineSource(groups, batch_size, seed, stage).batches(epoch):
+        adv, kb, _ = rule.batch(b, k)
+        steps.append((adv, kb.mask))
+    stats = L.advantage_stats(steps)
+    spread = [L.masked_fill0(a.abs(), m).amax(-1)[m.any(-1)] for a, m in steps]
     return {
-        "groups": Q,
-        "top_k": top_k,
-        "zero_share": zero / Q,
-        "flat_share": flat / Q,
-        "adv_std": max(s2 / n - mean * mean, 0.0) ** 0.5,
-        "adv_max": a_max,
-        "mean_spread": spread_sum / Q,
+        "groups": groups.num_queries,
+        "top_k": k,
+        "epoch": epoch,
+        "zero_share": stats["adv/zero_frac"],
+        "flat_share": stats["adv/flat_frac"],
+        "adv_std": stats["adv/std"],
+        "adv_max": stats["adv/max"],
+        "mean_spread": float(torch.cat(spread).mean()) if spread else 0.0,
     }
+
+
+def first_epochs(rule: AdvantageRule) -> list[int]:
+    """The first epoch of each top-k of the beam curriculum, in order (epoch 1 alone when there is none)."""
+    out: dict[int | None, int] = {}
+    for e in sorted({1} | {start for start, _ in rule.schedule}):
+        out.setdefault(rule.top_k(e), e)
+    return list(out.values())
+
+
+def _no_features(data: CandidateData) -> torch.Tensor:
+    """Features of zero width for every item the data names: batches without the selector's inputs."""
+    n = int(max(data.query_ids.max(), data.pools.max())) + 1 if data.num_queries else 0
+    return torch.zeros(n, 0)
 
 
 @one_thread()
@@ -88,7 +71,8 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
     """What the plan makes of this data before any training, step by step as a run does:
     the plan's filter on raw rewards, the train/val split of what is left, each GRPO
     stage's own filter (phases), the plan's rewards over the kept groups, then advantages
-    per beam-curriculum top-k. A plan without GRPO gets the 'grpo' row as if it had one."""
+    per beam-curriculum top-k, in the first epoch that uses it. A plan without GRPO gets the 'grpo' row as if it had
+    one."""
     split = split_data(data, plan)
     out: dict[str, Any] = {
         "plan_reward": plan.reward.model_dump(mode="json"),
@@ -103,21 +87,21 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
         out["warnings"].append("the plan's data filter leaves no query")
         return out
     out["split"].update(train=split.train.num_queries, val=split.val.num_queries)
-    ks = sorted({c.top_k or None for c in plan.grpo.top_k_schedule}, key=lambda k: (k is None, k or 0)) or [None]
-    grpo = [s for s in plan.stages() if s.kind == "grpo"] or [Stage("grpo", "grpo", 0, plan.grpo, plan.grpo.lr)]
+    rule = AdvantageRule.of(plan.grpo)  # every GRPO stage's (a phase changes only its epochs, lr, handoff and data)
+    seed = plan.seeds[0]
+    grpo = plan.grpo_stages() or [Stage("grpo", "grpo", 0, plan.grpo, plan.grpo.lr)]
     for stage in grpo:
         name = stage.name
         train, report = stage_train_data(split.train, plan, stage)
-        rewards = compute_rewards(train, plan.reward)  # what the stage trains on (normalised if the plan says so)
-        raw = raw_rewards(train, plan.reward)
-        rows = [advantage_prediction(train, rewards, plan.grpo.advantage, k, ties=plan.grpo.top_k_ties, raw=raw) for k in ks]
+        groups = make_groups(train, plan, _no_features(train))  # the stage's rewards, as training makes them
+        rows = [advantage_prediction(groups, rule, plan.grpo.batch_size, seed, name, e) for e in first_epochs(rule)]
         out["stages"].append(
             {
                 "stage": name,
                 "filter": report,
                 "queries": train.num_queries,
                 "sequences": train.num_sequences,
-                "reward": value_summary(rewards),
+                "reward": value_summary(groups.rewards),
                 "advantages": rows,
             }
         )
