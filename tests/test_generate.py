@@ -306,7 +306,10 @@ def test_embed_pools_generate_with_tiny_clip_and_qwen(lever, tmp_path, monkeypat
     assert torch.allclose(torch.load(feats), stored, atol=1e-5)
     cli(lever, ws, "data", "pools", tmp_path / "p.json", "-f", feats, "--k", "6", "-n", "5")
     out = tmp_path / "g.json"
-    cli(lever, ws, "data", "generate", tmp_path / "p.json", out, "-f", feats, "--beams", "2", "--samples", "1", "--device", "cpu")
+    res = cli(
+        lever, ws, "data", "generate", tmp_path / "p.json", out, "-f", feats, "--beams", "2", "--samples", "1", "--device", "cpu"
+    )
+    assert "image features:" in res.text and "% reused" in res.text  # a query's image is encoded once for all its sequences
     data = json.loads(out.read_text())
     pools = json.loads((tmp_path / "p.json").read_text())
     assert sorted(k for k in data if k != "_meta") == sorted(pools)

@@ -1,11 +1,14 @@
 """The `hf` backend on a tiny random Qwen2.5-VL built in code (CPU, no download).
 
 What the random model says is never asserted; the prompt, padding, batching and
-failure handling are.
+failure handling are, and that the fast path (one prefill per prompt, cached image features,
+batches of one length) answers as `model.generate` does on the processor's own inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 
 import pytest
@@ -34,9 +37,13 @@ def items(tmp_path_factory):
     return load_okvqa(*write_okvqa_fixture(root, n=6), split="val")
 
 
-def backend(qwen, **kw) -> HFBackend:
+def backend(qwen, fast: bool = True, **kw) -> HFBackend:
+    """The backend on the tiny model; fast=False takes the plain path (generate on the processor's batch)."""
     model, processor = qwen
-    return HFBackend.from_pretrained_objects(model, processor, device="cpu", **kw)
+    be = HFBackend.from_pretrained_objects(model, processor, device="cpu", **kw)
+    assert be.fast  # the tiny Qwen2.5-VL qualifies
+    be.fast = fast
+    return be
 
 
 def requests(items, n: int = 6) -> list[Request]:
@@ -73,36 +80,41 @@ def test_left_padding_and_image_tokens(qwen, items):
     assert batch["pixel_values"].shape[0] == 4 * 4 * 4  # 4 images x 16 patches of 14x14
 
 
-def test_batched_equals_one_at_a_time(qwen, items):
+@pytest.mark.parametrize("beams", [1, 3])
+def test_batched_equals_one_at_a_time(qwen, items, beams):
     reqs = requests(items)
-    batched = backend(qwen, batch_size=3, num_beams=1).answer(reqs)
-    single = backend(qwen, batch_size=1, num_beams=1).answer(reqs)
+    plain = backend(qwen, fast=False, batch_size=1, num_beams=beams).answer(reqs)
+    batched = backend(qwen, batch_size=3, num_beams=beams).answer(reqs)
+    single = backend(qwen, batch_size=1, num_beams=beams).answer(reqs)
     assert len(batched) == len(reqs) and not any(r.failed for r in batched)
-    assert [r.raw for r in batched] == [r.raw for r in single]
-    prefetching = backend(qwen, batch_size=3, num_beams=1)
+    assert [r.raw for r in batched] == [r.raw for r in single] == [r.raw for r in plain]
+    padded = backend(qwen, fast=False, batch_size=3, num_beams=beams).answer(reqs)  # left padding, the plain path
+    assert [r.raw for r in padded] == [r.raw for r in plain]
+    prefetching = backend(qwen, fast=False, batch_size=3, num_beams=beams)
     prefetching.prefetch = True  # the CUDA default: next batch prepared in a helper thread
-    assert [r.raw for r in prefetching.answer(reqs)] == [r.raw for r in batched]
+    assert [r.raw for r in prefetching.answer(reqs)] == [r.raw for r in plain]
 
 
-def test_only_new_tokens_are_decoded(qwen, items, monkeypatch):
-    be = backend(qwen, batch_size=3, max_new_tokens=4, num_beams=1)
-    seen = {}
+@pytest.mark.parametrize("fast", [True, False])
+def test_only_new_tokens_are_decoded(qwen, items, monkeypatch, fast):
+    be = backend(qwen, fast=fast, batch_size=3, max_new_tokens=4, num_beams=1)
+    calls = []
     generate, decode = be.model.generate, be.processor.batch_decode
 
     def spy_generate(**kw):
-        seen["prompt_len"] = kw["input_ids"].shape[1]
-        seen["out"] = generate(**kw)
-        return seen["out"]
+        calls.append({"prompt_len": kw["input_ids"].shape[1], "out": generate(**kw)})
+        return calls[-1]["out"]
 
     def spy_decode(ids, **kw):
-        seen["decoded"] = ids
+        calls[-1]["decoded"] = ids
         return decode(ids, **kw)
 
     monkeypatch.setattr(be.model, "generate", spy_generate)
     monkeypatch.setattr(be.processor, "batch_decode", spy_decode)
     be.answer(requests(items, 3))
-    assert torch.equal(seen["decoded"], seen["out"][:, seen["prompt_len"] :])
-    assert seen["decoded"].shape[0] == 3 and seen["decoded"].shape[1] <= 4
+    for c in calls:
+        assert torch.equal(c["decoded"], c["out"][:, c["prompt_len"] :]) and c["decoded"].shape[1] <= 4
+    assert sum(c["decoded"].shape[0] for c in calls) == 3
 
 
 def test_beam_search_defaults(qwen, items):
@@ -112,10 +124,11 @@ def test_beam_search_defaults(qwen, items):
     assert len(out) == 3 and all(isinstance(r.raw, str) and not r.failed for r in out)
 
 
-def test_missing_image_fails_only_that_question(qwen, tmp_path):
+@pytest.mark.parametrize("fast", [True, False])
+def test_missing_image_fails_only_that_question(qwen, tmp_path, fast):
     its = load_okvqa(*write_okvqa_fixture(tmp_path, n=4, skip_images=(2,)), split="val")
     reqs = [Request("val", its[0]), Request("val", its[2]), Request("val", its[1], [its[2]]), Request("val", its[3])]
-    be = backend(qwen, batch_size=4, num_beams=1)
+    be = backend(qwen, fast=fast, batch_size=4, num_beams=1)
     out = be.answer(reqs)
     assert [r.failed for r in out] == [False, True, True, False]
     assert "query 1014" in out[1].error and "COCO_val2014_000000000502.jpg" in out[1].error
@@ -125,7 +138,7 @@ def test_missing_image_fails_only_that_question(qwen, tmp_path):
 
 
 def test_generation_error_fails_only_that_question(qwen, items, monkeypatch):
-    be = backend(qwen, batch_size=3, num_beams=1)
+    be = backend(qwen, fast=False, batch_size=3, num_beams=1)
     bad = items[1].question
     encode, generate, texts_of = be.encode, be.generate, {}
 
@@ -146,9 +159,27 @@ def test_generation_error_fails_only_that_question(qwen, items, monkeypatch):
     assert "RuntimeError: boom" in out[1].error and "question 1007" in out[1].error
 
 
+def test_fast_path_generation_error_fails_only_that_question(qwen, items, monkeypatch):
+    be = backend(qwen, batch_size=8, num_beams=1)
+    same = [Request("val", items[i]) for i in (0, 4, 2)]  # 4 and 2: questions of one token count, one batch
+    assert be._groups({i: be._prompt(r, False) for i, r in enumerate(same)}) == [[1, 2], [0]]
+    bad = be._image_features(items[4], "query")[1]  # the cached features of the bad question's image
+    run = be._generate_group
+
+    def flaky(prompts, answers, gt):
+        if any(f is bad for p in prompts for f in p.features):
+            raise RuntimeError("boom")
+        return run(prompts, answers, gt)
+
+    monkeypatch.setattr(be, "_generate_group", flaky)
+    out = be.answer(same)
+    assert [r.failed for r in out] == [False, True, False]
+    assert "RuntimeError: boom" in out[1].error and f"question {items[4].question_id}" in out[1].error
+
+
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_encoding_error_fails_only_that_question(qwen, items, monkeypatch, prefetch):
-    be = backend(qwen, batch_size=3, num_beams=1)
+    be = backend(qwen, fast=False, batch_size=3, num_beams=1)
     be.prefetch = prefetch
     bad = items[2].question
     encode = be.encode
@@ -162,6 +193,12 @@ def test_encoding_error_fails_only_that_question(qwen, items, monkeypatch, prefe
     out = be.answer([Request("val", items[i]) for i in range(4)])
     assert [r.failed for r in out] == [False, False, True, False]
     assert "ValueError: cannot encode" in out[2].error
+    fast = backend(qwen, batch_size=3, num_beams=1)
+    prompt = fast._prompt
+    monkeypatch.setattr(fast, "_prompt", lambda r, gt: prompt(r, gt) if r.query.question != bad else 1 / 0)
+    out = fast.answer([Request("val", items[i]) for i in range(4)])
+    assert [r.failed for r in out] == [False, False, True, False]
+    assert "ZeroDivisionError" in out[2].error and f"question {items[2].question_id}" in out[2].error
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path):
@@ -238,3 +275,125 @@ def test_a_demonstration_image_is_read_once(items, monkeypatch):
     for q in (items[0], items[2], items[3]):  # three questions with the same demonstration
         assert len(prompt_images(Request("val", q, [demo]))) == 2
     assert reads.count(demo.image) == 1 and len(reads) == 4  # the demonstration once, each query once
+
+
+# ----------------------------------------------------------------------------------------- the fast path
+
+
+@pytest.fixture(scope="module")
+def shots_items(tmp_path_factory):
+    root = tmp_path_factory.mktemp("okvqa_shots")
+    return load_okvqa(*write_okvqa_fixture(root, n=12), split="val")
+
+
+def shot_requests(items) -> list[Request]:
+    """Every shot count 0-8 for three queries, demonstrations cycling through the fixture."""
+    return [Request("val", items[i], [items[(i + 1 + j) % len(items)] for j in range(s)]) for s in range(9) for i in range(3)]
+
+
+def test_prompt_tokens_equal_the_processors(qwen, shots_items):
+    """The fast path's input_ids and image grids are the processor's, for every shot count."""
+    be = backend(qwen)
+    for req in shot_requests(shots_items):
+        ref = be.encode([be.render(req)], prompt_images(req, be.protocol))
+        p = be._prompt(req, gt=False)
+        assert p.ids == ref["input_ids"][0].tolist()
+        assert torch.equal(torch.stack(p.grids), ref["image_grid_thw"])
+        feats = be.model.get_image_features(ref["pixel_values"], ref["image_grid_thw"], return_dict=True).pooler_output
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(p.features, feats))
+
+
+def test_one_prefill_answers_as_generate_beam_search(qwen, shots_items, monkeypatch):
+    """Same strings and beam scores as generate's own beam search on the processor's inputs, shots 0-8."""
+    model = qwen[0]
+    generate, scores = model.generate, []
+
+    def with_scores(**kw):  # record each row's final beam score, return what generate returns
+        out = generate(**kw, output_scores=True, return_dict_in_generate=True)
+        scores.extend(out.sequences_scores.tolist())
+        return out.sequences
+
+    monkeypatch.setattr(model, "generate", with_scores)
+    reqs = shot_requests(shots_items)
+    ref = backend(qwen, fast=False, batch_size=1).answer(reqs)  # generate alone: 3 beams, one prompt at a time
+    ref_scores, scores[:] = scores[:], []
+    be = backend(qwen, batch_size=8)
+    got = be.answer(reqs)
+    order = [i for g in be._groups({i: be._prompt(r, False) for i, r in enumerate(reqs)}) for i in g]
+    got_scores = [0.0] * len(reqs)
+    for i, s in zip(order, scores):
+        got_scores[i] = s
+    assert [r.raw for r in got] == [r.raw for r in ref] and not any(r.failed for r in got)
+    assert got_scores == pytest.approx(ref_scores, rel=2e-5)  # equal to fp32 rounding (sums in another order)
+
+
+def test_the_prompt_is_prefilled_once_not_once_per_beam(qwen, items, monkeypatch):
+    """The language model sees the long prompt in one row per question; generate alone runs it per beam."""
+    seen = []
+    lm = qwen[0].model.language_model
+    forward = lm.forward
+    monkeypatch.setattr(lm, "forward", lambda *a, **kw: seen.append(kw["inputs_embeds"].shape[:2]) or forward(*a, **kw))
+    req = Request("val", items[0], [items[1], items[2]])
+    for fast in (True, False):
+        seen.clear()
+        backend(qwen, fast=fast, num_beams=3).answer([req])
+        rows_of_longest = max(seen, key=lambda s: s[1])[0]
+        assert rows_of_longest == (1 if fast else 3)
+
+
+def test_image_features_are_computed_once_and_keyed_by_content(qwen, shots_items, tmp_path):
+    from lever.eval.image_cache import cache_for
+
+    be = backend(qwen)
+    be.images._entries.clear()
+    be.images.hits = be.images.misses = 0
+    reqs = shot_requests(shots_items)
+    first = be.answer(reqs)
+    distinct = {it.image for r in reqs for it in [*r.demos, r.query]}
+    assert be.images.misses == len(distinct) and len(be.images) == len(distinct)
+    again = backend(qwen).answer(reqs)  # another backend on the same model shares the cache: all hits
+    assert [r.raw for r in again] == [r.raw for r in first]
+    assert be.images.misses == len(distinct) and "0 encoded" not in be.cache_summary()
+    assert cache_for(qwen[0]) is be.images
+    # The same bytes under another name: a hit; other bytes under the same name: a miss.
+    import shutil
+
+    from tiny_models import random_image
+
+    path = tmp_path / "copy.jpg"
+    shutil.copy(shots_items[0].image, path)
+    item = dataclasses.replace(shots_items[0], image=str(path))
+    be._image_features(item, "query")
+    assert be.images.misses == len(distinct)
+    random_image(path, seed=99)
+    be._image_features(item, "query")
+    assert be.images.misses == len(distinct) + 1
+
+
+def test_the_image_cache_is_bounded():
+    from lever.eval.image_cache import ImageFeatureCache
+
+    cache = ImageFeatureCache(max_mb=3 * 4 * 1000 / 2**20)  # room for three entries of 1000 floats
+    grid = torch.tensor([1, 2, 2])
+    for k in range(5):
+        cache.put(k, grid, torch.zeros(1000))
+    assert len(cache) == 3 and cache.bytes == 12000
+    assert cache.get(0) is None and cache.get(4) is not None  # the least recently used went first
+    cache.put("big", grid, torch.zeros(4000))  # larger than the whole budget: not kept
+    assert cache.get("big") is None and (cache.hits, cache.misses) == (1, 2)
+    assert "3 uses, 2 encoded, 33% reused" in cache.summary()
+
+
+def test_gt_probs_from_the_prefill_equal_teacher_forcing(qwen, shots_items):
+    reqs = shot_requests(shots_items)
+    plain = backend(qwen, fast=False, batch_size=1).gt_probs(reqs)
+    fast = backend(qwen, batch_size=8)
+    probs = fast.gt_probs(reqs)
+    both_answers, both_probs = fast.answer_with_gt_probs(reqs)
+    assert probs == both_probs and [r.raw for r in both_answers] == [r.raw for r in fast.answer(reqs)]
+    assert all(p is not None and p > 0 for p in probs)
+    # Log-probabilities agree to float precision (the random model gives tiny probabilities).
+    assert [math.log(p) for p in probs] == pytest.approx([math.log(p) for p in plain], abs=1e-4)
+    no_answers = dataclasses.replace(shots_items[0], answers=[])
+    answers, probs = fast.answer_with_gt_probs([Request("val", no_answers)])
+    assert probs == [None] and not answers[0].failed  # no ground truth: no probability, still an answer

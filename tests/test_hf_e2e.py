@@ -7,6 +7,7 @@ the model loaders are the only thing replaced. What a random model answers is no
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
     ]
     res = lever(*args)
     assert res.code == 0, res.text
+    # Each image is encoded once: the queries' images recur at 1 and 2 shots, the demonstrations' across questions.
+    uses, encoded = map(int, re.search(r"image features: (\d+) uses, (\d+) encoded", res.text).groups())
+    assert 0 < encoded < uses
     (run_dir,) = sorted((ws.parent / "runs" / "baseline").glob("*/seed-0"))
     (eval_dir,) = sorted(p.parent for p in (run_dir / "eval").glob("*/summary.json"))
     rows = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
@@ -326,7 +330,7 @@ def test_a_generation_setting_reaches_generate_and_the_evaluation_key(lever, rea
     assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
     res = lever("--workspace", ws, "evaluate", *plan)
     assert res.code == 0, res.text
-    settings = {k: v for k, v in calls[-1].items() if not isinstance(v, torch.Tensor)}
+    settings = {k: v for k, v in calls[-1].items() if not isinstance(v, torch.Tensor) and k != "cache"}  # cache: the prefill
     assert settings == {
         "max_new_tokens": 2,
         "num_beams": 2,

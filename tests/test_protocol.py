@@ -171,14 +171,14 @@ def okvqa_items(tmp_path_factory):
 
 
 def _generate_kwargs(qwen, items, name: str, monkeypatch) -> dict:
-    """The keyword arguments besides the encoded batch (tensors) that reach the model's `generate` when the
+    """The keyword arguments besides the encoded batch (tensors, the prefilled cache) that reach the model's `generate` when the
     backend answers one 1-shot request under protocol `name`."""
     backend = HFBackend.from_pretrained_objects(*qwen, device="cpu", max_new_tokens=2, protocol=load_protocol(name))
     seen: list[dict] = []
     real = backend.model.generate
 
     def spy(**kw):
-        seen.append({k: v for k, v in kw.items() if not isinstance(v, torch.Tensor)})
+        seen.append({k: v for k, v in kw.items() if not isinstance(v, torch.Tensor) and k != "cache"})  # the prefill
         return real(**kw)
 
     monkeypatch.setattr(backend.model, "generate", spy)

@@ -207,6 +207,8 @@ def score(
             partial.flush()  # a kill loses at most the chunk being answered
             if progress:
                 progress(before + end, total)
+    if mine and hasattr(backend, "cache_summary"):
+        log(f"evaluation: {backend.cache_summary()}")
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)

@@ -56,10 +56,10 @@ from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Backend, Item, Request
 from .distributed import barrier, ranks
-from .postprocess import postprocess
 from .protocol import resolve_protocol
 from .reward_cache import cached_backend, scoring_identity
-from .vqa import normalize_answer, relevance, vqa_accuracy
+from .score import score_requests
+from .vqa import normalize_answer
 
 Progress = Callable[[int, int], None]  # (queries done, total)
 StepLogp = Callable[[Tensor], Tensor]  # prefix [Q, b, t] local pointers -> log-probs [Q, b, K] (picked items -inf)
@@ -253,43 +253,6 @@ def dedupe_ordered(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-# --------------------------------------------------------------------------- scoring
-
-
-def score_records(
-    backend: Backend, metric: str, query: Item, demos: list[list[Item]], gt_probs: list[float | None]
-) -> list[dict[str, Any]]:
-    """The scorer's fields of each sequence of one query (`score_requests`)."""
-    return score_requests(backend, metric, [Request("train", query, d) for d in demos], gt_probs)
-
-
-def score_requests(backend: Backend, metric: str, requests: list[Request], gt_probs: list[float | None]) -> list[dict[str, Any]]:
-    """The scorer's fields of each request, answered in one call: answer, VQA accuracy by `metric`, gt prob, relevance."""
-    out = []
-    for req, resp, p in zip(requests, backend.answer(requests), gt_probs):
-        answers_norm = [normalize_answer(a) for a in req.query.answers]
-        pred = "" if resp.failed else postprocess(resp.raw)
-        acc = 0.0 if resp.failed else vqa_accuracy(pred, req.query.answers, metric)
-        rec = {
-            "vqa_raw_generation": resp.raw,
-            "vqa_pred_answer": pred,
-            "vqa_correct": int(acc > 0),
-            "vqa_acc_score": round(acc, 4),
-            **({} if p is None else {"vqa_gt_prob": round(p, 4)}),
-            **relevance(pred, answers_norm),
-            "vqa_eval_mode": "error" if resp.failed else "vqaEval",
-            "eval_failed": resp.failed,
-        }
-        out.append(rec)
-    return out
-
-
-def _gt_probs(backend: Backend, requests: list[Request]) -> list[float | None]:
-    """The backend's probability of the ground-truth answers per request, when it can give one."""
-    fn = getattr(backend, "gt_probs", None)
-    return fn(requests) if fn else [None] * len(requests)
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -415,10 +378,13 @@ def generate_file(
             sims = torch.einsum("qd,qkd->qk", F.normalize(qx, dim=-1), F.normalize(px, dim=-1))
             gens = [query_generator(opts.seed, q) for q in chunk]
             groups = propose(step, sims, opts.shots, opts.sources, gens, opts.dedupe)
+            # Every sequence of the chunk's queries in one call: the backend batches them across queries.
+            reqs = [
+                Request("train", items[q], [items[pools[q][j]] for j in p["pointer"]]) for q, g in zip(chunk, groups) for p in g
+            ]
+            scored = iter(score_requests(backend, metric, reqs))
             for q, group in zip(chunk, groups):
-                demos = [[items[pools[q][j]] for j in p["pointer"]] for p in group]
-                probs = _gt_probs(backend, [Request("train", items[q], d) for d in demos])
-                scores = score_records(backend, metric, items[q], demos, probs)
+                scores = [next(scored) for _ in group]
                 cands = [
                     {"pointer": p["pointer"], "pointer_global": [pools[q][j] for j in p["pointer"]], **p, **sc}
                     for p, sc in zip(group, scores)
@@ -427,6 +393,9 @@ def generate_file(
             shard.flush()
             if progress:
                 progress(min(s + opts.chunk, len(mine)), len(mine))
+    summary = getattr(getattr(backend, "inner", backend), "cache_summary", None)  # the hf backend's image features
+    if mine and summary:
+        log(f"generate: {summary()}")
     barrier(r)
     counts = getattr(backend, "counts", None)  # the reward cache's: VLM calls and cache hits of this process
     calls = {} if counts is None else {"vlm_calls": counts.calls, "cache_hits": counts.hits}

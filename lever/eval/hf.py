@@ -2,9 +2,23 @@
 
 Prompt: one user message alternating images and `Question:... Short answer:...`
 texts (`build_prompt_parts`), rendered with the processor's chat template plus the
-generation prompt. Generation is batched with LEFT padding, so every row's prompt
-ends right where the new tokens start; only the new tokens are decoded. Images are
-read one batch at a time (on CUDA, the next batch in a helper thread while this one generates).
+generation prompt; only the new tokens are decoded.
+
+The fast path (models of the Qwen2-VL family, whose forward takes precomputed image features):
+
+- image work once: each image's vision-encoder output comes from a per-model cache
+  (`lever.eval.image_cache`), so a recurring image is neither read, preprocessed nor encoded again;
+  the prompt's tokens are built from the rendered text with as many image tokens as the cached
+  grid says (what the processor would do, without its pixels);
+- no padding: prompts are grouped by token count and a batch holds prompts of ONE length
+  (at most `batch_size`), so attention never needs a padding mask (its slow path on CPU);
+- one prefill per prompt: the prompt less its last token runs once; its KV cache is then copied
+  to the `num_beams` beams and `model.generate` continues from it (generate alone would run the
+  whole prompt once per beam). The ground truth's probability (`gt_probs`, `answer_with_gt_probs`)
+  is read from the same prefill: the answer's tokens run on top of the cache, which is then cut back.
+
+Other models take the plain path: batches of `batch_size` in request order, LEFT padded, images
+read per batch (on CUDA, the next batch in a helper thread while this one generates).
 
 transformers is imported inside functions, so `import lever.eval.hf` works without it.
 """
@@ -25,8 +39,10 @@ import torch
 
 from lever.device import resolve_device
 from lever.errors import LeverError
-from lever.eval.backend import Request, Response, demo_answer
+from lever.eval.backend import Item, Request, Response, demo_answer
+from lever.eval.image_cache import DEFAULT_MB, ImageFeatureCache, cache_for
 from lever.eval.protocol import DEFAULT, PromptProtocol, load_protocol
+from lever.keys import file_digest
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -211,6 +227,7 @@ class HFBackend:
         dtype: str = "auto",
         protocol: PromptProtocol | None = None,
         attn_implementation: str = "auto",
+        image_cache_mb: float = DEFAULT_MB,
     ):
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -223,7 +240,7 @@ class HFBackend:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         model, processor = load_vlm(model_dir, dt, attn_implementation, dev)
-        self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams, protocol)
+        self._setup(model, processor, dev, batch_size, max_new_tokens, num_beams, protocol, image_cache_mb)
         self.model_dir = str(model_dir)
         self.dtype = str(dt).removeprefix("torch.")
 
@@ -237,11 +254,12 @@ class HFBackend:
         max_new_tokens: int = 5,
         num_beams: int = 3,
         protocol: PromptProtocol | None = None,
+        image_cache_mb: float = DEFAULT_MB,
     ) -> HFBackend:
         """Wrap an already-built (model, processor) pair; the model keeps its dtype."""
         _check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
         self = cls.__new__(cls)
-        self._setup(model, processor, resolve_device(device), batch_size, max_new_tokens, num_beams, protocol)
+        self._setup(model, processor, resolve_device(device), batch_size, max_new_tokens, num_beams, protocol, image_cache_mb)
         self.model_dir = None
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         return self
@@ -255,6 +273,7 @@ class HFBackend:
         max_new_tokens: int,
         num_beams: int,
         protocol: PromptProtocol | None,
+        image_cache_mb: float = DEFAULT_MB,
     ) -> None:
         self.protocol = protocol or load_protocol(DEFAULT)
         self.device = device
@@ -267,6 +286,16 @@ class HFBackend:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+        # The fast path (module docstring) needs a forward that takes precomputed image features and a
+        # processor that says how many tokens an image grid becomes (the Qwen2-VL family).
+        self.fast = _supports_fast_path(model, processor)
+        self.images: ImageFeatureCache = cache_for(self.model, image_cache_mb)
+        self._pixels_key = (
+            self.protocol.image_sizing,
+            self.protocol.min_pixels,
+            self.protocol.max_pixels,
+            processor.image_processor.to_json_string() if self.fast else None,
+        )
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -311,6 +340,8 @@ class HFBackend:
 
     def answer(self, requests: list[Request]) -> list[Response]:
         """One Response per request, in order; a question that fails is marked failed, the rest go on."""
+        if self.fast:
+            return self._run(requests, answers=True, gt=False)[0]
         responses: list[Response | None] = [None] * len(requests)
         for ready, failed, inputs in self._prepared_batches(requests):
             for i, error in failed:
@@ -318,12 +349,20 @@ class HFBackend:
             self._answer_batch(ready, inputs, responses)
         return [r if r is not None else Response("", failed=True, error="no answer") for r in responses]
 
+    def answer_with_gt_probs(self, requests: list[Request]) -> tuple[list[Response], list[float | None]]:
+        """`answer` and `gt_probs` of the same requests, from one prefill per prompt on the fast path."""
+        if self.fast:
+            return self._run(requests, answers=True, gt=True)
+        return self.answer(requests), self.gt_probs(requests)
+
     def gt_probs(self, requests: list[Request]) -> list[float | None]:
         """The model's probability of each query's ground-truth answer after its prompt (None where it fails).
 
         p = exp(sum_t log p(a_t | prompt, a_<t)) for a = the most frequent human answer (demo_answer),
         by teacher forcing: one forward pass per batch of `batch_size`, no generation.
         """
+        if self.fast:
+            return self._run(requests, answers=False, gt=True)[1]
         out: list[float | None] = []
         for s in range(0, len(requests), self.batch_size):
             chunk = requests[s : s + self.batch_size]
@@ -393,3 +432,199 @@ class HFBackend:
             return
         for r, raw in zip(ready, raws):
             responses[r.pos] = Response(raw)
+
+    # ----------------------------------------------------------------------------------------- fast path
+
+    def cache_summary(self) -> str:
+        """The image-feature cache's line for the log (uses, distinct images encoded, hit rate)."""
+        return self.images.summary()
+
+    def _image_features(self, item: Item, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grid [3], vision-encoder output [tokens, d]) of an item's image, from the cache or computed and kept.
+
+        OSError names the item when the file is missing or unreadable."""
+        try:
+            digest = file_digest(Path(item.image))
+            key = (digest, self._pixels_key)
+            hit = self.images.get(key)
+            if hit is not None:
+                return hit
+            image = self.protocol.size_image(load_image(item.image))
+        except (OSError, LeverError) as e:
+            raise OSError(f"image of {role} {item.question_id} ({item.image}) unreadable: {e}") from None
+        px = self.processor.image_processor(images=[image], return_tensors="pt")
+        grid = px["image_grid_thw"].to(self.device)  # [1, 3]
+        with torch.inference_mode():
+            out = self.model.get_image_features(px["pixel_values"].to(self.device), grid, return_dict=True)
+        features = out.pooler_output[0]  # [grid.prod() / merge^2, d]
+        self.images.put(key, grid[0], features)
+        return grid[0], features
+
+    def _prompt(self, request: Request, gt: bool) -> _Prompt:
+        """Render, tokenise and attach image features: the processor's input_ids, without its pixels."""
+        text = self.render(request)
+        roles = [("demonstration", d) for d in request.demos] + [("query", request.query)]
+        grids, features = [], []
+        for role, item in roles:
+            if item.image is not None:
+                grid, feats = self._image_features(item, role)
+                grids.append(grid)
+                features.append(feats)
+        token = self.processor.image_token
+        pieces = text.split(token)
+        if len(pieces) != len(features) + 1:
+            raise LeverError(f"the prompt has {len(pieces) - 1} image tokens for {len(features)} images")
+        merge = self.processor.image_processor.merge_size**2
+        expanded = pieces[0] + "".join(token * (int(g.prod()) // merge) + p for g, p in zip(grids, pieces[1:]))
+        with self._tokenizer_lock:
+            ids = self.processor.tokenizer(expanded)["input_ids"]
+            answer = None
+            if gt and request.query.answers:  # no human answer: no probability, but the question is still answered
+                answer = self.processor.tokenizer(demo_answer(request.query), add_special_tokens=False)["input_ids"]
+        return _Prompt(ids, grids, features, answer)
+
+    def _run(self, requests: list[Request], answers: bool, gt: bool) -> tuple[list[Response], list[float | None]]:
+        """The fast path: (responses, ground-truth probabilities) per request, in order; see the module docstring."""
+        responses: list[Response | None] = [None] * len(requests)
+        probs: list[float | None] = [None] * len(requests)
+        prompts: dict[int, _Prompt] = {}
+        for i, req in enumerate(requests):
+            try:
+                prompts[i] = self._prompt(req, gt)
+            except Exception as e:  # a missing image, a demonstration without answers: only this question fails
+                why = str(e) if isinstance(e, (OSError, LeverError)) else f"{type(e).__name__}: {e}"
+                responses[i] = Response("", failed=True, error=f"question {req.query.question_id}: {why}")
+        for group in self._groups(prompts):
+            self._run_group(group, prompts, requests, answers, gt, responses, probs)
+        out = [r if r is not None else Response("", failed=True, error="no answer") for r in responses]
+        return out, probs
+
+    def _groups(self, prompts: dict[int, _Prompt]) -> list[list[int]]:
+        """Positions grouped into batches of one token count each (no padding), at most `batch_size` long."""
+        order = sorted(prompts, key=lambda i: len(prompts[i].ids))  # stable: request order within a length
+        groups: list[list[int]] = []
+        for i in order:
+            g = groups[-1] if groups else None
+            if g and len(g) < self.batch_size and len(prompts[g[0]].ids) == len(prompts[i].ids):
+                g.append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _run_group(
+        self,
+        group: list[int],
+        prompts: dict[int, _Prompt],
+        requests: list[Request],
+        answers: bool,
+        gt: bool,
+        responses: list[Response | None],
+        probs: list[float | None],
+    ) -> None:
+        try:
+            raws, ps = self._generate_group([prompts[i] for i in group], answers, gt)
+        except Exception as e:  # one bad question must not sink the whole evaluation
+            if len(group) > 1:  # find the culprit: one at a time
+                for i in group:
+                    self._run_group([i], prompts, requests, answers, gt, responses, probs)
+                return
+            qid = requests[group[0]].query.question_id
+            responses[group[0]] = Response("", failed=True, error=f"question {qid}: {type(e).__name__}: {e}")
+            return
+        for k, i in enumerate(group):
+            if answers:
+                responses[i] = Response(raws[k])
+            if gt:
+                probs[i] = ps[k]
+
+    def _generate_group(self, prompts: list[_Prompt], answers: bool, gt: bool) -> tuple[list[str], list[float | None]]:
+        """One prefill for a batch of prompts of one length, then the ground truth's probability and/or beam search."""
+        from transformers import DynamicCache
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        dev = self.device
+        ids = torch.tensor([p.ids for p in prompts], device=dev)  # [B, T]
+        B, T = ids.shape
+        features = [f for p in prompts for f in p.features]
+        mm, grid, types = None, None, None
+        if features:
+            mm = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+            grid = torch.stack([g for p in prompts for g in p.grids])  # [images, 3]
+            types = (ids == self.processor.image_token_id).long()  # [B, T] 1 on image tokens
+        cache = DynamicCache(config=self.model.config.get_text_config(decoder=True))
+        raws: list[str] = []
+        ps: list[float | None] = [None] * B
+        with torch.inference_mode():
+            # The prompt less its last token, once: generate's first step then runs that token per beam.
+            self.model.model.rope_deltas = None  # the 3D positions' offsets are set from this prompt
+            self.model(
+                input_ids=ids[:, :-1],
+                image_grid_thw=grid,
+                mm_token_type_ids=None if types is None else types[:, :-1],
+                mm_encoder_outputs=mm,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            if self.model.model.rope_deltas is None:  # no image: text positions
+                self.model.model.rope_deltas = torch.zeros(B, 1, dtype=torch.long, device=dev)
+            if gt:
+                ps = self._gt_from_cache(ids, prompts, cache)
+                cache.crop(T - 1 - cache.get_seq_length())  # back to the prompt less its last token
+            if answers:
+                if self.num_beams > 1:
+                    cache.batch_repeat_interleave(self.num_beams)  # [B * beams, ...]: beam b of row r at r * beams + b
+                out = self.model.generate(input_ids=ids, cache=cache, **self.generate_kwargs())  # [B, T + T_new]
+                with self._tokenizer_lock:
+                    raws = self.processor.batch_decode(out[:, T:], skip_special_tokens=True)
+        return raws, ps
+
+    def _gt_from_cache(self, ids: torch.Tensor, prompts: list[_Prompt], cache: Any) -> list[float | None]:
+        """p(answer | prompt) per row, by teacher forcing on top of the prefill's cache: the prompt's last token
+        and the answer's tokens run once (rows right-padded: causal attention never looks right)."""
+        pad = self.processor.tokenizer.pad_token_id or 0
+        seqs = [[int(ids[b, -1])] + (p.answer or []) for b, p in enumerate(prompts)]
+        width = max(len(s) for s in seqs)
+        ext = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=ids.device)  # [B, 1 + A]
+        logits = self.model(input_ids=ext, cache=cache, use_cache=True).logits  # [B, 1 + A, V]
+        logp = logits.float().log_softmax(-1)
+        out: list[float | None] = []
+        for b, p in enumerate(prompts):
+            if p.answer is None:
+                out.append(None)
+                continue
+            n = len(p.answer)
+            if not n:
+                out.append(0.0)
+                continue
+            target = torch.tensor(p.answer, device=ids.device)  # token t+1 is predicted at t
+            out.append(float(logp[b, :n].gather(-1, target[:, None]).sum().exp()))
+        return out
+
+
+@dataclass
+class _Prompt:
+    """One request, tokenised as the processor would, with its images' grids and features in prompt order."""
+
+    ids: list[int]
+    grids: list[torch.Tensor]  # [3] each
+    features: list[torch.Tensor]  # [tokens, d] each
+    answer: list[int] | None  # the ground-truth answer's tokens (gt_probs), else None
+
+
+def _supports_fast_path(model: Any, processor: Any) -> bool:
+    """Whether the model takes precomputed image features and the processor says how many tokens a grid becomes."""
+    import inspect
+
+    try:
+        takes = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return (
+        takes
+        and hasattr(model, "get_image_features")
+        and hasattr(getattr(model, "model", None), "rope_deltas")
+        and isinstance(getattr(processor, "image_token", None), str)
+        and getattr(processor, "image_token_id", None) is not None
+        and isinstance(getattr(getattr(processor, "image_processor", None), "merge_size", None), int)
+    )

@@ -208,7 +208,28 @@ class CachedBackend:
         self.cache.put(self.ns, "gt_prob", {keys[i]: p for i, p in zip(todo, fresh) if p is not None})
         return [out[i] for i in range(len(requests))]
 
-    def _ask(self, fn: Any, requests: list[Request]) -> list[Response]:
+    def answer_with_gt_probs(self, requests: list[Request]) -> tuple[list[Response], list[float | None]]:
+        """`answer` and `gt_probs` together: the prompts missing either are asked in one call of the inner
+        backend's `answer_with_gt_probs` (on `hf`, one prefill gives both)."""
+        both = getattr(self.inner, "answer_with_gt_probs", None)
+        if both is None:
+            return self.answer(requests), self.gt_probs(requests)
+        keys = [prompt_key(r) for r in requests]
+        unique = list(dict.fromkeys(keys))
+        answers, probs = self.cache.get(self.ns, "answer", unique), self.cache.get(self.ns, "gt_prob", unique)
+        todo = [i for i, k in enumerate(keys) if k not in answers or k not in probs]
+        fresh_a, fresh_p = self._ask(both, [requests[i] for i in todo]) if todo else ([], [])
+        self.counts.hits += len(requests) - len(todo)
+        out_a: dict[int, Response] = {i: Response(answers[k]) for i, k in enumerate(keys) if k in answers}
+        out_p: dict[int, float | None] = {i: probs[k] for i, k in enumerate(keys) if k in probs}
+        out_a.update(zip(todo, fresh_a))
+        out_p.update(zip(todo, fresh_p))
+        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(todo, fresh_a) if not r.failed})
+        self.cache.put(self.ns, "gt_prob", {keys[i]: p for i, p in zip(todo, fresh_p) if p is not None})
+        n = len(requests)
+        return [out_a[i] for i in range(n)], [out_p[i] for i in range(n)]
+
+    def _ask(self, fn: Any, requests: list[Request]) -> Any:
         if not requests:
             return []
         t0 = time.perf_counter()

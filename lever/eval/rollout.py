@@ -28,9 +28,10 @@ from lever.spec import Workspace
 from lever.spec.schema import EvalSpec, RewardSpec
 
 from .backend import Item, Request
-from .generate import make_backend, score_requests
+from .generate import make_backend
 from .protocol import resolve_protocol
 from .reward_cache import CachedBackend, Counts, cached_backend, scoring_identity
+from .score import score_requests
 
 # The metrics the reward validation adds to every epoch row (select.metric may name them).
 REWARD_METRICS = ("val/reward", "val/accuracy")
@@ -53,8 +54,7 @@ class Scoring:
     def fields(self, queries: list[int], seqs: list[list[int]]) -> list[dict[str, Any]]:
         """The scorer's fields (as `lever data generate` writes them) of each (query row, sequence of global rows)."""
         reqs = [Request("train", self.items[q], [self.items[j] for j in s]) for q, s in zip(queries, seqs)]
-        probs = self.backend.gt_probs(reqs) if self.reward.mode == "hard_plus_gtprob_plus_rel" else [None] * len(reqs)
-        return score_requests(self.backend, self.metric, reqs, probs)
+        return score_requests(self.backend, self.metric, reqs, gt_probs=self.reward.mode == "hard_plus_gtprob_plus_rel")
 
     def rewards(self, queries: list[int], seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
         """(reward [S], accuracy [S]) of each (query row, sequence): the plan's reward before normalisation."""
