@@ -13,12 +13,40 @@ the processor resizes to 644x476 (391 visual tokens each): seconds per question 
 evaluation), scored sequences per second at 2 shots (`data generate`: an answer and the ground
 truth's probability per sequence), the share of the time in image preprocessing and in the vision
 encoder, and the peak RSS.
+
+--side-by-side: lever and the original project's own inference on the same prompts, each in a fresh
+process with one torch thread: the tiny Qwen2.5-VL with Qwen2.5-VL's default pixel limits, 640x480 images,
+the lever-plus protocol (the original's prompt, image sizing and generation settings: 3 beams, 5 new
+tokens, length_penalty 0, min_new_tokens 0, the tokenizer's eos). Q val questions (--questions, default
+24), each with its own image, take their demonstrations from a pool of 16 train items (a seeded ranking
+per question; k shots = its first k, as a selector's prefix), at 1-4 shots. Reported per shot count:
+seconds per question of lever at its defaults (eval.batch_size 8, answered in `lever evaluate`'s chunks),
+lever at batch 1, and the original; the peak RSS of each process; whether the answers (and the prompts'
+input_ids) are identical. Then `data generate`'s scoring: 8 two-shot sequences for each of 8 questions from the
+pool, answered and given their ground truth's probability (`score_sequences`), by today's fast path and
+by the plain path (what lever did before: generate per padded batch, then a second pass for the
+probabilities); sequences per second and whether the records are identical.
+
+    python benchmarks/bench_hf.py --side-by-side --original DIR [--original-python PY] [--questions 24]
+
+DIR: a checkout of yunsoft2019/Lever-Plus, code unchanged: its open_mmicl.interface.Qwen2VLInterface
+(prepare_input, then generate with the inferencer's arguments, as its icl_inferencer does per question)
+on the same in-memory tiny model and processor (its from_pretrained calls are pointed at them). What it
+needs beyond lever's environment: loguru and qwen-vl-utils (pip, e.g. into a venv with a .pth file naming
+lever's site-packages; --original-python names its python). Two imports it makes but never uses on this
+path get stand-ins: openicl (its PromptTemplate builds texts from dataset rows; the texts here come from
+the lever-plus templates, the original's) and torchvision (qwen_vl_utils imports it for videos).
+Without --original only lever's rows are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,11 +54,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("tests", "")]  # "": lever, for --original-python
 
 from tiny_models import random_image, tiny_qwen, write_okvqa_fixture  # noqa: E402
 
-from lever.eval.backend import Request  # noqa: E402
+from lever.eval.backend import Request, demo_answer  # noqa: E402
 from lever.eval.hf import HFBackend  # noqa: E402
 from lever.eval.okvqa import load_okvqa  # noqa: E402
 
@@ -199,6 +227,208 @@ def coco(args) -> None:
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
+# --------------------------------------------------------------------------- side by side with the original
+
+SBS_POOL = 16  # train items the demonstrations come from
+SBS_SHOTS = (1, 2, 3, 4)
+SBS_SEQS = 8  # data generate: two-shot sequences scored per question, for the first SBS_GEN_QUESTIONS questions
+SBS_GEN_QUESTIONS = 8
+
+
+def sbs_world(root: Path, questions: int) -> tuple[list, list, list]:
+    """(val items, train pool items, extra item for the warm-up) of the side-by-side fixture (written if absent)."""
+    from lever.eval.okvqa import load_okvqa
+
+    n = questions + SBS_POOL + 1
+    if not (root / "images").is_dir():
+        _, _, image_dir = write_okvqa_fixture(root, n=n)
+        for i in range(n):  # COCO-sized images: 640x480
+            random_image(image_dir / f"COCO_val2014_{500 + i:012d}.jpg", seed=i, size=(480, 640))
+    items = load_okvqa(root / "OpenEnded_mscoco_val2014_questions.json", root / "mscoco_val2014_annotations.json",
+                       root / "images", split="val")  # fmt: skip
+    return items[:questions], items[questions : questions + SBS_POOL], items[-1:]
+
+
+def sbs_rankings(questions: int) -> list[list[int]]:
+    """Per question, a seeded ranking of the pool: its k-shot demonstrations are the first k."""
+    g = torch.Generator().manual_seed(0)
+    return [torch.randperm(SBS_POOL, generator=g).tolist() for _ in range(questions)]
+
+
+def sbs_model() -> tuple[object, object]:
+    """The tiny Qwen2.5-VL with Qwen2.5-VL's default pixel limits (the same weights in every process)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    model, processor = tiny_qwen(seed=0)
+    processor.image_processor = Qwen2VLImageProcessorPil()
+    return model, processor
+
+
+def _digest(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def sbs_lever(root: Path, questions: int, batch_size: int | None) -> dict:
+    """Lever's side (in its own process): seconds, answers and prompt digests per shot count, data generate."""
+    from lever.eval.evaluate import chunk_bounds
+    from lever.eval.protocol import load_protocol
+    from lever.eval.score import score_sequences
+    from lever.spec.schema import EvalSpec
+
+    spec = EvalSpec()
+    bs = batch_size or spec.batch_size
+    model, processor = sbs_model()
+    protocol = load_protocol("lever-plus")
+    val, pool, extra = sbs_world(root, questions)
+    ranks = sbs_rankings(questions)
+    be = HFBackend.from_pretrained_objects(model, processor, "cpu", bs, spec.max_new_tokens, spec.num_beams, protocol)
+    be.answer([Request("val", extra[0])])  # warm-up on an image used nowhere else
+    out: dict = {"batch_size": bs, "seconds": {}, "answers": {}, "ids": {}}
+    for k in SBS_SHOTS:
+        reqs = [Request("val", q, [pool[j] for j in ranks[i][:k]]) for i, q in enumerate(val)]
+        t0 = time.perf_counter()
+        answers = [r for s, e in chunk_bounds(len(reqs), bs) for r in be.answer(reqs[s:e])]  # as `lever evaluate`
+        out["seconds"][k] = time.perf_counter() - t0
+        out["answers"][k] = [r.raw for r in answers]
+        out["ids"][k] = [_digest(be._prompt(r, False).ids) for r in reqs]
+    out["cache"] = be.cache_summary()
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if batch_size is None:  # data generate's scoring: the fast path and the plain path (before), same sequences
+        g = torch.Generator().manual_seed(1)
+        gen_val = val[:SBS_GEN_QUESTIONS]
+        seqs = [[torch.randperm(SBS_POOL, generator=g)[:2].tolist() for _ in range(SBS_SEQS)] for _ in gen_val]
+        records = {}
+        for label, fast in (("plain", False), ("fast", True)):
+            be.fast = fast
+            be.images._entries.clear()  # each starts from a cold image cache
+            t0 = time.perf_counter()
+            recs = [score_sequences(be, protocol.metric, [q] * SBS_SEQS, [[pool[j] for j in s] for s in ss])
+                    for q, ss in zip(gen_val, seqs)]  # fmt: skip
+            out[f"generate_{label}_s"] = time.perf_counter() - t0
+            records[label] = recs
+        out["generate_sequences"] = len(gen_val) * SBS_SEQS
+        out["generate_identical"] = records["plain"] == records["fast"]
+        diff = [(a, b) for qa, qb in zip(records["plain"], records["fast"]) for a, b in zip(qa, qb) if a != b]
+        out["generate_differences"] = len(diff)
+    return out
+
+
+def sbs_original(root: Path, questions: int, original: Path) -> dict:
+    """The original's side (in its own process): its Qwen2VLInterface, code unchanged, on the same prompts."""
+    stubs = Path(tempfile.mkdtemp())
+    (stubs / "openicl").mkdir()
+    (stubs / "openicl" / "__init__.py").write_text("class PromptTemplate:\n    def __init__(self, *a, **k): pass\n")
+    (stubs / "torchvision" / "transforms").mkdir(parents=True)
+    (stubs / "torchvision" / "__init__.py").write_text("from . import io, transforms\n__version__ = '0'\n")
+    (stubs / "torchvision" / "io.py").write_text("")
+    (stubs / "torchvision" / "transforms" / "__init__.py").write_text("class InterpolationMode:\n    BICUBIC = 3\n")
+    import transformers
+
+    from lever.eval.protocol import load_protocol
+
+    model, processor = sbs_model()  # before the stand-ins are visible: transformers never sees them
+    sys.path[:0] = [str(original), str(stubs)]
+    transformers.AutoProcessor.from_pretrained = lambda *a, **k: processor
+    transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained = lambda *a, **k: model
+    import types
+
+    for name in ("open_mmicl", "open_mmicl.interface"):  # the packages without their __init__ (which imports the
+        pkg = types.ModuleType(name)  # Flamingo and IDEFICS interfaces: open_clip, open_flamingo)
+        pkg.__path__ = [str(original.joinpath(*name.split(".")))]
+        sys.modules[name] = pkg
+    from open_mmicl.interface.qwen2vl_interface import Qwen2VLInterface
+
+    protocol = load_protocol("lever-plus")
+    iface = Qwen2VLInterface(
+        model_name="tiny",
+        load_from_local=True,
+        precision="bf16",
+        device="cpu",
+        prompt_template="",
+        column_token_map={},
+        instruction="",
+        image_field="image",
+        label_field="answer",
+        system_prompt=protocol.system_prompt,
+    )  # fmt: skip  (precision: its "fp32" path fails (`with suppress:`); "bf16" is CUDA autocast, off on CPU: fp32)
+    tok = iface.tokenizer
+    gen = {"num_beams": 3, "max_new_tokens": 5, "length_penalty": 0.0, "min_new_tokens": 0}  # its OK-VQA settings
+    val, pool, extra = sbs_world(root, questions)
+    ranks = sbs_rankings(questions)
+
+    def prompt(query, demos) -> list:
+        parts = []
+        for d in demos:
+            parts += [d.image, protocol.demo_template.format(question=d.question, answer=demo_answer(d))]
+        return parts + [query.image, protocol.query_template.format(question=query.question)]
+
+    def ask(query, demos) -> tuple[str, list[int]]:
+        data = iface.prepare_input([prompt(query, demos)], is_last_for_generation=True)  # its dataset transform
+        n = int(data["attention_mask"].shape[1])
+        ids = data["input_ids"][0].tolist()
+        with torch.inference_mode():
+            out = iface.generate(**data, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **gen).tolist()
+        return tok.batch_decode([o[n:] for o in out], skip_special_tokens=True)[0], ids
+
+    ask(extra[0], [])  # warm-up
+    out: dict = {"seconds": {}, "answers": {}, "ids": {}}
+    for k in SBS_SHOTS:
+        t0 = time.perf_counter()
+        got = [ask(q, [pool[j] for j in ranks[i][:k]]) for i, q in enumerate(val)]
+        out["seconds"][k] = time.perf_counter() - t0
+        out["answers"][k] = [a for a, _ in got]
+        out["ids"][k] = [_digest(ids) for _, ids in got]
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def side_by_side(args) -> None:
+    """Run each side in a fresh one-thread process on one fixture; print the table (see the module docstring)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    me = [str(Path(__file__).resolve())]
+    with tempfile.TemporaryDirectory() as tmp:
+        sbs_world(Path(tmp), args.questions)
+        runs = {}
+        sides = [("lever, defaults", [sys.executable, *me, "--child", "lever"])]
+        sides.append(("lever, batch 1", [sys.executable, *me, "--child", "lever", "--child-batch", "1"]))
+        if args.original:
+            py = args.original_python or sys.executable
+            sides.append(("original", [py, *me, "--child", "original", "--original", args.original]))
+        for label, cmd in sides:
+            cmd += ["--child-dir", tmp, "--questions", str(args.questions)]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if res.returncode:
+                sys.exit(f"{label} failed:\n{res.stderr[-3000:]}")
+            runs[label] = json.loads(res.stdout.splitlines()[-1])
+    q = args.questions
+    print(f"tiny Qwen2.5-VL, cpu, 1 torch thread, {q} questions with 640x480 images, lever-plus protocol, 3 beams")
+    print(
+        f"{'shots':>5} "
+        + "".join(f"{label + ' s/q':>22}" for label in runs)
+        + f"{'answers identical':>19}{'prompts identical':>19}"
+    )
+    for k in map(str, SBS_SHOTS):
+        same = all(r["answers"][k] == runs["lever, defaults"]["answers"][k] for r in runs.values())
+        ids = all(r["ids"][k] == runs["lever, defaults"]["ids"][k] for r in runs.values())
+        row = "".join(f"{r['seconds'][k] / q:>22.3f}" for r in runs.values())
+        print(f"{k:>5} {row}{str(same):>19}{str(ids):>19}")
+    total = {label: sum(r["seconds"].values()) / (q * len(SBS_SHOTS)) for label, r in runs.items()}
+    print(f"{'all':>5} " + "".join(f"{t:>22.3f}" for t in total.values()))
+    print(f"{'peak':>5} " + "".join(f"{r['peak_mib']:>18.0f} MiB" for r in runs.values()))
+    if "original" in runs:
+        o = total["original"]
+        print("questions per second vs the original: " + ", ".join(f"{label} {o / t:.2f}x" for label, t in total.items()))
+    d = runs["lever, defaults"]
+    print(d["cache"])
+    n = d["generate_sequences"]
+    print(
+        f"data generate scoring ({n} two-shot sequences, answer + ground-truth probability): "
+        f"plain path (before) {n / d['generate_plain_s']:.2f} seq/s, fast path {n / d['generate_fast_s']:.2f} seq/s "
+        f"({d['generate_plain_s'] / d['generate_fast_s']:.2f}x); records identical: {d['generate_identical']}"
+        f" ({d['generate_differences']} differ)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=32)
@@ -207,7 +437,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--plans", type=int, default=0, help="only count VLM loads for this many plans' backends")
     ap.add_argument("--coco", action="store_true", help="the tiny model on COCO-size images (see above)")
+    ap.add_argument("--side-by-side", action="store_true", help="lever and the original on the same prompts (see above)")
+    ap.add_argument("--original", default="", help="--side-by-side: a checkout of the original project")
+    ap.add_argument("--original-python", default="", help="--original: the Python that runs it (default: this one)")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--child-dir", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--child-batch", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:  # one side of --side-by-side, in its own process: a JSON line on stdout
+        torch.set_num_threads(1)
+        root = Path(args.child_dir)
+        if args.child == "lever":
+            res = sbs_lever(root, args.questions, args.child_batch)
+        else:
+            res = sbs_original(root, args.questions, Path(args.original))
+        print(json.dumps(res))
+        return
+    if args.side_by_side:
+        return side_by_side(args)
     if args.plans:
         print(f"tiny Qwen2.5-VL from a model folder, {args.plans} plans' backends")
         plan_loads(args.plans)
