@@ -66,6 +66,31 @@ def test_each_prompt_is_answered_once_and_read_back_equal(tmp_path):
     assert inner.asked == 7
 
 
+class Both(Counting):
+    """A backend that answers and gives gt probs in one call (as the hf backend does from one prefill)."""
+
+    def __init__(self):
+        super().__init__()
+        self.both = 0
+
+    def answer_with_gt_probs(self, requests: list[Request]) -> tuple[list[Response], list[float]]:
+        self.both += len(requests)
+        return self.answer(requests), self.gt_probs(requests)
+
+
+def test_answers_and_gt_probs_asked_together_are_stored_together(tmp_path):
+    inner = Both()
+    backend = CachedBackend(inner, RewardCache(tmp_path / "r.sqlite"), "ns")
+    reqs = requests(1, [[2, 3], [4]])
+    backend.answer(reqs[:1])  # the answer of the first is stored, not its gt prob
+    answers, probs = backend.answer_with_gt_probs(reqs)
+    assert [r.raw for r in answers] == ["1002,1003", "1004"] and probs == [pytest.approx(0.45), pytest.approx(0.35)]
+    assert inner.both == 2 and backend.counts.calls == 3  # both prompts in one call (one lacked its gt prob)
+    again, probs_again = backend.answer_with_gt_probs(reqs)
+    assert [r.raw for r in again] == [r.raw for r in answers] and probs_again == probs
+    assert inner.both == 2 and backend.counts.hits == 2  # all from the cache
+
+
 def _writer(path: str, start: int, n: int) -> None:
     cache = RewardCache(path)
     ns = cache.namespace({"backend": "counting"})
