@@ -168,7 +168,7 @@ def main() -> None:
         model.fused = fused
         opt = RCESpec(epochs=1, batch_size=args.batch_size) if kind == "rce" else GRPOSpec(epochs=1, batch_size=args.batch_size)
         with tempfile.TemporaryDirectory() as d:
-            runner = StageRunner(Stage(kind, kind, 1, opt, opt.lr), Path(d), model, train, val, 0, SelectSpec(), SilentReporter())
+            runner = StageRunner(Stage(kind, kind, 1, opt), Path(d), model, train, val, 0, SelectSpec(), SilentReporter())
             runner.objective.start()  # GRPO: the reference's log-probs (untimed)
             if dev.type == "cuda":
                 torch.cuda.synchronize()

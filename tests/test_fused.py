@@ -135,9 +135,7 @@ def test_fused_equals_autograd_through_the_grpo_loss(tmp_path, policy_mode):
     opt = GRPOSpec(epochs=1, batch_size=2, policy_mode=policy_mode, top_k_schedule=[CurriculumStep(from_epoch=1, top_k=4)])
     torch.manual_seed(0)
     model = PointerSelector(d_in=8, hidden=8, dropout=0.1)
-    runner = StageRunner(
-        Stage("grpo", "grpo", 1, opt, opt.lr), tmp_path / "s", model, groups, groups, 0, SelectSpec(), SilentReporter()
-    )
+    runner = StageRunner(Stage("grpo", "grpo", 1, opt), tmp_path / "s", model, groups, groups, 0, SelectSpec(), SilentReporter())
     objective = runner.objective
     objective.start()
     objective.reference.logp = objective.reference.logp + 0.1 * torch.randn(data.num_sequences)  # ratios away from 1

@@ -232,7 +232,7 @@ def test_reference_syncs_every_n_steps(tmp_path, monkeypatch):
     model = PointerSelector(d_in=8, hidden=8, dropout=0.1)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     runner = stage.StageRunner(
-        stage.Stage("grpo", "grpo", 2, opt, opt.lr),
+        stage.Stage("grpo", "grpo", 2, opt),
         tmp_path / "s",
         model,
         groups,

@@ -274,9 +274,7 @@ def _stage(tmp_path, **grpo):
     opt = GRPOSpec(epochs=1, batch_size=2, **grpo)  # 6 queries: 3 steps
     torch.manual_seed(0)
     model = PointerSelector(d_in=8, hidden=8, dropout=0.1)
-    runner = StageRunner(
-        Stage("grpo", "grpo", 1, opt, opt.lr), tmp_path / "s", model, groups, groups, 0, SelectSpec(), SilentReporter()
-    )
+    runner = StageRunner(Stage("grpo", "grpo", 1, opt), tmp_path / "s", model, groups, groups, 0, SelectSpec(), SilentReporter())
     return runner.run().rows[0]
 
 

@@ -338,3 +338,12 @@ def test_every_schema_field_has_a_description():
 
     walk(Plan, "")
     assert missing == []
+
+
+def test_a_stage_has_one_learning_rate(plans_dir):
+    # a phase's own lr is its optimiser's (the loop's peak lr and the stage key read stage.opt.lr); the others keep grpo.lr
+    lp = load_plan(plans_dir / "plan9.toml", ["phases.1.lr=1e-5", "phases.1.handoff='last'"])
+    easy, full = lp.plan.stages()[-2:]
+    assert (easy.opt.lr, full.opt.lr) == (5e-6, 1e-5) and (easy.opt.handoff, full.opt.handoff) == ("selected", "last")
+    assert easy.opt is lp.plan.grpo  # a phase that changes nothing shares the plan's settings (and its stage key)
+    assert not hasattr(full, "lr")

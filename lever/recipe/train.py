@@ -252,7 +252,7 @@ def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None, refresh: 
         prev_key,
         stage.kind,
         stage.epochs,
-        stage.lr,
+        stage.opt.lr,
         stage.opt.model_dump(mode="json"),
         # a phase's effective filter (the plan's with the phase's changes), as stage keys always held it
         stage_filter(plan.data, stage.data).model_dump(mode="json") if stage.data is not None else None,

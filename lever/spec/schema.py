@@ -765,8 +765,7 @@ class Stage:
     name: str  # "sft", "rce", "grpo" or a phase name
     kind: Literal["sft", "rce", "grpo"]
     epochs: int
-    opt: SFTSpec | RCESpec | GRPOSpec
-    lr: float
+    opt: SFTSpec | RCESpec | GRPOSpec  # its optimiser settings, learning rate included (a phase's own lr is in it)
     std_floor: float = 0.1  # rce.rewards = "normalized": z-score floor (reward.normalize_std_floor)
     data: DataOverride | None = None  # a curriculum phase's filter changes (None = the plan's filter)
     refresh: int = 0  # a refresh round's number: its groups come from the selector (0 = the plan's data)
@@ -836,16 +835,16 @@ class Plan(Strict):
         if not self.selector.trains:
             return []
         floor = self.reward.normalize_std_floor
-        out = [Stage("sft", "sft", self.sft.epochs, self.sft, self.sft.lr, floor)] if self.sft.epochs else []
+        out = [Stage("sft", "sft", self.sft.epochs, self.sft, floor)] if self.sft.epochs else []
         if self.rce.epochs:
-            out.append(Stage("rce", "rce", self.rce.epochs, self.rce, self.rce.lr, floor))
+            out.append(Stage("rce", "rce", self.rce.epochs, self.rce, floor))
         for ph in self.phases:
-            opt = self.grpo if ph.handoff is None else self.grpo.model_copy(update={"handoff": ph.handoff})
-            out.append(Stage(ph.name, "grpo", ph.epochs, opt, ph.lr or self.grpo.lr, floor, ph.data))
+            own = {k: v for k, v in (("lr", ph.lr), ("handoff", ph.handoff)) if v is not None}
+            out.append(Stage(ph.name, "grpo", ph.epochs, self.grpo.model_copy(update=own) if own else self.grpo, floor, ph.data))
         if self.grpo.epochs and not self.phases:
-            out.append(Stage("grpo", "grpo", self.grpo.epochs, self.grpo, self.grpo.lr, floor))
+            out.append(Stage("grpo", "grpo", self.grpo.epochs, self.grpo, floor))
         for r in range(1, self.refresh.rounds + 1):  # each from the stage before's hand-off weights
-            out.append(Stage(f"grpo_r{r}", "grpo", self.refresh.epochs, self.grpo, self.grpo.lr, floor, refresh=r))
+            out.append(Stage(f"grpo_r{r}", "grpo", self.refresh.epochs, self.grpo, floor, refresh=r))
         return out
 
     def grpo_stages(self) -> list[Stage]:

@@ -89,7 +89,7 @@ def plan_prediction(data: CandidateData, plan: Plan) -> dict[str, Any]:
     out["split"].update(train=split.train.num_queries, val=split.val.num_queries)
     rule = AdvantageRule.of(plan.grpo)  # every GRPO stage's (a phase changes only its epochs, lr, handoff and data)
     seed = plan.seeds[0]
-    grpo = plan.grpo_stages() or [Stage("grpo", "grpo", 0, plan.grpo, plan.grpo.lr)]
+    grpo = plan.grpo_stages() or [Stage("grpo", "grpo", 0, plan.grpo)]
     for stage in grpo:
         name = stage.name
         train, report = stage_train_data(split.train, plan, stage)

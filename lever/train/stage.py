@@ -127,7 +127,7 @@ class StageRunner:
         opt = stage.opt
         model.set_backbone_frozen(opt.freeze_backbone)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.peak_lr = stage.lr * lr_scale(opt)
+        self.peak_lr = opt.lr * lr_scale(opt)
         # fused: one kernel per step instead of one per tensor op (5x faster at batch 1 on CPU)
         self.optim = torch.optim.AdamW(self.params, lr=self.peak_lr, weight_decay=opt.weight_decay, fused=True)
         self.source = source or OfflineSource(train, opt.batch_size, seed, stage.name)
