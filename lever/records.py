@@ -67,6 +67,7 @@ class StageSelection:
     reason: str
     sha256: str  # SHA-256 of ckpt/epoch-<epoch>.safetensors
     metrics: RowsRecord  # the stage's metrics.jsonl
+    key: str | None = None  # the stage's content key, the one its folder is named by (None: an older lever's record)
     version: int = VERSION
 
 

@@ -612,3 +612,33 @@ def test_one_run_reads_its_candidates_and_features_once(lever, ws):
     recipe._LOADED.clear()
     assert run_cli(lever, "run", PLANS / "baseline.toml", *TINY).code == 0  # preflight, training and evaluation
     assert recipe.LOADS["inputs"] == before + 1
+
+
+def test_swapped_stage_folders_are_damage_naming_the_stage(lever, ws):
+    """Each stage record holds its own key: two GRPO stage folders whose names were swapped are damage (exit 2, the
+    stage's folder and the repair named), never reused as the other plan's stage; the repair trains it again."""
+    a = [PLANS / "plan5.toml", *TINY, "grpo.epochs=1", "--no-eval"]
+    b = [*a[:-1], "grpo.lr=1e-5", "--no-eval"]
+    assert run_cli(lever, "run", *a).code == 0 and run_cli(lever, "run", *b).code == 0
+    one, two = sorted((ws / "runs" / "_stages").glob("grpo-*/"))
+    one.rename(ws / "swap")
+    two.rename(one)
+    (ws / "swap").rename(two)
+    for args in (a, b):
+        error(run_cli(lever, "run", *args), "renamed or copied", "_stages/grpo-", "--retrain-stage grpo")
+        error(run_cli(lever, "run", *args, "--redo"), "renamed or copied", "_stages/grpo-", "--retrain-stage grpo")
+    res = run_cli(lever, "run", *a, "--retrain-stage", "grpo")
+    assert res.code == 0 and "grpo: deleting" in res.text and "grpo: reusing" not in res.text
+
+
+def test_a_resume_state_of_another_stage_key_is_damage(tmp_path):
+    from lever.errors import DamagedState
+    from lever.train.checkpoint import save_resume
+    from lever.train.folder import read_resume
+
+    save_resume(tmp_path / "resume.pt", {"epoch": 0, "key": "aaaa"})
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(DamagedState, match="renamed or copied"):
+        read_resume(tmp_path, "bbbb")
+    assert read_resume(tmp_path, "aaaa") == ({"epoch": 0, "key": "aaaa"}, [])
+    assert read_resume(tmp_path) is not None  # a caller that names no key checks none

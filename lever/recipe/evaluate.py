@@ -300,7 +300,7 @@ def _adopt_stages(r: Recipe) -> None:
             stages = other.stages()
             last = len(stages) - 1
             if [s.stage for s in stages] != [s.name for s in r.stages] or any(
-                read_result(other.path_of(s.dir), r.plan.select, r.plan.select.epoch if i == last else None) is None
+                read_result(other.path_of(s.dir), r.plan.select, r.plan.select.epoch if i == last else None, s.key) is None
                 for i, s in enumerate(stages)
             ):
                 continue

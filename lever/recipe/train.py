@@ -303,14 +303,17 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
                     rep.info(f"{stage.name}: deleting {stage_dir} to train it again")
                     stage_dir.unlink() if stage_dir.is_symlink() else shutil.rmtree(stage_dir)
                 run.path_of(folder.store_rel(stage_dir))  # a stage folder that leads outside the runs folder: damage
-                result = read_result(stage_dir, plan.select, pin)
+                result = read_result(stage_dir, plan.select, pin, key)  # a folder of another key is damage
                 if result is None:
                     ref = pre_rce if (stage.kind == "grpo" and plan.grpo.reference == "pre_rce") else None
                     if stage.refresh:  # new groups from the selector as it stands now, scored by the VLM
                         train_d = refresh_round(r, stage, model, train_d, stage_dir, rep)
                     groups = make_groups(train_d, plan, feats)
-                    StageRunner(stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref, validate).run()
-                    result = read_result(stage_dir, plan.select, pin)
+                    runner = StageRunner(
+                        stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref, validate, key=key
+                    )
+                    runner.run()
+                    result = read_result(stage_dir, plan.select, pin, key)
                 else:
                     rep.info(f"{stage.name}: reusing the identical stage already trained in {stage_dir}")
                 assert result is not None

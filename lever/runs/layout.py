@@ -335,7 +335,7 @@ class RunDir:
             )
         stage_dir = self.path_of(sel.dir)
         try:
-            found = read_result(stage_dir, None)
+            found = read_result(stage_dir, None, key=sel.key)
         except DamagedState as err:
             raise DamagedState(err.args[0], hint=self.retrain_fix(sel.stage)) from None
         if found is None:

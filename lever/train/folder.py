@@ -67,9 +67,10 @@ def pick(rows: list[dict[str, Any]], select: SelectSpec, pin: int | None) -> tup
 
 
 def write_selection(
-    stage_dir: Path, stage: str, rows: list[dict[str, Any]], select: SelectSpec, pin: int | None
+    stage_dir: Path, stage: str, rows: list[dict[str, Any]], select: SelectSpec, pin: int | None, key: str | None
 ) -> StageSelection:
-    """Select the stage's epoch from its rows and write selected.json (the stage is done); the resume state goes."""
+    """Select the stage's epoch from its rows and write selected.json (the stage is done; `key`: its content key);
+    the resume state goes."""
     best, reason = pick(rows, select, pin)
     sel = StageSelection(
         stage=stage,
@@ -80,16 +81,17 @@ def write_selection(
         reason=reason,
         sha256=epoch_digest(checkpoint_path(stage_dir, best["epoch"]), best["epoch"]),
         metrics=RowsRecord(**rows_record(rows_text(rows))),  # what a reuse checks metrics.jsonl against
+        key=key,  # what a reuse checks the folder's key against
     )
     write_json(stage_dir / SELECTED, to_json(sel))
     (stage_dir / RESUME).unlink(missing_ok=True)  # optimiser state is no longer needed
     return sel
 
 
-def read_resume(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+def read_resume(stage_dir: Path, key: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The resume state of a stopped stage and the rows of the epochs it records as finished (None: nothing to
-    resume). A cut, foreign or edited resume.pt, or metrics lacking its epochs, is a DamagedState: never guess
-    where training stood."""
+    resume). A cut, foreign or edited resume.pt, metrics lacking its epochs, or a resume state written for another
+    stage key than `key` (a renamed or copied folder) is a DamagedState: never guess where training stood."""
     path = stage_dir / RESUME
     try:
         state = load_resume(path)
@@ -98,6 +100,7 @@ def read_resume(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] 
         done = int(state["epoch"])
     except Exception as err:
         raise DamagedState(f"{path} is damaged ({type(err).__name__}: {err})") from None
+    _check_key(stage_dir, path, state.get("key"), key)
     rows = [r for r in stage_rows(stage_dir) if r["epoch"] <= done]
     if [r["epoch"] for r in rows] != list(range(1, done + 1)):
         raise DamagedState(f"{stage_dir / METRICS} is damaged: it lacks rows of epochs 1-{done} that {path} records")
@@ -105,12 +108,12 @@ def read_resume(stage_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] 
 
 
 def read_result(
-    stage_dir: Path, select: SelectSpec | None, pin: int | None = None
+    stage_dir: Path, select: SelectSpec | None, pin: int | None = None, key: str | None = None
 ) -> tuple[StageSelection, list[dict[str, Any]]] | None:
     """A finished stage's selection and metric rows (None when it has not finished), verified: the record
-    whole, the metrics its row count and digest, the selection the one its rows and `select` (`pin`) give
-    (without `select`: its value that of its epoch's row), and the selected checkpoint's recorded digest.
-    Damage is a DamagedState naming the file."""
+    whole, its stage key the folder's (`key`, when given), the metrics its row count and digest, the selection the
+    one its rows and `select` (`pin`) give (without `select`: its value that of its epoch's row), and the selected
+    checkpoint's recorded digest. Damage is a DamagedState naming the file."""
     if not stage_dir.is_dir():
         return None
     where = stage_dir / SELECTED
@@ -118,6 +121,7 @@ def read_result(
     if data is None:
         return None
     sel = parse(StageSelection, data, where, "")
+    _check_key(stage_dir, where, sel.key, key)
     check_rows(stage_dir / METRICS, to_json(sel.metrics), fix="")
     rows = stage_rows(stage_dir)
     if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or not rows:
@@ -134,6 +138,16 @@ def read_result(
     if epoch_digest(checkpoint_path(stage_dir, sel.epoch), sel.epoch) != sel.sha256:
         raise DamagedState(f"{where}: its checkpoint digest differs from the one recorded beside the checkpoint")
     return sel, rows
+
+
+def _check_key(stage_dir: Path, where: Path, recorded: Any, key: str | None) -> None:
+    """A stage folder holds the stage its key names: a record of another key means the folder was renamed or copied
+    (reusing it would serve another stage's result). A record without a key (an older lever's) cannot tell."""
+    if key is not None and recorded is not None and recorded != key:
+        raise DamagedState(
+            f"stage folder {stage_dir} holds the stage trained under key {recorded} ({where.name} records it), not {key}: "
+            "the folder was renamed or copied from another stage"
+        )
 
 
 def _same(a: Any, b: Any) -> bool:

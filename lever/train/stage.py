@@ -104,7 +104,7 @@ class StageRunner:
 
     `train` is the stage's training groups; the batches come from `source` (default: the groups themselves, shuffled
     per epoch, `OfflineSource`). `reference` is GRPO's frozen policy when it is not the stage's start; `validate`
-    adds validation metrics to each epoch's row."""
+    adds validation metrics to each epoch's row; `key` is the stage's content key, which its records hold."""
 
     def __init__(
         self,
@@ -120,9 +120,11 @@ class StageRunner:
         reference: State | None = None,
         validate: Validator | None = None,
         source: Source | None = None,
+        key: str | None = None,
     ):
         self.s, self.dir, self.model, self.train, self.val = stage, stage_dir, model, train, val
         self.validate = validate  # more validation metrics per epoch (val/reward: lever.eval.rollout)
+        self.key = key  # the stage's content key: recorded in resume.pt and selected.json, checked on resume
         self.seed, self.select, self.rep, self.pin = seed, select, reporter, pin_epoch
         opt = stage.opt
         model.set_backbone_frozen(opt.freeze_backbone)
@@ -156,18 +158,19 @@ class StageRunner:
                     "optim": self.optim.state_dict(),
                     "step": self.step,
                     "epoch": epoch,
+                    **({"key": self.key} if self.key is not None else {}),
                     **self.objective.state(),
                 },
             )
             self.rep.epoch_end(self.s.name, row)
-        sel = write_selection(self.dir, self.s.name, rows, self.select, self.pin)
+        sel = write_selection(self.dir, self.s.name, rows, self.select, self.pin, self.key)
         ckpt = checkpoint_path(self.dir, sel.epoch)
         return StageResult(
             self.s.name, self.dir, sel.epoch, sel.value if sel.value is not None else float("nan"), sel.reason, ckpt, rows
         )
 
     def _resume(self) -> tuple[int, list[dict[str, Any]]]:
-        found = read_resume(self.dir)
+        found = read_resume(self.dir, self.key)
         if found is None:
             return 1, []
         state, rows = found
