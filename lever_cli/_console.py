@@ -6,6 +6,8 @@ wrap every line and table at 80 columns; these consoles do not wrap there, unles
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console, ConsoleDimensions
 
 UNWRAPPED = 100_000  # the width of a console that is not a terminal: lines and tables keep their natural width
@@ -30,3 +32,15 @@ class _Console(Console):
 
 console = _Console()
 err_console = _Console(stderr=True)
+
+
+def fit_width(c: Console | None = None, wide: bool = False) -> int | None:
+    """The width a table must fit: the terminal's, or COLUMNS'; None (as wide as it is, one record a line) for output to
+    a file or pipe without COLUMNS, or with `--wide`."""
+    c = c or console
+    if wide:
+        return None
+    if c.is_terminal:
+        return c.width
+    columns = os.environ.get("COLUMNS", "")  # read now: rich reads it once, when the console is made
+    return int(columns) if columns.isdigit() else None

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from lever.errors import LeverError
 from lever.eval.vqa import VQA_METRICS
@@ -18,9 +17,12 @@ from lever.report.leaderboard import render_plain as leaderboard_plain
 from lever.report.results import RunData, check_known, damage_summary, plan_runs, rescore_plan, scan_runs
 from lever.report.sparkline import spark_rows
 from lever.report.tables import (
+    TRAINING_FOLD,
     TRAINING_HEADERS,
     build_comparison,
+    compact_table,
     fmt_num,
+    fold_columns,
     plain_grid,
     render_plain,
     render_rich,
@@ -32,22 +34,32 @@ from lever.runs.sweep import member_names
 
 from ._common import runs_dir as runs_root
 from ._common import workspace
-from ._console import console
+from ._console import console, fit_width
 
 SPLITS = ("val", "train")
 
 
-def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
-    """A table: rich on a terminal, fixed-width plain text otherwise."""
+WHOLE = ("plan", "hash", "seed")  # columns never cut or wrapped
+
+
+def _show(title: str, headers: list[str], rows: list[list[str]], fold: list[str] = (), wide: bool = False) -> None:
+    """A table: rich on a terminal, fixed-width plain text otherwise; the `fold` columns become notes below it when
+    it is wider than the terminal (or COLUMNS) and not `wide`."""
+    headers, rows, notes = fold_columns(headers, rows, list(fold), fit_width(console, wide))
     if console.is_terminal:
-        t = Table(title=escape(title), title_justify="left")
+        t = compact_table(escape(title))
         for h in headers:
-            t.add_column(escape(h))
+            t.add_column(escape(h), no_wrap=h in WHOLE, overflow="fold")  # the others wrap, never an ellipsis
         for r in rows:
             t.add_row(*(escape(c) for c in r))
         console.print(t)
+        for line in notes:
+            console.print(escape(line), highlight=False)
     else:
-        typer.echo(f"{title}\n{plain_grid(headers, rows)}")
+        typer.echo("\n".join([title, plain_grid(headers, rows), *notes]))
+
+
+WIDE = typer.Option(False, "--wide", help="Every column in the table, however wide (default: fit the terminal)")
 
 
 # `--metric` of compare and leaderboard: tables re-scored from the stored answers
@@ -87,6 +99,7 @@ def compare(
     latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment of the shot table"),
     resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per delta"),
     metric: str | None = METRIC_OPTION,
+    wide: bool = WIDE,
 ) -> None:
     """Per-shot accuracy of plans against a baseline, with paired 95% intervals and p-values.
 
@@ -94,6 +107,9 @@ def compare(
 
     Plans not run or not evaluated show as missing, with the command to run. Each plan's runs are those
     of the plan file as it is now; runs made with overrides are named with plan@HASH (`lever runs` lists them).
+
+    The tables fit the terminal: several plans' columns become several tables, reasons and flags become notes
+    below the training table; --wide prints each table whole.
 
     Example: [bold]lever compare plan5 plan7 plan7_1 --baseline baseline --split val[/]
     """
@@ -110,9 +126,9 @@ def compare(
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)
     elif console.is_terminal:
-        render_rich(cmp, console)
+        render_rich(cmp, console, fit_width(console, wide))
     else:
-        typer.echo(render_plain(cmp), nl=False)
+        typer.echo(render_plain(cmp, fit_width(console, wide)), nl=False)
 
 
 def leaderboard(
@@ -188,6 +204,7 @@ def report(
         ..., help="A plan name (plan5) or file (plans/plan5.toml); plan5@HASH for the runs of one spec hash"
     ),
     out: Path | None = typer.Option(None, "--out", help="Folder for curves.png (default: <runs>/PLAN/HASH/report)"),
+    wide: bool = WIDE,
 ) -> None:
     """Training curves of one plan: sparklines per metric here, and curves.png (every logged metric, every seed) with the plot extra.
 
@@ -232,7 +249,7 @@ def report(
         ]
         for t in training_rows(pr)
     ]
-    _show("Training (selected checkpoint)", TRAINING_HEADERS, trows)
+    _show("Training (selected checkpoint)", TRAINING_HEADERS, trows, TRAINING_FOLD, wide)
     acc = [r for run in pr.runs for r in _accuracy_rows(run)]
     if acc:
         _show("Accuracy (%)", ["seed", "split", "shots", "accuracy", "questions", "failed"], acc)
@@ -247,14 +264,15 @@ def report(
         typer.echo(f"wrote {path} ({len(data.panels)} metrics)")
 
 
-def runs() -> None:
+def runs(wide: bool = WIDE) -> None:
     """List every run: plan, spec hash, seed, status, selected epoch, val accuracy per shot count, failed answers and inputs.
 
     A hash marked * was made with overrides (listed below the table); name its runs in compare and
     report as plan@HASH. A sweep's derived plans are listed by their names (plan5@grpo.lr=1e-5), which
     compare and report accept too. Inputs are content keys of the data, features and evaluation files the run used.
     A run with a damaged file is one row in state `damaged`, without numbers; the repair is listed below the table.
-    Runs live under $LEVER_RUNS (default: ./runs).
+    Runs live under $LEVER_RUNS (default: ./runs). The table fits the terminal: inputs, then flags, then failed answers
+    become numbered notes below it when it would be wider; --wide keeps them as columns. Output to a file or pipe is one run a line.
 
     Example: [bold]LEVER_RUNS=runs lever runs[/]
     """
@@ -285,7 +303,7 @@ def runs() -> None:
         inputs = " ".join(f"{k}:{str(v)[:8]}" for k, v in r.inputs.items()) or "—"
         failed = sum(c.get("failed", 0) for sp in ((r.summary or {}).get("splits") or {}).values() for c in sp.values())
         rows.append([name, r.spec_hash[:12] + mark, str(r.seed), r.state, selected, *accs, str(failed), flags, inputs])
-    _show(f"Runs under {root}", headers, rows)
+    _show(f"Runs under {root}", headers, rows, ["inputs", "flags", "failed"], wide)
     for ref, overrides in notes.items():
         typer.echo(f"* {ref}: overrides {overrides}")
     for r in damaged:

@@ -11,7 +11,7 @@ from lever.errors import LeverError
 from lever.spec import LoadedPlan, load_plan
 
 from ._common import OverrideOpt, plan_args, workspace
-from ._console import console, err_console
+from ._console import console, err_console, fit_width
 from ._progress import CountProgress, RichReporter
 
 
@@ -154,7 +154,7 @@ def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | No
         sp for sp in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits) if any(sp in r.splits() for r in base.runs)
     ]
     for split in splits:  # a split the baseline is not evaluated on has no deltas
-        render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console)
+        render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console, fit_width(console))
     if splits:
         _shot_figures(mine, base, splits[0])
 

@@ -8,7 +8,7 @@ from lever.errors import LeverError
 from lever.runs.sweep import Sweep, expand, parse_grid, parse_seeds
 
 from ._common import OverrideOpt, plan_args, workspace, workspace_flag
-from ._console import console, err_console
+from ._console import console, err_console, fit_width
 
 
 def _log(message: str) -> None:
@@ -27,7 +27,7 @@ def family_table(sweep: Sweep, split: str, resamples: int = 2000) -> None:
         pr.name = m.name
         pr.runs = [r for r in pr.runs if r.seed in sweep.seeds]
         columns.append(pr)
-    render_rich(build_comparison(columns[1:], columns[0], split=split, n_resamples=resamples), console)
+    render_rich(build_comparison(columns[1:], columns[0], split=split, n_resamples=resamples), console, fit_width(console))
 
 
 def sweep(

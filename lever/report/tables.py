@@ -542,6 +542,98 @@ def runs_line(cmp: Comparison) -> str:
     return "\n".join(["Runs: " + ", ".join(parts), *notes])
 
 
+# ---------------------------------------------------------------- fitting a width
+#
+# A table fits a terminal of `width` columns: a column of long text (flags, reasons, inputs) moves into numbered
+# notes below it, a table of several plans' columns becomes several tables, each with the plans that fit beside the
+# columns every piece repeats (shots, the baseline). Names and hashes are never cut. width None (output to a file or
+# pipe, or --wide): the table as it is, one record a line.
+
+PLAIN_FRAME = (2, 0)  # plain_grid and compact_table: two spaces between columns
+RICH_FRAME = (3, 4)  # a boxed rich table (the shot table): a rule and a space either side between columns; the edges
+NONE = ("", "—", "0")  # a folded cell with one of these says nothing: no note
+
+
+def grid_width(headers: list[str], rows: list[list[str]], frame: tuple[int, int] = PLAIN_FRAME) -> int:
+    """Characters one line of the table takes: its widest cells plus the frame (gap between columns, outer edge)."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    gap, edge = frame
+    return sum(widths) + gap * max(len(widths) - 1, 0) + edge
+
+
+def fold_columns(
+    headers: list[str], rows: list[list[str]], fold: list[str], width: int | None, frame: tuple[int, int] = PLAIN_FRAME
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """(headers, rows, notes) that fit `width`: the `fold` columns, one at a time in that order until the table fits,
+    leave the table; each distinct value they held (but those in NONE) becomes a note `[n] column: value`, and a
+    `note` column names a row's notes. Unchanged when it fits already or `width` is None."""
+    if width is None or grid_width(headers, rows, frame) <= width:
+        return headers, rows, []
+    headers, rows = [*headers, "note"], [[*r, ""] for r in rows]
+    notes: dict[str, int] = {}
+    refs: list[list[int]] = [[] for _ in rows]
+    for name in fold:
+        if name not in headers:
+            continue
+        i = headers.index(name)
+        for r, ref in zip(rows, refs):
+            if r[i] not in NONE:
+                ref.append(notes.setdefault(f"{name}: {r[i]}", len(notes) + 1))
+            del r[i]
+            r[-1] = ",".join(map(str, ref))
+        del headers[i]
+        if grid_width(headers, rows, frame) <= width:
+            break
+    if not notes:
+        headers, rows = headers[:-1], [r[:-1] for r in rows]
+    return headers, rows, [f"[{n}] {text}" for text, n in notes.items()]
+
+
+def split_columns(
+    headers: list[str], rows: list[list[str]], groups: list[list[int]], width: int | None, frame: tuple[int, int] = PLAIN_FRAME
+) -> list[list[int]]:
+    """The column indices of each table a wide table is cut into to fit `width`: every piece keeps the columns no group
+    holds (the row label, the baseline) and takes whole groups (one plan's columns) in order while they fit; a group
+    too wide for any piece is a piece of its own. One piece (every column) when it fits or `width` is None."""
+    every = list(range(len(headers)))
+    grouped = {i for g in groups for i in g}
+    fixed = [i for i in every if i not in grouped]
+
+    def fits(cols: list[int]) -> bool:
+        return grid_width([headers[i] for i in cols], [[r[i] for i in cols] for r in rows], frame) <= width
+
+    if width is None or fits(every):
+        return [every]
+    pieces: list[list[int]] = []
+    current: list[int] = []
+    for g in groups:
+        if current and not fits(sorted(fixed + current + g)):
+            pieces.append(sorted(fixed + current))
+            current = []
+        current += g
+    if current or not pieces:
+        pieces.append(sorted(fixed + current))
+    return pieces
+
+
+def _pick(headers: list[str], rows: list[list[str]], cols: list[int]) -> tuple[list[str], list[list[str]]]:
+    return [headers[i] for i in cols], [[r[i] for i in cols] for r in rows]
+
+
+def shot_groups(cmp: Comparison) -> list[list[int]]:
+    """The shot table's columns of each plan but the baseline (column 0 is the shot count)."""
+    groups, i = [], 1
+    for col in cmp.plans:
+        n = len(plan_headers(col))
+        if not col.baseline:
+            groups.append(list(range(i, i + n)))
+        i += n
+    return groups
+
+
+TRAINING_FOLD = ["reason", "flags"]  # the training table's long columns, folded into notes in this order
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -556,10 +648,14 @@ def plain_grid(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-def render_plain(cmp: Comparison) -> str:
-    """The whole comparison as plain text (for pipes and files)."""
+def render_plain(cmp: Comparison, width: int | None = None) -> str:
+    """The whole comparison as plain text (for pipes and files); with `width`, every table fits that many columns."""
     headers, body = shot_table(cmp)
-    parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}", plain_grid(headers, body), cmp.footnote, runs_line(cmp)]
+    pieces = split_columns(headers, body, shot_groups(cmp), width)
+    parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}"]
+    for n, cols in enumerate(pieces):
+        parts += ([""] if n else []) + [plain_grid(*_pick(headers, body, cols))]
+    parts += [cmp.footnote, runs_line(cmp)]
     if cmp.shots_used:
         parts += [
             "",
@@ -570,10 +666,14 @@ def render_plain(cmp: Comparison) -> str:
         parts.append(failures_line(cmp))
     copying = copy_table(cmp)
     if copying:
-        parts += ["", f"Beyond copying (%) on {cmp.split}", plain_grid(*copying), COPY_NOTE]
+        parts += ["", f"Beyond copying (%) on {cmp.split}"]
+        for cols in split_columns(*copying, _pairs(copying[0]), width):
+            parts.append(plain_grid(*_pick(*copying, cols)))
+        parts.append(COPY_NOTE)
     parts += copy_missing_lines(cmp)
     if cmp.training:
-        parts += ["", "Training (selected checkpoint)", plain_grid(TRAINING_HEADERS, training_table(cmp))]
+        headers, body, notes = fold_columns(TRAINING_HEADERS, training_table(cmp), TRAINING_FOLD, width)
+        parts += ["", "Training (selected checkpoint)", plain_grid(headers, body), *notes]
     if cmp.spec_diffs:
         parts += ["", f"Spec differences vs {cmp.baseline}", plain_grid(DIFF_HEADERS, diff_table(cmp))]
     if missing_lines(cmp):
@@ -581,32 +681,42 @@ def render_plain(cmp: Comparison) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render_rich(cmp: Comparison, console: Any) -> None:
-    """Draw the comparison on a rich console: coloured deltas with arrows, best values in bold."""
+def render_rich(cmp: Comparison, console: Any, width: int | None = None) -> None:
+    """Draw the comparison on a rich console: coloured deltas with arrows, best values in bold; with `width`, every
+    table fits that many columns (a shot table of many plans becomes several, long columns become notes)."""
     from rich.markup import escape
     from rich.table import Table
 
     title = escape(f"Accuracy (%) on {cmp.split} vs {cmp.baseline}")
-    t = Table(title=title, caption=escape(cmp.footnote), caption_justify="left")
+    plain_headers, plain_body = shot_table(cmp)
     headers, body = shot_table(cmp, rich=True)
-    for i, h in enumerate(headers):
-        t.add_column(escape(h), justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
-    for i, line in enumerate(body):
-        # why: rules set the average and the improved count apart from the shot rows
-        t.add_row(*line, end_section=i >= len(body) - 3, style="italic" if i == len(body) - 1 else None)
-    console.print(t)
+    pieces = split_columns(plain_headers, plain_body, shot_groups(cmp), width, RICH_FRAME)
+    for n, cols in enumerate(pieces):
+        last = n == len(pieces) - 1
+        t = Table(title=title if n == 0 else None, caption=escape(cmp.footnote) if last else None, caption_justify="left")
+        for i in cols:
+            t.add_column(escape(headers[i]), justify="left" if i == 0 else "right", style="bold" if i == 0 else None,
+                         no_wrap=True)  # fmt: skip
+        for i, line in enumerate(body):
+            # why: rules set the average and the improved count apart from the shot rows
+            t.add_row(*(line[c] for c in cols), end_section=i >= len(body) - 3, style="italic" if i == len(body) - 1 else None)
+        console.print(t)
     if cmp.shots_used:
         console.print(
             _rich_table("Demonstrations used (a selector with STOP may use fewer than its shot count)", *shots_used_table(cmp))
         )
     copying = copy_table(cmp)
     if copying:
-        console.print(_rich_table(f"Beyond copying (%) on {cmp.split}", *copying))
+        for n, cols in enumerate(split_columns(*copying, _pairs(copying[0]), width)):
+            console.print(_rich_table(f"Beyond copying (%) on {cmp.split}" if n == 0 else "", *_pick(*copying, cols)))
         console.print(f"[dim]{escape(COPY_NOTE)}[/]", highlight=False)
     for line in copy_missing_lines(cmp):
         console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     if cmp.training:
-        console.print(_rich_table("Training (selected checkpoint)", TRAINING_HEADERS, training_table(cmp)))
+        headers, rows, notes = fold_columns(TRAINING_HEADERS, training_table(cmp), TRAINING_FOLD, width)
+        console.print(_rich_table("Training (selected checkpoint)", headers, rows))
+        for line in notes:
+            console.print(escape(line), highlight=False)
     if cmp.spec_diffs:
         console.print(_rich_table(f"Spec differences vs {cmp.baseline}", DIFF_HEADERS, diff_table(cmp)))
     console.print(escape(runs_line(cmp)), highlight=False)
@@ -616,13 +726,26 @@ def render_rich(cmp: Comparison, console: Any) -> None:
         console.print(f"[yellow]missing[/] {escape(line)}", highlight=False)
 
 
-def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
-    from rich.markup import escape
+def compact_table(title: str | None) -> Any:
+    """A rich table framed like plain_grid (a rule under the headers, two spaces between columns): the most
+    columns a terminal's width holds."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=escape(title))
-    for h in headers:
-        t.add_column(escape(h))
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
+    from rich.markup import escape
+
+    t = compact_table(escape(title) if title else None)
+    for i, h in enumerate(headers):
+        t.add_column(escape(h), no_wrap=i == 0)  # why: the first column names the row (a plan): never cut
     for r in rows:
         t.add_row(*(escape(c) for c in r))
     return t
+
+
+def _pairs(headers: list[str]) -> list[list[int]]:
+    """The copy table's columns of each plan: (copy, vote) after the shot label."""
+    return [[i, i + 1] for i in range(1, len(headers), 2)]

@@ -1,0 +1,128 @@
+"""Tables that fit a terminal: long columns fold into numbered notes, several plans' columns into several tables,
+names and hashes are never cut, --wide and output without a width keep one record a line (COLUMNS=100)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from test_report import PLAN5_SPEC, comparison, runs, write_run  # noqa: F401 (a fixture)
+
+from lever.report.tables import fold_columns, grid_width, plain_grid, render_plain, split_columns
+
+HEADERS = ["plan", "hash", "acc", "flags", "inputs"]
+ROWS = [
+    ["plan5", "abc123def456", "60.00", "near-zero advantages", "data:1234 feats:5678"],
+    ["baseline", "0123456789ab", "50.00", "—", "data:1234 feats:5678"],
+]
+
+
+def test_grid_width_by_hand():
+    # widest cells 8 + 12 + 5 + 20 + 20 = 65, plus 4 gaps of 2 = 73: what plain_grid prints
+    assert grid_width(HEADERS, ROWS) == 73 == max(len(line) for line in plain_grid(HEADERS, ROWS).splitlines())
+    assert grid_width(HEADERS, ROWS, (3, 4)) == 65 + 12 + 4
+
+
+def test_fold_columns_one_at_a_time_until_it_fits():
+    assert fold_columns(HEADERS, ROWS, ["inputs", "flags"], 73) == (HEADERS, ROWS, [])  # fits: as it is
+    assert fold_columns(HEADERS, ROWS, ["inputs", "flags"], None) == (HEADERS, ROWS, [])  # no width: as it is
+    # 72: inputs leave (73 - 22 + 6 for "note" = 57 fits); the same value twice is one note
+    headers, rows, notes = fold_columns(HEADERS, ROWS, ["inputs", "flags"], 72)
+    assert headers == ["plan", "hash", "acc", "flags", "note"]
+    assert [r[-1] for r in rows] == ["1", "1"] and notes == ["[1] inputs: data:1234 feats:5678"]
+    # 40: flags leave too; "—" says nothing, so baseline's row names one note
+    headers, rows, notes = fold_columns(HEADERS, ROWS, ["inputs", "flags"], 40)
+    assert headers == ["plan", "hash", "acc", "note"] and [r[-1] for r in rows] == ["1,2", "1"]
+    assert notes == ["[1] inputs: data:1234 feats:5678", "[2] flags: near-zero advantages"]
+    assert rows[0][:2] == ["plan5", "abc123def456"]  # names and hashes whole
+
+
+def test_split_columns_keeps_the_fixed_columns_in_every_piece():
+    headers = ["shots", "base", "a", "Δa", "b", "Δb", "c", "Δc"]
+    rows = [["1", "50.00", "60.00", "+10.00", "55.00", "+5.00", "40.00", "-10.00"]]
+    groups = [[2, 3], [4, 5], [6, 7]]
+    assert split_columns(headers, rows, groups, None) == [list(range(8))]
+    # shots 5 + base 5 + a's 5 + 6 = 21 content, 3 gaps: 27; with b's 5 + 5 and 2 gaps more: 41
+    assert split_columns(headers, rows, groups, 41) == [[0, 1, 2, 3, 4, 5], [0, 1, 6, 7]]
+    assert split_columns(headers, rows, groups, 40) == [[0, 1, 2, 3], [0, 1, 4, 5], [0, 1, 6, 7]]
+    assert split_columns(headers, rows, groups, 10) == [[0, 1, 2, 3], [0, 1, 4, 5], [0, 1, 6, 7]]  # too narrow: one each
+
+
+@pytest.fixture
+def narrow(lever, runs: Path, monkeypatch):  # noqa: F811 (the fixture)
+    """`lever` at COLUMNS=100 on the report tests' runs, and a plan with a long name."""
+    write_run(runs, "baselines/similar_both", 0, spec=PLAN5_SPEC, accs={s: [1] * 10 for s in (1, 2, 3, 4)},
+              spec_hash="fedcba987654", flags=["the pool's most similar items by both features, most similar last"])  # fmt: skip
+    monkeypatch.setenv("LEVER_RUNS", str(runs))
+    monkeypatch.chdir(runs.parent)
+    (runs.parent / "plans").mkdir(exist_ok=True)
+    monkeypatch.setenv("COLUMNS", "100")
+    return lever
+
+
+def test_runs_fit_100_columns_with_names_and_hashes_whole(narrow, monkeypatch):
+    res = narrow("runs")
+    assert res.code == 0, res.text
+    lines = res.out.splitlines()
+    table = [line for line in lines if not line.startswith("[")]
+    assert max(map(len, table)) <= 100 and lines[1].split()[-1] == "note" and "flags" not in lines[1]
+    long = next(line for line in lines if line.startswith("baselines/similar_both "))
+    assert "fedcba987654" in long and long.split()[-1] == "1"
+    assert "[1] flags: the pool's most similar items by both features, most similar last" in lines
+    assert "[2] flags: guardrail: kl above 0.5 at grpo epoch 3" in lines
+    wide = narrow("runs", "--wide").out.splitlines()  # every column, one run a line
+    assert "flags" in wide[1] and "inputs" in wide[1] and max(map(len, wide)) > 100
+    assert any(line.startswith("plan5 ") and "guardrail: kl above 0.5" in line for line in wide)
+    monkeypatch.delenv("COLUMNS")  # to a file or pipe: as wide as it is, one run a line
+    assert narrow("runs").out == "\n".join(wide) + "\n"
+
+
+def test_runs_on_a_100_column_terminal(narrow, monkeypatch):
+    import os
+
+    def runs_root() -> Path:
+        return Path(os.environ["LEVER_RUNS"])
+
+    import lever_cli.report as report
+    from lever_cli._console import _Console
+
+    long = "plan5@grpo.lr=1e-5,grpo.kl.beta=0.1"  # a sweep's derived plan is named like this: 35 characters
+    write_run(runs_root(), long, 0, spec=PLAN5_SPEC, accs={s: [1] * 10 for s in (1, 2, 3, 4)}, spec_hash="0a1b2c3d4e5f")
+    term = _Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(report, "console", term)
+    assert narrow("runs").code == 0
+    lines = term.file.getvalue().splitlines()
+    assert max(map(len, lines)) <= 100  # the other columns wrap; the name and the hash stay whole
+    assert any(long in line and "0a1b2c3d4e5f" in line for line in lines)
+    assert any("baselines/similar_both" in line and "fedcba987654" in line for line in lines)
+    assert sum("abc123def456" in line for line in lines) == 5  # baseline, plan5, plan6, plan7_1's two seeds
+    assert any(line.startswith("[1] flags: the pool's most similar items") for line in lines)
+
+
+def test_compare_fits_100_columns(narrow, runs: Path):  # noqa: F811
+    res = narrow("compare", "plan5", "plan7_1", "baselines/similar_both", "--resamples", "200")
+    assert res.code == 0, res.text
+    lines = res.out.splitlines()
+    pieces = [i for i, line in enumerate(lines) if line.startswith("shots ")]
+    assert len(pieces) >= 2  # the shot table, cut into tables of the plans that fit beside shots and baseline
+    for i in pieces:
+        assert len(lines[i]) <= 100 and lines[i].split()[:2] == ["shots", "baseline"]
+    headers = " ".join(lines[i] for i in pieces)
+    assert all(f" {name} " in f"{headers} " for name in ("plan5", "plan7_1", "baselines/similar_both"))
+    training = lines.index("Training (selected checkpoint)")
+    assert lines[training + 1].split()[-1] == "note" and len(lines[training + 1]) <= 100
+    assert "[1] reason: lowest val/loss" in res.out
+    # the same numbers as --json: a cell of the second piece
+    data = json.loads(narrow("compare", "plan5", "plan7_1", "baselines/similar_both", "--json", "--resamples", "200").out)
+    assert data["rows"][1]["cells"]["baselines/similar_both"]["accuracy"] == pytest.approx(100.0)
+    wide = narrow("compare", "plan5", "plan7_1", "baselines/similar_both", "--resamples", "200", "--wide").out
+    assert sum(line.startswith("shots ") for line in wide.splitlines()) == 1 and "flags" in wide
+
+
+def test_render_plain_without_a_width_is_one_table(runs: Path):  # noqa: F811
+    text = render_plain(comparison(runs, ("plan5", "plan7_1")))
+    assert sum(line.startswith("shots ") for line in text.splitlines()) == 1 and "reason" in text and "note" not in text
+    narrow = render_plain(comparison(runs, ("plan5", "plan7_1")), width=60)
+    assert sum(line.startswith("shots ") for line in narrow.splitlines()) == 2
