@@ -136,22 +136,23 @@ def test_runs_lists_a_damaged_run_as_one_row_without_numbers_beside_the_others(l
         lines = [x.split() for x in res.out.splitlines() if x.startswith("baseline ")]
         return {words[2]: words for words in lines}
 
-    before = rows(run_cli(lever, "runs"))
+    before = rows(run_cli(lever, "runs", "--wide"))
     assert set(before) == {"0", "1"} and before["1"][3] == "done"
     h = bad.parent.name[:12]
     status_text = (bad / "status.json").read_text()
     (bad / "status.json").write_text("{garbage")
-    res = run_cli(lever, "runs")
+    res = run_cli(lever, "runs", "--wide")
     listed_damaged(res, f"baseline@{bad.parent.name} seed 1", str(bad / "status.json"), "is damaged")
     after = rows(res)
     assert after["0"] == before["0"]  # the intact run as before, its numbers and all
-    # selected, val@1, val@2, failed: no numbers; then the file (relative to the run) and the problem
+    # selected, val@1, val@2, failed: no numbers; then the file (relative to the run) and the problem (--wide: in the
+    # flags column, not a note below the table)
     assert after["1"][:10] == ["baseline", h, "1", "damaged", "—", "—", "—", "—", "status.json", "is"]
     assert "  repair: " in res.out
     (bad / "status.json").write_text(status_text)
     m = bad / "metrics.jsonl"
     m.write_text(m.read_text().replace('"epoch": 1', '"epoch": 1, "edited": 1', 1))  # the digest no longer matches
-    res = run_cli(lever, "runs")
+    res = run_cli(lever, "runs", "--wide")
     listed_damaged(res, str(m), "changed after it was written")
     assert rows(res)["1"][3] == "damaged" and rows(res)["0"] == before["0"]
 
