@@ -47,7 +47,8 @@ CURVE_METRICS: list[tuple[str, str]] = [
     ("reward/std", "reward std"),
     ("kl/value", "KL to the reference"),
     ("adv/std", "advantage std"),
-    ("adv/zero_frac", "flat groups (share)"),
+    ("adv/zero_frac", "groups with zero advantages (share)"),
+    ("adv/flat_frac", "flat groups (share)"),
     ("policy/entropy", "entropy"),
 ]
 
