@@ -48,11 +48,12 @@ class Timed:
 
 def worker(kind: str, root: Path, out: Path) -> None:
     """One generation (this process is one rank when started by torchrun); rank 0 prints its timings as JSON."""
+    from lever.data.sources import resolve_dataset
     from lever.eval.distributed import ranks
     from lever.eval.generate import GenerateOptions, generate_file, make_backend
     from lever.spec import load_workspace
 
-    ws = load_workspace(root / "lever.toml")
+    ws = resolve_dataset(load_workspace(root / "lever.toml"))
     if kind == "sim":
         backend = Timed(make_backend(ws, None, "cpu", log=lambda m: None))
     else:
@@ -71,6 +72,7 @@ def worker(kind: str, root: Path, out: Path) -> None:
 
 def setup(kind: str, root: Path, queries: int) -> None:
     """Workspace, features and pools for one backend."""
+    from lever.data.sources import resolve_dataset
     from lever.eval.prepare import embed_split, make_pools, write_pools
     from lever.spec import load_workspace
 
@@ -78,7 +80,7 @@ def setup(kind: str, root: Path, queries: int) -> None:
         (root / "lever.toml").write_text(
             f'cache = "{ROOT / ".lever-cache" / "tests"}"\n[bench]\nn_train = 600\nn_queries = 120\nn_val = 80\n'
         )
-        embed_split(load_workspace(root / "lever.toml"), "train", root / "f.pt", log=lambda m: None)
+        embed_split(resolve_dataset(load_workspace(root / "lever.toml")), "train", root / "f.pt", log=lambda m: None)
     else:
         from tiny_models import write_okvqa_workspace
 

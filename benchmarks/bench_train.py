@@ -74,8 +74,8 @@ import torch
 
 from lever.bench import BenchConfig, ensure_bench
 from lever.data.reader import load_candidates
+from lever.data.sources import load_features
 from lever.model import PointerSelector, build_selector
-from lever.runs.sources import load_features
 from lever.spec import load_plan
 from lever.spec.schema import GRPOSpec, Plan, RCESpec, SelectSpec
 from lever.train import grpo as grpo_mod

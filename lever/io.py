@@ -174,12 +174,6 @@ def read_text(path: Path, what: str = "file") -> str:
         ) from None
 
 
-def read_json(path: Path, default: Any = None) -> Any:
-    if not path.is_file():
-        return default
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The object lines of a JSONL file ([] when absent). A line a kill cut short is skipped:
     files written by appending (partial evaluation answers) can end in one."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
@@ -18,6 +18,9 @@ from lever.spec.schema import RewardSpec
 from lever.spec.workspace import DEFAULT_DATASET
 
 from ._common import OverrideOpt, workspace
+
+if TYPE_CHECKING:
+    from lever.data.sources import Dataset
 from ._console import console, err_console
 
 data_app = typer.Typer(
@@ -52,9 +55,9 @@ def _candidates_file(ref: str) -> Path:
     """A path as given, else a candidate-data name looked up in the workspace (generating the benchmark if needed)."""
     if stat_input(Path(ref), "candidate-data file") is not None or Path(ref).suffix == ".json":
         return Path(ref)
-    from lever.runs.sources import resolve_train_sources
+    from lever.data.sources import resolve_dataset, resolve_train_sources
 
-    return resolve_train_sources(workspace(), ref, "main", _log).candidates
+    return resolve_train_sources(resolve_dataset(workspace()), ref, "main", _log).candidates
 
 
 @data_app.command("stats")
@@ -322,30 +325,34 @@ DatasetOpt = typer.Option(
 )
 
 
-def _default_features(out: Path | None, dataset: str = DEFAULT_DATASET) -> Path:
-    """OUT as given, else the `main` features file of the workspace's dataset."""
+def _dataset(name: str) -> Dataset:
+    """The workspace's dataset of --dataset, resolved once per command."""
+    from lever.data.sources import resolve_dataset
+
+    return resolve_dataset(workspace(), name)
+
+
+def _default_features(out: Path | None, ds: Dataset) -> Path:
+    """OUT as given, else the `main` features file of the dataset."""
     if out is not None:
         return out
-    ds = workspace().dataset(dataset)
     if "main" in ds.features:
-        return workspace().path(ds.features["main"])
-    table = "[features]" if ds.is_default else f"[datasets.{dataset}] features"
+        return ds.ws.path(ds.features["main"])
+    table = "[features]" if ds.is_default else f"[{ds.table}] features"
     raise LeverError(
         f'no output file: pass --out FILE, or name one in the workspace as {table} main = "..."',
         hint="lever data embed --out features.pt",
     )
 
 
-def _embed_target(split: str, out: Path | None, dataset: str = DEFAULT_DATASET) -> Path:
+def _embed_target(split: str, out: Path | None, ds: Dataset) -> Path:
     """Where `data embed` writes: --out, else the dataset's features.main for train and its `.val` sibling for
     val; the training features are never the target of another split."""
     if split not in ("train", "val"):
         raise LeverError(f"--split {split!r} is not known", hint="use train or val")
-    ws = workspace()
-    features = ws.dataset(dataset).features
-    main = ws.path(features["main"]) if "main" in features else None
+    main = ds.ws.path(ds.features["main"]) if "main" in ds.features else None
     if split == "train":
-        return _default_features(out, dataset)
+        return _default_features(out, ds)
     if out is None:
         if main is None:
             raise LeverError("no output file: pass --out FILE", hint="lever data embed --split val --out val_features.pt")
@@ -382,11 +389,10 @@ def embed(
 
     from ._progress import CountProgress
 
-    target = _embed_target(split, out, dataset)
+    ds = _dataset(dataset)
+    target = _embed_target(split, out, ds)
     with CountProgress(err_console, f"embedding {split}", unit="items") as bar:
-        result = embed_split(
-            workspace(), split, target, batch_size=batch_size, device=device, progress=bar.update, log=_log, dataset=dataset
-        )
+        result = embed_split(ds, split, target, batch_size=batch_size, device=device, progress=bar.update, log=_log)
     console.print(f"wrote {result['out']}: [{result['rows']}, {result['dim']}]", highlight=False)
 
 
@@ -407,10 +413,10 @@ def pools(
 
     Example: [bold]lever data pools pools_k64.json --k 64 --queries 800[/]   or   [bold]lever data pools --check sampler_cache.json[/]
     """
+    from lever.data.sources import load_features
     from lever.eval.prepare import make_pools, read_pools, write_pools
-    from lever.runs.sources import load_features
 
-    feats = load_features(_default_features(features, dataset))
+    feats = load_features(_default_features(features, _dataset(dataset)))
     if check is not None:
         got = read_pools(check, feats.shape[0])
         console.print(f"{check}: {len(got)} pools of {len(next(iter(got.values())))} items, valid", highlight=False)
@@ -467,9 +473,9 @@ def generate(
 
     Example: [bold]lever data generate pools_k64.json rl_data_k64.json --policy plan_sft[/]
     """
+    from lever.data.sources import load_features
     from lever.eval.distributed import ranks
     from lever.eval.generate import GenerateOptions, Sources, generate_file
-    from lever.runs.sources import load_features
     from lever.spec.schema import EvalSpec
 
     from ._progress import CountProgress
@@ -480,7 +486,8 @@ def generate(
     if overrides and not plan:
         raise LeverError("--set overrides need --plan", hint="lever data generate POOLS OUT --plan baseline -s eval.num_beams=1")
     spec = load_plan(plan, overrides or (), ws.plans_dir).plan.eval if plan else EvalSpec()
-    feats = load_features(_default_features(features, dataset))
+    ds = _dataset(dataset)
+    feats = load_features(_default_features(features, ds))
     selector = ("similarity", None)
     if policy:
         lp = load_plan(policy, (), ws.plans_dir)
@@ -494,8 +501,8 @@ def generate(
     opts = GenerateOptions(shots=shots, sources=src, seed=seed, dedupe=dedupe)
     with CountProgress(err_console, "generating", unit="queries", enabled=ranks().is_main) as bar:
         result = generate_file(
-            ws, pools_file, feats, out, opts=opts, spec=spec, policy=selector, device=device, redo=redo,
-            progress=bar.update, log=_log, dataset=dataset,
+            ds, pools_file, feats, out, opts=opts, spec=spec, policy=selector, device=device, redo=redo,
+            progress=bar.update, log=_log,
         )  # fmt: skip
     if ranks().is_main:
         calls = f" (VLM calls {result['vlm_calls']}, cache hits {result['cache_hits']})" if "vlm_calls" in result else ""

@@ -62,7 +62,7 @@ def shots(
     figures.check_path(out)
     _table_options(split, resamples, metric, False, False, False, False)
     lb = load_leaderboard(
-        plans or [], runs_dir(), workspace().plans_dir, split, metric=metric, n_resamples=resamples, dataset=dataset
+        plans or [], runs_dir(), workspace().plans_dir, split, metric=metric, n_resamples=resamples, only_dataset=dataset
     )
     _finish(figures.shot_curves(lb, baseline), out, width, as_json)
 

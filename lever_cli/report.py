@@ -179,7 +179,7 @@ def leaderboard(
         metric=metric,
         alpha=alpha,
         n_resamples=resamples,
-        dataset=dataset,
+        only_dataset=dataset,
     )
     typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb), nl=False)
 

@@ -58,7 +58,7 @@ def show(
             "hash": lp.hash,
             "description": lp.plan.description,
             "extends": [str(p.name) for p in lp.chain[1:]],
-            "spec": lp.recipe(),
+            "spec": lp.spec_dict(),
             "protocol": protocol,
             "workspace": ws.summary(),
         }
@@ -70,7 +70,7 @@ def show(
     if len(lp.chain) > 1:
         console.print("extends: " + " -> ".join(p.name for p in lp.chain), highlight=False)
     table = Table("key", "value", title="resolved spec", title_justify="left")
-    for key, value in flatten(lp.recipe()).items():
+    for key, value in flatten(lp.spec_dict()).items():
         table.add_row(key, json.dumps(value))
     console.print(table)
     proto_table = Table("key", "value", title=f"evaluation protocol: {protocol['name']}", title_justify="left")
@@ -97,7 +97,7 @@ def diff(
     ws = workspace()
     a = load_plan(plan_a, overrides or [], ws.plans_dir)
     b = load_plan(plan_b, overrides or [], ws.plans_dir)
-    rows = diff_specs(a.recipe(), b.recipe())
+    rows = diff_specs(a.spec_dict(), b.spec_dict())
     if not rows:
         console.print(f"{a.name} and {b.name} resolve to the same spec (hash {a.hash})", highlight=False)
         return

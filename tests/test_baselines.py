@@ -15,7 +15,7 @@ from lever.errors import LeverError
 from lever.eval.backend import Item
 from lever.eval.evaluate import choose_demos, demos_at
 from lever.eval.select import fixed_pools, prompt_order, random_picks, similar_picks
-from lever.eval.sources import EvalSplit, EvalWorld
+from lever.eval.world import EvalSplit, EvalWorld
 from lever.records import SelectorChoice, parse, selector_key
 from lever.spec import load_plan
 from lever.spec.schema import EvalSpec, Plan, SelectorSpec
@@ -113,7 +113,7 @@ def test_selector_settings_are_validated_and_the_default_keeps_every_hash(plans_
     plan = Plan.model_validate({"selector": {"kind": "similar"}, "rce": {"epochs": 0}})  # nothing to train, no error
     assert plan.stages() == []
     zero = load_plan(PLANS / "baselines" / "zero_shot.toml")
-    assert zero.plan.eval.shots == [0] and zero.recipe()["selector"] == {
+    assert zero.plan.eval.shots == [0] and zero.spec_dict()["selector"] == {
         "kind": "zero-shot",
         "features": "both",
         "order": "most-similar-last",
@@ -183,7 +183,8 @@ def test_bench_item_features_hold_the_question_and_the_views_match_generator_2s(
     by is the same as with generator 2's image-only features, and the image view is recovered from them exactly."""
     from workspaces import SMALL_BENCH, bench_workspace
 
-    from lever.eval.sources import eval_world
+    from lever.data.sources import resolve_dataset
+    from lever.eval.world import check_eval_files, eval_world
     from lever.spec.workspace import load_workspace
 
     spec = EvalSpec(questions=20)
@@ -191,7 +192,7 @@ def test_bench_item_features_hold_the_question_and_the_views_match_generator_2s(
     for name, extra in (("both", ""), ("image", 'item_features = "image"\n')):
         (tmp_path / name).mkdir()
         ws = load_workspace(bench_workspace(tmp_path / name, SMALL_BENCH + extra))
-        worlds[name] = eval_world(ws, spec, None, log=lambda m: None)
+        worlds[name] = eval_world(check_eval_files(resolve_dataset(ws), spec), None, log=lambda m: None)
     both, image = worlds["both"], worlds["image"]
     assert not torch.allclose(both.train_features, image.train_features)  # the selector reads other features
     for part in ("both", "image", "question"):

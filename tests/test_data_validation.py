@@ -310,10 +310,10 @@ def test_a_file_in_a_folder_without_permission(tmp_path, monkeypatch, how):
 
 
 def test_training_inputs_in_a_folder_without_permission(tmp_path, monkeypatch):
-    # what `lever run` touches first: the plan's data paths (lever.runs.sources), then their digests (lever.keys)
+    # what `lever run` touches first: the plan's data paths (lever.data.sources), then their digests (lever.keys)
+    from lever.data.sources import load_features, resolve_dataset, resolve_train_sources
     from lever.errors import LeverError
     from lever.keys import file_digest
-    from lever.runs.sources import load_features, resolve_train_sources
     from lever.spec import Workspace
 
     folder = tmp_path / "locked"
@@ -321,7 +321,7 @@ def test_training_inputs_in_a_folder_without_permission(tmp_path, monkeypatch):
     path = write(folder, base())
     _locked(monkeypatch, folder)
     with pytest.raises(LeverError, match=f"candidate-data file {path} cannot be read: permission denied"):
-        resolve_train_sources(Workspace(), str(path), "main")
+        resolve_train_sources(resolve_dataset(Workspace()), str(path), "main")
     with pytest.raises(LeverError, match=f"features file {folder / 'f.pt'} cannot be read: permission denied"):
         load_features(folder / "f.pt")
     with pytest.raises(LeverError, match=f"input file {path} cannot be read: permission denied"):

@@ -12,11 +12,11 @@ import torch
 from data_cli import run_cli
 from tiny_models import VQAV2_QUESTIONS, write_vqav2_fixture
 
+from lever.data.sources import resolve_dataset, resolve_train_sources
 from lever.errors import LeverError
 from lever.eval.okvqa import load_vqa
-from lever.eval.sources import okvqa_identity
 from lever.eval.vqa import vqa_accuracy
-from lever.runs.sources import resolve_train_sources
+from lever.eval.world import okvqa_identity
 from lever.spec import load_plan, load_workspace
 from lever.spec.schema import EvalSpec
 
@@ -115,13 +115,13 @@ def test_the_dataset_is_in_every_key_it_shapes(vqav2, tmp_path):
         v2.hash != base.hash and "dataset" not in base.plan.data.model_dump() and v2.plan.data.model_dump()["dataset"] == "vqav2"
     )
     # the data names are looked up in the dataset's own tables
-    assert resolve_train_sources(ws, "main", "main", QUIET).candidates == tmp_path / "cands.json"
-    got = resolve_train_sources(ws, "main", "main", QUIET, "vqav2")
+    assert resolve_train_sources(resolve_dataset(ws), "main", "main", QUIET).candidates == tmp_path / "cands.json"
+    got = resolve_train_sources(resolve_dataset(ws, "vqav2"), "main", "main", QUIET)
     assert (got.candidates, got.features) == (tmp_path / "cands_v2.json", tmp_path / "feats_v2.pt")
     # the evaluation: the same files under another dataset name are another evaluation
     spec = EvalSpec()
-    ok = okvqa_identity(ws, spec, tmp_path / "feats.pt")
-    other = okvqa_identity(ws, spec, tmp_path / "feats.pt", "vqav2")
+    ok = okvqa_identity(resolve_dataset(ws), spec, tmp_path / "feats.pt")
+    other = okvqa_identity(resolve_dataset(ws, "vqav2"), spec, tmp_path / "feats.pt")
     assert set(ok) == {"backend", "vlm", "clip", "okvqa", "features"}  # okvqa's evaluation keys are unchanged
     assert other["dataset"] == "vqav2" and other["files"] == ok["okvqa"] and other != ok
 
@@ -129,7 +129,7 @@ def test_the_dataset_is_in_every_key_it_shapes(vqav2, tmp_path):
 def test_workspace_dataset_errors_name_the_key(lever, vqav2, tmp_path, monkeypatch):
     ws = load_workspace(_real_workspace(tmp_path, vqav2))
     with pytest.raises(LeverError, match="dataset 'vqa2' is not in the workspace") as err:
-        resolve_train_sources(ws, "main", "main", QUIET, "vqa2")
+        resolve_dataset(ws, "vqa2")
     assert "okvqa, vqav2" in err.value.hint
     reserved = _real_workspace(tmp_path, vqav2, vqav2_table="okvqa")
     res = lever("--workspace", reserved, "show", ROOT / "plans" / "baseline.toml")

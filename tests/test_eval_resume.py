@@ -23,7 +23,7 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
     plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1,2]", "eval.batch_size=1"]
     ws = trained(lever, tmp_path, plan)
 
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
 
     real = sources.SimBackend.answer
     calls = {"n": 0}
@@ -61,7 +61,7 @@ def test_failed_answers_stop_the_evaluation_and_are_asked_again(lever, tmp_path,
     plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=40", "eval.shots=[1]", "eval.batch_size=4"]
     ws = trained(lever, tmp_path, plan)
 
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
     from lever.eval.backend import Response
 
     real = sources.SimBackend.answer

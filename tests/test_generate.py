@@ -11,6 +11,7 @@ import pytest
 import torch
 from workspaces import bench_workspace  # noqa: E402
 
+from lever.data.sources import resolve_dataset
 from lever.errors import LeverError
 from lever.eval.generate import GenerateOptions, Sources, generate_file, propose, similarity_policy
 from lever.eval.prepare import make_pools, read_pools
@@ -155,7 +156,13 @@ def test_killed_generation_resumes_to_the_uninterrupted_file(lever, ws, tmp_path
 
     with pytest.raises(KeyboardInterrupt):
         generate_file(
-            workspace, tmp_path / "p.json", feats, cut, opts=GenerateOptions(chunk=8), progress=kill, log=lambda m: None
+            resolve_dataset(workspace),
+            tmp_path / "p.json",
+            feats,
+            cut,
+            opts=GenerateOptions(chunk=8),
+            progress=kill,
+            log=lambda m: None,
         )
     shard = tmp_path / "cut.json.parts" / "shard-0.jsonl"
     assert not cut.exists() and len(shard.read_text().splitlines()) == 8
@@ -355,7 +362,7 @@ def test_killed_embedding_resumes_at_its_last_chunk(tmp_path, monkeypatch):
 
     ws_path, clip_pair, _ = write_okvqa_workspace(tmp_path, n_train=20, n_val=2, pool=6)
     monkeypatch.setattr(clip_mod, "load_clip", lambda model, device="cpu": (clip_pair[0].eval(), clip_pair[1]))
-    ws = load_workspace(ws_path)
+    ws = resolve_dataset(load_workspace(ws_path))
 
     def kill(done, total):
         raise KeyboardInterrupt
@@ -398,7 +405,13 @@ def test_dedupe_set_by_default_ordered_on_request_and_never_mixed_on_resume(leve
     cut = tmp_path / "cut.json"
     with pytest.raises(KeyboardInterrupt):
         generate_file(
-            workspace, tmp_path / "p.json", feats, cut, opts=GenerateOptions(chunk=4), progress=kill, log=lambda m: None
+            resolve_dataset(workspace),
+            tmp_path / "p.json",
+            feats,
+            cut,
+            opts=GenerateOptions(chunk=4),
+            progress=kill,
+            log=lambda m: None,
         )
     res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", cut, "-f", tmp_path / "f.pt", "--dedupe", "ordered")
     assert res.code == 2 and "interrupted generation with other settings" in res.text

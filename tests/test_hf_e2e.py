@@ -34,7 +34,7 @@ N_TRAIN, N_VAL, POOL = 30, 6, 8
 def real_workspace(tmp_path, monkeypatch):
     ws, clip_pair, (qwen_model, qwen_processor) = write_okvqa_workspace(tmp_path, N_TRAIN, N_VAL, POOL)
     import lever.eval.clip as clip_mod
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
     from lever.eval.hf import HFBackend
 
     built = []
@@ -306,7 +306,7 @@ def test_three_plans_in_one_command_load_the_vlm_once(lever, tmp_path, monkeypat
 def test_a_generation_setting_reaches_generate_and_the_evaluation_key(lever, real_workspace, monkeypatch, tmp_path):
     """The protocol file's [generation] table is what `model.generate` gets, and editing one of its settings
     (same file, same name) is a new evaluation, never the cached answers."""
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
     from lever.eval.protocol import resolve_protocol
 
     ws, built = real_workspace

@@ -57,7 +57,7 @@ def listed_damaged(res, *words: str) -> None:
 
 
 def test_changed_features_and_candidates_are_new_work(lever, ws, tmp_path):
-    from lever.runs.sources import bench_paths
+    from lever.data.sources import bench_paths
     from lever.spec.workspace import load_workspace
 
     paths = bench_paths(load_workspace(os.environ["LEVER_WORKSPACE"]), lambda m: None)
@@ -594,7 +594,7 @@ def test_a_full_disk_while_saving_a_checkpoint_fails_the_run_with_exit_2(lever, 
 
 def test_export_refuses_a_folder_the_runs_folder_and_an_input(lever, ws, tmp_path):
     """Refused before any checkpoint is read (a successful export: tests/test_sft_checkpoints.py)."""
-    from lever.runs.sources import bench_paths
+    from lever.data.sources import bench_paths
     from lever.spec.workspace import load_workspace
 
     args = [PLANS / "original" / "plan5.toml"]
@@ -606,13 +606,15 @@ def test_export_refuses_a_folder_the_runs_folder_and_an_input(lever, ws, tmp_pat
     assert cands.read_bytes() == kept
 
 
-def test_one_run_reads_its_candidates_and_features_once(lever, ws):
+def test_one_run_reads_its_inputs_and_checks_its_evaluation_files_once(lever, ws):
+    from lever.eval import world
     from lever.recipe import recipe
 
-    before = recipe.LOADS["inputs"]
+    before, checked = recipe.LOADS["inputs"], world.CHECKS["eval_files"]
     recipe._LOADED.clear()
     assert run_cli(lever, "run", PLANS / "baseline.toml", *TINY).code == 0  # preflight, training and evaluation
     assert recipe.LOADS["inputs"] == before + 1
+    assert world.CHECKS["eval_files"] == checked + 1  # the recipe's evaluation inputs: preflight and evaluation share them
 
 
 def test_swapped_stage_folders_are_damage_naming_the_stage(lever, ws):

@@ -60,3 +60,39 @@ def test_the_trainer_never_branches_on_a_stage_kind():
                 if used & spec_names:
                     bad.append(f"{path.name}:{node.lineno} tests a spec class")
     assert bad == []
+
+
+def _functions(below: str):
+    """(module path, function node) of every function in a layer below `below`."""
+    for path in sorted(LEVER.rglob("*.py")):
+        rel = path.relative_to(LEVER)
+        own = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if own in RANK and RANK[own] < RANK[below]:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield rel, node
+
+
+def test_no_function_below_the_recipe_takes_a_dataset_name():
+    """The recipe holds its plan's resolved dataset (`lever.data.sources.Dataset`); below it, functions take that
+    object and never a name to look up again (`lever.data.sources.resolve_dataset` is the one lookup)."""
+    bad = []
+    for rel, fn in _functions("recipe"):
+        args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+        for a in args:
+            if a.arg == "dataset" and a.annotation is not None and "str" in ast.unparse(a.annotation):
+                bad.append(f"{rel}: {fn.name}({a.arg}: {ast.unparse(a.annotation)})")
+    assert bad == []
+
+
+def test_the_default_dataset_is_special_in_one_place():
+    """Only `lever.data.sources` decides what the default dataset changes (its keys, its cache folders, the bundled
+    benchmark's one dataset); the workspace schema only reserves its name."""
+    allowed = {Path("data/sources.py"), Path("spec/workspace.py")}
+    found = []
+    for path in sorted(LEVER.rglob("*.py")):
+        rel = path.relative_to(LEVER)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and "DEFAULT_DATASET" in ast.unparse(node) and rel not in allowed:
+                found.append(f"{rel}:{node.lineno}")
+    assert found == []

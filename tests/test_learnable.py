@@ -11,10 +11,10 @@ import torch
 from workspaces import bench_workspace, shared_cache  # noqa: E402
 
 from lever.bench import BenchConfig, SimVLM, ensure_bench
+from lever.data.sources import load_features
 from lever.eval.postprocess import postprocess
 from lever.eval.select import similar_pools
 from lever.eval.vqa import vqa_accuracy
-from lever.runs.sources import load_features
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 400  # val questions

@@ -236,12 +236,12 @@ def test_off_policy_keys_leave_todays_hashes_alone(tmp_path):
     assert load_plan(PLANS / "plan5.toml", ["grpo.off_policy=truncated_is", "grpo.is_level=sequence"]).hash != on.hash
     assert load_plan(PLANS / "plan5.toml", ["grpo.off_policy=truncated_is", "grpo.is_cap=3.0"]).hash != on.hash
     # keys at their defaults are left out (plans made before them keep their hash); the option itself is in
-    assert "off_policy" not in plan5.recipe()["grpo"] and on.recipe()["grpo"]["off_policy"] == "truncated_is"
-    assert "is_cap" not in on.recipe()["grpo"]
+    assert "off_policy" not in plan5.spec_dict()["grpo"] and on.spec_dict()["grpo"]["off_policy"] == "truncated_is"
+    assert "is_cap" not in on.spec_dict()["grpo"]
 
 
 def test_truncated_is_on_data_without_behaviour_logps_fails_before_training(lever, tmp_path):
-    from lever.runs.sources import bench_paths
+    from lever.data.sources import bench_paths
     from lever.spec.workspace import load_workspace
 
     ws = bench_workspace(tmp_path)

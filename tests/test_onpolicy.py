@@ -15,10 +15,10 @@ from workspaces import bench_workspace
 
 from lever.bench import SimVLM
 from lever.data.rewards import raw_rewards
+from lever.data.sources import bench_paths
 from lever.eval.rollout import greedy_picks
 from lever.io import read_jsonl
 from lever.recipe import Recipe
-from lever.runs.sources import bench_paths
 from lever.spec import load_plan, load_workspace
 from lever.train.checkpoint import load_weights
 

@@ -25,7 +25,7 @@ def _fake_world(monkeypatch) -> None:
     """Every eval question's ten human answers are "yes"; the simulated VLM answers RAW in question order."""
     import importlib
 
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
 
     recipe_evaluate = importlib.import_module("lever.recipe.evaluate")  # the module (the package exports a function)
     real_world, order = recipe_evaluate.eval_world, {}
@@ -74,7 +74,7 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
     )
     assert summary["splits"]["val"]["1"]["accuracy"] == 75.0 and summary["metric"] == "classic"
 
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
 
     def no_vlm(self, requests):
         raise AssertionError("the VLM was asked")

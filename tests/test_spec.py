@@ -59,7 +59,7 @@ def test_original_family_differs_only_in_the_faithful_settings(plans_dir):
     """original/plan7 against plan7: the original's trainer choices, nothing of the log's recipe."""
     a, b = load_plan(plans_dir / "plan7.toml", (), plans_dir), load_plan(plans_dir / "original/plan7.toml", (), plans_dir)
     assert (a.name, b.name) == ("plan7", "original/plan7")
-    changed = {k for k, _, _ in diff_specs(a.recipe(), b.recipe())}
+    changed = {k for k, _, _ in diff_specs(a.spec_dict(), b.spec_dict())}
     assert changed == {
         "model.arch", "model.dropout", "model.attn_dropout", "model.dropout_mask", "rce.batch_size", "rce.schedule",
         "rce.rewards", "grpo.batch_size", "grpo.reference", "grpo.policy_mode", "grpo.handoff", "grpo.top_k_ties",
@@ -96,7 +96,7 @@ def test_show_json_round_trips(lever, plans_dir, name):
 )
 def test_diff_shows_exactly_the_logs_change(plans_dir, a, b, expected):
     pa, pb = load_plan(plans_dir / f"{a}.toml"), load_plan(plans_dir / f"{b}.toml")
-    assert diff_specs(pa.recipe(), pb.recipe()) == expected
+    assert diff_specs(pa.spec_dict(), pb.spec_dict()) == expected
 
 
 def test_diff_cli_table(lever):
@@ -170,7 +170,7 @@ def test_hash_is_stable_and_ignores_layout(tmp_path):
 
 
 def test_hash_equal_through_extends(plans_dir, tmp_path):
-    flat = json.loads(json.dumps(load_plan(plans_dir / "plan6.toml").recipe()))
+    flat = json.loads(json.dumps(load_plan(plans_dir / "plan6.toml").spec_dict()))
     assert spec_hash(Plan.model_validate(flat)) == load_plan(plans_dir / "plan6.toml").hash
 
 

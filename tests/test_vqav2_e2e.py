@@ -51,7 +51,7 @@ def test_vqav2_data_commands_then_run_and_evaluate(lever, tmp_path, monkeypatch)
     import torch
 
     import lever.eval.clip as clip_mod
-    import lever.eval.sources as sources
+    import lever.eval.world as sources
     from lever.eval.hf import HFBackend
 
     ws, clip_pair, (qwen, processor) = write_vqav2_workspace(tmp_path)

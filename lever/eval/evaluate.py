@@ -47,8 +47,8 @@ from .backend import Request, demo_answer
 from .distributed import barrier, gather_rows, ranks
 from .postprocess import postprocess
 from .select import demo_rows, fixed_pools, prompt_order, random_picks, random_pools, select_demos, similar_picks, similar_pools
-from .sources import EvalSplit, EvalWorld
 from .vqa import vqa_accuracy
+from .world import EvalSplit, EvalWorld
 
 Progress = Callable[[int, int], None]  # (done, total) questions answered
 

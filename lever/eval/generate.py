@@ -47,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lever.data.sources import Dataset
 from lever.errors import LeverError
 from lever.io import atomic_write, read_jsonl, write_json
 from lever.keys import content_key
-from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
-from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Backend, Item, Request
 from .distributed import barrier, ranks
@@ -281,7 +280,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def generate_file(
-    ws: Workspace,
+    ds: Dataset,
     pools_path: Path,
     features: Tensor,
     out: Path,
@@ -294,14 +293,16 @@ def generate_file(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     backend: Backend | None = None,
-    dataset: str = DEFAULT_DATASET,
 ) -> dict[str, Any]:
     """Generate and score candidates for every query of the pools file and write OUT; returns a short report.
 
-    features [N, d]: the train items' features (row i = train item i of `dataset`). policy: ("similarity", None)
+    features [N, d]: the train items' features (row i = train item i of `ds`). policy: ("similarity", None)
     or (a label, a selector model). `backend` replaces the workspace's (tests, benchmarks).
     """
-    from .prepare import read_pools, split_items
+    from .prepare import read_pools
+    from .world import load_split
+
+    ws = ds.ws
 
     if _same_file(pools_path, out):
         raise LeverError(
@@ -315,7 +316,7 @@ def generate_file(
         from .preflight import check_weight_files
 
         check_weight_files(ws.path(ws.models.vlm), "models.vlm")
-    items = split_items(ws, "train", log, dataset)
+    items = load_split(ds, "train", log)
     if features.shape[0] != len(items):
         raise LeverError(f"features have {features.shape[0]} rows but the train split has {len(items)} items")
     pools = read_pools(pools_path, len(items))
@@ -337,7 +338,7 @@ def generate_file(
         "metric": metric,
         "protocol": protocol.identity(),
         "generation": {k_: getattr(spec, k_) for k_ in ("max_new_tokens", "num_beams", "dtype", "attn_implementation")},
-        **({} if dataset == DEFAULT_DATASET else {"dataset": dataset}),  # okvqa's settings are those made before datasets
+        **ds.named(),  # okvqa's settings are those made before datasets
     }
     settings = json.loads(json.dumps(settings))  # as it reads back from settings.json (tuples become lists)
     r = ranks()
@@ -365,9 +366,9 @@ def generate_file(
         log(f"generate: resuming, {len(done)} of {len(queries)} queries already done in {parts}")
     if mine and backend is None:  # the workspace's VLM, behind its reward cache (each prompt answered once)
         backend = cached_backend(
-            make_backend(ws, spec, r.device() if r.world > 1 else device, log, dataset),
+            make_backend(ds, spec, r.device() if r.world > 1 else device, log),
             ws.cache_dir,
-            scoring_identity(ws, spec, log, dataset),
+            scoring_identity(ds, spec, log),
         )
     with open_partial(parts / f"shard-{r.rank}.jsonl") as shard:
         for s in range(0, len(mine), opts.chunk):
@@ -434,18 +435,16 @@ def merge_parts(parts: Path, out: Path, queries: list[int], settings: dict[str, 
     return {"out": str(out), "queries": len(queries), "sequences": seqs}
 
 
-def make_backend(
-    ws: Workspace, spec: EvalSpec, device: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET
-) -> Backend:
-    """The evaluation backend of the workspace: the simulated VLM on the bundled benchmark, else transformers."""
-    if ws.is_bundled:
+def make_backend(ds: Dataset, spec: EvalSpec, device: str, log: Callable[[str], None] = print) -> Backend:
+    """The evaluation backend of the workspace: the simulated VLM on the bundled benchmark, else transformers (its
+    train files and models checked first: `check_eval_files`)."""
+    if ds.is_bundled:
         from lever.bench import SimVLM
-        from lever.runs.sources import bench_paths
 
-        from .sources import SimBackend
+        from .world import SimBackend
 
-        return SimBackend(SimVLM.load(bench_paths(ws, log)))
-    from .sources import check_eval_files, make_hf_backend
+        return SimBackend(SimVLM.load(ds.bench(log)))
+    from .world import check_eval_files, make_hf_backend
 
-    check_eval_files(ws, spec.model_copy(update={"splits": ["train"]}), dataset)
-    return make_hf_backend(ws, spec, device, resolve_protocol(spec).for_candidates())
+    check_eval_files(ds, spec.model_copy(update={"splits": ["train"]}))
+    return make_hf_backend(ds.ws, spec, device, resolve_protocol(spec).for_candidates())

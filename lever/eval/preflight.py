@@ -19,33 +19,23 @@ from pathlib import Path
 from torch import Tensor
 
 from lever.errors import LeverError
-from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
-from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Item
-from .sources import check_eval_counts, check_eval_files, check_okvqa_rows, dataset_files, split_sizes
+from .world import EvalInputs, check_eval_counts, check_okvqa_rows, load_split, split_sizes
 
 
-def check_eval(
-    ws: Workspace,
-    spec: EvalSpec,
-    features: Tensor,
-    features_path: Path,
-    where: str,
-    log: Callable[[str], None] = print,
-    dataset: str = DEFAULT_DATASET,
-) -> None:
-    """Raise a LeverError for the first thing an evaluation with `spec` will need in `ws` but cannot have.
+def check_eval(inputs: EvalInputs, features: Tensor, features_path: Path, where: str, log: Callable[[str], None] = print) -> None:
+    """Raise a LeverError for the first thing an evaluation of `inputs` (its files checked by `check_eval_files`)
+    will need but cannot have.
 
-    The workspace's eval files and image folders, eval.questions and eval.pool_size against the questions
-    there are, the train features against the OK-VQA train questions and the CLIP width, that the VLM's
-    processor and model class load, missing images within eval.max_failed, and that the workspace's CLIP
-    model re-embeds a few train rows as the features file has them. `where` prefixes count errors (the plan file).
-    `dataset`: the plan's data.dataset, whose files are checked.
+    eval.questions and eval.pool_size against the questions there are, the train features against the
+    dataset's train questions and the CLIP width, that the VLM's processor and model class load, missing
+    images within eval.max_failed, and that the workspace's CLIP model re-embeds a few train rows as the
+    features file has them. `where` prefixes count errors (the plan file).
     """
-    check_eval_files(ws, spec, dataset)
-    sizes = split_sizes(ws, log, dataset)
+    ws, spec = inputs.ws, inputs.spec
+    sizes = split_sizes(inputs.ds, log)
     check_eval_counts(spec, sizes, where)
     if ws.is_bundled:
         return
@@ -63,7 +53,7 @@ def check_eval(
     check_vlm(ws.path(ws.models.vlm))
     check_weight_files(ws.path(ws.models.vlm), "models.vlm")
     check_weight_files(ws.path(ws.models.clip), "models.clip")
-    train_items = check_missing_images(ws, spec, log, dataset)
+    train_items = check_missing_images(inputs, log)
     from .clip import check_clip_space
 
     clip_dir, st = ws.path(ws.models.clip), features_path.stat()
@@ -112,23 +102,18 @@ def decodes(path: str) -> bool:
         return False
 
 
-def check_missing_images(
-    ws: Workspace, spec: EvalSpec, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET
-) -> list[Item]:
+def check_missing_images(inputs: EvalInputs, log: Callable[[str], None] = print) -> list[Item]:
     """Count the images missing or not decoding among the eval questions and the demonstration candidates; a
     share above `eval.max_failed` of either is an error naming the first files (each fails questions later).
 
     Every eval question's image is decoded; of the demonstration candidates, DECODE_SAMPLE evenly spaced
     images, their failure share applied to all (module docstring). Returns the train items.
     """
-    from .okvqa import load_okvqa
-
-    o = dataset_files(ws, dataset)
-    train = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
+    spec: EvalSpec = inputs.spec
+    train = load_split(inputs.ds, "train", log)
     groups = {"train (demonstration candidates)": train}
     if "val" in spec.splits:
-        limit = None if spec.questions == "all" else spec.questions
-        groups["val"] = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", limit)
+        groups["val"] = load_split(inputs.ds, "val", log, None if spec.questions == "all" else spec.questions)
     for name, items in groups.items():
         present = [it.image for it in items if it.image is not None and Path(it.image).is_file()]
         missing = [it.image for it in items if it.image is not None and not Path(it.image).is_file()]

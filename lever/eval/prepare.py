@@ -18,45 +18,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lever.data.sources import Dataset
 from lever.device import resolve_device
 from lever.errors import LeverError
 from lever.io import atomic_write, write_json
-from lever.spec import Workspace
-from lever.spec.workspace import DEFAULT_DATASET
 
 from .backend import Item
 from .select import random_pools, similar_pools
+from .world import load_split
 
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-def split_items(ws: Workspace, split: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET) -> list[Item]:
-    """Every item of `split` ("train" or "val") in row order: the bundled benchmark's, or the files of the
-    workspace's dataset `dataset` (okvqa: the [okvqa] table; another name: its [datasets.NAME] table)."""
-    if split not in ("train", "val"):
-        raise LeverError(f"split {split!r} is not known", hint="use train or val")
-    if ws.is_bundled and dataset != DEFAULT_DATASET:
-        ws.dataset(dataset)  # the bundled benchmark has no other dataset: the error names the name
-    if ws.is_bundled:
-        from lever.runs.sources import bench_paths
-
-        from .sources import _items
-
-        paths = bench_paths(ws, log)
-        return _items(paths.items_train if split == "train" else paths.items_val)
-    if ws.dataset(dataset).files is None:
-        raise LeverError(f"workspace {ws.source} has no [okvqa] table: the OK-VQA files are needed")
-    from .okvqa import load_okvqa
-
-    o = ws.dataset(dataset).files.files()
-    return load_okvqa(ws.path(o[f"{split}_questions"]), ws.path(o[f"{split}_annotations"]), ws.path(o[f"{split}_images"]), split)
 
 
 # --------------------------------------------------------------------------- embed
 
 
 def embed_split(
-    ws: Workspace,
+    ds: Dataset,
     split: str,
     out: Path,
     *,
@@ -65,10 +43,8 @@ def embed_split(
     chunk: int = 1024,
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
-    dataset: str = DEFAULT_DATASET,
 ) -> dict[str, Any]:
-    """Write the `[N, d]` features of a split of the workspace's dataset `dataset` to `out` (torch.save'd float
-    tensor, row i = item i).
+    """Write the `[N, d]` features of a split of the dataset `ds` to `out` (torch.save'd float tensor, row i = item i).
 
     OK-VQA: CLIP features (lever.eval.clip) of the workspace's `models.clip`, computed in chunks of
     `chunk` items that are kept in the cache (keyed by the model's files and the items' files), so a
@@ -78,11 +54,10 @@ def embed_split(
     before CLIP loads) or every image is unreadable, a LeverError, and nothing is written.
     The bundled benchmark has no images: its features are its simulated world's and are copied.
     """
-    items = split_items(ws, split, log, dataset)
+    ws = ds.ws
+    items = load_split(ds, split, log)
     if ws.is_bundled:
-        from lever.runs.sources import bench_paths
-
-        paths = bench_paths(ws, log)
+        paths = ds.bench(log)
         src = Path(paths.features if split == "train" else paths.val_features)
         atomic_write(out, lambda tmp: shutil.copyfile(src, tmp))
         feats = torch.load(out, weights_only=True)
@@ -98,7 +73,7 @@ def embed_split(
     if with_image and not any(Path(it.image).is_file() for it in with_image):  # a stat each: cheap, before CLIP loads
         raise LeverError(
             f"none of the {len(with_image)} {split} images exists (e.g. {with_image[0].image})",
-            hint=f"check {ws.dataset(dataset).table}.{split}_images in the workspace {ws.source}",
+            hint=f"check {ds.table}.{split}_images in the workspace {ws.source}",
         )
     key = cache_key(items, model_dir)
     folder = ws.cache_dir / "embed" / f"{key[:24]}-{chunk}"  # chunk files are named by their first row
@@ -123,7 +98,7 @@ def embed_split(
         raise LeverError(
             f"all {len(unreadable)} {split} images are unreadable (missing or not decodable, e.g. {unreadable[0]}): "
             "the features would be the questions' alone; nothing was written",
-            hint=f"check {ws.dataset(dataset).table}.{split}_images in the workspace {ws.source} and the image files",
+            hint=f"check {ds.table}.{split}_images in the workspace {ws.source} and the image files",
         )
     if unreadable:
         log(

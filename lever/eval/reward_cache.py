@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lever.data.sources import Dataset
 from lever.errors import DamagedState
 from lever.keys import content_key
 
@@ -245,31 +246,28 @@ def cached_backend(inner: Backend, cache_dir: Path, identity: dict[str, Any]) ->
     return CachedBackend(inner, cache, cache.namespace(identity))
 
 
-def scoring_identity(ws: Any, spec: Any, log: Any = print, dataset: str | None = None) -> dict[str, Any]:
+def scoring_identity(ds: Dataset, spec: Any, log: Any = print) -> dict[str, Any]:
     """What a candidate's answer depends on besides its prompt key: on the bundled benchmark the simulated world's
     files and behaviour (it reads no prompt text); on the real path the VLM's weights, the prompt protocol as
     `lever data generate` answers with it (`PromptProtocol.for_candidates`, without its metric), the generation
     settings and the dataset's files (question ids are the dataset's)."""
     from lever.keys import file_digest, model_fingerprint, path_fingerprint
-    from lever.spec.workspace import DEFAULT_DATASET
 
     from .protocol import resolve_protocol
 
+    ws = ds.ws
     if ws.is_bundled:
         from lever.bench.vlm import BEHAVIOUR
-        from lever.runs.sources import bench_paths
 
-        paths = bench_paths(ws, log)
+        paths = ds.bench(log)
         files = (paths.items_train, paths.items_val, paths.world)
         return {
             "backend": "sim",
             "vlm": BEHAVIOUR,
             "files": {Path(f).name: file_digest(Path(f), ws.digest_memo)[:16] for f in files},
         }
-    from .sources import dataset_files
-
     protocol = {k: v for k, v in resolve_protocol(spec).for_candidates().identity().items() if k != "metric"}
-    files = dataset_files(ws, dataset or DEFAULT_DATASET).files()
+    files = ds.vqa_files().files()
     return {
         "backend": "hf",
         "vlm": model_fingerprint(ws.path(ws.models.vlm), ws.digest_memo),

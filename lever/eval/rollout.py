@@ -23,8 +23,8 @@ from torch import Tensor
 
 from lever.data.candidates import CandidateData
 from lever.data.rewards import reward_of
+from lever.data.sources import Dataset
 from lever.model import SelectorBase
-from lever.spec import Workspace
 from lever.spec.schema import EvalSpec, RewardSpec
 
 from .backend import Item, Request
@@ -69,22 +69,19 @@ class Scoring:
 
 
 def build_scoring(
-    ws: Workspace,
+    ds: Dataset,
     spec: EvalSpec,
     reward: RewardSpec,
     device: str = "auto",
     log: Callable[[str], None] = print,
-    dataset: str | None = None,
 ) -> Scoring:
-    """The workspace's VLM (built now, loaded on its first answer) behind its reward cache, with the plan's protocol."""
-    from lever.spec.workspace import DEFAULT_DATASET
+    """The workspace's VLM (built now, loaded on its first answer) behind its reward cache, with the plan's protocol,
+    on the dataset `ds` (its train items are the demonstrations)."""
+    from .world import load_split
 
-    from .prepare import split_items
-
-    ds = dataset or DEFAULT_DATASET
-    identity = scoring_identity(ws, spec, log, ds)
-    backend = cached_backend(make_backend(ws, spec, device, log, ds), ws.cache_dir, identity)
-    return Scoring(backend, resolve_protocol(spec).metric, reward, split_items(ws, "train", log, ds), identity)
+    identity = scoring_identity(ds, spec, log)
+    backend = cached_backend(make_backend(ds, spec, device, log), ds.ws.cache_dir, identity)
+    return Scoring(backend, resolve_protocol(spec).metric, reward, load_split(ds, "train", log), identity)
 
 
 @torch.no_grad()

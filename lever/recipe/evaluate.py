@@ -13,7 +13,7 @@ from typing import Any
 from lever.errors import DamagedState, LeverError
 from lever.eval.distributed import barrier, ranks
 from lever.eval.evaluate import Progress, eval_key, generation_key, rescore, score
-from lever.eval.sources import eval_world
+from lever.eval.world import eval_world
 from lever.io import file_lock
 from lever.model import SelectorBase, build_selector
 from lever.records import SelectorChoice, StageEntry
@@ -23,7 +23,7 @@ from lever.train.checkpoint import checkpoint_info, epoch_digest, load_into, loa
 from lever.train.folder import checkpoint_epochs, checkpoint_path, read_result
 from lever.train.stage import Reporter, SilentReporter
 
-from .preflight import eval_preflight
+from .preflight import eval_inputs, eval_preflight
 from .recipe import Recipe
 from .train import RunOutcome, finished_selection, train
 
@@ -167,7 +167,7 @@ def _evaluate(
     else:  # a baseline selector: no weights; its key stands where the weights' digest stands in the evaluation's key
         entry, model = checkpoint_for(run, epoch), None
         digest = entry.sha256
-    world = eval_world(r.ws, spec, r.features_file, r.log, r.train_features, r.plan.data.dataset)
+    world = eval_world(eval_inputs(r), r.features_file, r.log, r.train_features)
     ev = run.eval_dir(eval_key(digest, world, spec, r.seed))
     generation = generation_key(digest, world.identity, spec.model_dump(mode="json"), r.seed)
     rk = ranks()
@@ -286,7 +286,7 @@ def _adopt_stages(r: Recipe) -> None:
     since the spec hash covers every setting). Stage keys do not depend on eval settings, so this is the
     training of `lever run` finding every stage finished: its folders are verified first, so nothing is trained
     here. Without such a run, nothing happens (and `checkpoint_for` says the run has not been trained)."""
-    run, mine = r.run, {k: v for k, v in r.lp.recipe().items() if k != "eval"}
+    run, mine = r.run, {k: v for k, v in r.lp.spec_dict().items() if k != "eval"}
     for h in run.folder.hashes(r.name):
         other = run.folder.run(r.name, h, r.seed)
         if h == run.spec_hash or other.state not in ("trained", "done"):

@@ -78,8 +78,8 @@ def refresh_round(
         policy = copy.deepcopy(model).cpu()  # proposals are drawn on the CPU (seeded per query)
         label = f"{r.name} seed {r.seed} {stage.name} weights {state_digest(state_of(model))}"
         report = generate_file(
-            r.ws, folder / "pools.json", r.loaded.features, out, opts=opts, spec=r.plan.eval, policy=(label, policy),
-            backend=r.scoring.backend, log=rep.info, dataset=r.plan.data.dataset,
+            r.dataset, folder / "pools.json", r.loaded.features, out, opts=opts, spec=r.plan.eval, policy=(label, policy),
+            backend=r.scoring.backend, log=rep.info,
         )  # fmt: skip
         spent = r.scoring.counts.since(before)
         write_json(folder / "refresh.json", {**report, "out": out.name, **spent.metrics("vlm")})

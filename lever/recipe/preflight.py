@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lever.errors import LeverError
 from lever.eval.preflight import check_eval
-from lever.eval.sources import check_eval_files
+from lever.eval.world import EvalInputs
 from lever.io import check_readable
 
 from .recipe import Recipe
@@ -19,10 +19,7 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
     (`lever.eval.preflight.check_eval`).
     """
     if evaluate:  # the protocol and eval files first: a bad setting fails before any data is read or generated
-        try:
-            check_eval_files(r.ws, r.plan.eval, r.plan.data.dataset)
-        except LeverError as err:  # named with the plan whose settings ask for them
-            raise LeverError(f"{r.lp.path}: {err.args[0]}", hint=err.hint) from None
+        eval_inputs(r)  # checked here, once: evaluation uses what passed
     if r.trains and r.plan.start.kind == "checkpoint":
         check_readable(r.ws.path(r.plan.start.checkpoint), "start.checkpoint file")
     r.train_features  # noqa: B018  the candidate data read and checked when the plan trains (a baseline selector reads none)
@@ -31,15 +28,20 @@ def preflight(r: Recipe, evaluate: bool = True) -> None:
         eval_preflight(r)
 
 
+def eval_inputs(r: Recipe) -> EvalInputs:
+    """The recipe's checked evaluation inputs (`Recipe.eval_inputs`, checked once), an error named with the plan
+    whose settings ask for them."""
+    try:
+        return r.eval_inputs
+    except LeverError as err:
+        raise LeverError(f"{r.lp.path}: {err.args[0]}", hint=err.hint) from None
+
+
 def eval_preflight(r: Recipe) -> None:
     """The evaluation's inputs (`lever.eval.preflight.check_eval`: model folders and their weight files, eval
     images decoded, the features against the CLIP model): `lever run` checks them before training, `lever
     evaluate` before the VLM answers."""
-    try:
-        check_eval_files(r.ws, r.plan.eval, r.plan.data.dataset)
-    except LeverError as err:  # named with the plan whose settings ask for them
-        raise LeverError(f"{r.lp.path}: {err.args[0]}", hint=err.hint) from None
-    check_eval(r.ws, r.plan.eval, r.train_features, r.features_file, f"{r.lp.path}: ", r.log, r.plan.data.dataset)
+    check_eval(eval_inputs(r), r.train_features, r.features_file, f"{r.lp.path}: ", r.log)
 
 
 def check_behaviour(r: Recipe) -> None:

@@ -1,7 +1,8 @@
 """The recipe of one run: a plan, a workspace and a seed, worked out once.
 
 `Recipe.build` resolves everything a run's commands need before any of them runs: the stages
-(`Plan.stages()`), the data files and their content keys, and the run folder. The candidate
+(`Plan.stages()`), the dataset (`lever.data.sources`), the data files and their content keys, the evaluation
+inputs (checked once: `eval_inputs`), and the run folder. The candidate
 data and features are read once per process and content (`Recipe.loaded`), so `lever run A B C`
 on one data file reads it once. Preflight, training, evaluation, the table, sweeps and export
 all take a Recipe; nothing below works these values out again.
@@ -19,12 +20,21 @@ from torch import Tensor
 
 from lever.data.candidates import CandidateData
 from lever.data.reader import load_candidates
+from lever.data.sources import (
+    Dataset,
+    TrainSources,
+    check_feature_rows,
+    load_features,
+    resolve_dataset,
+    resolve_features,
+    resolve_train_sources,
+)
 from lever.errors import LeverError
 from lever.eval.rollout import Scoring
+from lever.eval.world import EvalInputs, check_eval_files
 from lever.keys import file_digest
 from lever.model import SelectorBase, build_selector
 from lever.runs.layout import RunDir, RunsFolder
-from lever.runs.sources import TrainSources, check_feature_rows, load_features, resolve_features, resolve_train_sources
 from lever.spec import LoadedPlan, Plan, Workspace
 from lever.spec.schema import REWARD_METRICS, Stage
 from lever.train.plandata import Split, split_data
@@ -91,10 +101,20 @@ class Recipe:
         return cls(lp, ws, seed, lp.plan.stages(), RunsFolder(ws.runs_dir).run(lp.name, lp.hash, seed), log)
 
     @cached_property
+    def dataset(self) -> Dataset:
+        """The plan's dataset (data.dataset) in the workspace: its files per split, candidate data and features."""
+        return resolve_dataset(self.ws, self.plan.data.dataset)
+
+    @cached_property
+    def eval_inputs(self) -> EvalInputs:
+        """The evaluation's dataset, backend and protocol, its files checked (once: preflight and evaluation use these)."""
+        return check_eval_files(self.dataset, self.plan.eval)
+
+    @cached_property
     def sources(self) -> TrainSources:
         """The candidate data and features files (the bundled benchmark is generated here the first time)."""
         data = self.plan.data
-        return resolve_train_sources(self.ws, data.candidates, data.features, self.log, data.dataset)
+        return resolve_train_sources(self.dataset, data.candidates, data.features, self.log)
 
     @cached_property
     def inputs(self) -> dict[str, str]:
@@ -118,7 +138,7 @@ class Recipe:
         """The train features file (data.features); a plan that trains nothing resolves no candidate data."""
         if self.trains:
             return self.sources.features
-        return resolve_features(self.ws, self.plan.data.features, self.log, self.plan.data.dataset)
+        return resolve_features(self.dataset, self.plan.data.features, self.log)
 
     @cached_property
     def train_features(self) -> Tensor:
@@ -152,7 +172,7 @@ class Recipe:
         from lever.eval.rollout import build_scoring
 
         plan = self.plan
-        return build_scoring(self.ws, plan.eval, plan.reward, plan.device, self.log, plan.data.dataset)
+        return build_scoring(self.dataset, plan.eval, plan.reward, plan.device, self.log)
 
     def model(self, device: torch.device | str = "cpu") -> SelectorBase:
         """The plan's selector (`model.arch`), freshly initialised (seed the RNG first)."""

@@ -280,7 +280,7 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
     model = r.model(device)
     _, prev_key = start_state(r, model)  # loads the start weights into the model
     # Inputs resolved: from here on the run directory exists and records what happens.
-    run.write_start(r.lp.recipe(), provenance(r, device))
+    run.write_start(r.lp.spec_dict(), provenance(r, device))
     pre_rce = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     folder = run.folder
@@ -350,13 +350,13 @@ def baseline_choice(r: Recipe) -> SelectorChoice:
         "random": "random items of each question's pool, seeded per question",
         "similar": f"the pool's most similar items by {sel.features} features, {sel.order.replace('-', ' ')}",
     }[sel.kind]
-    return SelectorChoice(sel.kind, selector_key(r.lp.recipe()["selector"]), reason)
+    return SelectorChoice(sel.kind, selector_key(r.lp.spec_dict()["selector"]), reason)
 
 
 def _choose(r: Recipe, rep: Reporter) -> RunOutcome:
     """A plan whose selector trains nothing: its run records the selector (no stage, no checkpoint, no metrics)."""
     run = r.run
-    run.write_start(r.lp.recipe(), provenance(r, torch.device("cpu")))
+    run.write_start(r.lp.spec_dict(), provenance(r, torch.device("cpu")))
     choice = baseline_choice(r)
     run.write_selected(choice)
     run.set_status("trained")

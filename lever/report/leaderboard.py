@@ -149,12 +149,12 @@ def dataset_of(pr: PlanRuns) -> str:
     return ((pr.spec or {}).get("data") or {}).get("dataset", DEFAULT_DATASET)
 
 
-def one_dataset(plans: list[PlanRuns], dataset: str | None, named: bool) -> tuple[list[PlanRuns], list[str]]:
+def one_dataset(plans: list[PlanRuns], name: str | None, named: bool) -> tuple[list[PlanRuns], list[str]]:
     """The plans of one dataset, and a note per plan left out: question ids of two datasets are not the same
-    questions, so a leaderboard never pairs them. `dataset` None: the plans' one dataset (an error when they span
+    questions, so a leaderboard never pairs them. `name` None: the plans' one dataset (an error when they span
     several). Plans the user named (`named`) that are of another dataset are an error, not left out."""
     found = sorted({dataset_of(pr) for pr in plans})
-    if dataset is None:
+    if name is None:
         if len(found) > 1:
             by = "; ".join(f"{d}: {', '.join(pr.name for pr in plans if dataset_of(pr) == d)}" for d in found)
             raise LeverError(
@@ -162,15 +162,15 @@ def one_dataset(plans: list[PlanRuns], dataset: str | None, named: bool) -> tupl
                 hint=f"rank one dataset at a time: --dataset {found[0]} (or name plans of one dataset)",
             )
         return plans, []
-    other = [pr for pr in plans if dataset_of(pr) != dataset]
+    other = [pr for pr in plans if dataset_of(pr) != name]
     if named and other:
         raise LeverError(
-            f"--dataset {dataset}: {', '.join(f'{pr.name} ({dataset_of(pr)})' for pr in other)} answered another dataset",
+            f"--dataset {name}: {', '.join(f'{pr.name} ({dataset_of(pr)})' for pr in other)} answered another dataset",
             hint="leave those plans out, or drop --dataset",
         )
-    kept = [pr for pr in plans if dataset_of(pr) == dataset]
+    kept = [pr for pr in plans if dataset_of(pr) == name]
     if not kept:
-        raise LeverError(f"--dataset {dataset}: no evaluated plan answered it", hint=f"datasets with runs: {', '.join(found)}")
+        raise LeverError(f"--dataset {name}: no evaluated plan answered it", hint=f"datasets with runs: {', '.join(found)}")
     return kept, [f"not shown: {pr.name} (dataset {dataset_of(pr)})" for pr in other]
 
 
@@ -183,12 +183,12 @@ def load_leaderboard(
     metric: str | None = None,
     alpha: float = ALPHA,
     n_resamples: int = 10000,
-    dataset: str | None = None,
+    only_dataset: str | None = None,
 ) -> Leaderboard:
     """What `lever leaderboard` shows: the plans (`leaderboard_plans`) of one dataset (`one_dataset`), re-scored
     with `metric` when given."""
     plans, notes = leaderboard_plans(refs, root, plans_dir, split)
-    plans, left_out = one_dataset(plans, dataset, named=bool(refs))
+    plans, left_out = one_dataset(plans, only_dataset, named=bool(refs))
     notes = notes + left_out
     if metric is not None:
         for pr in plans:

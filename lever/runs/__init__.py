@@ -1,9 +1,10 @@
-"""lever.runs: a run and everything it owns.
+"""lever.runs: the store, and nothing but the store.
 
-layout   the run folder's layout (RunDir, EvalDir, RunsFolder): the only code that knows it
-recipe   prepare stage data, build the model, compile the stages (shared by every entry point)
-run      train a plan's stages into its run folder, resuming, reusing, recording how it ended
-store    which runs of a plan a report shows (one spec hash, never a silent fallback)
-predict  what a plan's settings make of candidate data before training (`lever data stats --plan`)
-sources  where a plan's named data lives (workspace files or the bundled benchmark)
+layout     the run folder's layout (RunsFolder, RunDir, EvalDir): the only code that knows it; its records, verified
+store      which runs of a plan a report shows (one spec hash, never a silent fallback)
+sweep      a sweep's derived plans and its record
+executors  how a sweep's jobs run (local processes, submitit, printed commands)
+trackers   a run's metrics mirrored to TensorBoard and W&B (optional extras)
+
+Where a plan's data lives is `lever.data.sources`; a run's recipe (training, evaluation) is `lever.recipe`.
 """

@@ -43,7 +43,7 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
 
 def hyperparameters(lp: LoadedPlan) -> dict[str, Any]:
     """The resolved spec as flat key -> scalar (lists and empty values as text), as trackers take them."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(lp.recipe()).items()}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(lp.spec_dict()).items()}
 
 
 class _TensorBoard:

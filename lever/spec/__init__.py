@@ -1,6 +1,6 @@
 """Plan and workspace specs: schema, TOML loading, extends, overrides, hash and diff."""
 
-from .load import LoadedPlan, diff_specs, find_plan_file, flatten, load_plan, plan_files, plan_name, recipe_dict, spec_hash
+from .load import LoadedPlan, diff_specs, find_plan_file, flatten, load_plan, plan_files, plan_name, spec_dict, spec_hash
 from .schema import DataFilter, DataSpec, EvalSpec, GRPOSpec, ModelSpec, Phase, Plan, RCESpec, RewardSpec, TierRules
 from .workspace import Workspace, load_workspace
 
@@ -24,6 +24,6 @@ __all__ = [
     "load_workspace",
     "plan_files",
     "plan_name",
-    "recipe_dict",
+    "spec_dict",
     "spec_hash",
 ]

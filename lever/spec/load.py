@@ -41,9 +41,9 @@ class LoadedPlan:
     def hash(self) -> str:
         return spec_hash(self.plan)
 
-    def recipe(self) -> dict[str, Any]:
+    def spec_dict(self) -> dict[str, Any]:
         """The resolved spec as plain JSON-able data (what the hash covers)."""
-        return recipe_dict(self.plan)
+        return spec_dict(self.plan)
 
 
 # --------------------------------------------------------------------------- TOML
@@ -301,7 +301,7 @@ def load_plan(ref: str | Path, overrides: list[str] | tuple[str, ...] = (), plan
     return LoadedPlan(name=plan_name(path, plans_dir), path=path, plan=plan, chain=chain, overrides=list(overrides))
 
 
-def recipe_dict(plan: Plan) -> dict[str, Any]:
+def spec_dict(plan: Plan) -> dict[str, Any]:
     """What defines a run: everything but the description, the extends link and start.trust_pickle (the start's
     weights are keyed by their digest), `sft` and `refresh` while off, `select.reward` while false and `selector`
     while it is the trained one (plans older than them keep their hash)."""
@@ -319,8 +319,8 @@ def recipe_dict(plan: Plan) -> dict[str, Any]:
 
 
 def spec_hash(plan: Plan | dict[str, Any], length: int = 12) -> str:
-    """A stable hash of the resolved recipe: sorted-key JSON, so key order and extends layout do not matter."""
-    return content_key(recipe_dict(plan) if isinstance(plan, Plan) else plan, length=length)
+    """A stable hash of the resolved spec (`spec_dict`): sorted-key JSON, so key order and extends layout do not matter."""
+    return content_key(spec_dict(plan) if isinstance(plan, Plan) else plan, length=length)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -106,21 +105,6 @@ class DatasetPaths(OKVQAPaths):
     )
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """One dataset of a workspace as the commands see it: its files, candidate data and features (`Workspace.dataset`)."""
-
-    name: str
-    table: str  # where it is configured, for messages: "okvqa" or "datasets.vqav2"
-    files: OKVQAPaths | None  # None: the workspace names no files for it (the bundled benchmark, or not yet)
-    candidates: dict[str, str]
-    features: dict[str, str]
-
-    @property
-    def is_default(self) -> bool:
-        return self.name == DEFAULT_DATASET
-
-
 class ModelPaths(_Strict):
     """Local model directories (no hub access is assumed)."""
 
@@ -170,24 +154,6 @@ class Workspace(_Strict):
     @property
     def is_bundled(self) -> bool:
         return not self.candidates and not self.datasets
-
-    def dataset(self, name: str = DEFAULT_DATASET) -> Dataset:
-        """The dataset `name`: the top-level tables for 'okvqa', else `[datasets.NAME]` (an unknown name is an error)."""
-        if name == DEFAULT_DATASET:
-            return Dataset(name, "okvqa", self.okvqa, self.candidates, self.features)
-        if self.is_bundled:
-            raise LeverError(
-                f"data.dataset = '{name}': the bundled benchmark is one simulated dataset, not '{name}'",
-                hint=f"configure a workspace with a [datasets.{name}] table (docs/datasets.md)",
-            )
-        if name not in self.datasets:
-            known = ", ".join([DEFAULT_DATASET, *sorted(self.datasets)])
-            raise LeverError(
-                f"dataset '{name}' is not in the workspace ({self.source})",
-                hint=f"datasets defined: {known}; add a [datasets.{name}] table (docs/datasets.md)",
-            )
-        d = self.datasets[name]
-        return Dataset(name, f"datasets.{name}", d, d.candidates, d.features)
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()

@@ -1,4 +1,6 @@
-"""What an evaluation needs from the workspace: demonstration items, eval questions, features, a backend."""
+"""What an evaluation reads, checked once (`check_eval_files` -> `EvalInputs`), and the world it scores in:
+demonstration items, eval questions, features, a backend. Where the data lives is `lever.data.sources`'s answer
+(the `Dataset` the recipe holds); this module reads it."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lever.data.sources import Dataset, bench_config, load_features
 from lever.device import resolve_device
 from lever.errors import LeverError
 from lever.keys import file_digest, model_fingerprint, path_fingerprint
 from lever.spec import Workspace
 from lever.spec.schema import EvalSpec
-from lever.spec.workspace import DEFAULT_DATASET, OKVQAPaths
 
 from .backend import Backend, Item, Request, Response
 from .protocol import PromptProtocol, resolve_protocol
@@ -98,36 +100,46 @@ def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor
     return [items[i] for i in order], feats[order], torch.tensor(order)
 
 
-def dataset_files(ws: Workspace, dataset: str = DEFAULT_DATASET) -> OKVQAPaths:
-    """The VQA-format files of a workspace's dataset; a LeverError when it names none."""
-    ds = ws.dataset(dataset)
-    if ds.files is None:
-        raise LeverError(f"workspace {ws.source} has no [okvqa] table: evaluation needs the OK-VQA files")
-    return ds.files
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an evaluation reads besides the checkpoint, resolved and checked once (`check_eval_files`): the
+    dataset, the plan's eval settings, the backend that answers and the prompt protocol."""
+
+    ds: Dataset
+    spec: EvalSpec
+    backend: str  # "sim" (the bundled benchmark) or "hf"
+    protocol: PromptProtocol
+
+    @property
+    def ws(self) -> Workspace:
+        return self.ds.ws
 
 
-def check_eval_files(ws: Workspace, spec: EvalSpec, dataset: str = DEFAULT_DATASET) -> None:
-    """Cheap checks that an evaluation can start (protocol, backend, files, image folders and model folders exist)."""
-    resolve_protocol(spec)  # a bad protocol file or setting fails here
+CHECKS = {"eval_files": 0}  # how many times evaluation files were checked (a test checks once per recipe)
+
+
+def check_eval_files(ds: Dataset, spec: EvalSpec) -> EvalInputs:
+    """Cheap checks that an evaluation can start (protocol, backend, files, image folders and model folders
+    exist); what passed, resolved, for everything after (the recipe holds it: `Recipe.eval_inputs`)."""
+    CHECKS["eval_files"] += 1
+    ws = ds.ws
+    protocol = resolve_protocol(spec)  # a bad protocol file or setting fails here
     backend = ws.backend if spec.backend == "auto" else spec.backend
     if ws.is_bundled:
-        if dataset != DEFAULT_DATASET:
-            ws.dataset(dataset)  # the bundled benchmark has no other dataset: the error names the name
         if backend != "sim":
             raise LeverError(
                 f"eval.backend = '{backend}' needs a workspace with models and OK-VQA files; the bundled benchmark answers with 'sim'"
             )
-        return
+        return EvalInputs(ds, spec, backend, protocol)
     if backend == "sim":
         raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
-    table = ws.dataset(dataset).table
-    for key, value in dataset_files(ws, dataset).files().items():
-        needed = key.startswith("train") or "val" in spec.splits  # train files hold the demonstrations
+    for key, value in ds.vqa_files().files().items():
+        needed = key.startswith("train") or key.rsplit("_", 1)[0] in spec.splits  # train files hold the demonstrations
         if needed and not ws.path(value).exists():
-            raise LeverError(f"workspace {ws.source}: {table}.{key} = {value!r} does not exist")
+            raise LeverError(f"workspace {ws.source}: {ds.table}.{key} = {value!r} does not exist")
         if needed and key.endswith("_images") and not ws.path(value).is_dir():
             raise LeverError(
-                f"workspace {ws.source}: {table}.{key} = {value!r} is not a folder", hint="point it at the COCO image folder"
+                f"workspace {ws.source}: {ds.table}.{key} = {value!r} is not a folder", hint="point it at the COCO image folder"
             )
     for key in ("vlm", "clip"):
         value = getattr(ws.models, key)
@@ -136,6 +148,22 @@ def check_eval_files(ws: Workspace, spec: EvalSpec, dataset: str = DEFAULT_DATAS
                 f"workspace {ws.source}: models.{key} = {value!r} is not a model directory with a config.json",
                 hint="point it at a local transformers checkpoint",
             )
+    return EvalInputs(ds, spec, backend, protocol)
+
+
+def load_split(ds: Dataset, split: str, log: Callable[[str], None] = print, limit: int | None = None) -> list[Item]:
+    """The items of `split` in row order (sorted question id), the first `limit`: the bundled benchmark's, or the
+    dataset's VQA-format files."""
+    if split not in ds.splits:
+        raise LeverError(f"split {split!r} is not known", hint=f"use {' or '.join(ds.splits)}")
+    if ds.is_bundled:
+        bench = ds.bench(log)
+        items = _items(bench.items_train if split == "train" else bench.items_val)
+        return items if limit is None else sorted(items, key=lambda it: it.question_id)[:limit]
+    from .okvqa import load_okvqa
+
+    f = ds.split_files(split)
+    return load_okvqa(f["questions"], f["annotations"], f["images"], split, limit)
 
 
 def check_okvqa_rows(features: Tensor, path: Path, n_train: int) -> None:
@@ -147,17 +175,14 @@ def check_okvqa_rows(features: Tensor, path: Path, n_train: int) -> None:
         )
 
 
-def split_sizes(ws: Workspace, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET) -> dict[str, int]:
-    """How many questions each eval split has ('train' = the demonstration candidates), read without features or images."""
-    if ws.is_bundled:
-        from lever.runs.sources import bench_paths
-
-        paths = bench_paths(ws, log)
-        return {"train": len(_items(paths.items_train)), "val": len(_items(paths.items_val))}
+def split_sizes(ds: Dataset, log: Callable[[str], None] = print) -> dict[str, int]:
+    """How many questions each split has ('train' = the demonstration candidates), read without features or images."""
+    if ds.is_bundled:
+        bench = ds.bench(log)
+        return {"train": len(_items(bench.items_train)), "val": len(_items(bench.items_val))}
     from .okvqa import question_count
 
-    o = dataset_files(ws, dataset)
-    return {"train": question_count(ws.path(o.train_questions)), "val": question_count(ws.path(o.val_questions))}
+    return {split: question_count(ds.split_files(split)["questions"]) for split in ds.splits}
 
 
 def question_count(spec: EvalSpec, size: int) -> int:
@@ -182,31 +207,25 @@ def check_eval_counts(spec: EvalSpec, sizes: dict[str, int], where: str = "") ->
 
 
 def eval_world(
-    ws: Workspace,
-    spec: EvalSpec,
+    inputs: EvalInputs,
     train_features_path: Path | None,
     log: Callable[[str], None] = print,
     train_features: Tensor | None = None,
-    dataset: str = DEFAULT_DATASET,
 ) -> EvalWorld:
-    """Items, features and backend for the plan's eval settings in this workspace, on its dataset `dataset`.
+    """Items, features and backend for the checked evaluation `inputs` (the plan's eval settings on its dataset).
 
     `train_features`: the tensor of `train_features_path`, when the caller has it loaded already."""
-    check_eval_files(ws, spec, dataset)
-    check_eval_counts(spec, split_sizes(ws, log, dataset))
-    protocol = resolve_protocol(spec)
-    if ws.is_bundled:
-        return _bench_world(ws, spec, protocol, log, (train_features_path, train_features))
-    return _okvqa_world(ws, spec, protocol, train_features_path, log, train_features, dataset)
+    check_eval_counts(inputs.spec, split_sizes(inputs.ds, log))
+    if inputs.ds.is_bundled:
+        return _bench_world(inputs, log, (train_features_path, train_features))
+    return _okvqa_world(inputs, train_features_path, log, train_features)
 
 
-def _bench_world(
-    ws: Workspace, spec: EvalSpec, protocol: PromptProtocol, log: Callable[[str], None], loaded: tuple[Path | None, Tensor | None]
-) -> EvalWorld:
+def _bench_world(inputs: EvalInputs, log: Callable[[str], None], loaded: tuple[Path | None, Tensor | None]) -> EvalWorld:
     from lever.bench import SimVLM
-    from lever.runs.sources import bench_config, bench_paths, load_features
 
-    paths = bench_paths(ws, log)
+    ws, spec, protocol = inputs.ws, inputs.spec, inputs.protocol
+    paths = inputs.ds.bench(log)
     train_items = _items(paths.items_train)
     same = loaded[0] is not None and loaded[1] is not None and Path(loaded[0]).resolve() == Path(paths.features).resolve()
     train_feats = loaded[1] if same else load_features(Path(paths.features))
@@ -268,30 +287,20 @@ def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
 
 
 def _okvqa_world(
-    ws: Workspace,
-    spec: EvalSpec,
-    protocol: PromptProtocol,
-    train_features_path: Path | None,
-    log: Callable[[str], None],
-    train_features: Tensor | None = None,
-    dataset: str = DEFAULT_DATASET,
+    inputs: EvalInputs, train_features_path: Path | None, log: Callable[[str], None], train_features: Tensor | None = None
 ) -> EvalWorld:
-    from lever.runs.sources import load_features
-
     from .clip import cached_clip_features
-    from .okvqa import load_okvqa
 
-    o = dataset_files(ws, dataset)
-    train_items = load_okvqa(ws.path(o.train_questions), ws.path(o.train_annotations), ws.path(o.train_images), "train", None)
+    ds, ws, spec, protocol = inputs.ds, inputs.ws, inputs.spec, inputs.protocol
+    train_items = load_split(ds, "train", log)
     if train_features_path is None:
         raise LeverError("evaluation needs the train features file (data.features)")
     train_feats = load_features(train_features_path) if train_features is None else train_features
     check_okvqa_rows(train_feats, train_features_path, len(train_items))
     splits: dict[str, EvalSplit] = {}
-    folder = ws.cache_dir / "clip" if dataset == DEFAULT_DATASET else ws.cache_dir / "clip" / dataset
+    folder = ds.cache("clip")
     if "val" in spec.splits:
-        limit = None if spec.questions == "all" else spec.questions
-        items = load_okvqa(ws.path(o.val_questions), ws.path(o.val_annotations), ws.path(o.val_images), "val", limit)
+        items = load_split(ds, "val", log, None if spec.questions == "all" else spec.questions)
         clip_device = str(resolve_device("auto"))  # the GPU when there is one: embedding 800 images is real work
         feats = cached_clip_features(items, ws.path(ws.models.clip), folder / f"val-{len(items)}.pt", device=clip_device)
         splits["val"] = EvalSplit("val", items, feats, torch.full((len(items),), -1))
@@ -303,7 +312,7 @@ def _okvqa_world(
         train_feats,
         splits,
         lambda device: make_hf_backend(ws, spec, device),
-        {**okvqa_identity(ws, spec, train_features_path, dataset), "protocol": protocol.identity()},
+        {**okvqa_identity(ds, spec, train_features_path), "protocol": protocol.identity()},
         protocol,
         lambda part: _okvqa_views(ws, part, train_items, train_feats, splits, folder),
     )
@@ -329,13 +338,14 @@ def _okvqa_views(
     return train, {name: train[: len(sp.items)] if name == "train" else view(name, sp.items) for name, sp in splits.items()}
 
 
-def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path, dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
+def okvqa_identity(ds: Dataset, spec: EvalSpec, train_features_path: Path) -> dict[str, Any]:
     """Every input an evaluation on a VQA-format dataset reads, by content: model folders (config and weight
     hashes), the dataset's files (digests), the image folders (a hash of their listing) and the train features.
     Another dataset than okvqa adds its name (okvqa's keys stay those made before datasets had names)."""
+    ws = ds.ws
     memo = ws.digest_memo
-    o = dataset_files(ws, dataset).files()
-    used = [k for k in o if k.startswith("train") or "val" in spec.splits]
+    o = ds.vqa_files().files()
+    used = [k for k in o if k.startswith("train") or k.rsplit("_", 1)[0] in spec.splits]
     out = {
         "backend": "hf",
         "vlm": model_fingerprint(ws.path(ws.models.vlm), memo),
@@ -343,9 +353,9 @@ def okvqa_identity(ws: Workspace, spec: EvalSpec, train_features_path: Path, dat
         "okvqa": {k: path_fingerprint(ws.path(o[k]), memo) for k in used},
         "features": file_digest(train_features_path, memo)[:16],
     }
-    if dataset != DEFAULT_DATASET:
-        out["dataset"], out["files"] = dataset, out.pop("okvqa")
-    return out
+    if ds.named():
+        out["files"] = out.pop("okvqa")
+    return out | ds.named()
 
 
 def make_hf_backend(ws: Workspace, spec: EvalSpec, device: str = "auto", protocol: PromptProtocol | None = None) -> Backend:

@@ -1,10 +1,17 @@
-"""Where a plan's named data lives: the workspace's files, or the bundled benchmark generated on demand."""
+"""Where a plan's named data lives: a workspace's dataset (its files per split, its candidate data and features),
+or the bundled benchmark generated on demand.
+
+The one module that answers it. `resolve_dataset(ws, name)` is the one place a dataset name is looked up (and where the
+bundled benchmark's single dataset and the default dataset's older keys are decided); the recipe holds its plan's
+`Dataset`, the data commands resolve theirs once, and every function below takes the `Dataset`, never a name.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,11 +19,12 @@ from lever.data.candidates import CandidateData
 from lever.errors import LeverError
 from lever.io import is_input_file, stat_input
 from lever.spec import Workspace
-from lever.spec.workspace import DEFAULT_DATASET
+from lever.spec.workspace import DEFAULT_DATASET, OKVQAPaths
 
 # Candidate-data names the bundled benchmark provides. `k64` is the same ragged file as
 # `main` (the log's k64_v3 data); `balanced` drops its uniform-reward groups.
 BENCH_CANDIDATES = ("main", "k64", "balanced")
+BENCH_SPLITS = ("train", "val")  # the bundled benchmark's splits (items_<split>.json)
 
 
 @dataclass
@@ -25,7 +33,87 @@ class TrainSources:
     features: Path
 
 
-def bench_config(ws: Workspace):
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset of a workspace, resolved once by `resolve_dataset(ws, name)`: its files per split, its candidate-data
+    and feature tables. The bundled benchmark is one simulated dataset, generated on first use (`bench`)."""
+
+    name: str
+    table: str  # where it is configured, for messages: "okvqa" or "datasets.vqav2"
+    ws: Workspace
+    files: OKVQAPaths | None  # the VQA-format files; None: the bundled benchmark, or a workspace that names none
+    candidates: dict[str, str]
+    features: dict[str, str]
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.ws.is_bundled
+
+    @property
+    def is_default(self) -> bool:
+        """The top-level tables' dataset, whose keys were made before datasets had names."""
+        return self.name == DEFAULT_DATASET
+
+    def named(self) -> dict[str, str]:
+        """What a key adds for this dataset: its name, except for the default one (its keys stay those made
+        before datasets had names)."""
+        return {} if self.is_default else {"dataset": self.name}
+
+    def cache(self, kind: str) -> Path:
+        """The dataset's folder of the workspace cache for `kind` (e.g. "clip")."""
+        return self.ws.cache_dir / kind if self.is_default else self.ws.cache_dir / kind / self.name
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits the dataset has files for, in the order the workspace lists them (train first)."""
+        if self.is_bundled:
+            return BENCH_SPLITS
+        keys = [] if self.files is None else list(self.files.files())
+        return tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in keys))
+
+    def vqa_files(self) -> OKVQAPaths:
+        """The VQA-format files; a LeverError when the workspace names none."""
+        if self.files is None:
+            raise LeverError(
+                f"workspace {self.ws.source} has no [{self.table}] table: the dataset's question, annotation and "
+                "image files are needed",
+                hint="name them in the workspace (docs/datasets.md)",
+            )
+        return self.files
+
+    def split_files(self, split: str) -> dict[str, Path]:
+        """{"questions", "annotations", "images"} of `split`, resolved against the workspace."""
+        if split not in self.splits:
+            raise LeverError(f"split {split!r} is not known", hint=f"use {' or '.join(self.splits)}")
+        o = self.vqa_files().files()
+        return {kind: self.ws.path(o[f"{split}_{kind}"]) for kind in ("questions", "annotations", "images")}
+
+    def bench(self, log: Callable[[str], None] = print):
+        """The bundled benchmark's files (generated the first time)."""
+        return bench_paths(self.ws, log)
+
+
+def resolve_dataset(ws: Workspace, name: str = DEFAULT_DATASET) -> Dataset:
+    """The workspace's dataset `name`: the top-level tables for 'okvqa', else `[datasets.NAME]` (an unknown name,
+    or another name than okvqa on the bundled benchmark, is an error naming it)."""
+    if name == DEFAULT_DATASET:
+        return Dataset(name, "okvqa", ws, ws.okvqa, ws.candidates, ws.features)
+    if ws.is_bundled:
+        raise LeverError(
+            f"data.dataset = '{name}': the bundled benchmark is one simulated dataset, not '{name}'",
+            hint=f"configure a workspace with a [datasets.{name}] table (docs/datasets.md)",
+        )
+    if name not in ws.datasets:
+        known = ", ".join([DEFAULT_DATASET, *sorted(ws.datasets)])
+        raise LeverError(
+            f"dataset '{name}' is not in the workspace ({ws.source})",
+            hint=f"datasets defined: {known}; add a [datasets.{name}] table (docs/datasets.md)",
+        )
+    d = ws.datasets[name]
+    return Dataset(name, f"datasets.{name}", ws, d, d.candidates, d.features)
+
+
+def bench_config(ws: Workspace) -> Any:
     """The bundled benchmark's settings of this workspace (its `[bench]` table over the defaults)."""
     from lever.bench import BenchConfig
 
@@ -61,14 +149,11 @@ def _lookup(kind: str, ref: str, table: dict[str, str], ws: Workspace) -> Path:
     )
 
 
-def resolve_train_sources(
-    ws: Workspace, candidates: str, features: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET
-) -> TrainSources:
-    """Map the plan's data.candidates / data.features to files, looked up in the tables of its data.dataset."""
+def resolve_train_sources(ds: Dataset, candidates: str, features: str, log: Callable[[str], None] = print) -> TrainSources:
+    """Map the plan's data.candidates / data.features to files, looked up in the tables of its dataset."""
+    ws = ds.ws
     if not ws.is_bundled:
-        ds = ws.dataset(dataset)
         return TrainSources(_lookup("candidates", candidates, ds.candidates, ws), _lookup("features", features, ds.features, ws))
-    ws.dataset(dataset)  # the bundled benchmark has one dataset: another name is an error
     direct = Path(candidates)
     if direct.suffix == ".json" and is_input_file(direct, "candidate-data file"):
         cand = direct
@@ -90,12 +175,12 @@ def resolve_train_sources(
     return TrainSources(cand, feat)
 
 
-def resolve_features(ws: Workspace, features: str, log: Callable[[str], None] = print, dataset: str = DEFAULT_DATASET) -> Path:
+def resolve_features(ds: Dataset, features: str, log: Callable[[str], None] = print) -> Path:
     """Map the plan's data.features to a file, without the candidate data (a plan that trains nothing), looked up
-    in the tables of its data.dataset."""
+    in the tables of its dataset."""
+    ws = ds.ws
     if not ws.is_bundled:
-        return _lookup("features", features, ws.dataset(dataset).features, ws)
-    ws.dataset(dataset)  # the bundled benchmark has one dataset: another name is an error
+        return _lookup("features", features, ds.features, ws)
     if features == "main":
         return Path(bench_paths(ws, log).features)
     if is_input_file(Path(features), "features file"):
