@@ -401,3 +401,39 @@ def write_vqav2_fixture(root: Path, n: int = 6, split: str = "val2014") -> tuple
     qpath.write_text(json.dumps({**info, "task_type": "Open-Ended", "questions": questions}))
     apath.write_text(json.dumps({**info, "annotations": annotations}))
     return qpath, apath, image_dir
+
+
+def write_parquet_copy(
+    questions: Path, annotations: Path, image_dir: Path, out: Path, split: str, shards: int = 2, answers: str = "dicts"
+) -> list[Path]:
+    """The VQA JSON files of a split (and their COCO-named images) as parquet files in the Hugging Face layout
+    lmms-eval evaluates on: one row per question with the image as {"bytes", "path"}, question_id, question,
+    answers (`answers = "dicts"`: [{"answer", "answer_confidence", "answer_id"}] as VQAv2's copy; "strings": the
+    answer texts, as OK-VQA's), answer_type, question_type, image_id; rows in the JSON file's order, cut into
+    `shards` files. The image bytes are the image files', byte for byte. Returns the files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lever.eval.okvqa import coco_image_name
+
+    qs = json.loads(Path(questions).read_text())["questions"]
+    anns = {a["question_id"]: a for a in json.loads(Path(annotations).read_text())["annotations"]}
+    rows = []
+    for q in qs:
+        a = anns[q["question_id"]]
+        name = coco_image_name(q["image_id"], split)
+        given = a["answers"] if answers == "dicts" else [x["answer"] for x in a["answers"]]
+        rows.append(
+            {
+                "question_type": a.get("question_type"), "answers": given, "answer_type": a.get("answer_type"),
+                "image_id": q["image_id"], "question_id": q["question_id"], "question": q["question"],
+                "image": {"bytes": (Path(image_dir) / name).read_bytes(), "path": name},
+            }
+        )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    size = -(-len(rows) // shards)
+    files = []
+    for s in range(shards):
+        files.append(out / f"{split}-{s:05d}-of-{shards:05d}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[s * size : (s + 1) * size]), files[-1])
+    return files

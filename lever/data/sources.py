@@ -19,7 +19,7 @@ from lever.data.candidates import CandidateData
 from lever.errors import LeverError
 from lever.io import is_input_file, stat_input
 from lever.spec import Workspace
-from lever.spec.workspace import DEFAULT_DATASET, OKVQAPaths
+from lever.spec.workspace import DEFAULT_DATASET, DatasetPaths, OKVQAPaths
 
 # Candidate-data names the bundled benchmark provides. `k64` is the same ragged file as
 # `main` (the log's k64_v3 data); `balanced` drops its uniform-reward groups.
@@ -41,7 +41,7 @@ class Dataset:
     name: str
     table: str  # where it is configured, for messages: "okvqa" or "datasets.vqav2"
     ws: Workspace
-    files: OKVQAPaths | None  # the VQA-format files; None: the bundled benchmark, or a workspace that names none
+    files: OKVQAPaths | DatasetPaths | None  # its files; None: the bundled benchmark, or a workspace that names none
     candidates: dict[str, str]
     features: dict[str, str]
 
@@ -64,29 +64,64 @@ class Dataset:
         return self.ws.cache_dir / kind if self.is_default else self.ws.cache_dir / kind / self.name
 
     @property
+    def layout(self) -> str:
+        """ "bench" (the bundled benchmark's item files), "vqa" (questions / annotations JSON and image folders) or
+        "parquet" (the Hugging Face layout: rows with the image bytes)."""
+        if self.is_bundled:
+            return "bench"
+        return self.files.layout if isinstance(self.files, DatasetPaths) else "vqa"
+
+    @property
     def splits(self) -> tuple[str, ...]:
         """The splits the dataset has files for, in the order the workspace lists them (train first)."""
         if self.is_bundled:
             return BENCH_SPLITS
-        keys = [] if self.files is None else list(self.files.files())
-        return tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in keys))
+        if self.files is None:
+            return ()
+        if self.layout == "parquet":
+            return tuple(self.files.parquet())  # type: ignore[union-attr]
+        return tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in self.files.files()))
 
-    def vqa_files(self) -> OKVQAPaths:
-        """The VQA-format files; a LeverError when the workspace names none."""
+    def inputs(self) -> dict[str, str]:
+        """Every file or folder of the dataset by workspace key (train_questions, ..., or train_parquet.0, ...);
+        a LeverError when the workspace names none."""
         if self.files is None:
             raise LeverError(
                 f"workspace {self.ws.source} has no [{self.table}] table: the dataset's question, annotation and "
                 "image files are needed",
                 hint="name them in the workspace (docs/datasets.md)",
             )
-        return self.files
+        if self.layout == "parquet":
+            return {f"{split}_parquet.{i}": str(f) for split in self.splits for i, f in enumerate(self.parquet_files(split))}
+        return self.files.files()
 
     def split_files(self, split: str) -> dict[str, Path]:
-        """{"questions", "annotations", "images"} of `split`, resolved against the workspace."""
+        """{"questions", "annotations", "images"} of `split` in the VQA layout, resolved against the workspace."""
+        self._known(split)
+        o = self.inputs()
+        return {kind: self.ws.path(o[f"{split}_{kind}"]) for kind in ("questions", "annotations", "images")}
+
+    def parquet_files(self, split: str) -> list[Path]:
+        """The parquet files of `split`, their glob patterns expanded (sorted); a pattern that matches nothing is
+        an error naming it."""
+        self._known(split)
+        out: list[Path] = []
+        for pattern in self.files.parquet()[split]:  # type: ignore[union-attr]
+            path = self.ws.path(pattern)
+            if any(c in pattern for c in "*?["):
+                found = sorted(path.parent.glob(path.name))
+                if not found:
+                    raise LeverError(
+                        f"workspace {self.ws.source}: {self.table}.{split}_parquet pattern {pattern!r} matches no file"
+                    )
+                out.extend(found)
+            else:
+                out.append(path)
+        return out
+
+    def _known(self, split: str) -> None:
         if split not in self.splits:
             raise LeverError(f"split {split!r} is not known", hint=f"use {' or '.join(self.splits)}")
-        o = self.vqa_files().files()
-        return {kind: self.ws.path(o[f"{split}_{kind}"]) for kind in ("questions", "annotations", "images")}
 
     def bench(self, log: Callable[[str], None] = print):
         """The bundled benchmark's files (generated the first time)."""

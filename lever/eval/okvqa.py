@@ -81,9 +81,11 @@ def load_okvqa(
     questions = _read_json(questions_path, "questions")
     annotations = _read_json(annotations_path, "annotations")
     answers: dict[int, list[str]] = {}
+    types: dict[int, dict[str, str]] = {}  # answer_type / question_type, where the annotations hold them
     for i, a in enumerate(annotations):
         try:
             answers[int(a["question_id"])] = [str(x["answer"]) for x in a["answers"]]
+            types[int(a["question_id"])] = {k: str(a[k]) for k in TYPE_FIELDS if a.get(k) is not None}
         except (KeyError, TypeError, ValueError) as e:
             raise LeverError(
                 f"{annotations_path}: annotation #{i} is malformed ({type(e).__name__}: {e})",
@@ -101,16 +103,38 @@ def load_okvqa(
     parsed.sort()  # by question_id, as the evaluation protocol says
     if limit is not None:
         parsed = parsed[:limit]
-    items = []
-    for index, (qid, image_id, question) in enumerate(parsed):
+    rows = []
+    for qid, image_id, question in parsed:
         if not answers.get(qid):
             raise LeverError(
                 f"question {qid} in {questions_path} has no annotation (or no answers) in {annotations_path}",
                 hint="use the annotations file of the same split as the questions file",
             )
         image = None if image_dir is None else _image_path(Path(image_dir), image_id, split)
-        items.append(Item(index=index, question_id=qid, image_id=image_id, question=question, answers=answers[qid], image=image))
-    return items
+        rows.append({"question_id": qid, "image_id": image_id, "question": question, "answers": answers[qid],
+                     "image": image, **types[qid]})  # fmt: skip
+    return vqa_items(rows)
+
+
+TYPE_FIELDS = ("answer_type", "question_type")  # what VQA annotations say of a question besides its answers
+
+
+def vqa_items(rows: list[dict[str, Any]], limit: int | None = None) -> list[Item]:
+    """The items of a split from its rows in either layout (VQA JSON files, or parquet: `lever.eval.parquet`):
+    question_id, image_id, question, answers, image (a file path or None) and, where the data has them, the
+    TYPE_FIELDS; sorted by question_id, the first `limit`, `index` = position after sorting."""
+    rows = sorted(rows, key=lambda r: r["question_id"])[:limit]
+    return [
+        Item(
+            index=i,
+            question_id=r["question_id"],
+            image_id=r["image_id"],
+            question=r["question"],
+            answers=r["answers"],
+            image=r["image"],
+        )  # fmt: skip
+        for i, r in enumerate(rows)
+    ]
 
 
 load_vqa = load_okvqa  # the reader is the VQA format's, whichever dataset's files it reads

@@ -73,7 +73,7 @@ def embed_split(
     if with_image and not any(Path(it.image).is_file() for it in with_image):  # a stat each: cheap, before CLIP loads
         raise LeverError(
             f"none of the {len(with_image)} {split} images exists (e.g. {with_image[0].image})",
-            hint=f"check {ds.table}.{split}_images in the workspace {ws.source}",
+            hint=f"check {ds.table}.{split}_{'parquet' if ds.layout == 'parquet' else 'images'} in the workspace {ws.source}",
         )
     key = cache_key(items, model_dir)
     folder = ws.cache_dir / "embed" / f"{key[:24]}-{chunk}"  # chunk files are named by their first row

@@ -267,7 +267,7 @@ def scoring_identity(ds: Dataset, spec: Any, log: Any = print) -> dict[str, Any]
             "files": {Path(f).name: file_digest(Path(f), ws.digest_memo)[:16] for f in files},
         }
     protocol = {k: v for k, v in resolve_protocol(spec).for_candidates().identity().items() if k != "metric"}
-    files = ds.vqa_files().files()
+    files = ds.inputs()
     return {
         "backend": "hf",
         "vlm": model_fingerprint(ws.path(ws.models.vlm), ws.digest_memo),

@@ -133,7 +133,7 @@ def check_eval_files(ds: Dataset, spec: EvalSpec) -> EvalInputs:
         return EvalInputs(ds, spec, backend, protocol)
     if backend == "sim":
         raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
-    for key, value in ds.vqa_files().files().items():
+    for key, value in ds.inputs().items():
         needed = key.startswith("train") or key.rsplit("_", 1)[0] in spec.splits  # train files hold the demonstrations
         if needed and not ws.path(value).exists():
             raise LeverError(f"workspace {ws.source}: {ds.table}.{key} = {value!r} does not exist")
@@ -152,14 +152,18 @@ def check_eval_files(ds: Dataset, spec: EvalSpec) -> EvalInputs:
 
 
 def load_split(ds: Dataset, split: str, log: Callable[[str], None] = print, limit: int | None = None) -> list[Item]:
-    """The items of `split` in row order (sorted question id), the first `limit`: the bundled benchmark's, or the
-    dataset's VQA-format files."""
+    """The items of `split` in row order (sorted question id), the first `limit`: the bundled benchmark's, or those
+    of the dataset's files (VQA JSON and image folders, or parquet: `lever.eval.parquet`)."""
     if split not in ds.splits:
         raise LeverError(f"split {split!r} is not known", hint=f"use {' or '.join(ds.splits)}")
     if ds.is_bundled:
         bench = ds.bench(log)
         items = _items(bench.items_train if split == "train" else bench.items_val)
         return items if limit is None else sorted(items, key=lambda it: it.question_id)[:limit]
+    if ds.layout == "parquet":
+        from .parquet import load_parquet
+
+        return load_parquet(ds.parquet_files(split), ds.cache("images"), ds.ws.digest_memo, limit, log)
     from .okvqa import load_okvqa
 
     f = ds.split_files(split)
@@ -180,6 +184,10 @@ def split_sizes(ds: Dataset, log: Callable[[str], None] = print) -> dict[str, in
     if ds.is_bundled:
         bench = ds.bench(log)
         return {"train": len(_items(bench.items_train)), "val": len(_items(bench.items_val))}
+    if ds.layout == "parquet":
+        from .parquet import row_count
+
+        return {split: row_count(ds.parquet_files(split)) for split in ds.splits}
     from .okvqa import question_count
 
     return {split: question_count(ds.split_files(split)["questions"]) for split in ds.splits}
@@ -344,7 +352,7 @@ def okvqa_identity(ds: Dataset, spec: EvalSpec, train_features_path: Path) -> di
     Another dataset than okvqa adds its name (okvqa's keys stay those made before datasets had names)."""
     ws = ds.ws
     memo = ws.digest_memo
-    o = ds.vqa_files().files()
+    o = ds.inputs()
     used = [k for k in o if k.startswith("train") or k.rsplit("_", 1)[0] in spec.splits]
     out = {
         "backend": "hf",

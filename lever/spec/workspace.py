@@ -43,6 +43,13 @@ files and its own candidate data and features, chosen by a plan's `data.dataset 
     val_images = "coco/val2014"
     candidates = { balanced_v3 = "results/vqav2/rl_data_balanced_v3.json" }
     features = { main = "results/vqav2/query_embeddings.pt" }
+
+The same data in the Hugging Face parquet layout (lmms-eval's copies: rows with the image bytes, question,
+question_id, answers, answer_type, question_type) names parquet files per split instead of the six::
+
+    [datasets.okvqa_hf]
+    train_parquet = "hf/okvqa_train/*.parquet"
+    val_parquet = ["hf/OK-VQA/data/val2014-00000-of-00002.parquet", "hf/OK-VQA/data/val2014-00001-of-00002.parquet"]
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lever.errors import LeverError
 from lever.io import read_text
@@ -89,20 +96,62 @@ class OKVQAPaths(_Strict):
         return {k: getattr(self, k) for k in OKVQAPaths.model_fields}
 
 
-class DatasetPaths(OKVQAPaths):
-    """A dataset in the VQA format (VQAv2's or OK-VQA's layout: questions and annotations JSON, COCO images per
-    split), with the candidate data and features made from its train split."""
+class DatasetPaths(_Strict):
+    """A dataset in one of two layouts, with the candidate data and features made from its train split:
+    the VQA files (VQAv2's or OK-VQA's: questions and annotations JSON, COCO images per split), or parquet
+    files in the Hugging Face layout lmms-eval evaluates on (rows with the image bytes; docs/datasets.md)."""
 
-    train_questions: str = Field(description="Train questions JSON ({'questions': [...]})")
-    train_annotations: str = Field(description="Train annotations JSON ({'annotations': [...]}, ten answers each)")
-    train_images: str = Field(description="Train image folder (COCO_train2014_<image_id>.jpg)")
-    val_questions: str = Field(description="Val questions JSON")
-    val_annotations: str = Field(description="Val annotations JSON")
-    val_images: str = Field(description="Val image folder (COCO_val2014_<image_id>.jpg)")
+    train_questions: str | None = Field(None, description="Train questions JSON ({'questions': [...]})")
+    train_annotations: str | None = Field(None, description="Train annotations JSON ({'annotations': [...]}, ten answers each)")
+    train_images: str | None = Field(None, description="Train image folder (COCO_train2014_<image_id>.jpg)")
+    val_questions: str | None = Field(None, description="Val questions JSON")
+    val_annotations: str | None = Field(None, description="Val annotations JSON")
+    val_images: str | None = Field(None, description="Val image folder (COCO_val2014_<image_id>.jpg)")
+    train_parquet: list[str] | None = Field(
+        None, description="Train parquet files (paths or glob patterns) in the Hugging Face layout, instead of the JSON files"
+    )
+    val_parquet: list[str] | None = Field(None, description="Val parquet files (paths or glob patterns)")
     candidates: dict[str, str] = Field(default_factory=dict, description="Candidate-data names -> JSON files of this dataset")
     features: dict[str, str] = Field(
         default_factory=dict, description="Feature names -> [N_train, d] tensor files of this dataset"
     )
+
+    @field_validator("train_parquet", "val_parquet", mode="before")
+    @classmethod
+    def _one_or_more(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> DatasetPaths:
+        json_keys = [k for k in OKVQAPaths.model_fields if getattr(self, k) is not None]
+        parquet = [k for k in PARQUET_KEYS if getattr(self, k) is not None]
+        if json_keys and parquet:
+            raise ValueError(f"give the VQA JSON files or parquet files, not both ({json_keys[0]} and {parquet[0]})")
+        if parquet:
+            missing = [k for k in PARQUET_KEYS if not getattr(self, k)]
+        else:
+            missing = [k for k in OKVQAPaths.model_fields if getattr(self, k) is None]
+        if missing:
+            raise ValueError(
+                f"missing {', '.join(missing)}: a dataset needs train and val files, as the six VQA JSON files and "
+                "image folders or as train_parquet and val_parquet"
+            )
+        return self
+
+    @property
+    def layout(self) -> Literal["vqa", "parquet"]:
+        return "parquet" if self.train_parquet else "vqa"
+
+    def files(self) -> dict[str, str]:
+        """The VQA JSON files and folders, by key (train_questions, ..., val_images); {} in the parquet layout."""
+        return {k: getattr(self, k) for k in OKVQAPaths.model_fields if getattr(self, k) is not None}
+
+    def parquet(self) -> dict[str, list[str]]:
+        """The parquet files (patterns) by split; {} in the VQA JSON layout."""
+        return {k.rsplit("_", 1)[0]: getattr(self, k) for k in PARQUET_KEYS if getattr(self, k)}
+
+
+PARQUET_KEYS = ("train_parquet", "val_parquet")
 
 
 class ModelPaths(_Strict):
