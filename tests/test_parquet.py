@@ -190,3 +190,18 @@ def test_both_layouts_give_the_same_data_and_accuracies_end_to_end(lever, tmp_pa
     keep = ("question_id", "shots", "demo_ids", "raw_output", "answer", "accuracy", "failed")
     assert [{k: r.get(k) for k in keep} for r in rows["json"]] == [{k: r.get(k) for k in keep} for r in rows["hf"]]
     assert sorted(rows) == ["hf", "json"] and len(rows["hf"]) == 2 * N_VAL and accuracy["json"] == accuracy["hf"]
+
+
+def test_a_parquet_table_is_one_layout_with_train_and_val(lever, tmp_path):
+    ws = write_both_layouts(tmp_path)
+    text = ws.read_text()
+    for bad, words in (
+        (text.replace('[datasets.hf]\n', '[datasets.hf]\nval_images = "val/images"\n'), ["datasets.hf", "not both"]),
+        (text.replace("train_parquet = ", "# train_parquet = "), ["datasets.hf", "missing train_parquet"]),
+    ):
+        ws.write_text(bad)
+        res = lever("--workspace", ws, "data", "embed", "--dataset", "hf", "--out", tmp_path / "f.pt")
+        assert res.code == 2 and all(w in res.err for w in words) and "Traceback" not in res.text, res.text
+    ws.write_text(text.replace("hf/train/*.parquet", "hf/train/*.parq"))
+    res = lever("--workspace", ws, "data", "embed", "--dataset", "hf", "--out", tmp_path / "f.pt")
+    assert res.code == 2 and "datasets.hf.train_parquet pattern 'hf/train/*.parq' matches no file" in res.err, res.text

@@ -123,14 +123,14 @@ class DatasetPaths(_Strict):
 
     @model_validator(mode="after")
     def _one_layout(self) -> DatasetPaths:
-        json_keys = [k for k in OKVQAPaths.model_fields if getattr(self, k) is not None]
+        json_keys = [k for k in OKVQAPaths.model_fields if getattr(self, k, None) is not None]
         parquet = [k for k in PARQUET_KEYS if getattr(self, k) is not None]
         if json_keys and parquet:
             raise ValueError(f"give the VQA JSON files or parquet files, not both ({json_keys[0]} and {parquet[0]})")
         if parquet:
             missing = [k for k in PARQUET_KEYS if not getattr(self, k)]
-        else:
-            missing = [k for k in OKVQAPaths.model_fields if getattr(self, k) is None]
+        else:  # train and val are needed; another split's files are optional
+            missing = [k for k in OKVQAPaths.model_fields if k.startswith(("train_", "val_")) and getattr(self, k, None) is None]
         if missing:
             raise ValueError(
                 f"missing {', '.join(missing)}: a dataset needs train and val files, as the six VQA JSON files and "
@@ -144,7 +144,7 @@ class DatasetPaths(_Strict):
 
     def files(self) -> dict[str, str]:
         """The VQA JSON files and folders, by key (train_questions, ..., val_images); {} in the parquet layout."""
-        return {k: getattr(self, k) for k in OKVQAPaths.model_fields if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in OKVQAPaths.model_fields if getattr(self, k, None) is not None}
 
     def parquet(self) -> dict[str, list[str]]:
         """The parquet files (patterns) by split; {} in the VQA JSON layout."""
