@@ -154,8 +154,8 @@ def test_both_layouts_give_the_same_data_and_accuracies_end_to_end(lever, tmp_pa
     monkeypatch.setattr(
         world,
         "make_hf_backend",
-        lambda ws_, spec, device="cpu": HFBackend.from_pretrained_objects(
-            qwen, processor, "cpu", spec.batch_size, spec.max_new_tokens, spec.num_beams
+        lambda ws_, spec, device="cpu", protocol=None: HFBackend.from_pretrained_objects(
+            qwen, processor, "cpu", spec.batch_size, spec.max_new_tokens, spec.num_beams, protocol=protocol
         ),
     )
 
@@ -196,7 +196,7 @@ def test_a_parquet_table_is_one_layout_with_train_and_val(lever, tmp_path):
     ws = write_both_layouts(tmp_path)
     text = ws.read_text()
     for bad, words in (
-        (text.replace('[datasets.hf]\n', '[datasets.hf]\nval_images = "val/images"\n'), ["datasets.hf", "not both"]),
+        (text.replace("[datasets.hf]\n", '[datasets.hf]\nval_images = "val/images"\n'), ["datasets.hf", "not both"]),
         (text.replace("train_parquet = ", "# train_parquet = "), ["datasets.hf", "missing train_parquet"]),
     ):
         ws.write_text(bad)
