@@ -165,7 +165,7 @@ def _shot_figures(plans: list, base, split: str) -> None:
     from lever.runs.layout import RunDir
 
     if not figures.has_matplotlib():
-        err_console.print("no shot-curve figure: matplotlib is not installed (pip install 'lever[plot]')", highlight=False)
+        err_console.print("no shot-curve figure: matplotlib is not installed (pip install 'lever[plot]')", highlight=False, markup=False)
         return
     for pr in plans:
         if pr.missing or pr.name == base.name or not any(split in r.splits() for r in pr.evaluated_runs):
