@@ -33,6 +33,7 @@ def test_shot_curves_are_the_leaderboards_cells(runs: Path):  # noqa: F811
     lb = build_leaderboard([plan_runs(runs, n) for n in ("baseline", "plan5", "plan7_1")], n_resamples=2000)
     data = figures.shot_curves(lb)
     assert [(s.name, s.role) for s in data.series] == [("baseline", "baseline"), ("plan5", "plan"), ("plan7_1", "plan")]
+    assert data.note == lb.footnote  # what the bands are, in the table's words
     plan5 = data.series[1]
     # hand-worked in test_report: plan5 60, 100, 46, 20 at 1-4 shots; the mean column is not a shot count
     assert [(p.shots, p.value) for p in plan5.points] == [(1, 60.0), (2, 100.0), (3, 46.0), (4, 20.0)]

@@ -80,7 +80,7 @@ class ShotFigure:
     split: str
     ylabel: str
     series: list[Series]
-    note: str  # what the bands are, as the table's footnote says
+    note: str  # what the numbers and intervals are: the table's own footnote
     baseline: str | None = None
 
 
@@ -118,7 +118,7 @@ def shot_curves(lb: Leaderboard, baseline: str | None = "baseline") -> ShotFigur
             continue
         role = "baseline" if row.name == baseline else "zero-shot" if [p.shots for p in points] == [0] else "plan"
         series.append(Series(row.name, role, points))
-    note = f"VQA accuracy (%) on {lb.split}; bands: the 95% bootstrap interval over questions the leaderboard prints"
+    note = lb.footnote  # why: the bands are the table's intervals, so its footnote says what they are
     return ShotFigure(
         "shots", lb.split, "accuracy (%)", series, note, baseline if any(s.role == "baseline" for s in series) else None
     )
@@ -141,7 +141,7 @@ def deltas(cmp: Comparison) -> ShotFigure:
             points.append(Point(int(row.label), c.delta, c.lo if paired else None, c.hi if paired else None, mark))
         if points:
             series.append(Series(col.name, "plan", points))
-    note = f"{cmp.split}: plan - {cmp.baseline} in points, paired over the same questions; bars: 95% paired bootstrap interval"
+    note = cmp.footnote
     return ShotFigure("delta", cmp.split, f"Δ accuracy vs {cmp.baseline} (points)", series, note, cmp.baseline)
 
 
