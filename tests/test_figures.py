@@ -146,6 +146,9 @@ def test_plot_curves_and_bad_input(cli_runs, tmp_path: Path):
     assert res.code == 2 and "PNG, PDF or SVG" in res.err and "c.png" in res.err
     res = cli_runs("plot", "curves", "plan5", "-m", "no/such", "-o", tmp_path / "c.png")
     assert res.code == 2 and "no training metrics to draw" in res.err and "val/loss" in res.err
+    (tmp_path / "file").write_text("")  # a file where the figure's folder would be
+    res = cli_runs("plot", "curves", "plan5", "-o", tmp_path / "file" / "c.png")
+    assert res.code == 2 and "the figure cannot be written" in res.err
     res = cli_runs("plot", "delta", "plan5", "--baseline", "plan6", "-o", tmp_path / "d.png")
     assert res.code == 2 and "plan6: not evaluated" in res.err
     assert "Traceback" not in res.text

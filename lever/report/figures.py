@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lever.errors import LeverError
+from lever.io import atomic_write, os_reason
 
 from .leaderboard import MEAN, Leaderboard, build_leaderboard
 from .results import PlanRuns
@@ -284,14 +285,19 @@ def draw(data: ShotFigure | CurvesFigure, path: Path, width: float | None = None
     path = check_path(path)
     plt = pyplot()
     fig = render(data, width)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ext = path.suffix.lower()
     # why: no version stamp in the file, so the same figure gives the same bytes under another matplotlib
     meta = {"Software": None} if ext == ".png" else {"Creator": None} if ext == ".pdf" else {}
     extra = {"pil_kwargs": {"optimize": True}} if ext == ".png" else {}
-    with plt.rc_context(_style()):
-        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=meta, **extra)
-    plt.close(fig)
+    try:
+        with plt.rc_context(_style()):  # written whole or not at all
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format=ext[1:], dpi=DPI, bbox_inches="tight", metadata=meta, **extra))
+    except OSError as err:
+        raise LeverError(
+            f"{path}: the figure cannot be written ({os_reason(err)})", hint="choose another file or folder"
+        ) from None
+    finally:
+        plt.close(fig)
     return path
 
 
