@@ -23,7 +23,7 @@ per question; k shots = its first k, as a selector's prefix), at 1-4 shots. Repo
 seconds per question of lever at its defaults (eval.batch_size 8, answered in `lever evaluate`'s chunks),
 lever at batch 1, and the original; the peak RSS of each process; whether the answers (and the prompts'
 input_ids) are identical. Then `data generate`'s scoring: 8 two-shot sequences for each of 8 questions from the
-pool, answered and given their ground truth's probability (`score_sequences`), by today's fast path and
+pool, answered and given their ground truth's probability (`score_requests`), by today's fast path and
 by the plain path (what lever did before: generate per padded batch, then a second pass for the
 probabilities); sequences per second and whether the records are identical.
 
@@ -272,7 +272,7 @@ def sbs_lever(root: Path, questions: int, batch_size: int | None) -> dict:
     """Lever's side (in its own process): seconds, answers and prompt digests per shot count, data generate."""
     from lever.eval.evaluate import chunk_bounds
     from lever.eval.protocol import load_protocol
-    from lever.eval.score import score_sequences
+    from lever.eval.score import score_requests
     from lever.spec.schema import EvalSpec
 
     spec = EvalSpec()
@@ -302,8 +302,10 @@ def sbs_lever(root: Path, questions: int, batch_size: int | None) -> dict:
             be.fast = fast
             be.images._entries.clear()  # each starts from a cold image cache
             t0 = time.perf_counter()
-            recs = [score_sequences(be, protocol.metric, [q] * SBS_SEQS, [[pool[j] for j in s] for s in ss])
-                    for q, ss in zip(gen_val, seqs)]  # fmt: skip
+            recs = [
+                score_requests(be, protocol.metric, [Request("train", q, [pool[j] for j in s]) for s in ss])
+                for q, ss in zip(gen_val, seqs)
+            ]
             out[f"generate_{label}_s"] = time.perf_counter() - t0
             records[label] = recs
         out["generate_sequences"] = len(gen_val) * SBS_SEQS
