@@ -397,3 +397,14 @@ def test_gt_probs_from_the_prefill_equal_teacher_forcing(qwen, shots_items):
     no_answers = dataclasses.replace(shots_items[0], answers=[])
     answers, probs = fast.answer_with_gt_probs([Request("val", no_answers)])
     assert probs == [None] and not answers[0].failed  # no ground truth: no probability, still an answer
+
+
+def test_items_without_images_answer_as_the_plain_path(qwen, items):
+    """A text-only prompt after an image prompt: the image prompt's 3D position offsets must not leak into it."""
+    bare = [dataclasses.replace(it, image=None) for it in items]
+    reqs = [Request("val", bare[0], [bare[1]]), Request("val", items[2], [bare[3]]), Request("val", bare[4])]
+    fast = backend(qwen, num_beams=3)
+    fast.answer([Request("val", items[0], [items[1]])])  # leaves the model's rope offsets set
+    got = fast.answer(reqs)
+    assert not any(r.failed for r in got)
+    assert [r.raw for r in got] == [r.raw for r in backend(qwen, fast=False, num_beams=3, batch_size=1).answer(reqs)]
