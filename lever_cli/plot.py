@@ -10,9 +10,8 @@ import typer
 from lever.errors import LeverError
 from lever.report import figures
 from lever.report.leaderboard import load_leaderboard
-from lever.report.results import check_known, plan_runs, rescore_plan
-from lever.report.tables import build_comparison
-from lever.runs.store import plan_name
+from lever.report.reports import load_comparison
+from lever.report.results import check_known, plan_runs
 
 from ._common import runs_dir, workspace
 from .report import METRIC_OPTION, _table_options
@@ -86,18 +85,10 @@ def delta(
     """
     figures.check_path(out)
     _table_options(split, resamples, metric, False, False, False, False)
-    root, plans_dir = runs_dir(), workspace().plans_dir
-    for p in (baseline, *plans):
-        check_known(p, plans_dir, root)
-    base = plan_runs(baseline, root, plans_dir)
-    others = [plan_runs(p, root, plans_dir) for p in plans if plan_name(p) != base.name]
-    bad = [f"{pr.name}: {pr.missing} ({pr.command})" for pr in (base, *others) if pr.missing]
+    cmp = load_comparison(plans, baseline, runs_dir(), workspace().plans_dir, split, metric=metric, n_resamples=resamples)
+    bad = [f"{c.name}: {c.missing} ({c.command})" for c in cmp.plans if c.missing]
     if bad:
         raise LeverError("nothing to draw for " + "; ".join(bad), hint="run what each names, or leave the plan out")
-    if metric is not None:
-        for pr in (base, *others):
-            rescore_plan(pr, metric)
-    cmp = build_comparison(others, base, split=split, n_resamples=resamples, metric=metric)
     _finish(figures.deltas(cmp), out, width, as_json)
 
 

@@ -14,13 +14,15 @@ from lever.report.export import export
 from lever.report.leaderboard import export as export_leaderboard
 from lever.report.leaderboard import load_leaderboard
 from lever.report.leaderboard import render_plain as leaderboard_plain
-from lever.report.results import RunData, check_known, damage_summary, plan_runs, rescore_plan, scan_runs
+from lever.report.reports import load_comparison
+from lever.report.results import RunData, check_known, damage_summary, plan_runs, scan_runs
+from lever.report.significance import N_RESAMPLES
 from lever.report.sparkline import spark_rows
 from lever.report.tables import (
     TRAINING_FOLD,
     TRAINING_HEADERS,
-    build_comparison,
     compact_table,
+    fixed,
     fmt_num,
     fold_columns,
     plain_grid,
@@ -29,7 +31,6 @@ from lever.report.tables import (
     training_rows,
 )
 from lever.runs.layout import RunDir
-from lever.runs.store import plan_name
 from lever.runs.sweep import member_names
 
 from ._common import runs_dir as runs_root
@@ -81,7 +82,7 @@ def _table_options(
     if len(formats) > 1:
         raise LeverError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
     if resamples < 1:
-        raise LeverError(f"--resamples {resamples} must be at least 1", hint="the default is 10000")
+        raise LeverError(f"--resamples {resamples} must be at least 1", hint=f"the default is {N_RESAMPLES}")
     if metric is not None and metric not in VQA_METRICS:
         raise LeverError(f"--metric {metric!r} is not a VQA metric", hint=f"use one of: {', '.join(VQA_METRICS)}")
     return formats
@@ -97,7 +98,9 @@ def compare(
     markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables"),
     as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and shot row"),
     latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment of the shot table"),
-    resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per delta"),
+    resamples: int = typer.Option(
+        N_RESAMPLES, "--resamples", help="Bootstrap resamples and permutations per delta (more where a verdict is borderline)"
+    ),
     metric: str | None = METRIC_OPTION,
     wide: bool = WIDE,
 ) -> None:
@@ -114,15 +117,7 @@ def compare(
     Example: [bold]lever compare plan5 plan7 plan7_1 --baseline baseline --split val[/]
     """
     formats = _table_options(split, resamples, metric, as_json, markdown, as_csv, latex)
-    root = runs_root()
-    for p in (baseline, *plans):
-        check_known(p, workspace().plans_dir, root)
-    base = plan_runs(baseline, root, workspace().plans_dir)
-    others = [plan_runs(p, root, workspace().plans_dir) for p in plans if plan_name(p) != base.name]
-    if metric is not None:
-        for pr in (base, *others):
-            rescore_plan(pr, metric)
-    cmp = build_comparison(others, base, split=split, n_resamples=resamples, metric=metric)
+    cmp = load_comparison(plans, baseline, runs_root(), workspace().plans_dir, split, metric=metric, n_resamples=resamples)
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)
     elif console.is_terminal:
@@ -142,8 +137,13 @@ def leaderboard(
     markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables"),
     as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and column"),
     latex: bool = typer.Option(False, "--latex", help="Print a booktabs tabular fragment"),
-    resamples: int = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations per interval and test"),
-    alpha: float = typer.Option(0.05, "--alpha", help="Family-wise error rate of each column's Holm-corrected tests"),
+    resamples: int = typer.Option(
+        N_RESAMPLES, "--resamples", help="Bootstrap resamples and permutations per interval and test (more where borderline)"
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="Family-wise error rate of the Holm-corrected tests"),
+    family: str = typer.Option(
+        "column", "--family", help="What one Holm correction spans: column (each column's tests) or table (every column's)"
+    ),
     dataset: str | None = typer.Option(
         None,
         "--dataset",
@@ -180,12 +180,13 @@ def leaderboard(
         alpha=alpha,
         n_resamples=resamples,
         only_dataset=dataset,
+        family=family,
     )
     typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb), nl=False)
 
 
 def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
+    return "—" if x is None else fixed(x)
 
 
 def _accuracy_rows(run: RunData) -> list[list[str]]:

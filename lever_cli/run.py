@@ -48,6 +48,7 @@ def _eval_progress(lp: LoadedPlan, seed: int) -> CountProgress:
 
 def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
     from lever.eval.distributed import ranks
+    from lever.report.tables import fixed
 
     if not ranks().is_main:
         return
@@ -61,7 +62,7 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
         table.add_column(f"{split} acc %", justify="right")
     shots = sorted({int(s) for sp in splits.values() for s in sp})
     for s in shots:
-        table.add_row(str(s), *[f"{splits[sp][str(s)]['accuracy']:.2f}" if str(s) in splits[sp] else "" for sp in splits])
+        table.add_row(str(s), *[fixed(splits[sp][str(s)]["accuracy"]) if str(s) in splits[sp] else "" for sp in splits])
     console.print(table)
     failed = sum(c["failed"] for sp in splits.values() for c in sp.values())
     if failed:
@@ -139,24 +140,19 @@ def run(
 
 
 def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | None) -> None:
-    """The plans against the baseline (the one named or run in this command, else the baseline plan file's runs),
-    when evaluated."""
-    from lever.report.results import plan_runs
-    from lever.report.tables import build_comparison, render_rich
+    """The plans against the baseline, when evaluated (`lever.report.reports.run_comparisons`)."""
+    from lever.report.reports import run_comparisons
+    from lever.report.tables import render_rich
 
-    root, plans_dir = workspace().runs_dir, workspace().plans_dir
-    base = plan_runs(base_name, root, plans_dir, base_hash)
-    if base.missing:
-        err_console.print(f"no comparison table: {base_name} {base.missing} ({base.command})", highlight=False)
-        return
-    mine = [plan_runs(lp.name, root, plans_dir, lp.hash) for lp in plans]
-    splits = [
-        sp for sp in dict.fromkeys(sp for lp in plans for sp in lp.plan.eval.splits) if any(sp in r.splits() for r in base.runs)
-    ]
-    for split in splits:  # a split the baseline is not evaluated on has no deltas
-        render_rich(build_comparison(mine, base, split=split, n_resamples=2000), console, fit_width(console))
-    if splits:
-        _shot_figures(mine, base, splits[0])
+    ws = workspace()
+    mine = [(lp.name, lp.hash, list(lp.plan.eval.splits)) for lp in plans]
+    out = run_comparisons(mine, base_name, base_hash, ws.runs_dir, ws.plans_dir)
+    if out.why:
+        err_console.print(out.why, highlight=False)
+    for cmp in out.tables:
+        render_rich(cmp, console, fit_width(console))
+    if out.tables and out.base is not None:
+        _shot_figures(out.plans, out.base, out.tables[0].split)
 
 
 def _shot_figures(plans: list, base, split: str) -> None:
@@ -165,7 +161,9 @@ def _shot_figures(plans: list, base, split: str) -> None:
     from lever.runs.layout import RunDir
 
     if not figures.has_matplotlib():
-        err_console.print("no shot-curve figure: matplotlib is not installed (pip install 'lever[plot]')", highlight=False, markup=False)
+        err_console.print(
+            "no shot-curve figure: matplotlib is not installed (pip install 'lever[plot]')", highlight=False, markup=False
+        )
         return
     for pr in plans:
         if pr.missing or pr.name == base.name or not any(split in r.splits() for r in pr.evaluated_runs):

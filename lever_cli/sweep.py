@@ -15,19 +15,14 @@ def _log(message: str) -> None:
     err_console.print(message, highlight=False, markup=False)
 
 
-def family_table(sweep: Sweep, split: str, resamples: int = 2000) -> None:
-    """Every derived plan against the base plan: mean ± std over seeds, paired bootstrap intervals, p-values."""
-    from lever.report.results import plan_runs
-    from lever.report.tables import build_comparison, render_rich
+def family_table(sweep: Sweep, split: str) -> None:
+    """Every derived plan against the base plan (`lever.report.reports.sweep_comparison`)."""
+    from lever.report.reports import sweep_comparison
+    from lever.report.tables import render_rich
 
-    root = workspace().runs_dir
-    columns = []
-    for m in sweep.distinct:  # a grid point equal to the base plan is the base plan's column
-        pr = plan_runs(m.plan.name, root, workspace().plans_dir, m.spec_hash)
-        pr.name = m.name
-        pr.runs = [r for r in pr.runs if r.seed in sweep.seeds]
-        columns.append(pr)
-    render_rich(build_comparison(columns[1:], columns[0], split=split, n_resamples=resamples), console, fit_width(console))
+    ws = workspace()
+    members = [(m.name, m.plan.name, m.spec_hash) for m in sweep.distinct]  # a grid point equal to the base is its column
+    render_rich(sweep_comparison(members, list(sweep.seeds), ws.runs_dir, ws.plans_dir, split), console, fit_width(console))
 
 
 def sweep(

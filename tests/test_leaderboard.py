@@ -51,20 +51,25 @@ def test_leaderboard_values_intervals_and_marks(runs: Path):  # noqa: F811 (the 
     assert [acc[(c, "plan5")] for c in ("1", "2", "3", "4", "mean")] == pytest.approx([60, 100, 46, 20, 56.5])
     assert acc[("mean", "plan7_1")] == pytest.approx(32.5)  # (60 + 0 + 50 + 20) / 4
     mark = {c.label: {k: e.mark for k, e in c.entries.items() if e.mark} for c in lb.columns}
-    # 2 shots: plan5 answers all 10, the others none: d = +1 on 10 questions, exact p = 2 / 2^10 against each,
-    # Holm 2 * 2/1024 = 0.0039 < 0.05 for both -> plan5 is the best.
+    # 2 shots: plan5 answers all 10, the others none: d = +1 on 10 questions. Against baseline (one seed a side) the
+    # exact sign-flip p = 2 / 2^10; against plan7_1 (two seeds) every two-level resample is +100, so the bootstrap
+    # p = 2 (1 + 0) / (2000 + 1). Holm: 2 * 2/2001 = 0.0020 for plan7_1, max(0.0020, 2/1024) = 0.0020 for baseline.
     col2 = lb.columns[1]
     assert col2.best == "plan5" and mark["2"] == {"plan5": "best"}
-    assert col2.entries["baseline"].p == pytest.approx(2 / 1024) and col2.entries["baseline"].p_holm == pytest.approx(4 / 1024)
+    assert col2.entries["baseline"].p == pytest.approx(2 / 1024) and col2.entries["baseline"].p_holm == pytest.approx(4 / 2001)
+    assert col2.entries["plan7_1"].p == pytest.approx(2 / 2001)
     assert (col2.entries["plan5"].lo, col2.entries["plan5"].hi) == (100.0, 100.0)
     # 1 shot: plan5 60 = plan7_1 60 (first of equals: plan5); vs baseline one question differs (p = 1), vs plan7_1
     # d = [0,0,0,1,0,.5,-.5,0,-1,0] sums to 0 (p = 1): everyone is tied.
     assert mark["1"] == {"baseline": "tied", "plan5": "tied", "plan7_1": "tied"}
-    # mean 1-4: plan5 - baseline per question > 0 on all 10 (p = 2/1024); plan5 - plan7_1 > 0 on 9 (p = 2/512);
-    # Holm: 2 * 2/1024 = 0.0039, max(0.0039, 1 * 2/512) = 0.0039 -> best.
+    # mean 1-4: plan5 - baseline per question > 0 on all 10 (one seed a side: sign-flip p = 2/1024); plan7_1 has two
+    # seeds, so its test is the two-level bootstrap: plan5 is ahead on 9 of 10 questions for either seed, so a
+    # resample at or below 0 needs all ten draws on the tenth; none of the 2000 does: p = 2 (1 + 0) / 2001. Holm: 2 * 2/2001 for it, then
+    # max(4/2001, 2/1024) = 4/2001 for baseline -> best.
     mean = lb.columns[-1]
     assert mark["mean"] == {"plan5": "best"}
-    assert mean.entries["plan7_1"].p == pytest.approx(2 / 512) and mean.entries["plan7_1"].p_holm == pytest.approx(2 / 512)
+    assert mean.entries["plan7_1"].p == pytest.approx(2 / 2001) and mean.entries["plan7_1"].p_holm == pytest.approx(4 / 2001)
+    assert mean.entries["plan7_1"].interval == "seeds and questions" and mean.entries["plan5"].interval == "questions"
     assert mean.entries["plan7_1"].std == pytest.approx(np.std([(70 + 0 + 50 + 20) / 4, (50 + 0 + 50 + 20) / 4], ddof=1))
     # every cell's interval is the bootstrap interval of its seed-averaged per-question vector
     assert (lb.columns[0].entries["baseline"].lo, lb.columns[0].entries["baseline"].hi) == pytest.approx(
@@ -167,7 +172,7 @@ def test_cli_leaderboard_formats_and_errors(cli, runs: Path):  # noqa: F811
     res = cli("leaderboard")  # default: every evaluated plan (plan6 is trained only, plan9 never run)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0] == "Leaderboard: accuracy (%) on val by shot count" and "mean 1-4" in lines[1]
+    assert lines[0] == "Leaderboard: accuracy (%) on val by shot count (okvqa)" and "mean 1-4" in lines[1]
     assert [line.split()[0] for line in lines[3:6]] == ["baseline", "plan5", "plan7_1"]
     assert "note: not shown: plan6: not evaluated (lever evaluate plans/plan6.toml)" in res.output
     data = json.loads(cli("leaderboard", "plan5", "baseline", "--json").output)

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import typer
@@ -21,6 +22,7 @@ from lever.keys import content_key
 from lever.records import RowsRecord, StageEntry, StageSelection
 from lever.report.export import CSV_COLUMNS, to_csv, to_json, to_latex, to_markdown
 from lever.report.results import load_plan, load_run, scan_runs
+from lever.report.significance import paired_bootstrap_ci
 from lever.report.sparkline import BARS, spark_rows, sparkline
 from lever.report.tables import NEAR_ZERO_FLAG, build_comparison, render_plain
 from lever.runs.layout import RunDir, RunsFolder
@@ -53,6 +55,7 @@ PLAN7_SEED = {0: {**BASE, 1: [1] * 7 + [0] * 3}, 1: {**BASE, 1: [1] * 5 + [0] * 
 BASE_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 0, "lr": 5e-6}, "reward": {"mode": "hard_plus_soft"}}
 PLAN5_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 50, "lr": 5e-6}, "reward": {"mode": "hard_plus_soft"}}
 PLAN7_SPEC = {"rce": {"epochs": 5}, "grpo": {"epochs": 0, "lr": 5e-6}, "reward": {"mode": "separated"}}
+H5, HB = content_key(PLAN5_SPEC), content_key(BASE_SPEC)  # the spec hashes of plan5's and baseline's runs
 
 
 def write_run(
@@ -65,12 +68,11 @@ def write_run(
     metrics: list[dict] | None = None,
     selected: dict | None = None,
     flags: list[str] | None = None,
-    spec_hash: str = "abc123def456",
     state: str = "done",
 ) -> Path:
     """Write one seed run dir with lever's own writers, its stage folder and checkpoints included (every record
     is cross-checked when read); ``accs=None`` leaves it unevaluated."""
-    run = RunsFolder(root).run(plan, spec_hash, seed)
+    run = RunsFolder(root).run(plan, content_key(spec), seed)  # the folder is named by the spec's hash, as lever does
     run.path.mkdir(parents=True)
     (run.path / "spec.json").write_text(json.dumps(spec))
     metrics = metrics or [
@@ -78,7 +80,7 @@ def write_run(
         {"stage": "rce", "epoch": 2, "val/loss": 1.5, "losses/rce": 1.6, "rce/tau": 0.5},
     ]
     sel = selected or {"stage": "rce", "epoch": 2, "metric": "val/loss", "mode": "min", "value": 1.5, "reason": "lowest val/loss"}
-    stage_dir = root / "_stages" / f"{sel['stage']}-{content_key(plan, spec_hash, seed)}"
+    stage_dir = root / "_stages" / f"{sel['stage']}-{content_key(plan, run.spec_hash, seed)}"
     rows = [r for r in metrics if r["stage"] == sel["stage"]]
     for r in rows:
         save_weights(checkpoint_path(stage_dir, r["epoch"]), {"w": torch.full((1,), float(r["epoch"]))}, {"epoch": r["epoch"]})
@@ -176,8 +178,8 @@ def comparison(root: Path, names=("plan5", "plan7_1", "plan6", "plan9")):
 
 
 def test_load_run_reads_every_file(runs: Path):
-    run = load_run(runs / "plan5" / "abc123def456" / "seed-0")
-    assert (run.plan, run.spec_hash, run.seed, run.state) == ("plan5", "abc123def456", 0, "done")
+    run = load_run(runs / "plan5" / H5 / "seed-0")
+    assert (run.plan, run.spec_hash, run.seed, run.state) == ("plan5", H5, 0, "done")
     assert run.eval_key == EVAL
     qr = run.question_results("val", 3)
     assert qr.question_ids.tolist() == list(range(1, 11))
@@ -202,7 +204,7 @@ def test_missing_files_are_none_not_errors(tmp_path: Path):
 def test_only_the_selected_checkpoints_evaluation_is_shown(runs: Path):
     from lever.errors import DamagedState
 
-    d = runs / "baseline" / "abc123def456" / "seed-0"
+    d = runs / "baseline" / HB / "seed-0"
     run = RunDir(d)
     newer = run.eval_dir("0f0f0f0f0f0f")  # another evaluation (an --epoch one, say), finished later
     newer.write(eval_rows({1: [1, 0, 0, 0, 0, 0, 0, 0]}), {"checkpoint": {"sha256": "other"}, "backend": "hf"})
@@ -211,9 +213,7 @@ def test_only_the_selected_checkpoints_evaluation_is_shown(runs: Path):
     run.mark_selected_eval(newer)  # pointed at an evaluation of other weights
     with pytest.raises(DamagedState, match="not of this run's selected checkpoint"):
         load_run(d)
-    (run.eval_root / "selected.json").write_text(
-        json.dumps({"key": "../../../../plan5/abc123def456/seed-0/eval/" + EVAL, "version": 2})
-    )
+    (run.eval_root / "selected.json").write_text(json.dumps({"key": f"../../../../plan5/{H5}/seed-0/eval/" + EVAL, "version": 2}))
     with pytest.raises(DamagedState, match="not an evaluation of this run"):
         load_run(d)
     (run.eval_root / "selected.json").unlink()
@@ -292,11 +292,15 @@ def test_multi_seed_mean_std_and_pairing(runs: Path):
     assert cell.accuracy == pytest.approx(60.0)
     assert cell.std == pytest.approx(14.1421356)  # sample std of (70, 50)
     # seed-mean per question: [1,1,1,1,1,.5,.5,0,0,0]; minus baseline [1,0,1,0,1,0,1,0,1,0]
-    # d = [0,1,0,1,0,.5,-.5,0,-1,0], sum 1 -> +10 points. Non-zero d: three of size 1, two of size 0.5.
-    # Sign flips: X = sum of three +-1 in {+-3 (1 way each), +-1 (3 ways each)}, Y = two +-0.5 in {-1, 0, 0, 1}.
-    # |X+Y| >= 1: X=+-3 -> all 4 Y (8); X=+-1 -> Y=0 twice or Y same sign once (3 each, 18) -> 26/32
+    # d = [0,1,0,1,0,.5,-.5,0,-1,0], sum 1 -> +10 points.
     assert cell.delta == pytest.approx(10.0)
-    assert cell.p == pytest.approx(26 / 32)
+    # two seeds against one: the interval and p come from the two-level bootstrap (seeds and questions), seeds drawn
+    # independently (the baseline has seed 0 only); no McNemar (it would need one seed a side, or paired seeds)
+    assert cell.interval == "seeds and questions" and cell.p_mcnemar is None and cell.p_mcnemar_seeds is None
+    # the seeds differ (70 and 50 at 1 shot): the interval is wider than the question-only one on seed-averaged rows
+    d_lo, d_hi = paired_bootstrap_ci(np.array(BASE[1], float), np.mean([PLAN7_SEED[0][1], PLAN7_SEED[1][1]], axis=0), 2000)[1:]
+    assert cell.lo < d_lo and cell.hi > d_hi
+    assert 0.05 < cell.p <= 1.0 and cell.within_noise
 
 
 def test_missing_plans_show_the_command(runs: Path):
@@ -343,8 +347,10 @@ def test_plain_render_has_marks_and_footnote(runs: Path):
     assert "↑+10.00 ~" in row1 and "60.00±14.14*" in row1
     assert "↓-4.00 ~" in next(line for line in lines if line.startswith("3 "))
     improved = next(line for line in lines if line.startswith("improved"))
-    assert re.search(r"^improved\s+2/4\s+1 sig\.\s+1/4\s+0 sig\.$", improved)  # plan5, then plan7_1
-    assert "~ = within noise (95% paired bootstrap CI includes 0)" in text
+    assert re.search(r"^improved\s+2/4\s+1 sig\. \(adj\)\s+1/4\s+0 sig\. \(adj\)$", improved)  # plan5, then plan7_1
+    assert "~ = within noise (the CI includes 0)" in text
+    # plan7_1 has two seeds: its intervals cover them; plan5's (one seed a side) cover questions
+    assert "over questions where both sides have one seed, over seeds and questions where one has more" in text
     assert "Spec differences vs baseline" in text and "near-zero advantages" in text
 
 
@@ -501,7 +507,7 @@ def test_cli_runs(cli):
     lines = res.output.splitlines()
     assert "val@1" in lines[1] and "val@4" in lines[1]
     plan5 = next(line for line in lines if line.startswith("plan5"))
-    assert "abc123def456" in plan5 and "grpo 2" in plan5 and "60" in plan5
+    assert H5[:12] in plan5 and "grpo 2" in plan5 and "60" in plan5
     assert len([line for line in lines if line.startswith("plan7_1")]) == 2
 
 
@@ -527,15 +533,16 @@ def test_rich_render_colours_deltas(runs: Path):
 def test_store_never_picks_another_hash_silently(runs: Path):
     from lever.runs.store import find_plan_runs
 
-    new = write_run(runs, "plan5", 4, spec=PLAN5_SPEC, accs=None, spec_hash="fff000fff000").parent
+    other = {**PLAN5_SPEC, "seeds": [4]}
+    new = write_run(runs, "plan5", 4, spec=other, accs=None).parent
     os.utime(new, (2e9, 2e9))
-    found = find_plan_runs("plans/plan5.toml", runs, current_hash="abc123def456")
-    assert [r.path for r in found.runs] == [runs / "plan5" / "abc123def456" / "seed-0"]
+    found = find_plan_runs("plans/plan5.toml", runs, current_hash=H5)
+    assert [r.path for r in found.runs] == [runs / "plan5" / H5 / "seed-0"]
     found = find_plan_runs("plan5", runs, current_hash="999999999999")  # the plan file changed since
     assert found.runs == [] and "no run of the plan file as it is now" in found.problem
-    assert "plan5@fff000fff000" in found.hint and "plan5@abc123def456" in found.hint
+    assert f"plan5@{content_key(other)}" in found.hint and f"plan5@{H5}" in found.hint
     assert find_plan_runs("plan5", runs).problem == "several spec hashes have runs"
-    assert [r.seed for r in find_plan_runs("plan5@fff0", runs).runs] == [4]
+    assert [r.seed for r in find_plan_runs(f"plan5@{content_key(other)[:4]}", runs).runs] == [4]
     assert find_plan_runs("plan9", runs).problem == "not run"
 
 
@@ -546,7 +553,7 @@ def test_failed_answers_are_shown_in_compare_and_runs(runs: Path, cli):
         row.update(failed=True, accuracy=0.0, error="image unreadable")
     write_eval(RunDir(run, "plan4"), rows)
     n = len(rows)
-    base = load_plan("baseline", [runs / "baseline" / "abc123def456" / "seed-0"])
+    base = load_plan("baseline", [runs / "baseline" / HB / "seed-0"])
     text = render_plain(build_comparison([load_plan("plan4", [run])], base, split="val", n_resamples=200))
     assert f"Failed answers, scored 0: plan4 3 of {n}" in text
     res = cli("runs")

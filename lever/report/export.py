@@ -18,10 +18,13 @@ from .tables import (
     copy_table,
     diff_table,
     failures_line,
+    fixed,
     missing_lines,
+    note_lines,
     runs_line,
     shot_table,
     shots_used_table,
+    title,
     training_table,
 )
 
@@ -43,7 +46,13 @@ CSV_COLUMNS = [
     "ci_lo",
     "ci_hi",
     "p_permutation",
+    "p_holm",
     "p_mcnemar",
+    "interval",
+    "resamples",
+    "borderline",
+    "acc_lo",
+    "acc_hi",
     "within_noise",
     "best",
     "missing",
@@ -106,7 +115,13 @@ def to_csv(cmp: Comparison) -> str:
                     "ci_lo": c.lo,
                     "ci_hi": c.hi,
                     "p_permutation": c.p,
-                    "p_mcnemar": c.p_mcnemar,
+                    "p_holm": c.p_holm,
+                    "p_mcnemar": c.p_mcnemar if c.p_mcnemar_seeds is None else " ".join(f"{x:.6g}" for x in c.p_mcnemar_seeds),
+                    "interval": c.interval,
+                    "resamples": c.resamples,
+                    "borderline": c.borderline,
+                    "acc_lo": c.acc_lo,
+                    "acc_hi": c.acc_hi,
                     "within_noise": c.within_noise,
                     "best": c.best,
                     "missing": col.missing or "",
@@ -132,8 +147,8 @@ def _md_table(headers: list[str], rows: list[list[str]], numeric: bool = False) 
 
 def to_markdown(cmp: Comparison) -> str:
     headers, body = shot_table(cmp)
-    title = f"### Accuracy (%) on {cmp.split} vs {cmp.baseline}"
-    parts = [title, "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
+    parts = [f"### {title(cmp)}", "", _md_table(headers, body, numeric=True), "", f"_{cmp.footnote}_", "", runs_line(cmp)]
+    parts += [f"\n{line}" for line in note_lines(cmp)]
     if failures_line(cmp):
         parts += ["", failures_line(cmp)]
     if cmp.shots_used:
@@ -186,7 +201,8 @@ def to_latex(cmp: Comparison) -> str:
     size = f"{cmp.n_questions} questions, " if cmp.n_questions else ""
     lines = [
         f"% accuracy (%) on {latex_escape(cmp.split)}, {size}delta vs {latex_escape(cmp.baseline)} in points; "
-        "bold = best in row; ^{\\sim} = within noise (95\\% paired bootstrap CI includes 0)",
+        "bold = best in row; ^{\\sim} = within noise (95\\% paired bootstrap CI includes 0); " + latex_escape(cmp.footnote),
+        *(f"% {latex_escape(line)}" for line in note_lines(cmp)),
         *(f"% missing: {latex_escape(c.name)} ({c.missing})" for c in cmp.plans if c not in cols),
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
@@ -202,7 +218,7 @@ def to_latex(cmp: Comparison) -> str:
             if c.accuracy is None:
                 acc = "--"
             else:
-                acc = f"{c.accuracy:.2f}" + (f" $\\pm$ {c.std:.2f}" if c.std is not None else "")
+                acc = fixed(c.accuracy) + (f" $\\pm$ {fixed(c.std)}" if c.std is not None else "")
                 acc = f"\\textbf{{{acc}}}" if c.best else acc
             cells.append(acc)
             if not col.baseline:
@@ -210,7 +226,7 @@ def to_latex(cmp: Comparison) -> str:
                     cells.append("--")
                 else:
                     mark = "^{\\sim}" if c.within_noise else ""
-                    cells.append(f"${c.delta:+.2f}{mark}$")
+                    cells.append(f"${fixed(c.delta, sign=True)}{mark}$")
         lines.append(" & ".join(cells) + r" \\")
     lines.append(r"\midrule")
     improved = ["improved"]

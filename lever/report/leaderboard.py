@@ -32,12 +32,13 @@ from lever.spec.workspace import DEFAULT_DATASET
 
 from .copying import copy_flags, lacks_texts, percent, vote_accuracy
 from .export import _clean, _csv_value, _md_table, latex_escape
-from .results import PlanRuns, QuestionResults, check_known, plan_runs, rescore_plan
-from .significance import holm, mean_ci, paired_permutation_pvalue
-from .tables import plain_grid
+from .matrix import QuestionMatrix, check_sources, pair, question_matrix
+from .results import PlanRuns, damaged_ok, named_plans, rescore_plan
+from .significance import ALPHA, MAX_RESAMPLES, N_RESAMPLES, accuracy_interval, holm, near, paired_test
+from .tables import fixed, plain_grid
 
-ALPHA = 0.05
 MEAN = "mean"
+FAMILIES = ("column", "table")  # what one Holm correction spans: each column's tests, or every column's at once
 
 
 @dataclass
@@ -51,10 +52,14 @@ class Entry:
     n_seeds: int
     std: float | None = None  # of the seeds' accuracies (sample std); None with one seed
     p: float | None = None  # paired sign-flip test against the column's best (None for the best itself)
-    p_holm: float | None = None  # the same, Holm-corrected over the column's m tests
+    p_holm: float | None = None  # the same, Holm-corrected over its family (the column's m tests, or the table's)
     mark: str = ""  # "best" | "tied" | ""
     copy_rate: float | None = None  # percent of answers equal to a chosen demonstration's answer
     majority_vote: float | None = None  # percent: VQA accuracy of a majority vote over the demonstrations' answers
+    interval: str = "questions"  # what lo, hi resample: "questions" (one seed) or "seeds and questions"
+    resamples: int | None = None  # drawn for the test against the best (more where it was near alpha)
+    exact: bool = False  # its p came from every sign vector
+    borderline: bool = False  # its (adjusted) p within Monte Carlo error of alpha at the most resamples
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Row:
     spec_hash: str | None
     overrides: list[str] = field(default_factory=list)
     n_seeds: int = 0
+    n_planned: int = 0  # seeds the plan names (a run in progress has fewer evaluated)
+    missing: str | None = None  # why the row has no numbers (a damaged run: the file and the repair)
     failed: int = 0  # failed answers (scored 0) on the split, over seeds and shot counts
     answered: int = 0
 
@@ -86,6 +93,8 @@ class Leaderboard:
     metric: str | None  # the metric the stored answers were scored again with (None: as evaluated)
     notes: list[str] = field(default_factory=list)
     footnote: str = ""
+    family: str = "column"  # what one Holm correction spans (FAMILIES)
+    source: str | None = None  # the dataset (and benchmark world) every plan answered
 
 
 # ---------------------------------------------------------------- which plans
@@ -99,9 +108,9 @@ def evaluated_plans(root: Path, plans_dir: Path, split: str) -> tuple[list[PlanR
     for name in names:
         if not RunsFolder(root).hashes(name):
             continue  # a plan file never run: nothing to say
-        pr = plan_runs(name, root, plans_dir)
-        if pr.missing is None and any(r.shots(split) for r in pr.evaluated_runs):
-            shown.append(pr)
+        pr = damaged_ok(name, root, plans_dir)
+        if (pr.missing is None and any(r.shots(split) for r in pr.evaluated_runs)) or is_damaged(pr):
+            shown.append(pr)  # a damaged plan is one marked row
         else:
             why = pr.missing or f"not evaluated on {split}"
             skipped.append(f"{name}: {why} ({pr.command})" if pr.command else f"{name}: {why}")
@@ -112,6 +121,8 @@ def check_evaluated(plans: list[PlanRuns], split: str) -> None:
     """Raise when a named plan has nothing to show on `split`: a leaderboard with holes is not one a paper prints."""
     bad = []
     for pr in plans:
+        if is_damaged(pr):
+            continue  # one marked row
         if pr.missing is not None:
             bad.append(f"{pr.name}: {pr.missing}" + (f" — {pr.command}" if pr.command else ""))
         elif not any(r.shots(split) for r in pr.evaluated_runs):
@@ -125,7 +136,7 @@ def leaderboard_plans(refs: list[str], root: Path, plans_dir: Path, split: str) 
     each known and evaluated on `split`, else an error; with no refs, every evaluated plan (`evaluated_plans`)."""
     if not refs:
         found, skipped = evaluated_plans(root, plans_dir, split)
-        if not found:
+        if not any(not is_damaged(pr) for pr in found):
             raise LeverError(
                 f"no plan under {root} has evaluated runs of its plan file as it is now, on {split}"
                 + "".join(f"\n  {line}" for line in skipped),
@@ -133,15 +144,13 @@ def leaderboard_plans(refs: list[str], root: Path, plans_dir: Path, split: str) 
                 "(lever runs lists them)",
             )
         return found, [f"not shown: {line}" for line in skipped]
-    for ref in refs:
-        check_known(ref, plans_dir, root)
-    found: list[PlanRuns] = []
-    for ref in refs:
-        pr = plan_runs(ref, root, plans_dir)
-        if all(pr.name != q.name for q in found):
-            found.append(pr)
+    found = named_plans(refs, root, plans_dir)
     check_evaluated(found, split)
     return found, []
+
+
+def is_damaged(pr: PlanRuns) -> bool:
+    return (pr.missing or "").startswith("damaged")
 
 
 def dataset_of(pr: PlanRuns) -> str:
@@ -152,7 +161,14 @@ def dataset_of(pr: PlanRuns) -> str:
 def one_dataset(plans: list[PlanRuns], name: str | None, named: bool) -> tuple[list[PlanRuns], list[str]]:
     """The plans of one dataset, and a note per plan left out: question ids of two datasets are not the same
     questions, so a leaderboard never pairs them. `name` None: the plans' one dataset (an error when they span
-    several). Plans the user named (`named`) that are of another dataset are an error, not left out."""
+    several). Plans the user named (`named`) that are of another dataset are an error, not left out. A damaged plan
+    (its dataset unknown) stays, as its marked row."""
+    damaged = [pr for pr in plans if is_damaged(pr)]
+    kept, notes = _one_dataset([pr for pr in plans if not is_damaged(pr)], name, named)
+    return kept + damaged, notes
+
+
+def _one_dataset(plans: list[PlanRuns], name: str | None, named: bool) -> tuple[list[PlanRuns], list[str]]:
     found = sorted({dataset_of(pr) for pr in plans})
     if name is None:
         if len(found) > 1:
@@ -182,123 +198,95 @@ def load_leaderboard(
     *,
     metric: str | None = None,
     alpha: float = ALPHA,
-    n_resamples: int = 10000,
+    n_resamples: int = N_RESAMPLES,
     only_dataset: str | None = None,
+    family: str = "column",
 ) -> Leaderboard:
     """What `lever leaderboard` shows: the plans (`leaderboard_plans`) of one dataset (`one_dataset`), re-scored
-    with `metric` when given."""
+    with `metric` when given; `family` is what one Holm correction spans (FAMILIES)."""
+    if family not in FAMILIES:
+        raise LeverError(f"--family {family!r} is not a family", hint=f"use one of: {', '.join(FAMILIES)}")
     plans, notes = leaderboard_plans(refs, root, plans_dir, split)
     plans, left_out = one_dataset(plans, only_dataset, named=bool(refs))
     notes = notes + left_out
     if metric is not None:
         for pr in plans:
-            rescore_plan(pr, metric)
-    return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes)
+            if pr.missing is None:
+                rescore_plan(pr, metric)
+    return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes, family=family)
 
 
 # ---------------------------------------------------------------- building
 
 
-def _matrix(pr: PlanRuns, split: str, shots: list[int], values) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ids [n], values [seeds, n]): `values(qr)` per seed, averaged over `shots`, on the questions every seed
-    answered at every shot count; None when a seed lacks one of the shot counts or `values` gives None."""
-    per_seed = []
-    for run in pr.evaluated_runs:
-        qrs = [run.question_results(split, s) for s in shots]
-        if any(q is None or q.n == 0 for q in qrs):
-            return None
-        vals = [values(q) for q in qrs]
-        if any(v is None for v in vals):
-            return None
-        per_seed.append(list(zip(qrs, vals)))
-    if not per_seed:
-        return None
-    ids = per_seed[0][0][0].question_ids
-    for seed in per_seed:
-        for qr, _ in seed:
-            ids = np.intersect1d(ids, qr.question_ids)
-    rows = []
-    for seed in per_seed:
-        stacked = np.stack([v[np.searchsorted(qr.question_ids, ids)] for qr, v in seed])  # [shots, n]
-        defined = (~np.isnan(stacked)).sum(axis=0)  # [n]; NaN entries (no demonstration, failed) are left out
-        total = np.where(np.isnan(stacked), 0.0, stacked).sum(axis=0)
-        rows.append(np.where(defined > 0, total / np.maximum(defined, 1), np.nan))
-    return ids, np.stack(rows)  # [n], [seeds, n]
-
-
-def _accuracy(qr: QuestionResults) -> np.ndarray:
-    return qr.accuracy
-
-
-def _restricted_percent(m: tuple[np.ndarray, np.ndarray] | None, ids: np.ndarray) -> float | None:
+def _restricted_percent(m: QuestionMatrix | None, ids: np.ndarray) -> float | None:
     """Mean over seeds of each seed's percent (defined entries) on the questions `ids`; None when undefined."""
     if m is None:
         return None
-    own, vals = m
-    keep = np.isin(own, ids)
-    per_seed = [percent(v[keep]) for v in vals]
+    vals = m.restrict(ids).values
+    per_seed = [percent(v) for v in vals]
     return float(np.mean(per_seed)) if all(p is not None for p in per_seed) else None
 
 
 def build_column(
     plans: list[PlanRuns], split: str, label: str, shots: list[int], alpha: float, n_resamples: int, seed: int
 ) -> Column:
-    """One column: each plan's entry on the questions all plans answered, the best, the Holm-corrected marks."""
+    """One column: each plan's entry on the questions all plans answered (`matrix.pair`), the best, the tests."""
     col = Column(label, shots, {})
-    mats = {pr.name: _matrix(pr, split, shots, _accuracy) for pr in plans}
-    mats = {k: v for k, v in mats.items() if v is not None}
+    mats = {pr.name: m for pr in plans if (m := question_matrix(pr, split, shots)) is not None}
     if not mats:
         return col
-    common = None
-    for ids, _ in mats.values():
-        common = ids if common is None else np.intersect1d(common, ids)
-    sizes = {k: int(ids.shape[0]) for k, (ids, _) in mats.items()}
-    if common.size == 0:
-        raise LeverError(
-            f"shots {label}: the plans answered no question in common ({', '.join(f'{k} {n}' for k, n in sizes.items())})",
-            hint="evaluate them on the same questions (eval.questions, eval.splits), or name fewer plans",
-        )
-    if any(n != common.size for n in sizes.values()):
-        col.note = (
-            f"shots {label}: plans answered different questions ({', '.join(f'{k} {n}' for k, n in sizes.items())}); "
-            f"every plan is scored on the {common.size} all of them answered"
-        )
-    col.n_questions = int(common.size)
-    vectors = {}
+    mats, col.note = pair(mats, f"shots {label}")
+    col.n_questions = next(iter(mats.values())).n
     by_name = {pr.name: pr for pr in plans}
-    for name, (ids, vals) in mats.items():
-        keep = np.isin(ids, common)
-        vals = vals[:, keep]  # [seeds, common]
-        vec = vals.mean(axis=0)  # seeds averaged per question
-        vectors[name] = vec
-        acc, lo, hi = mean_ci(vec, n_resamples=n_resamples, seed=seed)
-        seeds = vals.mean(axis=1) * 100.0
+    for name, m in mats.items():
+        acc, lo, hi = accuracy_interval(m.values, n_resamples=n_resamples, seed=seed)
+        seeds = m.seed_means()
         col.entries[name] = Entry(
-            accuracy=acc,
+            accuracy=float(np.mean(seeds)),
             lo=lo,
             hi=hi,
-            n_questions=int(vec.shape[0]),
-            n_seeds=int(vals.shape[0]),
+            n_questions=m.n,
+            n_seeds=len(m.seeds),
             std=float(np.std(seeds, ddof=1)) if seeds.shape[0] > 1 else None,
-            copy_rate=_restricted_percent(_matrix(by_name[name], split, shots, copy_flags), common),
-            majority_vote=_restricted_percent(_matrix(by_name[name], split, shots, vote_accuracy), common),
+            copy_rate=_restricted_percent(question_matrix(by_name[name], split, shots, copy_flags), m.ids),
+            majority_vote=_restricted_percent(question_matrix(by_name[name], split, shots, vote_accuracy), m.ids),
+            interval="questions" if len(m.seeds) == 1 else "seeds and questions",
         )
-    mark_column(col, vectors, alpha, n_resamples, seed)
+    test_column(col, mats, alpha, n_resamples, seed)
     return col
 
 
-def mark_column(col: Column, vectors: dict[str, np.ndarray], alpha: float, n_resamples: int, seed: int) -> None:
-    """The best entry (highest accuracy; the first on an exact tie), its paired test against every other, Holm."""
+def test_column(col: Column, mats: dict[str, QuestionMatrix], alpha: float, n_resamples: int, seed: int) -> None:
+    """The best entry (highest accuracy; the first on an exact tie) and its paired test against every other
+    (`significance.paired_test`: over questions, and over seeds where a side has two or more)."""
     if len(col.entries) < 2:
         return
     best = max(col.entries, key=lambda k: col.entries[k].accuracy)  # max keeps the first of equals
     col.best = best
-    others = [k for k in col.entries if k != best]
-    ps = [paired_permutation_pvalue(vectors[best], vectors[k], n_permutations=n_resamples, seed=seed) for k in others]
-    for k, p, adj in zip(others, ps, holm(ps)):
-        col.entries[k].p, col.entries[k].p_holm = p, adj
-    for k, mark in marks(best, dict(zip(others, holm(ps))), alpha).items():
-        col.entries[k].mark = mark
+    for k in col.entries:
+        if k != best:
+            t = paired_test(mats[k].values, mats[best].values, n_resamples, seed, alpha, mats[k].seeds == mats[best].seeds)
+            e = col.entries[k]
+            e.p, e.resamples, e.exact, e.borderline = t.p, t.resamples, t.exact, t.borderline
+
+
+def mark(columns: list[Column], alpha: float, family: str) -> None:
+    """Holm-adjust the tests against each column's best and mark the columns: per column (`family` "column": m =
+    plans - 1 tests each) or over the whole table ("table": every column's tests in one family)."""
+    groups = [[c] for c in columns] if family == "column" else [columns]
+    for group in groups:
+        tested = [(c, k) for c in group for k, e in c.entries.items() if e.p is not None]
+        for (c, k), adj in zip(tested, holm([c.entries[k].p for c, k in tested])):  # type: ignore[misc]
+            e = c.entries[k]
+            e.p_holm = adj
+            if not e.exact and e.resamples and near(adj, alpha, e.resamples, scale=len(tested)):
+                e.borderline = True
+    for c in columns:
+        if c.best is not None:
+            adjusted = {k: e.p_holm for k, e in c.entries.items() if e.p_holm is not None}
+            for k, m in marks(c.best, adjusted, alpha).items():  # type: ignore[arg-type]
+                c.entries[k].mark = m
 
 
 def marks(best: str, p_holm: dict[str, float], alpha: float = ALPHA) -> dict[str, str]:
@@ -332,30 +320,39 @@ def build_leaderboard(
     split: str = "val",
     *,
     alpha: float = ALPHA,
-    n_resamples: int = 10000,
+    n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     metric: str | None = None,
     notes: list[str] | None = None,
+    family: str = "column",
 ) -> Leaderboard:
-    """The leaderboard of `plans` (evaluated on `split`): a column per shot count and one for their mean."""
-    shots = sorted({s for pr in plans for r in pr.evaluated_runs for s in r.shots(split)})
-    columns = [build_column(plans, split, str(s), [s], alpha, n_resamples, seed) for s in shots]
+    """The leaderboard of `plans` (evaluated on `split`): a column per shot count and one for their mean. Plans with
+    nothing to show (`missing`: damaged, not evaluated) are rows marked with why, without numbers."""
+    shown = [pr for pr in plans if pr.missing is None]
+    source = check_sources(shown)
+    shots = sorted({s for pr in shown for r in pr.evaluated_runs for s in r.shots(split)})
+    columns = [build_column(shown, split, str(s), [s], alpha, n_resamples, seed) for s in shots]
     notes = list(notes or [])
-    avg = mean_shots(plans, split)
+    avg = mean_shots(shown, split)
     if len(avg) > 1:
-        columns.append(build_column(plans, split, MEAN, avg, alpha, n_resamples, seed))
+        columns.append(build_column(shown, split, MEAN, avg, alpha, n_resamples, seed))
     elif len(shots) > 1:
         notes.append("no mean column: the plans share fewer than two shot counts with demonstrations")
+    mark(columns, alpha, family)
     notes += [c.note for c in columns if c.note]
     rows = []
     for pr in plans:
-        row = Row(pr.name, pr.spec_hash, pr.overrides, len(pr.evaluated_runs))
+        row = Row(pr.name, pr.spec_hash, pr.overrides, len(pr.evaluated_runs), n_planned=pr.n_planned)
+        if pr.missing is not None:
+            row.missing = f"{pr.missing}" + (f" ({pr.command})" if pr.command else "")
         for run in pr.evaluated_runs:
             for qr in ((run.results or {}).get(split) or {}).values():
                 row.failed += qr.n_failed
                 row.answered += qr.n
+        if row.missing is None and row.n_planned > row.n_seeds:
+            notes.append(f"{row.name}: {row.n_seeds} of {row.n_planned} planned seeds evaluated (a run in progress?)")
         rows.append(row)
-    lacking = [pr.name for pr in plans if any(lacks_texts(r, split) for r in pr.evaluated_runs)]
+    lacking = [pr.name for pr in shown if any(lacks_texts(r, split) for r in pr.evaluated_runs)]
     if lacking:
         notes.append(
             f"no copy rate or majority vote for {', '.join(lacking)}: their rows predate the demonstrations' answers; "
@@ -363,17 +360,43 @@ def build_leaderboard(
         )
     n_q = max((c.n_questions for c in columns), default=0)
     seeds = any(r.n_seeds > 1 for r in rows)
-    return Leaderboard(split, rows, columns, alpha, metric, notes, footnote(split, n_q, alpha, metric, seeds))
+    kinds = {e.interval for c in columns for e in c.entries.values()}
+    m = sum(e.p is not None for c in columns for e in c.entries.values())
+    note = footnote(split, n_q, alpha, metric, seeds, kinds, family, m)
+    return Leaderboard(split, rows, columns, alpha, metric, notes, note, family, str(source) if source else None)
 
 
-def footnote(split: str, n_questions: int, alpha: float, metric: str | None, seeds: bool = False) -> str:
+def footnote(
+    split: str,
+    n_questions: int,
+    alpha: float,
+    metric: str | None,
+    seeds: bool = False,
+    kinds: set[str] | None = None,
+    family: str = "column",
+    n_tests: int = 0,
+) -> str:
     size = f"{n_questions} questions, " if n_questions else ""
     scored = f"re-scored with metric {metric}; " if metric else ""
+    kinds = kinds or {"questions"}
+    over = (
+        "over questions"
+        if kinds == {"questions"}
+        else "over seeds and questions"
+        if kinds == {"seeds and questions"}
+        else "over questions for one seed, over seeds and questions (two-level) for more"
+    )
+    spans = (
+        "each column's tests against its best (m = plans - 1 per column)"
+        if family == "column"
+        else f"every column's tests at once (m = {n_tests}; --family column corrects per column)"
+    )
     return (
-        f"VQA accuracy (%) on {split}, {size}{scored}[95% bootstrap interval over questions]; "
-        f"* = best: above every other plan in a paired sign-flip test over the same questions, Holm-corrected, "
-        f"alpha = {alpha:g}; ~ = tied for best: not significantly below the best after Holm (no plan is "
-        "significantly best)" + ("; ± = std over seeds." if seeds else ".")
+        f"VQA accuracy (%) on {split}, {size}{scored}[95% bootstrap interval {over}]; "
+        f"* = best: above every other plan in a paired test over the same questions (sign-flip with one seed a side, "
+        f"two-level bootstrap with more), Holm-corrected, alpha = {alpha:g}, family: {spans}; ~ = tied for best: "
+        f"not significantly below the best after Holm (no plan is significantly best); ? = borderline: within Monte "
+        f"Carlo error of alpha at {MAX_RESAMPLES:,} resamples" + ("; ± = std over seeds." if seeds else ".")
     )
 
 
@@ -396,8 +419,8 @@ def _cell(e: Entry | None, style: str = "plain") -> str:
     underlined."""
     if e is None:
         return "—" if style != "latex" else "--"
-    acc = f"{e.accuracy:.2f}" + (f"±{e.std:.2f}" if e.std is not None else "")
-    interval = f"[{e.lo:.1f}, {e.hi:.1f}]"
+    acc = fixed(e.accuracy) + (f"±{fixed(e.std)}" if e.std is not None else "") + ("?" if e.borderline else "")
+    interval = f"[{fixed(e.lo, 1)}, {fixed(e.hi, 1)}]"
     if style == "latex":
         acc = acc.replace("±", r" $\pm$ ")
         acc = {"best": f"\\textbf{{{acc}}}", "tied": f"\\underline{{{acc}}}"}.get(e.mark, acc)
@@ -410,7 +433,11 @@ def _cell(e: Entry | None, style: str = "plain") -> str:
 def table(lb: Leaderboard, style: str = "plain") -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the accuracy table."""
     headers = ["plan"] + [_header(c) for c in lb.columns]
-    return headers, [[r.name] + [_cell(c.entries.get(r.name), style) for c in lb.columns] for r in lb.plans]
+    return headers, [
+        [r.name, *(_cell(c.entries.get(r.name), style) for c in lb.columns)] if r.missing is None
+        else [r.name, r.missing, *([""] * (len(lb.columns) - 1))] if lb.columns else [r.name]
+        for r in lb.plans
+    ]  # fmt: skip
 
 
 def copy_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]] | None:
@@ -428,8 +455,13 @@ def copy_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]] | None:
 
 
 def _runs_line(lb: Leaderboard) -> str:
-    parts = [f"{r.name}@{r.spec_hash}" + ("*" if r.overrides else "") + (f" ({r.n_seeds} seeds)" if r.n_seeds > 1 else "")
-             for r in lb.plans]  # fmt: skip
+    def seeds(r: Row) -> str:
+        if r.n_planned > r.n_seeds and r.n_seeds:
+            return f" ({r.n_seeds}/{r.n_planned} seeds)"
+        return f" ({r.n_seeds} seeds)" if r.n_seeds > 1 else ""
+
+    parts = [(r.name if "@" in r.name else f"{r.name}@{r.spec_hash}") + ("*" if r.overrides else "") + seeds(r)
+             for r in lb.plans if r.spec_hash]  # fmt: skip
     lines = ["Runs: " + ", ".join(parts)]
     lines += [f"* {r.name}: overrides {' '.join(r.overrides)}" for r in lb.plans if r.overrides]
     failed = [f"{r.name} {r.failed} of {r.answered}" for r in lb.plans if r.failed]
@@ -439,7 +471,7 @@ def _runs_line(lb: Leaderboard) -> str:
 
 
 def title(lb: Leaderboard) -> str:
-    return f"Leaderboard: accuracy (%) on {lb.split} by shot count"
+    return f"Leaderboard: accuracy (%) on {lb.split} by shot count" + (f" ({lb.source})" if lb.source else "")
 
 
 def render_plain(lb: Leaderboard) -> str:

@@ -156,6 +156,12 @@ class PlanRuns:
     def overrides(self) -> list[str]:
         return next((r.overrides for r in self.runs if r.overrides), [])
 
+    @property
+    def n_planned(self) -> int:
+        """How many seeds the plan's spec names (0 when unknown): a run in progress has fewer evaluated."""
+        seeds = (self.spec or {}).get("seeds")
+        return len(seeds) if isinstance(seeds, list) else 0
+
 
 def parse_results(rows: list[dict], metric: str | None = None) -> Results:
     """Group verified results.jsonl rows into split -> shots -> QuestionResults; `metric` is the one they were
@@ -323,3 +329,31 @@ def plan_runs(plan: str, root: Path, plans_dir: Path, spec_hash: str | None = No
     if found.problem:
         pr.missing, pr.command = found.problem, found.hint
     return pr
+
+
+def damaged_ok(plan: str, root: Path, plans_dir: Path) -> PlanRuns:
+    """`plan_runs`, where a damaged run makes the plan one marked gap (`missing` names the file, `command` the
+    repair) instead of an error: a report over many plans shows the others."""
+    try:
+        return plan_runs(plan, root, plans_dir)
+    except DamagedState as err:
+        name = plan_name(split_ref(plan)[0])
+        return PlanRuns(name=name, missing=f"damaged: {err.args[0]}", command=err.hint)
+
+
+def named_plans(refs: list[str], root: Path, plans_dir: Path) -> list[PlanRuns]:
+    """The plans `refs` name (names, files, plan@HASH), each known (`check_known`), damaged ones as marked gaps
+    (`damaged_ok`); a plan named twice is one; two spec hashes of one plan are two, named plan@HASH."""
+    for ref in refs:
+        check_known(ref, plans_dir, root)
+    found: list[PlanRuns] = []
+    for ref in refs:
+        pr = damaged_ok(ref, root, plans_dir)
+        if any(pr.name == q.name and pr.spec_hash == q.spec_hash for q in found):
+            continue
+        found.append(pr)
+    twice = {pr.name for pr in found if sum(q.name == pr.name for q in found) > 1}
+    for pr in found:  # why: one name for two hashes would be one row, or a column that drops a side
+        if pr.name in twice and "@" not in pr.name and pr.spec_hash:
+            pr.name = f"{pr.name}@{pr.spec_hash}"
+    return found

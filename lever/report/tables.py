@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,9 @@ from lever.runs.layout import RunDir
 from lever.spec import diff_specs
 
 from .copying import copy_flags, lacks_texts, percent, vote_accuracy
-from .results import PlanRuns, QuestionResults, RunData, selected_metrics
-from .significance import paired_test
+from .matrix import QuestionMatrix, check_sources, pair, question_matrix
+from .results import PlanRuns, RunData, selected_metrics
+from .significance import ALPHA, MAX_RESAMPLES, N_RESAMPLES, accuracy_interval, holm, near, paired_test
 
 ADV_STD_FLOOR = FLAT  # below this at the selected epoch, GRPO had almost no signal
 NEAR_ZERO_FLAG = "near-zero advantages"
@@ -32,11 +34,19 @@ class Cell:
     std: float | None = None  # over seeds (sample std); None with one seed
     n_seeds: int = 0
     n_questions: int = 0
+    acc_lo: float | None = None  # 95% interval of the accuracy (over questions; over seeds too with two or more)
+    acc_hi: float | None = None
     delta: float | None = None  # points vs baseline (paired over common questions)
-    lo: float | None = None  # 95% paired bootstrap interval of delta
+    lo: float | None = None  # 95% paired bootstrap interval of delta (`interval` says over what)
     hi: float | None = None
-    p: float | None = None  # paired sign-flip permutation test
-    p_mcnemar: float | None = None
+    p: float | None = None  # one seed a side: paired sign-flip test; else the two-level bootstrap p
+    p_holm: float | None = None  # p Holm-adjusted over its family (`Comparison.families`)
+    p_mcnemar: float | None = None  # one seed a side only
+    p_mcnemar_seeds: list[float] | None = None  # several seeds, the same on both sides: McNemar per seed pair
+    interval: str | None = None  # what the delta's interval resamples: "questions" | "seeds and questions"
+    resamples: int | None = None  # drawn for this cell (more than the default where a verdict was near its threshold)
+    borderline: bool = False  # a verdict within Monte Carlo error of its threshold at MAX_RESAMPLES
+    exact: bool = False  # p from every sign vector: no Monte Carlo error
     best: bool = False
     copy_rate: float | None = None  # percent of answers equal to a chosen demonstration's answer (lever.report.copying)
     majority_vote: float | None = None  # percent: VQA accuracy of a majority vote over the demonstrations' answers
@@ -63,8 +73,9 @@ class PlanColumn:
     overrides: list[str] = field(default_factory=list)  # the runs were made with these key.path=value overrides
     missing: str | None = None  # why there is nothing to show
     command: str | None = None  # what to run
+    n_planned: int = 0  # seeds the plan names (a run in progress has fewer evaluated)
     improved: int = 0  # shot rows with delta > 0
-    improved_significant: int = 0  # ... whose 95% interval lies above 0
+    improved_significant: int = 0  # ... whose Holm-adjusted p is below ALPHA
     n_shots: int = 0
     failed: int = 0  # answers that failed (scored 0) on this split, over seeds and shot counts
     answered: int = 0  # all answers on this split, over seeds and shot counts
@@ -108,78 +119,60 @@ class Comparison:
     copy_missing: list[str] = field(default_factory=list)  # plans whose rows lack the demonstrations' answers: the fix
     # plan -> shot count -> (mean demonstrations used, % stopped early), for plans whose selector can stop (model.stop)
     shots_used: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # different question sets, runs in progress
+    source: str | None = None  # the dataset (and benchmark world) every plan answered
 
 
 # ---------------------------------------------------------------- building
 
 
-def _seed_vector(qrs: list[QuestionResults]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-question accuracy averaged over seeds, on the questions every seed answered.
-
-    acc_i = mean_s acc_{s,i}  for i in the intersection of the seeds' question ids.
-    """
-    ids = qrs[0].question_ids
-    for qr in qrs[1:]:
-        ids = np.intersect1d(ids, qr.question_ids)
-    acc = np.mean([qr.accuracy[np.searchsorted(qr.question_ids, ids)] for qr in qrs], axis=0)  # [n]
-    return ids, acc
-
-
-def _avg_vector(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-question accuracy averaged over shot counts, on questions present at every shot count."""
-    return _seed_vector([QuestionResults(i, a, np.zeros_like(i, dtype=bool)) for i, a in vectors])
-
-
 class _PlanView:
-    """Per-row numbers of one plan on one split: seed accuracies and the per-question vector; `shots` are the
-    shot counts the average row averages."""
+    """Which shot counts a row reads for one plan: a zero-shot plan (only 0 shots evaluated) is the same prompt at
+    any shot count, so each row compares with its 0-shot results; `shots` are the shot counts the average row
+    averages."""
 
     def __init__(self, plan: PlanRuns, split: str, shots: list[int]):
-        self.runs = plan.evaluated_runs
+        self.plan, self.runs = plan, plan.evaluated_runs
         self.split, self.shots = split, shots
-        # A zero-shot plan (only 0 shots evaluated) is the same prompt at any shot count: each row compares with it.
         self.zero_only = bool(self.runs) and all(r.shots(split) == [0] for r in self.runs)
 
-    def seed_accuracies(self, label: int | str) -> list[float]:
+    def shots_of(self, label: int | str) -> list[int]:
         if self.zero_only:
-            label = 0
+            return [0]
+        return list(self.shots) if label == AVG else [int(label)]
+
+    def seed_accuracies(self, label: int | str) -> list[float]:
+        """Each seed's accuracy from its summary (runs whose rows are not stored): the mean over the row's shots."""
         accs = []
         for run in self.runs:
-            if label == AVG:
-                per_shot = [run.accuracy(self.split, s) for s in self.shots]
-                if per_shot and all(a is not None for a in per_shot):
-                    accs.append(float(np.mean(per_shot)))
-            else:
-                a = run.accuracy(self.split, int(label))
-                if a is not None:
-                    accs.append(a)
+            per_shot = [run.accuracy(self.split, s) for s in self.shots_of(label)]
+            if per_shot and all(a is not None for a in per_shot):
+                accs.append(float(np.mean(per_shot)))  # type: ignore[arg-type]
         return accs
 
-    def vector(self, label: int | str) -> tuple[np.ndarray, np.ndarray] | None:
-        if self.zero_only:
-            label = 0
-        if label == AVG:
-            vs = [self.vector(s) for s in self.shots]
-            return _avg_vector(vs) if vs and all(v is not None for v in vs) else None  # type: ignore[arg-type]
-        qrs = [run.question_results(self.split, int(label)) for run in self.runs]
-        if not qrs or any(q is None or q.n == 0 for q in qrs):
-            return None  # why: mixing seeds with and without rows would bias the pairing
-        return _seed_vector(qrs)  # type: ignore[arg-type]
+    def matrix(self, label: int | str) -> QuestionMatrix | None:
+        return question_matrix(self.plan, self.split, self.shots_of(label)) if self.runs else None
 
 
-def _cell(view: _PlanView, label: int | str) -> Cell:
-    accs = view.seed_accuracies(label)
-    if not accs:
-        return Cell()
-    vec = view.vector(label)
+def _cell(view: _PlanView, label: int | str, mat: QuestionMatrix | None, n_resamples: int, seed: int) -> Cell:
+    """Accuracy (mean over seeds on the row's paired questions), its std over seeds and its interval."""
+    if mat is None:  # summary numbers only: no pairing, no interval
+        accs = view.seed_accuracies(label)
+        if not accs:
+            return Cell()
+        return Cell(float(np.mean(accs)), float(np.std(accs, ddof=1)) if len(accs) > 1 else None, len(accs))
+    seeds = mat.seed_means()  # [seeds] percent
+    acc, lo, hi = accuracy_interval(mat.values, n_resamples=n_resamples, seed=seed)
     cell = Cell(
-        accuracy=float(np.mean(accs)),
-        std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
-        n_seeds=len(accs),
-        n_questions=int(vec[0].shape[0]) if vec is not None else 0,
+        accuracy=float(np.mean(seeds)),
+        std=float(np.std(seeds, ddof=1)) if seeds.shape[0] > 1 else None,
+        n_seeds=int(seeds.shape[0]),
+        n_questions=mat.n,
+        acc_lo=lo,
+        acc_hi=hi,
     )
     if label != AVG:  # the average row's are filled from the shot rows
-        cell.copy_rate, cell.majority_vote = beyond_copying(view.runs, view.split, int(label))
+        cell.copy_rate, cell.majority_vote = beyond_copying(view.runs, view.split, view.shots_of(label)[0])
     return cell
 
 
@@ -203,20 +196,43 @@ def _mean_defined(values: list[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _fill_delta(cell: Cell, base: Cell, vb: tuple | None, vp: tuple | None, n_resamples: int, seed: int) -> None:
+def _fill_delta(
+    cell: Cell, base: Cell, mb: QuestionMatrix | None, mp: QuestionMatrix | None, n_resamples: int, seed: int
+) -> None:
+    """The plan's delta against the baseline: paired over the row's questions (and seeds) when both have rows."""
     if cell.accuracy is None or base.accuracy is None:
         return
-    if vb is None or vp is None:
+    if mb is None or mp is None:
         cell.delta = cell.accuracy - base.accuracy  # summary only: no per-question pairing
         return
-    ids_b, acc_b = vb
-    ids_p, acc_p = vp
-    common, ib, ip = np.intersect1d(ids_b, ids_p, return_indices=True)
-    if common.size == 0:
-        cell.delta = cell.accuracy - base.accuracy
-        return
-    t = paired_test(acc_b[ib], acc_p[ip], n_resamples=n_resamples, seed=seed)
-    cell.delta, cell.lo, cell.hi, cell.p, cell.p_mcnemar = t.delta, t.lo, t.hi, t.p, t.p_mcnemar
+    t = paired_test(mb.values, mp.values, n_resamples=n_resamples, seed=seed, paired_seeds=mb.seeds == mp.seeds)
+    cell.delta, cell.lo, cell.hi, cell.p = t.delta, t.lo, t.hi, t.p
+    cell.p_mcnemar, cell.p_mcnemar_seeds, cell.interval = t.p_mcnemar, t.p_mcnemar_seeds, t.interval
+    cell.resamples, cell.borderline = t.resamples, t.borderline
+    cell.exact = t.exact
+
+
+def correct(rows: list[ShotRow], plans: list[str], shot_labels: list[str], alpha: float = ALPHA) -> list[str]:
+    """Holm-adjust each cell's p over its family, in place; one line per family saying what it holds.
+
+    The average row is the pre-declared primary comparison: its family is the plans' average rows (one test per plan
+    facing the baseline). The shot rows (`shot_labels`) are secondary: one family of every plan's shot rows. A p within
+    Monte Carlo error of alpha after adjustment (family size times its error) marks the cell borderline."""
+    by = {r.label: r for r in rows}
+    families = [("primary", [AVG]), ("shot rows", shot_labels)]
+    lines = []
+    for name, labels in families:
+        cells = [by[lab].cells[p] for lab in labels if lab in by for p in plans]
+        cells = [c for c in cells if c.p is not None and not np.isnan(c.p)]
+        if not cells:
+            continue
+        for c, adj in zip(cells, holm([c.p for c in cells])):  # type: ignore[misc]
+            c.p_holm = adj
+            if not c.exact and c.resamples and near(adj, alpha, c.resamples, scale=len(cells)):
+                c.borderline = True
+        what = "the average row of each plan" if name == "primary" else f"shot rows {', '.join(labels)} of each plan"
+        lines.append(f"{name}: {len(cells)} test(s) ({what})")
+    return lines
 
 
 def training_rows(plan: PlanRuns) -> list[TrainingRow]:
@@ -256,16 +272,20 @@ def build_comparison(
     plans: list[PlanRuns],
     baseline: PlanRuns,
     split: str = "val",
-    n_resamples: int = 10000,
+    n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     metric: str | None = None,
 ) -> Comparison:
     """The full comparison of ``plans`` against ``baseline`` on one split (baseline is column one); ``metric``
-    names the metric the runs were re-scored with (`lever.report.results.rescore_plan`) for the footnote."""
+    names the metric the runs were re-scored with (`lever.report.results.rescore_plan`) for the footnote.
+
+    Plans of different datasets or benchmark worlds are an error; each row pairs the plans on the questions all of
+    them answered (a note gives the counts when they differ; none in common is an error)."""
     everyone = [baseline]
     for p in plans:
         if all(p.name != q.name for q in everyone):  # why: a plan named twice is one column
             everyone.append(p)
+    source = check_sources(everyone)
     shots = sorted({s for p in everyone for r in p.evaluated_runs for s in r.shots(split)}) or [1, 2, 3, 4]
     labels: list[int | str] = [*shots, AVG]
     # the average is over the shot counts with demonstrations (as the leaderboard's mean): a zero-shot plan in the
@@ -273,15 +293,16 @@ def build_comparison(
     averaged = [s for s in shots if s > 0] or shots
     views = {p.name: _PlanView(p, split, averaged) for p in everyone}
 
-    rows = []
+    rows, notes = [], []
     for label in labels:
-        base_view = views[baseline.name]
-        base_cell = _cell(base_view, label)
-        base_vec = base_view.vector(label)
+        mats = {k: m for k, v in views.items() if (m := v.matrix(label)) is not None}
+        mats, note = pair(mats, f"shots {label}")
+        notes += [note] if note else []
+        base_cell = _cell(views[baseline.name], label, mats.get(baseline.name), n_resamples, seed)
         cells = {baseline.name: base_cell}
         for p in everyone[1:]:
-            cell = _cell(views[p.name], label)
-            _fill_delta(cell, base_cell, base_vec, views[p.name].vector(label), n_resamples, seed)
+            cell = _cell(views[p.name], label, mats.get(p.name), n_resamples, seed)
+            _fill_delta(cell, base_cell, mats.get(baseline.name), mats.get(p.name), n_resamples, seed)
             cells[p.name] = cell
         top = max((c.accuracy for c in cells.values() if c.accuracy is not None), default=None)
         for c in cells.values():
@@ -293,12 +314,14 @@ def build_comparison(
 
     # "improved" counts the shot rows the average spans: not the average, and not 0 shots (the same prompt for all)
     counted = [r for r in rows[:-1] if int(r.label) in averaged]
+    families = correct(rows, [p.name for p in everyone[1:]], [r.label for r in counted])
     columns = []
     for p in everyone:
         col = PlanColumn(
             name=p.name,
             baseline=p is baseline,
             n_seeds=len(p.evaluated_runs),
+            n_planned=p.n_planned,
             spec_hash=p.spec_hash,
             overrides=p.overrides,
             missing=p.missing,
@@ -314,7 +337,9 @@ def build_comparison(
         for r in counted:
             c = r.cells[p.name]
             col.improved += int(c.delta is not None and c.delta > 0)
-            col.improved_significant += int(c.delta is not None and c.delta > 0 and c.lo is not None and c.lo > 0)
+            col.improved_significant += int(c.delta is not None and c.delta > 0 and c.p_holm is not None and c.p_holm < ALPHA)
+        if col.missing is None and col.n_planned > col.n_seeds:
+            notes.append(f"{p.name}: {col.n_seeds} of {col.n_planned} planned seeds evaluated (a run in progress?)")
         columns.append(col)
 
     training = [t for p in everyone for t in training_rows(p)]
@@ -325,7 +350,8 @@ def build_comparison(
                 diffs += [SpecDiff(p.name, k, va, vb) for k, va, vb in diff_specs(baseline.spec, p.spec)]
 
     n_q = max((c.n_questions for r in rows[:-1] for c in r.cells.values()), default=0)
-    note = footnote(split, n_q)
+    kinds = {c.interval for r in rows for c in r.cells.values() if c.interval}
+    note = footnote(split, n_q, kinds, families)
     if metric is not None:
         note = f"VQA accuracy re-scored with metric {metric} from the stored answers; {note}"
     copy_missing = []
@@ -335,8 +361,9 @@ def build_comparison(
             cmd = RunDir(lacking[0].path).command("evaluate")
             copy_missing.append(f"{p.name}: run `{cmd}` once (re-scores the stored outputs, no VLM)")
     return Comparison(
-        split, baseline.name, columns, rows, training, diffs, n_q, note, metric, copy_missing, shots_used(everyone, split, shots)
-    )
+        split, baseline.name, columns, rows, training, diffs, n_q, note, metric, copy_missing,
+        shots_used(everyone, split, shots), notes, str(source) if source else None,
+    )  # fmt: skip
 
 
 def shots_used(plans: list[PlanRuns], split: str, shots: list[int]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -364,30 +391,52 @@ def shots_used_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     return ["shots used", *labels], body
 
 
-def footnote(split: str, n_questions: int) -> str:
+def interval_note(kinds: set[str]) -> str:
+    """What an interval covers: over questions (one seed a side), over seeds and questions (two or more)."""
+    if kinds == {"seeds and questions"}:
+        return "95% CI = two-level paired bootstrap over seeds and questions"
+    if kinds == {"questions"} or not kinds:
+        return "95% CI = paired bootstrap over questions (one seed a side)"
+    return "95% CI = paired bootstrap over questions where both sides have one seed, over seeds and questions where one has more"
+
+
+def footnote(split: str, n_questions: int, kinds: set[str] | None = None, families: list[str] | None = None) -> str:
     """What the marks mean, with the size of one point in questions."""
     size = f"{n_questions} questions: 1 point = {n_questions / 100:g} questions; " if n_questions else ""
+    family = f" (Holm families: {'; '.join(families)})" if families else ""
     return (
         f"{split}, {size}Δ = plan - baseline in points, paired over the same questions; "
-        "~ = within noise (95% paired bootstrap CI includes 0); "
-        "p = two-sided paired sign-flip permutation test; * = best in row; ± = std over seeds."
+        f"{interval_note(kinds or set())}; ~ = within noise (the CI includes 0); "
+        "p = two-sided paired sign-flip test (one seed a side) or two-level bootstrap p (more seeds); "
+        f"p adj = Holm-adjusted, the average row the primary comparison{family}; "
+        f"? = borderline: within Monte Carlo error of its threshold at {MAX_RESAMPLES:,} resamples; "
+        "* = best in row; ± = std over seeds."
     )
 
 
 # ---------------------------------------------------------------- formatting
 
 
+def fixed(x: float, digits: int = 2, sign: bool = False) -> str:
+    """The one rounding rule of every table: the value to 9 decimals (binary noise gone: 51.42499999999 is 51.425),
+    then half away from zero at `digits` (51.425 -> 51.43); `sign` writes a + on positives."""
+    q = Decimal(f"{x:.9f}").quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    if q == 0:
+        q = abs(q)  # why: never "-0.00"
+    return f"{q:+}" if sign else f"{q}"
+
+
 def arrow(delta: float | None) -> str:
     if delta is None:
         return ""
-    d = round(delta, 2)  # why: the arrow must agree with the two decimals shown
+    d = Decimal(fixed(delta))  # why: the arrow must agree with the two decimals shown
     return "↑" if d > 0 else "↓" if d < 0 else "="
 
 
 def fmt_acc(c: Cell, mark_best: bool = True) -> str:
     if c.accuracy is None:
         return "—"
-    s = f"{c.accuracy:.2f}" + (f"±{c.std:.2f}" if c.std is not None else "")
+    s = fixed(c.accuracy) + (f"±{fixed(c.std)}" if c.std is not None else "")
     return s + ("*" if mark_best and c.best else "")
 
 
@@ -395,20 +444,23 @@ def fmt_delta(c: Cell) -> str:
     if c.delta is None:
         return "—"
     noise = " ~" if c.within_noise else ""
+    noise += "?" if c.borderline else ""
     a = arrow(c.delta)
-    return f"{a}{abs(c.delta):.2f}{noise}" if a == "=" else f"{a}{c.delta:+.2f}{noise}"
+    return f"{a}{fixed(abs(c.delta))}{noise}" if a == "=" else f"{a}{fixed(c.delta, sign=True)}{noise}"
 
 
 def fmt_ci(c: Cell) -> str:
     if c.lo is None or c.hi is None or np.isnan(c.lo):
         return "—"
-    return f"[{c.lo:+.2f}, {c.hi:+.2f}]"
+    return f"[{fixed(c.lo, sign=True)}, {fixed(c.hi, sign=True)}]"
 
 
 def fmt_p(p: float | None) -> str:
     if p is None or np.isnan(p):
         return "—"
-    return f"{p:.4f}" if p < 0.001 else f"{p:.3f}"
+    if p < 0.0001:
+        return f"{p:.1e}"  # why: never a p of 0.0000
+    return fixed(p, 4) if p < 0.001 else fixed(p, 3)
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:
@@ -423,7 +475,7 @@ def plan_headers(col: PlanColumn) -> list[str]:
     """Column headers of one plan: accuracy only for the baseline or a missing plan, else Δ, CI, p too."""
     if col.baseline:
         return [col.name if col.name == "baseline" else f"{col.name} (baseline)"]
-    return [col.name] if col.missing else [col.name, "Δ", "95% CI", "p"]
+    return [col.name] if col.missing else [col.name, "Δ", "95% CI", "p", "p adj"]
 
 
 def plan_cells(col: PlanColumn, c: Cell, rich: bool = False) -> list[str]:
@@ -433,19 +485,19 @@ def plan_cells(col: PlanColumn, c: Cell, rich: bool = False) -> list[str]:
     acc = fmt_acc(c)
     if col.baseline:
         return [f"[bold]{acc}[/]" if rich and c.best else acc]
-    out = [acc, fmt_delta(c), fmt_ci(c), fmt_p(c.p)]
+    out = [acc, fmt_delta(c), fmt_ci(c), fmt_p(c.p), fmt_p(c.p_holm)]
     if rich:
         a = arrow(c.delta)
         colour = {"↑": "green", "↓": "red"}.get(a, "default")
         strong = "bold " if c.within_noise is False else ""
-        out = [f"[bold]{acc}[/]" if c.best else acc, f"[{strong}{colour}]{out[1]}[/]", f"[dim]{out[2]}[/]", f"[dim]{out[3]}[/]"]
+        out = [f"[bold]{acc}[/]" if c.best else acc, f"[{strong}{colour}]{out[1]}[/]", *(f"[dim]{x}[/]" for x in out[2:])]
     return out
 
 
 def improved_cells(col: PlanColumn) -> list[str]:
     if col.baseline or col.missing:
         return [""]
-    return ["", f"{col.improved}/{col.n_shots}", f"{col.improved_significant} sig.", ""]
+    return ["", f"{col.improved}/{col.n_shots}", f"{col.improved_significant} sig. (adj)", "", ""]
 
 
 def shot_table(cmp: Comparison, rich: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -481,7 +533,7 @@ def copy_missing_lines(cmp: Comparison) -> list[str]:
 
 
 def _pct2(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
+    return "—" if x is None else fixed(x)
 
 
 TRAINING_HEADERS = ["plan", "seed", "state", "selected", "reason", "val loss", "PPO loss", "KL", "adv std", "flags"]
@@ -537,7 +589,10 @@ def runs_line(cmp: Comparison) -> str:
     def ref(c: PlanColumn) -> str:  # a sweep's derived plan (plan5@grpo.lr=1e-5) already has its `@`
         return f"{c.name} ({c.spec_hash})" if "@" in c.name else f"{c.name}@{c.spec_hash}"
 
-    parts = [ref(c) + ("*" if c.overrides else "") for c in cmp.plans if c.spec_hash]
+    def seeds(c: PlanColumn) -> str:
+        return f" ({c.n_seeds}/{c.n_planned} seeds)" if c.n_planned > c.n_seeds and c.n_seeds else ""
+
+    parts = [ref(c) + ("*" if c.overrides else "") + seeds(c) for c in cmp.plans if c.spec_hash]
     notes = [f"* {c.name}: overrides {' '.join(c.overrides)}" for c in cmp.plans if c.overrides]
     return "\n".join(["Runs: " + ", ".join(parts), *notes])
 
@@ -652,10 +707,10 @@ def render_plain(cmp: Comparison, width: int | None = None) -> str:
     """The whole comparison as plain text (for pipes and files); with `width`, every table fits that many columns."""
     headers, body = shot_table(cmp)
     pieces = split_columns(headers, body, shot_groups(cmp), width)
-    parts = [f"Accuracy (%) on {cmp.split} vs {cmp.baseline}"]
+    parts = [title(cmp)]
     for n, cols in enumerate(pieces):
         parts += ([""] if n else []) + [plain_grid(*_pick(headers, body, cols))]
-    parts += [cmp.footnote, runs_line(cmp)]
+    parts += [cmp.footnote, runs_line(cmp), *note_lines(cmp)]
     if cmp.shots_used:
         parts += [
             "",
@@ -681,19 +736,27 @@ def render_plain(cmp: Comparison, width: int | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
+def title(cmp: Comparison) -> str:
+    return f"Accuracy (%) on {cmp.split} vs {cmp.baseline}" + (f" ({cmp.source})" if cmp.source else "")
+
+
+def note_lines(cmp: Comparison) -> list[str]:
+    return [f"note: {n}" for n in cmp.notes]
+
+
 def render_rich(cmp: Comparison, console: Any, width: int | None = None) -> None:
     """Draw the comparison on a rich console: coloured deltas with arrows, best values in bold; with `width`, every
     table fits that many columns (a shot table of many plans becomes several, long columns become notes)."""
     from rich.markup import escape
     from rich.table import Table
 
-    title = escape(f"Accuracy (%) on {cmp.split} vs {cmp.baseline}")
+    heading = escape(title(cmp))
     plain_headers, plain_body = shot_table(cmp)
     headers, body = shot_table(cmp, rich=True)
     pieces = split_columns(plain_headers, plain_body, shot_groups(cmp), width, RICH_FRAME)
     for n, cols in enumerate(pieces):
         last = n == len(pieces) - 1
-        t = Table(title=title if n == 0 else None, caption=escape(cmp.footnote) if last else None, caption_justify="left")
+        t = Table(title=heading if n == 0 else None, caption=escape(cmp.footnote) if last else None, caption_justify="left")
         for i in cols:
             t.add_column(escape(headers[i]), justify="left" if i == 0 else "right", style="bold" if i == 0 else None,
                          no_wrap=True)  # fmt: skip
@@ -720,6 +783,8 @@ def render_rich(cmp: Comparison, console: Any, width: int | None = None) -> None
     if cmp.spec_diffs:
         console.print(_rich_table(f"Spec differences vs {cmp.baseline}", DIFF_HEADERS, diff_table(cmp)))
     console.print(escape(runs_line(cmp)), highlight=False)
+    for line in note_lines(cmp):
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     if failures_line(cmp):
         console.print(f"[yellow]{escape(failures_line(cmp))}[/]", highlight=False)
     for line in missing_lines(cmp):

@@ -27,6 +27,7 @@ from typing import Any
 
 from lever.errors import DamagedState
 from lever.io import check_rows, read_rows, read_state, write_json, write_rows
+from lever.keys import content_key
 from lever.records import EvalPointer, RowsRecord, SelectorChoice, StageEntry, Status, parse, selector_key, to_json
 from lever.train.folder import checkpoint_path, read_result
 
@@ -278,7 +279,15 @@ class RunDir:
             raise
 
     def spec(self) -> dict[str, Any] | None:
-        return self._read(self.spec_file)
+        """spec.json, verified like every other record: it must hash to the spec hash that names its folder (a spec
+        edited by hand is not the spec the run was made with)."""
+        spec = self._read(self.spec_file)
+        if spec is not None and content_key(spec, length=len(self.spec_hash)) != self.spec_hash:
+            raise DamagedState(
+                f"{self.spec_file} is damaged: it does not hash to its folder's spec hash {self.spec_hash} (edited?)",
+                hint=self.fix,
+            )
+        return spec
 
     def provenance(self, strict: bool = True) -> dict[str, Any] | None:
         try:
