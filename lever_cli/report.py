@@ -37,7 +37,7 @@ from ._common import runs_dir as runs_root
 from ._common import workspace
 from ._console import console, fit_width
 
-SPLITS = ("val", "train")
+SPLITS = ("val", "train", "test")
 
 
 WHOLE = ("plan", "hash", "seed")  # columns never cut or wrapped
@@ -93,7 +93,7 @@ def compare(
         ..., help="Plans to compare: names as in plans/ (plan5, plan7_1) or files; plan5@HASH picks the runs of one spec hash"
     ),
     baseline: str = typer.Option("baseline", "--baseline", "-b", help="The reference plan of every delta"),
-    split: str = typer.Option("val", "--split", help="Which evaluation split: val or train"),
+    split: str = typer.Option("val", "--split", help="Which evaluation split: val, train or test (the held-out questions)"),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON"),
     markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables"),
     as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and shot row"),
@@ -132,7 +132,7 @@ def leaderboard(
         help="Plans to rank: names as in plans/ (plan5, original/plan5) or files; plan5@HASH picks the runs of one "
         "spec hash. Default: every plan whose current runs are evaluated",
     ),
-    split: str = typer.Option("val", "--split", help="Which evaluation split: val or train"),
+    split: str = typer.Option("val", "--split", help="Which evaluation split: val, train or test (the held-out questions)"),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON (copy rate and majority vote included)"),
     markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables"),
     as_csv: bool = typer.Option(False, "--csv", help="Print one CSV line per plan and column"),

@@ -48,10 +48,12 @@ def _eval_progress(lp: LoadedPlan, seed: int) -> CountProgress:
 
 def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> None:
     from lever.eval.distributed import ranks
+    from lever.report.results import evaluation_accuracies
     from lever.report.tables import fixed
 
     if not ranks().is_main:
         return
+    exact = evaluation_accuracies(out_dir)  # why: summary.json's 2-decimal values would round a second time
     ck = summary["checkpoint"]
     picked = f"selector {ck['selector']}" if "selector" in ck else f"{ck['stage']} epoch {ck['epoch']}"  # a baseline: no epoch
     console.print(f"[bold]{lp.name}[/] seed {seed}: {picked} ({ck['reason']})", highlight=False)
@@ -62,7 +64,7 @@ def _print_summary(lp: LoadedPlan, seed: int, summary: dict, out_dir: Path) -> N
         table.add_column(f"{split} acc %", justify="right")
     shots = sorted({int(s) for sp in splits.values() for s in sp})
     for s in shots:
-        table.add_row(str(s), *[fixed(splits[sp][str(s)]["accuracy"]) if str(s) in splits[sp] else "" for sp in splits])
+        table.add_row(str(s), *[fixed(exact[sp][s]) if s in exact.get(sp, {}) else "" for sp in splits])
     console.print(table)
     failed = sum(c["failed"] for sp in splits.values() for c in sp.values())
     if failed:

@@ -14,6 +14,7 @@ from lever.keys import content_key
 from lever.report.leaderboard import build_leaderboard, load_leaderboard
 from lever.report.leaderboard import render_plain as leaderboard_plain
 from lever.report.reports import load_comparison, run_comparisons, shot_points
+from lever.report.results import evaluation_accuracies
 from lever.report.tables import build_comparison, fixed, render_plain
 from lever.runs.layout import RunDir
 
@@ -171,3 +172,16 @@ def test_a_spec_edited_by_hand_is_damage(runs: Path):  # noqa: F811
     spec_file.write_text(json.dumps({**PLAN5_SPEC, "grpo": {"epochs": 51, "lr": 5e-6}}))
     with pytest.raises(LeverError, match="does not hash to its folder's spec hash"):
         RunDir(spec_file.parent).spec()
+
+
+def test_the_run_table_rounds_once_from_the_rows(tmp_path: Path):
+    # 400 questions, 205 right and one at 0.7: 51.425 %. summary.json stores it rounded to 2 decimals by Python's
+    # round (51.42: the float is 51.42499...); every table rounds the unrounded value once, half away from zero: 51.43.
+    root = tmp_path / "runs"
+    run = RunDir(write_run(root, "plan5", 0, spec=PLAN5_SPEC, accs={1: [1.0] * 205 + [0.7] + [0.0] * 194}))
+    ev = run.selected_eval()
+    assert ev.summary()["splits"]["val"]["1"]["accuracy"] == 51.42
+    assert fixed(evaluation_accuracies(ev.path)["val"][1]) == "51.43"
+    write_run(root, "baseline", 0, spec=BASE_SPEC, accs={1: [0.0] * 400})
+    cmp = build_comparison([plan_runs(root, "plan5")], plan_runs(root, "baseline"), n_resamples=200)
+    assert "51.43" in render_plain(cmp)

@@ -473,8 +473,8 @@ def test_cli_compare_exports(cli):
 def test_cli_compare_bad_input(cli):
     from lever.errors import LeverError
 
-    res = cli("compare", "plan5", "--split", "test")
-    assert isinstance(res.exception, LeverError) and "use one of: val, train" in str(res.exception)
+    res = cli("compare", "plan5", "--split", "tset")
+    assert isinstance(res.exception, LeverError) and "use one of: val, train, test" in str(res.exception)
     res = cli("compare", "plan5", "--json", "--csv")
     assert isinstance(res.exception, LeverError) and "choose one output format" in str(res.exception)
 

@@ -28,6 +28,8 @@ from .vlm import SimVLM
 from .world import make_world
 
 MANIFEST = "manifest.json"
+TEST_FILES = {"items_test": "items_test.json", "test_features": "test_features.pt", "test_world": "world_test.pt"}
+TEST_MANIFEST = "manifest_test.json"
 FILES = {
     "features": "features.pt",
     "val_features": "val_features.pt",
@@ -58,6 +60,49 @@ class BenchPaths:
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST
+
+    @property
+    def items_test(self) -> Path:  # JSON list of the held-out questions (ensure_test)
+        return self.root / TEST_FILES["items_test"]
+
+    @property
+    def test_features(self) -> Path:  # float32 [n_val, dim], row j = held-out item j
+        return self.root / TEST_FILES["test_features"]
+
+    @property
+    def test_world(self) -> Path:  # the held-out split's latent tensors for the simulated VLM
+        return self.root / TEST_FILES["test_world"]
+
+
+def ensure_test(paths: BenchPaths, cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchPaths:
+    """The benchmark's held-out `test` split, written once beside its files (each file to a temporary name, then
+    renamed; its manifest last): the benchmark's own files are not touched, so evaluations on train and val keep
+    their keys and values."""
+    if is_complete(paths.root, TEST_MANIFEST):
+        return paths
+    start = time.perf_counter()
+    world = make_world(cfg, held_out=True)
+    assert world.test is not None
+    tmp = {k: paths.root / f".{name}.tmp-{os.getpid()}" for k, name in TEST_FILES.items()}
+    try:
+        torch.save(world.test.features.contiguous(), tmp["test_features"])
+        torch.save(world.test_state(), tmp["test_world"])
+        _write_lines(tmp["items_test"], _json_list(world.test.items))
+        files = {}
+        for k, name in TEST_FILES.items():
+            data = tmp[k].read_bytes()
+            files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            os.replace(tmp[k], paths.root / name)
+    except OSError as err:
+        for f in tmp.values():
+            f.unlink(missing_ok=True)
+        raise LeverError(f"could not write the held-out split into {paths.root}: {err.strerror or err}") from None
+    manifest = {"generator_version": GENERATOR_VERSION, "key": cfg.key(), "files": files}
+    (paths.root / TEST_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    log(
+        f"generating the held-out test split ({cfg.n_val} questions) into {paths.root} ... done in {time.perf_counter() - start:.1f} s"
+    )
+    return paths
 
 
 def ensure_bench(cache_root: Path, cfg: BenchConfig | None = None, log: Callable[[str], None] = print) -> BenchPaths:
@@ -95,10 +140,10 @@ def ensure_bench(cache_root: Path, cfg: BenchConfig | None = None, log: Callable
     return paths
 
 
-def is_complete(root: Path) -> bool:
+def is_complete(root: Path, name: str = MANIFEST) -> bool:
     """True when `root` holds a manifest and every file it lists with the recorded size."""
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
+        manifest = json.loads((root / name).read_text())
         return manifest["generator_version"] == GENERATOR_VERSION and all(
             (root / name).stat().st_size == meta["bytes"] for name, meta in manifest["files"].items()
         )

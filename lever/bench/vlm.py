@@ -27,7 +27,7 @@ from .config import GENERATOR_VERSION
 if TYPE_CHECKING:
     from .cache import BenchPaths
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # the index is the split id of the answer hash: never reorder
 _MASK = 0xFFFFFFFF
 
 # Behaviour outside the 1-4 shots the world was tuned on (docs/benchmark.md, Zero-shot and more shots). Bump
@@ -44,7 +44,11 @@ class SimVLM:
         self.params = state["params"]
         self.vocab: list[str] = list(state["vocab"])
         # float64 once here: sums over demonstrations then give the same bits in a batch and alone.
-        self.splits = {name: {k: v.double() if v.is_floating_point() else v for k, v in state[name].items()} for name in SPLITS}
+        self.splits = {
+            name: {k: v.double() if v.is_floating_point() else v for k, v in state[name].items()}
+            for name in SPLITS
+            if name in state
+        }
         self._train = self.splits["train"]
 
     @classmethod
@@ -63,6 +67,8 @@ class SimVLM:
                 f"this lever reads version {GENERATOR_VERSION}",
                 hint="delete the benchmark cache directory so that it is generated again",
             )
+        if paths.test_world.is_file():  # the held-out split, once written (cache.ensure_test)
+            state = {**state, "test": torch.load(paths.test_world, weights_only=True)["test"]}
         return cls(state)
 
     def size(self, split: str) -> int:
@@ -184,7 +190,7 @@ class SimVLM:
 
     def _split(self, split: str) -> dict[str, torch.Tensor]:
         if split not in self.splits:
-            raise LeverError(f"unknown split {split!r} for the simulated VLM", hint="use 'train' or 'val'")
+            raise LeverError(f"unknown split {split!r} for the simulated VLM", hint=f"use one of: {', '.join(self.splits)}")
         return self.splits[split]
 
     @staticmethod

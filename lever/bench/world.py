@@ -51,6 +51,12 @@ class World:
     val: Split
     vocab: list[str]
     params: dict[str, Any]  # the VLM's knobs and hash salt
+    test: Split | None = None  # the held-out questions (make_world(held_out=True))
+
+    def test_state(self) -> dict[str, Any]:
+        """The held-out split's latent tensors, in their own file: the world file of train and val stays as it was."""
+        assert self.test is not None
+        return {"version": GENERATOR_VERSION, "test": self.test.latent}
 
     def vlm_state(self) -> dict[str, Any]:
         """What the simulated VLM needs, as plain tensors/lists (loads with torch.load(weights_only=True))."""
@@ -63,8 +69,10 @@ class World:
         }
 
 
-def make_world(cfg: BenchConfig) -> World:
-    """Draw the whole world from `cfg.seed`: same settings, same world."""
+def make_world(cfg: BenchConfig, held_out: bool = False) -> World:
+    """Draw the whole world from `cfg.seed`: same settings, same world. With `held_out`, also the `test` split:
+    n_val more questions on images of neither train nor val, drawn after everything else, so that train, val and the
+    VLM's salt are the same bits with or without it."""
     g = torch.Generator().manual_seed(cfg.seed)
     types = list(ANSWER_TYPES)
     n_types, d_lat = len(types), cfg.latent_dim
@@ -146,7 +154,17 @@ def make_world(cfg: BenchConfig) -> World:
         )
     }
     params["salt"] = salt
-    return World(train=train, val=val, vocab=vocab, params=params)
+    test = split(cfg.n_val, _held_out_ids(cfg.n_val, train_ids + val_ids, g)) if held_out else None
+    return World(train=train, val=val, vocab=vocab, params=params, test=test)
+
+
+def _held_out_ids(n: int, used: list[tuple[int, int]], g: torch.Generator) -> list[tuple[int, int]]:
+    """(image_id, question_id) of n held-out questions: images neither train nor val uses, ids increasing."""
+    taken = {image for image, _ in used}
+    pool = torch.randperm(max(600_000, 4 * (len(used) + n)), generator=g) + 1
+    image = torch.tensor([i for i in pool.tolist() if i not in taken][:n]).sort().values
+    digit = torch.randint(10, (n,), generator=g)
+    return list(zip(image.tolist(), (image * 10 + digit).tolist()))
 
 
 def _ids(n_train: int, n_val: int, g: torch.Generator) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

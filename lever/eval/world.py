@@ -133,6 +133,12 @@ def check_eval_files(ds: Dataset, spec: EvalSpec) -> EvalInputs:
         return EvalInputs(ds, spec, backend, protocol)
     if backend == "sim":
         raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
+    if "test" in spec.splits:
+        raise LeverError(
+            f"eval.splits: the held-out 'test' split is the bundled benchmark's only, for now ({ws.source} names "
+            f"{ds.table} files)",
+            hint="evaluate on 'val' here; docs/evaluation.md (Held-out split) says how to hold out OK-VQA questions",
+        )
     for key, value in ds.inputs().items():
         needed = key.startswith("train") or key.rsplit("_", 1)[0] in spec.splits  # train files hold the demonstrations
         if needed and not ws.path(value).exists():
@@ -183,7 +189,8 @@ def split_sizes(ds: Dataset, log: Callable[[str], None] = print) -> dict[str, in
     """How many questions each split has ('train' = the demonstration candidates), read without features or images."""
     if ds.is_bundled:
         bench = ds.bench(log)
-        return {"train": len(_items(bench.items_train)), "val": len(_items(bench.items_val))}
+        n_val = len(_items(bench.items_val))  # the held-out split has as many (bench.world.make_world)
+        return {"train": len(_items(bench.items_train)), "val": n_val, "test": bench_config(ds.ws).n_val}
     if ds.layout == "parquet":
         from .parquet import row_count
 
@@ -245,13 +252,25 @@ def _bench_world(inputs: EvalInputs, log: Callable[[str], None], loaded: tuple[P
     if "train" in spec.splits:
         items, feats, rows = _first(train_items, train_feats, question_count(spec, len(train_items)))
         splits["train"] = EvalSplit("train", items, feats, rows)
+    if "test" in spec.splits:  # the held-out questions, written once on first use (docs/evaluation.md)
+        from lever.bench.cache import ensure_test
+
+        ensure_test(paths, bench_config(ws), log)
+        test_items = _items(paths.items_test)
+        items, feats, _ = _first(test_items, load_features(Path(paths.test_features)), question_count(spec, len(test_items)))
+        splits["test"] = EvalSplit("test", items, feats, torch.full((len(items),), -1))
     return EvalWorld(
         train_items,
         train_feats,
         splits,
         lambda device: SimBackend(SimVLM.load(paths)),
         # The simulated VLM reads no prompt: of the protocol, only the metric shapes its numbers.
-        {"backend": "sim", "world": Path(paths.root).name, "files": _digests(ws, paths), "metric": protocol.metric}
+        {
+            "backend": "sim",
+            "world": Path(paths.root).name,
+            "files": _digests(ws, paths, "test" in spec.splits),
+            "metric": protocol.metric,
+        }
         | sim_behaviour(spec.shots),
         protocol,
         lambda part: _bench_views(part, train_items, train_feats, splits, bench_config(ws).item_features),
@@ -288,9 +307,12 @@ def _bench_views(
     return view(train_feats, train_items), {name: view(sp.features, sp.items) for name, sp in splits.items()}
 
 
-def _digests(ws: Workspace, paths: Any) -> dict[str, str]:
-    """Content keys of the benchmark files an evaluation reads (items, features, the simulated VLM)."""
+def _digests(ws: Workspace, paths: Any, test: bool = False) -> dict[str, str]:
+    """Content keys of the benchmark files an evaluation reads (items, features, the simulated VLM; the held-out
+    split's only when it asks for it, so evaluations of train and val keep their keys)."""
     files = (paths.items_train, paths.items_val, paths.features, paths.val_features, paths.world)
+    if test:
+        files += (paths.items_test, paths.test_features, paths.test_world)
     return {Path(f).name: file_digest(Path(f), ws.digest_memo)[:16] for f in files}
 
 

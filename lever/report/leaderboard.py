@@ -33,7 +33,7 @@ from lever.spec.workspace import DEFAULT_DATASET
 from .copying import copy_flags, lacks_texts, percent, vote_accuracy
 from .export import _clean, _csv_value, _md_table, latex_escape
 from .matrix import QuestionMatrix, check_sources, pair, question_matrix
-from .results import PlanRuns, damaged_ok, named_plans, rescore_plan
+from .results import PlanRuns, damaged_ok, named_plans, rescore_plan, test_note
 from .significance import ALPHA, MAX_RESAMPLES, N_RESAMPLES, accuracy_interval, holm, near, paired_test
 from .tables import fixed, plain_grid
 
@@ -213,6 +213,8 @@ def load_leaderboard(
         for pr in plans:
             if pr.missing is None:
                 rescore_plan(pr, metric)
+    if split == "test":
+        notes.append(test_note([pr.name for pr in plans], root))
     return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes, family=family)
 
 
@@ -283,6 +285,8 @@ def mark(columns: list[Column], alpha: float, family: str) -> None:
             if not e.exact and e.resamples and near(adj, alpha, e.resamples, scale=len(tested)):
                 e.borderline = True
     for c in columns:
+        for e in c.entries.values():
+            e.mark = ""
         if c.best is not None:
             adjusted = {k: e.p_holm for k, e in c.entries.items() if e.p_holm is not None}
             for k, m in marks(c.best, adjusted, alpha).items():  # type: ignore[arg-type]
@@ -339,6 +343,20 @@ def build_leaderboard(
     elif len(shots) > 1:
         notes.append("no mean column: the plans share fewer than two shot counts with demonstrations")
     mark(columns, alpha, family)
+    redrawn = False
+    for c in columns:  # an adjusted p near alpha is drawn again with the most resamples, then corrected again
+        again = [k for k, e in c.entries.items() if e.borderline and (e.resamples or MAX_RESAMPLES) < MAX_RESAMPLES]
+        if again and c.best is not None:
+            mats, _ = pair({pr.name: m for pr in shown if (m := question_matrix(pr, split, c.shots)) is not None}, c.label)
+            for k in again:
+                t = paired_test(
+                    mats[k].values, mats[c.best].values, MAX_RESAMPLES, seed, alpha, mats[k].seeds == mats[c.best].seeds
+                )
+                e = c.entries[k]
+                e.p, e.resamples, e.exact, e.borderline = t.p, t.resamples, t.exact, t.borderline
+            redrawn = True
+    if redrawn:
+        mark(columns, alpha, family)
     notes += [c.note for c in columns if c.note]
     rows = []
     for pr in plans:

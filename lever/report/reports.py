@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lever.errors import DamagedState
 
-from .results import PlanRuns, named_plans, plan_runs, rescore_plan
+from .results import PlanRuns, named_plans, plan_runs, rescore_plan, test_note
 from .significance import N_RESAMPLES
 from .tables import AVG, Comparison, build_comparison
 
@@ -36,7 +36,10 @@ def load_comparison(
         for pr in (base, *others):
             if pr.missing is None:
                 rescore_plan(pr, metric)
-    return build_comparison(others, base, split=split, n_resamples=n_resamples, metric=metric)
+    cmp = build_comparison(others, base, split=split, n_resamples=n_resamples, metric=metric)
+    if split == "test":
+        cmp.notes.append(test_note([c.name for c in cmp.plans], root))
+    return cmp
 
 
 @dataclass
@@ -63,7 +66,10 @@ def run_comparisons(
     out = []
     for split in dict.fromkeys(sp for _, _, splits in plans for sp in splits):
         if any(split in r.splits() for r in base.runs):  # a split the baseline is not evaluated on has no deltas
-            out.append(build_comparison(mine, base, split=split))
+            cmp = build_comparison(mine, base, split=split)
+            if split == "test":  # how often these plans' test results were computed, beside them
+                cmp.notes.append(test_note([c.name for c in cmp.plans], root))
+            out.append(cmp)
     return RunTables(out, mine, base)
 
 

@@ -213,6 +213,15 @@ def load_run(run_dir: Path | RunDir, plan: str | None = None) -> RunData:
     return data
 
 
+def evaluation_accuracies(eval_dir: Path) -> dict[str, dict[int, float]]:
+    """split -> shots -> accuracy (percent, unrounded) of one evaluation folder, from its verified rows: what every
+    table rounds once (summary.json holds them rounded to 2 decimals already)."""
+    from lever.runs.layout import EvalDir
+
+    _, rows = EvalDir(Path(eval_dir), f"evaluate again with `lever evaluate --redo` ({eval_dir})").read()
+    return {split: {s: qr.mean_percent for s, qr in by.items()} for split, by in parse_results(rows).items()}
+
+
 def rescore_plan(pr: PlanRuns, metric: str) -> PlanRuns:
     """Score every evaluated run of `pr` again with VQA metric `metric`, from the verified rows of its selected
     evaluation: each row's raw output, post-processed, against the human answers the
@@ -357,3 +366,32 @@ def named_plans(refs: list[str], root: Path, plans_dir: Path) -> list[PlanRuns]:
         if pr.name in twice and "@" not in pr.name and pr.spec_hash:
             pr.name = f"{pr.name}@{pr.spec_hash}"
     return found
+
+
+def test_evaluations(name: str, root: Path) -> tuple[int, int]:
+    """How often plan `name`'s results on the held-out `test` split were computed: (evaluation folders holding test
+    results, over every spec hash and seed; spec hashes among them). Each look at test spends some of it: a
+    choice made after several looks is a choice made on test."""
+    folder = RunsFolder(Path(root))
+    found, hashes = 0, set()
+    for spec_hash in folder.hashes(name):
+        for run in folder.seed_runs(name, spec_hash):
+            root_ = run.eval_root
+            for ev in sorted(root_.iterdir()) if root_.is_dir() else []:
+                try:
+                    summary = run.eval_dir(ev.name).summary() if ev.is_dir() else None
+                except DamagedState:
+                    continue
+                if summary and "test" in (summary.get("splits") or {}):
+                    found += 1
+                    hashes.add(spec_hash)
+    return found, len(hashes)
+
+
+def test_note(names: list[str], root: Path) -> str:
+    """The note a table on the test split carries: how often each plan's test results were computed."""
+    parts = []
+    for name in names:
+        n, h = test_evaluations(plan_name(split_ref(name)[0]), root)
+        parts.append(f"{name} {n} evaluation(s) under {h} spec hash(es)")
+    return "held-out test split, computed so far: " + ", ".join(parts) + " (choose on val; confirm once on test)"

@@ -675,7 +675,9 @@ class EvalSpec(Strict):
         800,
         description=f"First N eval questions by question_id (at most {MAX_QUESTIONS:_}), or 'all' for the whole split",
     )
-    splits: list[Literal["val", "train"]] = Field(["val"], min_length=1, description="Eval splits")
+    splits: list[Literal["val", "train", "test"]] = Field(
+        ["val"], min_length=1, description="Eval splits (test: the held-out questions; choose on val, confirm once on test)"
+    )
     backend: Literal["auto", "sim", "hf"] = Field(
         "auto", description="auto = the workspace's backend (sim on the bundled benchmark)"
     )
