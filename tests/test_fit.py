@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_report import PLAN5_SPEC, comparison, runs, write_run  # noqa: F401 (a fixture)
+from test_report import H5, HB, PLAN5_SPEC, PLAN7_SPEC, comparison, runs, write_run  # noqa: F401 (a fixture)
 
+from lever.keys import content_key
 from lever.report.tables import fold_columns, grid_width, plain_grid, render_plain, split_columns
 
 HEADERS = ["plan", "hash", "acc", "flags", "inputs"]
@@ -54,7 +55,7 @@ def test_split_columns_keeps_the_fixed_columns_in_every_piece():
 def narrow(lever, runs: Path, monkeypatch):  # noqa: F811 (the fixture)
     """`lever` at COLUMNS=100 on the report tests' runs, and a plan with a long name."""
     write_run(runs, "baselines/similar_both", 0, spec=PLAN5_SPEC, accs={s: [1] * 10 for s in (1, 2, 3, 4)},
-              spec_hash="fedcba987654", flags=["the pool's most similar items by both features, most similar last"])  # fmt: skip
+              flags=["the pool's most similar items by both features, most similar last"])  # fmt: skip
     monkeypatch.setenv("LEVER_RUNS", str(runs))
     monkeypatch.chdir(runs.parent)
     (runs.parent / "plans").mkdir(exist_ok=True)
@@ -69,7 +70,7 @@ def test_runs_fit_100_columns_with_names_and_hashes_whole(narrow, monkeypatch):
     table = [line for line in lines if not line.startswith("[")]
     assert max(map(len, table)) <= 100 and lines[1].split()[-1] == "note" and "flags" not in lines[1]
     long = next(line for line in lines if line.startswith("baselines/similar_both "))
-    assert "fedcba987654" in long and long.split()[-1] == "1"
+    assert H5 in long and long.split()[-1] == "1"
     assert "[1] flags: the pool's most similar items by both features, most similar last" in lines
     assert "[2] flags: guardrail: kl above 0.5 at grpo epoch 3" in lines
     wide = narrow("runs", "--wide").out.splitlines()  # every column, one run a line
@@ -89,15 +90,16 @@ def test_runs_on_a_100_column_terminal(narrow, monkeypatch):
     from lever_cli._console import _Console
 
     long = "plan5@grpo.lr=1e-5,grpo.kl.beta=0.1"  # a sweep's derived plan is named like this: 35 characters
-    write_run(runs_root(), long, 0, spec=PLAN5_SPEC, accs={s: [1] * 10 for s in (1, 2, 3, 4)}, spec_hash="0a1b2c3d4e5f")
+    write_run(runs_root(), long, 0, spec=PLAN5_SPEC, accs={s: [1] * 10 for s in (1, 2, 3, 4)})
     term = _Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
     monkeypatch.setattr(report, "console", term)
     assert narrow("runs").code == 0
     lines = term.file.getvalue().splitlines()
     assert max(map(len, lines)) <= 100  # the other columns wrap; the name and the hash stay whole
-    assert any(long in line and "0a1b2c3d4e5f" in line for line in lines)
-    assert any("baselines/similar_both" in line and "fedcba987654" in line for line in lines)
-    assert sum("abc123def456" in line for line in lines) == 5  # baseline, plan5, plan6, plan7_1's two seeds
+    assert any(long in line and H5 in line for line in lines)
+    assert any("baselines/similar_both" in line and H5 in line for line in lines)
+    for name, h in (("baseline ", HB), ("plan5 ", H5), ("plan6 ", H5), ("plan7_1 ", content_key(PLAN7_SPEC))):
+        assert any(line.startswith(name) and h in line for line in lines), name  # the run folders' spec hashes
     assert any(line.startswith("[1] flags: the pool's most similar items") for line in lines)
 
 
