@@ -164,7 +164,7 @@ def load_split(ds: Dataset, split: str, log: Callable[[str], None] = print, limi
         raise LeverError(f"split {split!r} is not known", hint=f"use {' or '.join(ds.splits)}")
     if ds.is_bundled:
         bench = ds.bench(log)
-        items = _items(bench.items_train if split == "train" else bench.items_val)
+        items = _items(getattr(bench, f"items_{split}"))  # the benchmark's file of the split (BenchPaths.items_<split>)
         return items if limit is None else sorted(items, key=lambda it: it.question_id)[:limit]
     if ds.layout == "parquet":
         from .parquet import load_parquet
