@@ -204,4 +204,9 @@ def test_a_parquet_table_is_one_layout_with_train_and_val(lever, tmp_path):
         assert res.code == 2 and all(w in res.err for w in words) and "Traceback" not in res.text, res.text
     ws.write_text(text.replace("hf/train/*.parquet", "hf/train/*.parq"))
     res = lever("--workspace", ws, "data", "embed", "--dataset", "hf", "--out", tmp_path / "f.pt")
-    assert res.code == 2 and "datasets.hf.train_parquet pattern 'hf/train/*.parq' matches no file" in res.err, res.text
+    assert res.code == 2 and "datasets.hf.train_parquet 'hf/train/*.parq' matches no parquet file" in res.err, res.text
+    ws.write_text(text.replace("hf/train/*.parquet", "hf/train"))  # a folder: its parquet files
+    hf = resolve_dataset(load_workspace(ws), "hf")
+    assert (
+        hf.parquet_files("train") == sorted((tmp_path / "hf" / "train").glob("*.parquet")) and len(hf.parquet_files("train")) == 2
+    )

@@ -102,17 +102,17 @@ class Dataset:
         return {kind: self.ws.path(o[f"{split}_{kind}"]) for kind in ("questions", "annotations", "images")}
 
     def parquet_files(self, split: str) -> list[Path]:
-        """The parquet files of `split`, their glob patterns expanded (sorted); a pattern that matches nothing is
-        an error naming it."""
+        """The parquet files of `split`: each entry a file, a glob pattern or a folder (its *.parquet files), both
+        expanded sorted; a pattern or folder that holds none is an error naming it."""
         self._known(split)
         out: list[Path] = []
         for pattern in self.files.parquet()[split]:  # type: ignore[union-attr]
             path = self.ws.path(pattern)
-            if any(c in pattern for c in "*?["):
-                found = sorted(path.parent.glob(path.name))
+            if any(c in pattern for c in "*?[") or path.is_dir():
+                found = sorted(path.glob("*.parquet") if path.is_dir() else path.parent.glob(path.name))
                 if not found:
                     raise LeverError(
-                        f"workspace {self.ws.source}: {self.table}.{split}_parquet pattern {pattern!r} matches no file"
+                        f"workspace {self.ws.source}: {self.table}.{split}_parquet {pattern!r} matches no parquet file"
                     )
                 out.extend(found)
             else:

@@ -108,9 +108,10 @@ class DatasetPaths(_Strict):
     val_annotations: str | None = Field(None, description="Val annotations JSON")
     val_images: str | None = Field(None, description="Val image folder (COCO_val2014_<image_id>.jpg)")
     train_parquet: list[str] | None = Field(
-        None, description="Train parquet files (paths or glob patterns) in the Hugging Face layout, instead of the JSON files"
+        None,
+        description="Train parquet files (paths, glob patterns or folders) in the Hugging Face layout, instead of the JSON files",
     )
-    val_parquet: list[str] | None = Field(None, description="Val parquet files (paths or glob patterns)")
+    val_parquet: list[str] | None = Field(None, description="Val parquet files (paths, glob patterns or folders)")
     candidates: dict[str, str] = Field(default_factory=dict, description="Candidate-data names -> JSON files of this dataset")
     features: dict[str, str] = Field(
         default_factory=dict, description="Feature names -> [N_train, d] tensor files of this dataset"
