@@ -30,8 +30,13 @@ SPLIT = typer.Option("val", "--split", help="Which evaluation split: val or trai
 RESAMPLES = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations (as the table's)")
 
 
-def _finish(data, out: Path, width: float | None, as_json: bool) -> None:
+def _start(out: Path) -> None:
+    """Refuse a file name of another format, or a missing matplotlib, before any table is computed."""
     figures.check_path(out)
+    figures.pyplot()
+
+
+def _finish(data, out: Path, width: float | None, as_json: bool) -> None:
     path = figures.draw(data, out, width)
     if as_json:
         typer.echo(json.dumps(figures.figure_json(data), indent=2, allow_nan=False))
@@ -58,7 +63,7 @@ def shots(
 
     Example: [bold]lever plot shots -o shots.pdf[/]   or   [bold]lever plot shots baseline plan5 -o shots.png[/]
     """
-    figures.check_path(out)
+    _start(out)
     _table_options(split, resamples, metric, False, False, False, False)
     lb = load_leaderboard(
         plans or [], runs_dir(), workspace().plans_dir, split, metric=metric, n_resamples=resamples, only_dataset=dataset
@@ -83,7 +88,7 @@ def delta(
 
     Example: [bold]lever plot delta plan5 plan5_rank --baseline baselines/similar_both -o delta.pdf[/]
     """
-    figures.check_path(out)
+    _start(out)
     _table_options(split, resamples, metric, False, False, False, False)
     cmp = load_comparison(plans, baseline, runs_dir(), workspace().plans_dir, split, metric=metric, n_resamples=resamples)
     bad = [f"{c.name}: {c.missing} ({c.command})" for c in cmp.plans if c.missing]
@@ -109,7 +114,7 @@ def curves(
 
     Example: [bold]lever plot curves plan5 baseline -o curves.png[/]
     """
-    figures.check_path(out)
+    _start(out)
     root, plans_dir = runs_dir(), workspace().plans_dir
     for p in plans:
         check_known(p, plans_dir, root)
