@@ -83,8 +83,8 @@ def delta(
 ) -> None:
     """Each plan minus the baseline per shot count, with its paired 95% interval.
 
-    The numbers are those of `lever compare PLANS --baseline B`; a filled point's interval excludes 0, a hollow one
-    is within noise (the table's `~`).
+    The numbers are those of `lever compare PLANS --baseline B`; a filled point is significant after Holm's
+    correction (the table's "sig. (adj)"), a hollow one is not.
 
     Example: [bold]lever plot delta plan5 plan5_rank --baseline baselines/similar_both -o delta.pdf[/]
     """

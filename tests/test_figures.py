@@ -72,13 +72,18 @@ def test_deltas_are_the_comparisons_cells(runs: Path):  # noqa: F811
     cmp = comparison(runs, ("plan5", "plan7_1"))
     data = figures.deltas(cmp)
     plan5 = next(s for s in data.series if s.name == "plan5")
-    # plan5 - baseline: +10, +100, -4, 0 (test_report's hand-worked values); +100 is the only interval above 0
+    # plan5 - baseline: +10, +100, -4, 0 (test_report's hand-worked values); +100 (all 10 questions up: exact
+    # p = 2/1024) is the only one whose Holm-adjusted p is below 0.05, as the table's "sig. (adj)" counts
     assert [round(p.value, 6) for p in plan5.points] == [10.0, 100.0, -4.0, 0.0]
     assert [p.mark for p in plan5.points] == ["", "significant", "", ""]
+    assert plan5.points[1].p == pytest.approx(2 / 1024) and plan5.points[1].p_holm < 0.05
+    assert (
+        sum(p.mark == "significant" for p in plan5.points) == next(c for c in cmp.plans if c.name == "plan5").improved_significant
+    )
     for row in cmp.rows[:4]:
         c = row.cells["plan5"]
         p = plan5.points[int(row.label) - 1]
-        assert (p.value, p.lo, p.hi) == (c.delta, c.lo, c.hi)
+        assert (p.value, p.lo, p.hi, p.p, p.p_holm) == (c.delta, c.lo, c.hi, c.p, c.p_holm)
     fig = figures.render(data)
     line = _lines(fig)["series:plan5"]
     assert list(line.get_ydata()) == [p.value for p in plan5.points]
@@ -136,7 +141,7 @@ def test_plot_delta_equals_compare_json(cli_runs, tmp_path: Path):
             continue
         for name in ("plan5", "plan7_1"):
             c, p = row["cells"][name], drawn[name][int(row["label"]) - 1]
-            assert (p["value"], p["lo"], p["hi"]) == pytest.approx((c["delta"], c["lo"], c["hi"]))
+            assert (p["value"], p["lo"], p["hi"], p["p_holm"]) == pytest.approx((c["delta"], c["lo"], c["hi"], c["p_holm"]))
 
 
 def test_plot_curves_and_bad_input(cli_runs, tmp_path: Path):

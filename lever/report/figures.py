@@ -24,6 +24,7 @@ from lever.io import atomic_write, os_reason
 
 from .leaderboard import MEAN, Leaderboard, build_leaderboard
 from .results import PlanRuns
+from .significance import ALPHA
 from .sparkline import metric_keys
 from .tables import AVG, Comparison
 
@@ -63,7 +64,9 @@ class Point:
     value: float  # percent (accuracy) or points (delta)
     lo: float | None  # the 95% interval the table prints; None where it prints none
     hi: float | None
-    mark: str = ""  # shots: the leaderboard's "best" | "tied"; deltas: "significant" (the interval excludes 0)
+    mark: str = ""  # shots: the leaderboard's "best" | "tied"; deltas: "significant" (Holm-adjusted p < ALPHA)
+    p: float | None = None  # deltas: the table's p against the baseline, and Holm-adjusted over its family
+    p_holm: float | None = None
 
 
 @dataclass
@@ -127,7 +130,8 @@ def shot_curves(lb: Leaderboard, baseline: str | None = "baseline") -> ShotFigur
 
 def deltas(cmp: Comparison) -> ShotFigure:
     """Each plan minus the baseline per shot count, with the paired 95% interval `lever compare` prints; a point is
-    "significant" where the table marks no `~` (the interval excludes 0). The average row is left out."""
+    "significant" where the table counts it so ("N sig. (adj)": Holm-adjusted p below ALPHA over the comparison's
+    family). The average row is left out."""
     series = []
     for col in cmp.plans:
         if col.baseline or col.missing:
@@ -138,8 +142,8 @@ def deltas(cmp: Comparison) -> ShotFigure:
             if row.label == AVG or c.delta is None:
                 continue
             paired = c.lo is not None and c.hi is not None and not math.isnan(c.lo)
-            mark = "significant" if c.within_noise is False else ""
-            points.append(Point(int(row.label), c.delta, c.lo if paired else None, c.hi if paired else None, mark))
+            mark = "significant" if c.p_holm is not None and c.p_holm < ALPHA else ""
+            points.append(Point(int(row.label), c.delta, c.lo if paired else None, c.hi if paired else None, mark, c.p, c.p_holm))
         if points:
             series.append(Series(col.name, "plan", points))
     note = cmp.footnote
@@ -346,7 +350,7 @@ def _render_shots(plt, data: ShotFigure, width: float):
     else:
         ax.legend(frameon=False)
     if data.kind == "delta":
-        ax.set_title("filled: 95% interval excludes 0; hollow: within noise", fontsize=7)
+        ax.set_title(f"filled: Holm-adjusted p < {ALPHA:g}; hollow: not significant", fontsize=7)
     return fig
 
 
