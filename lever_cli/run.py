@@ -183,6 +183,9 @@ def evaluate(
         None, "--epoch", min=1, help="Use this epoch of the final stage instead of the selected one"
     ),
     redo: bool = typer.Option(False, "--redo", help="Discard a finished or damaged evaluation and answer again"),
+    by: str | None = typer.Option(
+        None, "--by", metavar="FIELD", help="Also the accuracy per answer_type (or question_type), as the official VQA evaluator"
+    ),
 ) -> None:
     """Evaluate a trained plan: the selected checkpoint picks demonstrations for every shot count, the VLM answers.
 
@@ -195,15 +198,40 @@ def evaluate(
     A cached evaluation is verified (row count, digest, value ranges) before it is shown; a damaged one
     is an error that names the file; --redo answers again.
 
-    Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2[/]
+    Example: [bold]lever evaluate plan5[/]   or   [bold]lever evaluate plan5 --epoch 2 --by answer_type[/]
     """
     from lever.recipe import evaluate as evaluate_recipe
     from lever.recipe import recipes
+    from lever.report.breakdown import check_by
 
+    if by is not None:
+        check_by(by)
     for r in recipes(_plans(plan, overrides), workspace(), seed, _log):
         with _eval_progress(r.lp, r.seed) as bar:
             ev = evaluate_recipe(r, epoch=epoch, redo=redo, progress=bar.update)
         _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
+        if by is not None:
+            _print_breakdown(ev.eval_dir, by)
+
+
+def _print_breakdown(ev, by: str) -> None:
+    """Accuracy per type (`lever.report.breakdown.by_type`): per split, a row per shot count, a column per type."""
+    from lever.eval.distributed import ranks
+    from lever.report.breakdown import by_type
+
+    if not ranks().is_main:
+        return
+    table_data = by_type(ev.read()[1], by, str(ev.results))
+    for split, per_shots in table_data.items():
+        types = sorted({t for cells in per_shots.values() for t in cells})
+        table = Table(title=f"{split} accuracy % by {by}")
+        table.add_column("shots")
+        for t in types:
+            n = next(cells[t]["n"] for cells in per_shots.values() if t in cells)
+            table.add_column(f"{t} (n={n})", justify="right")
+        for shots, cells in per_shots.items():
+            table.add_row(shots, *[f"{cells[t]['accuracy']:.2f}" if t in cells else "" for t in types])
+        console.print(table)
 
 
 def export(

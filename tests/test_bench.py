@@ -356,3 +356,13 @@ def test_old_leftovers_of_killed_generations_are_removed(tmp_path: Path) -> None
     fresh.mkdir()
     paths = ensure_bench(tmp_path, BenchConfig(**SMALL), log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, paths.root.name])
+
+
+def test_a_simulated_question_names_its_answer_type():
+    """The benchmark's answer types (sport, animal, ..., number) are its questions' natural type: each question
+    template belongs to one type, so the stored text names it without a stored field."""
+    from lever.bench.text import ANSWER_TYPES, answer_type
+
+    assert answer_type("What sport is being played?") == "sport" and answer_type("How many people are there?") is None
+    for atype, (_, templates) in ANSWER_TYPES.items():
+        assert {answer_type(q) for q in templates} == {atype}

@@ -39,6 +39,8 @@ def test_vqav2_fixture_reads_sorted_with_its_ten_answers(vqav2):
     assert [it.index for it in items] == list(range(6))
     for it in items:
         assert it.answers == [a["answer"] for a in raw[it.question_id]["answers"]] and len(it.answers) == 10
+        ann = raw[it.question_id]  # the annotation's types are kept (results rows carry them)
+        assert it.types() == {"answer_type": ann["answer_type"], "question_type": ann["question_type"]}
         assert Path(it.image).is_file() and it.image.endswith(f"COCO_val2014_{it.image_id:012d}.jpg")
     assert items[1].question == VQAV2_QUESTIONS[1][0]
     assert [it.question_id for it in load_vqa(qpath, apath, None, "val", limit=2)] == [9000001, 9001001]
@@ -223,3 +225,33 @@ def test_balanced_v3_recipe_keeps_the_original_band(tmp_path):
     assert code == 2 and "drop --positive-ratio" in text
     code, text = run_cli("balance", src, tmp_path / "y.json", "--recipe", "balanced-v9")
     assert code == 2 and "balanced-v3" in text
+
+
+def test_accuracy_by_answer_type_on_the_vqav2_fixture_by_hand(vqav2):
+    """The official evaluator's perAnswerType / perQuestionType: round(100 * mean of the questions' accuracies, 2)
+    per type. Rows as `lever evaluate` writes them, for the fixture's six questions scored with vqa-latest."""
+    from lever.report.breakdown import by_type
+
+    items = load_vqa(*vqav2, "val")
+    preds = ["yes", "2", "red", "ans3", "alt4", "nothing"]  # 1.0 | 0.9 | 0.3 | 4 of 10: 1.0 | 3 of 10: 0.9 | 0.0
+    rows = [
+        {"split": "val", "shots": 1, "question_id": it.question_id, **it.types(),
+         "accuracy": vqa_accuracy(p, it.answers, "vqa-latest")}
+        for it, p in zip(items, preds)
+    ]  # fmt: skip
+    assert [r["accuracy"] for r in rows] == pytest.approx([1.0, 0.9, 0.3, 1.0, 0.9, 0.0])
+    assert by_type(rows, "answer_type", "fixture") == {
+        "val": {
+            "1": {
+                "number": {"accuracy": 90.0, "n": 1},
+                "other": {"accuracy": 55.0, "n": 4},  # (0.3 + 1.0 + 0.9 + 0.0) / 4
+                "yes/no": {"accuracy": 100.0, "n": 1},
+            }
+        }
+    }
+    by_q = by_type(rows, "question_type", "fixture")["val"]["1"]
+    assert by_q["what is the"] == {"accuracy": 63.33, "n": 3} and by_q["what color is the"]["accuracy"] == 30.0
+    with pytest.raises(LeverError, match="fixture: its results rows hold no answer_type"):
+        by_type([{k: v for k, v in r.items() if k != "answer_type"} for r in rows], "answer_type", "fixture")
+    with pytest.raises(LeverError, match="--by 'answer'"):
+        by_type(rows, "answer", "fixture")

@@ -55,6 +55,15 @@ def test_interrupted_evaluation_resumes(lever, tmp_path, monkeypatch):
     assert (eval_dir / "results.jsonl").read_text() == resumed
     rows = [json.loads(line) for line in resumed.splitlines()]
     assert len(rows) == 80 and all("_pos" not in r for r in rows)
+    from lever.bench.text import ANSWER_TYPES
+
+    # the benchmark's natural answer type (the template its question was drawn from) on every row
+    assert {r["answer_type"] for r in rows} <= set(ANSWER_TYPES) and len({r["answer_type"] for r in rows}) > 3
+    res = lever("--workspace", ws, "evaluate", *plan, "--by", "answer_type")
+    assert res.code == 0 and "val accuracy % by answer_type" in res.out and "number (n=" in res.out, res.text
+    res = lever("--workspace", ws, "evaluate", *plan, "--by", "question_type")  # the benchmark has none
+    assert res.code == 2 and "hold no question_type" in res.err
+    assert lever("--workspace", ws, "evaluate", *plan, "--by", "type").code == 2
 
 
 def test_failed_answers_stop_the_evaluation_and_are_asked_again(lever, tmp_path, monkeypatch):

@@ -82,6 +82,15 @@ def vocabulary() -> list[str]:
     return list(dict.fromkeys(words + [near_miss(w) for w in words]))  # unique, order kept
 
 
+def answer_type(question: str) -> str | None:
+    """The answer type of a simulated question (sport, animal, ..., number): each question template belongs to one
+    type, so the stored question text names it (None for a text no template makes)."""
+    return _TYPE_OF_QUESTION.get(question)
+
+
+_TYPE_OF_QUESTION = {q: t for t, (_, templates) in ANSWER_TYPES.items() for q in templates}
+
+
 def near_miss(word: str) -> str:
     """A wrong answer that looks like `word`: its plural, or the next number."""
     if word.isdigit():

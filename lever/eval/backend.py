@@ -26,10 +26,17 @@ class Item:
     question: str
     answers: list[str]
     image: str | None = None  # path of the image file, if any
+    answer_type: str | None = None  # the dataset's answer type (VQAv2: yes/no, number, other), where it has one
+    question_type: str | None = None  # the dataset's question type (VQAv2: "what color is the", ...), where it has one
+
+    def types(self) -> dict[str, str]:
+        """The item's answer and question type as a results row keeps them (only those the dataset has)."""
+        return {k: v for k, v in (("answer_type", self.answer_type), ("question_type", self.question_type)) if v is not None}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Item:
-        """Build from {"index","question_id","image_id","question","answers", optional "image"}."""
+        """Build from {"index","question_id","image_id","question","answers", optional "image", "answer_type",
+        "question_type"}."""
         missing = [k for k in _RECORD_KEYS if k not in rec]
         if missing:
             raise LeverError(
@@ -44,7 +51,13 @@ class Item:
             question=str(rec["question"]),
             answers=[str(a) for a in rec["answers"]],
             image=None if image is None else str(image),
+            answer_type=_optional_str(rec.get("answer_type")),
+            question_type=_optional_str(rec.get("question_type")),
         )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass

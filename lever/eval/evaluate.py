@@ -54,9 +54,10 @@ Progress = Callable[[int, int], None]  # (done, total) questions answered
 
 
 # What a scored row means beyond the metric: 1 = `postprocess` as of lever 0.x, rows carry the human answers;
-# 2 = rows also carry the demonstrations' answers as the prompt shows them (`demo_answers`: copy rate, majority vote).
+# 2 = rows also carry the demonstrations' answers as the prompt shows them (`demo_answers`: copy rate, majority vote);
+# 3 = rows also carry the dataset's `answer_type` and `question_type` where it has them (accuracy by type).
 # Raising it gives every evaluation a new key, served by re-scoring the stored raw outputs (no VLM).
-SCORING_VERSION = 2
+SCORING_VERSION = 3
 
 
 def generation_identity(identity: dict[str, Any]) -> dict[str, Any]:
@@ -81,12 +82,14 @@ def eval_key(ckpt_digest: str, world: EvalWorld, spec: EvalSpec, seed: int) -> s
     return content_key({"generation": gen, "scoring": {"metric": world.protocol.metric, "version": SCORING_VERSION}})
 
 
-def scored_row(row: dict[str, Any], answers: list[str], metric: str) -> dict[str, Any]:
+def scored_row(row: dict[str, Any], answers: list[str], metric: str, types: dict[str, str] | None = None) -> dict[str, Any]:
     """`row` (as results.jsonl holds it) scored again from its raw output: post-processed, then VQA accuracy
-    under `metric` against `answers`; a failed question keeps its empty answer and scores 0."""
+    under `metric` against `answers`; a failed question keeps its empty answer and scores 0. `types`: the
+    question's answer and question type (`Item.types`), kept on the row (a row written before rows held them
+    gets them)."""
     answer = "" if row["failed"] else postprocess(row["raw_output"])
     accuracy = 0.0 if row["failed"] else vqa_accuracy(answer, answers, metric)
-    return {**row, "answer": answer, "answers": list(answers), "accuracy": accuracy}
+    return {**row, "answer": answer, "answers": list(answers), **(types or {}), "accuracy": accuracy}
 
 
 def pools_for(split: EvalSplit, world: EvalWorld, spec: EvalSpec, seed: int, features: str | None = None) -> Tensor:
@@ -198,6 +201,7 @@ def score(
                         "raw_output": resp.raw,
                         "answer": answer,
                         "answers": list(req.query.answers),  # what a re-scoring under another metric needs
+                        **req.query.types(),  # answer_type, question_type: accuracy by type (`--by answer_type`)
                         "accuracy": 0.0 if resp.failed else vqa_accuracy(answer, req.query.answers, metric),
                         "failed": resp.failed,
                         **({"error": resp.error} if resp.failed else {}),
@@ -281,8 +285,9 @@ def rescore(
     rows = [
         scored_row(
             row if "demo_answers" in row else {**row, "demo_answers": [demo_answer(train[q]) for q in row["demo_ids"]]},
-            answers[(row["split"], row["question_id"])],
+            answers[(row["split"], row["question_id"])].answers,
             metric,
+            answers[(row["split"], row["question_id"])].types(),
         )
         for row in source_rows
     ]

@@ -4,9 +4,10 @@ questions:   {"questions": [{"image_id", "question", "question_id"}, ...]}
 annotations: {"annotations": [{"question_id", "image_id", "answers": [{"answer", ...}], ...}, ...]}
 images:      COCO_<split>2014_<image_id:012d>.jpg, in the folder or in its <split>2014/ subfolder.
 
-OK-VQA and VQAv2 share this layout (both ten human answers per question; VQAv2's annotations also
-hold `answer_type`, `question_type` and `multiple_choice_answer`, which scoring does not read: the
-VQA accuracy uses the ten answers alone). `load_vqa` is the generic name; `load_okvqa` the historic one.
+OK-VQA and VQAv2 share this layout (both ten human answers per question). An annotation's `answer_type`
+and `question_type` (VQAv2: yes/no, number, other; OK-VQA: "other" and its own question categories) are
+kept on the item, so results rows carry them and accuracy can be broken down by them; scoring does not
+read them (nor `multiple_choice_answer`): the VQA accuracy uses the ten answers alone. `load_vqa` is the generic name; `load_okvqa` the historic one.
 
 Items come sorted by question_id, cut to `limit`, with `index` = position after sorting.
 A missing image file is not an error here: that question fails at answer time.
@@ -132,6 +133,8 @@ def vqa_items(rows: list[dict[str, Any]], limit: int | None = None) -> list[Item
             question=r["question"],
             answers=r["answers"],
             image=r["image"],
+            answer_type=r.get("answer_type"),
+            question_type=r.get("question_type"),
         )  # fmt: skip
         for i, r in enumerate(rows)
     ]

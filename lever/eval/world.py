@@ -92,7 +92,13 @@ class SimBackend:
 
 
 def _items(path: Path) -> list[Item]:
-    return [Item.from_record(r) for r in json.loads(Path(path).read_text(encoding="utf-8"))]
+    """The simulated world's items, each with its answer type (lever.bench.text.answer_type: no stored field)."""
+    from dataclasses import replace
+
+    from lever.bench.text import answer_type
+
+    items = [Item.from_record(r) for r in json.loads(Path(path).read_text(encoding="utf-8"))]
+    return [replace(it, answer_type=answer_type(it.question)) for it in items]
 
 
 def _first(items: list[Item], feats: Tensor, n: int) -> tuple[list[Item], Tensor, Tensor]:
