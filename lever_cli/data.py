@@ -332,13 +332,19 @@ def _dataset(name: str) -> Dataset:
     return resolve_dataset(workspace(), name)
 
 
-def _default_features(out: Path | None, ds: Dataset) -> Path:
-    """OUT as given, else the `main` features file of the dataset."""
+def _default_features(out: Path | None, ds: Dataset, reading: bool = False) -> Path:
+    """OUT as given, else the `main` features file of the dataset. `reading`: the file is an input (`data pools`,
+    `data generate`: --features), not what `data embed` writes (--out)."""
     if out is not None:
         return out
     if "main" in ds.features:
         return ds.ws.path(ds.features["main"])
     table = "[features]" if ds.is_default else f"[{ds.table}] features"
+    if reading:
+        raise LeverError(
+            f'no features file: pass --features FILE, or name one in the workspace as {table} main = "..."',
+            hint="`lever data embed --out features.pt` writes one (on the bundled benchmark, its simulated features)",
+        )
     raise LeverError(
         f'no output file: pass --out FILE, or name one in the workspace as {table} main = "..."',
         hint="lever data embed --out features.pt",
@@ -416,7 +422,7 @@ def pools(
     from lever.data.sources import load_features
     from lever.eval.prepare import make_pools, read_pools, write_pools
 
-    feats = load_features(_default_features(features, _dataset(dataset)))
+    feats = load_features(_default_features(features, _dataset(dataset), reading=True))
     if check is not None:
         got = read_pools(check, feats.shape[0])
         console.print(f"{check}: {len(got)} pools of {len(next(iter(got.values())))} items, valid", highlight=False)
@@ -460,7 +466,7 @@ def generate(
         "set",
         "--dedupe",
         help="set: one sequence per set of items, from the first source of beam > retrieval > sample > random (the "
-        "original's); ordered: each ordered sequence once, [a, b] and [b, a] both kept",
+        "original's); ordered: each ordered sequence once, \\[a, b] and \\[b, a] both kept",
     ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="Device of the VLM (under torchrun: one GPU per rank)"),
     redo: bool = typer.Option(False, "--redo", help="Start again: overwrite OUT and drop an interrupted generation"),
@@ -487,7 +493,7 @@ def generate(
         raise LeverError("--set overrides need --plan", hint="lever data generate POOLS OUT --plan baseline -s eval.num_beams=1")
     spec = load_plan(plan, overrides or (), ws.plans_dir).plan.eval if plan else EvalSpec()
     ds = _dataset(dataset)
-    feats = load_features(_default_features(features, ds))
+    feats = load_features(_default_features(features, ds, reading=True))
     selector = ("similarity", None)
     if policy:
         lp = load_plan(policy, (), ws.plans_dir)

@@ -237,22 +237,30 @@ def _print_breakdown(ev, by: str) -> None:
 def export(
     plan: list[str] = typer.Argument(..., help="A plan file or name, then optional key.path=value overrides"),
     overrides: OverrideOpt = None,
-    fmt: str = typer.Option("lever-plus-v2", "--format", help="Layout to write: lever-plus-v2 (the original's inference)"),
-    out: Path = typer.Option(..., "--out", "-o", help="File to write (e.g. pointer_selector_v2format.ckpt)"),
+    fmt: str = typer.Option(
+        "lever-plus-v2",
+        "--format",
+        help="Layout to write: lever-plus-v2 (the original's v2 inference) or lever-plus-v3 (its v3 loader)",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write (e.g. selector_v2format.ckpt, selector_v3.pt)"),
     seed: int | None = typer.Option(None, "--seed", help="Seed run to export (default: the plan's first seed)"),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT when it exists"),
 ) -> None:
     """Write a trained plan's selected checkpoint in the original project's layout.
 
     lever-plus-v2: a Lightning checkpoint with `lever_lm.pointer_selector.*` keys, as the original's
     inference reads; only plans with model.arch = "lever-plus-v3" and one attention layer map onto it.
+    lever-plus-v3: the original's v3 checkpoint (model_state_dict, epoch, phase, kl_beta), any number of layers.
+    An existing OUT is refused unless --force.
     The reverse: a plan starts from an original checkpoint with [bold]start.checkpoint = "file.ckpt"[/].
 
     Example: [bold]lever export plans/original/plan5.toml --format lever-plus-v2 -o plan5_v2format.ckpt[/]
+    or [bold]lever export original/plan5 --format lever-plus-v3 -o plan5_v3.pt[/]
     """
     from lever.recipe import Recipe, export_checkpoint
 
     (lp,) = _plans(plan, overrides)[:1]
-    res = export_checkpoint(Recipe.build(lp, workspace(), lp.plan.seeds[0] if seed is None else seed, _log), fmt, out)
+    res = export_checkpoint(Recipe.build(lp, workspace(), lp.plan.seeds[0] if seed is None else seed, _log), fmt, out, force)
     console.print(f"wrote {res['out']} ({res['format']}: {lp.name} {res['stage']} epoch {res['epoch']})", highlight=False)
 
 

@@ -54,6 +54,8 @@ def test_bad_settings_name_the_field(bad: dict, field: str) -> None:
 def test_bad_types_and_unknown_keys_are_lever_errors() -> None:
     with pytest.raises(LeverError, match=r"^n_train: Input should be a valid integer.*\(got 'many'\)"):
         BenchConfig(n_train="many")
+    with pytest.raises(LeverError, match=r"^seed: Input should be greater than or equal to 0"):
+        BenchConfig(seed=-1)
     with pytest.raises(LeverError, match="^bench.pool: unknown key. did you mean 'pool_size'"):
         BenchConfig.parse({"pool": 64})
     with pytest.raises(LeverError, match=r"bench\.shots = 100 is out of range: must be in \[1, 64 \(pool_size\)\]"):

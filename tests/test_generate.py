@@ -277,6 +277,8 @@ def test_generate_errors_name_the_problem(lever, ws, tmp_path):
     assert res.code == 2 and "--temperatures" in res.text
     res = lever("--workspace", ws, "data", "pools", tmp_path / "q.json", "-f", tmp_path / "f.pt", "--k", "600")
     assert res.code == 2 and "pool size 600" in res.text
+    res = lever("--workspace", ws, "data", "pools", tmp_path / "q.json")  # no features named: data pools' own words
+    assert res.code == 2 and "no features file: pass --features FILE" in res.err and "--out FILE" not in res.err
 
 
 def test_generate_refuses_to_overwrite_its_pools_file(lever, ws, tmp_path):
@@ -417,6 +419,10 @@ def test_dedupe_set_by_default_ordered_on_request_and_never_mixed_on_resume(leve
     assert res.code == 2 and "interrupted generation with other settings" in res.text
     res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", cut, "-f", tmp_path / "f.pt", "--dedupe", "sets")
     assert res.code == 2 and "--dedupe 'sets' is not known" in res.text
+    import re
+
+    help_text = re.sub(r"[\s│]+", " ", lever("data", "generate", "--help").out)
+    assert "[a, b] and [b, a] both kept" in help_text  # not eaten as markup
 
 
 def test_generate_answers_without_sampling_on_the_tiny_qwen(lever, tmp_path, monkeypatch):

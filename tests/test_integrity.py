@@ -604,6 +604,13 @@ def test_export_refuses_a_folder_the_runs_folder_and_an_input(lever, ws, tmp_pat
     kept = cands.read_bytes()
     error(run_cli(lever, "export", *args, "-o", cands), "is an input of the plan")
     assert cands.read_bytes() == kept
+    res = run_cli(lever, "export", *args, "--format", "lever-plus-v3", "-o", tmp_path)
+    error(res, "is a folder", "selector_v3.pt")  # the hint names the format's file
+    existing = tmp_path / "plan5.toml"
+    existing.write_text("a plan")
+    error(run_cli(lever, "export", *args, "-o", existing), "already exists", "--force")
+    assert existing.read_text() == "a plan"
+    assert "lever-plus-v3" in run_cli(lever, "export", "--help").out
 
 
 def test_one_run_reads_its_inputs_and_checks_its_evaluation_files_once(lever, ws):

@@ -245,3 +245,31 @@ def test_images_that_do_not_decode_count_within_the_failure_budget(lever, real_w
     plan = load_plan(PLANS / "baseline.toml", [*REAL, "eval.max_failed=0.4"])  # within a 40% budget: a warning
     preflight(Recipe.build(plan, load_workspace(real_ws), 0, log=logs.append))
     assert any("1 of the 5 decoded do not decode (33.3% fail)" in m for m in logs), logs
+
+
+def test_image_checks_count_image_files_once_and_questions_by_their_image(tmp_path):
+    """VQAv2 asks ~5 questions per image: a missing image is one file (named once) that fails all its questions."""
+    from tiny_models import write_okvqa_workspace
+
+    from lever.errors import LeverError
+    from lever.eval.preflight import check_missing_images
+    from lever.spec import load_workspace
+    from lever.spec.schema import EvalSpec
+
+    ws, _, _ = write_okvqa_workspace(tmp_path, n_train=8, n_val=6, pool=4)  # val question 3's image is missing
+    qfile = next((tmp_path / "okvqa_val").glob("*questions*.json"))
+    data = json.loads(qfile.read_text())
+    for q in data["questions"]:
+        if q["question_id"] in (1000 + 7 * 4, 1000 + 7 * 5):
+            q["image_id"] = 503  # questions 4 and 5 ask about question 3's (missing) image
+    qfile.write_text(json.dumps(data))
+    with pytest.raises(LeverError) as err:
+        check_missing_images(load_workspace(ws), EvalSpec(max_failed=0.2), lambda m: None)
+    message = str(err.value)
+    assert "1 of 4 val images are missing (50.0% fail" in message  # 4 files; 3 of the 6 questions fail
+    assert message.count("COCO_val2014_000000000503.jpg") == 1
+    logs: list[str] = []
+    check_missing_images(load_workspace(ws), EvalSpec(max_failed=0.6), logs.append)
+    assert logs == [
+        f"warning: 1 of 4 val images are missing (50.0% fail), e.g. {tmp_path / 'okvqa_val' / 'images'}/COCO_val2014_000000000503.jpg"
+    ]

@@ -459,6 +459,11 @@ def test_cli_compare_plain(cli):
     assert "Accuracy (%) on val vs baseline" in res.output
     assert "plan9: not run — run `lever run plans/plan9.toml`" in res.output
     assert "\x1b[" not in res.output  # plain text when stdout is not a terminal
+    from lever.errors import LeverError
+
+    res = cli("compare", "plan6", "--baseline", "plan9")  # neither has an evaluated run: an error, not an empty table
+    assert isinstance(res.exception, LeverError) and "no plan named has an evaluated run" in str(res.exception)
+    assert "plan9: not run; plan6: not evaluated" in str(res.exception)
 
 
 def test_cli_compare_exports(cli):
@@ -560,3 +565,13 @@ def test_failed_answers_are_shown_in_compare_and_runs(runs: Path, cli):
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("plan4"))
     assert " 3 " in line
+
+
+def test_a_symlinked_plan_folder_is_not_a_plan(runs: Path):
+    """A link inside the runs folder to a plan's folder would rank its runs twice, under another name."""
+    from lever.runs.layout import RunsFolder
+
+    before = RunsFolder(runs).plans()
+    assert "plan5" in before
+    (runs / "plan5_again").symlink_to(runs / "plan5", target_is_directory=True)
+    assert RunsFolder(runs).plans() == before

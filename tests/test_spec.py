@@ -249,6 +249,7 @@ OUT_OF_BOUNDS = [
     ("eval.shots=[1, 64]", "shots must each be in 0..8", "[64]"),
     ("seeds=[0, 1e10]", "seeds.1", "4294967295"),
     (f"seeds={list(range(1001))}", "seeds", "at most 1000 items"),
+    ("seeds=[0, 1, 0]", "seeds", "seed 0 is listed twice"),  # the same run twice
 ]
 
 

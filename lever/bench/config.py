@@ -25,7 +25,7 @@ class BenchConfig(BaseModel, extra="forbid", allow_inf_nan=False):
     """Settings of the bundled benchmark (the simulated VQA world, its VLM and its candidate data)."""
 
     # -- sizes --------------------------------------------------------------------------------
-    seed: int = Field(0, description="Seed of every random draw; the same seed gives byte-identical files.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every random draw; the same seed gives byte-identical files.")
     n_train: int = Field(6000, description="Train items (demonstration candidates); rows of the features tensor.")
     n_queries: int = Field(800, description="Training queries with candidate data (a subset of the train items).")
     n_val: int = Field(800, description="Val eval questions.")

@@ -13,6 +13,7 @@ moves the failures to the start.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,15 +116,20 @@ def check_missing_images(inputs: EvalInputs, log: Callable[[str], None] = print)
     if "val" in spec.splits:
         groups["val"] = load_split(inputs.ds, "val", log, None if spec.questions == "all" else spec.questions)
     for name, items in groups.items():
-        present = [it.image for it in items if it.image is not None and Path(it.image).is_file()]
-        missing = [it.image for it in items if it.image is not None and not Path(it.image).is_file()]
+        asked = Counter(it.image for it in items if it.image is not None)  # image file -> its questions (VQAv2: ~5)
+        present = [p for p in asked if Path(p).is_file()]  # each file once, however many questions ask about it
+        missing = [p for p in asked if not Path(p).is_file()]
         step = 1 if name == "val" else max(1, -(-len(present) // DECODE_SAMPLE))
         tried = present[::step]
         broken = [p for p in tried if not decodes(p)]
-        share = (len(missing) + len(broken) / max(len(tried), 1) * len(present)) / max(len(items), 1)
+        # the share of questions that fail: those on a missing image, and those on a broken one (sampled: its rate)
+        on_present = sum(asked[p] for p in present)
+        failing = sum(asked[p] for p in broken) if step == 1 else len(broken) / max(len(tried), 1) * on_present
+        share = (sum(asked[p] for p in missing) + failing) / max(len(items), 1)
         if not missing and not broken:
             continue
-        what = f"{len(missing)} of {len(items)} {name} images are missing" if missing else f"{len(items)} {name} images:"
+        n = len(asked)
+        what = f"{len(missing)} of {n} {name} images are missing" if missing else f"{n} {name} images:"
         if broken:
             sampled = "decoded" if step == 1 else "sampled"
             what += f"{' and' if missing else ''} {len(broken)} of the {len(tried)} {sampled} do not decode"

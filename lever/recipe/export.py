@@ -15,7 +15,7 @@ from .recipe import Recipe
 EXPORT_FORMATS = ("lever-plus-v2", "lever-plus-v3")
 
 
-def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
+def export_checkpoint(r: Recipe, fmt: str, out: Path, force: bool = False) -> dict[str, Any]:
     """Write a trained plan's selected checkpoint in another project's layout; returns what was written.
 
     lever-plus-v2: the original's v2 Lightning checkpoint (lever.train.original_ckpt.save_v2), which its
@@ -40,7 +40,7 @@ def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
             "original's (docs/architecture.md), so its weights cannot be written in the original's layout",
             hint="train with model.arch = 'lever-plus-v3' (plans/original/) to export to the original",
         )
-    check_out(out, r)
+    check_out(out, r, fmt, force)
     entry = checkpoint_for(r.run, None)
     path, fix = r.run.path_of(entry.checkpoint), r.run.retrain_fix(entry.stage)
     state = load_verified(path, entry.sha256, fix)
@@ -53,16 +53,20 @@ def export_checkpoint(r: Recipe, fmt: str, out: Path) -> dict[str, Any]:
     return {"out": str(out), "stage": entry.stage, "epoch": entry.epoch, "format": fmt}
 
 
-def check_out(out: Path, r: Recipe) -> None:
-    """Refuse an output that would overwrite something: a folder, a file inside the runs folder, or an input."""
-    out = Path(out)
+EXAMPLE_NAMES = {"lever-plus-v2": "selector_v2format.ckpt", "lever-plus-v3": "selector_v3.pt"}
+
+
+def check_out(out: Path, r: Recipe, fmt: str = "lever-plus-v2", force: bool = False) -> None:
+    """Refuse an output that would overwrite something: a folder, a file inside the runs folder, an input, or
+    an existing file (unless `force`)."""
+    out, example = Path(out), EXAMPLE_NAMES[fmt]
     if out.is_dir():
-        raise LeverError(f"-o {out} is a folder", hint=f"name a file, e.g. -o {out / 'selector_v2format.ckpt'}")
+        raise LeverError(f"-o {out} is a folder", hint=f"name a file, e.g. -o {out / example}")
     full, runs = out.resolve(), r.ws.runs_dir.resolve()
     if full.is_relative_to(runs):
         raise LeverError(
             f"-o {out} is inside the runs folder {r.ws.runs_dir}, whose files lever verifies and never overwrites",
-            hint="write the export elsewhere, e.g. -o exports/selector_v2format.ckpt",
+            hint=f"write the export elsewhere, e.g. -o exports/{example}",
         )
     inputs = [r.sources.candidates, r.sources.features]
     if r.plan.start.kind == "checkpoint":
@@ -70,3 +74,5 @@ def check_out(out: Path, r: Recipe) -> None:
     for p in inputs:
         if Path(p).exists() and full == Path(p).resolve():
             raise LeverError(f"-o {out} is an input of the plan ({p}); it would be overwritten", hint="write to another file")
+    if out.exists() and not force:
+        raise LeverError(f"-o {out} already exists", hint="name another file, or pass --force to overwrite it")

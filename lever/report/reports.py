@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lever.errors import DamagedState
+from lever.errors import DamagedState, LeverError
 
 from .results import PlanRuns, named_plans, plan_runs, rescore_plan, test_note
 from .significance import N_RESAMPLES
@@ -32,6 +32,9 @@ def load_comparison(
     if (base.missing or "").startswith("damaged"):
         raise DamagedState(f"baseline {base.name}: {base.missing}", hint=base.command)
     others = [p for p in others if not (p.name == base.name and p.spec_hash == base.spec_hash)]
+    if all(pr.missing for pr in (base, *others)):  # nothing to show: an empty table would exit 0
+        gaps = "; ".join(f"{pr.name}: {pr.missing}" for pr in (base, *others))
+        raise LeverError(f"no plan named has an evaluated run to compare ({gaps})", hint=base.command or others[0].command)
     if metric is not None:
         for pr in (base, *others):
             if pr.missing is None:

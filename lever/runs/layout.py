@@ -85,14 +85,17 @@ class RunsFolder:
         return sorted((RunDir(d, plan) for d in dirs), key=lambda r: (r.seed is None, r.seed or 0, r.path.name))
 
     def plans(self) -> list[str]:
-        """Every plan with runs, by name; a family's plans are `family/plan` (`original/plan7`)."""
+        """Every plan with runs, by name; a family's plans are `family/plan` (`original/plan7`). A symlinked folder
+        is not a plan's (a link to another plan's runs would rank them twice, under another name)."""
         if not self.root.is_dir():
             return []
         found: list[str] = []
 
         def visit(folder: Path, prefix: str) -> None:
             for d in sorted(
-                p for p in folder.iterdir() if p.is_dir() and p.name not in (STAGES, SWEEPS) and not p.name.startswith(".")
+                p
+                for p in folder.iterdir()
+                if p.is_dir() and not p.is_symlink() and p.name not in (STAGES, SWEEPS) and not p.name.startswith(".")
             ):
                 if self.hashes(prefix + d.name):  # a plan folder; else a family of plans (original/)
                     found.append(prefix + d.name)

@@ -805,6 +805,14 @@ class Plan(Strict):
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation")
 
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        repeated = sorted({s for s in v if v.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice: a repeated seed is the same run; list each seed once")
+        return v
+
     @model_validator(mode="after")
     def _stages(self) -> Plan:
         if self.phases and self.grpo.epochs:
