@@ -160,11 +160,13 @@ def parse(cls: type[R], data: Any, where: Path, fix: str) -> R:
     """`data` (a JSON object read from `where`) as a `cls` record, every field checked; damage -> DamagedState."""
     if not isinstance(data, dict):
         raise DamagedState(f"{where} is damaged: not a JSON object", hint=fix)
-    if data.get("version") != VERSION:
+    version = data.get("version", 1)
+    if version != VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
+        what = "a newer lever" if newer else "a lever that recorded no checkpoint digests"
         raise DamagedState(
-            f"{where} was written by a lever that recorded no checkpoint digests (record version "
-            f"{data.get('version', 1)}, this lever reads {VERSION})",
-            hint=fix,
+            f"{where} was written by {what} (record version {version}, this lever reads {VERSION})",
+            hint=f"update lever to read it, or {fix}" if newer else fix,
         )
     hints = get_type_hints(cls)
     values = {}

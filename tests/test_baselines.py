@@ -128,6 +128,12 @@ def test_a_selector_record_verifies_itself(tmp_path):
         parse(SelectorChoice, {"selector": "learned", "key": key, "reason": "r", "version": 2}, tmp_path, "fix")
     with pytest.raises(LeverError, match="not a selector key"):
         parse(SelectorChoice, {"selector": "random", "key": "x", "reason": "r", "version": 2}, tmp_path, "fix")
+    # another record version: an older lever's (no digests) or a newer one's, each described as what it is
+    with pytest.raises(LeverError, match=r"by a newer lever \(record version 3, this lever reads 2\)") as err:
+        parse(SelectorChoice, {"selector": "random", "key": key, "reason": "r", "version": 3}, tmp_path, "fix")
+    assert "no checkpoint digests" not in str(err.value) and err.value.hint == "update lever to read it, or fix"
+    with pytest.raises(LeverError, match=r"recorded no checkpoint digests \(record version 1, this lever reads 2\)"):
+        parse(SelectorChoice, {"selector": "random", "key": key, "reason": "r"}, tmp_path, "fix")
 
 
 def test_a_baseline_plan_runs_end_to_end_through_the_cli(lever, ws):

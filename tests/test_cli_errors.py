@@ -170,10 +170,10 @@ def test_compare_unknown_plan(lever, tmp_path, monkeypatch):
     refused(lever("compare", "plan5", "--baseline", "nosuch"), "plan 'nosuch'")
 
 
-def test_compare_known_plan_without_runs_is_not_an_error(lever, tmp_path, monkeypatch):
+def test_compare_of_known_plans_without_runs_exits_2_naming_each(lever, tmp_path, monkeypatch):
     monkeypatch.setenv("LEVER_RUNS", str(tmp_path / "runs"))
-    res = lever("compare", "plan5")
-    assert res.code == 0 and "plan5: not run" in res.out
+    res = lever("compare", "plan5")  # a known plan, but nothing to compare: not an empty table with exit 0
+    refused(res, "no plan named has an evaluated run", "baseline: not run; plan5: not run", "lever run plans/baseline.toml")
 
 
 def test_report_unknown_plan(lever, tmp_path, monkeypatch):

@@ -313,6 +313,23 @@ def test_full_disk_while_training_is_a_clear_error_then_resumes(lever, ws, monke
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
 
 
+def test_a_retrain_without_evaluation_forgets_which_evaluation_was_the_selections(lever, ws):
+    """A retrain may give other weights (a GPU's non-determinism): the old pointer would name another checkpoint's
+    evaluation, and `lever runs` would call the run damaged. The rebuilt record forgets it; `lever evaluate` finds
+    the evaluation of an unchanged checkpoint again."""
+    args = [PLANS / "baseline.toml", *TINY]
+    assert run_cli(lever, "run", *args).code == 0
+    (run_dir,) = seed_dirs(ws, "baseline")
+    pointer = run_dir / "eval" / "selected.json"
+    assert pointer.is_file()
+    assert run_cli(lever, "run", *args, "--retrain-stage", "rce", "--no-eval").code == 0
+    assert not pointer.exists() and status(run_dir)["state"] == "trained"
+    res = run_cli(lever, "runs")
+    assert res.code == 0 and "damaged" not in res.text.lower(), res.text
+    res = run_cli(lever, "evaluate", *args)
+    assert res.code == 0 and "evaluation cached" in res.text and pointer.is_file()
+
+
 def test_full_disk_while_evaluating_is_a_clear_error(lever, ws, monkeypatch):
     import lever.runs.layout as layout
 

@@ -452,6 +452,7 @@ class RunDir:
         write_json(self.eval_root / "selected.json", to_json(EvalPointer(ev.key)))
 
     def clear(self) -> None:
-        """Forget what the run recorded (status, stages, selection, metrics) before it is redone; evaluations stay."""
-        for f in (self.status_file, self.stages_file, self.selected_file, self.metrics_file):
+        """Forget what the run recorded (status, stages, selection, metrics, which evaluation is the selection's)
+        before it is redone; evaluations stay (the next evaluation of an unchanged checkpoint finds its own)."""
+        for f in (self.status_file, self.stages_file, self.selected_file, self.metrics_file, self.eval_root / "selected.json"):
             f.unlink(missing_ok=True)
