@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -575,3 +576,25 @@ def test_a_symlinked_plan_folder_is_not_a_plan(runs: Path):
     assert "plan5" in before
     (runs / "plan5_again").symlink_to(runs / "plan5", target_is_directory=True)
     assert RunsFolder(runs).plans() == before
+
+
+def test_repair_hints_of_a_copied_workspace_name_its_own_plan(tmp_path: Path):
+    """Provenance records the plan file by absolute path; in a copy (or after a move) of the workspace a hint names
+    the plan by name, which resolves in this workspace's plans folder, never the old workspace's file."""
+    from lever.runs.layout import RunDir
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for ws in (old, new):
+        (ws / "plans").mkdir(parents=True)
+        (ws / "plans" / "plan5.toml").write_text("")
+    run_dir = new / "runs" / "plan5" / "abc123def456" / "seed-0"
+    run_dir.mkdir(parents=True)
+    prov = {"plan_file": str(old / "plans" / "plan5.toml"), "overrides": ["grpo.lr=1e-5"], "seeds": [0]}
+    (run_dir / "provenance.json").write_text(json.dumps(prov))
+    run = RunDir(run_dir, "plan5")
+    assert run.command("run", "--redo") == "lever run plan5 grpo.lr=1e-5 --redo"  # copied: not old/plans/plan5.toml
+    shutil.rmtree(old)
+    assert run.command("evaluate") == "lever evaluate plan5 grpo.lr=1e-5"  # moved: the old file is gone
+    prov["plan_file"] = str(new / "plans" / "plan5.toml")
+    (run_dir / "provenance.json").write_text(json.dumps(prov))
+    assert run.command("run") == f"lever run {new / 'plans' / 'plan5.toml'} grpo.lr=1e-5"  # its own: as recorded

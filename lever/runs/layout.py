@@ -255,10 +255,24 @@ class RunDir:
             prov = read_state(self.provenance_file, "") or {}
         except DamagedState:
             prov = {}
-        parts = ["lever", verb, str(prov.get("plan_file") or f"plans/{self.plan}.toml"), *map(str, prov.get("overrides") or [])]
+        parts = ["lever", verb, self._plan_ref(prov.get("plan_file")), *map(str, prov.get("overrides") or [])]
         if self.seed is not None and prov.get("seeds") not in (None, [self.seed]):
             parts += ["--seed", str(self.seed)]
         return shlex.join([*parts, *flags])  # quoted, so it can be pasted into a shell
+
+    def _plan_ref(self, stored: str | None) -> str:
+        """How a command names this run's plan: the plan file as recorded, unless it was recorded by absolute path
+        in another workspace (a copied or moved one) or is gone: then the plan's name, which resolves in this
+        workspace's plans folder."""
+        if not stored:
+            return f"plans/{self.plan}.toml"
+        path = Path(stored)
+        if not path.is_absolute():
+            return stored
+        here = self.folder.root.resolve().parent  # the workspace folder this runs folder belongs to
+        if not path.is_file() or (not path.resolve().is_relative_to(here) and (here / "plans" / f"{self.plan}.toml").is_file()):
+            return self.plan
+        return stored
 
     @property
     def fix(self) -> str:
@@ -323,7 +337,10 @@ class RunDir:
         path = self.folder.root / stored
         root = self.folder.root.resolve()
         if not path.resolve().is_relative_to(root):
-            raise DamagedState(f"{path} leads outside the runs folder {self.folder.root} (to {path.resolve()})", hint=self.fix)
+            parts = Path(stored).parts
+            # a stage's path: retraining the stage replaces the link (a --redo would only find it again)
+            fix = self.retrain_fix(parts[1].rsplit("-", 1)[0]) if len(parts) > 1 and parts[0] == STAGES else self.fix
+            raise DamagedState(f"{path} leads outside the runs folder {self.folder.root} (to {path.resolve()})", hint=fix)
         return path
 
     def selected(self) -> StageEntry | SelectorChoice | None:
