@@ -451,7 +451,10 @@ def generate(
     out: Path = typer.Argument(..., metavar="OUT", help="Candidate-data file to write (compatibility format)"),
     features: Path | None = typer.Option(None, "--features", "-f", help="Features file (default: the workspace's features.main)"),
     policy: str | None = typer.Option(
-        None, "--policy", help="Plan whose selected checkpoint proposes beams and samples (default: similarity)"
+        None,
+        "--policy",
+        help="Plan whose selected checkpoint proposes beams and samples; plan5@HASH names a run made with overrides "
+        "(default: similarity)",
     ),
     plan: str | None = typer.Option(None, "--plan", "-p", help="Plan whose eval settings (protocol, metric, generation) score"),
     overrides: OverrideOpt = None,
@@ -496,8 +499,10 @@ def generate(
     feats = load_features(_default_features(features, ds, reading=True))
     selector = ("similarity", None)
     if policy:
-        lp = load_plan(policy, (), ws.plans_dir)
         from lever.recipe import Recipe, selected_model
+        from lever.runs.store import load_run_plan
+
+        lp = load_run_plan(policy, ws.runs_dir, ws.plans_dir)  # plan5@HASH: the run made with overrides
 
         seed0 = lp.plan.seeds[0]
         entry, model, digest = selected_model(Recipe.build(lp, ws, seed0, _log), dim=feats.shape[1])

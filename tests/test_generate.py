@@ -240,6 +240,29 @@ def test_a_trained_plan_proposes_the_beams_and_samples(lever, ws, tmp_path):
         ]
 
     assert beams(data) != beams(json.loads((tmp_path / "s.json").read_text()))  # another policy, other beams
+    # a run trained with overrides is named plan@HASH (its provenance's plan file and overrides, checked by hash)
+    cli(lever, ws, "run", tmp_path / "sel.toml", "rce.batch_size=16", "--no-eval")
+    hashes = sorted(h.name for h in (tmp_path / "runs" / "sel").iterdir() if (h / "seed-0" / "provenance.json").is_file())
+    (over,) = [
+        h for h in hashes if "rce.batch_size=16" in (tmp_path / "runs" / "sel" / h / "seed-0" / "provenance.json").read_text()
+    ]
+    cli(
+        lever,
+        ws,
+        "data",
+        "generate",
+        tmp_path / "p.json",
+        tmp_path / "o.json",
+        "-f",
+        tmp_path / "f.pt",
+        "--policy",
+        f"sel@{over[:6]}",
+    )
+    other = json.loads((tmp_path / "o.json").read_text())["_meta"]["policy"]
+    assert other.startswith("sel seed 0 rce epoch") and other != data["_meta"]["policy"]  # the other run's weights
+    res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", tmp_path / "y.json", "-f", tmp_path / "f.pt",
+                "--policy", "sel@ffffff")  # fmt: skip
+    assert res.code == 2 and "sel@ffffff: no run has spec hash ffffff" in res.text
     res = lever(
         "--workspace",
         ws,

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lever.spec.load import plan_name
+from lever.errors import LeverError
+from lever.spec.load import LoadedPlan, load_plan, plan_name
 
 from .layout import RunDir, RunsFolder
 from .sweep import sweep_records
@@ -41,6 +42,28 @@ def _describe(folder: RunsFolder, name: str, spec_hash: str) -> str:
     prov = runs[0].provenance(strict=False) if runs else None
     overrides = (prov or {}).get("overrides") or []
     return f"{spec_hash} (overrides {' '.join(overrides)})" if overrides else spec_hash
+
+
+def load_run_plan(ref: str, runs_root: Path, plans_dir: Path) -> LoadedPlan:
+    """The plan of `ref` as its runs were made: `plan@HASH` (or a sweep's `plan@key=value`) is the plan file its
+    provenance records with the overrides it records, checked to hash to HASH (an edited plan file is refused:
+    it is another plan); a plain reference is the plan file as it is."""
+    plan, wanted = split_ref(ref)
+    if wanted is None:
+        return load_plan(plan, (), plans_dir)
+    found = find_plan_runs(ref, runs_root)
+    if found.problem is not None or not found.runs:
+        raise LeverError(f"{ref}: {found.problem or 'no seed runs'}", hint=found.hint)
+    prov = found.runs[0].provenance() or {}
+    source = prov.get("plan_file") if prov.get("plan_file") and Path(prov["plan_file"]).is_file() else plan
+    lp = load_plan(source, prov.get("overrides") or [], plans_dir)
+    if lp.hash != found.spec_hash:
+        raise LeverError(
+            f"{ref}: the plan file {lp.path} with the recorded overrides ({' '.join(lp.overrides) or 'none'}) hashes to "
+            f"{lp.hash} now, not {found.spec_hash}: it was edited since the run",
+            hint="restore the plan file, or name the run of the plan as it is now",
+        )
+    return lp
 
 
 def find_plan_runs(ref: str, runs_root: Path, current_hash: str | None = None) -> Found:
