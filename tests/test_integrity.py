@@ -347,6 +347,12 @@ def test_full_disk_while_evaluating_is_a_clear_error(lever, ws, monkeypatch):
     assert not list((run_dir / "eval").glob("*/summary.json"))
     assert status(run_dir)["state"] == "trained"  # an evaluation's failure is its own: the training status stays
     assert json.loads((run_dir / "eval" / "status.json").read_text())["state"] == "failed"
+
+    def full_unnamed(path, rows):  # a write() that fails carries no file name: the evaluation's folder is named
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(layout, "write_rows", full_unnamed)
+    error(run_cli(lever, "evaluate", *args), "could not write", str(run_dir / "eval") + "/", "No space left on device")
     monkeypatch.undo()
     monkeypatch.setenv("LEVER_WORKSPACE", str(ws / "lever.toml"))
     res = run_cli(lever, "run", *args)
