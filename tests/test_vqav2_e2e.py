@@ -105,8 +105,22 @@ def test_vqav2_data_commands_then_run_and_evaluate(lever, tmp_path, monkeypatch)
         assert summary["inputs"]["dataset"] == "vqav2" and "okvqa" not in summary["inputs"]
     assert (tmp_path / "cache" / "clip" / "vqav2" / f"val-{N_VAL}.pt").is_file()  # its own val-feature cache
     n_built = len(built)
-    again = cli("evaluate", "vqav2/balanced_v3", *small)
+    again = cli("evaluate", "vqav2/balanced_v3", *small, "--by", "answer_type")
     assert "evaluation cached" in again.text and len(built) == n_built
+    # rows keep the annotation's types; per type, the official evaluator's round(100 * mean accuracy, 2)
+    from tiny_models import vqav2_answers
+
+    (summary_file,) = sorted((tmp_path / "runs" / "vqav2/balanced_v3").glob("*/seed-0/eval/*/summary.json"))
+    rows = [json.loads(line) for line in (summary_file.parent / "results.jsonl").read_text().splitlines()]
+    assert all(r["answer_type"] == vqav2_answers(r["question_id"] // 1000 - 9000)[2] for r in rows)
+    assert all(r["question_type"] == vqav2_answers(r["question_id"] // 1000 - 9000)[1] for r in rows)
+    table = " ".join(again.out.split())
+    for atype in ("yes/no", "number", "other"):
+        accs = [r["accuracy"] for r in rows if r["answer_type"] == atype and r["shots"] == 1]
+        assert f"{atype} (n={len(accs)})" in table
+    one = [r for r in rows if r["shots"] == 1]
+    official = {t: round(100 * sum(r["accuracy"] for r in one if r["answer_type"] == t) / sum(r["answer_type"] == t for r in one), 2) for t in ("yes/no", "number", "other")}  # fmt: skip
+    assert f"│ 1 │ {official['number']:.2f} │ {official['other']:.2f} │ {official['yes/no']:.2f} │" in table
     # the same plan on the okvqa dataset is another plan hash; this workspace has no OK-VQA files for it
     res = lever("--workspace", ws, "run", "vqav2/balanced_v3", *small, "data.dataset=okvqa", "--no-baseline")
     assert res.code == 2 and "balanced_v3" in res.err and "Traceback" not in res.text
