@@ -255,3 +255,26 @@ def test_accuracy_by_answer_type_on_the_vqav2_fixture_by_hand(vqav2):
         by_type([{k: v for k, v in r.items() if k != "answer_type"} for r in rows], "answer_type", "fixture")
     with pytest.raises(LeverError, match="--by 'answer'"):
         by_type(rows, "answer", "fixture")
+
+
+def test_type_views_restrict_every_run_to_the_questions_of_one_type(vqav2):
+    """The report layer's breakdown: each type's view holds only its questions, so every table over it (intervals,
+    paired tests) is the per-type one; rows without the field are an error naming the run."""
+    from lever.report.breakdown import type_views
+    from lever.report.results import PlanRuns, RunData, parse_results
+
+    items = load_vqa(*vqav2, "val")
+    rows = [
+        {"split": "val", "shots": 1, "question_id": it.question_id, **it.types(), "accuracy": acc, "failed": False}
+        for it, acc in zip(items, [1.0, 0.9, 0.3, 1.0, 0.9, 0.0])
+    ]
+    run = RunData(path=Path("r"), plan="p", spec_hash="abc", seed=0, results=parse_results(rows))
+    views = type_views([PlanRuns("p", [run])], "val", "answer_type")
+    assert list(views) == ["number", "other", "yes/no"]
+    (other,) = views["other"]
+    assert other.runs[0].accuracy("val", 1) == pytest.approx(55.0) and other.runs[0].results["val"][1].n == 4
+    assert views["yes/no"][0].runs[0].accuracy("val", 1) == pytest.approx(100.0)
+    untyped = RunData(path=Path("r"), plan="p", spec_hash="abc", seed=0, results=parse_results([
+        {k: v for k, v in r.items() if k != "answer_type"} for r in rows]))  # fmt: skip
+    with pytest.raises(LeverError, match="p \\(seed 0, r\\): its results rows hold no answer_type"):
+        type_views([PlanRuns("p", [untyped])], "val", "answer_type")

@@ -9,9 +9,14 @@ a type is the mean of its questions' VQA accuracies in percent, as the official 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from lever.errors import LeverError
+
+from .results import PlanRuns, QuestionResults
 
 BY = ("answer_type", "question_type")
 
@@ -48,4 +53,51 @@ def by_type(rows: list[dict[str, Any]], by: str, where: str) -> dict[str, dict[s
     for (split, shots, t), values in sorted(acc.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])):
         cell = {"accuracy": round(100.0 * sum(values) / len(values), 2), "n": len(values)}
         out.setdefault(split, {}).setdefault(shots, {})[t] = cell
+    return out
+
+
+def _subset(qr: QuestionResults, keep: np.ndarray) -> QuestionResults:
+    """The results of the questions `keep` [n] bool marks."""
+    idx = np.flatnonzero(keep).tolist()
+
+    def pick(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in idx]
+
+    return replace(
+        qr,
+        question_ids=qr.question_ids[keep],
+        accuracy=qr.accuracy[keep],
+        failed=qr.failed[keep],
+        answers=pick(qr.answers),
+        demo_answers=pick(qr.demo_answers),
+        human=pick(qr.human),
+        types={k: [v[i] for i in idx] for k, v in qr.types.items()},
+    )
+
+
+def type_views(plans: list[PlanRuns], split: str, by: str) -> dict[str, list[PlanRuns]]:
+    """type -> the plans with every evaluated run's `split` results restricted to the questions of that type (types
+    sorted): tables over these are the official per-type breakdown, with their intervals and tests. A run whose
+    rows hold no `by` is an error naming it."""
+    check_by(by)
+    found: set[str] = set()
+    for pr in plans:
+        for run in pr.evaluated_runs:
+            for qr in ((run.results or {}).get(split) or {}).values():
+                if by not in qr.types:
+                    raise missing_types(by, f"{pr.name} (seed {run.seed}, {run.path})")
+                found.update(qr.types[by])
+    out: dict[str, list[PlanRuns]] = {}
+    for t in sorted(found):
+        views = []
+        for pr in plans:
+            runs = []
+            for run in pr.runs:
+                results = run.results
+                if results is not None and split in results:
+                    restricted = {s: _subset(qr, np.array(qr.types[by]) == t) for s, qr in results[split].items()}
+                    results = {**results, split: restricted}
+                runs.append(replace(run, results=results))
+            views.append(replace(pr, runs=runs))
+        out[t] = views
     return out

@@ -34,6 +34,9 @@ class QuestionResults:
     demo_answers: list[list[str]] | None = None  # [n][shots] the chosen demonstrations' answers, as the prompt shows them
     human: list[list[str]] | None = None  # [n][10] the human answers
     metric: str | None = None  # the VQA metric the rows were scored with
+    # The dataset's types of each question where every row holds them (answer_type, question_type): accuracy by
+    # type (`lever.report.breakdown`). Absent: a dataset without the field, or rows from before rows held it.
+    types: dict[str, list[str]] = field(default_factory=dict)  # field -> [n]
 
     @property
     def n(self) -> int:
@@ -184,6 +187,7 @@ def parse_results(rows: list[dict], metric: str | None = None) -> Results:
                 demo_answers=[list(r["demo_answers"]) for r in ordered] if texts else None,
                 human=[list(r["answers"]) for r in ordered] if texts else None,
                 metric=metric,
+                types={k: [str(r[k]) for r in ordered] for k in ("answer_type", "question_type") if all(k in r for r in ordered)},
             )
     return out
 
