@@ -421,6 +421,13 @@ def test_dedupe_set_by_default_ordered_on_request_and_never_mixed_on_resume(leve
         assert {frozenset(c["pointer"]) for c in s} == {frozenset(c["pointer"]) for c in o}  # the same sets
         n_set, n_ordered = n_set + len(s), n_ordered + len(o)
     assert n_ordered > n_set  # beams propose both orders of a good pair
+    # retrieval: consecutive similarity ranks of the query's pool (the original's sliding windows), never blocks
+    feats = torch.nn.functional.normalize(torch.load(tmp_path / "f.pt"), dim=-1)
+    pools = json.loads((tmp_path / "p.json").read_text())
+    for q, pool in pools.items():
+        ranks = (feats[pool] @ feats[int(q)]).argsort(descending=True, stable=True).tolist()
+        windows = [c["pointer"] for c in got["ordered"][q]["pointer_candidates"] if c["gen_method"] == "retrieval"]
+        assert windows and all(any(w == ranks[r : r + 2] for r in range(3)) for w in windows), (q, windows, ranks[:4])
 
     workspace, feats = load_workspace(ws), torch.load(tmp_path / "f.pt")
 
