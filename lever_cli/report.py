@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import typer
@@ -14,7 +17,7 @@ from lever.report.export import export
 from lever.report.leaderboard import export as export_leaderboard
 from lever.report.leaderboard import load_leaderboard
 from lever.report.leaderboard import render_plain as leaderboard_plain
-from lever.report.reports import load_comparison
+from lever.report.reports import load_comparison, load_comparisons_by
 from lever.report.results import RunData, check_known, damage_summary, plan_runs, scan_runs
 from lever.report.significance import N_RESAMPLES
 from lever.report.sparkline import spark_rows
@@ -72,6 +75,33 @@ METRIC_OPTION = typer.Option(
 )
 
 
+# `--by` of compare and leaderboard: one table per answer (or question) type, over that type's questions
+BY_OPTION = typer.Option(
+    None,
+    "--by",
+    metavar="FIELD",
+    help="One table per answer_type (or question_type), each over that type's questions, as the official VQA evaluator",
+)
+
+
+def _emit_groups(by: str, texts: dict[str, str], fmt: str | None) -> None:
+    """Print one output per type: a heading per type (JSON: one object keyed by type; CSV: a first column)."""
+    if fmt == "json":
+        typer.echo(json.dumps({"by": by, "groups": {t: json.loads(x) for t, x in texts.items()}}, indent=2))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for i, (t, text) in enumerate(texts.items()):
+            rows = list(csv.reader(io.StringIO(text)))
+            writer.writerows([[by, *rows[0]]] if i == 0 else [])
+            writer.writerows([t, *r] for r in rows[1:])
+        typer.echo(out.getvalue(), nl=False)
+    else:
+        mark = {"markdown": "#### ", "latex": "% "}.get(fmt or "", "")
+        for t, text in texts.items():
+            typer.echo(f"{mark}{by} = {t}\n\n{text}", nl=False)
+
+
 def _table_options(
     split: str, resamples: int, metric: str | None, as_json: bool, markdown: bool, as_csv: bool, latex: bool
 ) -> list[str]:
@@ -103,6 +133,7 @@ def compare(
     ),
     metric: str | None = METRIC_OPTION,
     wide: bool = WIDE,
+    by: str | None = BY_OPTION,
 ) -> None:
     """Per-shot accuracy of plans against a baseline, with paired 95% intervals and p-values.
 
@@ -114,9 +145,23 @@ def compare(
     The tables fit the terminal: several plans' columns become several tables, reasons and flags become notes
     below the training table; --wide prints each table whole.
 
+    --by answer_type: one table per answer type (VQAv2: yes/no, number, other), each over that type's questions.
+
     Example: [bold]lever compare plan5 plan7 plan7_1 --baseline baseline --split val[/]
     """
     formats = _table_options(split, resamples, metric, as_json, markdown, as_csv, latex)
+    if by is not None:
+        cmps = load_comparisons_by(
+            plans, baseline, runs_root(), workspace().plans_dir, by, split, metric=metric, n_resamples=resamples
+        )
+        if console.is_terminal and not formats:
+            for t, c in cmps.items():
+                console.print(f"[bold]{by} = {escape(t)}[/]")
+                render_rich(c, console, fit_width(console, wide))
+            return
+        texts = {t: export(c, formats[0]) if formats else render_plain(c, fit_width(console, wide)) for t, c in cmps.items()}
+        _emit_groups(by, texts, formats[0] if formats else None)
+        return
     cmp = load_comparison(plans, baseline, runs_root(), workspace().plans_dir, split, metric=metric, n_resamples=resamples)
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)

@@ -123,6 +123,7 @@ def eval_rows(accs: dict[int, list[float]], split: str = "val") -> list[dict]:
             "answer": "x",
             "accuracy": acc,
             "failed": False,
+            "answer_type": "yes/no" if qid <= 4 else "other",  # `--by answer_type`: questions 1-4, 5-10
         }
         for shots, vals in accs.items()
         for qid, acc in enumerate(vals, start=1)
@@ -598,3 +599,28 @@ def test_repair_hints_of_a_copied_workspace_name_its_own_plan(tmp_path: Path):
     prov["plan_file"] = str(new / "plans" / "plan5.toml")
     (run_dir / "provenance.json").write_text(json.dumps(prov))
     assert run.command("run") == f"lever run {new / 'plans' / 'plan5.toml'} grpo.lr=1e-5"  # its own: as recorded
+
+
+def test_cli_compare_by_answer_type(cli):
+    """One comparison per answer type, each over its questions (1-4 yes/no, 5-10 other). By hand at 1 shot:
+    baseline 1,0,1,0 | 1,0,1,0,1,0 -> yes/no 50, other 50; plan5 1,1,1,0 | 1,0,1,0,1,0 -> yes/no 75 (+25), other 50;
+    at 3 shots baseline 1,1,1,1 | 1,0,0,0,0,0 -> 100 and 16.67, plan5 0.6,1,1,1 | ... -> 90 (-10) and 16.67."""
+    data = json.loads(cli("compare", "plan5", "--json", "--by", "answer_type", "--resamples", "200").output)
+    assert data["by"] == "answer_type" and list(data["groups"]) == ["other", "yes/no"]
+
+    def cell(t: str, shots: int, plan: str) -> dict:
+        row = next(r for r in data["groups"][t]["rows"] if r["label"] == str(shots))
+        return row["cells"][plan]
+
+    assert (cell("yes/no", 1, "baseline")["accuracy"], cell("yes/no", 1, "plan5")["accuracy"]) == (50.0, 75.0)
+    assert cell("yes/no", 1, "plan5")["delta"] == 25.0 and cell("yes/no", 1, "plan5")["n_questions"] == 4
+    assert (cell("other", 1, "plan5")["accuracy"], cell("other", 1, "plan5")["n_questions"]) == (50.0, 6)
+    assert cell("yes/no", 3, "plan5")["accuracy"] == pytest.approx(90.0) and cell("other", 3, "baseline")[
+        "accuracy"
+    ] == pytest.approx(16.67, abs=0.01)
+    text = cli("compare", "plan5", "--by", "answer_type", "--resamples", "200").output
+    assert text.index("answer_type = other") < text.index("answer_type = yes/no")
+    csv_lines = cli("compare", "plan5", "--csv", "--by", "answer_type", "--resamples", "200").output.splitlines()
+    assert csv_lines[0].startswith("answer_type,") and {line.split(",")[0] for line in csv_lines[1:]} == {"other", "yes/no"}
+    res = cli("compare", "plan5", "--by", "question_type")
+    assert "hold no question_type" in str(res.exception)

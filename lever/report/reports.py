@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lever.errors import DamagedState, LeverError
 
+from .breakdown import check_by, type_views
 from .results import PlanRuns, named_plans, plan_runs, rescore_plan, test_note
 from .significance import N_RESAMPLES
 from .tables import AVG, Comparison, build_comparison
@@ -28,6 +29,33 @@ def load_comparison(
 ) -> Comparison:
     """`lever compare`: the plans `plans` name (names, files, plan@HASH) against `baseline`, re-scored with `metric`
     when given. A damaged plan is a marked column (the file and its repair); a damaged baseline is an error."""
+    base, others = _compared(plans, baseline, root, plans_dir, metric)
+    return _comparison(others, base, split, root, metric, n_resamples)
+
+
+def load_comparisons_by(
+    plans: list[str],
+    baseline: str,
+    root: Path,
+    plans_dir: Path,
+    by: str,
+    split: str = "val",
+    *,
+    metric: str | None = None,
+    n_resamples: int = N_RESAMPLES,
+) -> dict[str, Comparison]:
+    """`lever compare --by answer_type`: `load_comparison` once per type of `by`, every plan restricted to that
+    type's questions (`lever.report.breakdown.type_views`), so each table's intervals and tests are the type's."""
+    check_by(by)
+    base, others = _compared(plans, baseline, root, plans_dir, metric)
+    views = type_views([base, *others], split, by)
+    return {t: _comparison(o, b, split, root, metric, n_resamples) for t, (b, *o) in views.items()}
+
+
+def _compared(
+    plans: list[str], baseline: str, root: Path, plans_dir: Path, metric: str | None
+) -> tuple[PlanRuns, list[PlanRuns]]:
+    """The baseline and the other plans of a comparison, loaded and re-scored with `metric` when given."""
     base, *others = named_plans([baseline, *plans], root, plans_dir)
     if (base.missing or "").startswith("damaged"):
         raise DamagedState(f"baseline {base.name}: {base.missing}", hint=base.command)
@@ -39,6 +67,12 @@ def load_comparison(
         for pr in (base, *others):
             if pr.missing is None:
                 rescore_plan(pr, metric)
+    return base, others
+
+
+def _comparison(
+    others: list[PlanRuns], base: PlanRuns, split: str, root: Path, metric: str | None, n_resamples: int
+) -> Comparison:
     cmp = build_comparison(others, base, split=split, n_resamples=n_resamples, metric=metric)
     if split == "test":
         cmp.notes.append(test_note([c.name for c in cmp.plans], root))
