@@ -66,10 +66,10 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
     # Rows written before they held the demonstrations' answers: a re-scoring takes them from the train items.
     from lever.runs.layout import RunDir
 
-    shown = [r["demo_answers"] for r in rows]
+    shown, types = [r["demo_answers"] for r in rows], [r["answer_type"] for r in rows]
     ev = RunDir(first).selected_eval()
     ev.write(
-        [{k: v for k, v in r.items() if k != "demo_answers"} for r in rows],
+        [{k: v for k, v in r.items() if k not in ("demo_answers", "answer_type")} for r in rows],  # nor the types
         {k: v for k, v in summary.items() if k not in ("splits", "results")},
     )
     assert summary["splits"]["val"]["1"]["accuracy"] == 75.0 and summary["metric"] == "classic"
@@ -94,6 +94,7 @@ def test_another_metric_rescores_the_stored_outputs_without_the_vlm(lever, tmp_p
         assert [r["accuracy"] for r in rows] == want and summary["splits"]["val"]["1"]["accuracy"] == pct
         assert [r["raw_output"] for r in rows] == RAW and summary["metric"] == metric
         assert [r["demo_answers"] for r in rows] == shown
+        assert [r["answer_type"] for r in rows] == types  # from the world's items, as the demonstrations' answers
         assert summary["rescored_from"].startswith("baseline/") and summary["generation"]
     # The first evaluation is untouched, and a second evaluate under a re-scored metric is served from its folder.
     assert [r["accuracy"] for r in _selected_rows(first)[1]] == CLASSIC

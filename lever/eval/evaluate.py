@@ -272,11 +272,11 @@ def rescore(
         return ev.read()[0]
     t0 = time.perf_counter()
     metric = world.protocol.metric
-    answers = {(s.name, it.question_id): it.answers for s in world.splits.values() for it in s.items}
+    items = {(s.name, it.question_id): it for s in world.splits.values() for it in s.items}  # answers and types
     want = {(name, shots) for name in world.splits for shots in spec.shots}
     have = {(row["split"], row["shots"]) for row in source_rows}
     train = {it.question_id: it for it in world.train_items}
-    missing = [row for row in source_rows if (row["split"], row["question_id"]) not in answers]
+    missing = [row for row in source_rows if (row["split"], row["question_id"]) not in items]
     missing += [row for row in source_rows if "demo_answers" not in row and not set(row["demo_ids"]) <= train.keys()]
     counts = {name: sum(1 for row in source_rows if row["split"] == name) for name in world.splits}
     if have != want or missing or any(n != len(world.splits[k].items) * len(spec.shots) for k, n in counts.items()):
@@ -285,9 +285,9 @@ def rescore(
     rows = [
         scored_row(
             row if "demo_answers" in row else {**row, "demo_answers": [demo_answer(train[q]) for q in row["demo_ids"]]},
-            answers[(row["split"], row["question_id"])].answers,
+            items[(row["split"], row["question_id"])].answers,
             metric,
-            answers[(row["split"], row["question_id"])].types(),
+            items[(row["split"], row["question_id"])].types(),
         )
         for row in source_rows
     ]
