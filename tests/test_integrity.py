@@ -402,6 +402,8 @@ def test_ctrl_c_in_process_marks_the_run_interrupted(lever, ws, monkeypatch):
     assert res.code == 130 and "interrupted" in res.err and "Traceback" not in res.text
     (run_dir,) = seed_dirs(ws, "baseline")
     assert status(run_dir)["state"] == "interrupted"
+    res = run_cli(lever, "evaluate", *args[:-1])  # the run's own words say what stopped it
+    error(res, "has not finished training (interrupted: stopped by Ctrl-C or SIGTERM", "lever run")
     monkeypatch.setattr(StageRunner, "_epoch", real)
     res = run_cli(lever, "run", *args)
     assert res.code == 0 and "resuming after epoch 1" in res.text and status(run_dir)["state"] == "trained"

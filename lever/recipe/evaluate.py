@@ -45,8 +45,10 @@ def checkpoint_for(run: RunDir, epoch: int | None) -> StageEntry | SelectorChoic
     if selected is None and state in ("trained", "done"):
         raise DamagedState(f"{run.selected_file} is missing but the run is marked {state}", hint=run.fix)
     if selected is None:
+        status = run.status()
+        why = f"{state}: {status.message}" if status and status.message else state or "never started"  # its own words
         raise LeverError(
-            f"{run.path} has no selected checkpoint: the run has not finished training ({state or 'never started'})",
+            f"{run.path} has no selected checkpoint: the run has not finished training ({why})",
             hint=f"run `{run.command('run')}` first",
         )
     if epoch is None:
