@@ -251,8 +251,10 @@ def test_image_checks_count_image_files_once_and_questions_by_their_image(tmp_pa
     """VQAv2 asks ~5 questions per image: a missing image is one file (named once) that fails all its questions."""
     from tiny_models import write_okvqa_workspace
 
+    from lever.data.sources import resolve_dataset
     from lever.errors import LeverError
     from lever.eval.preflight import check_missing_images
+    from lever.eval.world import check_eval_files
     from lever.spec import load_workspace
     from lever.spec.schema import EvalSpec
 
@@ -264,12 +266,12 @@ def test_image_checks_count_image_files_once_and_questions_by_their_image(tmp_pa
             q["image_id"] = 503  # questions 4 and 5 ask about question 3's (missing) image
     qfile.write_text(json.dumps(data))
     with pytest.raises(LeverError) as err:
-        check_missing_images(load_workspace(ws), EvalSpec(max_failed=0.2), lambda m: None)
+        check_missing_images(check_eval_files(resolve_dataset(load_workspace(ws)), EvalSpec(max_failed=0.2)), lambda m: None)
     message = str(err.value)
     assert "1 of 4 val images are missing (50.0% fail" in message  # 4 files; 3 of the 6 questions fail
     assert message.count("COCO_val2014_000000000503.jpg") == 1
     logs: list[str] = []
-    check_missing_images(load_workspace(ws), EvalSpec(max_failed=0.6), logs.append)
+    check_missing_images(check_eval_files(resolve_dataset(load_workspace(ws)), EvalSpec(max_failed=0.6)), logs.append)
     assert logs == [
         f"warning: 1 of 4 val images are missing (50.0% fail), e.g. {tmp_path / 'okvqa_val' / 'images'}/COCO_val2014_000000000503.jpg"
     ]
