@@ -58,7 +58,7 @@ features = {{ main = "hf_features.pt" }}
 
 
 def _fields(items):
-    return [(it.index, it.question_id, it.image_id, it.question, it.answers) for it in items]
+    return [(it.index, it.question_id, it.image_id, it.question, it.answers, it.types()) for it in items]
 
 
 def test_both_layouts_give_the_same_items_and_image_bytes(tmp_path):
@@ -70,6 +70,7 @@ def test_both_layouts_give_the_same_items_and_image_bytes(tmp_path):
     for split in ("train", "val"):
         a, b = load_split(js, split), load_split(hf, split, logs.append)
         assert _fields(a) == _fields(b) and len(b) == (N_TRAIN if split == "train" else N_VAL)
+        assert all(it.answer_type and it.question_type for it in b)  # the answer and question type, in both layouts
         assert all(Path(x.image).read_bytes() == Path(y.image).read_bytes() for x, y in zip(a, b))
         assert all(Path(y.image).parent.parent == tmp_path / "cache" / "images" / "hf" for y in b)
     assert _fields(load_split(hf, "val", limit=2)) == _fields(load_split(js, "val"))[:2]
