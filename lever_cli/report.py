@@ -15,7 +15,7 @@ from lever.eval.vqa import VQA_METRICS
 from lever.report import figures
 from lever.report.export import export
 from lever.report.leaderboard import export as export_leaderboard
-from lever.report.leaderboard import load_leaderboard
+from lever.report.leaderboard import load_leaderboard, load_leaderboards_by
 from lever.report.leaderboard import render_plain as leaderboard_plain
 from lever.report.reports import load_comparison, load_comparisons_by
 from lever.report.results import RunData, check_known, damage_summary, plan_runs, scan_runs
@@ -196,6 +196,7 @@ def leaderboard(
         help="Rank the plans of this dataset (data.dataset, e.g. vqav2); default: the plans' one dataset",
     ),
     metric: str | None = METRIC_OPTION,
+    by: str | None = BY_OPTION,
 ) -> None:
     """Plans by shot count: accuracy with its 95% interval, the best plan marked only where the data say so.
 
@@ -211,11 +212,21 @@ def leaderboard(
     Plans that answered different questions are compared on the questions all of them answered (a note says so);
     plans of different datasets (data.dataset) are never paired: --dataset picks one.
 
+    --by answer_type: one leaderboard per answer type (VQAv2: yes/no, number, other), each over its questions.
+
     Example: [bold]lever leaderboard baseline plan5 original/plan5 --markdown[/]
     """
     formats = _table_options(split, resamples, metric, as_json, markdown, as_csv, latex)
     if not 0.0 < alpha < 1.0:
         raise LeverError(f"--alpha {alpha} must lie between 0 and 1", hint="the default is 0.05")
+    if by is not None:
+        boards = load_leaderboards_by(
+            plans or [], runs_root(), workspace().plans_dir, by, split, metric=metric, alpha=alpha,
+            n_resamples=resamples, only_dataset=dataset, family=family,
+        )  # fmt: skip
+        texts = {t: export_leaderboard(b, formats[0]) if formats else leaderboard_plain(b) for t, b in boards.items()}
+        _emit_groups(by, texts, formats[0] if formats else None)
+        return
     lb = load_leaderboard(
         plans or [],
         runs_root(),

@@ -269,3 +269,22 @@ def test_plans_of_different_datasets_are_never_paired():
         one_dataset([ok, v2], "vqav2", named=True)
     with pytest.raises(LeverError, match="no evaluated plan answered it"):
         one_dataset([ok], "vqav2", named=False)
+
+
+def test_cli_leaderboard_by_answer_type(cli, runs: Path):  # noqa: F811
+    """One leaderboard per answer type over its questions (report tests' runs: questions 1-4 yes/no, 5-10 other). By
+    hand at 1 shot: baseline 1,0,1,0 | 1,0,1,0,1,0 and plan5 1,1,1,0 | 1,0,1,0,1,0 -> yes/no 50 and 75, other 50 and 50."""
+    cli = partial(cli_fast, cli)
+    data = json.loads(cli("leaderboard", "plan5", "baseline", "--json", "--by", "answer_type").output)
+    assert data["by"] == "answer_type" and list(data["groups"]) == ["other", "yes/no"]
+
+    def entry(t: str, label: str, plan: str) -> dict:
+        return next(c for c in data["groups"][t]["columns"] if c["label"] == label)["entries"][plan]
+
+    assert (entry("yes/no", "1", "plan5")["accuracy"], entry("yes/no", "1", "baseline")["accuracy"]) == (75.0, 50.0)
+    assert entry("yes/no", "1", "plan5")["n_questions"] == 4 and entry("other", "1", "plan5")["n_questions"] == 6
+    assert entry("other", "1", "plan5")["accuracy"] == entry("other", "1", "baseline")["accuracy"] == 50.0
+    text = cli("leaderboard", "--by", "answer_type").output
+    assert text.index("answer_type = other") < text.index("answer_type = yes/no") and text.count("Leaderboard:") == 2
+    res = cli("leaderboard", "--by", "question_type")
+    assert "hold no question_type" in str(res.exception)

@@ -30,6 +30,7 @@ from lever.runs.layout import RunsFolder
 from lever.spec.load import plan_files, plan_name
 from lever.spec.workspace import DEFAULT_DATASET
 
+from .breakdown import check_by, type_views
 from .copying import copy_flags, lacks_texts, percent, vote_accuracy
 from .export import _clean, _csv_value, _md_table, latex_escape
 from .matrix import QuestionMatrix, check_sources, pair, question_matrix
@@ -204,6 +205,37 @@ def load_leaderboard(
 ) -> Leaderboard:
     """What `lever leaderboard` shows: the plans (`leaderboard_plans`) of one dataset (`one_dataset`), re-scored
     with `metric` when given; `family` is what one Holm correction spans (FAMILIES)."""
+    plans, notes = _ranked(refs, root, plans_dir, split, metric, only_dataset, family)
+    return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes, family=family)
+
+
+def load_leaderboards_by(
+    refs: list[str],
+    root: Path,
+    plans_dir: Path,
+    by: str,
+    split: str = "val",
+    *,
+    metric: str | None = None,
+    alpha: float = ALPHA,
+    n_resamples: int = N_RESAMPLES,
+    only_dataset: str | None = None,
+    family: str = "column",
+) -> dict[str, Leaderboard]:
+    """`lever leaderboard --by answer_type`: `load_leaderboard` once per type of `by`, every plan restricted to that
+    type's questions (`lever.report.breakdown.type_views`): each cell, interval and test is the type's."""
+    check_by(by)
+    plans, notes = _ranked(refs, root, plans_dir, split, metric, only_dataset, family)
+    return {
+        t: build_leaderboard(views, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=list(notes), family=family)
+        for t, views in type_views(plans, split, by).items()
+    }
+
+
+def _ranked(
+    refs: list[str], root: Path, plans_dir: Path, split: str, metric: str | None, only_dataset: str | None, family: str
+) -> tuple[list[PlanRuns], list[str]]:
+    """The plans a leaderboard ranks, re-scored with `metric` when given, and its notes."""
     if family not in FAMILIES:
         raise LeverError(f"--family {family!r} is not a family", hint=f"use one of: {', '.join(FAMILIES)}")
     plans, notes = leaderboard_plans(refs, root, plans_dir, split)
@@ -215,7 +247,7 @@ def load_leaderboard(
                 rescore_plan(pr, metric)
     if split == "test":
         notes.append(test_note([pr.name for pr in plans], root))
-    return build_leaderboard(plans, split, alpha=alpha, n_resamples=n_resamples, metric=metric, notes=notes, family=family)
+    return plans, notes
 
 
 # ---------------------------------------------------------------- building
