@@ -303,14 +303,16 @@ def load_plan(ref: str | Path, overrides: list[str] | tuple[str, ...] = (), plan
 
 def spec_dict(plan: Plan) -> dict[str, Any]:
     """What defines a run: everything but the description, the extends link and start.trust_pickle (the start's
-    weights are keyed by their digest), `sft` and `refresh` while off, `select.reward` while false and `selector`
+    weights are keyed by their digest), `sft`, `refresh` and `rollout` while off, `select.reward` while false and `selector`
     while it is the trained one (plans older than them keep their hash)."""
     out = plan.model_dump(mode="json", exclude={"description", "extends"})
     out["start"].pop("trust_pickle")
     if plan.sft.epochs == 0:
         out.pop("sft")
-    if plan.refresh.rounds == 0:  # refresh rounds and select.reward while off: older plans keep their hash
+    if plan.refresh.rounds == 0:  # refresh rounds, online rollouts and select.reward while off: older plans keep their hash
         out.pop("refresh")
+    if plan.rollout.mode == "offline":
+        out.pop("rollout")
     if not plan.select.reward:
         out["select"].pop("reward")
     if plan.selector.trains:  # the default (features and order apply to `similar` only): older plans keep their hash

@@ -760,6 +760,25 @@ class RefreshSpec(Strict):
         return self
 
 
+class RolloutSpec(Strict):
+    """Where GRPO's groups come from (docs/training.md, On-policy): the data's fixed groups (offline), or fresh groups
+    the policy samples every step and the workspace's VLM scores (online; the names are TRL GRPOTrainer's)."""
+
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: the candidate data's groups; online: each step samples a group per query from the policy"
+    )
+    num_generations: int = Field(
+        8, ge=2, le=MAX_GROUP, description="online: sequences sampled per query and step (TRL num_generations)"
+    )
+    temperature: float = Field(1.0, gt=0, description="online: sampling temperature of the policy (TRL temperature)")
+    num_iterations: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="online: optimiser steps on each batch of samples, the ratio taken to the sampling policy (TRL num_iterations, PPO's inner epochs)",
+    )
+
+
 @dataclass(frozen=True)
 class Stage:
     """One compiled stage of a plan: what to run and with which optimiser settings (`Plan.stages()`)."""
@@ -797,6 +816,10 @@ class Plan(Strict):
     )
     refresh: RefreshSpec = Field(
         default_factory=RefreshSpec, description="Refresh rounds: GRPO on new groups the current selector proposes"
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="GRPO's groups: the data's (offline) or sampled from the policy every step (online)",
     )
     select: SelectSpec = Field(default_factory=SelectSpec, description="Checkpoint selection rule")
     selector: SelectorSpec = Field(
