@@ -75,11 +75,21 @@ def refresh_round(
             f"{max_calls(rf, len(pools), k, shots):,} VLM calls (fewer after deduplication and the reward cache)"
         )
         before = r.scoring.counts.copy()
+        most, said = max_calls(rf, len(pools), k, shots), []
+
+        def calibrate(done: int, total: int) -> None:  # the first chunk's seconds per call predict the round's time
+            spent = r.scoring.counts.since(before)
+            if done and spent.calls and not said:
+                said.append(done)
+                rep.info(
+                    f"{stage.name}: {spent.seconds / spent.calls:.3g} s per VLM call: at most {most * spent.seconds / spent.calls:,.0f} s"
+                )
+
         policy = copy.deepcopy(model).cpu()  # proposals are drawn on the CPU (seeded per query)
         label = f"{r.name} seed {r.seed} {stage.name} weights {state_digest(state_of(model))}"
         report = generate_file(
             r.dataset, folder / "pools.json", r.loaded.features, out, opts=opts, spec=r.plan.eval, policy=(label, policy),
-            backend=r.scoring.backend, log=rep.info,
+            backend=r.scoring.backend, log=rep.info, progress=calibrate,
         )  # fmt: skip
         spent = r.scoring.counts.since(before)
         write_json(folder / "refresh.json", {**report, "out": out.name, **spent.metrics("vlm")})
