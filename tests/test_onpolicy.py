@@ -136,9 +136,9 @@ def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp
     cmd = [sys.executable, "-m", "lever_cli", "--workspace", str(ws), "run", str(PLANS / "plan5.toml"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    while time.time() < deadline:  # kill hard once the round has an epoch on disk
+    while time.time() < deadline:  # kill hard once the round has two epochs on disk (the first one's resume.pt too)
         files = sorted((Path(ws).parent / "runs" / "_stages").glob("grpo_r1-*/metrics.jsonl"))
-        if files and len(read_jsonl(files[0])) >= 1:
+        if files and len(read_jsonl(files[0])) >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -152,6 +152,77 @@ def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp
     assert lever("--workspace", other, "run", PLANS / "plan5.toml", *args).code == 0
     (clean,) = (tmp_path / "clean" / "plan5").glob("*/seed-0")
     assert [r["epoch"] for r in _rows(run) if r["stage"] == "grpo_r1"] == list(range(1, 9))
+    assert _rows(run) == _rows(clean)
+    sel, sel_clean = (json.loads((p / "selected.json").read_text()) for p in (run, clean))
+    assert sel["sha256"] == sel_clean["sha256"]
+
+
+ONLINE = [*FAST, 'rollout.mode="online"', "rollout.num_generations=4", "--no-eval"]
+
+
+def test_online_grpo_samples_scores_and_takes_the_ratio_to_the_sampling_policy(lever, ws, tmp_path):
+    # reference = pre_rce: the KL is to the weights before RCE (far from the policy); the PPO ratio is to the policy
+    # that sampled the batch, so with one step per batch of samples (num_iterations = 1) it is exactly 1.
+    args = [*ONLINE, 'grpo.reference="pre_rce"', "grpo.lr=1e-3"]
+    res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
+    assert res.code == 0, res.text
+    assert "grpo: online GRPO, 96 queries x 4 samples x 2 epochs: at most 768 VLM calls" in res.text
+    (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "grpo"]
+    for r in rows:
+        assert r["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6) and r["policy/first_step_ratio"] == pytest.approx(1.0)
+        assert r["kl/value"] > 1e-3 and r["policy/start_ratio"] != pytest.approx(1.0, abs=1e-3)
+        assert r["cost/rollout/calls"] + r["cost/rollout/hits"] == 96 * 4
+        assert 1 <= r["rollout/distinct"] <= 4 and 0 <= r["rollout/zero_std_frac"] <= 1 and r["rollout/entropy"] > 0
+    assert rows[0]["rollout/reward_mean"] != rows[1]["rollout/reward_mean"]  # each epoch samples anew
+    # two steps per batch of samples: the second is taken after an update, so the ratio moves off 1
+    res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args, "rollout.num_iterations=2")
+    assert res.code == 0, res.text
+    (run2,) = [p for p in (Path(ws).parent / "runs" / "plan5").glob("*/seed-0") if p != run]
+    rows2 = [r for r in read_jsonl(run2 / "metrics.jsonl") if r["stage"] == "grpo"]
+    assert rows2[0]["policy/first_step_ratio"] == pytest.approx(1.0) and rows2[0]["policy/ratio_mean"] != pytest.approx(
+        1.0, abs=1e-6
+    )
+    assert 2 * sum(r["cost/rollout/calls"] + r["cost/rollout/hits"] for r in rows2) == 2 * 2 * 96 * 4
+
+    # the same plan in another runs folder: not a VLM call, the same rows
+    other = tmp_path / "other.toml"
+    other.write_text(Path(ws).read_text().replace('runs = "runs"', 'runs = "again"'))
+    assert lever("--workspace", other, "run", PLANS / "plan5.toml", *args).code == 0
+    (again,) = (tmp_path / "again" / "plan5").glob("*/seed-0")
+    assert all(r["cost/rollout/calls"] == 0 for r in read_jsonl(again / "metrics.jsonl") if r["stage"] == "grpo")
+    assert _rows(again) == _rows(run)
+
+
+def test_online_settings_that_conflict_fail_early(lever, ws):
+    res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *ONLINE, "refresh.rounds=1")
+    assert res.code == 2 and "set refresh.rounds = 0" in res.text
+    res = lever("--workspace", ws, "run", PLANS / "baseline.toml", *ONLINE, "grpo.epochs=0")
+    assert res.code == 2 and "needs a GRPO stage" in res.text
+
+
+@pytest.mark.slow
+def test_kill_in_an_online_stage_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
+    args = [*FAST, 'rollout.mode="online"', "rollout.num_generations=4", "grpo.epochs=6", "--no-eval"]
+    cmd = [sys.executable, "-m", "lever_cli", "--workspace", str(ws), "run", str(PLANS / "plan5.toml"), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # kill hard once the online stage has two epochs on disk (the first one's resume.pt too)
+        files = sorted((Path(ws).parent / "runs" / "_stages").glob("grpo-*/metrics.jsonl"))
+        if files and len(read_jsonl(files[0])) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
+    assert res.code == 0, res.text
+    assert "grpo: resuming after epoch" in res.text, res.text
+    (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
+    other = tmp_path / "clean.toml"
+    other.write_text(Path(ws).read_text().replace('runs = "runs"', 'runs = "clean"'))
+    assert lever("--workspace", other, "run", PLANS / "plan5.toml", *args).code == 0
+    (clean,) = (tmp_path / "clean" / "plan5").glob("*/seed-0")
+    assert [r["epoch"] for r in _rows(run) if r["stage"] == "grpo"] == list(range(1, 7))
     assert _rows(run) == _rows(clean)
     sel, sel_clean = (json.loads((p / "selected.json").read_text()) for p in (run, clean))
     assert sel["sha256"] == sel_clean["sha256"]

@@ -214,6 +214,11 @@ class OnlineSource:
         self._stats: list[dict[str, float]] = []
         self._before = scoring.counts.copy()
 
+    def bind(self, objective: Any) -> None:
+        """Tell `objective` (GRPO's) of each new batch of samples (`new_groups`); it takes their log-probs there."""
+        objective.online = True
+        self.on_rollout = objective.new_groups
+
     def batches(self, epoch: int):
         from lever.train.stage import derive_seed
 

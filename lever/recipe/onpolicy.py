@@ -17,18 +17,22 @@ VLM and protocol identity), so it is reused with the stage, and a killed generat
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 from lever.data.candidates import CandidateData
 from lever.data.reader import load_candidates
 from lever.errors import LeverError
 from lever.eval.generate import GenerateOptions, Sources, generate_file
+from lever.eval.rollout import OnlineSource
 from lever.io import read_state, write_json
 from lever.model import SelectorBase
 from lever.spec.schema import Stage
 from lever.train.checkpoint import state_digest, state_of
-from lever.train.plandata import refreshed_data
+from lever.train.plandata import make_groups, refreshed_data
 from lever.train.stage import Reporter, derive_seed
 
 from .recipe import Recipe
@@ -104,3 +108,18 @@ def refresh_round(
 def refresh_cost(stage_dir: Path) -> dict[str, Any] | None:
     """What a finished round recorded of its generation (None when it has none)."""
     return read_state(stage_dir / "data" / "refresh.json", fix="")
+
+
+def online_source(
+    r: Recipe, stage: Stage, model: SelectorBase, train: CandidateData, feats: Tensor, rep: Reporter
+) -> OnlineSource:
+    """Online GRPO's batches for a GRPO stage (`rollout.mode = "online"`): fresh groups for the stage's training
+    queries every step, scored through the reward cache. Says first how many VLM calls the stage makes at most."""
+    ro, opt = r.plan.rollout, stage.opt
+    most = train.num_queries * ro.num_generations * stage.epochs
+    rep.info(
+        f"{stage.name}: online GRPO, {train.num_queries} queries x {ro.num_generations} samples x {stage.epochs} epochs: "
+        f"at most {most:,} VLM calls (fewer through the reward cache)"
+    )
+    make = partial(make_groups, plan=r.plan, features=feats)
+    return OnlineSource(r.scoring, model, train, feats, make, ro, opt.batch_size, r.seed, stage.name)

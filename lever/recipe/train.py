@@ -46,7 +46,7 @@ from lever.train.original_ckpt import head_settings, load_original
 from lever.train.plandata import make_groups, stage_train_data
 from lever.train.stage import Reporter, SilentReporter, StageRunner
 
-from .onpolicy import refresh_round, refresh_settings
+from .onpolicy import online_source, refresh_round, refresh_settings
 from .recipe import Recipe
 
 
@@ -240,14 +240,19 @@ def finished(r: Recipe) -> bool:
         return False
 
 
-def stage_key(r: Recipe, stage: Stage, prev_key: str, pin: int | None, refresh: dict[str, Any] | None = None) -> str:
+def stage_key(
+    r: Recipe, stage: Stage, prev_key: str, pin: int | None, refresh: dict[str, Any] | None = None, online: bool = False
+) -> str:
     """The content key of a stage: everything its result depends on, including the stage before it (and, when its
     rows hold the VLM-scored validation metrics, the VLM's identity and the plan's metric; for a refresh round,
-    what its groups depend on: `lever.recipe.onpolicy.refresh_settings`)."""
+    what its groups depend on: `lever.recipe.onpolicy.refresh_settings`; for online GRPO, the rollout settings and
+    the VLM's identity)."""
     plan = r.plan
     extra: list[Any] = [{"val_reward": r.scoring.identity, "metric": r.scoring.metric}] if plan.select.logs_reward else []
     if refresh is not None:
         extra.append({"refresh": refresh})
+    if online:  # the groups are sampled and scored as the stage goes: the sampling settings and the VLM shape it
+        extra.append({"rollout": plan.rollout.model_dump(mode="json"), "scoring": r.scoring.identity, "metric": r.scoring.metric})
     return content_key(
         prev_key,
         stage.kind,
@@ -294,7 +299,8 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
             raise LeverError(f"{r.lp.path}: stage '{stage.name}' has no training queries after its data filter")
         pin = plan.select.epoch if last else None
         refresh = refresh_settings(r, stage, model) if stage.refresh else None  # the model holds the hand-off weights
-        key = stage_key(r, stage, prev_key, pin, refresh)
+        online = stage.kind == "grpo" and plan.rollout.mode == "online"
+        key = stage_key(r, stage, prev_key, pin, refresh, online)
         stage_dir = folder.stage(stage.name, key)
         retrain_fix = run.retrain_fix(stage.name)
         with file_lock(folder.stage_lock(stage.name, key), wait=True, what=f"stage {stage.name}-{key}", on_wait=rep.info):
@@ -309,9 +315,11 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
                     if stage.refresh:  # new groups from the selector as it stands now, scored by the VLM
                         train_d = refresh_round(r, stage, model, train_d, stage_dir, rep)
                     groups = make_groups(train_d, plan, feats)
+                    source = online_source(r, stage, model, train_d, feats, rep) if online else None
                     runner = StageRunner(
-                        stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref, validate, key=key
-                    )
+                        stage, stage_dir, model, groups, val_groups, seed, plan.select, rep, pin, ref, validate=validate,
+                        source=source, key=key,
+                    )  # fmt: skip
                     runner.run()
                     result = read_result(stage_dir, plan.select, pin, key)
                 else:

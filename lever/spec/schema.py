@@ -853,6 +853,12 @@ class Plan(Strict):
             return self
         if self.sft.epochs == 0 and self.rce.epochs == 0 and self.grpo.epochs == 0 and not self.phases:
             raise ValueError("nothing to train: sft.epochs, rce.epochs, grpo.epochs are 0 and there are no phases")
+        if self.rollout.mode == "online" and self.refresh.rounds:
+            raise ValueError(
+                "rollout.mode = 'online' samples every step; refresh rounds are for offline GRPO: set refresh.rounds = 0"
+            )
+        if self.rollout.mode == "online" and not any(s.kind == "grpo" for s in self.stages()):
+            raise ValueError("rollout.mode = 'online' needs a GRPO stage: set grpo.epochs (or phases)")
         final = self.stage_names()[-1]
         epochs = self.stages()[-1].epochs
         if self.select.epoch is not None and self.select.epoch > epochs:

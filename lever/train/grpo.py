@@ -211,10 +211,11 @@ class Reference:
         self.weights: State | None = None  # kept when synced or scored per pick
         self.start_ratio = float("nan")  # mean exp(logp_start - logp_ref) over the training sequences
 
-    def start(self) -> None:
-        """The reference's log-probs before the first step (and the start ratio); its weights when synced or per pick."""
+    def start(self, keep: bool = False) -> None:
+        """The reference's log-probs before the first step (and the start ratio); its weights when synced, per pick,
+        or `keep` (online GRPO: its log-probs are taken again for every batch of samples, `over`)."""
         self.logp = self._reference_logprobs()
-        if self.per_pick or self.sync_every is not None:
+        if self.per_pick or self.sync_every is not None or keep:
             start = self.frozen if self.frozen is not None else state_of(self.model)
             self.weights = {k: v.detach().clone() for k, v in start.items()}
             if self.per_pick:
@@ -253,6 +254,14 @@ class Reference:
             return score(self.model, self.train)
         finally:
             self.model.load_state_dict(current)
+
+    def over(self, groups: Groups) -> None:
+        """Online GRPO: the reference's log-probs (per sequence, and per pick where needed) of a new batch of samples."""
+        assert self.weights is not None
+        self.train = groups
+        self.logp = self._under(self.weights, all_logprobs)
+        if self.per_pick:
+            self.picks = self._under(self.weights, all_pick_logprobs)
 
     def set(self, weights: State) -> None:
         """Make `weights` the reference: its log-probs (per sequence, and per pick where needed) again."""
@@ -324,13 +333,18 @@ class GRPOObjective:
         self._advs: list[tuple[Tensor, Tensor]] = []  # this epoch's (advantages, mask) per step (adv/* metrics)
         self._first_ratio = float("nan")  # policy/ratio_mean of this epoch's first step
         self._steps = 0  # this epoch's steps so far
+        # Online GRPO (rollout.mode = "online", lever.eval.rollout.OnlineSource): each batch of samples comes with the
+        # sampling policy's log-probs, which the ratio is taken to (PPO's old policy); the KL stays to the reference.
+        self.online = False  # set by the source before start()
+        self.old: Tensor | None = None  # [S] the sampling policy's log-probs of the current samples
+        self.old_picks: Tensor | None = None  # [S, L] per pick, where the ratio or the importance weights need them
 
     # ------------------------------------------------------------------ stage and epoch
 
     def start(self) -> None:
         """From the stage's start weights, so before a resume replaces them: the reference, the behaviour log-probs."""
-        self.reference.start()
-        if self.off_policy:
+        self.reference.start(keep=self.online)
+        if self.off_policy and not self.online:  # online: each batch of samples brings its own (`new_groups`)
             token = self.is_level == "token"
             d, dev = self.train.data, self.train.features.device
             if not d.has_behaviour(steps=token):
@@ -339,6 +353,20 @@ class GRPOObjective:
                     f"{' per pick' if token else ''}, and the training data has none; regenerate it with `lever data generate`"
                 )
             self.behaviour = (d.behaviour_steps if token else d.behaviour_logp).to(dev)
+
+    def new_groups(self, groups: Groups) -> None:
+        """Online GRPO: the batches that follow are these freshly sampled groups. The policy that sampled them is the
+        model as it stands (eval mode): its log-probs are the ratio's denominator for every inner step on them
+        (rollout.num_iterations), the reference's are the KL's; the behaviour log-probs (the tempered sampling
+        distribution) feed grpo.off_policy."""
+        self.train = groups
+        self.reference.over(groups)
+        self.old = all_logprobs(self.model, groups)
+        if self.reference.per_pick:
+            self.old_picks = all_pick_logprobs(self.model, groups)
+        if self.off_policy:
+            d, dev = groups.data, groups.features.device
+            self.behaviour = (d.behaviour_steps if self.is_level == "token" else d.behaviour_logp).to(dev)  # type: ignore[union-attr]
 
     def state(self) -> dict[str, Any]:
         """What resume.pt holds for this objective: beta, and the reference when it is synced."""
@@ -427,9 +455,9 @@ class GRPOObjective:
         weighted."""
         assert self.behaviour is not None
         if self.is_level == "token":
-            old = self.reference.pick_logp(b)  # [B, G, L]: the reference's per-pick log-probs
+            old = self._old_picks(b)  # [B, G, L]: the ratio's per-pick denominators
         else:
-            old = self.reference.seq_logp(b)  # [B, G]: the ratio's own reference log-probs
+            old = self._old_seq(b)  # [B, G]: the ratio's own denominators
         w, stats = L.truncated_is_weights(old, self.behaviour[b.seq], b.mask, self.is_cap, self.is_level)
         return adv * w, stats
 
@@ -437,7 +465,7 @@ class GRPOObjective:
         """Phase 2: ratio -> clip -> aggregation, + beta x KL (unless it is in the reward), - entropy bonus."""
         b, logs = a.batch, dict(a.logs)
         scored = a.scored if a.scored is not None else self.score(b)
-        log_ratio, tmask = self.ratio_terms(b, scored, self.ratio_level)  # [B, G, T]
+        log_ratio, tmask = self.ratio_terms(b, scored, self.ratio_level, old=True)  # [B, G, T]
         terms, st = L.clipped_policy_terms(log_ratio, a.adv, tmask, self.eps_low, self.eps_high, self.ppo_clip, self.clip_c)
         norm = self.batch_size * self._largest_group() * tmask.shape[-1]  # seq-mean-token-sum-norm's constant
         ppo = L.aggregate(terms, tmask, self.loss_agg, norm)
@@ -477,11 +505,21 @@ class GRPOObjective:
         per_pick, dist = self.model.score_picks(b.query, b.pool, b.pool_mask, b.pointers, b.mask)
         return per_pick.sum(-1), per_pick, dist
 
-    def ratio_terms(self, b: Batch, scored: tuple[Tensor, ...], level: L.RatioLevel) -> tuple[Tensor, Tensor]:
-        """log ratio to the reference per loss term and the terms' mask, [B, G, T] (L.ratio_terms)."""
+    def ratio_terms(self, b: Batch, scored: tuple[Tensor, ...], level: L.RatioLevel, old: bool = False) -> tuple[Tensor, Tensor]:
+        """log ratio per loss term and the terms' mask, [B, G, T] (L.ratio_terms): to the reference, or with `old` to
+        the policy the ratio is taken to (the reference offline; online, the policy that sampled the batch)."""
         if level == "token":
-            return L.ratio_terms(scored[1], self.reference.pick_logp(b), b.mask, "token")
-        return L.ratio_terms(scored[0], self.reference.seq_logp(b), b.mask, level, b.pointers.shape[-1])
+            return L.ratio_terms(scored[1], self._old_picks(b) if old else self.reference.pick_logp(b), b.mask, "token")
+        denominator = self._old_seq(b) if old else self.reference.seq_logp(b)
+        return L.ratio_terms(scored[0], denominator, b.mask, level, b.pointers.shape[-1])
+
+    def _old_seq(self, b: Batch) -> Tensor:
+        """The ratio's denominators per sequence [B, G], 0 on padding: the sampling policy's online, else the reference's."""
+        return self.old[b.seq] * b.mask if self.old is not None else self.reference.seq_logp(b)
+
+    def _old_picks(self, b: Batch) -> Tensor:
+        """The ratio's per-pick denominators [B, G, L]: the sampling policy's online, else the reference's."""
+        return self.old_picks[b.seq] if self.old_picks is not None else self.reference.pick_logp(b)
 
     def _largest_group(self) -> int:
         """The most sequences a group trains on in this stage (at most k with a top-k curriculum)."""

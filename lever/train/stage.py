@@ -137,6 +137,9 @@ class StageRunner:
         self.total_steps = self.steps_per_epoch * stage.epochs
         self.step = 0
         self.objective = make_objective(stage, model, train, seed, self.total_steps, reference)
+        bind = getattr(self.source, "bind", None)  # a source that samples tells the objective of each new batch
+        if bind is not None:
+            bind(self.objective)
 
     def run(self) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +221,7 @@ class StageRunner:
         row: dict[str, Any] = {"stage": self.s.name, "epoch": epoch}
         row.update({k: v / n for k, v in acc.items()})
         row.update(self.objective.end_epoch(row, counts))
+        row.update(getattr(self.source, "epoch_metrics", dict)())  # a sampling source's rollout statistics
         row["val/loss"] = validation_loss(self.model, self.val)
         if self.validate is not None:
             row.update(self.validate(self.model))
