@@ -226,3 +226,18 @@ def test_kill_in_an_online_stage_and_rerun_gives_the_same_metrics(lever, ws, tmp
     assert _rows(run) == _rows(clean)
     sel, sel_clean = (json.loads((p / "selected.json").read_text()) for p in (run, clean))
     assert sel["sha256"] == sel_clean["sha256"]
+
+
+def test_online_at_another_temperature_takes_the_ratio_to_the_policy_itself(lever, ws):
+    """At temperature 1.5 the behaviour log-probs are the tempered distribution's, not the policy's: the ratio's
+    denominators come from a pass of the policy, so one step per batch of samples still has ratio 1 (and the
+    sampling entropy is higher than at temperature 1)."""
+    rows = {}
+    for tau in ("1.0", "1.5"):
+        res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *ONLINE, f"rollout.temperature={tau}")
+        assert res.code == 0, res.text
+    for run in (Path(ws).parent / "runs" / "plan5").glob("*/seed-0"):
+        spec = json.loads((run / "spec.json").read_text())
+        rows[spec["rollout"]["temperature"]] = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "grpo"]
+    assert all(r["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6) for r in rows[1.5])
+    assert rows[1.5][0]["rollout/entropy"] > rows[1.0][0]["rollout/entropy"]

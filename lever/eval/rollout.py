@@ -55,7 +55,8 @@ class Scoring:
     def fields(self, queries: list[int], seqs: list[list[int]]) -> list[dict[str, Any]]:
         """The scorer's fields (as `lever data generate` writes them) of each (query row, sequence of global rows)."""
         reqs = [Request("train", self.items[q], [self.items[j] for j in s]) for q, s in zip(queries, seqs)]
-        return score_requests(self.backend, self.metric, reqs, gt_probs=self.reward.mode == "hard_plus_gtprob_plus_rel")
+        extra = self.reward.mode == "hard_plus_gtprob_plus_rel"  # the one reward that reads gt prob and relevance
+        return score_requests(self.backend, self.metric, reqs, gt_probs=extra, rel=extra)
 
     def rewards(self, queries: list[int], seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
         """(reward [S], accuracy [S]) of each (query row, sequence): the plan's reward before normalisation."""
@@ -217,7 +218,8 @@ class OnlineSource:
     def bind(self, objective: Any) -> None:
         """Tell `objective` (GRPO's) of each new batch of samples (`new_groups`); it takes their log-probs there."""
         objective.online = True
-        self.on_rollout = objective.new_groups
+        own = self.temperature == 1.0  # samples at temperature 1: their behaviour log-probs are the policy's own
+        self.on_rollout = lambda groups: objective.new_groups(groups, own=own)
 
     def batches(self, epoch: int):
         from lever.train.stage import derive_seed

@@ -18,7 +18,7 @@ from .vqa import normalize_answer, relevance, vqa_accuracy
 
 
 def score_requests(
-    backend: Backend, metric: str, requests: list[Request], gt_probs: bool | list[float | None] = True
+    backend: Backend, metric: str, requests: list[Request], gt_probs: bool | list[float | None] = True, rel: bool = True
 ) -> list[dict[str, Any]]:
     """Score each request (a query and its ordered demonstrations); one record per request, in order.
 
@@ -29,7 +29,8 @@ def score_requests(
     says so). `lever.data.rewards.reward_of` turns them into a reward (`lever.eval.rollout.Scoring`).
 
     gt_probs: True = ask the backend for them (on `hf`, from the answer's own prefill), False = none, or
-    the probabilities themselves. From selector pointers over train rows:
+    the probabilities themselves. rel: compute the relevance fields (they cost more than the rest together, and only
+    the reward hard_plus_gtprob_plus_rel reads them). From selector pointers over train rows:
     `Request("train", items[q], [items[j] for j in seq])`. Pass many requests at once (every sequence of
     every query of a step): the backend batches across them.
     """
@@ -37,7 +38,7 @@ def score_requests(
         responses, probs = backend.answer(requests), gt_probs
     else:
         responses, probs = answer_with_gt_probs(backend, requests, gt_probs)
-    return [_record(r.query, resp, p, metric) for r, resp, p in zip(requests, responses, probs)]
+    return [_record(r.query, resp, p, metric, rel) for r, resp, p in zip(requests, responses, probs)]
 
 
 def answer_with_gt_probs(
@@ -54,7 +55,7 @@ def answer_with_gt_probs(
     return backend.answer(requests), probs
 
 
-def _record(query: Item, resp: Response, p: float | None, metric: str) -> dict[str, Any]:
+def _record(query: Item, resp: Response, p: float | None, metric: str, rel: bool = True) -> dict[str, Any]:
     pred = "" if resp.failed else postprocess(resp.raw)
     acc = 0.0 if resp.failed else vqa_accuracy(pred, query.answers, metric)
     return {
@@ -63,7 +64,7 @@ def _record(query: Item, resp: Response, p: float | None, metric: str) -> dict[s
         "vqa_correct": int(acc > 0),
         "vqa_acc_score": round(acc, 4),
         **({} if p is None else {"vqa_gt_prob": round(p, 4)}),
-        **relevance(pred, [normalize_answer(a) for a in query.answers]),
+        **(relevance(pred, [normalize_answer(a) for a in query.answers]) if rel else {}),
         "vqa_eval_mode": "error" if resp.failed else "vqaEval",
         "eval_failed": resp.failed,
     }

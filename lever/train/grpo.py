@@ -354,18 +354,22 @@ class GRPOObjective:
                 )
             self.behaviour = (d.behaviour_steps if token else d.behaviour_logp).to(dev)
 
-    def new_groups(self, groups: Groups) -> None:
+    def new_groups(self, groups: Groups, own: bool = False) -> None:
         """Online GRPO: the batches that follow are these freshly sampled groups. The policy that sampled them is the
         model as it stands (eval mode): its log-probs are the ratio's denominator for every inner step on them
-        (rollout.num_iterations), the reference's are the KL's; the behaviour log-probs (the tempered sampling
-        distribution) feed grpo.off_policy."""
+        (rollout.num_iterations), the reference's are the KL's; the behaviour log-probs (the sampling distribution)
+        feed grpo.off_policy. `own`: the behaviour log-probs are the policy's own (sampled at temperature 1), so
+        they are the denominators and no pass is taken for them."""
         self.train = groups
         self.reference.over(groups)
-        self.old = all_logprobs(self.model, groups)
-        if self.reference.per_pick:
-            self.old_picks = all_pick_logprobs(self.model, groups)
+        d, dev = groups.data, groups.features.device
+        if own and d.behaviour_logp is not None and d.behaviour_steps is not None:
+            self.old = d.behaviour_logp.to(dev)
+            self.old_picks = d.behaviour_steps.to(dev) if self.reference.per_pick else None
+        else:
+            self.old = all_logprobs(self.model, groups)
+            self.old_picks = all_pick_logprobs(self.model, groups) if self.reference.per_pick else None
         if self.off_policy:
-            d, dev = groups.data, groups.features.device
             self.behaviour = (d.behaviour_steps if self.is_level == "token" else d.behaviour_logp).to(dev)  # type: ignore[union-attr]
 
     def state(self) -> dict[str, Any]:
