@@ -65,7 +65,7 @@ def main() -> None:
             calls[name] = row.get("cost/rollout/calls", 0.0)
             print(f"round {rnd + 1}: {name}: {row['time/epoch_s']:.2f} s, VLM calls {calls[name]:.0f}", file=sys.stderr)
     offline = best["offline (plan 5)"]
-    print("| epoch | s (best of %d) | x offline | VLM calls |" % args.rounds)
+    print(f"| epoch | s (best of {args.rounds}) | x offline | VLM calls |")
     print("|---|---|---|---|")
     for name, s in best.items():
         print(f"| {name} | {s:.2f} | {s / offline:.2f} | {calls[name]:.0f} |")
