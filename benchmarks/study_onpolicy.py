@@ -34,7 +34,12 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.plans:
         lp = load_plan(name, (), ws.plans_dir)
-        picks, prompts, calls, diag = [], 0.0, 0.0, {"adv/zero_frac": [], "rollout/zero_std_frac": [], "rollout/entropy": [], "kl/value": []}
+        picks, prompts, calls, diag = (
+            [],
+            0.0,
+            0.0,
+            {"adv/zero_frac": [], "rollout/zero_std_frac": [], "rollout/entropy": [], "kl/value": []},
+        )
         for seed in lp.plan.seeds:
             run = Recipe.build(lp, ws, seed, lambda m: None).run
             sel = json.loads((run.path / "selected.json").read_text())
@@ -55,16 +60,16 @@ def main() -> None:
                     prompts += r["vlm/calls"] + r["vlm/hits"]
                     calls += r["vlm/calls"]
 
-        def mean(k: str) -> str:
-            v = diag[k]
-            return f"{sum(v) / len(v):.3g}" if v else "—"
-
         n = len(lp.plan.seeds)
         print(
-            f"| {name} | {', '.join(picks)} | {prompts / n:,.0f} | {calls / n:,.0f} | {mean('adv/zero_frac')} | "
-            f"{mean('rollout/zero_std_frac')} | {mean('rollout/entropy')} | {mean('kl/value')} |"
+            f"| {name} | {', '.join(picks)} | {prompts / n:,.0f} | {calls / n:,.0f} | {_mean(diag['adv/zero_frac'])} | "
+            f"{_mean(diag['rollout/zero_std_frac'])} | {_mean(diag['rollout/entropy'])} | {_mean(diag['kl/value'])} |"
         )
     print("\n_prompts and VLM calls: per seed (mean); the signal columns: the selected epoch's, mean over seeds._")
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3g}" if values else "—"
 
 
 if __name__ == "__main__":
