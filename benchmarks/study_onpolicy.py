@@ -1,5 +1,6 @@
 """The on-policy study's training figures per plan (docs/training.md, The on-policy study): VLM prompts and calls,
-and the selected GRPO epoch's signal (zero-advantage and zero-std shares, sampling entropy, KL), means over seeds.
+and the selected GRPO epoch's signal (the shares of groups with all-zero advantages after the top-k and with equal
+rewards before it, the online rollouts' equal-reward share and sampling entropy, the KL), means over seeds.
 
     python benchmarks/study_onpolicy.py [--workspace lever.toml] [PLAN...]
 
@@ -30,16 +31,16 @@ def main() -> None:
     from lever.spec import load_plan, load_workspace
 
     ws = load_workspace(args.workspace)
-    print("| plan | selected (per seed) | prompts | VLM calls | zero-adv share | rollout zero-std share | entropy | KL |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| plan | selected (per seed) | prompts | VLM calls | zero-adv share | flat-group share | rollout zero-std share | entropy | KL |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.plans:
         lp = load_plan(name, (), ws.plans_dir)
-        picks, prompts, calls, diag = (
-            [],
-            0.0,
-            0.0,
-            {"adv/zero_frac": [], "rollout/zero_std_frac": [], "rollout/entropy": [], "kl/value": []},
-        )
+        keys = ("adv/zero_frac", "adv/flat_frac", "rollout/zero_std_frac", "rollout/entropy", "kl/value")
+        picks: list[str] = []
+        prompts = calls = 0.0
+        diag: dict[str, list[float]] = {k: [] for k in keys}
         for seed in lp.plan.seeds:
             run = Recipe.build(lp, ws, seed, lambda m: None).run
             sel = json.loads((run.path / "selected.json").read_text())
@@ -62,8 +63,9 @@ def main() -> None:
 
         n = len(lp.plan.seeds)
         print(
-            f"| {name} | {', '.join(picks)} | {prompts / n:,.0f} | {calls / n:,.0f} | {_mean(diag['adv/zero_frac'])} | "
-            f"{_mean(diag['rollout/zero_std_frac'])} | {_mean(diag['rollout/entropy'])} | {_mean(diag['kl/value'])} |"
+            f"| {name} | {', '.join(picks)} | {prompts / n:,.0f} | {calls / n:,.0f} | "
+            + " | ".join(_mean(diag[k]) for k in keys)
+            + " |"
         )
     print("\n_prompts and VLM calls: per seed (mean); the signal columns: the selected epoch's, mean over seeds._")
 
