@@ -197,6 +197,7 @@ def leaderboard(
     ),
     metric: str | None = METRIC_OPTION,
     by: str | None = BY_OPTION,
+    wide: bool = WIDE,
 ) -> None:
     """Plans by shot count: accuracy with its 95% interval, the best plan marked only where the data say so.
 
@@ -224,7 +225,10 @@ def leaderboard(
             plans or [], runs_root(), workspace().plans_dir, by, split, metric=metric, alpha=alpha,
             n_resamples=resamples, only_dataset=dataset, family=family,
         )  # fmt: skip
-        texts = {t: export_leaderboard(b, formats[0]) if formats else leaderboard_plain(b) for t, b in boards.items()}
+        texts = {
+            t: export_leaderboard(b, formats[0]) if formats else leaderboard_plain(b, fit_width(console, wide))
+            for t, b in boards.items()
+        }
         _emit_groups(by, texts, formats[0] if formats else None)
         return
     lb = load_leaderboard(
@@ -238,7 +242,7 @@ def leaderboard(
         only_dataset=dataset,
         family=family,
     )
-    typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb), nl=False)
+    typer.echo(export_leaderboard(lb, formats[0]) if formats else leaderboard_plain(lb, fit_width(console, wide)), nl=False)
 
 
 def _pct(x: float | None) -> str:

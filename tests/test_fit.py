@@ -128,3 +128,20 @@ def test_render_plain_without_a_width_is_one_table(runs: Path):  # noqa: F811
     assert sum(line.startswith("shots ") for line in text.splitlines()) == 1 and "reason" in text and "note" not in text
     narrow = render_plain(comparison(runs, ("plan5", "plan7_1")), width=60)
     assert sum(line.startswith("shots ") for line in narrow.splitlines()) == 2
+
+
+def test_leaderboard_fits_100_columns(narrow, monkeypatch):
+    res = narrow("leaderboard", "--resamples", "200")
+    assert res.code == 0, res.text
+    lines = res.out.splitlines()
+    pieces = [i for i, line in enumerate(lines) if line.startswith("plan ")]
+    assert len(pieces) == 2  # the accuracy table, cut into two (these rows hold no copy rates: no copy table)
+    for i in pieces:
+        table = lines[i : i + 6]  # headers, rule, four plans
+        assert max(map(len, table)) <= 100 and any(line.startswith("baselines/similar_both ") for line in table)
+    shown = " ".join(lines[i] for i in pieces)
+    assert shown.split() == ["plan", "1", "2", "3", "plan", "4", "mean", "1-4"]  # every column, in order
+    wide = narrow("leaderboard", "--resamples", "200", "--wide").out
+    assert sum(line.startswith("plan ") for line in wide.splitlines()) == 1
+    monkeypatch.delenv("COLUMNS")
+    assert narrow("leaderboard", "--resamples", "200").out == wide

@@ -36,7 +36,7 @@ from .export import _clean, _csv_value, _md_table, latex_escape
 from .matrix import QuestionMatrix, check_sources, pair, question_matrix
 from .results import PlanRuns, damaged_ok, named_plans, rescore_plan, test_note
 from .significance import ALPHA, MAX_RESAMPLES, N_RESAMPLES, accuracy_interval, holm, near, paired_test
-from .tables import fixed, plain_grid
+from .tables import fixed, plain_grid, split_columns
 
 MEAN = "mean"
 FAMILIES = ("column", "table")  # what one Holm correction spans: each column's tests, or every column's at once
@@ -524,11 +524,19 @@ def title(lb: Leaderboard) -> str:
     return f"Leaderboard: accuracy (%) on {lb.split} by shot count" + (f" ({lb.source})" if lb.source else "")
 
 
-def render_plain(lb: Leaderboard) -> str:
-    parts = [title(lb), plain_grid(*table(lb)), lb.footnote]
+def _grids(headers: list[str], rows: list[list[str]], width: int | None) -> list[str]:
+    """The table as one grid, or as several that fit `width` (each with the plan column, the shot columns in order)."""
+    cols = split_columns(headers, rows, [[i] for i in range(1, len(headers))], width)
+    return [plain_grid([headers[i] for i in c], [[r[i] for i in c] for r in rows]) for c in cols]
+
+
+def render_plain(lb: Leaderboard, width: int | None = None) -> str:
+    """The leaderboard as plain text; with `width`, each table cut into tables of the columns that fit beside the
+    plan names (as `lever.report.tables.split_columns`)."""
+    parts = [title(lb), "\n\n".join(_grids(*table(lb), width)), lb.footnote]
     copying = copy_table(lb)
     if copying:
-        parts += ["", f"Beyond copying (%) on {lb.split}", plain_grid(*copying), COPY_NOTE]
+        parts += ["", f"Beyond copying (%) on {lb.split}", "\n\n".join(_grids(*copying, width)), COPY_NOTE]
     parts += ["", _runs_line(lb), *(f"note: {n}" for n in lb.notes)]
     return "\n".join(parts) + "\n"
 
