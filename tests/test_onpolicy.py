@@ -135,12 +135,17 @@ def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp
     args = [*FAST, "grpo.epochs=1", "refresh.rounds=1", "refresh.epochs=8", "refresh.samples=4", "--no-eval"]
     cmd = [sys.executable, "-m", "lever_cli", "--workspace", str(ws), "run", str(PLANS / "plan5.toml"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
+    deadline = time.time() + 900  # generous: a loaded machine takes minutes to reach the stage
     while time.time() < deadline:  # kill hard once the round has two epochs on disk (the first one's resume.pt too)
         files = sorted((Path(ws).parent / "runs" / "_stages").glob("grpo_r1-*/metrics.jsonl"))
         if files and len(read_jsonl(files[0])) >= 2:
             break
+        if proc.poll() is not None:
+            pytest.fail(f"the first run ended (exit {proc.returncode}) before its second epoch")
         time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the first run did not reach its second epoch in time")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
@@ -206,12 +211,17 @@ def test_kill_in_an_online_stage_and_rerun_gives_the_same_metrics(lever, ws, tmp
     args = [*FAST, 'rollout.mode="online"', "rollout.num_generations=4", "grpo.epochs=6", "--no-eval"]
     cmd = [sys.executable, "-m", "lever_cli", "--workspace", str(ws), "run", str(PLANS / "plan5.toml"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
+    deadline = time.time() + 900  # generous: a loaded machine takes minutes to reach the stage
     while time.time() < deadline:  # kill hard once the online stage has two epochs on disk (the first one's resume.pt too)
         files = sorted((Path(ws).parent / "runs" / "_stages").glob("grpo-*/metrics.jsonl"))
         if files and len(read_jsonl(files[0])) >= 2:
             break
+        if proc.poll() is not None:
+            pytest.fail(f"the first run ended (exit {proc.returncode}) before its second epoch")
         time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the first run did not reach its second epoch in time")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
