@@ -167,3 +167,25 @@ def test_without_matplotlib_a_figure_command_says_how_to_get_it(cli_runs, monkey
     res = cli_runs("plot", "shots", "-o", tmp_path / "s.png", "--resamples", "100")
     assert res.code == 2 and "needs matplotlib" in res.err and "pip install 'lever[plot]'" in res.err, res.text
     assert not (tmp_path / "s.png").exists()
+
+
+def test_online_grpo_metrics_have_panels_by_name():
+    from lever.report.results import PlanRuns, RunData
+
+    rows = [
+        {"stage": "grpo", "epoch": 1, "val/loss": 1.0, "rollout/reward_mean": 0.4, "rollout/reward_std": 0.2,
+         "rollout/zero_std_frac": 0.5, "rollout/entropy": 2.1, "cost/val/calls": 7},
+        {"stage": "grpo", "epoch": 2, "val/loss": 0.9, "rollout/reward_mean": 0.5, "rollout/reward_std": 0.1,
+         "rollout/zero_std_frac": 0.25, "rollout/entropy": 2.0, "cost/val/calls": 0},
+    ]  # fmt: skip
+    pr = PlanRuns("online", [RunData(path=Path("runs/online/h/seed-0"), plan="online", spec_hash="h", seed=0, metrics=rows)])
+    data = figures.training_curves([pr])
+    assert [k for k, _ in data.panels] == [
+        "val/loss",
+        "rollout/reward_mean",
+        "rollout/reward_std",
+        "rollout/zero_std_frac",
+        "rollout/entropy",
+    ]  # fmt: skip  (cost/val/calls is no panel of the default list; `--metric cost/val/calls` draws it)
+    mean = next(c for c in data.curves if c.metric == "rollout/reward_mean")
+    assert (mean.x, mean.y, mean.selected) == ([1, 2], [0.4, 0.5], None)

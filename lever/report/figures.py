@@ -45,13 +45,15 @@ CURVE_METRICS: list[tuple[str, str]] = [
     ("val/accuracy", "validation accuracy (greedy)"),
     ("losses/rce", "RCE loss"),
     ("losses/ppo", "GRPO loss"),
-    ("reward/mean", "reward mean"),
-    ("reward/std", "reward std"),
+    ("rollout/reward_mean", "sampled reward mean"),
+    ("rollout/reward_std", "sampled reward std"),
+    ("rollout/zero_std_frac", "sampled groups with equal rewards (share)"),
     ("kl/value", "KL to the reference"),
     ("adv/std", "advantage std"),
     ("adv/zero_frac", "groups with zero advantages (share)"),
     ("adv/flat_frac", "flat groups (share)"),
-    ("policy/entropy", "entropy"),
+    ("policy/entropy", "entropy (loss term)"),
+    ("rollout/entropy", "sampling entropy per pick"),
 ]
 
 
