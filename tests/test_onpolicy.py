@@ -130,14 +130,14 @@ def test_refresh_rounds_train_on_the_selectors_own_scored_groups(lever, ws, tmp_
     assert _rows(again) == rows
 
 
-@pytest.mark.slow
-def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
-    args = [*FAST, "grpo.epochs=1", "refresh.rounds=1", "refresh.epochs=8", "refresh.samples=4", "--no-eval"]
+def _kill_after_two_epochs(ws, args: list[str], stage_glob: str) -> None:
+    """Run plan 5 with `args` in a subprocess and kill it hard (SIGKILL) once the stage folder matching `stage_glob`
+    has two epochs on disk (the first one's resume.pt too)."""
     cmd = [sys.executable, "-m", "lever_cli", "--workspace", str(ws), "run", str(PLANS / "plan5.toml"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900  # generous: a loaded machine takes minutes to reach the stage
-    while time.time() < deadline:  # kill hard once the round has two epochs on disk (the first one's resume.pt too)
-        files = sorted((Path(ws).parent / "runs" / "_stages").glob("grpo_r1-*/metrics.jsonl"))
+    while time.time() < deadline:
+        files = sorted((Path(ws).parent / "runs" / "_stages").glob(f"{stage_glob}/metrics.jsonl"))
         if files and len(read_jsonl(files[0])) >= 2:
             break
         if proc.poll() is not None:
@@ -148,6 +148,12 @@ def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp
         pytest.fail("the first run did not reach its second epoch in time")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.mark.slow
+def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
+    args = [*FAST, "grpo.epochs=1", "refresh.rounds=1", "refresh.epochs=8", "refresh.samples=4", "--no-eval"]
+    _kill_after_two_epochs(ws, args, "grpo_r1-*")
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
     assert res.code == 0, res.text
     assert "grpo_r1: resuming after epoch" in res.text, res.text
@@ -209,21 +215,7 @@ def test_online_settings_that_conflict_fail_early(lever, ws):
 @pytest.mark.slow
 def test_kill_in_an_online_stage_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
     args = [*FAST, 'rollout.mode="online"', "rollout.num_generations=4", "grpo.epochs=6", "--no-eval"]
-    cmd = [sys.executable, "-m", "lever_cli", "--workspace", str(ws), "run", str(PLANS / "plan5.toml"), *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900  # generous: a loaded machine takes minutes to reach the stage
-    while time.time() < deadline:  # kill hard once the online stage has two epochs on disk (the first one's resume.pt too)
-        files = sorted((Path(ws).parent / "runs" / "_stages").glob("grpo-*/metrics.jsonl"))
-        if files and len(read_jsonl(files[0])) >= 2:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"the first run ended (exit {proc.returncode}) before its second epoch")
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the first run did not reach its second epoch in time")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_two_epochs(ws, args, "grpo-*")
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
     assert res.code == 0, res.text
     assert "grpo: resuming after epoch" in res.text, res.text
