@@ -408,3 +408,11 @@ def test_items_without_images_answer_as_the_plain_path(qwen, items):
     got = fast.answer(reqs)
     assert not any(r.failed for r in got)
     assert [r.raw for r in got] == [r.raw for r in backend(qwen, fast=False, num_beams=3, batch_size=1).answer(reqs)]
+
+
+def test_an_image_processor_with_unusual_attributes_still_takes_the_fast_path(qwen, items, monkeypatch):
+    """Its settings key the image cache; a value JSON cannot hold (a wrapped method, say) must not break it."""
+    images = qwen[1].image_processor
+    monkeypatch.setattr(images, "preprocess", lambda *a, _real=images.preprocess, **k: _real(*a, **k))
+    be = backend(qwen, num_beams=1)
+    assert not be.answer([Request("val", items[0])])[0].failed

@@ -294,7 +294,7 @@ class HFBackend:
             self.protocol.image_sizing,
             self.protocol.min_pixels,
             self.protocol.max_pixels,
-            processor.image_processor.to_json_string() if self.fast else None,
+            _settings_of(processor.image_processor) if self.fast else None,
         )
 
     @property
@@ -610,6 +610,13 @@ class _Prompt:
     grids: list[torch.Tensor]  # [3] each
     features: list[torch.Tensor]  # [tokens, d] each
     answer: list[int] | None  # the ground-truth answer's tokens (gt_probs), else None
+
+
+def _settings_of(image_processor: Any) -> str:
+    """The image processor's settings as text (what its pixels depend on); a value JSON cannot hold is named by type."""
+    import json
+
+    return json.dumps(image_processor.to_dict(), sort_keys=True, default=lambda v: type(v).__name__)
 
 
 def _supports_fast_path(model: Any, processor: Any) -> bool:
