@@ -12,11 +12,11 @@ import torch
 from data_cli import run_cli
 from tiny_models import VQAV2_QUESTIONS, write_vqav2_fixture
 
-from lever.data.sources import resolve_dataset, resolve_train_sources
+from lever.data.sources import Dataset, resolve_dataset, resolve_train_sources
 from lever.errors import LeverError
 from lever.eval.okvqa import load_vqa
 from lever.eval.vqa import vqa_accuracy
-from lever.eval.world import okvqa_identity
+from lever.eval.world import heldout_split, okvqa_identity
 from lever.spec import load_plan, load_workspace
 from lever.spec.schema import EvalSpec
 
@@ -278,3 +278,75 @@ def test_type_views_restrict_every_run_to_the_questions_of_one_type(vqav2):
         {k: v for k, v in r.items() if k != "answer_type"} for r in rows]))  # fmt: skip
     with pytest.raises(LeverError, match="p \\(seed 0, r\\): its results rows hold no answer_type"):
         type_views([PlanRuns("p", [untyped])], "val", "answer_type")
+
+
+# --------------------------------------------------------------------------- held-out test split
+
+
+def _heldout(root: Path, fixture: tuple[Path, Path, Path], table: str = "") -> tuple[Dataset, list[int]]:
+    """The fixture's vqav2 dataset with `table` (test_* keys) in its [datasets.vqav2] table; its val ids, sorted."""
+    ws = _real_workspace(root, fixture)
+    text = ws.read_text().replace('features = { main = "feats_v2.pt" }\n', f'features = {{ main = "feats_v2.pt" }}\n{table}')
+    ws.write_text(text)
+    ds = resolve_dataset(load_workspace(ws), "vqav2")
+    return ds, sorted(it.question_id for it in load_vqa(*fixture, "val"))
+
+
+def test_the_seeded_test_split_shares_no_question_with_val(vqav2, tmp_path):
+    ds, ids = _heldout(tmp_path, vqav2, "test_size = 2\ntest_after = 2\n")
+    spec = EvalSpec(questions=2, splits=["val", "test"])
+    test = heldout_split(ds, spec, QUIET)
+    got = [it.question_id for it in test]
+    assert len(got) == 2 and set(got) <= set(ids[2:]) and not set(got) & set(ids[:2])  # after the 2 val asks
+    assert got == sorted(got) and [it.index for it in test] == [0, 1]  # sorted, re-indexed as a split of its own
+    assert [it.question_id for it in heldout_split(ds, spec, QUIET)] == got  # the same seed: the same questions
+    drawn = set()
+    for seed in range(8):  # the seed decides which: 6 ways to pick 2 of the 4 after val's
+        other, _ = _heldout(tmp_path, vqav2, f"test_size = 2\ntest_after = 2\ntest_seed = {seed}\n")
+        drawn.add(tuple(it.question_id for it in heldout_split(other, spec, QUIET)))
+    assert len(drawn) > 1 and all(not set(d) & set(ids[:2]) for d in drawn)
+    # val's questions may not reach into the held-out ones; nor may the draw ask for more than there are
+    with pytest.raises(
+        LeverError, match=r"eval.questions = 3 reaches into the held-out questions: datasets.vqav2.test_after = 2"
+    ):
+        heldout_split(ds, EvalSpec(questions=3, splits=["test"]), QUIET)
+    big, _ = _heldout(tmp_path, vqav2, "test_size = 5\ntest_after = 2\n")
+    with pytest.raises(LeverError, match=r"test_size = 5, but the val split has 4 questions after the first 2"):
+        heldout_split(big, spec, QUIET)
+
+
+def test_a_users_test_list_is_honoured_and_checked(vqav2, tmp_path):
+    listed = tmp_path / "held.json"
+    ds, ids = _heldout(tmp_path, vqav2, 'test_questions = "held.json"\n')
+    listed.write_text(json.dumps([ids[5], ids[3]]))
+    spec = EvalSpec(questions=2, splits=["test"])
+    assert [it.question_id for it in heldout_split(ds, spec, QUIET)] == [ids[3], ids[5]]  # exactly the list's, sorted
+    listed.write_text(json.dumps([ids[4], 12345]))  # not a val question
+    with pytest.raises(LeverError, match=r"test_questions: .*held.json names question 12345, which is not in the val split"):
+        heldout_split(ds, spec, QUIET)
+    listed.write_text(json.dumps([ids[4], ids[1]]))  # one of the 2 val questions the plan asks
+    with pytest.raises(LeverError, match=rf"held.json names question {ids[1]}, one of the val questions this plan evaluates"):
+        heldout_split(ds, spec, QUIET)
+    assert [it.question_id for it in heldout_split(ds, EvalSpec(questions=1, splits=["test"]), QUIET)] == [ids[1], ids[4]]
+    listed.write_text('{"ids": [1]}')
+    with pytest.raises(LeverError, match="is not a JSON list of question ids"):
+        heldout_split(ds, spec, QUIET)
+
+
+def test_the_test_definition_is_in_the_evaluation_key(vqav2, tmp_path):
+    feats = tmp_path / "feats.pt"
+    val, test = EvalSpec(), EvalSpec(splits=["test"])
+
+    def key(table: str, spec: EvalSpec = test) -> dict:  # less the features' digest (each workspace writes new ones)
+        return {k: v for k, v in okvqa_identity(_heldout(tmp_path, vqav2, table)[0], spec, feats).items() if k != "features"}
+
+    assert "test" not in key("", val) and key("", val) == key("test_seed = 3\n", val)  # val's keys stay as they were
+    drawn = key("")
+    assert drawn["test"] == {"seed": 0, "size": 1000, "after": 1000} and "val_questions" in drawn["files"]  # val's files
+    assert key("test_seed = 1\n") != drawn and key("test_size = 3\n") != drawn and key("test_after = 0\n") != drawn
+    (tmp_path / "held.json").write_text("[9004001]")
+    listed = key('test_questions = "held.json"\n')
+    (tmp_path / "held.json").write_text("[9005001]")
+    assert listed != key('test_questions = "held.json"\n') and set(listed["test"]) == {"questions"}  # by its content
+    with pytest.raises(LeverError, match=r"datasets.vqav2.test_questions = 'gone.json' does not exist"):
+        key('test_questions = "gone.json"\n')

@@ -18,6 +18,7 @@ import torch
 from lever.data.candidates import CandidateData
 from lever.errors import LeverError
 from lever.io import is_input_file, stat_input
+from lever.keys import file_digest
 from lever.spec import Workspace
 from lever.spec.workspace import DEFAULT_DATASET, DatasetPaths, OKVQAPaths
 
@@ -118,6 +119,20 @@ class Dataset:
             else:
                 out.append(path)
         return out
+
+    def test_definition(self) -> dict[str, Any]:
+        """What makes a VQA-format dataset's held-out `test` split (its table's test_* keys), for the evaluation key:
+        the user's list by its digest, or the seeded draw's seed, size and start."""
+        t = self.inputs() and self.files  # a workspace naming no files is an error here
+        if t.test_questions:  # type: ignore[union-attr]
+            path = self.ws.path(t.test_questions)  # type: ignore[union-attr]
+            if not path.is_file():
+                raise LeverError(
+                    f"workspace {self.ws.source}: {self.table}.test_questions = {t.test_questions!r} does not exist",  # type: ignore[union-attr]
+                    hint="a JSON list of val-split question ids, or leave it out for the seeded draw (docs/datasets.md)",
+                )
+            return {"questions": file_digest(path, self.ws.digest_memo)[:16]}
+        return {"seed": t.test_seed, "size": t.test_size, "after": t.test_after}  # type: ignore[union-attr]
 
     def _known(self, split: str) -> None:
         if split not in self.splits:

@@ -23,7 +23,7 @@ from lever.errors import LeverError
 from lever.spec.schema import EvalSpec
 
 from .backend import Item
-from .world import EvalInputs, check_eval_counts, check_okvqa_rows, load_split, split_sizes
+from .world import EvalInputs, check_eval_counts, check_okvqa_rows, heldout_split, load_split, split_sizes
 
 
 def check_eval(inputs: EvalInputs, features: Tensor, features_path: Path, where: str, log: Callable[[str], None] = print) -> None:
@@ -115,11 +115,13 @@ def check_missing_images(inputs: EvalInputs, log: Callable[[str], None] = print)
     groups = {"train (demonstration candidates)": train}
     if "val" in spec.splits:
         groups["val"] = load_split(inputs.ds, "val", log, None if spec.questions == "all" else spec.questions)
+    if "test" in spec.splits:
+        groups["test"] = heldout_split(inputs.ds, spec, log)
     for name, items in groups.items():
         asked = Counter(it.image for it in items if it.image is not None)  # image file -> its questions (VQAv2: ~5)
         present = [p for p in asked if Path(p).is_file()]  # each file once, however many questions ask about it
         missing = [p for p in asked if not Path(p).is_file()]
-        step = 1 if name == "val" else max(1, -(-len(present) // DECODE_SAMPLE))
+        step = 1 if name in ("val", "test") else max(1, -(-len(present) // DECODE_SAMPLE))
         tried = present[::step]
         broken = [p for p in tried if not decodes(p)]
         # the share of questions that fail: those on a missing image, and those on a broken one (sampled: its rate)

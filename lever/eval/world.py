@@ -5,8 +5,9 @@ demonstration items, eval questions, features, a backend. Where the data lives i
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,6 @@ class SimBackend:
 
 def _items(path: Path) -> list[Item]:
     """The simulated world's items, each with its answer type (lever.bench.text.answer_type: no stored field)."""
-    from dataclasses import replace
-
     from lever.bench.text import answer_type
 
     items = [Item.from_record(r) for r in json.loads(Path(path).read_text(encoding="utf-8"))]
@@ -140,13 +139,9 @@ def check_eval_files(ds: Dataset, spec: EvalSpec) -> EvalInputs:
     if backend == "sim":
         raise LeverError("eval.backend = 'sim' only works on the bundled benchmark")
     if "test" in spec.splits:
-        raise LeverError(
-            f"eval.splits: the held-out 'test' split is the bundled benchmark's only, for now ({ws.source} names "
-            f"{ds.table} files)",
-            hint="evaluate on 'val' here; docs/evaluation.md (Held-out split) says how to hold out OK-VQA questions",
-        )
+        ds.test_definition()  # a named list of test questions must exist
     for key, value in ds.inputs().items():
-        needed = key.startswith("train") or key.rsplit("_", 1)[0] in spec.splits  # train files hold the demonstrations
+        needed = key.startswith("train") or key.rsplit("_", 1)[0] in read_splits(spec)  # train files hold the demonstrations
         if needed and not ws.path(value).exists():
             raise LeverError(f"workspace {ws.source}: {ds.table}.{key} = {value!r} does not exist")
         if needed and key.endswith("_images") and not ws.path(value).is_dir():
@@ -182,6 +177,63 @@ def load_split(ds: Dataset, split: str, log: Callable[[str], None] = print, limi
     return load_okvqa(f["questions"], f["annotations"], f["images"], split, limit)
 
 
+def read_splits(spec: EvalSpec) -> set[str]:
+    """The dataset splits whose files an evaluation reads: a VQA-format dataset's test questions are val's."""
+    return set(spec.splits) | ({"val"} if "test" in spec.splits else set())
+
+
+def heldout_split(ds: Dataset, spec: EvalSpec, log: Callable[[str], None] = print) -> list[Item]:
+    """The held-out `test` questions of a VQA-format dataset (JSON or parquet), sorted by question id: the
+    official val split's questions named by the table's test_questions file, or else `test_size` of them drawn
+    with `test_seed` from those after the first `test_after` by question id. Never one of the val questions the
+    plan evaluates (the first eval.questions): a list naming one, or an id the val split lacks, is an error
+    naming the file and the id. All of them are asked (eval.questions counts val and train questions)."""
+    val = load_split(ds, "val", log)  # sorted by question id
+    ids = [it.question_id for it in val]
+    asked = set(ids[: question_count(spec, len(ids))])  # the plan's val questions
+    t = ds.files
+    where = f"workspace {ds.ws.source}: {ds.table}"
+    if t.test_questions:  # type: ignore[union-attr]
+        path = ds.ws.path(t.test_questions)  # type: ignore[union-attr]
+        try:
+            wanted = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LeverError(f"{where}.test_questions: {path} could not be read: {err}") from None
+        if not isinstance(wanted, list) or not wanted or not all(isinstance(q, int) and not isinstance(q, bool) for q in wanted):
+            raise LeverError(
+                f"{where}.test_questions: {path} is not a JSON list of question ids", hint="e.g. [297147001, 297147002]"
+            )
+        known = set(ids)
+        for q in wanted:
+            if q not in known:
+                raise LeverError(
+                    f"{where}.test_questions: {path} names question {q}, which is not in the val split",
+                    hint="the test questions are drawn from the dataset's official val split",
+                )
+            if q in asked:
+                raise LeverError(
+                    f"{where}.test_questions: {path} names question {q}, one of the val questions this plan evaluates "
+                    f"(the first {len(asked)} by question_id)",
+                    hint="the test split must share no question with val: drop it, or lower eval.questions",
+                )
+        chosen = set(wanted)
+    else:
+        n, seed, after = t.test_size, t.test_seed, t.test_after  # type: ignore[union-attr]
+        if len(asked) > after:
+            raise LeverError(
+                f"eval.questions = {spec.questions} reaches into the held-out questions: {ds.table}.test_after = {after}",
+                hint=f"set eval.questions to at most {after}, or raise {ds.table}.test_after in {ds.ws.source}",
+            )
+        rest = ids[after:]
+        if len(rest) < n:
+            raise LeverError(
+                f"{where}.test_size = {n}, but the val split has {len(rest)} questions after the first {after}",
+                hint=f"set {ds.table}.test_size to at most {len(rest)}, or lower test_after",
+            )
+        chosen = set(random.Random(seed).sample(rest, n))
+    return [replace(it, index=i) for i, it in enumerate(it for it in val if it.question_id in chosen)]
+
+
 def check_okvqa_rows(features: Tensor, path: Path, n_train: int) -> None:
     """On OK-VQA, row i of the train features is train question i: the counts must match."""
     if features.shape[0] != n_train:
@@ -214,7 +266,7 @@ def question_count(spec: EvalSpec, size: int) -> int:
 def check_eval_counts(spec: EvalSpec, sizes: dict[str, int], where: str = "") -> None:
     """eval.questions must fit every split it evaluates, eval.pool_size the train items; `sizes` from split_sizes."""
     for split in spec.splits:
-        if spec.questions != "all" and spec.questions > sizes[split]:
+        if split in sizes and spec.questions != "all" and spec.questions > sizes[split]:
             raise LeverError(
                 f"{where}eval.questions = {spec.questions}, but the {split} split has {sizes[split]} questions",
                 hint=f"set eval.questions to at most {sizes[split]}",
@@ -343,6 +395,12 @@ def _okvqa_world(
     if "train" in spec.splits:
         n = question_count(spec, len(train_items))  # check_eval_counts: at most the train questions
         splits["train"] = EvalSplit("train", train_items[:n], train_feats[:n], torch.arange(n))
+    if "test" in spec.splits:
+        items = heldout_split(ds, spec, log)
+        feats = cached_clip_features(
+            items, ws.path(ws.models.clip), folder / f"test-{len(items)}.pt", device=str(resolve_device("auto"))
+        )
+        splits["test"] = EvalSplit("test", items, feats, torch.full((len(items),), -1))
     return EvalWorld(
         train_items,
         train_feats,
@@ -381,7 +439,7 @@ def okvqa_identity(ds: Dataset, spec: EvalSpec, train_features_path: Path) -> di
     ws = ds.ws
     memo = ws.digest_memo
     o = ds.inputs()
-    used = [k for k in o if k.startswith("train") or k.rsplit("_", 1)[0] in spec.splits]
+    used = [k for k in o if k.startswith("train") or k.rsplit("_", 1)[0] in read_splits(spec)]
     out = {
         "backend": "hf",
         "vlm": model_fingerprint(ws.path(ws.models.vlm), memo),
@@ -389,6 +447,8 @@ def okvqa_identity(ds: Dataset, spec: EvalSpec, train_features_path: Path) -> di
         "okvqa": {k: path_fingerprint(ws.path(o[k]), memo) for k in used},
         "features": file_digest(train_features_path, memo)[:16],
     }
+    if "test" in spec.splits:  # what makes the held-out questions (evaluations without it keep their keys)
+        out["test"] = ds.test_definition()
     if ds.named():
         out["files"] = out.pop("okvqa")
     return out | ds.named()

@@ -81,7 +81,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class OKVQAPaths(_Strict):
+class HeldOut(_Strict):
+    """The dataset's held-out `test` split: questions of the official val split that `val` evaluations never ask
+    (docs/evaluation.md, Held-out split). A user's list of question ids, or else a seeded draw."""
+
+    test_questions: str | None = Field(
+        None, description="JSON list of val-split question ids that make the test split (instead of the seeded draw)"
+    )
+    test_size: int = Field(1000, ge=1, description="Seeded draw: how many test questions")
+    test_seed: int = Field(0, description="Seeded draw: the seed")
+    test_after: int = Field(
+        1000,
+        ge=0,
+        description="Seeded draw: from the val split's questions after the first test_after by question_id "
+        "(those val evaluations ask: eval.questions at most this)",
+    )
+
+
+VQA_KEYS = ("train_questions", "train_annotations", "train_images", "val_questions", "val_annotations", "val_images")
+
+
+class OKVQAPaths(HeldOut):
     """Official OK-VQA files and COCO image folders."""
 
     train_questions: str = Field(description="OK-VQA train questions JSON")
@@ -93,10 +113,10 @@ class OKVQAPaths(_Strict):
 
     def files(self) -> dict[str, str]:
         """The six files and folders, by key (train_questions, ..., val_images)."""
-        return {k: getattr(self, k) for k in OKVQAPaths.model_fields}
+        return {k: getattr(self, k) for k in VQA_KEYS}
 
 
-class DatasetPaths(_Strict):
+class DatasetPaths(HeldOut):
     """A dataset in one of two layouts, with the candidate data and features made from its train split:
     the VQA files (VQAv2's or OK-VQA's: questions and annotations JSON, COCO images per split), or parquet
     files in the Hugging Face layout lmms-eval evaluates on (rows with the image bytes; docs/datasets.md)."""
@@ -124,14 +144,14 @@ class DatasetPaths(_Strict):
 
     @model_validator(mode="after")
     def _one_layout(self) -> DatasetPaths:
-        json_keys = [k for k in OKVQAPaths.model_fields if getattr(self, k, None) is not None]
+        json_keys = [k for k in VQA_KEYS if getattr(self, k, None) is not None]
         parquet = [k for k in PARQUET_KEYS if getattr(self, k) is not None]
         if json_keys and parquet:
             raise ValueError(f"give the VQA JSON files or parquet files, not both ({json_keys[0]} and {parquet[0]})")
         if parquet:
             missing = [k for k in PARQUET_KEYS if not getattr(self, k)]
         else:  # train and val are needed; another split's files are optional
-            missing = [k for k in OKVQAPaths.model_fields if k.startswith(("train_", "val_")) and getattr(self, k, None) is None]
+            missing = [k for k in VQA_KEYS if k.startswith(("train_", "val_")) and getattr(self, k, None) is None]
         if missing:
             raise ValueError(
                 f"missing {', '.join(missing)}: a dataset needs train and val files, as the six VQA JSON files and "
@@ -145,7 +165,7 @@ class DatasetPaths(_Strict):
 
     def files(self) -> dict[str, str]:
         """The VQA JSON files and folders, by key (train_questions, ..., val_images); {} in the parquet layout."""
-        return {k: getattr(self, k) for k in OKVQAPaths.model_fields if getattr(self, k, None) is not None}
+        return {k: getattr(self, k) for k in VQA_KEYS if getattr(self, k, None) is not None}
 
     def parquet(self) -> dict[str, list[str]]:
         """The parquet files (patterns) by split; {} in the VQA JSON layout."""
