@@ -374,3 +374,25 @@ def test_the_real_path_runs_0_and_8_shots_for_a_trained_and_a_baseline_selector(
         assert all(len(r["demo_ids"]) == r["shots"] for r in rows[plan])  # 8 shots: beyond the trained 2
     zero = [{r["question_id"]: r["raw_output"] for r in rows[p] if r["shots"] == 0} for p in rows]
     assert zero[0] == zero[1]  # no demonstrations: the same prompt, the same answer, whatever the selector
+
+
+def test_the_held_out_split_on_okvqa_files(lever, real_workspace):
+    """eval.splits = ["val", "test"] on OK-VQA files: the test questions are val-split questions that val never
+    asks (here 2 drawn from the 3 after val's first 3); a list naming one of val's is exit 2 naming file and id."""
+    ws, _ = real_workspace
+    ws.write_text(ws.read_text().replace("[models]", "test_size = 2\ntest_after = 3\n[models]"))
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "model.hidden=16", "eval.questions=3", "eval.shots=[1]"]
+    plan += [f"eval.pool_size={POOL}", "eval.num_beams=1", "eval.max_new_tokens=3", "eval.max_failed=0.5"]
+    res = lever("--workspace", ws, "run", *plan, 'eval.splits=["val","test"]')
+    assert res.code == 0, res.text
+    (run_dir,) = sorted((ws.parent / "runs" / "baseline").glob("*/seed-0"))
+    (results,) = (run_dir / "eval").glob("*/results.jsonl")
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    asked = {s: {r["question_id"] for r in rows if r["split"] == s} for s in ("val", "test")}
+    val_ids = sorted(1000 + 7 * i for i in range(N_VAL))
+    assert asked["val"] == set(val_ids[:3]) and len(asked["test"]) == 2 and asked["test"] <= set(val_ids[3:])
+    (ws.parent / "held.json").write_text(json.dumps([val_ids[4], val_ids[1]]))
+    ws.write_text(ws.read_text().replace("test_size = 2\n", 'test_questions = "held.json"\n'))
+    res = lever("--workspace", ws, "run", *plan, 'eval.splits=["test"]')
+    assert res.code == 2 and "held.json" in res.err and f"question {val_ids[1]}" in res.err, res.text
+    assert "Traceback" not in res.text
