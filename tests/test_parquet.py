@@ -15,8 +15,9 @@ pytest.importorskip("pyarrow")
 from tiny_models import write_parquet_copy, write_vqav2_fixture  # noqa: E402
 
 from lever.data.sources import resolve_dataset  # noqa: E402
-from lever.eval.world import load_split, split_sizes  # noqa: E402
+from lever.eval.world import heldout_split, load_split, split_sizes  # noqa: E402
 from lever.spec import load_workspace  # noqa: E402
+from lever.spec.schema import EvalSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, POOL, QUERIES = 24, 5, 6, 10
@@ -77,6 +78,18 @@ def test_both_layouts_give_the_same_items_and_image_bytes(tmp_path):
     assert len(logs) == 2  # each split's images written once; read again, they are only listed
     load_split(hf, "train", logs.append)
     assert len(logs) == 2
+
+
+def test_both_layouts_hold_out_the_same_test_questions(tmp_path):
+    """The same test_* keys draw the same held-out questions from either layout's val split, outside val's."""
+    ws = write_both_layouts(tmp_path)
+    keys = "test_size = 2\ntest_after = 2\ntest_seed = 5\n"
+    ws.write_text(ws.read_text().replace("[datasets.hf]\n", f"{keys}[datasets.hf]\n{keys}"))
+    js, hf = (resolve_dataset(load_workspace(ws), name) for name in ("json", "hf"))
+    spec = EvalSpec(questions=2, splits=["val", "test"])
+    a, b = heldout_split(js, spec, lambda msg: None), heldout_split(hf, spec, lambda msg: None)
+    val = [it.question_id for it in load_split(js, "val")]
+    assert _fields(a) == _fields(b) and len(a) == 2 and {it.question_id for it in a} <= set(val[2:])
 
 
 def test_both_layouts_give_the_same_features_and_prompt_bytes(tmp_path):
