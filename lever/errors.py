@@ -33,6 +33,20 @@ class DamagedState(LeverError):
     """A file lever wrote earlier is cut short, edited or missing: the message names it, the hint the repair."""
 
 
+class BudgetSpent(LeverError):
+    """Training reached its budget of new VLM calls (`lever run --max-vlm-calls`): a clean stop, not a failure.
+    The run is marked interrupted (resumable); the CLI exits 75 (EX_TEMPFAIL: "try again later")."""
+
+    exit_code = 75
+
+    def __init__(self, spent: int, limit: int):
+        super().__init__(f"stopped at the VLM call budget: {spent:,} new VLM calls made, the budget is {limit:,}")
+        self.where = ""  # the stage (and epoch) it stopped in, told by the layer that knows it
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} ({self.where})" if self.where else self.args[0]
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a `kill`, a scheduler's time limit): handled like Ctrl-C, so a running run is marked interrupted;
     the CLI then exits 143 (128 + SIGTERM) instead of 130."""

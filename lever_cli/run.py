@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lever.errors import LeverError
+from lever.errors import BudgetSpent, LeverError
 from lever.spec import LoadedPlan, load_plan
 
-from ._common import OverrideOpt, plan_args, workspace
+from ._common import OverrideOpt, plan_args, workspace, workspace_flag
 from ._console import console, err_console, fit_width
 from ._progress import CountProgress, RichReporter
 
@@ -91,6 +91,14 @@ def run(
         help="Also run the plans folder's baseline when its runs for these seeds and settings are missing "
         "(it shares the RCE stage: only its evaluation is new), for the comparison table",
     ),
+    max_vlm_calls: int | None = typer.Option(
+        None,
+        "--max-vlm-calls",
+        min=0,
+        metavar="N",
+        help="Stop training cleanly after N new VLM calls (online GRPO, refresh rounds, val/reward; cache hits are "
+        "free): the run is left resumable and the command exits 75; the same command continues it",
+    ),
 ) -> None:
     """Train a plan (RCE, GRPO, curriculum phases) into its run directory, then evaluate it and compare with the baseline.
 
@@ -103,7 +111,9 @@ def run(
 
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
+    A VLM call budget: [bold]lever run onpolicy/online8 --max-vlm-calls 20000[/] (exit 75 when it stops there)
     """
+    from lever.eval.reward_cache import Budget
     from lever.recipe import preflight, run_order, train_and_evaluate
 
     plans, sets = _plans_and_overrides(plan, overrides)
@@ -112,19 +122,31 @@ def run(
         if order.first_seed(r):
             preflight(r, evaluate)  # what would fail after training fails now
     reporter = RichReporter(err_console)
+    budget = Budget(max_vlm_calls) if max_vlm_calls is not None else None  # one budget for the whole command
     for r in order.todo:
         if order.first_seed(r):
             err_console.print(f"[bold]{r.name}[/] [dim]{r.lp.hash}[/]  {r.plan.description}", highlight=False)
         mine = order.named(r)
-        with _eval_progress(r.lp, r.seed) as bar:
-            outcome, ev = train_and_evaluate(
-                r,
-                reporter,
-                evaluate_it=evaluate,
-                redo=redo and mine,
-                retrain_stage=retrain_stage if mine else None,
-                progress=bar.update,
+        try:
+            with _eval_progress(r.lp, r.seed) as bar:
+                outcome, ev = train_and_evaluate(
+                    r,
+                    reporter,
+                    evaluate_it=evaluate,
+                    redo=redo and mine,
+                    retrain_stage=retrain_stage if mine else None,
+                    progress=bar.update,
+                    budget=budget,
+                )
+        except BudgetSpent as err:
+            again = _continue_command(plan, overrides, seed, evaluate, baseline)
+            err_console.print(
+                f"{r.name} seed {r.seed}: {err}.\nThe run is saved and resumable (marked interrupted; the VLM's answers "
+                f"so far are in the reward cache, free to ask again). Continue with a larger budget, or none:\n  {again}",
+                highlight=False,
+                markup=False,
             )
+            raise typer.Exit(BudgetSpent.exit_code) from None
         sel = outcome.selected
         picked = f"{sel.stage} epoch {sel.epoch}" if sel.epoch is not None else f"selector {sel.stage}"
         err_console.print(f"selected: {picked} ({sel.reason})  run: {outcome.run.path}", highlight=False)
@@ -139,6 +161,19 @@ def run(
         )
     elif evaluate and others:
         _baseline_table(others, *order.reference())
+
+
+def _continue_command(plan: list[str], overrides: list[str] | None, seed: int | None, evaluate: bool, baseline: bool) -> str:
+    """The `lever run` command that continues a run stopped at its VLM call budget (without --redo or
+    --retrain-stage, which would train again what was done; without the budget, which the user sets anew)."""
+    import shlex
+
+    ws = workspace_flag()
+    args = ["lever", *(["--workspace", ws] if ws else []), "run", *plan]
+    args += [x for o in overrides or [] for x in ("-s", o)]
+    args += [*(["--seed", str(seed)] if seed is not None else []), *([] if evaluate else ["--no-eval"])]
+    args += [] if baseline else ["--no-baseline"]
+    return shlex.join(args)
 
 
 def _baseline_table(plans: list[LoadedPlan], base_name: str, base_hash: str | None) -> None:

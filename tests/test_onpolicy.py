@@ -243,3 +243,28 @@ def test_online_at_another_temperature_takes_the_ratio_to_the_policy_itself(leve
         rows[spec["rollout"]["temperature"]] = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "grpo"]
     assert all(r["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6) for r in rows[1.5])
     assert rows[1.5][0]["rollout/entropy"] > rows[1.0][0]["rollout/entropy"]
+
+
+def test_a_vlm_call_budget_stops_online_grpo_resumably_and_the_rerun_equals_a_clean_run(lever, ws, tmp_path):
+    """--max-vlm-calls 500 with 384 new calls per online epoch: epoch 1 is saved, epoch 2 stops after 116 calls
+    (exit 75, the run interrupted, not failed); the same command without a budget finishes from the cache and the
+    rows equal an uninterrupted run's."""
+    cmd = ["--workspace", ws, "run", PLANS / "plan5.toml", *ONLINE]
+    res = lever(*cmd, "--max-vlm-calls", "500")
+    assert res.code == 75, res.text
+    assert "at most 768 VLM calls (fewer through the reward cache); the budget (--max-vlm-calls) allows 500 more" in res.text
+    assert "500 new VLM calls made, the budget is 500 (in grpo epoch 2 of 2: the stage resumes after epoch 1)" in res.text
+    assert f"lever --workspace {Path(ws).resolve()} run {PLANS / 'plan5.toml'} rce.epochs=2" in res.text
+    (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and "budget" in status["message"]
+    res = lever(*cmd)
+    assert res.code == 0, res.text
+    assert "grpo: resuming after epoch 1" in res.text
+    second = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "grpo"][1]
+    assert second["cost/rollout/hits"] >= 116 and second["cost/rollout/calls"] + second["cost/rollout/hits"] == 384
+    other = tmp_path / "clean.toml"
+    other.write_text(Path(ws).read_text().replace('runs = "runs"', 'runs = "clean"'))
+    assert lever("--workspace", other, "run", PLANS / "plan5.toml", *ONLINE).code == 0
+    (clean,) = (tmp_path / "clean" / "plan5").glob("*/seed-0")
+    assert _rows(run) == _rows(clean)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from workspaces import bench_workspace
 
-from lever.errors import DamagedState
+from lever.errors import BudgetSpent, DamagedState
 from lever.eval.backend import Item, Request, Response
-from lever.eval.reward_cache import CachedBackend, RewardCache, prompt_key
+from lever.eval.reward_cache import Budget, CachedBackend, RewardCache, prompt_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,28 @@ def test_each_prompt_is_answered_once_and_read_back_equal(tmp_path):
     backend.answer(failing)
     backend.answer(failing)
     assert inner.asked == 7
+
+
+def test_a_budget_pays_for_new_prompts_only_and_stops_with_the_paid_ones_stored(tmp_path):
+    """A budget of 3 new prompts over two backends: hits are free, the batch that would pass it is answered up to the
+    budget (stored), then BudgetSpent; the prompts it did not pay for are asked by the next command."""
+    inner, cache = Both(), RewardCache(tmp_path / "r.sqlite")
+    budget = Budget(3)
+    plain = CachedBackend(inner, cache, cache.namespace({"backend": "counting"}), budget=budget)
+    plain.answer(requests(1, [[2]]))
+    plain.answer(requests(1, [[2]]))  # a hit: free
+    assert budget.spent == 1 and plain.counts.hits == 1
+    both = CachedBackend(inner, cache, cache.namespace({"backend": "both"}), budget=budget)
+    with pytest.raises(BudgetSpent, match="3 new VLM calls made, the budget is 3"):
+        both.answer_with_gt_probs(requests(1, [[2], [3], [4]]))  # 2 of the 3 paid for
+    assert inner.both == 2 and budget.spent == 3
+    with pytest.raises(BudgetSpent):
+        plain.answer(requests(1, [[5]]))  # nothing left
+    assert inner.asked == 3
+    plain.answer(requests(1, [[2]]))  # still free
+    again = CachedBackend(inner, cache, both.ns)  # the next command, without a budget
+    assert [r.raw for r in again.answer_with_gt_probs(requests(1, [[2], [3], [4]]))[0]] == ["1002", "1003", "1004"]
+    assert again.counts.hits == 2 and again.counts.calls == 1
 
 
 class Both(Counting):

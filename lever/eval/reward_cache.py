@@ -18,7 +18,9 @@ the answer depends on: the simulated world's files, or the VLM's weights, the pr
 generation settings, and the dataset's files. Failed answers are never stored (they are asked again).
 
 `CachedBackend` puts the cache in front of any `Backend`; it counts the VLM calls, the cache hits and
-the seconds spent answering (the metrics `vlm/calls`, `vlm/hits`, `vlm/s_per_call`).
+the seconds spent answering (the metrics `vlm/calls`, `vlm/hits`, `vlm/s_per_call`). With a `Budget`
+(`lever run --max-vlm-calls`) it asks the VLM no more than the budget's new prompts: the batch that would
+pass it is answered up to the budget (those answers are stored), then `BudgetSpent` stops the command.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lever.data.sources import Dataset
-from lever.errors import DamagedState
+from lever.errors import BudgetSpent, DamagedState
 from lever.keys import content_key
 
 from .backend import Backend, Request, Response
@@ -173,6 +175,20 @@ class Counts:
 
 
 @dataclass
+class Budget:
+    """At most `limit` new VLM calls (cache hits are free) for one command, over every backend it is given to."""
+
+    limit: int
+    spent: int = 0
+
+    def take(self, n: int) -> int:
+        """How many of `n` new prompts the budget still pays for (they are counted as spent)."""
+        paid = max(0, min(n, self.limit - self.spent))
+        self.spent += paid
+        return paid
+
+
+@dataclass
 class CachedBackend:
     """A backend behind the reward cache: answers (and gt probs) of prompts seen before come from the cache."""
 
@@ -180,6 +196,7 @@ class CachedBackend:
     cache: RewardCache
     ns: str
     counts: Counts = field(default_factory=Counts)
+    budget: Budget | None = None  # lever run --max-vlm-calls: the new prompts this command may ask
 
     @property
     def name(self) -> str:
@@ -189,11 +206,13 @@ class CachedBackend:
         keys = [prompt_key(r) for r in requests]
         have = self.cache.get(self.ns, "answer", list(dict.fromkeys(keys)))
         todo = [i for i, k in enumerate(keys) if k not in have]
-        fresh = self._ask(lambda reqs: self.inner.answer(reqs), [requests[i] for i in todo])
         self.counts.hits += len(requests) - len(todo)
+        paid = self._paid(todo)
+        fresh = self._ask(lambda reqs: self.inner.answer(reqs), [requests[i] for i in paid])
         out: dict[int, Response] = {i: Response(have[k]) for i, k in enumerate(keys) if k in have}
-        out.update(zip(todo, fresh))
-        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(todo, fresh) if not r.failed})
+        out.update(zip(paid, fresh))
+        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(paid, fresh) if not r.failed})
+        self._stop_unless_all(paid, todo)
         return [out[i] for i in range(len(requests))]
 
     def gt_probs(self, requests: list[Request]) -> list[float | None]:
@@ -219,16 +238,28 @@ class CachedBackend:
         unique = list(dict.fromkeys(keys))
         answers, probs = self.cache.get(self.ns, "answer", unique), self.cache.get(self.ns, "gt_prob", unique)
         todo = [i for i, k in enumerate(keys) if k not in answers or k not in probs]
-        fresh_a, fresh_p = self._ask(both, [requests[i] for i in todo]) if todo else ([], [])
         self.counts.hits += len(requests) - len(todo)
+        paid = self._paid(todo)
+        fresh_a, fresh_p = self._ask(both, [requests[i] for i in paid]) if paid else ([], [])
         out_a: dict[int, Response] = {i: Response(answers[k]) for i, k in enumerate(keys) if k in answers}
         out_p: dict[int, float | None] = {i: probs[k] for i, k in enumerate(keys) if k in probs}
-        out_a.update(zip(todo, fresh_a))
-        out_p.update(zip(todo, fresh_p))
-        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(todo, fresh_a) if not r.failed})
-        self.cache.put(self.ns, "gt_prob", {keys[i]: p for i, p in zip(todo, fresh_p) if p is not None})
+        out_a.update(zip(paid, fresh_a))
+        out_p.update(zip(paid, fresh_p))
+        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(paid, fresh_a) if not r.failed})
+        self.cache.put(self.ns, "gt_prob", {keys[i]: p for i, p in zip(paid, fresh_p) if p is not None})
+        self._stop_unless_all(paid, todo)
         n = len(requests)
         return [out_a[i] for i in range(n)], [out_p[i] for i in range(n)]
+
+    def _paid(self, todo: list[int]) -> list[int]:
+        """The prompts of `todo` (to be asked) that the budget pays for: a prefix (all of them without a budget)."""
+        return todo if self.budget is None else todo[: self.budget.take(len(todo))]
+
+    def _stop_unless_all(self, paid: list[int], todo: list[int]) -> None:
+        """Stop the command (after storing what was paid for) when the budget left prompts unasked."""
+        if len(paid) < len(todo):
+            assert self.budget is not None
+            raise BudgetSpent(self.budget.spent, self.budget.limit)
 
     def _ask(self, fn: Any, requests: list[Request]) -> Any:
         if not requests:

@@ -13,6 +13,7 @@ from typing import Any
 from lever.errors import DamagedState, LeverError
 from lever.eval.distributed import barrier, ranks
 from lever.eval.evaluate import Progress, eval_key, generation_key, rescore, score
+from lever.eval.reward_cache import Budget
 from lever.eval.world import eval_world
 from lever.io import file_lock
 from lever.model import SelectorBase, build_selector
@@ -321,12 +322,13 @@ def train_and_evaluate(
     redo: bool = False,
     retrain_stage: str | None = None,
     progress: Progress | None = None,
+    budget: Budget | None = None,
 ) -> tuple[RunOutcome, Evaluated | None]:
-    """The recipe for one seed: train the stages, select, then evaluate."""
+    """The recipe for one seed: train the stages, select, then evaluate (`budget`: `train`'s VLM call budget)."""
     rep = reporter or SilentReporter()
     trackers = Trackers(r.ws.loggers, r.run, r.lp) if r.ws.loggers and ranks().is_main else None
     try:
-        outcome = train(r, trackers.wrap(rep) if trackers else rep, redo=redo, retrain_stage=retrain_stage)
+        outcome = train(r, trackers.wrap(rep) if trackers else rep, redo=redo, retrain_stage=retrain_stage, budget=budget)
         fresh = trackers is not None and outcome.state != "already"  # a finished run was logged when it ran
         if fresh:
             trackers.backfill(outcome.run.metrics() or [])

@@ -57,6 +57,12 @@ def max_calls(rf: Any, queries: int, k: int, shots: int) -> int:
     return queries * (rf.beams + rf.samples * len(rf.temperatures) + rf.random + min(rf.retrieval, k // shots))
 
 
+def budget_note(r: Recipe) -> str:
+    """What is left of `lever run --max-vlm-calls`, for the cost line a stage prints first ("" without a budget)."""
+    b = r.scoring.backend.budget
+    return "" if b is None else f"; the budget (--max-vlm-calls) allows {b.limit - b.spent:,} more"
+
+
 def refresh_round(
     r: Recipe, stage: Stage, model: SelectorBase, train: CandidateData, stage_dir: Path, rep: Reporter
 ) -> CandidateData:
@@ -77,6 +83,7 @@ def refresh_round(
         rep.info(
             f"{stage.name}: refreshing {len(pools)} groups with the selector after the stage before: at most "
             f"{max_calls(rf, len(pools), k, shots):,} VLM calls (fewer after deduplication and the reward cache)"
+            f"{budget_note(r)}"
         )
         before = r.scoring.counts.copy()
         most, said = max_calls(rf, len(pools), k, shots), []
@@ -119,7 +126,7 @@ def online_source(
     most = train.num_queries * ro.num_generations * stage.epochs
     rep.info(
         f"{stage.name}: online GRPO, {train.num_queries} queries x {ro.num_generations} samples x {stage.epochs} epochs: "
-        f"at most {most:,} VLM calls (fewer through the reward cache)"
+        f"at most {most:,} VLM calls (fewer through the reward cache){budget_note(r)}"
     )
     make = partial(make_groups, plan=r.plan, features=feats)
     return OnlineSource(r.scoring, model, train, feats, make, ro, opt.batch_size, r.seed, stage.name)

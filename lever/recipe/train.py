@@ -6,8 +6,8 @@ it), so two plans with the same RCE stage share one RCE result, and a changed sp
 touches an older run. Where the files go is `lever.runs.layout`'s business.
 
 How a run ends is always recorded in its status.json: `trained`, `failed` (a guardrail, a
-damaged file, a full disk: the message says which) or `interrupted` (Ctrl-C, SIGTERM). The
-next `lever run` of the plan resumes a run that did not finish.
+damaged file, a full disk: the message says which) or `interrupted` (Ctrl-C, SIGTERM, or the VLM call
+budget of `lever run --max-vlm-calls` spent). The next `lever run` of the plan resumes a run that did not finish.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from lever.data.candidates import CandidateData
 from lever.data.filters import stage_filter
 from lever.data.stats import FLAT, FLAT_SHARE
 from lever.device import resolve_device
-from lever.errors import DamagedState, LeverError, RunFailed
+from lever.errors import BudgetSpent, DamagedState, LeverError, RunFailed
+from lever.eval.reward_cache import Budget
 from lever.eval.rollout import RewardValidator
 from lever.io import file_lock
 from lever.keys import content_key
@@ -157,11 +158,20 @@ def provenance(r: Recipe, device: torch.device) -> dict[str, Any]:
     }
 
 
-def train(r: Recipe, reporter: Reporter | None = None, *, redo: bool = False, retrain_stage: str | None = None) -> RunOutcome:
+def train(
+    r: Recipe,
+    reporter: Reporter | None = None,
+    *,
+    redo: bool = False,
+    retrain_stage: str | None = None,
+    budget: Budget | None = None,
+) -> RunOutcome:
     """Train every stage of the recipe into its run directory (resuming, reusing, never overwriting).
 
     A finished run is reused while its inputs are unchanged; `redo` rebuilds its record (reusing intact
-    stages), `retrain_stage` also deletes that stage's folder first so it is trained again.
+    stages), `retrain_stage` also deletes that stage's folder first so it is trained again. `budget` bounds the
+    new VLM calls training makes (online GRPO, refresh rounds, val/reward): spent, it stops with `BudgetSpent`
+    at the last saved epoch, the run marked interrupted (resumable).
     """
     rep = reporter or SilentReporter()
     run = r.run
@@ -176,10 +186,15 @@ def train(r: Recipe, reporter: Reporter | None = None, *, redo: bool = False, re
                 if done is not None:
                     rep.info(f"{r.name} (seed {r.seed}) already trained in {run.path}; nothing to do")
                     return RunOutcome(run, "already", done)
+            if budget is not None and r.trains and asks_vlm(r.plan):
+                r.scoring.backend.budget = budget
             try:
                 return _train(r, rep, retrain_stage) if r.trains else _choose(r, rep)
             except KeyboardInterrupt:
                 end(run, "interrupted", "stopped by Ctrl-C or SIGTERM; `lever run` on the plan resumes it")
+                raise
+            except BudgetSpent as err:  # a clean stop: resumable, not failed
+                end(run, "interrupted", f"{err}; `lever run` on the plan resumes it")
                 raise
             except LeverError as err:
                 if isinstance(err, DamagedState) and not err.hint:
@@ -329,6 +344,9 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
                 # The next stage starts from this stage's selected epoch, or its last (grpo.handoff = "last").
                 handoff = "selected" if last else getattr(r.stages[i + 1].opt, "handoff", "selected")
                 weights = handoff_checkpoint(stage_dir, sel, rows, handoff)  # verified against the recorded digests
+            except BudgetSpent as err:
+                err.where = err.where or f"in {stage.name}, before its first epoch"  # a refresh round's generation
+                raise
             except LeverError as err:
                 if isinstance(err, DamagedState) or str(stage_dir) in str(err):
                     raise DamagedState(err.args[0], hint=retrain_fix) from None
@@ -343,6 +361,11 @@ def _train(r: Recipe, rep: Reporter, retrain: str | None) -> RunOutcome:
     run.write_selected(entries[-1])
     run.set_status("trained", _flags(all_rows, entries), None, metrics=record)
     return RunOutcome(run, "trained", entries[-1])
+
+
+def asks_vlm(plan: Any) -> bool:
+    """Whether training asks the VLM (online GRPO, refresh rounds, val/reward): what a VLM call budget bounds."""
+    return plan.rollout.mode == "online" or plan.refresh.rounds > 0 or plan.select.logs_reward
 
 
 def reward_validator(r: Recipe, val: CandidateData, feats: torch.Tensor) -> RewardValidator:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from lever.errors import DamagedState, RunFailed
+from lever.errors import BudgetSpent, DamagedState, RunFailed
 from lever.io import write_jsonl
 from lever.model import SelectorBase
 from lever.spec.schema import OptimSpec, SelectSpec, Stage
@@ -146,7 +146,11 @@ class StageRunner:
         self.objective.start()  # from the stage's start weights, so before a resume replaces them
         first, rows = self._resume()
         for epoch in range(first, self.s.epochs + 1):
-            row = self._epoch(epoch)
+            try:
+                row = self._epoch(epoch)
+            except BudgetSpent as err:  # the epoch is done again on resume (its answers come from the cache)
+                err.where = f"in {self.s.name} epoch {epoch} of {self.s.epochs}: the stage resumes after epoch {epoch - 1}"
+                raise
             self.objective.check(row)
             rows.append(row)
             # Order matters for resume: weights, then metrics, then the resume marker.
