@@ -268,3 +268,19 @@ def test_a_vlm_call_budget_stops_online_grpo_resumably_and_the_rerun_equals_a_cl
     assert lever("--workspace", other, "run", PLANS / "plan5.toml", *ONLINE).code == 0
     (clean,) = (tmp_path / "clean" / "plan5").glob("*/seed-0")
     assert _rows(run) == _rows(clean)
+
+
+@pytest.mark.slow
+def test_a_vlm_call_budget_stops_a_refresh_round_in_its_generation_and_the_rerun_finishes_it(lever, ws):
+    cmd = ["--workspace", ws, "run", PLANS / "plan5.toml", *REFRESH]
+    res = lever(*cmd, "--max-vlm-calls", "0")  # the RCE and GRPO stages ask nothing; the round's first prompt stops it
+    assert res.code == 75, res.text
+    assert "0 new VLM calls made, the budget is 0 (in grpo_r1, before its first epoch)" in res.text
+    (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
+    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
+    res = lever(*cmd)
+    assert res.code == 0, res.text
+    assert (
+        "grpo: reusing the identical stage" in res.text
+        and [r["stage"] for r in read_jsonl(run / "metrics.jsonl")][-1] == "grpo_r2"
+    )
