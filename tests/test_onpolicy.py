@@ -150,22 +150,28 @@ def _kill_after_two_epochs(ws, args: list[str], stage_glob: str) -> None:
     proc.wait()
 
 
-@pytest.mark.slow
-def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
-    args = [*FAST, "grpo.epochs=1", "refresh.rounds=1", "refresh.epochs=8", "refresh.samples=4", "--no-eval"]
-    _kill_after_two_epochs(ws, args, "grpo_r1-*")
+def _resumed_equals_a_clean_run(lever, ws, tmp_path, args: list[str], stage: str, epochs: int) -> None:
+    """Rerun the killed command: `stage` resumes, and its rows and selected checkpoint equal a clean run's in another
+    runs folder (same workspace cache)."""
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
     assert res.code == 0, res.text
-    assert "grpo_r1: resuming after epoch" in res.text, res.text
+    assert f"{stage}: resuming after epoch" in res.text, res.text
     (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
     other = tmp_path / "clean.toml"
     other.write_text(Path(ws).read_text().replace('runs = "runs"', 'runs = "clean"'))
     assert lever("--workspace", other, "run", PLANS / "plan5.toml", *args).code == 0
     (clean,) = (tmp_path / "clean" / "plan5").glob("*/seed-0")
-    assert [r["epoch"] for r in _rows(run) if r["stage"] == "grpo_r1"] == list(range(1, 9))
+    assert [r["epoch"] for r in _rows(run) if r["stage"] == stage] == list(range(1, epochs + 1))
     assert _rows(run) == _rows(clean)
     sel, sel_clean = (json.loads((p / "selected.json").read_text()) for p in (run, clean))
     assert sel["sha256"] == sel_clean["sha256"]
+
+
+@pytest.mark.slow
+def test_kill_in_a_refresh_round_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
+    args = [*FAST, "grpo.epochs=1", "refresh.rounds=1", "refresh.epochs=8", "refresh.samples=4", "--no-eval"]
+    _kill_after_two_epochs(ws, args, "grpo_r1-*")
+    _resumed_equals_a_clean_run(lever, ws, tmp_path, args, "grpo_r1", 8)
 
 
 ONLINE = [*FAST, 'rollout.mode="online"', "rollout.num_generations=4", "--no-eval"]
@@ -216,18 +222,7 @@ def test_online_settings_that_conflict_fail_early(lever, ws):
 def test_kill_in_an_online_stage_and_rerun_gives_the_same_metrics(lever, ws, tmp_path):
     args = [*FAST, 'rollout.mode="online"', "rollout.num_generations=4", "grpo.epochs=6", "--no-eval"]
     _kill_after_two_epochs(ws, args, "grpo-*")
-    res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
-    assert res.code == 0, res.text
-    assert "grpo: resuming after epoch" in res.text, res.text
-    (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
-    other = tmp_path / "clean.toml"
-    other.write_text(Path(ws).read_text().replace('runs = "runs"', 'runs = "clean"'))
-    assert lever("--workspace", other, "run", PLANS / "plan5.toml", *args).code == 0
-    (clean,) = (tmp_path / "clean" / "plan5").glob("*/seed-0")
-    assert [r["epoch"] for r in _rows(run) if r["stage"] == "grpo"] == list(range(1, 7))
-    assert _rows(run) == _rows(clean)
-    sel, sel_clean = (json.loads((p / "selected.json").read_text()) for p in (run, clean))
-    assert sel["sha256"] == sel_clean["sha256"]
+    _resumed_equals_a_clean_run(lever, ws, tmp_path, args, "grpo", 6)
 
 
 def test_online_at_another_temperature_takes_the_ratio_to_the_policy_itself(lever, ws):
