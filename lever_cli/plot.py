@@ -19,14 +19,14 @@ from .report import METRIC_OPTION, _table_options
 plot_app = typer.Typer(
     help="Figures for a paper: accuracy against shots, the difference from a baseline, training curves.\n\n"
     "Each writes a PNG, PDF or SVG (by the file's extension) with the numbers the tables print; needs the plot extra "
-    "(pip install 'lever[plot]').",
+    "(pip install 'lever\\[plot]').",
     no_args_is_help=True,
 )
 
 OUT = typer.Option(..., "--out", "-o", help="The figure file: .png, .pdf or .svg")
 WIDTH = typer.Option(None, "--width", min=1.0, help="Figure width in inches (default: 3.5, one paper column; curves 7)")
 JSON = typer.Option(False, "--json", help="Also print the figure's data as JSON (the numbers drawn)")
-SPLIT = typer.Option("val", "--split", help="Which evaluation split: val or train")
+SPLIT = typer.Option("val", "--split", help="Which evaluation split: val, train or test (the held-out questions)")
 RESAMPLES = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations (as the table's)")
 
 
