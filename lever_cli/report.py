@@ -24,6 +24,7 @@ from lever.report.sparkline import spark_rows
 from lever.report.tables import (
     TRAINING_FOLD,
     TRAINING_HEADERS,
+    closed_gap,
     compact_table,
     fixed,
     fmt_num,
@@ -49,9 +50,11 @@ WHOLE = ("plan", "hash", "seed")  # columns never cut or wrapped
 def _show(title: str, headers: list[str], rows: list[list[str]], fold: list[str] = (), wide: bool = False) -> None:
     """A table: rich on a terminal, fixed-width plain text otherwise; the `fold` columns become notes below it when
     it is wider than the terminal (or COLUMNS) and not `wide`."""
-    headers, rows, notes = fold_columns(headers, rows, list(fold), fit_width(console, wide))
+    width = fit_width(console, wide)
+    headers, rows, notes = fold_columns(headers, rows, list(fold), width)
+    gap = closed_gap(headers, rows, width)
     if console.is_terminal:
-        t = compact_table(escape(title))
+        t = compact_table(escape(title), gap)
         for h in headers:
             t.add_column(escape(h), no_wrap=h in WHOLE, overflow="fold")  # the others wrap, never an ellipsis
         for r in rows:
@@ -60,7 +63,7 @@ def _show(title: str, headers: list[str], rows: list[list[str]], fold: list[str]
         for line in notes:
             console.print(escape(line), highlight=False)
     else:
-        typer.echo("\n".join([title, plain_grid(headers, rows), *notes]))
+        typer.echo("\n".join([title, plain_grid(headers, rows, gap), *notes]))
 
 
 WIDE = typer.Option(False, "--wide", help="Every column in the table, however wide (default: fit the terminal)")

@@ -145,3 +145,26 @@ def test_leaderboard_fits_100_columns(narrow, monkeypatch):
     assert sum(line.startswith("plan ") for line in wide.splitlines()) == 1
     monkeypatch.delenv("COLUMNS")
     assert narrow("leaderboard", "--resamples", "200").out == wide
+
+
+def test_runs_fit_100_columns_with_a_zero_shot_column(narrow, runs: Path, monkeypatch):  # noqa: F811
+    """A zero-shot run adds a val@0 column: with every fold column gone the table is still wider than 100 (110 here),
+    so its columns close up to one space, in a pipe and on a terminal (where a cell would otherwise wrap)."""
+    import lever_cli.report as report
+    from lever_cli._console import _Console
+
+    write_run(runs, "baselines/similar_question", 0, spec=PLAN7_SPEC, accs={s: [1] * 10 for s in (1, 2, 3, 4)})
+    write_run(runs, "baselines/zero_shot", 0, spec=PLAN7_SPEC, accs={0: [0] * 10})
+    lines = narrow("runs").out.splitlines()
+    table = [line for line in lines[1:] if not line.startswith(("[", "*"))]  # below the title (the runs folder)
+    assert table[0].split()[:7] == ["plan", "hash", "seed", "state", "selected", "val@0", "val@1"]
+    assert max(map(len, table)) <= 100, "\n".join(table)
+    assert any(line.startswith("baselines/similar_question ") for line in table)
+    term = _Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(report, "console", term)
+    assert narrow("runs").code == 0
+    shown = term.file.getvalue().splitlines()[1:]
+    rows = shown[2 : shown.index("") if "" in shown else None]  # below the header and its rule, above the notes
+    rows = [line for line in rows if not line.startswith(("[", "*"))]
+    assert len(rows) == 8 and all(line.startswith(("baseline", "plan")) for line in rows), "\n".join(shown)
+    assert max(map(len, shown)) <= 100  # one line a run: no cell wrapped onto a second line

@@ -624,6 +624,12 @@ def grid_width(headers: list[str], rows: list[list[str]], frame: tuple[int, int]
     return sum(widths) + gap * max(len(widths) - 1, 0) + edge
 
 
+def closed_gap(headers: list[str], rows: list[list[str]], width: int | None) -> int:
+    """Spaces between columns: 2, or 1 when the table (its long columns already folded) is still wider than `width`
+    (a zero-shot column beside 1-4 shots and a long plan name, say): closer columns rather than a cut or wrapped cell."""
+    return 1 if width is not None and grid_width(headers, rows) > width else 2
+
+
 def fold_columns(
     headers: list[str], rows: list[list[str]], fold: list[str], width: int | None, frame: tuple[int, int] = PLAIN_FRAME
 ) -> tuple[list[str], list[list[str]], list[str]]:
@@ -700,15 +706,16 @@ TRAINING_FOLD = ["reason", "flags"]  # the training table's long columns, folded
 # ---------------------------------------------------------------- rendering
 
 
-def plain_grid(headers: list[str], rows: list[list[str]]) -> str:
-    """A fixed-width text table: first column left-aligned, the rest right-aligned."""
+def plain_grid(headers: list[str], rows: list[list[str]], gap: int = 2) -> str:
+    """A fixed-width text table: first column left-aligned, the rest right-aligned, `gap` spaces between columns."""
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    sep = " " * gap
 
     def line(cells: list[str]) -> str:
         parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return "  ".join(parts).rstrip()
+        return sep.join(parts).rstrip()
 
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+    return "\n".join([line(headers), sep.join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
 def render_plain(cmp: Comparison, width: int | None = None) -> str:
@@ -799,13 +806,17 @@ def render_rich(cmp: Comparison, console: Any, width: int | None = None) -> None
         console.print(f"[yellow]missing[/] {escape(line)}", highlight=False)
 
 
-def compact_table(title: str | None) -> Any:
-    """A rich table framed like plain_grid (a rule under the headers, two spaces between columns): the most
+def compact_table(title: str | None, gap: int = 2) -> Any:
+    """A rich table framed like plain_grid (a rule under the headers, `gap` spaces between columns: 1 or 2): the most
     columns a terminal's width holds."""
     from rich import box
     from rich.table import Table
 
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    pad = (0, 1) if gap > 1 else (0, 0)  # the box's blank divider is one space; padding adds the second
+    return Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+        padding=pad,
+    )  # fmt: skip
 
 
 def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
