@@ -84,6 +84,7 @@ def test_two_hashes_of_one_plan_are_two_columns_and_rows(tmp_path: Path):
     assert [c.name for c in cmp.plans] == ["baseline", f"plan5@{ha}", f"plan5@{hb}"]
     assert cmp.rows[1].cells[f"plan5@{ha}"].delta == pytest.approx(100.0)
     assert cmp.rows[1].cells[f"plan5@{hb}"].delta == pytest.approx(0.0)
+    assert f"Runs: baseline@{content_key(BASE_SPEC)}, plan5@{ha}, plan5@{hb} (1/2 seeds)" in render_plain(cmp)  # each hash once
     lb = load_leaderboard([f"plan5@{ha[:6]}", f"plan5@{hb[:6]}"], root, plans, n_resamples=200)
     assert [r.name for r in lb.plans] == [f"plan5@{ha}", f"plan5@{hb}"]
     assert f"Runs: plan5@{ha}, plan5@{hb} (1/2 seeds)" in leaderboard_plain(lb)

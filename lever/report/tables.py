@@ -594,7 +594,9 @@ def failures_line(cmp: Comparison) -> str | None:
 def runs_line(cmp: Comparison) -> str:
     """Which spec hash every column is, with the overrides a run was made with marked `*`."""
 
-    def ref(c: PlanColumn) -> str:  # a sweep's derived plan (plan5@grpo.lr=1e-5) already has its `@`
+    def ref(c: PlanColumn) -> str:  # a sweep's derived plan (plan5@grpo.lr=1e-5) already has its `@`; plan@HASH its hash
+        if c.name.endswith(f"@{c.spec_hash}"):
+            return c.name
         return f"{c.name} ({c.spec_hash})" if "@" in c.name else f"{c.name}@{c.spec_hash}"
 
     def seeds(c: PlanColumn) -> str:
