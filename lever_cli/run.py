@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from lever.errors import BudgetSpent, LeverError
@@ -113,19 +114,22 @@ def run(
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     A VLM call budget: [bold]lever run onpolicy/online8 --max-vlm-calls 20000[/] (exit 75 when it stops there)
     """
+    from lever.eval.distributed import barrier, ranks
     from lever.eval.reward_cache import Budget
     from lever.recipe import preflight, run_order, train_and_evaluate
 
+    main = ranks().is_main  # under torchrun: rank 0 trains, writes and speaks; every rank answers the VLM's prompts
     plans, sets = _plans_and_overrides(plan, overrides)
-    order = run_order(plans, sets, workspace(), seed, evaluate=evaluate, with_baseline=baseline, log=err_console.print)
+    order = run_order(plans, sets, workspace(), seed, evaluate=evaluate, with_baseline=baseline, log=_log)
+    barrier(ranks())  # every rank has decided what to run before rank 0 writes anything
     for r in order.todo:
         if order.first_seed(r):
             preflight(r, evaluate)  # what would fail after training fails now
-    reporter = RichReporter(err_console)
+    reporter = RichReporter(err_console if main else Console(quiet=True))
     budget = Budget(max_vlm_calls) if max_vlm_calls is not None else None  # one budget for the whole command
     for r in order.todo:
         if order.first_seed(r):
-            err_console.print(f"[bold]{r.name}[/] [dim]{r.lp.hash}[/]  {r.plan.description}", highlight=False)
+            _log(f"[bold]{r.name}[/] [dim]{r.lp.hash}[/]  {r.plan.description}")
         mine = order.named(r)
         try:
             with _eval_progress(r.lp, r.seed) as bar:
@@ -149,10 +153,12 @@ def run(
             raise typer.Exit(BudgetSpent.exit_code) from None
         sel = outcome.selected
         picked = f"{sel.stage} epoch {sel.epoch}" if sel.epoch is not None else f"selector {sel.stage}"
-        err_console.print(f"selected: {picked} ({sel.reason})  run: {outcome.run.path}", highlight=False)
+        _log(f"selected: {picked} ({sel.reason})  run: {outcome.run.path}")
         if ev is not None:
             _print_summary(r.lp, r.seed, ev.summary, ev.eval_dir.path)
     others = [lp for lp in plans if lp.name != "baseline"]
+    if not main:
+        return
     if evaluate and others and order.base is None and not any(lp.plan.selector.trains for lp in plans):
         err_console.print(  # plans/baselines/* alone: no RCE baseline shares anything with them
             "no comparison table: these plans train nothing; `lever leaderboard` ranks them beside any other, "

@@ -54,7 +54,7 @@ from lever.keys import content_key
 from lever.spec.schema import EvalSpec
 
 from .backend import Backend, Item, Request
-from .distributed import barrier, ranks
+from .distributed import Ranks, barrier, ranks
 from .protocol import resolve_protocol
 from .reward_cache import cached_backend, scoring_identity
 from .score import score_requests
@@ -293,11 +293,14 @@ def generate_file(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     backend: Backend | None = None,
+    rk: Ranks | None = None,
 ) -> dict[str, Any]:
     """Generate and score candidates for every query of the pools file and write OUT; returns a short report.
 
     features [N, d]: the train items' features (row i = train item i of `ds`). policy: ("similarity", None)
-    or (a label, a selector model). `backend` replaces the workspace's (tests, benchmarks).
+    or (a label, a selector model). `backend` replaces the workspace's (tests, benchmarks). `rk`: the ranks
+    that share the queries (default: the torchrun job's; a refresh round, on rank 0 alone, passes `Ranks()`:
+    its backend spreads the prompts over the ranks instead).
     """
     from .prepare import read_pools
     from .world import load_split
@@ -341,7 +344,7 @@ def generate_file(
         **ds.named(),  # okvqa's settings are those made before datasets
     }
     settings = json.loads(json.dumps(settings))  # as it reads back from settings.json (tuples become lists)
-    r = ranks()
+    r = rk or ranks()
     parts = out.with_name(out.name + ".parts")
     if r.is_main:
         if redo:

@@ -78,11 +78,15 @@ def build_scoring(
     log: Callable[[str], None] = print,
 ) -> Scoring:
     """The workspace's VLM (built now, loaded on its first answer) behind its reward cache, with the plan's protocol,
-    on the dataset `ds` (its train items are the demonstrations)."""
+    on the dataset `ds` (its train items are the demonstrations). Under torchrun each rank answers its share of
+    the prompts on its own GPU (`lever.eval.distributed.Spread`)."""
+    from .distributed import Spread, ranks
     from .world import load_split
 
     identity = scoring_identity(ds, spec, log)
-    backend = cached_backend(make_backend(ds, spec, device, log), ds.ws.cache_dir, identity)
+    r = ranks()  # under torchrun the VLM's prompts are spread over the ranks (one GPU each): results do not change
+    inner = Spread(make_backend(ds, spec, r.device(), log), r) if r.world > 1 else make_backend(ds, spec, device, log)
+    backend = cached_backend(inner, ds.ws.cache_dir, identity)
     return Scoring(backend, resolve_protocol(spec).metric, reward, load_split(ds, "train", log), identity)
 
 

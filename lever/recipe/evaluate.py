@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lever.errors import DamagedState, LeverError
-from lever.eval.distributed import barrier, ranks
+from lever.eval.distributed import barrier, ranks, release, serve
 from lever.eval.evaluate import Progress, eval_key, generation_key, rescore, score
 from lever.eval.reward_cache import Budget
 from lever.eval.world import eval_world
@@ -107,19 +107,19 @@ def evaluate(
     never change the run's training status; how it ended is kept in eval/status.json, and the next evaluation
     names it and resumes from the partial answers. `preflight=False`: the caller checked the inputs already
     (`lever run`, before training)."""
-    run = r.run
-    if run.state not in ("trained", "done"):
+    run, main = r.run, ranks().is_main
+    if main and run.state not in ("trained", "done"):  # rank 0 alone records, under torchrun
         if r.trains:
             _adopt_stages(r)  # a plan that differs from a trained one only in eval.*: its stages, no training
         else:
             train(r, _Log(r.log))  # a baseline selector: recording it is all its "training" is
+    barrier(ranks())
     checkpoint_for(run, epoch)  # a run that never trained fails here, before any data is read or generated
     if r.stale():  # stale, not failed: the status stays
         raise LeverError(
             f"{run.path} was trained on other candidate data or features than the plan's files hold now",
             hint=f"train it again first: {run.command('run')}",
         )
-    main = ranks().is_main
     try:
         with file_lock(run.lock, wait=False, what=f"run {run.path}") if main else nullcontext():
             last = run.eval_status() if main else None
@@ -326,9 +326,14 @@ def train_and_evaluate(
 ) -> tuple[RunOutcome, Evaluated | None]:
     """The recipe for one seed: train the stages, select, then evaluate (`budget`: `train`'s VLM call budget)."""
     rep = reporter or SilentReporter()
-    trackers = Trackers(r.ws.loggers, r.run, r.lp) if r.ws.loggers and ranks().is_main else None
+    rk = ranks()
+    trackers = Trackers(r.ws.loggers, r.run, r.lp) if r.ws.loggers and rk.is_main else None
     try:
-        outcome = train(r, trackers.wrap(rep) if trackers else rep, redo=redo, retrain_stage=retrain_stage, budget=budget)
+        if rk.is_main:  # under torchrun rank 0 trains alone; each rank answers its share of training's VLM prompts
+            outcome = train(r, trackers.wrap(rep) if trackers else rep, redo=redo, retrain_stage=retrain_stage, budget=budget)
+            release(rk, outcome, rep.info)
+        else:
+            outcome = serve(rk, lambda: r.scoring.backend.inner, rep.info)
         fresh = trackers is not None and outcome.state != "already"  # a finished run was logged when it ran
         if fresh:
             trackers.backfill(outcome.run.metrics() or [])

@@ -26,6 +26,7 @@ from torch import Tensor
 from lever.data.candidates import CandidateData
 from lever.data.reader import load_candidates
 from lever.errors import LeverError
+from lever.eval.distributed import Ranks
 from lever.eval.generate import GenerateOptions, Sources, generate_file
 from lever.eval.rollout import OnlineSource
 from lever.io import read_state, write_json
@@ -100,7 +101,7 @@ def refresh_round(
         label = f"{r.name} seed {r.seed} {stage.name} weights {state_digest(state_of(model))}"
         report = generate_file(
             r.dataset, folder / "pools.json", r.loaded.features, out, opts=opts, spec=r.plan.eval, policy=(label, policy),
-            backend=r.scoring.backend, log=rep.info, progress=calibrate,
+            backend=r.scoring.backend, log=rep.info, progress=calibrate, rk=Ranks(),
         )  # fmt: skip
         spent = r.scoring.counts.since(before)
         write_json(folder / "refresh.json", {**report, "out": out.name, **spent.metrics("vlm")})
