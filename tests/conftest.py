@@ -31,6 +31,13 @@ def _fresh_workspace():
     set_workspace_flag(None)
 
 
+@pytest.fixture(autouse=True)
+def _own_reward_cache(monkeypatch, tmp_path):
+    """Each test its own reward cache (the workspaces share one test cache folder): a test that makes the VLM fail
+    or counts its calls sees its own answers only."""
+    monkeypatch.setattr("lever.eval.reward_cache.CACHE_FILE", str(tmp_path / "rewards.sqlite"))
+
+
 @pytest.fixture
 def lever(monkeypatch, capsys):
     """Call `lever ARGS...` through the console-script entry point; returns exit code and output."""

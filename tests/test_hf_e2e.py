@@ -106,6 +106,46 @@ def test_run_and_evaluate_with_the_hf_backend(lever, real_workspace):
     again = lever("--workspace", ws, "evaluate", *args[3:])
     assert again.code == 0 and "evaluation cached" in again.text
     assert len(built) == 1
+    # A fresh evaluation folder: the answers come from the reward cache, only the failed question is asked again.
+    results = (eval_dir / "results.jsonl").read_bytes()
+    shutil.rmtree(eval_dir)
+    again = lever("--workspace", ws, "evaluate", *args[3:])
+    assert again.code == 0 and "evaluation: 2 VLM calls, 10 answers from the reward cache" in again.text, again.text
+    assert (eval_dir / "results.jsonl").read_bytes() == results
+
+
+def test_training_scoring_and_evaluation_share_the_tiny_vlms_answers(lever, real_workspace):
+    """Training's scoring (online GRPO, refresh rounds, val/reward) and `lever evaluate` ask the tiny Qwen2.5-VL
+    through one reward cache: a prompt the evaluation answered is free to training's scoring with the same generation
+    settings, and asked again under another answer length, or where the protocol's evaluation leaves sampling to the
+    model folder while training's scoring turns it off (lever-plus: sampling = "model_config", candidate_sampling =
+    "greedy")."""
+    from lever.recipe import Recipe
+    from lever.spec import load_plan, load_workspace
+
+    ws, built = real_workspace
+    plan = ["rce.epochs=1", "model.hidden=16", "eval.questions=6", "eval.shots=[2]", f"eval.pool_size={POOL}"]
+    plan += ['eval.splits=["train"]', "eval.num_beams=1", "eval.max_new_tokens=3", "eval.batch_size=4", "eval.protocol=lever"]
+    baseline = ROOT / "plans" / "baseline.toml"
+    assert lever("--workspace", ws, "run", baseline, *plan).code == 0
+    (run_dir,) = sorted((ws.parent / "runs" / "baseline").glob("*/seed-0"))
+    (results,) = run_dir.glob("eval/*/results.jsonl")
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 6 and not any(r["failed"] for r in rows)
+
+    def scored(*overrides: str):
+        r = Recipe.build(load_plan(baseline, [*plan, *overrides]), load_workspace(ws), 0, lambda m: None)
+        row_of = {it.question_id: i for i, it in enumerate(r.scoring.items)}
+        fields = r.scoring.fields([row_of[x["question_id"]] for x in rows], [[row_of[d] for d in x["demo_ids"]] for x in rows])
+        return r.scoring.counts, [f["vqa_raw_generation"] for f in fields]
+
+    counts, raw = scored()
+    assert (counts.calls, counts.hits) == (0, 6) and raw == [x["raw_output"] for x in rows]
+    counts, _ = scored("eval.max_new_tokens=2")  # another answer length: other prompts to the VLM
+    assert (counts.calls, counts.hits) == (6, 0)
+    assert lever("--workspace", ws, "evaluate", baseline, *plan, "eval.protocol=lever-plus").code == 0
+    counts, _ = scored("eval.protocol=lever-plus")  # its evaluation samples as the model folder says; scoring does not
+    assert (counts.calls, counts.hits) == (6, 0)
 
 
 def test_missing_model_directory_fails_before_any_work(lever, real_workspace):

@@ -185,3 +185,45 @@ def test_data_generate_twice_makes_no_vlm_call_and_a_damaged_cache_is_exit_2(lev
     res = lever("--workspace", ws, "data", "generate", tmp_path / "p.json", tmp_path / "c.json", "-f", tmp_path / "f.pt")
     assert res.code == 2 and "rewards.sqlite is damaged" in res.text and "Traceback" not in res.text
     assert not (tmp_path / "c.json").exists()
+
+
+def test_evaluation_answers_through_the_reward_cache_shared_with_training(lever, ws, tmp_path, monkeypatch):
+    """`lever evaluate` asks the VLM through the reward cache: a fresh evaluation folder with a warm cache makes no
+    VLM call and writes the same results.jsonl; the prompts training's scoring (online GRPO, refresh rounds,
+    val/reward) asks are the evaluation's, one way and the other."""
+    import shutil
+
+    from lever.recipe import Recipe
+    from lever.spec import load_plan, load_workspace
+
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=30", "eval.shots=[1,2]"]
+    plan.append('eval.splits=["train","val"]')
+
+    def evaluate() -> tuple[str, bytes]:
+        res = lever("--workspace", ws, "evaluate", *plan)
+        assert res.code == 0, res.text
+        (ev,) = (p.parent for p in (tmp_path / "runs" / "baseline").glob("*/seed-0/eval/*/results.jsonl"))
+        out = ev.joinpath("results.jsonl").read_bytes()
+        shutil.rmtree(ev)  # the next evaluation starts from a fresh folder: only the reward cache is warm
+        return res.text, out
+
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+    text, results = evaluate()
+    assert "evaluation: 120 VLM calls, 0 answers from the reward cache" in text  # 2 splits x 30 questions x 2 shots
+    text, again = evaluate()
+    assert "evaluation: 0 VLM calls, 120 answers from the reward cache" in text and again == results
+
+    # Training's scoring, on a cache of its own, asks the train split's prompts the evaluation asked: same answers.
+    monkeypatch.setattr("lever.eval.reward_cache.CACHE_FILE", str(tmp_path / "training.sqlite"))
+    r = Recipe.build(load_plan(plan[0], [str(o) for o in plan[1:]]), load_workspace(ws), 0, lambda m: None)
+    rows = [row for row in map(json.loads, results.decode().splitlines()) if row["split"] == "train"]
+    row_of = {it.question_id: i for i, it in enumerate(r.scoring.items)}
+    fields = r.scoring.fields(
+        [row_of[row["question_id"]] for row in rows], [[row_of[d] for d in row["demo_ids"]] for row in rows]
+    )
+    assert r.scoring.counts.calls == len(rows) == 60
+    assert [f["vqa_raw_generation"] for f in fields] == [row["raw_output"] for row in rows]
+    assert [f["vqa_acc_score"] for f in fields] == [round(row["accuracy"], 4) for row in rows]
+    # ... and an evaluation on that cache asks only the val split's prompts.
+    text, again = evaluate()
+    assert "evaluation: 60 VLM calls, 60 answers from the reward cache" in text and again == results

@@ -211,8 +211,12 @@ def score(
             partial.flush()  # a kill loses at most the chunk being answered
             if progress:
                 progress(before + end, total)
-    if mine and hasattr(backend, "cache_summary"):
-        log(f"evaluation: {backend.cache_summary()}")
+    images = getattr(getattr(backend, "inner", backend), "cache_summary", None)  # the hf backend's image features
+    if mine and images:
+        log(f"evaluation: {images()}")
+    counts = getattr(backend, "counts", None)  # the reward cache's (lever.eval.reward_cache)
+    if mine and counts is not None:
+        log(f"evaluation: {counts.calls:,} VLM calls, {counts.hits:,} answers from the reward cache")
     rows = gather_rows(r, rows)
     if not r.is_main:
         barrier(r)

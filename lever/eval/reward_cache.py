@@ -18,7 +18,10 @@ the answer depends on: the simulated world's files, or the VLM's weights, the pr
 generation settings, and the dataset's files. Failed answers are never stored (they are asked again).
 
 `CachedBackend` puts the cache in front of any `Backend`; it counts the VLM calls, the cache hits and
-the seconds spent answering (the metrics `vlm/calls`, `vlm/hits`, `vlm/s_per_call`). With a `Budget`
+the seconds spent answering (the metrics `vlm/calls`, `vlm/hits`, `vlm/s_per_call`). `lever evaluate` answers
+through it too (`lever.eval.world`): a prompt training or `data generate` answered under the same identity (the
+simulated world; or the VLM, the protocol the prompt is built and decoded with, the generation settings) is not
+asked again by an evaluation, and the other way round. With a `Budget`
 (`lever run --max-vlm-calls`) it asks the VLM no more than the budget's new prompts: the batch that would
 pass it is answered up to the budget (those answers are stored), then `BudgetSpent` stops the command.
 """
@@ -197,6 +200,9 @@ class CachedBackend:
     ns: str
     counts: Counts = field(default_factory=Counts)
     budget: Budget | None = None  # lever run --max-vlm-calls: the new prompts this command may ask
+    # split -> its own namespace, for a split whose answers depend on more than `ns`'s identity (the simulated
+    # world's held-out test split reads its own files)
+    split_ns: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -204,14 +210,14 @@ class CachedBackend:
 
     def answer(self, requests: list[Request]) -> list[Response]:
         keys = [prompt_key(r) for r in requests]
-        have = self.cache.get(self.ns, "answer", list(dict.fromkeys(keys)))
+        have = self._get("answer", list(dict.fromkeys(keys)))
         todo = [i for i, k in enumerate(keys) if k not in have]
         self.counts.hits += len(requests) - len(todo)
         paid = self._paid(todo)
         fresh = self._ask(lambda reqs: self.inner.answer(reqs), [requests[i] for i in paid])
         out: dict[int, Response] = {i: Response(have[k]) for i, k in enumerate(keys) if k in have}
         out.update(zip(paid, fresh))
-        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(paid, fresh) if not r.failed})
+        self._put("answer", {keys[i]: r.raw for i, r in zip(paid, fresh) if not r.failed})
         self._stop_unless_all(paid, todo)
         return [out[i] for i in range(len(requests))]
 
@@ -220,12 +226,12 @@ class CachedBackend:
         if fn is None:
             return [None] * len(requests)
         keys = [prompt_key(r) for r in requests]
-        have = self.cache.get(self.ns, "gt_prob", list(dict.fromkeys(keys)))
+        have = self._get("gt_prob", list(dict.fromkeys(keys)))
         todo = [i for i, k in enumerate(keys) if k not in have]
         fresh = fn([requests[i] for i in todo]) if todo else []
         out: dict[int, float | None] = {i: have[k] for i, k in enumerate(keys) if k in have}
         out.update(zip(todo, fresh))
-        self.cache.put(self.ns, "gt_prob", {keys[i]: p for i, p in zip(todo, fresh) if p is not None})
+        self._put("gt_prob", {keys[i]: p for i, p in zip(todo, fresh) if p is not None})
         return [out[i] for i in range(len(requests))]
 
     def answer_with_gt_probs(self, requests: list[Request]) -> tuple[list[Response], list[float | None]]:
@@ -236,7 +242,7 @@ class CachedBackend:
             return self.answer(requests), self.gt_probs(requests)
         keys = [prompt_key(r) for r in requests]
         unique = list(dict.fromkeys(keys))
-        answers, probs = self.cache.get(self.ns, "answer", unique), self.cache.get(self.ns, "gt_prob", unique)
+        answers, probs = self._get("answer", unique), self._get("gt_prob", unique)
         todo = [i for i, k in enumerate(keys) if k not in answers or k not in probs]
         self.counts.hits += len(requests) - len(todo)
         paid = self._paid(todo)
@@ -245,11 +251,25 @@ class CachedBackend:
         out_p: dict[int, float | None] = {i: probs[k] for i, k in enumerate(keys) if k in probs}
         out_a.update(zip(paid, fresh_a))
         out_p.update(zip(paid, fresh_p))
-        self.cache.put(self.ns, "answer", {keys[i]: r.raw for i, r in zip(paid, fresh_a) if not r.failed})
-        self.cache.put(self.ns, "gt_prob", {keys[i]: p for i, p in zip(paid, fresh_p) if p is not None})
+        self._put("answer", {keys[i]: r.raw for i, r in zip(paid, fresh_a) if not r.failed})
+        self._put("gt_prob", {keys[i]: p for i, p in zip(paid, fresh_p) if p is not None})
         self._stop_unless_all(paid, todo)
         n = len(requests)
         return [out_a[i] for i in range(n)], [out_p[i] for i in range(n)]
+
+    def _by_ns(self, keys: list[tuple[str, int, str]]) -> dict[str, list[tuple[str, int, str]]]:
+        """Prompt keys by the namespace their split is stored under."""
+        out: dict[str, list[tuple[str, int, str]]] = {}
+        for k in keys:
+            out.setdefault(self.split_ns.get(k[0], self.ns), []).append(k)
+        return out
+
+    def _get(self, kind: str, keys: list[tuple[str, int, str]]) -> dict[tuple[str, int, str], Any]:
+        return {k: v for ns, part in self._by_ns(keys).items() for k, v in self.cache.get(ns, kind, part).items()}
+
+    def _put(self, kind: str, values: dict[tuple[str, int, str], Any]) -> None:
+        for ns, part in self._by_ns(list(values)).items():
+            self.cache.put(ns, kind, {k: values[k] for k in part})
 
     def _paid(self, todo: list[int]) -> list[int]:
         """The prompts of `todo` (to be asked) that the budget pays for: a prefix (all of them without a budget)."""
@@ -271,17 +291,22 @@ class CachedBackend:
         return out
 
 
-def cached_backend(inner: Backend, cache_dir: Path, identity: dict[str, Any]) -> CachedBackend:
-    """`inner` behind the workspace's reward cache, under the answers' `identity` (`scoring_identity`)."""
+def cached_backend(
+    inner: Backend, cache_dir: Path, identity: dict[str, Any], splits: dict[str, dict[str, Any]] | None = None
+) -> CachedBackend:
+    """`inner` behind the workspace's reward cache, under the answers' `identity` (`scoring_identity`); `splits`:
+    what the answers of a split depend on besides it (that split's answers get a namespace of their own)."""
     cache = open_cache(cache_dir)
-    return CachedBackend(inner, cache, cache.namespace(identity))
+    own = {name: cache.namespace({**identity, "split": {name: extra}}) for name, extra in (splits or {}).items()}
+    return CachedBackend(inner, cache, cache.namespace(identity), split_ns=own)
 
 
-def scoring_identity(ds: Dataset, spec: Any, log: Any = print) -> dict[str, Any]:
+def scoring_identity(ds: Dataset, spec: Any, log: Any = print, protocol: Any = None) -> dict[str, Any]:
     """What a candidate's answer depends on besides its prompt key: on the bundled benchmark the simulated world's
-    files and behaviour (it reads no prompt text); on the real path the VLM's weights, the prompt protocol as
-    `lever data generate` answers with it (`PromptProtocol.for_candidates`, without its metric), the generation
-    settings and the dataset's files (question ids are the dataset's)."""
+    files and behaviour (it reads no prompt text); on the real path the VLM's weights, the prompt protocol the
+    answers are generated with (`protocol`; by default as `lever data generate` answers: `for_candidates()`),
+    without its metric, the generation settings and the dataset's files (question ids are the dataset's).
+    Evaluation passes the plan's own protocol: it equals training's when `candidate_sampling` equals `sampling`."""
     from lever.keys import file_digest, model_fingerprint, path_fingerprint
 
     from .protocol import resolve_protocol
@@ -297,12 +322,13 @@ def scoring_identity(ds: Dataset, spec: Any, log: Any = print) -> dict[str, Any]
             "vlm": BEHAVIOUR,
             "files": {Path(f).name: file_digest(Path(f), ws.digest_memo)[:16] for f in files},
         }
-    protocol = {k: v for k, v in resolve_protocol(spec).for_candidates().identity().items() if k != "metric"}
+    asked = resolve_protocol(spec).for_candidates() if protocol is None else protocol
+    prompt = {k: v for k, v in asked.identity().items() if k != "metric"}
     files = ds.inputs()
     return {
         "backend": "hf",
         "vlm": model_fingerprint(ws.path(ws.models.vlm), ws.digest_memo),
-        "protocol": protocol,
+        "protocol": prompt,
         "generation": {k: getattr(spec, k) for k in ("max_new_tokens", "num_beams", "dtype", "attn_implementation")},
         "dataset": {k: path_fingerprint(ws.path(v), ws.digest_memo) for k, v in sorted(files.items())},
     }

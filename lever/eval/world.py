@@ -38,9 +38,9 @@ class EvalWorld:
     train_items: list[Item]  # demonstration candidates; position = global train row
     train_features: Tensor  # [N, d]
     splits: dict[str, EvalSplit]
-    make_backend: Callable[
-        [str], Backend
-    ]  # (device) -> backend  # built only when answers are needed (not for a cached evaluation)
+    # (device) -> backend, built only when answers are needed (not for a cached evaluation): the VLM behind the
+    # workspace's reward cache (`answering_backend`)
+    make_backend: Callable[[str], Backend]
     identity: dict[str, Any]  # what the results depend on besides the checkpoint (for the cache key)
     protocol: PromptProtocol  # the plan's prompt protocol and metric, resolved once
     # (part) -> (train [N, d], {split: [M, d]}): the features a `similar` selector ranks by (selector.features)
@@ -317,11 +317,13 @@ def _bench_world(inputs: EvalInputs, log: Callable[[str], None], loaded: tuple[P
         test_items = _items(paths.items_test)
         items, feats, _ = _first(test_items, load_features(Path(paths.test_features)), question_count(spec, len(test_items)))
         splits["test"] = EvalSplit("test", items, feats, torch.full((len(items),), -1))
+    # The held-out split's answers read its own files: a namespace of their own in the reward cache.
+    test = {"files": _digests(ws, paths, True)} if "test" in spec.splits else None
     return EvalWorld(
         train_items,
         train_feats,
         splits,
-        lambda device: SimBackend(SimVLM.load(paths)),
+        lambda device: answering_backend(inputs, SimBackend(SimVLM.load(paths)), log, test),
         # The simulated VLM reads no prompt: of the protocol, only the metric shapes its numbers.
         {
             "backend": "sim",
@@ -333,6 +335,19 @@ def _bench_world(inputs: EvalInputs, log: Callable[[str], None], loaded: tuple[P
         protocol,
         lambda part: _bench_views(part, train_items, train_feats, splits, bench_config(ws).item_features),
     )
+
+
+def answering_backend(
+    inputs: EvalInputs, inner: Backend, log: Callable[[str], None], test: dict[str, Any] | None = None
+) -> Backend:
+    """The evaluation's VLM behind the workspace's reward cache, under the identity training's scoring and `lever data
+    generate` store their answers by (`scoring_identity`, with the protocol the evaluation answers with, its
+    `sampling` included): a prompt one of them answered is not asked again, and the other way round. `test`: what
+    the held-out split's answers depend on besides it."""
+    from .reward_cache import cached_backend, scoring_identity
+
+    identity = scoring_identity(inputs.ds, inputs.spec, log, inputs.protocol)
+    return cached_backend(inner, inputs.ws.cache_dir, identity, None if test is None else {"test": test})
 
 
 def sim_behaviour(shots: list[int]) -> dict[str, int]:
@@ -405,7 +420,7 @@ def _okvqa_world(
         train_items,
         train_feats,
         splits,
-        lambda device: make_hf_backend(ws, spec, device),
+        lambda device: answering_backend(inputs, make_hf_backend(ws, spec, device), log),
         {**okvqa_identity(ds, spec, train_features_path), "protocol": protocol.identity()},
         protocol,
         lambda part: _okvqa_views(ws, part, train_items, train_feats, splits, folder),
