@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 
-from lever.errors import LeverError
+from lever.errors import BudgetSpent, LeverError
 from lever.runs.sweep import Sweep, expand, parse_grid, parse_seeds
 
 from ._common import OverrideOpt, plan_args, workspace, workspace_flag
@@ -43,6 +45,14 @@ def sweep(
     ),
     print_only: bool = typer.Option(False, "--print", help="Only print one `lever run` command per run, for another scheduler"),
     split: str = typer.Option("val", "--split", help="The split of the family table"),
+    max_vlm_calls: int | None = typer.Option(
+        None,
+        "--max-vlm-calls",
+        min=0,
+        metavar="N",
+        help="Each run's budget of new VLM calls (lever run --max-vlm-calls; cache hits are free): a run that spends "
+        "it stops resumably; the sweep then exits 75 and the same command continues it",
+    ),
 ) -> None:
     """Run a plan over a grid of overrides and several seeds; then one table of the family against the plan.
 
@@ -55,7 +65,12 @@ def sweep(
     cores split between them); --executor slurm submits a job array through submitit (pip install
     'lever\\[slurm]'); --print writes the commands instead.
 
+    --max-vlm-calls N gives every run its own budget of N new VLM calls (on-policy training on the real
+    path): a run that spends it is reported "stopped at budget (resumable)", not failed; the sweep then
+    exits 75 (unless a run failed: 1), and the same command continues those runs, each with N more.
+
     Example: [bold]lever sweep plan5 --grid grpo.lr=1e-5,5e-5 --grid grpo.kl.beta=0,0.1 --seeds 0,1,2 --jobs 2[/]
+    On-policy, bounded: [bold]lever sweep onpolicy/online8 --grid grpo.lr=1e-5,5e-5 --max-vlm-calls 20000[/]
     """
     from lever.recipe import run_sweep
     from lever.runs.executors import SlurmOptions
@@ -72,12 +87,14 @@ def sweep(
     sw = expand(refs[0], sets, parse_grid(grid), parse_seeds(seeds) if seeds else None, ws.plans_dir)
     if print_only:
         for job in sw.jobs:
-            typer.echo(job.command(workspace_flag()))
+            typer.echo(replace(job, max_vlm_calls=max_vlm_calls).command(workspace_flag()))
         return
     opts = SlurmOptions(partition, time_min, gpus, cpus, parallelism or (jobs if executor == "submitit-local" else None))
     names = ", ".join(m.name for m in sw.members)
     _log(f"{len(sw.members)} plan(s) x {len(sw.seeds)} seed(s): {names}")
-    done = run_sweep(sw, ws, executor=executor, jobs=jobs, slurm=opts, workspace_flag=workspace_flag(), log=_log)
+    done = run_sweep(
+        sw, ws, executor=executor, jobs=jobs, slurm=opts, workspace_flag=workspace_flag(), max_vlm_calls=max_vlm_calls, log=_log
+    )
     family_table(sw, split)
     _log(f"sweep record: {done.record}")
     if done.failed:
@@ -86,6 +103,13 @@ def sweep(
             hint="fix the cause and run the same command again: finished runs are skipped",
             exit_code=1,
         )
+    if done.stopped:
+        _log(
+            f"{len(done.stopped)} run(s) stopped at their budget of {max_vlm_calls:,} new VLM calls (resumable): "
+            + ", ".join(o.job.name for o in done.stopped)
+            + ". The same command continues them (each with that budget again); without --max-vlm-calls they finish."
+        )
+        raise typer.Exit(BudgetSpent.exit_code)
 
 
 def register(app: typer.Typer) -> None:

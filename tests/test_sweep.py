@@ -427,3 +427,78 @@ def test_batch_one_steps_run_on_one_thread_and_restore_the_count(monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(2)
+
+
+# ------------------------------------------------------------------ a budget of VLM calls per job
+
+
+def test_print_passes_each_jobs_vlm_call_budget(lever, ws):
+    res = sweep_cli(lever, "--print", "--max-vlm-calls", "300")
+    assert res.code == 0, res.text
+    lines = res.out.strip().splitlines()
+    assert len(lines) == 4 and all(line.endswith(" --max-vlm-calls 300") for line in lines)
+
+
+def test_jobs_that_exit_75_are_stopped_not_failed_and_the_sweep_exits_75(lever, ws, monkeypatch):
+    """A job's `lever run` that exits 75 (its --max-vlm-calls budget spent) is reported as stopped and resumable;
+    the sweep exits 75, or 1 when another job failed."""
+    code = ws / "code.txt"
+    code.write_text("75")
+    # each job: a process that exits with the code the file holds (the job's arguments follow, unread)
+    monkeypatch.setattr(executors, "LEVER", [sys.executable, "-c", f"import sys; sys.exit(int(open({str(code)!r}).read()))"])
+    grid = ["--grid", "rce.lr=1e-4,3e-4", "--seeds", "0"]
+    res = run_cli(lever, "sweep", BASE, *FAST, *grid, "--max-vlm-calls", "300")
+    assert res.code == 75, res.text
+    assert "each run may make at most 300 new VLM calls" in res.text
+    assert res.text.count("stopped at budget (resumable) baseline") == 2 and "FAILED" not in res.text
+    assert "2 run(s) stopped at their budget of 300 new VLM calls (resumable)" in res.text and "Traceback" not in res.text
+    record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
+    assert all(j["stopped"] == "stopped at budget (resumable)" and j["error"] is None for j in record["jobs"].values())
+    code.write_text("3")
+    res = run_cli(lever, "sweep", BASE, *FAST, *grid, "--max-vlm-calls", "300")
+    assert res.code == 1 and "2 run(s) failed" in res.text, res.text
+
+
+def own_cache(tmp_path: Path) -> Path:
+    """A workspace whose cache holds the shared test cache's benchmarks (linked) but a reward cache of its own, for
+    jobs in subprocesses (the `_own_reward_cache` fixture reaches this process only)."""
+    from workspaces import bench_workspace, shared_cache
+
+    from lever.data.sources import bench_paths
+    from lever.spec import load_workspace
+
+    bench_paths(load_workspace(bench_workspace(tmp_path)), lambda m: None)  # the small benchmark, made once
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for entry in shared_cache().iterdir():
+        if entry.is_dir():
+            (cache / entry.name).symlink_to(entry)
+    path = tmp_path / "lever.toml"
+    path.write_text(path.read_text().replace(f'cache = "{shared_cache()}"', f'cache = "{cache}"'))
+    return path
+
+
+@pytest.mark.slow
+def test_a_sweep_of_online_plans_stops_each_run_at_its_budget_and_the_same_sweep_continues_them(lever, ws, monkeypatch):
+    """Two reduced online GRPO plans (96 queries x 4 samples x 2 epochs: at most 768 VLM calls each), a budget of 300
+    new calls per run: both stop (the second's first epoch is partly in the cache the first filled), the sweep exits
+    75; the same sweep without the budget continues both from their last epoch to the end."""
+    path = own_cache(ws)
+    monkeypatch.setenv("LEVER_WORKSPACE", str(path))
+    online = [*FAST, "grpo.epochs=2", "grpo.lr=1e-4", 'rollout.mode="online"', "rollout.num_generations=4"]
+    cmd = ["sweep", str(PLANS / "plan5.toml"), *online, "--grid", "grpo.lr=1e-4,1e-3", "--seeds", "0"]
+    res = run_cli(lever, *cmd, "--max-vlm-calls", "300")
+    assert res.code == 75, res.text
+    assert res.text.count("stopped at budget (resumable) plan5") == 2 and "FAILED" not in res.text
+    runs = sorted((ws / "runs" / "plan5").glob("*/seed-0"))
+    assert len(runs) == 2 and all(json.loads((r / "status.json").read_text())["state"] == "interrupted" for r in runs)
+    res = run_cli(lever, *cmd)
+    assert res.code == 0, res.text
+    assert "2 run(s), 0 already done, 2 to run" in res.text and res.text.count("done plan5") == 2
+    assert all(json.loads((r / "status.json").read_text())["state"] == "done" for r in runs)
+    logs = [
+        (ws / "runs" / j["log"]).read_text()
+        for j in json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())["jobs"].values()
+    ]
+    assert all("grpo: resuming" in log for log in logs), logs
+    assert run_cli(lever, *cmd).text.count("already done") == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lever.errors import DamagedState, LeverError
@@ -32,6 +32,11 @@ class SweepRun:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]
 
+    @property
+    def stopped(self) -> list[Outcome]:
+        """The jobs stopped at their VLM call budget: resumable, continued by the same sweep."""
+        return [o for o in self.outcomes if o.stopped]
+
 
 def run_sweep(
     sweep: Sweep,
@@ -41,12 +46,15 @@ def run_sweep(
     jobs: int = 1,
     slurm: SlurmOptions | None = None,
     workspace_flag: str | None = None,
+    max_vlm_calls: int | None = None,
     log: Callable[[str], None] = print,
 ) -> SweepRun:
     """Run every job of a sweep that is not done yet through one executor, then link each job's log to its run.
 
     Every derived plan is checked first (preflight), so a bad grid value fails before any job starts; the
-    record is written before the jobs, so a killed sweep is listed too and the same command resumes it."""
+    record is written before the jobs, so a killed sweep is listed too and the same command resumes it.
+    `max_vlm_calls`: each job's own budget of new VLM calls (`lever run --max-vlm-calls`); a job that spends it
+    stops resumably, and the same sweep continues it with a budget as large again."""
     if executor not in EXECUTORS:
         raise LeverError(f"--executor {executor!r} is not an executor", hint=f"use one of: {', '.join(EXECUTORS)}")
     for m in sweep.distinct:
@@ -56,6 +64,9 @@ def run_sweep(
     todo = [j for j in sweep.jobs if not finished(Recipe.build(j.member.plan, ws, j.seed, log))]
     skipped = [j for j in sweep.jobs if j not in todo]
     log(f"sweep {sweep.key}: {len(sweep.jobs)} run(s), {len(skipped)} already done, {len(todo)} to run ({executor})")
+    if max_vlm_calls is not None:
+        log(f"each run may make at most {max_vlm_calls:,} new VLM calls (--max-vlm-calls; cache hits are free)")
+        todo = [replace(j, max_vlm_calls=max_vlm_calls) for j in todo]
     outcomes: list[Outcome] = []
     if todo and executor == "local":
         outcomes = run_local(todo, jobs, workspace_flag, folder.job_dir(sweep.key), ws.runs_dir, sweep.key, log)
@@ -89,6 +100,7 @@ def _link_jobs(record_file: Path, sweep: Sweep, outcomes: list[Outcome], ws: Wor
             "log": log,
             "job_id": (o.job_id if o else None) or (prov.get("job") or {}).get("slurm_job_id"),
             "error": o.detail if o and not o.ok else None,
+            **({"stopped": o.detail} if o and o.stopped else {}),
         }
     write_json(record_file, {**(read_state(record_file, "") or {}), "jobs": linked})
 

@@ -8,7 +8,9 @@
 - print: the commands, for any other scheduler.
 
 Every job writes its own log; the sweep's record links each job's log to its run folder. A job whose run
-another process is running (a second sweep over the same runs folder) is skipped, not failed.
+another process is running (a second sweep over the same runs folder) is skipped, not failed. A job that
+`lever run --max-vlm-calls` stopped at its budget (exit 75) is stopped, not failed: its run is resumable, and
+the same sweep continues it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lever.errors import LeverError
+from lever.errors import BudgetSpent, LeverError
 from lever.io import lock_holder
 from lever.threads import THREADS_ENV, available_cores
 
@@ -45,6 +47,14 @@ class Outcome:
     detail: str = ""
     job_id: str | None = None
     skipped: bool = False  # its run is being run by another process: not failed, the same sweep later runs it
+    stopped: bool = False  # stopped at its VLM call budget (exit 75): not failed, resumable, the same sweep continues it
+
+
+STOPPED = "stopped at budget (resumable)"
+
+
+def _stopped(job: Job, log: Path | None, job_id: str | None = None) -> Outcome:
+    return Outcome(job, True, log, STOPPED, job_id, stopped=True)
 
 
 # `lever run` refusing a run another process holds (lever.io.file_lock's message)
@@ -69,6 +79,9 @@ def _say(o: Outcome, say: Callable[[str], None]) -> None:
         say(f"{o.job.name}: {o.detail}")
         return
     where = f"  job {o.job_id}" if o.job_id else ""
+    if o.stopped:
+        say(f"{STOPPED} {o.job.name}{where}  log {o.log}")
+        return
     say(f"{'done' if o.ok else 'FAILED'} {o.job.name}{where}  log {o.log}" + (f" ({o.detail})" if o.detail else ""))
 
 
@@ -107,8 +120,9 @@ def slot_envs(n: int) -> list[dict[str, str]]:
     return [{"CUDA_VISIBLE_DEVICES": g, **share} for g in gpus[:n]] if gpus else [share] * n
 
 
-def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = None) -> None:
-    """Run one job's command with extra environment; a non-zero exit raises (so a scheduler marks the job failed).
+def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = None) -> int:
+    """Run one job's command with extra environment; returns 0, or 75 when it stopped at its VLM call budget; any
+    other non-zero exit raises (so a scheduler marks the job failed).
 
     Under submitit, the job's own log (relative to the runs folder) is handed to the run's provenance."""
     extra = dict(env)
@@ -120,8 +134,9 @@ def run_command(argv: list[str], env: dict[str, str], runs_root: str | None = No
         extra["LEVER_JOB_LOG"] = str(log.relative_to(root) if log.is_relative_to(root) else log)
     sys.stdout.flush()
     code = subprocess.run(argv, env={**os.environ, **extra}, stdin=subprocess.DEVNULL).returncode
-    if code != 0:
+    if code not in (0, BudgetSpent.exit_code):
         raise RuntimeError(f"`{' '.join(argv[2:])}` exited with {code}")
+    return code
 
 
 def run_local(
@@ -157,6 +172,8 @@ def run_local(
             slots.put(env)
         if code == 1 and (taken := _BUSY.search(log.read_text(encoding="utf-8", errors="replace"))):
             return _skipped(job, taken.group(1), log)  # the lock was taken between the probe and the start
+        if code == BudgetSpent.exit_code:
+            return _stopped(job, log)
         return Outcome(job, code == 0, log, "" if code == 0 else f"exit {code}")
 
     out = []
@@ -244,11 +261,14 @@ def _submit(
     out = []
     for job, handle in zip(jobs, handles):
         try:
-            handle.result()
+            code = handle.result()
             ok, detail = True, ""
         except Exception as err:  # a failed job: the scheduler's own message, the log has the rest
-            ok, detail = False, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        o = Outcome(job, ok, Path(handle.paths.stdout), detail, str(handle.job_id))
+            code, ok, detail = None, False, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        if code == BudgetSpent.exit_code:
+            o = _stopped(job, Path(handle.paths.stdout), str(handle.job_id))
+        else:
+            o = Outcome(job, ok, Path(handle.paths.stdout), detail, str(handle.job_id))
         _say(o, say)
         out.append(o)
     return out

@@ -43,16 +43,19 @@ class Job:
 
     member: Member
     seed: int
+    max_vlm_calls: int | None = None  # `lever sweep --max-vlm-calls`: this job's budget of new VLM calls (in no key)
 
     @property
     def name(self) -> str:
         return f"{self.member.name} seed {self.seed}"
 
     def args(self, workspace: str | None = None) -> list[str]:
-        """The arguments after `lever`: `run PLAN OVERRIDES... --seed N` (with `--workspace FILE` first when given)."""
+        """The arguments after `lever`: `run PLAN OVERRIDES... --seed N` (with `--workspace FILE` first when given,
+        and `--max-vlm-calls N` last when the job has a budget)."""
         lp = self.member.plan
         ws = ["--workspace", workspace] if workspace else []
-        return [*ws, "run", str(lp.path), *lp.overrides, "--seed", str(self.seed)]
+        budget = [] if self.max_vlm_calls is None else ["--max-vlm-calls", str(self.max_vlm_calls)]
+        return [*ws, "run", str(lp.path), *lp.overrides, "--seed", str(self.seed), *budget]
 
     def command(self, workspace: str | None = None) -> str:
         """The shell command, quoted, for any other scheduler."""
