@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,9 @@ def _rows(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "cost/"))} for r in read_jsonl(run / "metrics.jsonl")]
 
 
+# The line a stage prints once its VLM has answered a first batch: the seconds it took and what they predict.
+CALIBRATION = r"{stage}: the first [\d,]+ VLM calls took [\d.e-]+ (s|min)[^:]*: about [\d.e-]+ (s|min|h)[\d\w ]* at most for the other [\d,]+"
+
 REFRESH = [*FAST, "grpo.epochs=1", "refresh.rounds=2", "refresh.epochs=2", "refresh.samples=4", "--no-eval"]
 
 
@@ -98,6 +102,7 @@ def test_refresh_rounds_train_on_the_selectors_own_scored_groups(lever, ws, tmp_
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *REFRESH)
     assert res.code == 0, res.text
     assert "grpo_r1: refreshing 96 groups" in res.text and "at most 384 VLM calls" in res.text
+    assert re.search(CALIBRATION.format(stage="grpo_r1"), res.text), res.text
     (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
     rows = _rows(run)
     assert [(r["stage"], r["epoch"]) for r in rows][-4:] == [("grpo_r1", 1), ("grpo_r1", 2), ("grpo_r2", 1), ("grpo_r2", 2)]
@@ -184,6 +189,8 @@ def test_online_grpo_samples_scores_and_takes_the_ratio_to_the_sampling_policy(l
     res = lever("--workspace", ws, "run", PLANS / "plan5.toml", *args)
     assert res.code == 0, res.text
     assert "grpo: online GRPO, 96 queries x 4 samples x 2 epochs: at most 768 VLM calls" in res.text
+    # the first batch of samples is timed: what it took predicts the rest (the value is the machine's)
+    assert re.search(CALIBRATION.format(stage="grpo"), res.text), res.text
     (run,) = (Path(ws).parent / "runs" / "plan5").glob("*/seed-0")
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "grpo"]
     for r in rows:

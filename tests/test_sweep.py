@@ -481,24 +481,24 @@ def own_cache(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_a_sweep_of_online_plans_stops_each_run_at_its_budget_and_the_same_sweep_continues_them(lever, ws, monkeypatch):
     """Two reduced online GRPO plans (96 queries x 4 samples x 2 epochs: at most 768 VLM calls each), a budget of 300
-    new calls per run: both stop (the second's first epoch is partly in the cache the first filled), the sweep exits
-    75; the same sweep without the budget continues both from their last epoch to the end."""
+    new calls per run: one stops in its first epoch, the other (whose first epoch the cache partly holds) in its
+    second; the sweep exits 75; the same sweep without the budget continues both to the end."""
     path = own_cache(ws)
     monkeypatch.setenv("LEVER_WORKSPACE", str(path))
-    online = [*FAST, "grpo.epochs=2", "grpo.lr=1e-4", 'rollout.mode="online"', "rollout.num_generations=4"]
-    cmd = ["sweep", str(PLANS / "plan5.toml"), *online, "--grid", "grpo.lr=1e-4,1e-3", "--seeds", "0"]
+    online = [*FAST, "grpo.epochs=2", "grpo.lr=1e-4", "rollout.num_generations=4"]
+    cmd = ["sweep", str(PLANS / "onpolicy" / "online8.toml"), *online, "--grid", "grpo.lr=1e-4,1e-3", "--seeds", "0"]
     res = run_cli(lever, *cmd, "--max-vlm-calls", "300")
     assert res.code == 75, res.text
-    assert res.text.count("stopped at budget (resumable) plan5") == 2 and "FAILED" not in res.text
-    runs = sorted((ws / "runs" / "plan5").glob("*/seed-0"))
+    assert res.text.count("stopped at budget (resumable) onpolicy/online8") == 2 and "FAILED" not in res.text
+    runs = sorted((ws / "runs" / "onpolicy" / "online8").glob("*/seed-0"))
     assert len(runs) == 2 and all(json.loads((r / "status.json").read_text())["state"] == "interrupted" for r in runs)
+    record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
+    logs = [(ws / "runs" / j["log"]).read_text() for j in record["jobs"].values()]
+    assert sorted(log.count("300 new VLM calls made, the budget is 300 (in grpo epoch ") for log in logs) == [1, 1]
     res = run_cli(lever, *cmd)
     assert res.code == 0, res.text
-    assert "2 run(s), 0 already done, 2 to run" in res.text and res.text.count("done plan5") == 2
+    assert "2 run(s), 0 already done, 2 to run" in res.text and res.text.count("done onpolicy/online8") == 2
     assert all(json.loads((r / "status.json").read_text())["state"] == "done" for r in runs)
-    logs = [
-        (ws / "runs" / j["log"]).read_text()
-        for j in json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())["jobs"].values()
-    ]
-    assert all("grpo: resuming" in log for log in logs), logs
-    assert run_cli(lever, *cmd).text.count("already done") == 1
+    logs = [(ws / "runs" / j["log"]).read_text() for j in record["jobs"].values()]
+    assert any("grpo: resuming after epoch 1" in log for log in logs)  # the one stopped in its second epoch
+    assert "2 already done, 0 to run" in run_cli(lever, *cmd).text

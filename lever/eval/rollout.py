@@ -218,6 +218,7 @@ class OnlineSource:
         self.features = features.cpu()  # proposals are drawn on the CPU (seeded per query)
         self._stats: list[dict[str, float]] = []
         self._before = scoring.counts.copy()
+        self.after_rollout: Callable[[], None] | None = None  # told after each batch is scored (the cost calibration)
 
     def bind(self, objective: Any) -> None:
         """Tell `objective` (GRPO's) of each new batch of samples (`new_groups`); it takes their log-probs there."""
@@ -244,6 +245,8 @@ class OnlineSource:
         """A batch of fresh groups for `queries` as training groups (the plan's rewards), and its statistics."""
         policy = self.model if next(self.model.parameters()).device.type == "cpu" else copy.deepcopy(self.model).cpu()
         data = sample_groups(self.scoring, policy, queries, self.features, self.n, self.temperature, seed, tag)
+        if self.after_rollout is not None:
+            self.after_rollout()
         groups = self.make_groups(data)
         self._stats.append(group_stats(data, groups.raw))
         return groups
