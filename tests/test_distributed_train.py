@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from workspaces import bench_workspace
 
+from lever.eval.distributed import Ranks, Spread, _interleave
 from lever.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +79,26 @@ def test_torchrun_training_equals_single_process(lever, tmp_path, args):
     a, b, total = map(int, shares)
     assert a > 0 and b > 0 and a + b == total == calls1 == calls2
     assert log.count("VLM prompts answered per rank") == 1  # rank 0 speaks; rank 1 prints nothing of training
+
+
+def test_each_ranks_answers_go_back_to_their_prompts_positions():
+    """Rank r answered positions r, r + world, ...: interleaved back into prompt order (tuples element-wise)."""
+    assert _interleave([["a", "c", "e"], ["b", "d"]], 5) == ["a", "b", "c", "d", "e"]
+    assert _interleave([["a"], [], []], 1) == ["a"]
+    got = _interleave([(["a0", "a3"], [0, 3]), (["a1"], [1]), (["a2"], [2])], 4)
+    assert got == (["a0", "a1", "a2", "a3"], [0, 1, 2, 3])
+
+
+def test_in_one_process_spread_is_its_inner_backend():
+    class Echo:
+        name = "echo"
+
+        def answer(self, requests):
+            return [f"answer {q}" for q in requests]
+
+        def gt_probs(self, requests):
+            return [q / 10 for q in requests]
+
+    one = Spread(Echo(), Ranks())
+    assert one.name == "echo" and one.answer([1, 2]) == ["answer 1", "answer 2"] and one.gt_probs([3]) == [0.3]
+    assert not hasattr(one, "answer_with_gt_probs")  # the inner backend has none: the reward cache asks separately
