@@ -113,6 +113,8 @@ def run(
     Example: [bold]lever run plans/plan5.toml[/]   or, quicker: [bold]lever run plan5 grpo.epochs=3[/]
     Several plans: [bold]lever run baseline plan5 plan7 plan7_1[/] (one table at the end)
     A VLM call budget: [bold]lever run onpolicy/online8 --max-vlm-calls 20000[/] (exit 75 when it stops there)
+    On several GPUs (rank 0 trains, every rank answers its share of the VLM's prompts, the same results):
+    [bold]torchrun --nproc_per_node 4 -m lever_cli run onpolicy/online8[/]
     """
     from lever.eval.distributed import barrier, ranks
     from lever.eval.reward_cache import Budget
