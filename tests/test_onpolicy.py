@@ -86,6 +86,14 @@ def test_rl_checkpoints_selected_by_val_reward(lever, ws):
     assert all(row["cost/val/calls"] == 0 for row in again if row["stage"] == "grpo")
     assert [row["val/reward"] for row in again] == [row["val/reward"] for row in rows]
 
+    # The validation queries are train questions, each with the pool an evaluation of the train split gives it, so
+    # the selected checkpoint's validated prompts (its greedy 2 picks, in pick order) are that evaluation's 2-shot
+    # prompts: `lever evaluate` finds them in the reward cache and asks the VLM only the other train questions.
+    ev = [*args[:-1], 'select.mode="max"', 'eval.splits=["train"]', 'eval.questions="all"', "eval.shots=[2]"]
+    res = lever(*[a if a != "run" else "evaluate" for a in ev])
+    n, train = val.num_queries, len(recipe.scoring.items)
+    assert res.code == 0 and f"evaluation: {train - n:,} VLM calls, {n:,} answers from the reward cache" in res.text, res.text
+
 
 def _rows(run: Path) -> list[dict]:
     """A run's metric rows without what depends on the machine and the cache's state (time/*, cost/*)."""
