@@ -227,3 +227,20 @@ def test_evaluation_answers_through_the_reward_cache_shared_with_training(lever,
     # ... and an evaluation on that cache asks only the val split's prompts.
     text, again = evaluate()
     assert "evaluation: 60 VLM calls, 60 answers from the reward cache" in text and again == results
+
+
+def test_the_simulated_held_out_splits_answers_are_stored_under_an_identity_with_its_files(lever, ws, tmp_path):
+    """The bundled benchmark's test split is answered from its own world file: its prompts are stored under the
+    training identity plus those files, so a change to them is never served the old answers; train and val share
+    training's identity."""
+    plan = [ROOT / "plans" / "baseline.toml", "rce.epochs=1", "eval.questions=10", "eval.shots=[1]"]
+    plan.append('eval.splits=["val","test"]')
+    assert lever("--workspace", ws, "run", *plan, "--no-eval").code == 0
+    res = lever("--workspace", ws, "evaluate", *plan)
+    assert res.code == 0 and "evaluation: 20 VLM calls" in res.text, res.text  # 10 val and 10 test questions
+    with sqlite3.connect(tmp_path / "rewards.sqlite") as conn:
+        by_split = dict(conn.execute("SELECT split, ns FROM answers GROUP BY split"))
+        identities = dict(conn.execute("SELECT ns, identity FROM identities"))
+    test, val = json.loads(identities[by_split["test"]]), json.loads(identities[by_split["val"]])
+    assert {k: v for k, v in test.items() if k != "split"} == val and set(val) == {"backend", "vlm", "files"}
+    assert {"items_test.json", "world_test.pt"} <= set(test["split"]["test"]["files"])
