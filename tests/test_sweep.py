@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -495,6 +496,7 @@ def test_a_sweep_of_online_plans_stops_each_run_at_its_budget_and_the_same_sweep
     record = json.loads(next((ws / "runs" / "_sweeps").glob("*.json")).read_text())
     logs = [(ws / "runs" / j["log"]).read_text() for j in record["jobs"].values()]
     assert sorted(log.count("300 new VLM calls made, the budget is 300 (in grpo epoch ") for log in logs) == [1, 1]
+    assert all(re.search(r"grpo: the first [\d,]+ VLM calls took .*: about .* at most for the other", log) for log in logs)
     res = run_cli(lever, *cmd)
     assert res.code == 0, res.text
     assert "2 run(s), 0 already done, 2 to run" in res.text and res.text.count("done onpolicy/online8") == 2
