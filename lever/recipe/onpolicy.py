@@ -17,6 +17,7 @@ VLM and protocol identity), so it is reused with the stage, and a killed generat
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def about(seconds: float) -> str:
     return f"{h} h {rest // 60} min" if h else f"{rest // 60} min {rest % 60} s"
 
 
-def calibrator(r: Recipe, stage: str, most: int, say: Any) -> Any:
+def calibrator(r: Recipe, stage: str, most: int, say: Callable[[str], None]) -> Callable[..., None]:
     """A callback (any arguments) that, the first time the stage's VLM has answered prompts (cache hits are not
     timed), says what they took and the time they predict for the stage's other calls, at most (its `most`, or
     what the budget leaves): `grpo: the first 384 VLM calls took 3.1 s: about 3.1 s at most for the other 384`."""
