@@ -162,10 +162,13 @@ def _render_stats(s: dict[str, Any]) -> None:
 def _render_plan(p: dict[str, Any]) -> None:
     adv = p["advantage"]
     rw = p["plan_reward"]
+    scale = adv.get("scale_rewards")  # in the spec dump only when not "group", the default (zscore only)
+    floor = f"std floor {adv['std_floor']:g}, " if adv["kind"] == "zscore" and scale != "none" else ""
+    scaling = {None: "", "batch": "scale_rewards batch, ", "none": "scale_rewards none: r - mean, "}[scale] + floor
     console.print(
         f"\n[bold]plan {p['name']}[/]: reward {rw['mode']} (h {rw['hard_weight']:g}, s {rw['soft_weight']:g}, "
         f"rel {rw['rel_weight']:g}, clip {rw['clip']}, normalize {rw['normalize']}); advantage {adv['kind']} "
-        f"(std floor {adv['std_floor']:g}, clip {adv['clip']:g}); split {p['split']['train']} train / {p['split']['val']} val",
+        f"({scaling}clip {adv['clip']:g}); split {p['split']['train']} train / {p['split']['val']} val",
         highlight=False,
     )
     if not p["has_grpo"]:

@@ -194,3 +194,22 @@ def test_the_original_family_keeps_repeated_sequences_and_floors_the_split(tmp_p
     # lever: the repeat dropped, round(0.8 * 7) = 6 training queries of 2 sequences = 12
     # the original: every copy kept, int(0.8 * 7) = 5 training queries, query 3 with 3 sequences = 11
     assert got == {"baseline": (6, 1, 12), "original/baseline": (5, 2, 11)}
+
+
+def test_the_plan_line_names_how_advantages_are_scaled(tmp_path):
+    """The plan's summary line says scale_rewards when it is not the group default, and a std floor only where one
+    divides: a Dr. GRPO plan (none) must not read like the default z-score."""
+    data = write_records(tmp_path / "d.json", FILE)
+    plan = tmp_path / "p.toml"
+    lines = {}
+    for scale in ("group", "batch", "none"):
+        plan.write_text(PLAN.format(kind="zscore") + f'scale_rewards = "{scale}"\n')
+        code, out = run_cli("stats", data, "--plan", plan, "--no-cache")
+        assert code == 0, out
+        lines[scale] = " ".join(next(line for line in out.splitlines() if line.startswith("plan ")).split())
+    assert "advantage zscore (std floor 0.1, clip 5)" in lines["group"]
+    assert "advantage zscore (scale_rewards batch, std floor 0.1, clip 5)" in lines["batch"]
+    assert "advantage zscore (scale_rewards none: r - mean, clip 5)" in lines["none"]
+    plan.write_text(PLAN.format(kind="rank"))
+    code, out = run_cli("stats", data, "--plan", plan, "--no-cache")
+    assert code == 0 and "advantage rank (clip 5)" in " ".join(out.split())  # no std in a rank advantage
