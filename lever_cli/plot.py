@@ -12,6 +12,7 @@ from lever.report import figures
 from lever.report.leaderboard import load_leaderboard
 from lever.report.reports import load_comparison
 from lever.report.results import check_known, plan_runs
+from lever.report.significance import N_RESAMPLES
 
 from ._common import runs_dir, workspace
 from .report import METRIC_OPTION, _table_options
@@ -27,7 +28,7 @@ OUT = typer.Option(..., "--out", "-o", help="The figure file: .png, .pdf or .svg
 WIDTH = typer.Option(None, "--width", min=1.0, help="Figure width in inches (default: 3.5, one paper column; curves 7)")
 JSON = typer.Option(False, "--json", help="Also print the figure's data as JSON (the numbers drawn)")
 SPLIT = typer.Option("val", "--split", help="Which evaluation split: val, train or test (the held-out questions)")
-RESAMPLES = typer.Option(10000, "--resamples", help="Bootstrap resamples and permutations (as the table's)")
+RESAMPLES = typer.Option(N_RESAMPLES, "--resamples", help="Bootstrap resamples and permutations (as the table's)")
 
 
 def _start(out: Path) -> None:
