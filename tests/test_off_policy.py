@@ -20,7 +20,16 @@ from lever.bench.candidates import uniform_logps
 from lever.data.reader import parse_candidates
 from lever.data.synthetic import synthetic_records
 from lever.errors import LeverError
-from lever.eval.generate import Sources, dedupe_set, propose, selector_policy, similarity_policy, uniform_step_logps
+from lever.eval.generate import (
+    Sources,
+    dedupe_set,
+    propose,
+    sample,
+    selector_policy,
+    similarity_policy,
+    step_logps,
+    uniform_step_logps,
+)
 from lever.model import PointerSelector
 from lever.spec import load_plan
 from lever.train import losses as L
@@ -66,6 +75,18 @@ def test_generated_behaviour_logps_are_the_proposing_policys_scores():
                 if method == "beam":
                     assert beh == pytest.approx(p["beam_score"], abs=1e-4)
     assert seen == {"beam", "sample", "random", "retrieval"}
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.3])
+def test_sampled_log_probs_are_the_teacher_forced_pass_bit_for_bit(tau):
+    """`sample` keeps the log-probs of the distributions it drew from: the same bits as a second, teacher-forced pass
+    (`step_logps`), which online GRPO and `data generate` took before."""
+    torch.manual_seed(0)
+    model = PointerSelector(d_in=8, hidden=8, dropout=0.0).eval().requires_grad_(False)
+    step = selector_policy(model, torch.randn(3, 8), torch.randn(3, 7, 8))
+    seqs, logps = sample(step, 5, 3, tau, [torch.Generator().manual_seed(i) for i in range(3)], 7)
+    assert seqs.shape == logps.shape == (3, 5, 3)
+    assert torch.equal(logps, step_logps(step, seqs, tau))
 
 
 def test_uniform_draw_and_the_similarity_policy_by_hand():

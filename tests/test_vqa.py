@@ -194,3 +194,23 @@ def test_metric_variants_agree_on_plain_answers():
         assert vqa_accuracy("green", answers, metric) == 0.0
     with pytest.raises(ValueError, match="unknown VQA metric"):
         vqa_accuracy("red", answers, "official")
+
+
+def test_a_repeated_answer_is_judged_against_each_questions_own_answers():
+    """score_requests judges each distinct (answer, human answers) once: the same text scores by the question it
+    answers, and a failed answer scores 0 whatever it said."""
+    from lever.eval.backend import Response
+    from lever.eval.score import score_requests
+
+    class Fixed:
+        name = "fixed"
+
+        def answer(self, requests):
+            return [Response("Cats, dogs", failed=r.query.index == 2) for r in requests]
+
+    cats, dogs = Item(0, 10, 1, "q?", ["cats"] * 10), Item(1, 11, 1, "q?", ["dogs"] * 10)
+    failed = Item(2, 12, 1, "q?", ["cats"] * 10)
+    reqs = [Request("train", q, []) for q in (cats, dogs, cats, failed)]
+    recs = score_requests(Fixed(), "classic", reqs, gt_probs=False, rel=False)
+    assert [(r["vqa_pred_answer"], r["vqa_acc_score"]) for r in recs] == [("Cats", 1.0), ("Cats", 0.0), ("Cats", 1.0), ("", 0.0)]
+    assert recs[0] == recs[2] and recs[0] is not recs[2]

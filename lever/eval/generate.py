@@ -133,14 +133,21 @@ def beam_search(step: StepLogp, n_q: int, k: int, width: int, steps: int) -> tup
     return seqs, score
 
 
-def sample(step: StepLogp, n: int, steps: int, tau: float, gens: list[torch.Generator], k: int) -> Tensor:
-    """n sequences [Q, n, steps] drawn step by step from softmax(log pi / tau) (Gumbel-max, one generator per query)."""
+def sample(step: StepLogp, n: int, steps: int, tau: float, gens: list[torch.Generator], k: int) -> tuple[Tensor, Tensor]:
+    """n sequences [Q, n, steps] drawn step by step from softmax(log pi / tau) (Gumbel-max, one generator per query),
+    and their per-pick log-probs [Q, n, steps] under that distribution: `step_logps(step, seqs, tau)`, taken from the
+    distributions the picks were drawn from (no second pass)."""
     seqs = torch.zeros(len(gens), n, 0, dtype=torch.long)
+    logps = []
     for _ in range(steps):
         u = torch.stack([torch.rand(n, k, generator=g) for g in gens]).clamp(1e-12, 1 - 1e-7)  # [Q, n, K]
-        pick = (step(seqs) / tau - torch.log(-torch.log(u))).argmax(-1)  # [Q, n]
+        logp = step(seqs)  # [Q, n, K]
+        pick = (logp / tau - torch.log(-torch.log(u))).argmax(-1)  # [Q, n]
+        if tau != 1.0:
+            logp = (logp / tau).log_softmax(-1)
+        logps.append(logp.gather(2, pick[:, :, None]).squeeze(2))
         seqs = torch.cat([seqs, pick[:, :, None]], dim=2)
-    return seqs
+    return seqs, torch.stack(logps, dim=2) if logps else torch.zeros(len(gens), n, 0)
 
 
 def step_logps(step: StepLogp, seqs: Tensor, tau: float = 1.0) -> Tensor:
@@ -202,8 +209,8 @@ def propose(
                 add(qi, s, "beam", b, r, round(c, 4))
     for tau in sources.temperatures:
         if sources.samples:
-            seqs = sample(step, sources.samples, shots, tau, gens, k)
-            for qi, (ss, bb) in enumerate(zip(seqs.tolist(), step_logps(step, seqs, tau).tolist())):
+            seqs, logps = sample(step, sources.samples, shots, tau, gens, k)
+            for qi, (ss, bb) in enumerate(zip(seqs.tolist(), logps.tolist())):
                 for s, b in zip(ss, bb):
                     add(qi, s, "sample", b, tau=tau)
     for qi, window in enumerate(retrieval_windows(sims, shots, sources.retrieval)):

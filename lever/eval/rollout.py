@@ -146,7 +146,7 @@ def sample_groups(
     behaviour log-probs are those of the drawing distribution. Each query draws from its own generator seeded by
     (seed, tag, query row), so a group does not depend on batching or resumption. The policy is `model` in eval
     mode, on the CPU copy `features` live on."""
-    from .generate import query_generator, sample, selector_policy, step_logps
+    from .generate import query_generator, sample, selector_policy
 
     k = int(queries.pool_sizes.min())
     if int(queries.pool_sizes.max()) != k:
@@ -157,8 +157,7 @@ def sample_groups(
     was = model.training
     step = selector_policy(model, features[queries.query_ids], features[pools])
     gens = [query_generator(seed, f"{tag}:{q}") for q in rows]  # type: ignore[arg-type]
-    seqs = sample(step, n, shots, temperature, gens, k)  # [Q, n, L] local pointers
-    beh = step_logps(step, seqs, temperature)  # [Q, n, L]
+    seqs, beh = sample(step, n, shots, temperature, gens, k)  # [Q, n, L] local pointers, their behaviour log-probs
     model.train(was)
     flat = seqs.reshape(-1, shots)  # [Q n, L]
     glob = pools.gather(1, seqs.reshape(len(rows), -1)).reshape(-1, shots)  # [Q n, L] global rows

@@ -38,7 +38,8 @@ def score_requests(
         responses, probs = backend.answer(requests), gt_probs
     else:
         responses, probs = answer_with_gt_probs(backend, requests, gt_probs)
-    return [_record(r.query, resp, p, metric, rel) for r, resp, p in zip(requests, responses, probs)]
+    judged: dict[tuple[str, tuple[str, ...]], tuple[str, float, dict[str, float]]] = {}  # one answer to one question
+    return [_record(r.query, resp, p, metric, rel, judged) for r, resp, p in zip(requests, responses, probs)]
 
 
 def answer_with_gt_probs(
@@ -55,16 +56,27 @@ def answer_with_gt_probs(
     return backend.answer(requests), probs
 
 
-def _record(query: Item, resp: Response, p: float | None, metric: str, rel: bool = True) -> dict[str, Any]:
-    pred = "" if resp.failed else postprocess(resp.raw)
-    acc = 0.0 if resp.failed else vqa_accuracy(pred, query.answers, metric)
+def _record(query: Item, resp: Response, p: float | None, metric: str, rel: bool, judged: dict) -> dict[str, Any]:
+    """The record of one answer. `judged`: the (prediction, accuracy, relevance) of answers already judged against the
+    same human answers (a group's sequences mostly get a few distinct answers: post-processing, normalising and
+    matching dominated the scoring of a batch on the simulated VLM), filled as it goes."""
+    key = (resp.raw, tuple(query.answers))
+    seen = None if resp.failed else judged.get(key)
+    if seen is not None:
+        pred, acc, rel_fields = seen
+    else:
+        pred = "" if resp.failed else postprocess(resp.raw)
+        acc = 0.0 if resp.failed else vqa_accuracy(pred, query.answers, metric)
+        rel_fields = relevance(pred, [normalize_answer(a) for a in query.answers]) if rel else {}
+        if not resp.failed:
+            judged[key] = (pred, acc, rel_fields)
     return {
         "vqa_raw_generation": resp.raw,
         "vqa_pred_answer": pred,
         "vqa_correct": int(acc > 0),
         "vqa_acc_score": round(acc, 4),
         **({} if p is None else {"vqa_gt_prob": round(p, 4)}),
-        **(relevance(pred, [normalize_answer(a) for a in query.answers]) if rel else {}),
+        **rel_fields,
         "vqa_eval_mode": "error" if resp.failed else "vqaEval",
         "eval_failed": resp.failed,
     }

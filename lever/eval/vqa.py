@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 CONTRACTIONS = {
     "aint": "ain't",
@@ -162,6 +163,7 @@ PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # a period not followed by a d
 PERIOD_MAX = 32  # re.UNICODE == 32, passed as `count` in the official code
 
 
+@lru_cache(maxsize=1 << 16)  # a pure function of a few thousand distinct answers: each question's ten are met again
 def process_punctuation(text: str) -> str:
     """The official punctuation step.
 
@@ -192,6 +194,7 @@ def clean(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+@lru_cache(maxsize=1 << 16)
 def normalize_answer(s: str) -> str:
     """The full normalisation: clean, punctuation, then number words, articles and contractions."""
     return process_digit_article(process_punctuation(clean(s)))
