@@ -22,8 +22,9 @@ the same batch size and shot count. In one process, each round: `lever evaluate`
 baseline over --questions val questions (`lever.recipe.evaluate` with redo, its preflight left out; the command
 answers in chunks of eval.batch_size); then the reward backend (`Recipe.scoring`, as online GRPO builds it, on a
 new reward cache file: every sequence is a VLM call) scoring as many --shots-shot sequences of train queries,
---num-generations per query and 16 queries per call (online GRPO's batch). Both start with an empty image-feature cache. The figures are prompts per second of wall
-time and of the process's CPU time (steadier on a loaded machine), each the best of --rounds.
+--num-generations per query and 16 queries per call (online GRPO's batch). Both start with an empty image-feature
+cache and an empty reward cache (`lever evaluate` answers through it where it does). The figures are prompts per
+second of wall time and of the process's CPU time (steadier on a loaded machine), each the best of --rounds.
 """
 
 from __future__ import annotations
@@ -228,6 +229,7 @@ def hf_rates(args: argparse.Namespace) -> dict:
 
     for rnd in range(args.rounds):
         image_cache._CACHES.clear()
+        reward_cache.CACHE_FILE = f"rewards-eval-{rnd}.sqlite"  # where `lever evaluate` asks through it: cold too
         timed("evaluate", lambda: evaluate(r, redo=True, preflight=False))
         image_cache._CACHES.clear()
         reward_cache.CACHE_FILE = f"rewards-hf-{rnd}.sqlite"  # a cold reward cache: every sequence is a VLM call
