@@ -4,7 +4,7 @@ one bundled-benchmark world per world seed (docs/benchmark.md, "Confirmed on the
     python benchmarks/bench_worlds.py                                 # worlds 0 and 1, seed 0, in a temporary folder
     python benchmarks/bench_worlds.py --worlds 0,1,2 --dir worlds     # keep the runs: the same call again reuses them
     python benchmarks/bench_worlds.py --seeds 0,1,2 --dir worlds      # the plan over three seeds (the baseline trains nothing)
-    python benchmarks/bench_worlds.py --dir worlds grpo.epochs=5      # overrides for the plan (not the baseline)
+    python benchmarks/bench_worlds.py --dir worlds grpo.epochs=5      # overrides, for both plans as in `lever run`
 
 Each world is a workspace file DIR/world-N/lever.toml holding `[bench] seed = N` (and any --bench settings), with its
 own runs folder; the worlds share one cache (DIR/.lever-cache). The runs are made by `lever run` (the plan with the
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="More [bench] settings for every world, as TOML (e.g. --bench item_features='\"image\"'); repeatable",
     )
     ap.add_argument("--json", action="store_true", help="Print every cell's numbers as JSON instead of the table")
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Overrides for the plan, as `lever run` takes them")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Overrides for both plans, as `lever run` takes them")
     args = ap.parse_args(argv)
     for text in [*args.bench, *args.overrides]:
         if "=" not in text:
@@ -81,9 +81,9 @@ def write_workspace(folder: Path, world: int, bench: list[str], cache: Path) -> 
 
 
 def plan_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The `lever run` overrides of the plan and of the baseline (which keeps its own seeds)."""
+    """The `lever run` overrides of the plan and of the baseline (which keeps its own seeds: it trains nothing)."""
     splits = "eval.splits=" + json.dumps(list(SPLITS))
-    return [splits, f"seeds={json.dumps(args.seeds)}", *args.overrides], [splits]
+    return [splits, f"seeds={json.dumps(args.seeds)}", *args.overrides], [splits, *args.overrides]
 
 
 def run_world(workspace: Path, args: argparse.Namespace) -> None:

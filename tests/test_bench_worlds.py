@@ -23,7 +23,7 @@ def test_arguments():
     assert (args.worlds, args.seeds, args.overrides) == ([0, 2], [0, 1, 2], ["grpo.epochs=5"])
     assert bench_worlds.plan_overrides(args) == (
         ['eval.splits=["val", "test"]', "seeds=[0, 1, 2]", "grpo.epochs=5"],
-        ['eval.splits=["val", "test"]'],
+        ['eval.splits=["val", "test"]', "grpo.epochs=5"],
     )
 
 
@@ -88,7 +88,8 @@ def test_two_small_worlds_match_lever_compare(tmp_path, lever, capsys):
     """Two worlds of the small benchmark, short training: the script's numbers are `lever compare`'s on the same runs,
     and the worlds differ."""
     small = ["--bench", "n_train = 600", "--bench", "n_queries = 120", "--bench", "n_val = 80"]
-    argv = ["--dir", str(tmp_path), "--worlds", "0,1", *small, "--json", "rce.epochs=1", "grpo.epochs=1"]
+    short = ["rce.epochs=1", "grpo.epochs=1", "eval.questions=80"]
+    argv = ["--dir", str(tmp_path), "--worlds", "0,1", *small, *short, "--json"]
     bench_worlds.main(argv)
     records = json.loads(capsys.readouterr().out)
     assert [(r["world"], r["split"]) for r in records] == [(0, "val"), (0, "test"), (1, "val"), (1, "test")]
@@ -104,7 +105,7 @@ def test_two_small_worlds_match_lever_compare(tmp_path, lever, capsys):
                 assert mine[key] == rows[label][key], (r["world"], r["split"], label, key)
     assert records[0]["cells"]["avg"]["baseline"] != records[2]["cells"]["avg"]["baseline"]  # another world
 
-    bench_worlds.main(argv[:-3] + ["rce.epochs=1", "grpo.epochs=1"])  # the same runs again: reused, printed as a table
+    bench_worlds.main(argv[:-1])  # the same runs again: reused, printed as a table
     table = capsys.readouterr().out
     assert table.startswith("| world, split | 1 | 2 | 3 | 4 | mean 1-4 [95% CI] | p (primary) |")
     assert len([line for line in table.splitlines() if line.startswith("| world ")]) == 4
