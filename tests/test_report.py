@@ -466,6 +466,9 @@ def test_cli_compare_plain(cli):
     res = cli("compare", "plan6", "--baseline", "plan9")  # neither has an evaluated run: an error, not an empty table
     assert isinstance(res.exception, LeverError) and "no plan named has an evaluated run" in str(res.exception)
     assert "plan9: not run; plan6: not evaluated" in str(res.exception)
+    res = cli("compare", "plan9", "plan6")  # the baseline is evaluated, no plan named is: still nothing to compare
+    assert isinstance(res.exception, LeverError) and "no plan named has an evaluated run" in str(res.exception)
+    assert "(plan9: not run; plan6: not evaluated)" in str(res.exception) and "lever run plans/plan9.toml" in res.exception.hint
 
 
 def test_cli_compare_exports(cli):

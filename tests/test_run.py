@@ -371,10 +371,11 @@ def test_several_seeds_compare_with_mean_and_std(lever, ws):
     assert "vs baseline" in res.out and "plan10" in res.out  # the closing table
     (p10,) = {d.parent.name for d in seed_dirs(ws, "plan10")}
     (base,) = {d.parent.name for d in seed_dirs(ws, "baseline")}
-    # The plan files as they are now were never run: compare says so and names the runs that exist.
+    # The plan files as they are now were never run: nothing to compare (exit 2, not a table of the baseline alone);
+    # the error says so and names the runs that exist.
     out = run_cli(lever, "compare", PLANS / "plan10.toml", "--markdown")
-    assert out.code == 0, out.text
-    assert "no run of the plan file as it is now" in out.out and f"plan10@{p10} (overrides seeds=[0,1]" in out.out
+    assert out.code == 2, out.text
+    assert "no run of the plan file as it is now" in out.err and f"plan10@{p10} (overrides seeds=[0,1]" in out.err
     # Named by hash, the overridden runs are compared, and marked as made with overrides.
     out = run_cli(lever, "compare", f"plan10@{p10}", "--baseline", f"baseline@{base[:6]}", "--markdown")
     assert out.code == 0, out.text

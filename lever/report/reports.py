@@ -60,9 +60,11 @@ def _compared(
     if (base.missing or "").startswith("damaged"):
         raise DamagedState(f"baseline {base.name}: {base.missing}", hint=base.command)
     others = [p for p in others if not (p.name == base.name and p.spec_hash == base.spec_hash)]
-    if all(pr.missing for pr in (base, *others)):  # nothing to show: an empty table would exit 0
-        gaps = "; ".join(f"{pr.name}: {pr.missing}" for pr in (base, *others))
-        raise LeverError(f"no plan named has an evaluated run to compare ({gaps})", hint=base.command or others[0].command)
+    named = others or [base]  # `lever compare baseline`: the baseline is the plan named
+    if all(pr.missing for pr in named):  # no delta to show: a table of the baseline alone would exit 0
+        gaps = "; ".join(f"{pr.name}: {pr.missing}" for pr in (base, *others) if pr.missing)
+        hint = base.command if base.missing else named[0].command
+        raise LeverError(f"no plan named has an evaluated run to compare ({gaps})", hint=hint)
     if metric is not None:
         for pr in (base, *others):
             if pr.missing is None:
