@@ -1,12 +1,17 @@
-"""Rich rendering of training progress: a bar per epoch and a one-line summary after it."""
+"""Rich rendering of progress: training's bar per epoch and one-line summary after it; counted work (answers, a
+comparison's paired tests)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ._console import err_console
 
 # Metrics shown in the one-line epoch summary, in order, with their short labels.
 SUMMARY = [
@@ -181,3 +186,21 @@ class CountProgress:
             pct = f", {100 * done // max(total, 1)}%"
             extra = "".join(f", {x}" for x in (rate_s, eta_s) if x)
             self.console.print(f"{self.label}: {done}/{total} {what}{pct}{extra}", highlight=False, soft_wrap=True)
+
+
+QUIET_S = 5.0  # a comparison shorter than this shows no progress: most are, and their output stays the table alone
+
+
+@contextmanager
+def tests_progress(quiet_s: float | None = None) -> Iterator[Callable[[int, int], None]]:
+    """Progress of a comparison's paired tests on stderr (`lever compare`: a two-level bootstrap takes about half a
+    second a test, so 13 plans x 5 rows run for minutes), shown once the work has taken `quiet_s` seconds, e.g.
+    `comparing: 24/65 paired tests, 36%, 2.1/s, 19s left`."""
+    start, quiet_s = time.monotonic(), QUIET_S if quiet_s is None else quiet_s
+    with CountProgress(err_console, "comparing", unit="paired tests", every_s=15.0) as bar:
+
+        def update(done: int, total: int) -> None:
+            if time.monotonic() - start >= quiet_s:
+                bar.update(done, total)
+
+        yield update

@@ -40,6 +40,7 @@ from lever.runs.sweep import member_names
 from ._common import runs_dir as runs_root
 from ._common import workspace
 from ._console import console, fit_width
+from ._progress import tests_progress
 
 SPLITS = ("val", "train", "test")
 
@@ -165,7 +166,10 @@ def compare(
         texts = {t: export(c, formats[0]) if formats else render_plain(c, fit_width(console, wide)) for t, c in cmps.items()}
         _emit_groups(by, texts, formats[0] if formats else None)
         return
-    cmp = load_comparison(plans, baseline, runs_root(), workspace().plans_dir, split, metric=metric, n_resamples=resamples)
+    with tests_progress() as progress:
+        cmp = load_comparison(
+            plans, baseline, runs_root(), workspace().plans_dir, split, metric=metric, n_resamples=resamples, progress=progress
+        )
     if formats:
         typer.echo(export(cmp, formats[0]), nl=False)
     elif console.is_terminal:

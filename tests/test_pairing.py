@@ -186,3 +186,30 @@ def test_the_run_table_rounds_once_from_the_rows(tmp_path: Path):
     write_run(root, "baseline", 0, spec=BASE_SPEC, accs={1: [0.0] * 400})
     cmp = build_comparison([plan_runs(root, "plan5")], plan_runs(root, "baseline"), n_resamples=200)
     assert "51.43" in render_plain(cmp)
+
+
+def test_a_comparison_reports_each_paired_test_to_its_progress(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, "baseline", 0, spec=BASE_SPEC, accs={1: [1, 0, 1, 0], 2: [0, 0, 1, 1]})
+    write_run(root, "plan5", 0, spec=PLAN5_SPEC, accs={1: [1, 1, 1, 0], 2: [1, 0, 1, 1]})
+    calls: list[tuple[int, int]] = []
+    build_comparison(
+        [plan_runs(root, "plan5")], plan_runs(root, "baseline"), n_resamples=100, progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # one plan against the baseline at 1 and 2 shots and their average
+
+
+def test_a_long_comparison_shows_its_progress_on_stderr_and_leaves_stdout_to_the_table(runs, lever, monkeypatch):
+    import lever_cli._progress as progress
+
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)  # as if every test took long: the line shows from the first one
+    monkeypatch.setenv("LEVER_RUNS", str(runs))
+    monkeypatch.chdir(runs.parent)
+    res = lever("compare", "plan5", "plan7_1", "--json")
+    assert res.code == 0, res.err
+    rows = json.loads(res.out)["rows"]  # stdout is the JSON alone
+    n = len(rows) * 2  # each row tests plan5 and plan7_1 against the baseline
+    assert f"comparing: {n}/{n} paired tests, 100%" in res.err
+    monkeypatch.setattr(progress, "QUIET_S", 3600.0)  # the default: a short comparison prints nothing more
+    res = lever("compare", "plan5", "plan7_1", "--json")
+    assert res.code == 0 and "comparing" not in res.err

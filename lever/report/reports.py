@@ -6,6 +6,7 @@ one of these, and renders what it returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,13 @@ def load_comparison(
     *,
     metric: str | None = None,
     n_resamples: int = N_RESAMPLES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     """`lever compare`: the plans `plans` name (names, files, plan@HASH) against `baseline`, re-scored with `metric`
-    when given. A damaged plan is a marked column (the file and its repair); a damaged baseline is an error."""
+    when given. A damaged plan is a marked column (the file and its repair); a damaged baseline is an error.
+    `progress(done, total)` hears of each paired test."""
     base, others = _compared(plans, baseline, root, plans_dir, metric)
-    return _comparison(others, base, split, root, metric, n_resamples)
+    return _comparison(others, base, split, root, metric, n_resamples, progress)
 
 
 def load_comparisons_by(
@@ -73,9 +76,15 @@ def _compared(
 
 
 def _comparison(
-    others: list[PlanRuns], base: PlanRuns, split: str, root: Path, metric: str | None, n_resamples: int
+    others: list[PlanRuns],
+    base: PlanRuns,
+    split: str,
+    root: Path,
+    metric: str | None,
+    n_resamples: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
-    cmp = build_comparison(others, base, split=split, n_resamples=n_resamples, metric=metric)
+    cmp = build_comparison(others, base, split=split, n_resamples=n_resamples, metric=metric, progress=progress)
     if split == "test":
         cmp.notes.append(test_note([c.name for c in cmp.plans], root))
     return cmp
