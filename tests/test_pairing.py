@@ -199,7 +199,7 @@ def test_a_comparison_reports_each_paired_test_to_its_progress(tmp_path: Path):
     assert calls == [(1, 3), (2, 3), (3, 3)]  # one plan against the baseline at 1 and 2 shots and their average
 
 
-def test_a_long_comparison_shows_its_progress_on_stderr_and_leaves_stdout_to_the_table(runs, lever, monkeypatch):
+def test_a_long_comparison_shows_its_progress_on_stderr_and_leaves_stdout_to_the_table(runs: Path, lever, monkeypatch):  # noqa: F811
     import lever_cli._progress as progress
 
     monkeypatch.setattr(progress, "QUIET_S", 0.0)  # as if every test took long: the line shows from the first one
